@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine with python3 and pip:
+#   make demo   - the main job (offline model unless FLOCK_LLM_MODEL / an API key is set)
+#   make test   - the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) examples/sentiment_reviews.py
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check flock_llm tests examples benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/core_throughput.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,41 @@
+"""flock_llm: batch processing with LLM agents on a typed blackboard.
+
+    from flock_llm import Flock, flock_type
+    from flock_llm.subscription import BatchSpec, JoinSpec
+"""
+
+from .agent import Agent
+from .artifact import Artifact, FailureRecord
+from .errors import (
+    BatchSpecWarning,
+    ClosedError,
+    ConfigurationError,
+    EngineError,
+    FlockError,
+    FlockWarning,
+    ModelCallError,
+    ModelOutputError,
+)
+from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics
+from .orchestrator import Flock
+from .registry import flock_type
+
+__all__ = [
+    "Agent",
+    "Artifact",
+    "BatchSpecWarning",
+    "BatchStats",
+    "ClosedError",
+    "ConfigurationError",
+    "EngineError",
+    "FailureRecord",
+    "Flock",
+    "FlockError",
+    "FlockWarning",
+    "FlushRecord",
+    "JoinExpiry",
+    "Metrics",
+    "ModelCallError",
+    "ModelOutputError",
+    "flock_type",
+]

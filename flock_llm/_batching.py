@@ -1,0 +1,182 @@
+"""Pure batching logic: accumulate items, decide flushes. No clock, no I/O.
+
+Time is a parameter (`now`, monotonic seconds) passed by the orchestrator,
+which alone reads the clock and schedules deadlines on the event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal
+
+from .artifact import Artifact
+from .subscription import BatchSpec
+
+__all__ = ["BatchBuffer", "BatchEngine", "BatchKey", "Flush", "FlushReason", "Item"]
+
+FlushReason = Literal["size", "timeout", "shutdown", "manual"]
+Item = tuple[Artifact, ...]
+"""One batch item: a single artifact, or one correlated join group."""
+BatchKey = tuple[str, int] | tuple[str, int, Hashable]
+"""(agent name, subscription index[, partition key])."""
+
+_batch_serial = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A batch taken out of accumulation, ready for the agent."""
+
+    key: BatchKey
+    batch_id: str
+    items: tuple[Item, ...]
+    reason: FlushReason
+    configured_size: int | None
+    opened_at: float
+    flushed_at: float
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def efficiency(self) -> float | None:
+        """size / configured size, or None for a timeout-only spec."""
+        return None if self.configured_size is None else len(self.items) / self.configured_size
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds from the batch's first item to the flush."""
+        return self.flushed_at - self.opened_at
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [artifact for item in self.items for artifact in item]
+
+
+@dataclass(slots=True)
+class BatchBuffer:
+    """One accumulating batch. Reused: taking a flush empties it.
+
+    >>> buf = BatchBuffer(BatchSpec(size=2, timeout=timedelta(seconds=30)))
+    >>> buf.add((a,), now=0.0) is None and buf.deadline == 30.0
+    """
+
+    batch_spec: BatchSpec
+    key: BatchKey = ("", 0)
+    items: list[Item] = field(default_factory=list)
+    opened_at: float | None = None
+    """Monotonic time of the first item, or None while empty."""
+    created_at: datetime | None = None
+    """Wall-clock time of the first item, for display."""
+    batch_id: str = ""
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [artifact for item in self.items for artifact in item]
+
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.batch_spec.timeout_seconds
+        if timeout is None or self.opened_at is None:
+            return None
+        return self.opened_at + timeout
+
+    def add(self, item: Item, *, now: float, wall: datetime | None = None) -> Flush | None:
+        """Add one item; return the flush when the batch reached its size."""
+        if self.opened_at is None:
+            self.opened_at = now
+            self.created_at = wall or datetime.now(timezone.utc)
+            self.batch_id = f"b{next(_batch_serial)}"
+        self.items.append(item)
+        size = self.batch_spec.size
+        if size is not None and len(self.items) >= size:
+            return self.take("size", now=now)
+        return None
+
+    def take_if_due(self, *, now: float) -> Flush | None:
+        """The flush, with reason "timeout", when the deadline has passed."""
+        deadline = self.deadline
+        if deadline is None or now < deadline:
+            return None
+        return self.take("timeout", now=now)
+
+    def take(self, reason: FlushReason, *, now: float) -> Flush | None:
+        """Take whatever is accumulated (None when empty) and start afresh."""
+        if not self.items or self.opened_at is None:
+            return None
+        flush = Flush(
+            key=self.key,
+            batch_id=self.batch_id,
+            items=tuple(self.items),
+            reason=reason,
+            configured_size=self.batch_spec.size,
+            opened_at=self.opened_at,
+            flushed_at=now,
+        )
+        self.items = []
+        self.opened_at = None
+        self.created_at = None
+        self.batch_id = ""
+        return flush
+
+
+@dataclass(frozen=True, slots=True)
+class AddOutcome:
+    flush: Flush | None
+    """The size flush this add caused, if any."""
+    opened_deadline: float | None
+    """The deadline of a batch this add opened (schedule a timer for it), if any."""
+
+
+class BatchEngine:
+    """All accumulating batches, keyed by (agent, subscription index[, partition key]).
+
+    `batches` maps each key to its accumulator (`.artifacts`, `.created_at`,
+    `.batch_spec`); only batches holding items are present.
+    """
+
+    def __init__(self) -> None:
+        self.batches: dict[BatchKey, BatchBuffer] = {}
+
+    def add(self, key: BatchKey, spec: BatchSpec, item: Item, *, now: float, wall: datetime | None = None) -> AddOutcome:
+        buf = self.batches.get(key)
+        opened = buf is None
+        if buf is None:
+            buf = self.batches[key] = BatchBuffer(spec, key=key)
+        flush = buf.add(item, now=now, wall=wall)
+        if flush is not None:
+            del self.batches[key]
+            return AddOutcome(flush, None)
+        return AddOutcome(None, buf.deadline if opened else None)
+
+    def take(self, key: BatchKey, reason: FlushReason, *, now: float) -> Flush | None:
+        buf = self.batches.pop(key, None)
+        return None if buf is None else buf.take(reason, now=now)
+
+    def take_if_due(self, key: BatchKey, *, now: float) -> Flush | None:
+        buf = self.batches.get(key)
+        if buf is None:
+            return None
+        flush = buf.take_if_due(now=now)
+        if flush is not None:
+            del self.batches[key]
+        return flush
+
+    def take_expired(self, *, now: float) -> list[Flush]:
+        """Every batch whose deadline has passed, in deadline order."""
+        due = [key for key, buf in self.batches.items() if buf.deadline is not None and buf.deadline <= now]
+        due.sort(key=lambda k: self.batches[k].deadline or 0.0)
+        return [flush for key in due if (flush := self.take_if_due(key, now=now)) is not None]
+
+    def take_all(self, reason: FlushReason, *, now: float) -> list[Flush]:
+        return [flush for key in list(self.batches) if (flush := self.take(key, reason, now=now)) is not None]
+
+    def pending_keys(self) -> Iterator[BatchKey]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)

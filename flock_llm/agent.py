@@ -1,0 +1,160 @@
+"""The agent builder: what an agent consumes, publishes, and which engine does the work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from .engines._base import Engine
+from .errors import ConfigurationError
+from .registry import type_name_of
+from .subscription import BatchSpec, JoinSpec, Subscription
+from .visibility import AgentIdentity, Visibility
+
+if TYPE_CHECKING:
+    from .orchestrator import Flock
+
+__all__ = ["Agent"]
+
+
+def _names(value: Iterable[str] | str | None, argument: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    names = frozenset({value}) if isinstance(value, str) else frozenset(value)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(f"`{argument}` must be a string or an iterable of strings, got {value!r}")
+    return names
+
+
+def _predicates(where: Callable[[Any], bool] | Iterable[Callable[[Any], bool]] | None) -> tuple[Callable[[Any], bool], ...]:
+    if where is None:
+        return ()
+    predicates = (where,) if callable(where) else tuple(where)
+    for predicate in predicates:
+        if not callable(predicate):
+            raise ConfigurationError(f"`where` must be a callable or a list of callables, got {predicate!r}")
+    return predicates
+
+
+class Agent:
+    """An agent on a Flock, configured with chained builder calls.
+
+    Created by `flock.agent(name)`; every builder method returns the agent.
+    """
+
+    def __init__(self, flock: Flock, name: str) -> None:
+        self._flock = flock
+        self.name = name
+        self._description = ""
+        self.subscriptions: list[Subscription] = []
+        self.output_types: tuple[type[BaseModel], ...] = ()
+        self.output_visibility: Visibility | None = None
+        self.engine: Engine | None = None
+        self.concurrency = 2
+        self.identity = AgentIdentity(name)
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r})"
+
+    @property
+    def description_text(self) -> str:
+        return self._description
+
+    def description(self, text: str) -> Agent:
+        """What the agent does; LLM engines put it in the prompt."""
+        if not isinstance(text, str):
+            raise ConfigurationError(f"`description` must be a string, got {text!r}")
+        self._description = text
+        return self
+
+    def consumes(
+        self,
+        *types: type[BaseModel],
+        where: Callable[[Any], bool] | Iterable[Callable[[Any], bool]] | None = None,
+        batch: BatchSpec | None = None,
+        join: JoinSpec | None = None,
+        from_agents: Iterable[str] | str | None = None,
+        tags: Iterable[str] | str | None = None,
+    ) -> Agent:
+        """Subscribe to artifacts of `types`. Each call adds one subscription.
+
+        Args:
+            where: predicate(s) on the payload; all must return True. Applied before batching.
+            batch: accumulate items and process them together (see BatchSpec).
+            join: correlate one artifact of each type by key (needs two or more types).
+            from_agents: only artifacts published by these agents.
+            tags: only artifacts carrying at least one of these tags.
+
+        Raises:
+            ConfigurationError: an unregistered type, a bad spec, or a join with fewer than two types.
+        """
+        if not types:
+            raise ConfigurationError(f"agent {self.name!r}: `consumes()` needs at least one type")
+        names = tuple(type_name_of(t) for t in types)
+        if batch is not None and not isinstance(batch, BatchSpec):
+            raise ConfigurationError(f"`batch` must be a BatchSpec, got {batch!r}")
+        if join is not None:
+            if not isinstance(join, JoinSpec):
+                raise ConfigurationError(f"`join` must be a JoinSpec, got {join!r}")
+            if len(set(names)) < 2:
+                raise ConfigurationError(
+                    f"agent {self.name!r}: a join correlates two or more distinct types, got {list(names)!r}"
+                )
+        self.subscriptions.append(
+            Subscription(
+                index=len(self.subscriptions),
+                types=types,
+                type_names=names,
+                where=_predicates(where),
+                batch=batch,
+                join=join,
+                from_agents=_names(from_agents, "from_agents"),
+                tags=_names(tags, "tags"),
+            )
+        )
+        self._flock._agents_changed()
+        return self
+
+    def publishes(self, *types: type[BaseModel], visibility: Visibility | None = None) -> Agent:
+        """Declare the output types. Without `visibility`, outputs inherit their inputs' visibility."""
+        for t in types:
+            type_name_of(t)
+        if visibility is not None and not isinstance(visibility, Visibility):
+            raise ConfigurationError(
+                f"`visibility` must be a Visibility (e.g. PublicVisibility(), TenantVisibility(...)), got {visibility!r}"
+            )
+        self.output_types = self.output_types + tuple(t for t in types if t not in self.output_types)
+        self.output_visibility = visibility
+        return self
+
+    def with_engines(self, *engines: Engine) -> Agent:
+        """The engine that does the work (default: LLMEngine())."""
+        if len(engines) != 1:
+            raise ConfigurationError(f"agent {self.name!r}: `with_engines()` takes exactly one engine, got {len(engines)}")
+        if not isinstance(engines[0], Engine):
+            raise ConfigurationError(f"engines must subclass flock_llm.engines.Engine, got {engines[0]!r}")
+        self.engine = engines[0]
+        return self
+
+    def max_concurrency(self, n: int) -> Agent:
+        """How many runs of this agent may be in flight at once (default 2)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ConfigurationError(f"`max_concurrency` must be a positive integer, got {n!r}")
+        self.concurrency = n
+        self._flock._agents_changed()
+        return self
+
+    def labels(self, *labels: str) -> Agent:
+        """Labels this agent carries, checked by LabelledVisibility."""
+        found = _names(labels, "labels") or frozenset()
+        self.identity = AgentIdentity(self.name, self.identity.labels | found, self.identity.tenant_id)
+        return self
+
+    def tenant(self, tenant_id: str) -> Agent:
+        """The tenant this agent acts for, checked by TenantVisibility."""
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise ConfigurationError(f"`tenant_id` must be a non-empty string, got {tenant_id!r}")
+        self.identity = AgentIdentity(self.name, self.identity.labels, tenant_id)
+        return self

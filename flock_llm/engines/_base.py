@@ -1,0 +1,189 @@
+"""The engine contract: what an agent's engine receives and returns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from ..artifact import Artifact
+from ..errors import ConfigurationError
+
+__all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
+
+log = logging.getLogger("flock_llm.engines")
+
+T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineContext:
+    """What an engine knows about the run it serves. It holds no blackboard."""
+
+    agent_name: str
+    subscription_index: int = 0
+    description: str = ""
+    publishes: tuple[type[BaseModel], ...] = ()
+    """The output types the agent declared."""
+    is_batch: bool = False
+    flush_reason: str | None = None
+    """"size", "timeout", "shutdown" or "manual" for a batch; None otherwise."""
+    batch_size: int = 1
+    configured_size: int | None = None
+    batch_id: str | None = None
+    model: str | None = None
+    """`Flock(model=...)`, for engines that resolve a model."""
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    """The environment the Flock read at construction (for model resolution)."""
+
+    @property
+    def efficiency(self) -> float | None:
+        return None if not self.configured_size else self.batch_size / self.configured_size
+
+
+@dataclass(frozen=True, slots=True)
+class EvalInputs:
+    """The items of one run: one item, or a whole flushed batch.
+
+    An item is one artifact, or one join group (a tuple of correlated artifacts).
+    """
+
+    items: tuple[tuple[Artifact, ...], ...]
+
+    @classmethod
+    def of(cls, *artifacts: Artifact) -> EvalInputs:
+        """One item per artifact (no joins)."""
+        return cls(tuple((a,) for a in artifacts))
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact of every item, in order."""
+        return [a for item in self.items for a in item]
+
+    @property
+    def groups(self) -> list[tuple[Artifact, ...]]:
+        """The join groups (each item as a tuple of artifacts)."""
+        return list(self.items)
+
+    @property
+    def artifact_ids(self) -> list[str]:
+        return [a.id for a in self.artifacts]
+
+    def first_as(self, cls: type[T]) -> T | None:
+        """The first payload of type `cls`, or None."""
+        return next((a.payload for a in self.artifacts if isinstance(a.payload, cls)), None)
+
+    def all_as(self, cls: type[T]) -> list[T]:
+        """Every payload of type `cls`, in order."""
+        return [a.payload for a in self.artifacts if isinstance(a.payload, cls)]
+
+    def split(self) -> list[EvalInputs]:
+        """One EvalInputs per item."""
+        return [EvalInputs((item,)) for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One object to publish, and the input artifact ids it derives from (None: the whole run's inputs)."""
+
+    obj: BaseModel
+    derived_from: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """Inputs an engine could not process; the agent publishes a FailureRecord for them."""
+
+    artifact_ids: tuple[str, ...]
+    error_type: str
+    error: str
+    stage: str = "engine"
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, artifact_ids: Iterable[str], *, stage: str = "engine") -> ItemFailure:
+        return cls(tuple(artifact_ids), type(exc).__name__, str(exc)[:1000], stage)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """What an engine returns: outputs to publish, failures to record, and usage figures."""
+
+    outputs: tuple[Output, ...] = ()
+    failures: tuple[ItemFailure, ...] = ()
+    usage: dict[str, Any] = field(default_factory=dict)
+    """Engine-specific figures (tokens, calls, cost, ...) merged into the agent's metrics."""
+
+    @classmethod
+    def from_object(cls, obj: BaseModel, *, derived_from: Sequence[str] | None = None) -> EvalResult:
+        return cls(outputs=(Output(obj, None if derived_from is None else tuple(derived_from)),))
+
+    @classmethod
+    def from_objects(cls, *objs: BaseModel) -> EvalResult:
+        return cls(outputs=tuple(Output(obj) for obj in objs))
+
+    @classmethod
+    def empty(cls) -> EvalResult:
+        return cls()
+
+    @property
+    def objects(self) -> list[BaseModel]:
+        return [out.obj for out in self.outputs]
+
+    def with_lineage(self, artifact_ids: Sequence[str]) -> EvalResult:
+        """Outputs without explicit lineage derive from `artifact_ids`."""
+        ids = tuple(artifact_ids)
+        return replace(
+            self,
+            outputs=tuple(o if o.derived_from is not None else Output(o.obj, ids) for o in self.outputs),
+        )
+
+    @staticmethod
+    def merge(results: Iterable[EvalResult]) -> EvalResult:
+        outputs: list[Output] = []
+        failures: list[ItemFailure] = []
+        usage: dict[str, Any] = {}
+        for result in results:
+            outputs.extend(result.outputs)
+            failures.extend(result.failures)
+            for name, value in result.usage.items():
+                usage[name] = usage.get(name, 0) + value if isinstance(value, (int, float)) else value
+        return EvalResult(tuple(outputs), tuple(failures), usage)
+
+
+class Engine:
+    """Base class for engines.
+
+    Override `evaluate()` (one item) and, for batch-aware work, `evaluate_batch()`
+    (a whole flush). The default `evaluate_batch()` runs `evaluate()` per item
+    with at most `max_item_concurrency` at once; an item whose `evaluate()`
+    raises becomes an ItemFailure, the others still publish.
+    """
+
+    max_item_concurrency: int = 8
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        if self.max_item_concurrency < 1:
+            raise ConfigurationError(f"`max_item_concurrency` must be >= 1, got {self.max_item_concurrency!r}")
+        gate = asyncio.Semaphore(self.max_item_concurrency)
+        item_ctx = replace(ctx, is_batch=False, batch_size=1)
+
+        async def one(single: EvalInputs) -> EvalResult:
+            async with gate:
+                try:
+                    result = await self.evaluate(item_ctx, single)
+                except Exception as exc:  # engine code: any error is possible; record it against this item
+                    log.warning("agent %r: evaluate() raised %s", ctx.agent_name, type(exc).__name__)
+                    return EvalResult(failures=(ItemFailure.from_exception(exc, single.artifact_ids),))
+                return result.with_lineage(single.artifact_ids)
+
+        return EvalResult.merge(await asyncio.gather(*(one(item) for item in inputs.split())))

@@ -1,0 +1,78 @@
+"""Every exception flock_llm raises, split by who must act.
+
+    FlockError                      base of everything flock_llm raises
+    ├── ConfigurationError          the calling code passed something invalid; fix the call
+    │                               (also a ValueError)
+    ├── ClosedError                 the Flock was shut down; create a new one (also a RuntimeError)
+    └── EngineError                 a model call or its output failed at run time
+        ├── ModelCallError          the provider refused or failed the call (after retries)
+        └── ModelOutputError        the answer could not be parsed/validated; carries `raw`
+                                    and `item_ids`, so no input is lost
+
+Warnings:
+
+    FlockWarning(UserWarning)
+    └── BatchSpecWarning            a BatchSpec that is valid but probably not what you want
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BatchSpecWarning",
+    "ClosedError",
+    "ConfigurationError",
+    "EngineError",
+    "FlockError",
+    "FlockWarning",
+    "ModelCallError",
+    "ModelOutputError",
+]
+
+
+class FlockError(Exception):
+    """Base of everything flock_llm raises."""
+
+
+class ConfigurationError(FlockError, ValueError):
+    """The calling code passed something invalid; fix the call."""
+
+
+class ClosedError(FlockError, RuntimeError):
+    """The Flock was shut down and accepts no more work."""
+
+
+class EngineError(FlockError):
+    """A model call or its output failed at run time."""
+
+
+class ModelCallError(EngineError):
+    """The provider refused or failed the call, after any retries."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status_code = status_code
+
+
+class ModelOutputError(EngineError):
+    """The model's answer could not be parsed or validated.
+
+    Attributes:
+        raw: the answer text (possibly truncated to 2,000 characters).
+        item_ids: the engine item ids the answer was meant to cover.
+    """
+
+    def __init__(self, message: str, *, raw: str = "", item_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.raw = raw[:2000]
+        self.item_ids = tuple(item_ids)
+
+
+class FlockWarning(UserWarning):
+    """Base of the warnings flock_llm issues."""
+
+
+class BatchSpecWarning(FlockWarning):
+    """A BatchSpec that is valid but probably not what you want."""

@@ -1,0 +1,546 @@
+"""The Flock: the blackboard, its agents, and the only code that touches the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from types import TracebackType
+from pydantic import BaseModel
+
+from ._batching import BatchEngine, BatchKey, Flush, Item
+from ._correlation import ExpiredGroup, JoinBuffer
+from ._timers import Clock, LoopClock, TimerHandle
+from .agent import Agent
+from .artifact import Artifact, FailureRecord
+from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from .errors import ClosedError, ConfigurationError, EngineError
+from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics, MetricsRecorder
+from .registry import type_name_of
+from .store import ArtifactStore, InMemoryStore
+from .subscription import Subscription
+from .visibility import PublicVisibility, Visibility, combine_visibilities
+
+__all__ = ["Flock"]
+
+log = logging.getLogger("flock_llm")
+
+_PUBLIC = PublicVisibility()
+
+
+@dataclass(slots=True)
+class _Work:
+    agent: Agent
+    subscription: Subscription
+    items: tuple[Item, ...]
+    flush: Flush | None
+
+
+@dataclass(slots=True)
+class _AgentQueue:
+    """Pending runs of one agent, drained by at most `agent.concurrency` worker tasks."""
+
+    pending: deque[_Work] = field(default_factory=deque)
+    workers: int = 0
+
+
+class Flock:
+    """A blackboard of typed artifacts and the agents that consume them.
+
+    Args:
+        model: the default litellm model string for LLM engines (e.g. "openai/gpt-4.1-mini").
+        clock: where time comes from; the default is the running event loop's monotonic clock.
+            Tests pass `flock_llm.testing.ManualClock()`.
+        store: where artifacts are kept (default: in memory).
+        env: the environment to read settings from (default: `os.environ`, read once, here).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        clock: Clock | None = None,
+        store: ArtifactStore | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ConfigurationError(f"`model` must be a litellm model string, got {model!r}")
+        self.model = model
+        source = os.environ if env is None else env
+        self._env = {k: v for k, v in source.items() if k.startswith("FLOCK_")}
+        self._clock: Clock = clock or LoopClock()
+        self.store: ArtifactStore = store or InMemoryStore()
+        self._agents: dict[str, Agent] = {}
+        self._routes: dict[str, list[tuple[Agent, Subscription]]] | None = None
+        self._batch_engine = BatchEngine()
+        self._batch_timers: dict[BatchKey, TimerHandle] = {}
+        self._joins: dict[tuple[str, int], JoinBuffer] = {}
+        self._join_timers: list[TimerHandle] = []
+        self._queues: dict[str, _AgentQueue] = {}
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._default_engines: dict[str, Engine] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._metrics = MetricsRecorder()
+        self._closed = False
+
+    # -- building ---------------------------------------------------------------
+
+    def agent(self, name: str) -> Agent:
+        """Create an agent; configure it with the returned builder."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"agent name must be a non-empty string, got {name!r}")
+        if name in self._agents:
+            raise ConfigurationError(f"an agent named {name!r} already exists on this Flock")
+        agent = self._agents[name] = Agent(self, name)
+        return agent
+
+    @property
+    def agents(self) -> list[Agent]:
+        return list(self._agents.values())
+
+    def _agents_changed(self) -> None:
+        self._routes = None
+
+    def _route_table(self) -> dict[str, list[tuple[Agent, Subscription]]]:
+        if self._routes is None:
+            routes: dict[str, list[tuple[Agent, Subscription]]] = {}
+            for agent in self._agents.values():
+                for sub in agent.subscriptions:
+                    for name in dict.fromkeys(sub.type_names):
+                        routes.setdefault(name, []).append((agent, sub))
+            self._routes = routes
+        return self._routes
+
+    # -- publishing -------------------------------------------------------------
+
+    async def publish(
+        self,
+        obj: BaseModel | Artifact,
+        *,
+        visibility: Visibility | None = None,
+        tags: Iterable[str] | None = None,
+        correlation_id: str | None = None,
+    ) -> Artifact:
+        """Put one object (or a ready Artifact) on the blackboard and route it to its subscribers.
+
+        Raises:
+            ConfigurationError: the object's type is not registered with @flock_type, or a bad visibility.
+            ClosedError: the Flock was shut down.
+        """
+        artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
+        self._publish_artifact(artifact)
+        return artifact
+
+    async def publish_many(
+        self,
+        objs: Iterable[BaseModel | Artifact],
+        *,
+        visibility: Visibility | None = None,
+        tags: Iterable[str] | None = None,
+        correlation_id: str | None = None,
+    ) -> list[Artifact]:
+        """Publish several objects, in order, with the same options."""
+        published = []
+        for obj in objs:
+            artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
+            self._publish_artifact(artifact)
+            published.append(artifact)
+        return published
+
+    def _make_artifact(
+        self,
+        obj: BaseModel | Artifact,
+        *,
+        visibility: Visibility | None,
+        tags: Iterable[str] | None,
+        correlation_id: str | None,
+    ) -> Artifact:
+        if self._closed:
+            raise ClosedError("this Flock was shut down; create a new Flock to publish more")
+        if isinstance(obj, Artifact):
+            type_name_of(type(obj.payload))
+            return obj
+        if not isinstance(obj, BaseModel):
+            raise ConfigurationError(f"publish() takes a @flock_type pydantic object or an Artifact, got {obj!r}")
+        if visibility is not None and not isinstance(visibility, Visibility):
+            raise ConfigurationError(f"`visibility` must be a Visibility, got {visibility!r}")
+        return Artifact(
+            type_name=type_name_of(type(obj)),
+            payload=obj,
+            visibility=_PUBLIC if visibility is None else visibility.resolve(obj),
+            tags=frozenset(tags) if tags else frozenset(),
+            correlation_id=correlation_id,
+        )
+
+    def _publish_artifact(self, artifact: Artifact) -> None:
+        self.store.add(artifact)
+        self._metrics.published += 1
+        for agent, sub in self._route_table().get(artifact.type_name, ()):
+            if artifact.produced_by == agent.name:
+                continue  # an agent never consumes its own outputs (no self-triggering loops)
+            if not sub.accepts_origin(artifact.produced_by, artifact.tags):
+                continue
+            if not artifact.visibility.allows(agent.identity):
+                continue
+            if sub.where and not self._passes_where(agent, sub, artifact):
+                continue
+            self._deliver(agent, sub, artifact)
+
+    def _passes_where(self, agent: Agent, sub: Subscription, artifact: Artifact) -> bool:
+        for predicate in sub.where:
+            try:
+                if not predicate(artifact.payload):
+                    return False
+            except Exception as exc:  # user code: any error is possible; record it, don't drop silently
+                self._user_code_failed(agent, sub, artifact, exc, stage="where", counter="predicate_errors")
+                return False
+        return True
+
+    def _user_code_failed(
+        self, agent: Agent, sub: Subscription, artifact: Artifact, exc: Exception, *, stage: str, counter: str
+    ) -> None:
+        self._metrics.counters[counter] += 1
+        log.warning(
+            "agent %r subscription %d: `%s` raised %s on artifact %s; the artifact was not consumed (failure recorded)",
+            agent.name, sub.index, stage, type(exc).__name__, artifact.id,
+        )
+        self._publish_failure(agent, [artifact], exc, stage=stage)
+
+    def _deliver(self, agent: Agent, sub: Subscription, artifact: Artifact) -> None:
+        item: Item = (artifact,)
+        if sub.join is not None:
+            joined = self._join(agent, sub, artifact)
+            if joined is None:
+                return
+            item = joined
+        if sub.batch is None:
+            self._enqueue(_Work(agent, sub, (item,), None))
+            return
+        key: BatchKey = (agent.name, sub.index)
+        if sub.batch.by is not None:
+            try:
+                partition: Hashable = sub.batch.by(item[0].payload)
+                hash(partition)
+            except Exception as exc:  # user code: record it against every artifact of the item
+                for member in item:
+                    self._user_code_failed(agent, sub, member, exc, stage="batch_by", counter="batch_key_errors")
+                return
+            key = (agent.name, sub.index, partition)
+        outcome = self._batch_engine.add(key, sub.batch, item, now=self._clock.now(), wall=datetime.now(timezone.utc))
+        if outcome.flush is not None:
+            timer = self._batch_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            self._start_flush(outcome.flush)
+        elif outcome.opened_deadline is not None:
+            self._batch_timers[key] = self._clock.call_at(outcome.opened_deadline, partial(self._on_batch_deadline, key))
+
+    def _join(self, agent: Agent, sub: Subscription, artifact: Artifact) -> Item | None:
+        assert sub.join is not None
+        try:
+            key = sub.join.by(artifact.payload)
+            hash(key)
+        except Exception as exc:  # user code: any error is possible; record it, don't drop silently
+            self._user_code_failed(agent, sub, artifact, exc, stage="join_by", counter="join_key_errors")
+            return None
+        buffer = self._joins.get((agent.name, sub.index))
+        if buffer is None:
+            buffer = self._joins[(agent.name, sub.index)] = JoinBuffer(sub.join, sub.type_names)
+        outcome = buffer.add(artifact, key, now=self._clock.now())
+        self._report_expired_joins(agent, sub, outcome.expired)
+        if outcome.opened_deadline is not None:
+            self._join_timers.append(
+                self._clock.call_at(outcome.opened_deadline, partial(self._expire_joins, agent, sub))
+            )
+        return outcome.completed
+
+    def _expire_joins(self, agent: Agent, sub: Subscription) -> None:
+        buffer = self._joins.get((agent.name, sub.index))
+        if buffer is not None:
+            self._report_expired_joins(agent, sub, buffer.take_expired(now=self._clock.now()))
+
+    def _report_expired_joins(self, agent: Agent, sub: Subscription, expired: list[ExpiredGroup]) -> None:
+        for group in expired:
+            ids = tuple(a.id for a in group.artifacts)
+            self._metrics.counters["join_groups_expired"] += 1
+            self._metrics.join_expiries.append(
+                JoinExpiry(agent.name, sub.index, group.key, ids, group.missing, group.reason)
+            )
+            log.warning(
+                "agent %r subscription %d: join group %r closed incomplete (%s), missing %s; artifacts %s not processed",
+                agent.name, sub.index, group.key, group.reason, ", ".join(group.missing), ", ".join(ids),
+            )
+
+    # -- batches and timers ---------------------------------------------------------
+
+    def _on_batch_deadline(self, key: BatchKey) -> None:
+        self._batch_timers.pop(key, None)
+        # The timer exists only while its batch is open, so the batch that is there is the one it was set for.
+        flush = self._batch_engine.take(key, "timeout", now=self._clock.now())
+        if flush is not None:
+            self._start_flush(flush)
+
+    def _start_flush(self, flush: Flush) -> None:
+        agent = self._agents[flush.key[0]]
+        sub = agent.subscriptions[flush.key[1]]
+        self._metrics.record_flush(
+            FlushRecord(
+                agent=agent.name,
+                subscription_index=sub.index,
+                partition=flush.key[2] if len(flush.key) > 2 else None,  # type: ignore[misc]
+                batch_id=flush.batch_id,
+                batch_size=flush.size,
+                configured_size=flush.configured_size,
+                reason=flush.reason,
+                efficiency=flush.efficiency,
+                waited_s=flush.waited_s,
+            )
+        )
+        self._enqueue(_Work(agent, sub, flush.items, flush))
+
+    async def _check_batch_timeouts(self) -> int:
+        """Flush every batch whose timeout has passed, now. Returns how many flushed.
+
+        Deadlines fire on their own; this documented hook exists for tests and
+        for code written against the guide. Follow it with `run_until_idle()`.
+        """
+        flushes = self._batch_engine.take_expired(now=self._clock.now())
+        for flush in flushes:
+            timer = self._batch_timers.pop(flush.key, None)
+            if timer is not None:
+                timer.cancel()
+            self._start_flush(flush)
+        return len(flushes)
+
+    async def flush_batches(self, agent: str | None = None) -> int:
+        """Flush every pending batch (of one agent, or all) now, with reason "manual"."""
+        return self._flush_all("manual", agent=agent)
+
+    def _flush_all(self, reason: str, *, agent: str | None = None) -> int:
+        now = self._clock.now()
+        count = 0
+        for key in list(self._batch_engine.batches):
+            if agent is not None and key[0] != agent:
+                continue
+            timer = self._batch_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            flush = self._batch_engine.take(key, reason, now=now)  # type: ignore[arg-type]
+            if flush is not None:
+                self._start_flush(flush)
+                count += 1
+        return count
+
+    # -- running agents ---------------------------------------------------------------
+
+    def _enqueue(self, work: _Work) -> None:
+        queue = self._queues.get(work.agent.name)
+        if queue is None:
+            queue = self._queues[work.agent.name] = _AgentQueue()
+        queue.pending.append(work)
+        if queue.workers < work.agent.concurrency:
+            queue.workers += 1
+            task = asyncio.get_running_loop().create_task(self._drain(queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, queue: _AgentQueue) -> None:
+        try:
+            while queue.pending:
+                await self._run(queue.pending.popleft())
+        finally:
+            queue.workers -= 1
+
+    def _engine_for(self, agent: Agent) -> Engine:
+        if agent.engine is not None:
+            return agent.engine
+        engine = self._default_engines.get(agent.name)
+        if engine is None:
+            from .engines.llm import LLMEngine  # deferred: the LLM engine is only needed when used
+
+            engine = self._default_engines[agent.name] = LLMEngine()
+        return engine
+
+    async def _run(self, work: _Work) -> None:
+        agent, flush = work.agent, work.flush
+        inputs = EvalInputs(work.items)
+        ctx = EngineContext(
+            agent_name=agent.name,
+            subscription_index=work.subscription.index,
+            description=agent.description_text,
+            publishes=agent.output_types,
+            is_batch=flush is not None,
+            flush_reason=None if flush is None else flush.reason,
+            batch_size=len(work.items),
+            configured_size=None if flush is None else flush.configured_size,
+            batch_id=None if flush is None else flush.batch_id,
+            model=self.model,
+            env=self._env,
+        )
+        self._metrics.counters["engine_runs"] += 1
+        try:
+            engine = self._engine_for(agent)
+            if flush is not None:
+                result = await engine.evaluate_batch(ctx, inputs)
+            else:
+                result = await engine.evaluate(ctx, inputs)
+            if not isinstance(result, EvalResult):
+                raise EngineError(f"{type(engine).__name__} returned {type(result).__name__}, expected an EvalResult")
+        except Exception as exc:  # engine code: any error is possible; the inputs become a failure record
+            self._metrics.counters["engine_errors"] += 1
+            log.warning("agent %r: engine raised %s; %d inputs recorded as failed", agent.name, type(exc).__name__, len(inputs.artifacts))
+            self._publish_failure(agent, inputs.artifacts, exc, stage="engine", flush=flush)
+            return
+        if result.usage:
+            self._metrics.record_usage(agent.name, result.usage)
+        self._publish_result(agent, inputs, result, flush)
+
+    def _publish_result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
+        by_id = {a.id: a for a in inputs.artifacts}
+        for output in result.with_lineage(list(by_id)).outputs:
+            sources = [by_id[i] for i in output.derived_from or () if i in by_id] or list(by_id.values())
+            try:
+                artifact = self._output_artifact(agent, output.obj, output.derived_from or (), sources)
+            except Exception as exc:  # user code (visibility extractors) or a wrong output type
+                self._metrics.counters["rejected_outputs"] += 1
+                self._publish_failure(agent, sources, exc, stage="output", flush=flush)
+                continue
+            self._publish_artifact(artifact)
+        for failure in result.failures:
+            failed = [by_id[i] for i in failure.artifact_ids if i in by_id] or list(by_id.values())
+            self._publish_failure_record(
+                agent,
+                failed,
+                FailureRecord(
+                    agent=agent.name,
+                    input_ids=[a.id for a in failed],
+                    stage=failure.stage,
+                    error_type=failure.error_type,
+                    error=failure.error,
+                    flush_reason=None if flush is None else flush.reason,
+                    batch_id=None if flush is None else flush.batch_id,
+                ),
+            )
+
+    def _output_artifact(
+        self, agent: Agent, obj: BaseModel, derived_from: tuple[str, ...], sources: list[Artifact]
+    ) -> Artifact:
+        if not isinstance(obj, BaseModel) or type(obj) not in agent.output_types:
+            declared = ", ".join(t.__name__ for t in agent.output_types) or "nothing"
+            raise EngineError(
+                f"the engine returned a {type(obj).__name__}, but agent {agent.name!r} publishes {declared}; "
+                "declare it with `.publishes(...)`"
+            )
+        if agent.output_visibility is not None:
+            visibility = agent.output_visibility.resolve(obj)
+        else:
+            visibility = combine_visibilities(a.visibility for a in sources)
+        return Artifact(
+            type_name=type_name_of(type(obj)),
+            payload=obj,
+            produced_by=agent.name,
+            derived_from=derived_from,
+            correlation_id=sources[0].correlation_id if sources else None,
+            visibility=visibility,
+        )
+
+    def _publish_failure(
+        self, agent: Agent, inputs: list[Artifact], exc: BaseException, *, stage: str, flush: Flush | None = None
+    ) -> None:
+        record = FailureRecord.from_exception(
+            exc,
+            agent=agent.name,
+            input_ids=[a.id for a in inputs],
+            stage=stage,
+            flush_reason=None if flush is None else flush.reason,
+            batch_id=None if flush is None else flush.batch_id,
+        )
+        self._publish_failure_record(agent, inputs, record)
+
+    def _publish_failure_record(self, agent: Agent, inputs: list[Artifact], record: FailureRecord) -> None:
+        self._metrics.counters["failure_records"] += 1
+        self._publish_artifact(
+            Artifact(
+                type_name=type_name_of(FailureRecord),
+                payload=record,
+                produced_by=agent.name,
+                derived_from=tuple(record.input_ids),
+                correlation_id=inputs[0].correlation_id if inputs else None,
+                visibility=combine_visibilities(a.visibility for a in inputs),
+            )
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run_until_idle(self) -> None:
+        """Wait until no agent work is queued or running.
+
+        Partial batches keep accumulating (their timers still fire); `shutdown()` flushes them.
+        """
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def shutdown(self) -> None:
+        """Flush every partial batch (reason "shutdown"), finish all work, close open join groups.
+
+        Outputs published while shutting down may fill other agents' batches; those flush too.
+        """
+        if self._closed:
+            return
+        while True:
+            await self.run_until_idle()
+            flushed = self._flush_all("shutdown")
+            closed = self._close_joins()
+            if not flushed and not closed and not self._tasks:
+                break
+        for timer in [*self._batch_timers.values(), *self._join_timers]:
+            timer.cancel()
+        self._batch_timers.clear()
+        self._join_timers.clear()
+        self._closed = True
+
+    def _close_joins(self) -> int:
+        count = 0
+        for (agent_name, index), buffer in self._joins.items():
+            agent = self._agents[agent_name]
+            closed = buffer.take_all()
+            self._report_expired_joins(agent, agent.subscriptions[index], closed)
+            count += len(closed)
+        return count
+
+    async def __aenter__(self) -> Flock:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    # -- what happened ---------------------------------------------------------------
+
+    def metrics(self) -> Metrics:
+        """A frozen snapshot of flushes, counters and engine usage."""
+        return self._metrics.snapshot()
+
+    def batch_stats(self) -> list[BatchStats]:
+        """The batches accumulating now."""
+        now = self._clock.now()
+        stats = []
+        for key, buf in self._batch_engine.batches.items():
+            deadline = buf.deadline
+            stats.append(
+                BatchStats(
+                    agent=key[0],
+                    subscription_index=key[1],
+                    partition=key[2] if len(key) > 2 else None,  # type: ignore[misc]
+                    pending=len(buf.items),
+                    oldest_age_s=now - (buf.opened_at or now),
+                    flush_in_s=None if deadline is None else max(0.0, deadline - now),
+                )
+            )
+        return stats

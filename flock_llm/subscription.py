@@ -1,0 +1,119 @@
+"""What an agent consumes: types, filters, and how items are joined and batched."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import BatchSpecWarning, ConfigurationError
+
+__all__ = ["BatchSpec", "JoinSpec", "Subscription"]
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """Collect items and hand them to the engine together.
+
+    A batch flushes when it holds `size` items or `timeout` after its first
+    item arrived, whichever comes first.
+
+    Raises:
+        ConfigurationError: `size` is not a positive int, `timeout` is not a
+            positive timedelta, neither is given, or `by` is not callable.
+    """
+
+    size: int | None = None
+    """Flush as soon as the batch holds this many items (join groups count as one)."""
+    timeout: timedelta | None = None
+    """Flush a partial batch this long after its first item arrived (monotonic clock)."""
+    by: Callable[[Any], Hashable] | None = field(default=None, compare=False)
+    """Keep one batch per key computed from each item's payload (e.g. per customer)."""
+
+    def __post_init__(self) -> None:
+        if self.size is not None and not _is_positive_int(self.size):
+            raise ConfigurationError(
+                f"`size` must be a positive integer, got {self.size!r}; use `size=None` to flush on `timeout` only"
+            )
+        if self.timeout is not None:
+            if not isinstance(self.timeout, timedelta):
+                raise ConfigurationError(
+                    f"`timeout` must be a datetime.timedelta, got {self.timeout!r}; "
+                    "e.g. `timeout=timedelta(seconds=30)`"
+                )
+            if self.timeout <= timedelta(0):
+                raise ConfigurationError(f"`timeout` must be positive, got {self.timeout!r}")
+        if self.size is None and self.timeout is None:
+            raise ConfigurationError(
+                "BatchSpec needs `size=`, `timeout=` or both, e.g. BatchSpec(size=25, timeout=timedelta(seconds=30))"
+            )
+        if self.by is not None and not callable(self.by):
+            raise ConfigurationError(f"`by` must be a callable returning the partition key, got {self.by!r}")
+        if self.timeout is None:
+            warnings.warn(
+                f"BatchSpec(size={self.size}) has no `timeout`: a partial batch waits until shutdown. "
+                "Add e.g. `timeout=timedelta(minutes=5)`.",
+                BatchSpecWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return None if self.timeout is None else self.timeout.total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class JoinSpec:
+    """Correlate artifacts of different types that share a key; each complete group is one item.
+
+    `within` is a time window (timedelta, from the group's first artifact) or a
+    count window (int: the group must complete within that many arrivals at
+    this subscription). A group that expires incomplete is reported, not
+    silently dropped.
+
+    Raises:
+        ConfigurationError: `by` is not callable or `within` is not a positive timedelta/int.
+    """
+
+    by: Callable[[Any], Hashable]
+    """Computes the correlation key from each artifact's payload."""
+    within: timedelta | int
+    """Time window (timedelta) or count window (int)."""
+
+    def __post_init__(self) -> None:
+        if not callable(self.by):
+            raise ConfigurationError(f"`by` must be a callable returning the correlation key, got {self.by!r}")
+        if isinstance(self.within, timedelta):
+            if self.within <= timedelta(0):
+                raise ConfigurationError(f"`within` must be positive, got {self.within!r}")
+        elif not _is_positive_int(self.within):
+            raise ConfigurationError(
+                f"`within` must be a positive timedelta (time window) or int (count window), got {self.within!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One `consumes(...)` call of an agent."""
+
+    index: int
+    types: tuple[type[BaseModel], ...]
+    type_names: tuple[str, ...]
+    where: tuple[Callable[[Any], bool], ...] = ()
+    batch: BatchSpec | None = None
+    join: JoinSpec | None = None
+    from_agents: frozenset[str] | None = None
+    tags: frozenset[str] | None = None
+
+    def accepts_origin(self, produced_by: str | None, tags: frozenset[str]) -> bool:
+        if self.from_agents is not None and produced_by not in self.from_agents:
+            return False
+        return not (self.tags and not (tags & self.tags))

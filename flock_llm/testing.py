@@ -1,0 +1,74 @@
+"""Fakes for tests: a clock moved by hand and an engine backed by plain functions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+from pydantic import BaseModel
+
+from ._timers import ManualClock
+from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
+
+__all__ = ["EngineCall", "FunctionEngine", "ManualClock"]
+
+_Answer = Union[EvalResult, BaseModel, Sequence[BaseModel], None]
+_Fn = Callable[[EngineContext, EvalInputs], Union[_Answer, Awaitable[_Answer]]]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCall:
+    """One call a FunctionEngine received."""
+
+    kind: str
+    """"item" or "batch"."""
+    ctx: EngineContext
+    inputs: EvalInputs
+
+
+def _as_result(answer: _Answer) -> EvalResult:
+    if isinstance(answer, EvalResult):
+        return answer
+    if answer is None:
+        return EvalResult.empty()
+    if isinstance(answer, BaseModel):
+        return EvalResult.from_object(answer)
+    return EvalResult.from_objects(*answer)
+
+
+@dataclass
+class FunctionEngine(Engine):
+    """An engine whose work is done by functions; it records every call it got.
+
+    `item` handles `evaluate()`; `batch` handles `evaluate_batch()` (when
+    omitted, the default per-item fan-out over `item` is used). Each may
+    return an EvalResult, a model, a list of models or None, sync or async.
+    """
+
+    item: _Fn | None = None
+    batch: _Fn | None = None
+    calls: list[EngineCall] = field(default_factory=list)
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        self.calls.append(EngineCall("item", ctx, inputs))
+        if self.item is None:
+            return EvalResult.empty()
+        return await self._answer(self.item, ctx, inputs)
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        if self.batch is None:
+            return await super().evaluate_batch(ctx, inputs)
+        self.calls.append(EngineCall("batch", ctx, inputs))
+        return await self._answer(self.batch, ctx, inputs)
+
+    @staticmethod
+    async def _answer(fn: _Fn, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        answer = fn(ctx, inputs)
+        if isinstance(answer, Awaitable):
+            answer = await answer
+        return _as_result(answer)
+
+    @property
+    def batch_calls(self) -> list[EngineCall]:
+        return [c for c in self.calls if c.kind == "batch"]

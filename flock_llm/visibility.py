@@ -1,0 +1,166 @@
+"""Who may see an artifact.
+
+An artifact is delivered only to agents its visibility allows. Visibilities
+are immutable values; `TenantVisibility(tenant_id_extractor=...)` is a
+template that is resolved to a fixed tenant when an object is published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "AgentIdentity",
+    "AllOfVisibility",
+    "LabelledVisibility",
+    "PrivateVisibility",
+    "PublicVisibility",
+    "TenantVisibility",
+    "Visibility",
+    "combine_visibilities",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """What visibility checks know about an agent."""
+
+    name: str
+    labels: frozenset[str] = frozenset()
+    tenant_id: str | None = None
+
+
+class Visibility:
+    """Base class: decides whether an agent may see an artifact."""
+
+    __slots__ = ()
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        raise NotImplementedError
+
+    def resolve(self, obj: BaseModel) -> Visibility:
+        """The concrete visibility for publishing `obj` (templates compute it from the object)."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class PublicVisibility(Visibility):
+    """Every agent may see the artifact."""
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        return True
+
+
+def _string_set(value: Iterable[str] | str, argument: str) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset({value})
+    items = frozenset(value)
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigurationError(f"`{argument}` must hold non-empty strings, got {value!r}")
+    return items
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class PrivateVisibility(Visibility):
+    """Only the named agents may see the artifact."""
+
+    agents: frozenset[str]
+
+    def __init__(self, *, agents: Iterable[str] | str) -> None:
+        object.__setattr__(self, "agents", _string_set(agents, "agents"))
+        if not self.agents:
+            raise ConfigurationError("`agents` must name at least one agent; use PublicVisibility() for everyone")
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        return agent.name in self.agents
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class LabelledVisibility(Visibility):
+    """Only agents carrying every one of `required_labels` may see the artifact."""
+
+    required_labels: frozenset[str]
+
+    def __init__(self, *, required_labels: Iterable[str] | str) -> None:
+        object.__setattr__(self, "required_labels", _string_set(required_labels, "required_labels"))
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        return self.required_labels <= agent.labels
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class TenantVisibility(Visibility):
+    """Only agents of one tenant may see the artifact.
+
+    Give a fixed `tenant_id=`, or a `tenant_id_extractor=` that computes the
+    tenant from the published object when it is published.
+    """
+
+    tenant_id: str | None
+    tenant_id_extractor: Callable[[Any], object] | None = field(compare=False)
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str | None = None,
+        tenant_id_extractor: Callable[[Any], object] | None = None,
+    ) -> None:
+        if (tenant_id is None) == (tenant_id_extractor is None):
+            raise ConfigurationError(
+                "TenantVisibility needs exactly one of `tenant_id=` or `tenant_id_extractor=`, "
+                f"got tenant_id={tenant_id!r}, tenant_id_extractor={tenant_id_extractor!r}"
+            )
+        if tenant_id is not None and (not isinstance(tenant_id, str) or not tenant_id):
+            raise ConfigurationError(f"`tenant_id` must be a non-empty string, got {tenant_id!r}")
+        if tenant_id_extractor is not None and not callable(tenant_id_extractor):
+            raise ConfigurationError(f"`tenant_id_extractor` must be callable, got {tenant_id_extractor!r}")
+        object.__setattr__(self, "tenant_id", tenant_id)
+        object.__setattr__(self, "tenant_id_extractor", tenant_id_extractor)
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        # An unresolved template allows nobody: it must be resolved at publish time.
+        return self.tenant_id is not None and agent.tenant_id == self.tenant_id
+
+    def resolve(self, obj: BaseModel) -> Visibility:
+        if self.tenant_id_extractor is None:
+            return self
+        tenant = self.tenant_id_extractor(obj)
+        if not isinstance(tenant, str) or not tenant:
+            raise ConfigurationError(
+                f"`tenant_id_extractor` must return a non-empty string, got {tenant!r} for a {type(obj).__name__}"
+            )
+        return TenantVisibility(tenant_id=tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class AllOfVisibility(Visibility):
+    """Visible only to agents every part allows (what outputs of mixed inputs inherit)."""
+
+    parts: tuple[Visibility, ...]
+
+    def allows(self, agent: AgentIdentity) -> bool:
+        return all(part.allows(agent) for part in self.parts)
+
+
+_PUBLIC = PublicVisibility()
+
+
+def combine_visibilities(visibilities: Iterable[Visibility]) -> Visibility:
+    """The visibility an output inherits from its inputs: the most restrictive combination."""
+    unique: list[Visibility] = []
+    for vis in visibilities:
+        parts = vis.parts if isinstance(vis, AllOfVisibility) else (vis,)
+        for part in parts:
+            if not isinstance(part, PublicVisibility) and part not in unique:
+                unique.append(part)
+    if not unique:
+        return _PUBLIC
+    if len(unique) == 1:
+        return unique[0]
+    return AllOfVisibility(tuple(unique))
