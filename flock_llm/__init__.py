@@ -1,7 +1,7 @@
 """flock_llm: batch processing with LLM agents on a typed blackboard.
 
-    from flock_llm import Flock, flock_type
-    from flock_llm.subscription import BatchSpec, JoinSpec
+from flock_llm import Flock, flock_type
+from flock_llm.subscription import BatchSpec, JoinSpec
 """
 
 from .agent import Agent

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from .artifact import Artifact
@@ -89,7 +89,7 @@ class BatchBuffer:
         """Add one item; return the flush when the batch reached its size."""
         if self.opened_at is None:
             self.opened_at = now
-            self.created_at = wall or datetime.now(timezone.utc)
+            self.created_at = wall or datetime.now(UTC)
             self.batch_id = f"b{next(_batch_serial)}"
         self.items.append(item)
         size = self.batch_spec.size
@@ -142,7 +142,9 @@ class BatchEngine:
     def __init__(self) -> None:
         self.batches: dict[BatchKey, BatchBuffer] = {}
 
-    def add(self, key: BatchKey, spec: BatchSpec, item: Item, *, now: float, wall: datetime | None = None) -> AddOutcome:
+    def add(
+        self, key: BatchKey, spec: BatchSpec, item: Item, *, now: float, wall: datetime | None = None
+    ) -> AddOutcome:
         buf = self.batches.get(key)
         opened = buf is None
         if buf is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -12,9 +12,6 @@ from .errors import ConfigurationError
 from .registry import type_name_of
 from .subscription import BatchSpec, JoinSpec, Subscription
 from .visibility import AgentIdentity, Visibility
-
-if TYPE_CHECKING:
-    from .orchestrator import Flock
 
 __all__ = ["Agent"]
 
@@ -28,7 +25,9 @@ def _names(value: Iterable[str] | str | None, argument: str) -> frozenset[str] |
     return names
 
 
-def _predicates(where: Callable[[Any], bool] | Iterable[Callable[[Any], bool]] | None) -> tuple[Callable[[Any], bool], ...]:
+def _predicates(
+    where: Callable[[Any], bool] | Iterable[Callable[[Any], bool]] | None,
+) -> tuple[Callable[[Any], bool], ...]:
     if where is None:
         return ()
     predicates = (where,) if callable(where) else tuple(where)
@@ -44,9 +43,9 @@ class Agent:
     Created by `flock.agent(name)`; every builder method returns the agent.
     """
 
-    def __init__(self, flock: Flock, name: str) -> None:
-        self._flock = flock
+    def __init__(self, name: str, on_change: Callable[[], None]) -> None:
         self.name = name
+        self._on_change = on_change  # the Flock rebuilds its routing table
         self._description = ""
         self.subscriptions: list[Subscription] = []
         self.output_types: tuple[type[BaseModel], ...] = ()
@@ -114,7 +113,7 @@ class Agent:
                 tags=_names(tags, "tags"),
             )
         )
-        self._flock._agents_changed()
+        self._on_change()
         return self
 
     def publishes(self, *types: type[BaseModel], visibility: Visibility | None = None) -> Agent:
@@ -123,7 +122,8 @@ class Agent:
             type_name_of(t)
         if visibility is not None and not isinstance(visibility, Visibility):
             raise ConfigurationError(
-                f"`visibility` must be a Visibility (e.g. PublicVisibility(), TenantVisibility(...)), got {visibility!r}"
+                "`visibility` must be a Visibility (e.g. PublicVisibility(), TenantVisibility(...)), "
+                f"got {visibility!r}"
             )
         self.output_types = self.output_types + tuple(t for t in types if t not in self.output_types)
         self.output_visibility = visibility
@@ -132,7 +132,9 @@ class Agent:
     def with_engines(self, *engines: Engine) -> Agent:
         """The engine that does the work (default: LLMEngine())."""
         if len(engines) != 1:
-            raise ConfigurationError(f"agent {self.name!r}: `with_engines()` takes exactly one engine, got {len(engines)}")
+            raise ConfigurationError(
+                f"agent {self.name!r}: `with_engines()` takes exactly one engine, got {len(engines)}"
+            )
         if not isinstance(engines[0], Engine):
             raise ConfigurationError(f"engines must subclass flock_llm.engines.Engine, got {engines[0]!r}")
         self.engine = engines[0]
@@ -143,7 +145,7 @@ class Agent:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigurationError(f"`max_concurrency` must be a positive integer, got {n!r}")
         self.concurrency = n
-        self._flock._agents_changed()
+        self._on_change()
         return self
 
     def labels(self, *labels: str) -> Agent:

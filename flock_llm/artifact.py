@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
@@ -41,7 +41,7 @@ class Artifact:
     correlation_id: str | None = None
     tags: frozenset[str] = _NO_TAGS
     visibility: Visibility = _PUBLIC
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     """Wall-clock publication time, for display and lineage (timers use a monotonic clock)."""
 
     def as_type(self, cls: type[T]) -> T:

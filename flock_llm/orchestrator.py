@@ -8,9 +8,10 @@ import os
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
+
 from pydantic import BaseModel
 
 from ._batching import BatchEngine, BatchKey, Flush, Item
@@ -96,7 +97,7 @@ class Flock:
             raise ConfigurationError(f"agent name must be a non-empty string, got {name!r}")
         if name in self._agents:
             raise ConfigurationError(f"an agent named {name!r} already exists on this Flock")
-        agent = self._agents[name] = Agent(self, name)
+        agent = self._agents[name] = Agent(name, self._agents_changed)
         return agent
 
     @property
@@ -196,7 +197,7 @@ class Flock:
             try:
                 if not predicate(artifact.payload):
                     return False
-            except Exception as exc:  # user code: any error is possible; record it, don't drop silently
+            except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, don't drop silently
                 self._user_code_failed(agent, sub, artifact, exc, stage="where", counter="predicate_errors")
                 return False
         return True
@@ -207,7 +208,11 @@ class Flock:
         self._metrics.counters[counter] += 1
         log.warning(
             "agent %r subscription %d: `%s` raised %s on artifact %s; the artifact was not consumed (failure recorded)",
-            agent.name, sub.index, stage, type(exc).__name__, artifact.id,
+            agent.name,
+            sub.index,
+            stage,
+            type(exc).__name__,
+            artifact.id,
         )
         self._publish_failure(agent, [artifact], exc, stage=stage)
 
@@ -226,26 +231,28 @@ class Flock:
             try:
                 partition: Hashable = sub.batch.by(item[0].payload)
                 hash(partition)
-            except Exception as exc:  # user code: record it against every artifact of the item
+            except Exception as exc:  # noqa: BLE001 - user code: record it against every artifact of the item
                 for member in item:
                     self._user_code_failed(agent, sub, member, exc, stage="batch_by", counter="batch_key_errors")
                 return
             key = (agent.name, sub.index, partition)
-        outcome = self._batch_engine.add(key, sub.batch, item, now=self._clock.now(), wall=datetime.now(timezone.utc))
+        outcome = self._batch_engine.add(key, sub.batch, item, now=self._clock.now(), wall=datetime.now(UTC))
         if outcome.flush is not None:
             timer = self._batch_timers.pop(key, None)
             if timer is not None:
                 timer.cancel()
             self._start_flush(outcome.flush)
         elif outcome.opened_deadline is not None:
-            self._batch_timers[key] = self._clock.call_at(outcome.opened_deadline, partial(self._on_batch_deadline, key))
+            self._batch_timers[key] = self._clock.call_at(
+                outcome.opened_deadline, partial(self._on_batch_deadline, key)
+            )
 
     def _join(self, agent: Agent, sub: Subscription, artifact: Artifact) -> Item | None:
         assert sub.join is not None
         try:
             key = sub.join.by(artifact.payload)
             hash(key)
-        except Exception as exc:  # user code: any error is possible; record it, don't drop silently
+        except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, don't drop silently
             self._user_code_failed(agent, sub, artifact, exc, stage="join_by", counter="join_key_errors")
             return None
         buffer = self._joins.get((agent.name, sub.index))
@@ -272,8 +279,14 @@ class Flock:
                 JoinExpiry(agent.name, sub.index, group.key, ids, group.missing, group.reason)
             )
             log.warning(
-                "agent %r subscription %d: join group %r closed incomplete (%s), missing %s; artifacts %s not processed",
-                agent.name, sub.index, group.key, group.reason, ", ".join(group.missing), ", ".join(ids),
+                "agent %r subscription %d: join group %r closed incomplete (%s), missing %s; "
+                "artifacts %s not processed",
+                agent.name,
+                sub.index,
+                group.key,
+                group.reason,
+                ", ".join(group.missing),
+                ", ".join(ids),
             )
 
     # -- batches and timers ---------------------------------------------------------
@@ -292,7 +305,7 @@ class Flock:
             FlushRecord(
                 agent=agent.name,
                 subscription_index=sub.index,
-                partition=flush.key[2] if len(flush.key) > 2 else None,  # type: ignore[misc]
+                partition=flush.key[2] if len(flush.key) > 2 else None,
                 batch_id=flush.batch_id,
                 batch_size=flush.size,
                 configured_size=flush.configured_size,
@@ -391,9 +404,14 @@ class Flock:
                 result = await engine.evaluate(ctx, inputs)
             if not isinstance(result, EvalResult):
                 raise EngineError(f"{type(engine).__name__} returned {type(result).__name__}, expected an EvalResult")
-        except Exception as exc:  # engine code: any error is possible; the inputs become a failure record
+        except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; the inputs become a failure record
             self._metrics.counters["engine_errors"] += 1
-            log.warning("agent %r: engine raised %s; %d inputs recorded as failed", agent.name, type(exc).__name__, len(inputs.artifacts))
+            log.warning(
+                "agent %r: engine raised %s; %d inputs recorded as failed",
+                agent.name,
+                type(exc).__name__,
+                len(inputs.artifacts),
+            )
             self._publish_failure(agent, inputs.artifacts, exc, stage="engine", flush=flush)
             return
         if result.usage:
@@ -406,7 +424,7 @@ class Flock:
             sources = [by_id[i] for i in output.derived_from or () if i in by_id] or list(by_id.values())
             try:
                 artifact = self._output_artifact(agent, output.obj, output.derived_from or (), sources)
-            except Exception as exc:  # user code (visibility extractors) or a wrong output type
+            except Exception as exc:  # noqa: BLE001 - user code (visibility extractors) or a wrong output type
                 self._metrics.counters["rejected_outputs"] += 1
                 self._publish_failure(agent, sources, exc, stage="output", flush=flush)
                 continue
@@ -537,7 +555,7 @@ class Flock:
                 BatchStats(
                     agent=key[0],
                     subscription_index=key[1],
-                    partition=key[2] if len(key) > 2 else None,  # type: ignore[misc]
+                    partition=key[2] if len(key) > 2 else None,
                     pending=len(buf.items),
                     oldest_age_s=now - (buf.opened_at or now),
                     flush_in_s=None if deadline is None else max(0.0, deadline - now),

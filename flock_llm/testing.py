@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Union
 
 from pydantic import BaseModel
 
@@ -13,8 +12,8 @@ from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
 
 __all__ = ["EngineCall", "FunctionEngine", "ManualClock"]
 
-_Answer = Union[EvalResult, BaseModel, Sequence[BaseModel], None]
-_Fn = Callable[[EngineContext, EvalInputs], Union[_Answer, Awaitable[_Answer]]]
+_Answer = EvalResult | BaseModel | Sequence[BaseModel] | None
+_Fn = Callable[[EngineContext, EvalInputs], _Answer | Awaitable[_Answer]]
 
 
 @dataclass(frozen=True, slots=True)

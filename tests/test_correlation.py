@@ -47,8 +47,8 @@ def test_count_window_counts_arrivals_at_this_subscription() -> None:
     assert buf.add(temp("a"), "a", now=0.0).completed is None
     assert buf.add(pres("a"), "a", now=0.0).completed is not None  # 2 arrivals: in the window
 
-    buf.add(temp("b"), "b", now=0.0)   # arrival 3 opens b
-    buf.add(temp("c"), "c", now=0.0)   # arrival 4: b has seen 2 arrivals, still open
+    buf.add(temp("b"), "b", now=0.0)  # arrival 3 opens b
+    buf.add(temp("c"), "c", now=0.0)  # arrival 4: b has seen 2 arrivals, still open
     outcome = buf.add(pres("b"), "b", now=0.0)  # arrival 5: b is past its 2-arrival window
     assert [g.key for g in outcome.expired] == ["b"]
     assert outcome.completed is None

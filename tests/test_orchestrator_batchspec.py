@@ -51,21 +51,21 @@ async def test_simple_batch_engine_summarises_each_flush_of_three(flock: Flock) 
 
 async def test_guide_timeline_on_an_injected_clock(flock: Flock, clock: ManualClock) -> None:
     engine = payments(flock, BatchSpec(size=10, timeout=timedelta(seconds=30)))
-    await flock.publish_many(txns(5))                       # t=0: 5 arrive
+    await flock.publish_many(txns(5))  # t=0: 5 arrive
     clock.advance(10)
-    await flock.publish_many(txns(3, 5))                    # t=10: 8 total
+    await flock.publish_many(txns(3, 5))  # t=10: 8 total
     clock.advance(10)
-    await flock.publish_many(txns(2, 8))                    # t=20: 10 -> size flush
+    await flock.publish_many(txns(2, 8))  # t=20: 10 -> size flush
     await flock.run_until_idle()
     assert [len(c.inputs) for c in engine.batch_calls] == [10]
     assert engine.batch_calls[0].ctx.flush_reason == "size"
 
     clock.advance(5)
-    await flock.publish_many(txns(3, 10))                   # t=25: 3 arrive
+    await flock.publish_many(txns(3, 10))  # t=25: 3 arrive
     clock.advance(29.5)
     await flock.run_until_idle()
-    assert len(engine.batch_calls) == 1                     # not yet: the deadline is t=55
-    clock.advance(0.5)                                      # t=55: timeout flush
+    assert len(engine.batch_calls) == 1  # not yet: the deadline is t=55
+    clock.advance(0.5)  # t=55: timeout flush
     await flock.run_until_idle()
     assert [len(c.inputs) for c in engine.batch_calls] == [10, 3]
     last = engine.batch_calls[1].ctx
@@ -77,13 +77,13 @@ async def test_guide_timeline_on_an_injected_clock(flock: Flock, clock: ManualCl
 async def test_timer_starts_again_with_the_next_batch(flock: Flock, clock: ManualClock) -> None:
     engine = payments(flock, BatchSpec(size=100, timeout=timedelta(seconds=30)))
     await flock.publish(txns(1)[0])
-    clock.advance(30)                                       # first batch flushes at t=30
+    clock.advance(30)  # first batch flushes at t=30
     clock.advance(20)
-    await flock.publish(txns(1, 1)[0])                      # second batch opens at t=50
+    await flock.publish(txns(1, 1)[0])  # second batch opens at t=50
     clock.advance(29)
     await flock.run_until_idle()
     assert len(engine.batch_calls) == 1
-    clock.advance(1)                                        # t=80
+    clock.advance(1)  # t=80
     await flock.run_until_idle()
     assert len(engine.batch_calls) == 2
     assert [r.waited_s for r in flock.metrics().flushes] == [30.0, 30.0]
@@ -93,7 +93,7 @@ async def test_real_timeout_flush_fires_on_its_own_without_polling() -> None:
     async with Flock(env={}) as flock:
         engine = payments(flock, BatchSpec(size=25, timeout=timedelta(milliseconds=40)))
         await flock.publish_many(txns(3))
-        await flock.run_until_idle()                        # returns at once; the timer stays armed
+        await flock.run_until_idle()  # returns at once; the timer stays armed
         assert engine.batch_calls == []
         for _ in range(50):
             await asyncio.sleep(0.01)
@@ -112,7 +112,7 @@ async def test_shutdown_flushes_partial_batches(flock: Flock) -> None:
     await flock.shutdown()
     (call,) = engine.batch_calls
     assert call.ctx.flush_reason == "shutdown" and len(call.inputs) == 7
-    assert set((await references(flock, "payment_processor"))) == {a.id for a in published}
+    assert set(await references(flock, "payment_processor")) == {a.id for a in published}
 
 
 async def test_shutdown_flushes_batches_filled_by_other_shutdown_flushes(flock: Flock) -> None:
@@ -181,8 +181,9 @@ async def test_batch_by_keeps_one_batch_per_key(flock: Flock) -> None:
         .publishes(Echo)
         .with_engines(engine)
     )
-    await flock.publish_many([*txns(1, 0, customer_id="alice"), *txns(1, 1, customer_id="bob"),
-                              *txns(1, 2, customer_id="alice")])
+    await flock.publish_many(
+        [*txns(1, 0, customer_id="alice"), *txns(1, 1, customer_id="bob"), *txns(1, 2, customer_id="alice")]
+    )
     await flock.run_until_idle()
     for call in engine.batch_calls:
         assert len({t.customer_id for t in call.inputs.all_as(Transaction)}) == 1
@@ -195,17 +196,17 @@ async def test_batch_by_keeps_one_batch_per_key(flock: Flock) -> None:
 async def test_documented_hooks_check_timeouts_and_batches_mapping(flock: Flock, clock: ManualClock) -> None:
     engine = payments(flock, BatchSpec(size=10, timeout=timedelta(seconds=30)))
     await flock.publish_many(txns(4))
-    ((agent_name, sub_index), accumulator), = flock._batch_engine.batches.items()
+    (((agent_name, sub_index), accumulator),) = flock._batch_engine.batches.items()
     assert (agent_name, sub_index) == ("payment_processor", 0)
     assert len(accumulator.artifacts) == 4 and accumulator.batch_spec.timeout == timedelta(seconds=30)
     assert accumulator.created_at is not None
-    assert await flock._check_batch_timeouts() == 0         # not expired yet
-    clock._now += 31                                        # time passes without the timer firing
+    assert await flock._check_batch_timeouts() == 0  # not expired yet
+    clock._now += 31  # time passes without the timer firing
     assert await flock._check_batch_timeouts() == 1
     await flock.run_until_idle()
     assert engine.batch_calls[0].ctx.flush_reason == "timeout"
     assert flock._batch_engine.batches == {}
-    clock.advance(100)                                      # the cancelled timer does not flush again
+    clock.advance(100)  # the cancelled timer does not flush again
     await flock.run_until_idle()
     assert len(engine.batch_calls) == 1
 
@@ -227,7 +228,11 @@ async def test_flush_metrics_are_readable(flock: Flock, clock: ManualClock) -> N
     size_flush, timeout_flush = flock.metrics().flushes
     assert isinstance(size_flush, FlushRecord)
     assert (size_flush.agent, size_flush.subscription_index, size_flush.reason, size_flush.efficiency) == (
-        "payment_processor", 0, "size", 1.0)
+        "payment_processor",
+        0,
+        "size",
+        1.0,
+    )
     assert (timeout_flush.reason, timeout_flush.batch_size, timeout_flush.configured_size) == ("timeout", 1, 4)
     assert timeout_flush.efficiency == 0.25 and timeout_flush.waited_s == 30.0
 
@@ -275,8 +280,9 @@ async def test_engine_context_carries_no_blackboard(flock: Flock) -> None:
     await flock.run_until_idle()
     ctx = engine.batch_calls[0].ctx
     assert len(repr(ctx)) < 1_000
-    assert not any(isinstance(getattr(ctx, f), (list, dict)) and len(getattr(ctx, f)) > 100
-                   for f in ctx.__dataclass_fields__)
+    assert not any(
+        isinstance(getattr(ctx, f), (list, dict)) and len(getattr(ctx, f)) > 100 for f in ctx.__dataclass_fields__
+    )
 
 
 async def test_publish_after_shutdown_is_refused(flock: Flock) -> None:

@@ -181,7 +181,7 @@ class Engine:
             async with gate:
                 try:
                     result = await self.evaluate(item_ctx, single)
-                except Exception as exc:  # engine code: any error is possible; record it against this item
+                except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; record it against this item
                     log.warning("agent %r: evaluate() raised %s", ctx.agent_name, type(exc).__name__)
                     return EvalResult(failures=(ItemFailure.from_exception(exc, single.artifact_ids),))
                 return result.with_lineage(single.artifact_ids)
