@@ -1,0 +1,309 @@
+"""The fallback ladder shared by the LLM engines.
+
+For a batch of items it asks a backend for answers and makes sure every
+item ends up in an output or a failure:
+
+    call (transient errors retried by the backend)
+      -> salvage the valid part of the answer
+      -> one repair round with the validation errors
+      -> split what still fails (and what does not fit the context window) in halves
+      -> per-item fallback (the engine's evaluate()) for single items
+      -> failure records for what still fails
+
+Auth, bad-request and other fatal errors stop the ladder at once: no more
+calls, every unsolved item fails with that error. The ladder does no I/O of
+its own; the backend makes the calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from ..errors import ModelCallError, ModelOutputError
+from ._base import EvalResult, ItemFailure, Output
+from ._limits import classify_error
+from ._parsing import parse_per_item, parse_report
+
+__all__ = ["Answer", "Backend", "FallbackLadder", "LadderItem", "Repair", "Usage"]
+
+log = logging.getLogger("flock_llm.engines")
+
+
+@dataclass(frozen=True, slots=True)
+class LadderItem:
+    """One batch item: the engine-assigned id, its prompt data, and the artifacts it stands for."""
+
+    id: str
+    data: str
+    artifact_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one model call returned: text (or already-decoded data) and whether it was cut off."""
+
+    content: Any
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A second chance: the previous answer and what was wrong with it."""
+
+    previous: Any
+    errors: Sequence[str]
+    asked: Sequence[LadderItem]
+    """The items of the call being repaired."""
+
+
+@dataclass
+class Usage:
+    """Counters for one engine run; summed into the Flock's metrics."""
+
+    items: int = 0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known_calls: int = 0
+    latency_s: float = 0.0
+    retries: int = 0
+    repairs: int = 0
+    splits: int = 0
+    reduces: int = 0
+    fallbacks: int = 0
+    failed_items: int = 0
+    unknown_ids: int = 0
+    duplicate_ids: int = 0
+    per_item_prompt_tokens: int = 0
+    """Prompt tokens the same items would have needed one call each (rendered and counted)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if not self.cost_known_calls:
+            values["cost_usd"] = None
+        return {**values, **self.extra}
+
+
+class Backend(Protocol):
+    """Makes model calls for the ladder; counts usage itself."""
+
+    def fits(self, items: Sequence[LadderItem], *, per_item: bool) -> bool: ...
+
+    async def ask(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
+                  reduce_total: int = 0) -> Answer: ...
+
+
+Fallback = Callable[[LadderItem], Awaitable[EvalResult]]
+
+
+def _halves(items: Sequence[LadderItem]) -> list[list[LadderItem]]:
+    middle = len(items) // 2
+    return [list(items[:middle]), list(items[middle:])]
+
+
+class FallbackLadder:
+    """Turns items into outputs or failures, one rung at a time.
+
+    Args:
+        backend: makes the calls.
+        output_type: the pydantic type to parse answers into.
+        usage: counters to update.
+        fallback: per-item evaluation for single items that still fail (None: they fail).
+    """
+
+    def __init__(self, backend: Backend, output_type: type[BaseModel], usage: Usage,
+                 fallback: Fallback | None = None) -> None:
+        self.backend = backend
+        self.output_type = output_type
+        self.usage = usage
+        self.fallback = fallback
+        self.outputs: list[Output] = []
+        self.failures: list[ItemFailure] = []
+        self.fatal: BaseException | None = None
+
+    def result(self) -> EvalResult:
+        return EvalResult(tuple(self.outputs), tuple(self.failures), self.usage.as_dict())
+
+    # -- per-item mode -------------------------------------------------------------
+
+    async def per_item(self, items: Sequence[LadderItem]) -> EvalResult:
+        await self._items(list(items), repair_allowed=True)
+        return self.result()
+
+    async def _items(self, group: list[LadderItem], *, repair_allowed: bool) -> None:
+        if self._stopped(group):
+            return
+        if len(group) > 1 and not self.backend.fits(group, per_item=True):
+            await self._split_items(group, repair_allowed=repair_allowed)
+            return
+        answer = await self._ask(group, per_item=True)
+        if answer is None:
+            await self._recover(group, per_item=True)
+            return
+        if answer.truncated and len(group) > 1:
+            await self._split_items(group, repair_allowed=repair_allowed)  # cut off: smaller asks, not a re-ask
+            return
+        pending, feedback = self._accept_items(group, answer)
+        if pending and repair_allowed and not answer.truncated:
+            self.usage.repairs += 1
+            repaired = await self._ask(pending, per_item=True, repair=Repair(answer.content, feedback, group))
+            if repaired is None:
+                await self._recover(pending, per_item=True)
+                return
+            pending, feedback = self._accept_items(pending, repaired)
+        if not pending:
+            return
+        if len(pending) > 1:
+            await self._split_items(pending, repair_allowed=False)
+        else:
+            await self._last_resort(pending[0], feedback, answer.content)
+
+    async def _split_items(self, group: list[LadderItem], *, repair_allowed: bool) -> None:
+        self.usage.splits += 1
+        for half in _halves(group):
+            await self._items(half, repair_allowed=repair_allowed)
+
+    def _accept_items(self, group: list[LadderItem], answer: Answer) -> tuple[list[LadderItem], list[str]]:
+        results = parse_per_item(answer.content, [i.id for i in group], self.output_type)
+        self.usage.unknown_ids += len(results.unknown)
+        self.usage.duplicate_ids += len(results.duplicates)
+        for item in group:
+            obj = results.valid.get(item.id)
+            if obj is not None:
+                self.outputs.append(Output(obj, item.artifact_ids))
+        return [i for i in group if i.id not in results.valid], results.feedback()
+
+    # -- report mode -------------------------------------------------------------
+
+    async def report(self, items: Sequence[LadderItem]) -> EvalResult:
+        parts = await self._report(list(items), repair_allowed=True)
+        if len(parts) > 1 and not self.fatal:
+            parts = await self._reduce(parts, total=len(items))
+        self.outputs.extend(parts)
+        return self.result()
+
+    async def _report(self, group: list[LadderItem], *, repair_allowed: bool) -> list[Output]:
+        if self._stopped(group):
+            return []
+        if len(group) > 1 and not self.backend.fits(group, per_item=False):
+            return await self._split_report(group, repair_allowed=repair_allowed)
+        answer = await self._ask(group, per_item=False)
+        if answer is None:
+            return await self._recover(group, per_item=False)
+        if answer.truncated and len(group) > 1:
+            return await self._split_report(group, repair_allowed=repair_allowed)
+        obj, errors = parse_report(answer.content, self.output_type)
+        if obj is None and repair_allowed and not answer.truncated:
+            self.usage.repairs += 1
+            repaired = await self._ask(group, per_item=False, repair=Repair(answer.content, errors, group))
+            if repaired is None:
+                return await self._recover(group, per_item=False)
+            obj, errors = parse_report(repaired.content, self.output_type)
+        if obj is not None:
+            return [Output(obj, tuple(a for item in group for a in item.artifact_ids))]
+        if len(group) > 1:
+            return await self._split_report(group, repair_allowed=False)
+        await self._last_resort(group[0], errors, answer.content)
+        return []
+
+    async def _split_report(self, group: list[LadderItem], *, repair_allowed: bool) -> list[Output]:
+        self.usage.splits += 1
+        parts: list[Output] = []
+        for half in _halves(group):
+            parts += await self._report(half, repair_allowed=repair_allowed)
+        return parts
+
+    async def _reduce(self, parts: list[Output], *, total: int) -> list[Output]:
+        """Combine partial reports into one; when that fails, the partial reports stand (nothing is lost)."""
+        from ..prompts.render import encode_item
+
+        partials = [
+            LadderItem(f"part{n}", encode_item(p.obj.model_dump(mode="json")), p.derived_from or ())
+            for n, p in enumerate(parts, 1)
+        ]
+        if not self.backend.fits(partials, per_item=False):
+            log.warning("%d partial reports do not fit one prompt; publishing them unreduced", len(parts))
+            return parts
+        self.usage.reduces += 1
+        answer = await self._ask(partials, per_item=False, reduce_total=total)
+        if answer is None:
+            return parts
+        obj, _ = parse_report(answer.content, self.output_type)
+        if obj is None:
+            log.warning("the reduce answer did not validate; publishing %d partial reports", len(parts))
+            return parts
+        return [Output(obj, tuple(a for p in parts for a in p.derived_from or ()))]
+
+    # -- shared rungs -------------------------------------------------------------
+
+    def _stopped(self, group: list[LadderItem]) -> bool:
+        if self.fatal is None:
+            return False
+        self._fail(group, self.fatal)
+        return True
+
+    async def _ask(self, group: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
+                   reduce_total: int = 0) -> Answer | None:
+        """The answer, or None after recording why the call failed (see `_last_error`)."""
+        self._last_error: BaseException | None = None
+        try:
+            return await self.backend.ask(group, per_item=per_item, repair=repair, reduce_total=reduce_total)
+        except Exception as exc:  # noqa: BLE001 - provider and transport errors of any kind; classified here
+            self._last_error = exc
+            if classify_error(exc) == "fatal":
+                self.fatal = exc
+            return None
+
+    async def _recover(self, group: list[LadderItem], *, per_item: bool) -> list[Output]:
+        """After a failed call: split on context overflow, per-item fallback after transient errors."""
+        exc = self._last_error
+        assert exc is not None
+        if self.fatal is not None:
+            self._fail(group, self.fatal)
+            return []
+        if classify_error(exc) == "context" and len(group) > 1:
+            if per_item:
+                await self._split_items(group, repair_allowed=True)
+                return []
+            return await self._split_report(group, repair_allowed=True)
+        outputs: list[Output] = []
+        for item in group:
+            before = len(self.outputs)
+            await self._last_resort(item, [f"{type(exc).__name__}: {exc}"], None, error=exc)
+            if not per_item:  # report mode: the fallback's report is a partial report to reduce
+                outputs += self.outputs[before:]
+                del self.outputs[before:]
+        return outputs
+
+    async def _last_resort(self, item: LadderItem, feedback: Sequence[str], raw: Any,
+                           error: BaseException | None = None) -> None:
+        if self.fallback is not None and self.fatal is None:
+            self.usage.fallbacks += 1
+            result = await self.fallback(item)
+            self.outputs.extend(result.outputs)
+            self.failures.extend(result.failures)
+            self.usage.failed_items += len(result.failures)
+            return
+        if error is None:
+            error = ModelOutputError(
+                "the model's answer for this item did not validate: " + "; ".join(feedback)[:500],
+                raw=raw if isinstance(raw, str) else repr(raw),
+                item_ids=[item.id],
+            )
+        self._fail([item], error)
+
+    def _fail(self, group: Sequence[LadderItem], error: BaseException) -> None:
+        if not group:
+            return
+        self.usage.failed_items += len(group)
+        if not isinstance(error, (ModelOutputError, ModelCallError)):
+            error = ModelCallError(f"{type(error).__name__}: {error}", retryable=classify_error(error) == "transient",
+                                   status_code=getattr(error, "status_code", None))
+        self.failures.append(ItemFailure.from_exception(error, [a for item in group for a in item.artifact_ids]))

@@ -1,0 +1,90 @@
+"""Which model to call, loading litellm lazily, and keeping secrets out of messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["OFFLINE_MODEL", "announce_offline", "is_offline", "load_litellm", "redact", "resolve_model"]
+
+log = logging.getLogger("flock_llm.engines")
+
+OFFLINE_PROVIDER = "flock-offline"
+OFFLINE_MODEL = f"{OFFLINE_PROVIDER}/placeholder"
+"""The built-in offline model: no network, schema-valid placeholder answers."""
+
+MODEL_ENV = "FLOCK_LLM_MODEL"
+
+
+def resolve_model(engine_model: str | None, flock_model: str | None, env: Mapping[str, str]) -> str:
+    """Engine argument, then `Flock(model=)`, then `FLOCK_LLM_MODEL`, then the offline model."""
+    for candidate in (engine_model, flock_model, env.get(MODEL_ENV)):
+        if candidate:
+            if not isinstance(candidate, str) or "/" not in candidate and not candidate.startswith("gpt"):
+                raise ConfigurationError(
+                    f"model {candidate!r} is not a litellm model string; use e.g. 'openai/gpt-4.1-mini' or "
+                    "'ollama/llama3.2'"
+                )
+            return candidate
+    return OFFLINE_MODEL
+
+
+def is_offline(model: str) -> bool:
+    return model.startswith(OFFLINE_PROVIDER + "/")
+
+
+@functools.cache
+def announce_offline() -> None:
+    """Say once per process, plainly, that answers are placeholders."""
+    log.warning(
+        "flock_llm is using its built-in OFFLINE model: answers are schema-valid placeholders, not real LLM "
+        "output. Set FLOCK_LLM_MODEL (e.g. openai/gpt-4.1-mini) and the provider's API key, or pass model= to "
+        "Flock or LLMEngine, to use a real model."
+    )
+
+
+def load_litellm() -> ModuleType:
+    """Import litellm on first use, offline-safe, with our offline provider registered."""
+    # litellm fetches a price list at import unless told to use its bundled copy
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm  # deferred: `import flock_llm` must stay fast
+
+    litellm.suppress_debug_info = True
+    providers = list(getattr(litellm, "custom_provider_map", None) or [])
+    if not any(p.get("provider") == OFFLINE_PROVIDER for p in providers):
+        from .offline import OfflineLLM
+
+        providers.append({"provider": OFFLINE_PROVIDER, "custom_handler": OfflineLLM()})
+        litellm.custom_provider_map = providers
+        from litellm.utils import custom_llm_setup
+
+        custom_llm_setup()
+    module: ModuleType = litellm
+    return module
+
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
+_KEY_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9_\-.=]{8,})")
+
+
+def secrets_from(kwargs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> list[str]:
+    """Values that must never appear in logs, errors or metrics."""
+    found = [str(v) for k, v in kwargs.items() if _SECRET_NAME.search(k) and v]
+    source = os.environ if env is None else env
+    found += [v for k, v in source.items() if _SECRET_NAME.search(k) and len(v) >= 8]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every known secret, and anything shaped like an API key, replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _KEY_SHAPES.sub("***", text)

@@ -1,0 +1,284 @@
+"""LLMEngine: one structured litellm call per flushed batch, with a fallback ladder that loses nothing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..errors import ConfigurationError
+from ..prompts.render import PromptItem, Prompts, encode_item
+from ._base import Engine, EngineContext, EvalInputs, EvalResult
+from ._ladder import Answer, FallbackLadder, LadderItem, Repair, Usage
+from ._limits import RequestLimiter, RetryPolicy
+from ._models import announce_offline, is_offline, load_litellm, redact, resolve_model, secrets_from
+
+__all__ = ["CallRecord", "LLMEngine"]
+
+log = logging.getLogger("flock_llm.engines")
+
+DEFAULT_MAX_INPUT_TOKENS = 16_000
+"""Context budget when litellm does not know the model and none is configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One model call (retried attempts included in `attempts`)."""
+
+    agent: str
+    model: str
+    kind: str
+    """"batch", "repair" or "reduce"."""
+    items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_s: float
+    attempts: int
+    outcome: str
+    """"ok", "truncated" or the error type."""
+
+
+class LLMEngine(Engine):
+    """Renders a batch into one prompt, calls the model via litellm, parses the answer.
+
+    Args:
+        model: litellm model string; default: `Flock(model=)`, then `FLOCK_LLM_MODEL`, then the offline model.
+        per_item: one output per input item (aligned by id) instead of one report per batch.
+        output_type: the type to produce; default: the first type the agent publishes.
+        instructions: extra task text appended to the agent's description.
+        prompts: template overrides by name ("system", "items", "repair").
+        structured_output: send the JSON schema as `response_format` (default: when litellm says the model can).
+        max_input_tokens: context budget per call (default: litellm's figure for the model, else 16,000).
+        max_concurrent_requests, requests_per_minute: limits for this engine's calls.
+        retry: how transient errors (429, 5xx, timeouts, connection errors) are retried.
+        timeout: seconds per request.
+        **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        per_item: bool = False,
+        output_type: type[BaseModel] | None = None,
+        instructions: str = "",
+        prompts: Mapping[str, str] | None = None,
+        structured_output: bool | None = None,
+        max_input_tokens: int | None = None,
+        max_concurrent_requests: int | None = 8,
+        requests_per_minute: float | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        **litellm_kwargs: Any,
+    ) -> None:
+        for reserved in ("messages", "response_format", "num_retries", "max_retries", "stream"):
+            if reserved in litellm_kwargs:
+                raise ConfigurationError(f"`{reserved}` is set by LLMEngine itself; remove it from the arguments")
+        if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 100):
+            raise ConfigurationError(f"`max_input_tokens` must be an integer >= 100, got {max_input_tokens!r}")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigurationError(f"`timeout` must be a positive number of seconds, got {timeout!r}")
+        self.model = model
+        self.per_item = per_item
+        self.output_type = output_type
+        self.instructions = instructions
+        self.prompts = Prompts(prompts)
+        self.structured_output = structured_output
+        self.max_input_tokens = max_input_tokens
+        self.retry = retry or RetryPolicy()
+        self.timeout = float(timeout)
+        self.litellm_kwargs = litellm_kwargs
+        self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
+        self.calls: deque[CallRecord] = deque(maxlen=1000)
+        """The most recent model calls."""
+        self._secrets = secrets_from(litellm_kwargs)
+
+    def __repr__(self) -> str:  # never shows litellm kwargs: they may hold keys
+        return f"LLMEngine(model={self.model!r}, per_item={self.per_item!r})"
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        return await self._run(ctx, inputs, fallback=False)
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        return await self._run(ctx, inputs, fallback=True)
+
+    async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
+        call = _Call(self, ctx)
+        items = [
+            LadderItem(f"i{n}", _item_data(item), tuple(a.id for a in item)) for n, item in enumerate(inputs.items, 1)
+        ]
+        call.usage.items = len(items)
+        call.usage.per_item_prompt_tokens = sum(call.count_tokens([item], per_item=self.per_item) for item in items)
+        single_ctx = replace(ctx, is_batch=False, batch_size=1)
+
+        async def per_item_fallback(item: LadderItem) -> EvalResult:
+            by_id = {a.id: a for a in inputs.artifacts}
+            return await self.evaluate(single_ctx, EvalInputs((tuple(by_id[i] for i in item.artifact_ids),)))
+
+        ladder = FallbackLadder(call, call.output_type, call.usage, per_item_fallback if fallback else None)
+        result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
+        return self._redacted(result)
+
+    def redact(self, text: str) -> str:
+        """`text` without this engine's API keys (or anything shaped like one)."""
+        return redact(text, self._secrets)
+
+    def _redacted(self, result: EvalResult) -> EvalResult:
+        failures = tuple(replace(f, error=self.redact(f.error)) for f in result.failures)
+        return replace(result, failures=failures)
+
+
+def _item_data(item: tuple[Any, ...]) -> str:
+    if len(item) == 1:
+        return encode_item(item[0].payload.model_dump(mode="json"))
+    return encode_item({a.type_name: a.payload.model_dump(mode="json") for a in item})
+
+
+class _Call:
+    """The ladder's backend for one engine run: renders prompts, counts tokens, calls litellm."""
+
+    def __init__(self, engine: LLMEngine, ctx: EngineContext) -> None:
+        self.engine = engine
+        self.ctx = ctx
+        self.model = resolve_model(engine.model, ctx.model, ctx.env)
+        self.litellm = load_litellm()
+        if is_offline(self.model):
+            announce_offline()
+        output_type = engine.output_type or (ctx.publishes[0] if ctx.publishes else None)
+        if output_type is None:
+            raise ConfigurationError(
+                f"agent {ctx.agent_name!r} publishes nothing, so LLMEngine does not know what to produce; "
+                "add `.publishes(YourType)` or pass `LLMEngine(output_type=...)`"
+            )
+        self.output_type: type[BaseModel] = output_type
+        self.schema = self.output_type.model_json_schema()
+        self.usage = Usage(extra={"model": self.model})
+        self.structured = engine.structured_output
+        if self.structured is None:
+            self.structured = is_offline(self.model) or self._supports_schema()
+        self.budget = engine.max_input_tokens or self._context_window()
+
+    def _supports_schema(self) -> bool:
+        try:
+            return bool(self.litellm.supports_response_schema(model=self.model))
+        except Exception:  # noqa: BLE001 - litellm raises assorted errors for unknown models; assume no
+            return False
+
+    def _context_window(self) -> int:
+        if is_offline(self.model):
+            return 128_000
+        try:
+            window = self.litellm.get_model_info(self.model).get("max_input_tokens")
+        except Exception:  # noqa: BLE001 - unknown model: litellm raises; fall back to the default budget
+            window = None
+        return int(window) if window else DEFAULT_MAX_INPUT_TOKENS
+
+    # -- prompts --------------------------------------------------------------------
+
+    def messages(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
+                 reduce_total: int = 0) -> list[dict[str, str]]:
+        description = "\n".join(t for t in (self.ctx.description, self.engine.instructions) if t)
+        asked = repair.asked if repair is not None else items
+        system = self.engine.prompts.system(
+            agent_name=self.ctx.agent_name, description=description, output_name=self.output_type.__name__,
+            output_schema=self.schema, per_item=per_item, item_count=len(asked),
+            reduce=reduce_total > 0, total_items=reduce_total,
+        )
+        user = self.engine.prompts.items([PromptItem(i.id, i.data) for i in asked])
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        if repair is not None:
+            previous = repair.previous if isinstance(repair.previous, str) else encode_item(repair.previous)
+            messages.append({"role": "assistant", "content": previous})
+            messages.append({"role": "user", "content": self.engine.prompts.repair(
+                errors=repair.errors, per_item=per_item, ids=[i.id for i in items])})
+        return messages
+
+    def response_format(self, items: Sequence[LadderItem], *, per_item: bool) -> dict[str, Any]:
+        if per_item:
+            output = {k: v for k, v in self.schema.items() if k != "$defs"}
+            schema: dict[str, Any] = {
+                "type": "object",
+                "properties": {"results": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {"item_id": {"type": "string", "enum": [i.id for i in items]}, "output": output},
+                    "required": ["item_id", "output"],
+                    "additionalProperties": False,
+                }}},
+                "required": ["results"],
+                "additionalProperties": False,
+            }
+            if "$defs" in self.schema:
+                schema["$defs"] = self.schema["$defs"]
+            name = f"{self.output_type.__name__}_per_item"
+        else:
+            schema, name = self.schema, self.output_type.__name__
+        return {"type": "json_schema", "json_schema": {"name": name[:64], "schema": schema, "strict": False}}
+
+    def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool, reduce_total: int = 0) -> int:
+        messages = self.messages(items, per_item=per_item, reduce_total=reduce_total)
+        counter_model = "gpt-4o-mini" if is_offline(self.model) else self.model
+        return int(self.litellm.token_counter(model=counter_model, messages=messages))
+
+    # -- Backend protocol ---------------------------------------------------------------
+
+    def fits(self, items: Sequence[LadderItem], *, per_item: bool) -> bool:
+        return self.count_tokens(items, per_item=per_item) <= self.budget
+
+    async def ask(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
+                  reduce_total: int = 0) -> Answer:
+        kwargs: dict[str, Any] = {
+            **self.engine.litellm_kwargs,
+            "model": self.model,
+            "messages": self.messages(items, per_item=per_item, repair=repair, reduce_total=reduce_total),
+            "max_retries": 0,  # tenacity retries; the SDK's own retries would multiply ours
+            "timeout": self.engine.timeout,
+        }
+        if self.structured:
+            kwargs["response_format"] = self.response_format(items, per_item=per_item)
+        attempts = 0
+
+        async def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            self.usage.llm_calls += 1
+            return await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+
+        def on_retry(exc: BaseException) -> None:
+            self.usage.retries += 1
+            log.info("agent %r: retrying after %s", self.ctx.agent_name,
+                     self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"))
+
+        kind = "repair" if repair else "reduce" if reduce_total else "batch"
+        started = time.perf_counter()
+        try:
+            response = await self.engine.retry.run(attempt, on_retry)
+        except Exception as exc:
+            self._record(kind, len(items), started, attempts, type(exc).__name__, None)
+            raise
+        choice = response.choices[0]
+        truncated = choice.finish_reason == "length"
+        self._record(kind, len(items), started, attempts, "truncated" if truncated else "ok", response)
+        return Answer(choice.message.content or "", truncated=truncated)
+
+    def _record(self, kind: str, items: int, started: float, attempts: int, outcome: str, response: Any) -> None:
+        latency = time.perf_counter() - started
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = None
+        if response is not None:
+            cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        self.usage.prompt_tokens += prompt
+        self.usage.completion_tokens += completion
+        self.usage.latency_s += latency
+        if cost is not None:
+            self.usage.cost_usd += float(cost)
+            self.usage.cost_known_calls += 1
+        self.engine.calls.append(CallRecord(self.ctx.agent_name, self.model, kind, items, prompt, completion,
+                                            None if cost is None else float(cost), latency, attempts, outcome))

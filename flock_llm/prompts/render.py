@@ -1,0 +1,83 @@
+"""Prompt templates (jinja2 files in this package) and their rendering.
+
+Item text is data: each item is JSON-encoded with `<`, `>` and `&` escaped
+as JSON unicode escapes, so no item can close its `<item>` block or open
+another, whatever it says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from ..errors import ConfigurationError
+
+__all__ = ["PromptItem", "Prompts", "TEMPLATE_NAMES", "encode_item"]
+
+TEMPLATE_NAMES = ("system", "items", "repair")
+
+
+@dataclass(frozen=True, slots=True)
+class PromptItem:
+    """One batch item as the model sees it: an engine-assigned id and its JSON data."""
+
+    id: str
+    data: str
+
+
+def encode_item(value: Any) -> str:
+    """JSON for a prompt's data block; markup characters are escaped so item text cannot break out."""
+    text = json.dumps(value, ensure_ascii=False, indent=None, default=str)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+@cache
+def _packaged(name: str) -> str:
+    return resources.files("flock_llm.prompts").joinpath(f"{name}.j2").read_text(encoding="utf-8")
+
+
+class Prompts:
+    """The engine's templates: the packaged ones, with any overridden by name.
+
+    Args:
+        overrides: template source by name ("system", "items", "repair").
+    """
+
+    def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
+        unknown = set(overrides or {}) - set(TEMPLATE_NAMES)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown prompt template(s) {sorted(unknown)!r}; the templates are {list(TEMPLATE_NAMES)!r}"
+            )
+        env = jinja2.Environment(
+            autoescape=False,  # noqa: S701 - prompts are not HTML; item data is escaped by encode_item
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        sources = {name: (overrides or {}).get(name) or _packaged(name) for name in TEMPLATE_NAMES}
+        try:
+            self._templates = {name: env.from_string(src) for name, src in sources.items()}
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigurationError(f"prompt template does not parse: {exc}") from exc
+
+    def system(self, *, agent_name: str, description: str, output_name: str, output_schema: dict[str, Any],
+               per_item: bool, item_count: int, reduce: bool = False, total_items: int = 0) -> str:
+        return self._templates["system"].render(
+            agent_name=agent_name, description=description, output_name=output_name,
+            output_schema=json.dumps(output_schema, indent=1), per_item=per_item, item_count=item_count,
+            reduce=reduce, total_items=total_items,
+        ).strip()
+
+    def items(self, items: Sequence[PromptItem]) -> str:
+        return self._templates["items"].render(items=items, item_count=len(items)).strip()
+
+    def repair(self, *, errors: Sequence[str], per_item: bool, ids: Sequence[str]) -> str:
+        return self._templates["repair"].render(errors=errors, per_item=per_item, ids=ids).strip()
