@@ -62,3 +62,23 @@ class Echo(BaseModel):
     """A per-item output of the test engines."""
 
     source: str
+
+
+@flock_type
+class CustomerReview(BaseModel):
+    review_id: str
+    rating: int
+    text: str
+
+
+@flock_type
+class SentimentTrendReport(BaseModel):
+    review_count: int
+    average_rating: float
+    summary: str
+
+
+@flock_type
+class ReviewSentiment(BaseModel):
+    review_id: str
+    label: str

@@ -96,8 +96,9 @@ class Backend(Protocol):
 
     def fits(self, items: Sequence[LadderItem], *, per_item: bool) -> bool: ...
 
-    async def ask(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
-                  reduce_total: int = 0) -> Answer: ...
+    async def ask(
+        self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
+    ) -> Answer: ...
 
 
 Fallback = Callable[[LadderItem], Awaitable[EvalResult]]
@@ -118,8 +119,9 @@ class FallbackLadder:
         fallback: per-item evaluation for single items that still fail (None: they fail).
     """
 
-    def __init__(self, backend: Backend, output_type: type[BaseModel], usage: Usage,
-                 fallback: Fallback | None = None) -> None:
+    def __init__(
+        self, backend: Backend, output_type: type[BaseModel], usage: Usage, fallback: Fallback | None = None
+    ) -> None:
         self.backend = backend
         self.output_type = output_type
         self.usage = usage
@@ -249,8 +251,9 @@ class FallbackLadder:
         self._fail(group, self.fatal)
         return True
 
-    async def _ask(self, group: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
-                   reduce_total: int = 0) -> Answer | None:
+    async def _ask(
+        self, group: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
+    ) -> Answer | None:
         """The answer, or None after recording why the call failed (see `_last_error`)."""
         self._last_error: BaseException | None = None
         try:
@@ -282,8 +285,9 @@ class FallbackLadder:
                 del self.outputs[before:]
         return outputs
 
-    async def _last_resort(self, item: LadderItem, feedback: Sequence[str], raw: Any,
-                           error: BaseException | None = None) -> None:
+    async def _last_resort(
+        self, item: LadderItem, feedback: Sequence[str], raw: Any, error: BaseException | None = None
+    ) -> None:
         if self.fallback is not None and self.fatal is None:
             self.usage.fallbacks += 1
             result = await self.fallback(item)
@@ -304,6 +308,9 @@ class FallbackLadder:
             return
         self.usage.failed_items += len(group)
         if not isinstance(error, (ModelOutputError, ModelCallError)):
-            error = ModelCallError(f"{type(error).__name__}: {error}", retryable=classify_error(error) == "transient",
-                                   status_code=getattr(error, "status_code", None))
+            error = ModelCallError(
+                f"{type(error).__name__}: {error}",
+                retryable=classify_error(error) == "transient",
+                status_code=getattr(error, "status_code", None),
+            )
         self.failures.append(ItemFailure.from_exception(error, [a for item in group for a in item.artifact_ids]))

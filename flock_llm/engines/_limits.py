@@ -24,13 +24,31 @@ def classify_error(exc: BaseException) -> ErrorKind:
 
     if isinstance(exc, litellm.ContextWindowExceededError):
         return "context"
-    if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError, litellm.NotFoundError,
-                        litellm.BadRequestError, litellm.UnprocessableEntityError)):
+    if isinstance(
+        exc,
+        (
+            litellm.AuthenticationError,
+            litellm.PermissionDeniedError,
+            litellm.NotFoundError,
+            litellm.BadRequestError,
+            litellm.UnprocessableEntityError,
+        ),
+    ):
         return "fatal"
     if "Missing credentials" in str(exc) or "api_key client option must be set" in str(exc):
         return "fatal"  # surfaces as a 500, but retrying cannot help
-    if isinstance(exc, (litellm.RateLimitError, litellm.InternalServerError, litellm.ServiceUnavailableError,
-                        litellm.Timeout, litellm.APIConnectionError, TimeoutError, ConnectionError)):
+    if isinstance(
+        exc,
+        (
+            litellm.RateLimitError,
+            litellm.InternalServerError,
+            litellm.ServiceUnavailableError,
+            litellm.Timeout,
+            litellm.APIConnectionError,
+            TimeoutError,
+            ConnectionError,
+        ),
+    ):
         return "transient"
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and (status >= 500 or status in (408, 409, 429)):

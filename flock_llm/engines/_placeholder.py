@@ -9,8 +9,9 @@ __all__ = ["placeholder_for"]
 _MAX_DEPTH = 8
 
 
-def placeholder_for(schema: dict[str, Any], *, defs: dict[str, Any] | None = None, name: str = "value",
-                    depth: int = 0) -> Any:
+def placeholder_for(
+    schema: dict[str, Any], *, defs: dict[str, Any] | None = None, name: str = "value", depth: int = 0
+) -> Any:
     """A value that validates against `schema`.
 
     An array of objects with an `item_id` enum (the per-item answer shape)

@@ -181,22 +181,34 @@ class _Call:
 
     # -- prompts --------------------------------------------------------------------
 
-    def messages(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
-                 reduce_total: int = 0) -> list[dict[str, str]]:
+    def messages(
+        self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
+    ) -> list[dict[str, str]]:
         description = "\n".join(t for t in (self.ctx.description, self.engine.instructions) if t)
         asked = repair.asked if repair is not None else items
         system = self.engine.prompts.system(
-            agent_name=self.ctx.agent_name, description=description, output_name=self.output_type.__name__,
-            output_schema=self.schema, per_item=per_item, item_count=len(asked),
-            reduce=reduce_total > 0, total_items=reduce_total,
+            agent_name=self.ctx.agent_name,
+            description=description,
+            output_name=self.output_type.__name__,
+            output_schema=self.schema,
+            per_item=per_item,
+            item_count=len(asked),
+            reduce=reduce_total > 0,
+            total_items=reduce_total,
         )
         user = self.engine.prompts.items([PromptItem(i.id, i.data) for i in asked])
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if repair is not None:
             previous = repair.previous if isinstance(repair.previous, str) else encode_item(repair.previous)
             messages.append({"role": "assistant", "content": previous})
-            messages.append({"role": "user", "content": self.engine.prompts.repair(
-                errors=repair.errors, per_item=per_item, ids=[i.id for i in items])})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": self.engine.prompts.repair(
+                        errors=repair.errors, per_item=per_item, ids=[i.id for i in items]
+                    ),
+                }
+            )
         return messages
 
     def response_format(self, items: Sequence[LadderItem], *, per_item: bool) -> dict[str, Any]:
@@ -204,12 +216,20 @@ class _Call:
             output = {k: v for k, v in self.schema.items() if k != "$defs"}
             schema: dict[str, Any] = {
                 "type": "object",
-                "properties": {"results": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"item_id": {"type": "string", "enum": [i.id for i in items]}, "output": output},
-                    "required": ["item_id", "output"],
-                    "additionalProperties": False,
-                }}},
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "item_id": {"type": "string", "enum": [i.id for i in items]},
+                                "output": output,
+                            },
+                            "required": ["item_id", "output"],
+                            "additionalProperties": False,
+                        },
+                    }
+                },
                 "required": ["results"],
                 "additionalProperties": False,
             }
@@ -230,8 +250,9 @@ class _Call:
     def fits(self, items: Sequence[LadderItem], *, per_item: bool) -> bool:
         return self.count_tokens(items, per_item=per_item) <= self.budget
 
-    async def ask(self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None,
-                  reduce_total: int = 0) -> Answer:
+    async def ask(
+        self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
+    ) -> Answer:
         kwargs: dict[str, Any] = {
             **self.engine.litellm_kwargs,
             "model": self.model,
@@ -251,8 +272,11 @@ class _Call:
 
         def on_retry(exc: BaseException) -> None:
             self.usage.retries += 1
-            log.info("agent %r: retrying after %s", self.ctx.agent_name,
-                     self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"))
+            log.info(
+                "agent %r: retrying after %s",
+                self.ctx.agent_name,
+                self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"),
+            )
 
         kind = "repair" if repair else "reduce" if reduce_total else "batch"
         started = time.perf_counter()
@@ -280,5 +304,17 @@ class _Call:
         if cost is not None:
             self.usage.cost_usd += float(cost)
             self.usage.cost_known_calls += 1
-        self.engine.calls.append(CallRecord(self.ctx.agent_name, self.model, kind, items, prompt, completion,
-                                            None if cost is None else float(cost), latency, attempts, outcome))
+        self.engine.calls.append(
+            CallRecord(
+                self.ctx.agent_name,
+                self.model,
+                kind,
+                items,
+                prompt,
+                completion,
+                None if cost is None else float(cost),
+                latency,
+                attempts,
+                outcome,
+            )
+        )

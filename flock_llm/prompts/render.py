@@ -68,13 +68,32 @@ class Prompts:
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigurationError(f"prompt template does not parse: {exc}") from exc
 
-    def system(self, *, agent_name: str, description: str, output_name: str, output_schema: dict[str, Any],
-               per_item: bool, item_count: int, reduce: bool = False, total_items: int = 0) -> str:
-        return self._templates["system"].render(
-            agent_name=agent_name, description=description, output_name=output_name,
-            output_schema=json.dumps(output_schema, indent=1), per_item=per_item, item_count=item_count,
-            reduce=reduce, total_items=total_items,
-        ).strip()
+    def system(
+        self,
+        *,
+        agent_name: str,
+        description: str,
+        output_name: str,
+        output_schema: dict[str, Any],
+        per_item: bool,
+        item_count: int,
+        reduce: bool = False,
+        total_items: int = 0,
+    ) -> str:
+        return (
+            self._templates["system"]
+            .render(
+                agent_name=agent_name,
+                description=description,
+                output_name=output_name,
+                output_schema=json.dumps(output_schema, indent=1),
+                per_item=per_item,
+                item_count=item_count,
+                reduce=reduce,
+                total_items=total_items,
+            )
+            .strip()
+        )
 
     def items(self, items: Sequence[PromptItem]) -> str:
         return self._templates["items"].render(items=items, item_count=len(items)).strip()
