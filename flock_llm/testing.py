@@ -1,4 +1,4 @@
-"""Fakes for tests: a clock moved by hand and an engine backed by plain functions."""
+"""Fakes for tests: a clock moved by hand, an engine backed by plain functions, and a fake OpenAI server."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from ._fake_openai import FakeOpenAIServer
 from ._timers import ManualClock
 from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
 
-__all__ = ["EngineCall", "FunctionEngine", "ManualClock"]
+__all__ = ["EngineCall", "FakeOpenAIServer", "FunctionEngine", "ManualClock"]
 
 _Answer = EvalResult | BaseModel | Sequence[BaseModel] | None
 _Fn = Callable[[EngineContext, EvalInputs], _Answer | Awaitable[_Answer]]

@@ -1,0 +1,140 @@
+"""A fake OpenAI-compatible chat server on 127.0.0.1, for end-to-end tests and benchmarks.
+
+It understands flock_llm's prompts: it finds the `<item id=...>` blocks,
+answers in the requested shape (one report, or one result per item id),
+takes a configurable time per request, and can inject malformed answers
+and 429s at fixed rates (seeded, so runs are repeatable).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .engines._placeholder import placeholder_for
+
+__all__ = ["FakeOpenAIServer"]
+
+_ITEM = re.compile(r'<item id="([^"]+)">\n(.*?)\n</item>', re.DOTALL)
+
+
+@dataclass
+class FakeOpenAIServer:
+    """Start with `with FakeOpenAIServer(latency_s=0.1) as server:`; point litellm at `server.api_base`."""
+
+    latency_s: float = 0.05
+    per_item_latency_s: float = 0.002
+    malformed_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    seed: int = 7
+    requests: int = 0
+    malformed_sent: int = 0
+    rate_limited_sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
+
+    @property
+    def api_base(self) -> str:
+        assert self._server is not None, "start the server first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def fault(self, is_repair: bool) -> str | None:
+        """"429", "malformed" or None for the next request (repairs are answered properly)."""
+        with self._lock:
+            self.requests += 1
+            roll = self._random.random()
+            if roll < self.rate_limit_rate:
+                self.rate_limited_sent += 1
+                return "429"
+            if not is_repair and roll < self.rate_limit_rate + self.malformed_rate:
+                self.malformed_sent += 1
+                return "malformed"
+        return None
+
+    def answer(self, request: dict[str, Any]) -> tuple[str, int]:
+        messages = request.get("messages", [])
+        user = next((m["content"] for m in messages if m.get("role") == "user"), "")
+        items = [(item_id, json.loads(data)) for item_id, data in _ITEM.findall(user)]
+        fmt = request.get("response_format") or {}
+        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        if "results" in schema.get("properties", {}):
+            output_schema = schema["properties"]["results"]["items"]["properties"]["output"]
+            output_schema = {**output_schema, "$defs": schema.get("$defs", {})}
+            results = [{"item_id": item_id, "output": _fill(output_schema, data, 1)} for item_id, data in items]
+            return json.dumps({"results": results}), len(items)
+        return json.dumps(_fill(schema, {}, len(items))), 1
+
+
+def _fill(schema: dict[str, Any], source: dict[str, Any], count: int) -> Any:
+    value = placeholder_for(schema)
+    if not isinstance(value, dict):
+        return value
+    for key in value:
+        if key in source and isinstance(source[key], type(value[key])):
+            value[key] = source[key]
+        elif key.endswith("count") and isinstance(value[key], int):
+            value[key] = count
+        elif key in ("label", "sentiment") and "rating" in source:
+            rating = source["rating"]
+            value[key] = "positive" if rating >= 4 else "negative" if rating <= 2 else "neutral"
+    return value
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOpenAIServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        """Silence per-request logging."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        length = int(self.headers.get("content-length", 0))
+        request = json.loads(self.rfile.read(length) or b"{}")
+        fault = self.fake.fault(is_repair=len(request.get("messages", [])) > 2)
+        content, answered = self.fake.answer(request)
+        time.sleep(self.fake.latency_s + self.fake.per_item_latency_s * answered)
+        if fault == "429":
+            self._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}},
+                       {"retry-after-ms": "50"})
+            return
+        if fault == "malformed":
+            content = content[: len(content) // 2]
+        prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
+        completion_tokens = len(content) // 4
+        self._send(200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": request.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
+
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
