@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .engines._placeholder import placeholder_for
+from .engines._placeholder import placeholder_answer
 
 __all__ = ["FakeOpenAIServer"]
-
-_ITEM = re.compile(r'<item id="([^"]+)">\n(.*?)\n</item>', re.DOTALL)
-
 
 @dataclass
 class FakeOpenAIServer:
@@ -73,32 +69,11 @@ class FakeOpenAIServer:
         return None
 
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
-        messages = request.get("messages", [])
-        user = next((m["content"] for m in messages if m.get("role") == "user"), "")
-        items = [(item_id, json.loads(data)) for item_id, data in _ITEM.findall(user)]
-        fmt = request.get("response_format") or {}
-        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-        if "results" in schema.get("properties", {}):
-            output_schema = schema["properties"]["results"]["items"]["properties"]["output"]
-            output_schema = {**output_schema, "$defs": schema.get("$defs", {})}
-            results = [{"item_id": item_id, "output": _fill(output_schema, data, 1)} for item_id, data in items]
-            return json.dumps({"results": results}), len(items)
-        return json.dumps(_fill(schema, {}, len(items))), 1
-
-
-def _fill(schema: dict[str, Any], source: dict[str, Any], count: int) -> Any:
-    value = placeholder_for(schema)
-    if not isinstance(value, dict):
-        return value
-    for key in value:
-        if key in source and isinstance(source[key], type(value[key])):
-            value[key] = source[key]
-        elif key.endswith("count") and isinstance(value[key], int):
-            value[key] = count
-        elif key in ("label", "sentiment") and "rating" in source:
-            rating = source["rating"]
-            value[key] = "positive" if rating >= 4 else "negative" if rating <= 2 else "neutral"
-    return value
+        """The answer text and how many items it answers."""
+        answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
+        if isinstance(answer, dict) and isinstance(answer.get("results"), list):
+            return json.dumps(answer), len(answer["results"])
+        return json.dumps(answer), 1
 
 
 class _Handler(BaseHTTPRequestHandler):

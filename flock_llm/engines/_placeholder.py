@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
-__all__ = ["placeholder_for"]
+__all__ = ["placeholder_answer", "placeholder_for"]
 
 _MAX_DEPTH = 8
 
@@ -94,3 +96,65 @@ def _string(schema: dict[str, Any], name: str) -> str:
     if "maxLength" in schema:
         text = text[: int(schema["maxLength"])]
     return text
+
+
+_ITEM = re.compile(r'<item id="([^"]+)">\n(.*?)\n</item>', re.DOTALL)
+_SCHEMA_HEADING = re.compile(r"JSON schema of \w+:\n")
+
+
+def placeholder_answer(messages: list[dict[str, Any]], response_format: Any) -> Any:
+    """A schema-valid answer to one of flock_llm's prompts.
+
+    Reads the `<item id=...>` blocks to answer every item id (per-item mode)
+    or count the items (report mode); fields named like an item's fields are
+    copied from it, integer fields ending in "count" get the item count. The
+    schema comes from `response_format`, else from the system prompt.
+    """
+    user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+    system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+    items = []
+    for item_id, data in _ITEM.findall(user):
+        try:
+            items.append((item_id, json.loads(data)))
+        except json.JSONDecodeError:
+            items.append((item_id, {}))
+    schema = _requested_schema(response_format) or _schema_in_prompt(system) or {"type": "object"}
+    if '{"results": [' in system and "results" not in schema.get("properties", {}):
+        return {"results": [{"item_id": i, "output": _filled(schema, data, 1)} for i, data in items]}
+    results = schema.get("properties", {}).get("results")
+    if results is not None and "output" in results.get("items", {}).get("properties", {}):
+        output = {**results["items"]["properties"]["output"], "$defs": schema.get("$defs", {})}
+        return {"results": [{"item_id": i, "output": _filled(output, data, 1)} for i, data in items]}
+    return _filled(schema, {}, len(items))
+
+
+def _requested_schema(response_format: Any) -> dict[str, Any] | None:
+    if isinstance(response_format, dict):
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+    return None
+
+
+def _schema_in_prompt(system: str) -> dict[str, Any] | None:
+    match = _SCHEMA_HEADING.search(system)
+    if match is None:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(system, match.end())
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _filled(schema: dict[str, Any], source: Any, count: int) -> Any:
+    value = placeholder_for(schema)
+    if not isinstance(value, dict):
+        return value
+    source = source if isinstance(source, dict) else {}
+    for key in value:
+        if key in source and isinstance(source[key], type(value[key])):
+            value[key] = source[key]
+        elif key.endswith("count") and isinstance(value[key], int):
+            value[key] = count
+    return value

@@ -1,8 +1,9 @@
 """The built-in offline model: a litellm custom provider that needs no network.
 
 It answers every request with schema-valid, deterministic placeholder JSON
-generated from the requested `response_format` schema (one result per item
-id in per-item mode), and reports token usage counted from the prompt, so
+generated from the requested schema (one result per item id in per-item
+mode; counts and fields copied from the items where names match), and
+reports token usage counted from the prompt, so
 runs on a fresh machine exercise the whole pipeline. Imported only by
 `load_litellm()`, after litellm itself.
 """
@@ -17,18 +18,9 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
-from ._placeholder import placeholder_for
+from ._placeholder import placeholder_answer
 
 __all__ = ["OfflineLLM"]
-
-
-def _schema_of(optional_params: dict[str, Any]) -> dict[str, Any]:
-    response_format = optional_params.get("response_format") or {}
-    if isinstance(response_format, dict):
-        schema = response_format.get("json_schema", {}).get("schema")
-        if isinstance(schema, dict):
-            return schema
-    return {"type": "object", "properties": {"note": {"type": "string"}}}
 
 
 class OfflineLLM(CustomLLM):  # type: ignore[misc]  # litellm is untyped to mypy here
@@ -43,7 +35,8 @@ class OfflineLLM(CustomLLM):  # type: ignore[misc]  # litellm is untyped to mypy
     @staticmethod
     def _answer(kwargs: dict[str, Any]) -> ModelResponse:
         messages = kwargs.get("messages") or []
-        content = json.dumps(placeholder_for(_schema_of(kwargs.get("optional_params") or {})))
+        response_format = (kwargs.get("optional_params") or {}).get("response_format")
+        content = json.dumps(placeholder_answer(messages, response_format), ensure_ascii=False)
         prompt_tokens = litellm.token_counter(model="gpt-4o-mini", messages=messages)
         completion_tokens = litellm.token_counter(model="gpt-4o-mini", text=content)
         return ModelResponse(

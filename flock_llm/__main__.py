@@ -1,0 +1,7 @@
+"""`python -m flock_llm` runs the `flock-llm` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The `flock-llm` command (also `python -m flock_llm`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["main"]
+
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flock-llm", description="Batch processing with LLM agents.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    reviews = commands.add_parser(
+        "reviews",
+        help="batch a file of customer reviews through an LLM",
+        description="Batch customer reviews (JSONL or CSV: id, rating, text) through an LLM agent. Uses "
+        "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (placeholder answers).",
+    )
+    reviews.add_argument("file", type=Path, help="reviews as .jsonl or .csv")
+    reviews.add_argument("--batch-size", type=int, default=25, help="reviews per LLM call (default 25)")
+    reviews.add_argument("--timeout", type=float, default=30.0, help="seconds before a partial batch flushes")
+    reviews.add_argument("--model", help="litellm model string, e.g. openai/gpt-4.1-mini")
+    reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
+    reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
+    reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.json and args.output == "-":
+        print("flock-llm: --json prints the summary on stdout; give --output FILE for the outputs", file=sys.stderr)
+        return 2
+    if args.batch_size < 1 or args.timeout <= 0:
+        print("flock-llm: --batch-size must be >= 1 and --timeout > 0", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_reviews(args))
+    except ConfigurationError as exc:
+        print(f"flock-llm: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _reviews(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .reviews import read_reviews, run_reviews
+
+    console = Console(stderr=True)
+    reviews, bad_rows = read_reviews(args.file)
+    for bad in bad_rows:
+        console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, loop))
+    progress, task = _progress(console, len(reviews), disabled=args.no_progress)
+    try:
+        records, summary = await run_reviews(
+            reviews, batch_size=args.batch_size, timeout_s=args.timeout, model=args.model, per_item=args.per_item,
+            on_progress=lambda n: progress.advance(task, n), stop=stop,
+        )
+    finally:
+        progress.stop()
+        loop.remove_signal_handler(signal.SIGINT)
+    summary.bad_rows = len(bad_rows)
+    _write_outputs(records, args.output)
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        _print_summary(console, summary)
+    return EXIT_INTERRUPTED if summary.interrupted else 0
+
+
+def _interrupt(console: Any, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Any:
+    def handler() -> None:
+        console.print("[red]interrupted: finishing the batches in flight (Ctrl-C again to abort)[/red]")
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C interrupts for real
+
+    return handler
+
+
+def _progress(console: Any, total: int, *, disabled: bool) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("reviews"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=disabled, transient=False)
+    task = progress.add_task("reviews", total=total)
+    progress.start()
+    return progress, task
+
+
+def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    if output == "-":
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+        return
+    target = Path(output)
+    # write to a temporary file and rename: an interrupted write never leaves half a file
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent or Path("."), delete=False,
+                                     prefix=f".{target.name}.", suffix=".tmp") as handle:
+        handle.write(lines)
+    os.replace(handle.name, target)
+
+
+def _print_summary(console: Any, summary: Any) -> None:
+    from rich.table import Table
+
+    if summary.offline:
+        console.print("[bold yellow]Offline model: outputs are placeholders, not real LLM answers. Set "
+                      "FLOCK_LLM_MODEL and an API key for real ones.[/bold yellow]")
+    table = Table(title=f"flock-llm reviews ({summary.mode}, model {summary.model})", show_header=False)
+    cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
+    per_item_calls = summary.items
+    rows = [
+        ("reviews processed", f"{summary.items}" + (" (interrupted)" if summary.interrupted else "")),
+        ("bad rows skipped", str(summary.bad_rows)),
+        ("batches (flush reasons)", f"{summary.batches} ({reasons})"),
+        ("outputs", str(summary.outputs)),
+        ("failed reviews", str(summary.failed_items)),
+        ("LLM calls", f"{summary.llm_calls} (per-item processing: {per_item_calls}; saved {summary.calls_saved})"),
+        ("prompt tokens", f"{summary.prompt_tokens:,} (per-item processing: {summary.per_item_prompt_tokens:,}; "
+                          f"saved {summary.prompt_tokens_saved:,})"),
+        ("completion tokens", f"{summary.completion_tokens:,}"),
+        ("cost", cost),
+        ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
+        ("wall time", f"{summary.wall_s:.2f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)

@@ -1,0 +1,260 @@
+"""The review job behind `flock-llm reviews`: read reviews, batch them through an LLM agent, summarise.
+
+Pure pieces (reading rows, building the summary) are separate from the run,
+so they are easy to test; the CLI adds the terminal around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .artifact import Artifact, FailureRecord
+from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from .engines._models import OFFLINE_MODEL, resolve_model
+from .engines.llm import LLMEngine
+from .errors import ConfigurationError
+from .orchestrator import Flock
+from .registry import flock_type
+from .subscription import BatchSpec
+
+__all__ = ["BadRow", "Review", "ReviewLabel", "ReviewTrend", "RunSummary", "read_reviews", "run_reviews"]
+
+
+@flock_type(name="Review")
+class Review(BaseModel):
+    """One customer review."""
+
+    review_id: str
+    rating: int = Field(ge=1, le=5)
+    text: str
+
+
+@flock_type(name="ReviewTrend")
+class ReviewTrend(BaseModel):
+    """What the trend agent publishes for each batch of reviews."""
+
+    review_count: int = Field(description="how many reviews this report covers")
+    average_rating: float
+    overall_sentiment: str = Field(description="positive, mixed or negative")
+    top_themes: list[str] = Field(description="the most common topics, most frequent first")
+    summary: str
+
+
+@flock_type(name="ReviewLabel")
+class ReviewLabel(BaseModel):
+    """What the per-item agent publishes for each review."""
+
+    review_id: str
+    label: str = Field(description="positive, neutral or negative")
+    reason: str = Field(description="a few words explaining the label")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    line: int
+    error: str
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, row or None, why it could not be read)."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                yield reader.line_num, dict(row), ""
+        return
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(value, dict):
+                yield number, None, f"expected a JSON object, got {type(value).__name__}"
+                continue
+            yield number, value, ""
+
+
+def read_reviews(path: Path) -> tuple[list[Review], list[BadRow]]:
+    """Reviews from JSONL or CSV (fields id or review_id, rating, text); bad rows are returned, not dropped.
+
+    Raises:
+        ConfigurationError: the file does not exist or is not .jsonl/.json/.csv.
+    """
+    if not path.is_file():
+        raise ConfigurationError(f"no such file: {str(path)!r}")
+    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
+        raise ConfigurationError(f"{str(path)!r}: expected a .jsonl or .csv file")
+    reviews: list[Review] = []
+    bad: list[BadRow] = []
+    for line, row, problem in _rows(path):
+        if row is None:
+            bad.append(BadRow(line, problem))
+            continue
+        if "review_id" not in row and "id" in row:
+            row["review_id"] = str(row.pop("id"))
+        try:
+            reviews.append(Review.model_validate(row))
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+            bad.append(BadRow(line, details))
+    return reviews, bad
+
+
+@dataclass
+class RunSummary:
+    """What a review run did; printed as a table or as JSON."""
+
+    model: str
+    offline: bool
+    mode: str
+    items: int = 0
+    bad_rows: int = 0
+    batches: int = 0
+    flush_reasons: dict[str, int] = field(default_factory=dict)
+    outputs: int = 0
+    failed_items: int = 0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    per_item_prompt_tokens: int = 0
+    calls_saved: int = 0
+    prompt_tokens_saved: int = 0
+    retries: int = 0
+    fallbacks: int = 0
+    wall_s: float = 0.0
+    interrupted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Counting(Engine):
+    """Passes work to the real engine and reports how many items each run finished."""
+
+    def __init__(self, inner: Engine, on_done: Callable[[int], None]) -> None:
+        self.inner = inner
+        self.on_done = on_done
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        try:
+            return await self.inner.evaluate(ctx, inputs)
+        finally:
+            self.on_done(len(inputs))
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        try:
+            return await self.inner.evaluate_batch(ctx, inputs)
+        finally:
+            self.on_done(len(inputs))
+
+
+async def run_reviews(
+    reviews: list[Review],
+    *,
+    batch_size: int = 25,
+    timeout_s: float = 30.0,
+    model: str | None = None,
+    per_item: bool = False,
+    env: dict[str, str] | None = None,
+    on_progress: Callable[[int], None] = lambda n: None,
+    stop: asyncio.Event | None = None,
+) -> tuple[list[dict[str, Any]], RunSummary]:
+    """Publish `reviews` into a batching LLM agent; return its outputs and failure records (as JSONL
+    records, oldest first) and a summary.
+
+    When `stop` is set, publishing stops, partial batches flush (reason "shutdown") and the run
+    finishes what it has: nothing already published is lost.
+    """
+    flock = Flock(model=model, env=env)
+    concurrency = 4
+    done = 0
+    progressed = asyncio.Event()
+
+    def finished(n: int) -> None:
+        nonlocal done
+        done += n
+        progressed.set()
+        on_progress(n)
+
+    output_type = ReviewLabel if per_item else ReviewTrend
+    engine = LLMEngine(per_item=per_item)
+    (
+        flock.agent("review_analyst")
+        .description(
+            "Label each customer review's sentiment with a short reason."
+            if per_item
+            else "Find sentiment trends across a batch of customer reviews: count them, average the ratings, "
+            "name the overall sentiment and the most common themes, and summarise."
+        )
+        .consumes(Review, batch=BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s)))
+        .publishes(output_type)
+        .with_engines(_Counting(engine, finished))
+        .max_concurrency(concurrency)
+    )
+    resolved = resolve_model(None, model, os.environ if env is None else env)
+    summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
+    started = time.perf_counter()
+    review_ids: dict[str, str] = {}
+    # Backpressure: keep at most `window` reviews in flight (whole batches for every worker and one more), so
+    # an interrupt stops at the next review instead of after the whole file was handed over.
+    window = batch_size * (concurrency + 1)
+    for review in reviews:
+        while summary.items - done >= window and not (stop is not None and stop.is_set()):
+            progressed.clear()
+            await progressed.wait()
+        if stop is not None and stop.is_set():
+            break
+        review_ids[(await flock.publish(review)).id] = review.review_id
+        summary.items += 1
+        await asyncio.sleep(0)  # let timers and finished runs through between rows
+    await flock.run_until_idle()
+    await flock.shutdown()
+    summary.wall_s = time.perf_counter() - started
+    summary.interrupted = stop is not None and stop.is_set()
+    results = [a for a in await flock.store.list() if a.produced_by == "review_analyst"]
+    _fill_summary(summary, flock, results)
+    return [output_record(a, review_ids) for a in results], summary
+
+
+def _fill_summary(summary: RunSummary, flock: Flock, results: list[Artifact]) -> None:
+    metrics = flock.metrics()
+    usage = metrics.usage.get("review_analyst", {})
+    summary.batches = sum(metrics.flush_counts.values())
+    summary.flush_reasons = dict(metrics.flush_counts)
+    summary.outputs = sum(1 for a in results if a.type_name != "FailureRecord")
+    summary.failed_items = sum(len(a.as_type(FailureRecord).input_ids) for a in results if a.type_name == "FailureRecord")
+    summary.llm_calls = int(usage.get("llm_calls", 0))
+    summary.prompt_tokens = int(usage.get("prompt_tokens", 0))
+    summary.completion_tokens = int(usage.get("completion_tokens", 0))
+    summary.cost_usd = usage.get("cost_usd")
+    summary.per_item_prompt_tokens = int(usage.get("per_item_prompt_tokens", 0))
+    summary.calls_saved = summary.items - summary.llm_calls
+    summary.prompt_tokens_saved = summary.per_item_prompt_tokens - summary.prompt_tokens
+    summary.retries = int(usage.get("retries", 0))
+    summary.fallbacks = int(usage.get("fallbacks", 0))
+
+
+def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:
+    """One JSONL line of the run's output: the object, and which reviews it came from."""
+    return {
+        "type": artifact.type_name,
+        "id": artifact.id,
+        "review_ids": [review_ids.get(i, i) for i in artifact.derived_from],
+        "data": artifact.payload.model_dump(mode="json"),
+    }
