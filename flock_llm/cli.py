@@ -65,7 +65,7 @@ async def _reviews(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     reviews, bad_rows = read_reviews(args.file)
     for bad in bad_rows:
-        console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False)
+        console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False, soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, loop))

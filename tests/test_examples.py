@@ -1,0 +1,101 @@
+"""Every example runs as a subprocess, offline, and prints what the guide promises."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOCK_", "OPENAI_"))}
+    env.update(FLOCK_EXAMPLE_TIME_SCALE="0.01", LITELLM_LOCAL_MODEL_COST_MAP="True")
+    done = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=EXAMPLES.parent)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quickstart_payments_computes_the_fee_savings() -> None:
+    out = run_example("quickstart_payments.py")
+    assert out.count("batch of 25 (size)") == 2 and "batch of 10 (timeout)" in out
+    assert "saved $5.00" in out and "total saved: $10.00 on 60 transactions in 3 batches" in out
+
+
+def test_sentiment_analysis_uses_one_call_per_100_reviews() -> None:
+    out = run_example("sentiment_analysis.py")
+    assert out.count("report over 100 reviews") == 3
+    assert "300 reviews -> 3 LLM calls (unbatched: 300)" in out and "flock-offline" in out
+
+
+def test_database_bulk_insert_measures_its_speed_up() -> None:
+    out = run_example("database_bulk_insert.py")
+    assert "batched: 4 bulk inserts of 500 rows" in out
+    speed_up = float(re.search(r"speed-up ([0-9.]+)x", out).group(1))  # type: ignore[union-attr]
+    assert speed_up > 1.0
+
+
+def test_rate_limit_stays_under_the_limit() -> None:
+    out = run_example("rate_limit.py")
+    assert "200 requests in 2 (scaled) minutes" in out and "under the limit: True" in out
+    calls = int(re.search(r"-> (\d+) API calls", out).group(1))  # type: ignore[union-attr]
+    assert 20 <= calls <= 30
+
+
+def test_iot_sensors_report_statistics_per_1000() -> None:
+    out = run_example("iot_sensors.py")
+    assert out.count("1000 readings from 40 devices (size)") == 2
+    assert "500 readings from 40 devices (shutdown)" in out
+
+
+def test_vip_orders_are_filtered_before_batching() -> None:
+    out = run_example("vip_orders.py")
+    assert "VIP batch (size) of 10 orders" in out and "VIP batch (shutdown) of 8 orders" in out
+    assert "o0" not in out.split("\n")[0].split(": ")[1].split(", ")  # $250 is not VIP
+    assert "30 orders published, 18 VIP" in out
+
+
+def test_join_batch_counts_pairs_and_reports_the_orphan() -> None:
+    out = run_example("join_batch_sensors.py")
+    assert out.count("QC over 5 devices (10 sensors)") == 2
+    assert "join group press-orphan closed incomplete (shutdown), missing PressureSensor" in out
+
+
+def test_multi_tenant_reports_stay_with_their_tenant() -> None:
+    out = run_example("multi_tenant.py")
+    assert "acme_dashboard saw reports of: ['acme']" in out
+    assert "globex_dashboard saw reports of: ['globex']" in out
+    assert "globex: 40 events" in out and "visible to tenant 'globex'" in out
+
+
+def test_support_tickets_trend_per_20() -> None:
+    out = run_example("support_tickets.py")
+    assert out.count("trend over 20 tickets") == 2 and "trend over 5 tickets" in out
+    assert "45 tickets -> 3 LLM calls" in out
+
+
+def test_batch_efficiency_shows_reasons_and_efficiency() -> None:
+    out = run_example("batch_efficiency.py")
+    assert out.count("reason size     efficiency 100%") == 2
+    assert "reason timeout" in out and "flushes by reason: {'size': 2, 'timeout':" in out
+
+
+def test_potion_batch_engine() -> None:
+    out = run_example("potion_batch_engine.py")
+    assert out.count("Draft: essence of") == 4
+    assert "Potion of moonpetal & dragon scale & fog essence (size flush, 3/3): potency 14" in out
+    assert "Potion of troll sweat (shutdown flush, 1/3)" in out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
+def test_every_example_has_a_test(name: str) -> None:
+    tested = {"quickstart_payments.py", "sentiment_analysis.py", "database_bulk_insert.py", "rate_limit.py",
+              "iot_sensors.py", "vip_orders.py", "join_batch_sensors.py", "multi_tenant.py", "support_tickets.py",
+              "batch_efficiency.py", "potion_batch_engine.py"}
+    assert name in tested
