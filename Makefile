@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/sentiment_reviews.py
+	$(VENV)/bin/flock-llm reviews examples/data/reviews.jsonl --output reviews.out.jsonl
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -25,6 +25,7 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/core_throughput.py
+	$(PY) benchmarks/llm_batching.py
 
 clean:
 	rm -rf $(VENV)
