@@ -54,10 +54,16 @@ def reviews(n: int) -> list[Review]:
 
 
 async def run(server: FakeOpenAIServer, n: int, *, batched: bool) -> dict[str, Any]:
-    engine = LLMEngine("openai/fake-model", per_item=True, api_base=server.api_base, api_key="sk-local-fake",
-                       structured_output=True,
-                       max_concurrent_requests=16, max_input_tokens=100_000,
-                       retry=RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.5))
+    engine = LLMEngine(
+        "openai/fake-model",
+        per_item=True,
+        api_base=server.api_base,
+        api_key="sk-local-fake",
+        structured_output=True,
+        max_concurrent_requests=16,
+        max_input_tokens=100_000,
+        retry=RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.5),
+    )
     flock = Flock(env={})
     spec = BatchSpec(size=25, timeout=timedelta(seconds=5)) if batched else None
     flock.agent("sentiment").consumes(Review, batch=spec).publishes(Sentiment).with_engines(engine).max_concurrency(16)
@@ -106,22 +112,29 @@ async def main() -> None:
     ]
     for name, b, u in rows:
         print(f"{name:24}{b:>16,.3f}{u:>16,.3f}{b / u:>10.3f}")
-    print(f"batched run's own count of per-item prompt tokens for the same items: "
-          f"{batched['per_item_prompt_tokens_counted']:,} (tokenizer) vs {batched['usage']['prompt_tokens']:,} sent")
+    print(
+        f"batched run's own count of per-item prompt tokens for the same items: "
+        f"{batched['per_item_prompt_tokens_counted']:,} (tokenizer) vs {batched['usage']['prompt_tokens']:,} sent"
+    )
     print(f"accounted exactly once: batched {batched['exactly_once']}, unbatched {unbatched['exactly_once']}")
 
-    with FakeOpenAIServer(latency_s=0.1, per_item_latency_s=0.002, malformed_rate=0.10, rate_limit_rate=0.05,
-                          seed=11) as server:
+    with FakeOpenAIServer(
+        latency_s=0.1, per_item_latency_s=0.002, malformed_rate=0.10, rate_limit_rate=0.05, seed=11
+    ) as server:
         faulty = await run(server, n, batched=True)
         injected = (server.malformed_sent, server.rate_limited_sent)
     u = faulty["usage"]
     print(f"\nwith 10% malformed answers and 5% 429s (server sent {injected[0]} malformed, {injected[1]} 429s):")
-    print(f"  items accounted for: {faulty['accounted']}/{n} ({100 * faulty['accounted'] / n:.1f}%), "
-          f"exactly once: {faulty['exactly_once']}; outputs {faulty['outputs']}, failure records cover "
-          f"{faulty['failed']}")
-    print(f"  LLM calls {faulty['llm_calls']} vs {batched['llm_calls']} without faults "
-          f"(+{faulty['llm_calls'] - batched['llm_calls']} extra): retries {u['retries']}, repairs {u['repairs']}, "
-          f"splits {u['splits']}, per-item fallbacks {u['fallbacks']}")
+    print(
+        f"  items accounted for: {faulty['accounted']}/{n} ({100 * faulty['accounted'] / n:.1f}%), "
+        f"exactly once: {faulty['exactly_once']}; outputs {faulty['outputs']}, failure records cover "
+        f"{faulty['failed']}"
+    )
+    print(
+        f"  LLM calls {faulty['llm_calls']} vs {batched['llm_calls']} without faults "
+        f"(+{faulty['llm_calls'] - batched['llm_calls']} extra): retries {u['retries']}, repairs {u['repairs']}, "
+        f"splits {u['splits']}, per-item fallbacks {u['fallbacks']}"
+    )
     print(f"  wall time {faulty['wall_s']:.2f} s; LLM calls per item {faulty['llm_calls'] / n:.3f}")
 
 

@@ -30,8 +30,11 @@ class BatchMetrics(BaseModel):
 
 class MetricsEngine(Engine):
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-        return EvalResult.from_object(BatchMetrics(batch_size=ctx.batch_size, flush_reason=ctx.flush_reason or "",
-                                                   efficiency=ctx.efficiency or 0.0))
+        return EvalResult.from_object(
+            BatchMetrics(
+                batch_size=ctx.batch_size, flush_reason=ctx.flush_reason or "", efficiency=ctx.efficiency or 0.0
+            )
+        )
 
 
 async def main() -> None:
@@ -54,8 +57,10 @@ async def main() -> None:
         print(f"flush: {m.batch_size:>2} items, reason {m.flush_reason:<8} efficiency {m.efficiency:.0%}")
     metrics = flock.metrics()
     mean = sum(f.efficiency or 0 for f in metrics.flushes) / len(metrics.flushes)
-    print(f"flushes by reason: {dict(metrics.flush_counts)}; mean efficiency {mean:.0%}; "
-          f"mean wait {sum(f.waited_s for f in metrics.flushes) / len(metrics.flushes):.3f} s")
+    print(
+        f"flushes by reason: {dict(metrics.flush_counts)}; mean efficiency {mean:.0%}; "
+        f"mean wait {sum(f.waited_s for f in metrics.flushes) / len(metrics.flushes):.3f} s"
+    )
 
 
 if __name__ == "__main__":

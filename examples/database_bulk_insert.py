@@ -57,8 +57,15 @@ class BulkInsertEngine(Engine):
 
 
 def entries(n: int) -> list[LogEntry]:
-    return [LogEntry(timestamp=f"2026-11-27T10:{i // 60 % 60:02d}:{i % 60:02d}", level="INFO" if i % 9 else "ERROR",
-                     message=f"request {i} served", source=f"web-{i % 4}") for i in range(n)]
+    return [
+        LogEntry(
+            timestamp=f"2026-11-27T10:{i // 60 % 60:02d}:{i % 60:02d}",
+            level="INFO" if i % 9 else "ERROR",
+            message=f"request {i} served",
+            source=f"web-{i % 4}",
+        )
+        for i in range(n)
+    ]
 
 
 async def batched(path: Path) -> float:
@@ -103,8 +110,10 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         fast = await batched(Path(folder) / "batched.db")
         slow = row_by_row(Path(folder) / "row_by_row.db")
-    print(f"{ROWS} rows: batched {fast:.3f} s (publish, batch, insert), row by row {slow:.3f} s; "
-          f"speed-up {slow / fast:.1f}x")
+    print(
+        f"{ROWS} rows: batched {fast:.3f} s (publish, batch, insert), row by row {slow:.3f} s; "
+        f"speed-up {slow / fast:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -39,14 +39,16 @@ class StatisticsReport(BaseModel):
 class StatisticsEngine(Engine):
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         batch = inputs.all_as(SensorReading)
-        return EvalResult.from_object(StatisticsReport(
-            readings=len(batch),
-            devices=len({r.device_id for r in batch}),
-            mean_temperature=round(statistics.fmean(r.temperature for r in batch), 2),
-            max_temperature=max(r.temperature for r in batch),
-            mean_humidity=round(statistics.fmean(r.humidity for r in batch), 2),
-            flush_reason=ctx.flush_reason or "",
-        ))
+        return EvalResult.from_object(
+            StatisticsReport(
+                readings=len(batch),
+                devices=len({r.device_id for r in batch}),
+                mean_temperature=round(statistics.fmean(r.temperature for r in batch), 2),
+                max_temperature=max(r.temperature for r in batch),
+                mean_humidity=round(statistics.fmean(r.humidity for r in batch), 2),
+                flush_reason=ctx.flush_reason or "",
+            )
+        )
 
 
 async def main() -> None:
@@ -65,15 +67,21 @@ async def main() -> None:
             .with_engines(StatisticsEngine())
         )
         await flock.publish_many(
-            SensorReading(device_id=f"dev-{i % 40}", temperature=round(rng.gauss(21, 2), 2),
-                          humidity=round(rng.uniform(30, 60), 1), timestamp=f"t{i}")
+            SensorReading(
+                device_id=f"dev-{i % 40}",
+                temperature=round(rng.gauss(21, 2), 2),
+                humidity=round(rng.uniform(30, 60), 1),
+                timestamp=f"t{i}",
+            )
             for i in range(2_500)
         )
         await flock.run_until_idle()
     # shutdown (end of `async with`) flushed the last 500 readings
     for r in await flock.store.get_by_type(StatisticsReport):
-        print(f"{r.readings} readings from {r.devices} devices ({r.flush_reason}): mean {r.mean_temperature} C, "
-              f"max {r.max_temperature} C, humidity {r.mean_humidity}%")
+        print(
+            f"{r.readings} readings from {r.devices} devices ({r.flush_reason}): mean {r.mean_temperature} C, "
+            f"max {r.max_temperature} C, humidity {r.mean_humidity}%"
+        )
 
 
 if __name__ == "__main__":

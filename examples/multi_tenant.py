@@ -70,8 +70,10 @@ async def main() -> None:
         await flock.run_until_idle()
     for artifact in await flock.store.artifacts_by_type(BatchReport):
         report = artifact.as_type(BatchReport)
-        print(f"{report.tenant_id}: {report.events} events {report.kinds}, visible to tenant "
-              f"{artifact.visibility.tenant_id!r}")  # type: ignore[attr-defined]
+        print(
+            f"{report.tenant_id}: {report.events} events {report.kinds}, visible to tenant "
+            f"{artifact.visibility.tenant_id!r}"
+        )  # type: ignore[attr-defined]
     for tenant, engine in dashboards.items():
         print(f"{tenant}_dashboard saw reports of: {sorted(set(engine.seen))}")
 

@@ -75,18 +75,23 @@ async def main() -> None:
         )
         for i in range(60):
             await flock.publish(
-                Transaction(transaction_id=f"txn-{i:03d}", customer_id=f"cust-{i % 7}", amount=10 + i,
-                            payment_method="card")
+                Transaction(
+                    transaction_id=f"txn-{i:03d}", customer_id=f"cust-{i % 7}", amount=10 + i, payment_method="card"
+                )
             )
         await flock.run_until_idle()
         await asyncio.sleep(scaled(timedelta(seconds=31)).total_seconds())  # the last 10 flush on timeout
         await flock.run_until_idle()
         reports = await flock.store.get_by_type(PaymentBatchReport)
     for r in reports:
-        print(f"batch of {r.transaction_count} ({r.flush_reason}): total ${r.total_amount:.2f}, "
-              f"fee ${r.batch_fee:.2f}, saved ${r.savings:.2f}")
-    print(f"total saved: ${sum(r.savings for r in reports):.2f} on {sum(r.transaction_count for r in reports)} "
-          f"transactions in {len(reports)} batches")
+        print(
+            f"batch of {r.transaction_count} ({r.flush_reason}): total ${r.total_amount:.2f}, "
+            f"fee ${r.batch_fee:.2f}, saved ${r.savings:.2f}"
+        )
+    print(
+        f"total saved: ${sum(r.savings for r in reports):.2f} on {sum(r.transaction_count for r in reports)} "
+        f"transactions in {len(reports)} batches"
+    )
 
 
 if __name__ == "__main__":

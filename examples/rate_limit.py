@@ -41,8 +41,9 @@ class BulkAPIEngine(Engine):
 
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         self.call_times.append(asyncio.get_running_loop().time())
-        return EvalResult.from_object(APIResponse(request_ids=[r.request_id for r in inputs.all_as(APIRequest)],
-                                                  status=200))
+        return EvalResult.from_object(
+            APIResponse(request_ids=[r.request_id for r in inputs.all_as(APIRequest)], status=200)
+        )
 
 
 def max_calls_in_a_minute(times: list[float], minute: float) -> int:
@@ -73,8 +74,10 @@ async def main() -> None:
     answered = sum(len(r.request_ids) for r in responses)
     peak = max_calls_in_a_minute(engine.call_times, minute)
     print(f"{answered} requests in {MINUTES} (scaled) minutes -> {len(engine.call_times)} API calls")
-    print(f"peak calls in any minute: {peak} (limit {API_LIMIT_PER_MINUTE}; unbatched would need "
-          f"{ARRIVALS_PER_MINUTE}); under the limit: {peak <= API_LIMIT_PER_MINUTE}")
+    print(
+        f"peak calls in any minute: {peak} (limit {API_LIMIT_PER_MINUTE}; unbatched would need "
+        f"{ARRIVALS_PER_MINUTE}); under the limit: {peak <= API_LIMIT_PER_MINUTE}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,10 @@ async def main() -> None:
     usage = flock.metrics().usage["sentiment"]
     for report in reports:
         print(f"report over {report.review_count} reviews: {report.overall_sentiment}")
-    print(f"{len(rows)} reviews -> {usage['llm_calls']} LLM calls (unbatched: {len(rows)}); prompt tokens "
-          f"{usage['prompt_tokens']:,} vs {usage['per_item_prompt_tokens']:,} one review per call; model {usage['model']}")
+    print(
+        f"{len(rows)} reviews -> {usage['llm_calls']} LLM calls (unbatched: {len(rows)}); prompt tokens "
+        f"{usage['prompt_tokens']:,} vs {usage['per_item_prompt_tokens']:,} one review per call; model {usage['model']}"
+    )
 
 
 if __name__ == "__main__":

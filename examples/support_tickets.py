@@ -32,11 +32,13 @@ class TrendAnalysis(BaseModel):
     ticket_count: int
 
 
-ISSUES = [("billing", "high", "I was charged twice for my subscription this month."),
-          ("login", "medium", "Password reset email never arrives."),
-          ("shipping", "low", "Tracking number shows no updates for a week."),
-          ("billing", "medium", "Invoice PDF has the wrong company address."),
-          ("app", "high", "The iOS app crashes when I open the settings page.")]
+ISSUES = [
+    ("billing", "high", "I was charged twice for my subscription this month."),
+    ("login", "medium", "Password reset email never arrives."),
+    ("shipping", "low", "Tracking number shows no updates for a week."),
+    ("billing", "medium", "Invoice PDF has the wrong company address."),
+    ("app", "high", "The iOS app crashes when I open the settings page."),
+]
 
 
 async def main() -> None:

@@ -32,9 +32,13 @@ class VIPBatchReport(BaseModel):
 class VIPEngine(Engine):
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         orders = inputs.all_as(Order)
-        return EvalResult.from_object(VIPBatchReport(order_ids=[o.order_id for o in orders],
-                                                     total=sum(o.amount for o in orders),
-                                                     flush_reason=ctx.flush_reason or ""))
+        return EvalResult.from_object(
+            VIPBatchReport(
+                order_ids=[o.order_id for o in orders],
+                total=sum(o.amount for o in orders),
+                flush_reason=ctx.flush_reason or "",
+            )
+        )
 
 
 async def main() -> None:
@@ -53,8 +57,10 @@ async def main() -> None:
         await flock.publish_many(Order(order_id=f"o{i}", amount=a) for i, a in enumerate(amounts))
         await flock.run_until_idle()
     for r in await flock.store.get_by_type(VIPBatchReport):
-        print(f"VIP batch ({r.flush_reason}) of {len(r.order_ids)} orders, total ${r.total:,.0f}: "
-              f"{', '.join(r.order_ids)}")
+        print(
+            f"VIP batch ({r.flush_reason}) of {len(r.order_ids)} orders, total ${r.total:,.0f}: "
+            f"{', '.join(r.order_ids)}"
+        )
     print(f"{len(amounts)} orders published, {sum(a > 1000 for a in amounts)} VIP")
 
 

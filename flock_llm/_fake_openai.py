@@ -20,6 +20,7 @@ from .engines._placeholder import placeholder_answer
 
 __all__ = ["FakeOpenAIServer"]
 
+
 @dataclass
 class FakeOpenAIServer:
     """Start with `with FakeOpenAIServer(latency_s=0.1) as server:`; point litellm at `server.api_base`."""
@@ -56,7 +57,7 @@ class FakeOpenAIServer:
             self._server.server_close()
 
     def fault(self, is_repair: bool) -> str | None:
-        """"429", "malformed" or None for the next request (repairs are answered properly)."""
+        """ "429", "malformed" or None for the next request (repairs are answered properly)."""
         with self._lock:
             self.requests += 1
             roll = self._random.random()
@@ -89,20 +90,31 @@ class _Handler(BaseHTTPRequestHandler):
         content, answered = self.fake.answer(request)
         time.sleep(self.fake.latency_s + self.fake.per_item_latency_s * answered)
         if fault == "429":
-            self._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}},
-                       {"retry-after-ms": "50"})
+            self._send(
+                429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "50"}
+            )
             return
         if fault == "malformed":
             content = content[: len(content) // 2]
         prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
         completion_tokens = len(content) // 4
-        self._send(200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": request.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request.get("model", "fake"),
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()

@@ -72,8 +72,13 @@ async def _reviews(args: argparse.Namespace) -> int:
     progress, task = _progress(console, len(reviews), disabled=args.no_progress)
     try:
         records, summary = await run_reviews(
-            reviews, batch_size=args.batch_size, timeout_s=args.timeout, model=args.model, per_item=args.per_item,
-            on_progress=lambda n: progress.advance(task, n), stop=stop,
+            reviews,
+            batch_size=args.batch_size,
+            timeout_s=args.timeout,
+            model=args.model,
+            per_item=args.per_item,
+            on_progress=lambda n: progress.advance(task, n),
+            stop=stop,
         )
     finally:
         progress.stop()
@@ -99,8 +104,15 @@ def _interrupt(console: Any, stop: asyncio.Event, loop: asyncio.AbstractEventLoo
 def _progress(console: Any, total: int, *, disabled: bool) -> tuple[Any, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("reviews"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=disabled, transient=False)
+    progress = Progress(
+        TextColumn("reviews"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disabled,
+        transient=False,
+    )
     task = progress.add_task("reviews", total=total)
     progress.start()
     return progress, task
@@ -114,8 +126,9 @@ def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
         return
     target = Path(output)
     # write to a temporary file and rename: an interrupted write never leaves half a file
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent or Path("."), delete=False,
-                                     prefix=f".{target.name}.", suffix=".tmp") as handle:
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=target.parent or Path("."), delete=False, prefix=f".{target.name}.", suffix=".tmp"
+    ) as handle:
         handle.write(lines)
     os.replace(handle.name, target)
 
@@ -124,8 +137,10 @@ def _print_summary(console: Any, summary: Any) -> None:
     from rich.table import Table
 
     if summary.offline:
-        console.print("[bold yellow]Offline model: outputs are placeholders, not real LLM answers. Set "
-                      "FLOCK_LLM_MODEL and an API key for real ones.[/bold yellow]")
+        console.print(
+            "[bold yellow]Offline model: outputs are placeholders, not real LLM answers. Set "
+            "FLOCK_LLM_MODEL and an API key for real ones.[/bold yellow]"
+        )
     table = Table(title=f"flock-llm reviews ({summary.mode}, model {summary.model})", show_header=False)
     cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
@@ -137,8 +152,11 @@ def _print_summary(console: Any, summary: Any) -> None:
         ("outputs", str(summary.outputs)),
         ("failed reviews", str(summary.failed_items)),
         ("LLM calls", f"{summary.llm_calls} (per-item processing: {per_item_calls}; saved {summary.calls_saved})"),
-        ("prompt tokens", f"{summary.prompt_tokens:,} (per-item processing: {summary.per_item_prompt_tokens:,}; "
-                          f"saved {summary.prompt_tokens_saved:,})"),
+        (
+            "prompt tokens",
+            f"{summary.prompt_tokens:,} (per-item processing: {summary.per_item_prompt_tokens:,}; "
+            f"saved {summary.prompt_tokens_saved:,})",
+        ),
         ("completion tokens", f"{summary.completion_tokens:,}"),
         ("cost", cost),
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),

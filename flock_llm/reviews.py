@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -238,7 +238,8 @@ def _fill_summary(summary: RunSummary, flock: Flock, results: list[Artifact]) ->
     summary.batches = sum(metrics.flush_counts.values())
     summary.flush_reasons = dict(metrics.flush_counts)
     summary.outputs = sum(1 for a in results if a.type_name != "FailureRecord")
-    summary.failed_items = sum(len(a.as_type(FailureRecord).input_ids) for a in results if a.type_name == "FailureRecord")
+    failures = [a.as_type(FailureRecord) for a in results if a.type_name == "FailureRecord"]
+    summary.failed_items = sum(len(f.input_ids) for f in failures)
     summary.llm_calls = int(usage.get("llm_calls", 0))
     summary.prompt_tokens = int(usage.get("prompt_tokens", 0))
     summary.completion_tokens = int(usage.get("completion_tokens", 0))

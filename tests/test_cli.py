@@ -24,8 +24,14 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flock_llm", *args], capture_output=True, text=True,
-                          env=env or cli_env(), timeout=120, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "flock_llm", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
@@ -87,7 +93,7 @@ def test_bad_rows_are_reported_with_line_numbers_and_skipped(tmp_path: Path) -> 
 
 def test_csv_input(tmp_path: Path) -> None:
     source = tmp_path / "reviews.csv"
-    source.write_text("id,rating,text\nx1,5,\"Loved it, truly\"\nx2,2,meh\nx3,zero,bad row\n", encoding="utf-8")
+    source.write_text('id,rating,text\nx1,5,"Loved it, truly"\nx2,2,meh\nx3,zero,bad row\n', encoding="utf-8")
     out = tmp_path / "out.jsonl"
     done = run_cli("reviews", str(source), "--json", "-o", str(out), "--no-progress", "--per-item")
     assert done.returncode == 0, done.stderr
@@ -106,12 +112,29 @@ def test_usage_errors_are_clear() -> None:
 def test_interrupt_finishes_what_was_consumed_and_exits_non_zero(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with FakeOpenAIServer(latency_s=0.25, per_item_latency_s=0.0) as server:
-        env = cli_env(FLOCK_LLM_MODEL="openai/fake-model", OPENAI_API_BASE=server.api_base,
-                      OPENAI_API_KEY="sk-fake-local")
+        env = cli_env(
+            FLOCK_LLM_MODEL="openai/fake-model", OPENAI_API_BASE=server.api_base, OPENAI_API_KEY="sk-fake-local"
+        )
         process = subprocess.Popen(
-            [sys.executable, "-m", "flock_llm", "reviews", str(SAMPLE), "--per-item", "--batch-size", "5",
-             "--json", "-o", str(out), "--no-progress"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "flock_llm",
+                "reviews",
+                str(SAMPLE),
+                "--per-item",
+                "--batch-size",
+                "5",
+                "--json",
+                "-o",
+                str(out),
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
         )
         deadline = time.monotonic() + 60
         while server.requests < 3 and time.monotonic() < deadline and process.poll() is None:

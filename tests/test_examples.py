@@ -16,8 +16,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def run_example(name: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOCK_", "OPENAI_"))}
     env.update(FLOCK_EXAMPLE_TIME_SCALE="0.01", LITELLM_LOCAL_MODEL_COST_MAP="True")
-    done = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=EXAMPLES.parent)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=EXAMPLES.parent,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -95,7 +101,17 @@ def test_potion_batch_engine() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
 def test_every_example_has_a_test(name: str) -> None:
-    tested = {"quickstart_payments.py", "sentiment_analysis.py", "database_bulk_insert.py", "rate_limit.py",
-              "iot_sensors.py", "vip_orders.py", "join_batch_sensors.py", "multi_tenant.py", "support_tickets.py",
-              "batch_efficiency.py", "potion_batch_engine.py"}
+    tested = {
+        "quickstart_payments.py",
+        "sentiment_analysis.py",
+        "database_bulk_insert.py",
+        "rate_limit.py",
+        "iot_sensors.py",
+        "vip_orders.py",
+        "join_batch_sensors.py",
+        "multi_tenant.py",
+        "support_tickets.py",
+        "batch_efficiency.py",
+        "potion_batch_engine.py",
+    }
     assert name in tested

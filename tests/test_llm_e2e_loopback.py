@@ -15,16 +15,29 @@ from flock_llm.testing import FakeOpenAIServer
 
 
 async def test_batches_over_loopback_http_with_injected_faults_lose_nothing() -> None:
-    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, malformed_rate=0.2, rate_limit_rate=0.1,
-                          seed=3) as server:
-        common = {"api_base": server.api_base, "api_key": "sk-local-fake", "structured_output": True,
-                  "retry": RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0, max_retry_after=0.06)}
+    with FakeOpenAIServer(
+        latency_s=0.0, per_item_latency_s=0.0, malformed_rate=0.2, rate_limit_rate=0.1, seed=3
+    ) as server:
+        common = {
+            "api_base": server.api_base,
+            "api_key": "sk-local-fake",
+            "structured_output": True,
+            "retry": RetryPolicy(attempts=4, base_delay=0.0, max_delay=0.0, max_retry_after=0.06),
+        }
         flock = Flock(env={})
         spec = BatchSpec(size=10, timeout=timedelta(seconds=5))
-        (flock.agent("sentiment").consumes(CustomerReview, batch=spec).publishes(ReviewSentiment)
-         .with_engines(LLMEngine("openai/fake", per_item=True, **common)))
-        (flock.agent("trends").consumes(CustomerReview, batch=spec).publishes(SentimentTrendReport)
-         .with_engines(LLMEngine("openai/fake", **common)))
+        (
+            flock.agent("sentiment")
+            .consumes(CustomerReview, batch=spec)
+            .publishes(ReviewSentiment)
+            .with_engines(LLMEngine("openai/fake", per_item=True, **common))
+        )
+        (
+            flock.agent("trends")
+            .consumes(CustomerReview, batch=spec)
+            .publishes(SentimentTrendReport)
+            .with_engines(LLMEngine("openai/fake", **common))
+        )
         published = await flock.publish_many(
             CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review number {i}") for i in range(60)
         )

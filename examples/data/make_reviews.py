@@ -10,9 +10,20 @@ import json
 import random
 from pathlib import Path
 
-PRODUCTS = ["espresso machine", "trail running shoes", "noise-cancelling headphones", "standing desk",
-            "cast-iron skillet", "robot vacuum", "children's rain jacket", "e-reader", "camping tent",
-            "electric toothbrush", "office chair", "bluetooth speaker"]
+PRODUCTS = [
+    "espresso machine",
+    "trail running shoes",
+    "noise-cancelling headphones",
+    "standing desk",
+    "cast-iron skillet",
+    "robot vacuum",
+    "children's rain jacket",
+    "e-reader",
+    "camping tent",
+    "electric toothbrush",
+    "office chair",
+    "bluetooth speaker",
+]
 
 OPENINGS = {
     5: ["Absolutely love this {p}.", "Best {p} I have ever owned.", "Five stars, no hesitation: the {p} is superb."],
@@ -22,14 +33,29 @@ OPENINGS = {
     1: ["Terrible {p}.", "The {p} broke within a week.", "Do not buy this {p}."],
 }
 DETAILS = {
-    "pos": ["Delivery was two days early.", "Setup took five minutes.", "Build quality feels premium.",
-            "Customer support answered within the hour.", "The battery lasts all week.",
-            "My partner wants one too."],
-    "mid": ["The manual is confusing.", "The colour is a bit different from the photos.",
-            "It's louder than I expected.", "Packaging was excessive.", "Price went down a week after I bought it."],
-    "neg": ["Support never answered my emails.", "It arrived scratched.", "The app keeps disconnecting.",
-            "The return process was a nightmare.", "It stopped charging after ten days.",
-            "Smells of plastic even after airing it out."],
+    "pos": [
+        "Delivery was two days early.",
+        "Setup took five minutes.",
+        "Build quality feels premium.",
+        "Customer support answered within the hour.",
+        "The battery lasts all week.",
+        "My partner wants one too.",
+    ],
+    "mid": [
+        "The manual is confusing.",
+        "The colour is a bit different from the photos.",
+        "It's louder than I expected.",
+        "Packaging was excessive.",
+        "Price went down a week after I bought it.",
+    ],
+    "neg": [
+        "Support never answered my emails.",
+        "It arrived scratched.",
+        "The app keeps disconnecting.",
+        "The return process was a nightmare.",
+        "It stopped charging after ten days.",
+        "Smells of plastic even after airing it out.",
+    ],
 }
 FOREIGN = [
     (5, "de", "Hervorragende Qualität, schnelle Lieferung. Sehr zu empfehlen!"),

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from ..errors import ModelCallError, ModelOutputError
-from ._base import EvalResult, ItemFailure, Output
+from ._base import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Output
 from ._limits import classify_error
 from ._parsing import parse_per_item, parse_report
 
-__all__ = ["Answer", "Backend", "FallbackLadder", "LadderItem", "Repair", "Usage"]
+__all__ = ["Answer", "Backend", "FallbackLadder", "LadderItem", "Repair", "Usage", "ladder_items", "per_item_fallback"]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -102,6 +102,31 @@ class Backend(Protocol):
 
 
 Fallback = Callable[[LadderItem], Awaitable[EvalResult]]
+
+
+def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
+    """One LadderItem per batch item: ids i1..iN, the payload (or join group) as prompt-safe JSON."""
+    from ..prompts.render import encode_item
+
+    items = []
+    for n, item in enumerate(inputs.items, 1):
+        if len(item) == 1:
+            data = encode_item(item[0].payload.model_dump(mode="json"))
+        else:
+            data = encode_item({a.type_name: a.payload.model_dump(mode="json") for a in item})
+        items.append(LadderItem(f"i{n}", data, tuple(a.id for a in item)))
+    return items
+
+
+def per_item_fallback(engine: Engine, ctx: EngineContext, inputs: EvalInputs) -> Fallback:
+    """The last rung for a batch: the engine's own `evaluate()` on one item."""
+    single_ctx = replace(ctx, is_batch=False, batch_size=1)
+    by_id = {a.id: a for a in inputs.artifacts}
+
+    async def fallback(item: LadderItem) -> EvalResult:
+        return await engine.evaluate(single_ctx, EvalInputs((tuple(by_id[i] for i in item.artifact_ids),)))
+
+    return fallback
 
 
 def _halves(items: Sequence[LadderItem]) -> list[list[LadderItem]]:

@@ -112,6 +112,8 @@ def placeholder_answer(messages: list[dict[str, Any]], response_format: Any) -> 
     """
     user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
     system = next((str(m.get("content", "")) for m in messages if m.get("role") == "system"), "")
+    if _DSPY_OUTPUTS in system:
+        return _dspy_answer(system, user)
     items = []
     for item_id, data in _ITEM.findall(user):
         try:
@@ -158,3 +160,50 @@ def _filled(schema: dict[str, Any], source: Any, count: int) -> Any:
         elif key.endswith("count") and isinstance(value[key], int):
             value[key] = count
     return value
+
+
+_DSPY_OUTPUTS = "Outputs will be a JSON object with the following fields."
+_DSPY_FIELD = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", re.DOTALL)
+
+
+def _dspy_answer(system: str, user: str) -> dict[str, Any]:
+    """An answer to a DSPy JSONAdapter prompt: one value per output field, from the schema it states."""
+    start = system.index(_DSPY_OUTPUTS) + len(_DSPY_OUTPUTS)
+    try:
+        fields, _ = json.JSONDecoder().raw_decode(system[start:].lstrip())
+    except json.JSONDecodeError:
+        return {}
+    inputs: list[Any] = []
+    for _, value in _DSPY_FIELD.findall(user):
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(decoded, list):
+            inputs = decoded
+            break
+    answer: dict[str, Any] = {}
+    for name, note in fields.items():
+        schema_text = str(note).split("JSON schema: ", 1)
+        schema = json.loads(schema_text[1]) if len(schema_text) == 2 else {"type": "string"}
+        answer[name] = _dspy_value(schema, inputs, name)
+    return answer
+
+
+def _dspy_value(schema: dict[str, Any], inputs: list[Any], name: str) -> Any:
+    if schema.get("type") == "array":
+        element = _deref(schema.get("items", {}), schema.get("$defs", {}))
+        element = {**element, "$defs": schema.get("$defs", {})}
+        if inputs:  # one answer per input item, ids and matching fields copied from it
+            return [_filled(element, _flat(source), 1) for source in inputs]
+    if schema.get("type") == "object" or "$ref" in schema or "properties" in schema:
+        return _filled(schema, {}, len(inputs))
+    return placeholder_for(schema, name=name)
+
+
+def _flat(source: Any) -> dict[str, Any]:
+    """An input item's fields, with a nested `data` object's fields alongside its own."""
+    if not isinstance(source, dict):
+        return {}
+    data = source.get("data")
+    return {**(data if isinstance(data, dict) else {}), **source}

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
-from ._ladder import Answer, FallbackLadder, LadderItem, Repair, Usage
+from ._ladder import Answer, FallbackLadder, LadderItem, Repair, Usage, ladder_items, per_item_fallback
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import announce_offline, is_offline, load_litellm, redact, resolve_model, secrets_from
 
@@ -110,18 +110,11 @@ class LLMEngine(Engine):
 
     async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
         call = _Call(self, ctx)
-        items = [
-            LadderItem(f"i{n}", _item_data(item), tuple(a.id for a in item)) for n, item in enumerate(inputs.items, 1)
-        ]
+        items = ladder_items(inputs)
         call.usage.items = len(items)
         call.usage.per_item_prompt_tokens = sum(call.count_tokens([item], per_item=self.per_item) for item in items)
-        single_ctx = replace(ctx, is_batch=False, batch_size=1)
-
-        async def per_item_fallback(item: LadderItem) -> EvalResult:
-            by_id = {a.id: a for a in inputs.artifacts}
-            return await self.evaluate(single_ctx, EvalInputs((tuple(by_id[i] for i in item.artifact_ids),)))
-
-        ladder = FallbackLadder(call, call.output_type, call.usage, per_item_fallback if fallback else None)
+        last_rung = per_item_fallback(self, ctx, inputs) if fallback else None
+        ladder = FallbackLadder(call, call.output_type, call.usage, last_rung)
         result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
         return self._redacted(result)
 
@@ -132,12 +125,6 @@ class LLMEngine(Engine):
     def _redacted(self, result: EvalResult) -> EvalResult:
         failures = tuple(replace(f, error=self.redact(f.error)) for f in result.failures)
         return replace(result, failures=failures)
-
-
-def _item_data(item: tuple[Any, ...]) -> str:
-    if len(item) == 1:
-        return encode_item(item[0].payload.model_dump(mode="json"))
-    return encode_item({a.type_name: a.payload.model_dump(mode="json") for a in item})
 
 
 class _Call:
