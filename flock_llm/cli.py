@@ -38,12 +38,22 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    traces = commands.add_parser(
+        "traces",
+        help="recent batch flushes and LLM calls from a trace file",
+        description="Show recent batch flushes and LLM calls recorded with "
+        "FLOCK_AUTO_TRACE=true FLOCK_TRACE_FILE=true.",
+    )
+    traces.add_argument("--path", default=".flock/traces.duckdb", help="the DuckDB trace file")
+    traces.add_argument("--limit", type=int, default=20, help="rows per table (default 20)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "traces":
+        return _traces(Path(args.path), args.limit)
     if args.json and args.output == "-":
         print("flock-llm: --json prints the summary on stdout; give --output FILE for the outputs", file=sys.stderr)
         return 2
@@ -165,3 +175,30 @@ def _print_summary(console: Any, summary: Any) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+def _traces(path: Path, limit: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .trace_reader import recent_flushes, recent_llm_calls
+
+    console = Console()
+    if not path.is_file():
+        print(
+            f"flock-llm: no trace file at {path}; run with FLOCK_AUTO_TRACE=true FLOCK_TRACE_FILE=true", file=sys.stderr
+        )
+        return 2
+    flushes = Table(title=f"recent batch flushes ({path})")
+    for column in ("time", "agent", "size", "configured", "reason", "efficiency", "wait ms", "duration ms"):
+        flushes.add_column(column)
+    for row in recent_flushes(path, limit):
+        flushes.add_row(*row)
+    calls = Table(title="recent LLM calls")
+    for column in ("time", "agent", "model", "kind", "items", "prompt tok", "completion tok", "cost", "outcome"):
+        calls.add_column(column)
+    for row in recent_llm_calls(path, limit):
+        calls.add_row(*row)
+    console.print(flushes)
+    console.print(calls)
+    return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -25,6 +26,7 @@ from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics, MetricsRecord
 from .registry import type_name_of
 from .store import ArtifactStore, InMemoryStore
 from .subscription import Subscription
+from .tracing import SpanHandle, Tracer, TracingConfig, tracing_config
 from .visibility import PublicVisibility, Visibility, combine_visibilities
 
 __all__ = ["Flock"]
@@ -40,6 +42,7 @@ class _Work:
     subscription: Subscription
     items: tuple[Item, ...]
     flush: Flush | None
+    span: SpanHandle | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class Flock:
             Tests pass `flock_llm.testing.ManualClock()`.
         store: where artifacts are kept (default: in memory).
         env: the environment to read settings from (default: `os.environ`, read once, here).
+        tracing: True, a TracingConfig, or None to follow FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE (see tracing).
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Flock:
         clock: Clock | None = None,
         store: ArtifactStore | None = None,
         env: Mapping[str, str] | None = None,
+        tracing: bool | TracingConfig | None = None,
     ) -> None:
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigurationError(f"`model` must be a litellm model string, got {model!r}")
@@ -88,6 +93,8 @@ class Flock:
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics = MetricsRecorder()
         self._closed = False
+        config = tracing_config(tracing, source)
+        self._tracer: Tracer | None = None if config is None else Tracer(config)
 
     # -- building ---------------------------------------------------------------
 
@@ -135,6 +142,14 @@ class Flock:
         """
         artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
         self._publish_artifact(artifact)
+        if self._tracer is not None:
+            self._tracer.start(
+                "flock.publish",
+                artifact_id=artifact.id,
+                type=artifact.type_name,
+                count=1,
+                visibility=type(artifact.visibility).__name__,
+            ).end()
         return artifact
 
     async def publish_many(
@@ -151,6 +166,9 @@ class Flock:
             artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
             self._publish_artifact(artifact)
             published.append(artifact)
+        if self._tracer is not None and published:
+            types = sorted({a.type_name for a in published})
+            self._tracer.start("flock.publish", count=len(published), type=",".join(types)).end()
         return published
 
     def _make_artifact(
@@ -214,6 +232,17 @@ class Flock:
             type(exc).__name__,
             artifact.id,
         )
+        if self._tracer is not None:
+            span = self._tracer.start(
+                "flock.user_code.error",
+                agent=agent.name,
+                subscription=sub.index,
+                stage=stage,
+                artifact_id=artifact.id,
+                error_type=type(exc).__name__,
+            )
+            span.fail(exc)
+            span.end()
         self._publish_failure(agent, [artifact], exc, stage=stage)
 
     def _deliver(self, agent: Agent, sub: Subscription, artifact: Artifact) -> None:
@@ -278,6 +307,16 @@ class Flock:
             self._metrics.join_expiries.append(
                 JoinExpiry(agent.name, sub.index, group.key, ids, group.missing, group.reason)
             )
+            if self._tracer is not None:
+                self._tracer.start(
+                    "flock.join.expired",
+                    agent=agent.name,
+                    subscription=sub.index,
+                    key=str(group.key),
+                    reason=group.reason,
+                    artifact_ids=list(ids),
+                    missing=list(group.missing),
+                ).end()
             log.warning(
                 "agent %r subscription %d: join group %r closed incomplete (%s), missing %s; "
                 "artifacts %s not processed",
@@ -314,7 +353,21 @@ class Flock:
                 waited_s=flush.waited_s,
             )
         )
-        self._enqueue(_Work(agent, sub, flush.items, flush))
+        span = None
+        if self._tracer is not None:
+            span = self._tracer.start(
+                "flock.batch.flush",
+                agent=agent.name,
+                subscription=sub.index,
+                batch_id=flush.batch_id,
+                batch_size=flush.size,
+                configured_size=flush.configured_size,
+                flush_reason=flush.reason,
+                efficiency=flush.efficiency,
+                wait_ms=flush.waited_s * 1000,
+                partition=None if len(flush.key) < 3 else str(flush.key[2]),
+            )
+        self._enqueue(_Work(agent, sub, flush.items, flush, span))
 
     async def _check_batch_timeouts(self) -> int:
         """Flush every batch whose timeout has passed, now. Returns how many flushed.
@@ -394,8 +447,34 @@ class Flock:
             batch_id=None if flush is None else flush.batch_id,
             model=self.model,
             env=self._env,
+            tracer=self._tracer,
         )
         self._metrics.counters["engine_runs"] += 1
+        if self._tracer is None:
+            await self._evaluate(agent, ctx, inputs, flush)
+            return
+        name = "flock.engine.evaluate_batch" if flush is not None else "flock.agent.run"
+        span = self._tracer.start(
+            name,
+            parent=work.span,
+            agent=agent.name,
+            items=len(inputs),
+            engine=type(agent.engine).__name__ if agent.engine else "LLMEngine",
+        )
+        try:
+            with self._tracer.active(span):
+                outcome = await self._evaluate(agent, ctx, inputs, flush)
+            span.set(**outcome)
+        finally:
+            span.end()
+            if work.span is not None:
+                work.span.set(outputs=outcome.get("outputs"), failures=outcome.get("failures"))
+                work.span.end()
+
+    async def _evaluate(
+        self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, flush: Flush | None
+    ) -> dict[str, Any]:
+        """Run the engine and publish what it returned; the figures for tracing."""
         try:
             engine = self._engine_for(agent)
             if flush is not None:
@@ -413,10 +492,12 @@ class Flock:
                 len(inputs.artifacts),
             )
             self._publish_failure(agent, inputs.artifacts, exc, stage="engine", flush=flush)
-            return
+            return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
         if result.usage:
             self._metrics.record_usage(agent.name, result.usage)
         self._publish_result(agent, inputs, result, flush)
+        usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
 
     def _publish_result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
         by_id = {a.id: a for a in inputs.artifacts}
@@ -521,6 +602,8 @@ class Flock:
         self._batch_timers.clear()
         self._join_timers.clear()
         self._closed = True
+        if self._tracer is not None:
+            self._tracer.shutdown()  # writes the spans still buffered
 
     def _close_joins(self) -> int:
         count = 0
@@ -540,6 +623,11 @@ class Flock:
         await self.shutdown()
 
     # -- what happened ---------------------------------------------------------------
+
+    def flush_traces(self) -> None:
+        """Export the spans recorded so far now (they are otherwise exported every second and at shutdown)."""
+        if self._tracer is not None:
+            self._tracer.flush()
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of flushes, counters and engine usage."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from ..artifact import Artifact
 from ..errors import ConfigurationError
+from ..tracing import Tracer
 
 __all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
 
@@ -39,6 +40,8 @@ class EngineContext:
     """`Flock(model=...)`, for engines that resolve a model."""
     env: dict[str, str] = field(default_factory=dict, repr=False)
     """The environment the Flock read at construction (for model resolution)."""
+    tracer: Tracer | None = field(default=None, repr=False, compare=False)
+    """Where engines record spans (e.g. one per LLM call); None when tracing is off."""
 
     @property
     def efficiency(self) -> float | None:

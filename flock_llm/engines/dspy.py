@@ -286,12 +286,31 @@ class _DSPyCall:
             )
 
         started = time.perf_counter()
+        started_ns = time.time_ns()
+        outcome = "ok"
         try:
             prediction = await self.engine.retry.run(attempt, on_retry)
         except self.dspy.utils.exceptions.AdapterParseError as exc:
+            outcome = "unparsed"
             return Answer(content=str(getattr(exc, "lm_response", "") or ""))
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
         finally:
             self.usage.latency_s += time.perf_counter() - started
+            if self.ctx.tracer is not None:
+                self.ctx.tracer.record(
+                    "flock.llm.call",
+                    start_ns=started_ns,
+                    end_ns=time.time_ns(),
+                    error=None if outcome in ("ok", "unparsed") else outcome,
+                    agent=self.ctx.agent_name,
+                    model=self.model,
+                    kind="repair" if repair else "reduce" if reduce else "batch",
+                    items=len(items),
+                    outcome=outcome,
+                    engine="dspy",
+                )
         return Answer(content=self._content(getattr(prediction, output_field, None), items, per_item and not reduce))
 
     def _content(self, output: Any, items: Sequence[LadderItem], per_item: bool) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -267,15 +268,51 @@ class _Call:
 
         kind = "repair" if repair else "reduce" if reduce_total else "batch"
         started = time.perf_counter()
+        started_ns = time.time_ns()
         try:
             response = await self.engine.retry.run(attempt, on_retry)
         except Exception as exc:
             self._record(kind, len(items), started, attempts, type(exc).__name__, None)
+            self._trace(kind, kwargs, started_ns, attempts, len(items), None, error=type(exc).__name__)
             raise
         choice = response.choices[0]
         truncated = choice.finish_reason == "length"
         self._record(kind, len(items), started, attempts, "truncated" if truncated else "ok", response)
+        self._trace(kind, kwargs, started_ns, attempts, len(items), self.engine.calls[-1])
         return Answer(choice.message.content or "", truncated=truncated)
+
+    def _trace(
+        self,
+        kind: str,
+        kwargs: dict[str, Any],
+        started_ns: int,
+        attempts: int,
+        items: int,
+        record: CallRecord | None,
+        error: str | None = None,
+    ) -> None:
+        tracer = self.ctx.tracer
+        if tracer is None:
+            return
+        attributes: dict[str, Any] = {
+            "agent": self.ctx.agent_name,
+            "model": self.model,
+            "kind": kind,
+            "items": items,
+            "attempts": attempts,
+            "retries": max(0, attempts - 1),
+            "outcome": error or (record.outcome if record else "ok"),
+        }
+        if record is not None:
+            attributes.update(
+                prompt_tokens=record.prompt_tokens,
+                completion_tokens=record.completion_tokens,
+                cost_usd=record.cost_usd,
+                latency_ms=record.latency_s * 1000,
+            )
+        if tracer.config.record_prompts:
+            attributes["prompt"] = self.engine.redact(json.dumps(kwargs["messages"], ensure_ascii=False))
+        tracer.record("flock.llm.call", start_ns=started_ns, end_ns=time.time_ns(), error=error, **attributes)
 
     def _record(self, kind: str, items: int, started: float, attempts: int, outcome: str, response: Any) -> None:
         latency = time.perf_counter() - started
