@@ -14,15 +14,18 @@ import argparse
 import asyncio
 import gc
 import statistics
+import tempfile
 import time
 import tracemalloc
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
 from flock_llm.subscription import BatchSpec
+from flock_llm.tracing import TracingConfig
 
 
 @flock_type(name="BenchTxn")
@@ -47,19 +50,24 @@ def _payloads(n: int, note: str = "") -> list[Txn]:
     return [Txn(txn_id=f"t{i}", amount=float(i), note=f"{i:08d}{note[8:]}" if note else "") for i in range(n)]
 
 
-async def flock_throughput(n: int) -> float:
+async def flock_throughput(n: int, *, tracing: TracingConfig | None = None, chunk: int = 1) -> float:
+    """Artifacts/s from the first publish until the last report is published (chunk > 1: publish_many)."""
     payloads = _payloads(n)
-    flock = Flock(env={})
-    flock.agent("bench").consumes(Txn, batch=BatchSpec(size=25, timeout=timedelta(seconds=30))).publishes(
-        Report
-    ).with_engines(NoOpEngine())
+    gc.collect()  # start each run with the garbage of the previous one gone
+    flock = Flock(env={}, tracing=tracing or False)
+    agent = flock.agent("bench").consumes(Txn, batch=BatchSpec(size=25, timeout=timedelta(seconds=30)))
+    agent.publishes(Report).with_engines(NoOpEngine())
     start = time.perf_counter()
-    for p in payloads:
-        await flock.publish(p)
+    if chunk == 1:
+        for p in payloads:
+            await flock.publish(p)
+    else:
+        for i in range(0, n, chunk):
+            await flock.publish_many(payloads[i : i + chunk])
     await flock.run_until_idle()
     elapsed = time.perf_counter() - start
     assert len(await flock.store.get_by_type(Report)) == n // 25
-    await flock.shutdown()
+    await flock.shutdown()  # with tracing: writes the remaining spans (not timed)
     return n / elapsed
 
 
@@ -194,6 +202,18 @@ async def main() -> None:
         f"p99 {p99(ours_late):.2f} ms, max {max(ours_late):.2f} ms "
         f"(100 ms polling checker: p50 {statistics.median(poll_late):.1f} ms, p99 {p99(poll_late):.1f} ms)"
     )
+
+    with tempfile.TemporaryDirectory() as folder:
+        for chunk, label in ((1, "publish() per artifact"), (500, "publish_many() of 500")):
+            ratios, plain, traced = [], [], []
+            for i in range(7):  # interleaved pairs; this machine is noisy, so report the median pair
+                plain.append(await flock_throughput(args.n, chunk=chunk))
+                config = TracingConfig(duckdb_path=str(Path(folder) / f"t{chunk}-{i}.duckdb"))
+                traced.append(await flock_throughput(args.n, tracing=config, chunk=chunk))
+                ratios.append(traced[-1] / plain[-1])
+            print(f"tracing on vs off ({label}, spans to DuckDB), 7 interleaved pairs: median slowdown "
+                  f"{100 * (1 - statistics.median(ratios)):.0f}% (range {100 * (1 - max(ratios)):.0f}%.."
+                  f"{100 * (1 - min(ratios)):.0f}%); best {max(traced):,.0f} vs {max(plain):,.0f} artifacts/s")
 
     held, bare = await memory_per_pending(5_000)
     print(

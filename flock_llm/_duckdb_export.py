@@ -56,7 +56,7 @@ def span_row(span: ReadableSpan) -> dict[str, Any]:
         "end_time": _timestamp(end),
         "duration_ms": (end - start) / 1e6 if start is not None and end is not None else None,
         "status": span.status.status_code.name,
-        "attributes": {key: (list(value) if isinstance(value, tuple) else value) for key, value in (span.attributes or {}).items()},
+        "attributes": {k: list(v) if isinstance(v, tuple) else v for k, v in (span.attributes or {}).items()},
     }
 
 

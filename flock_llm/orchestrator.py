@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,15 @@ class _Work:
     items: tuple[Item, ...]
     flush: Flush | None
     span: SpanHandle | None = None
+
+
+@dataclass(slots=True)
+class _PublishBurst:
+    started_ns: int
+    first_id: str
+    last_id: str = ""
+    count: int = 0
+    types: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -95,6 +105,7 @@ class Flock:
         self._closed = False
         config = tracing_config(tracing, source)
         self._tracer: Tracer | None = None if config is None else Tracer(config)
+        self._publish_burst: _PublishBurst | None = None
 
     # -- building ---------------------------------------------------------------
 
@@ -143,13 +154,7 @@ class Flock:
         artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
         self._publish_artifact(artifact)
         if self._tracer is not None:
-            self._tracer.start(
-                "flock.publish",
-                artifact_id=artifact.id,
-                type=artifact.type_name,
-                count=1,
-                visibility=type(artifact.visibility).__name__,
-            ).end()
+            self._trace_publish(artifact)
         return artifact
 
     async def publish_many(
@@ -166,10 +171,33 @@ class Flock:
             artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
             self._publish_artifact(artifact)
             published.append(artifact)
-        if self._tracer is not None and published:
-            types = sorted({a.type_name for a in published})
-            self._tracer.start("flock.publish", count=len(published), type=",".join(types)).end()
+            if self._tracer is not None:
+                self._trace_publish(artifact)
         return published
+
+    def _trace_publish(self, artifact: Artifact) -> None:
+        """One `flock.publish` span per burst: the publishes made within one turn of the event loop."""
+        burst = self._publish_burst
+        if burst is None:
+            burst = self._publish_burst = _PublishBurst(started_ns=time.time_ns(), first_id=artifact.id)
+            asyncio.get_running_loop().call_soon(self._end_publish_burst)
+        burst.count += 1
+        burst.last_id = artifact.id
+        burst.types.add(artifact.type_name)
+
+    def _end_publish_burst(self) -> None:
+        burst, self._publish_burst = self._publish_burst, None
+        if burst is None or self._tracer is None:
+            return
+        self._tracer.record(
+            "flock.publish",
+            start_ns=burst.started_ns,
+            end_ns=time.time_ns(),
+            count=burst.count,
+            type=",".join(sorted(burst.types)),
+            first_artifact_id=burst.first_id,
+            last_artifact_id=burst.last_id,
+        )
 
     def _make_artifact(
         self,
@@ -435,6 +463,10 @@ class Flock:
     async def _run(self, work: _Work) -> None:
         agent, flush = work.agent, work.flush
         inputs = EvalInputs(work.items)
+        span = None
+        if self._tracer is not None:
+            name = "flock.engine.evaluate_batch" if flush is not None else "flock.agent.run"
+            span = self._tracer.start(name, parent=work.span, agent=agent.name, items=len(inputs))
         ctx = EngineContext(
             agent_name=agent.name,
             subscription_index=work.subscription.index,
@@ -448,27 +480,19 @@ class Flock:
             model=self.model,
             env=self._env,
             tracer=self._tracer,
+            trace_parent=span,
         )
         self._metrics.counters["engine_runs"] += 1
-        if self._tracer is None:
+        if span is None:
             await self._evaluate(agent, ctx, inputs, flush)
             return
-        name = "flock.engine.evaluate_batch" if flush is not None else "flock.agent.run"
-        span = self._tracer.start(
-            name,
-            parent=work.span,
-            agent=agent.name,
-            items=len(inputs),
-            engine=type(agent.engine).__name__ if agent.engine else "LLMEngine",
-        )
+        outcome: dict[str, Any] = {}
         try:
-            with self._tracer.active(span):
-                outcome = await self._evaluate(agent, ctx, inputs, flush)
-            span.set(**outcome)
+            outcome = await self._evaluate(agent, ctx, inputs, flush)
         finally:
+            span.set(engine=type(agent.engine).__name__ if agent.engine else "LLMEngine", **outcome)
             span.end()
             if work.span is not None:
-                work.span.set(outputs=outcome.get("outputs"), failures=outcome.get("failures"))
                 work.span.end()
 
     async def _evaluate(
@@ -603,6 +627,7 @@ class Flock:
         self._join_timers.clear()
         self._closed = True
         if self._tracer is not None:
+            self._end_publish_burst()
             self._tracer.shutdown()  # writes the spans still buffered
 
     def _close_joins(self) -> int:

@@ -12,7 +12,8 @@ def _query(path: Path, sql: str, limit: int) -> list[tuple[object, ...]]:
 
     connection = duckdb.connect(str(path), read_only=True)
     try:
-        return connection.execute(sql, [limit]).fetchall()
+        rows: list[tuple[object, ...]] = connection.execute(sql, [limit]).fetchall()
+        return rows
     finally:
         connection.close()
 

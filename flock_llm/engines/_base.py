@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from ..artifact import Artifact
 from ..errors import ConfigurationError
-from ..tracing import Tracer
+from ..tracing import SpanHandle, Tracer
 
 __all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
 
@@ -42,6 +42,8 @@ class EngineContext:
     """The environment the Flock read at construction (for model resolution)."""
     tracer: Tracer | None = field(default=None, repr=False, compare=False)
     """Where engines record spans (e.g. one per LLM call); None when tracing is off."""
+    trace_parent: SpanHandle | None = field(default=None, repr=False, compare=False)
+    """The span of this run: the parent of spans an engine records."""
 
     @property
     def efficiency(self) -> float | None:

@@ -303,6 +303,7 @@ class _DSPyCall:
                     "flock.llm.call",
                     start_ns=started_ns,
                     end_ns=time.time_ns(),
+                    parent=self.ctx.trace_parent,
                     error=None if outcome in ("ok", "unparsed") else outcome,
                     agent=self.ctx.agent_name,
                     model=self.model,

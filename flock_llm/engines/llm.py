@@ -312,7 +312,14 @@ class _Call:
             )
         if tracer.config.record_prompts:
             attributes["prompt"] = self.engine.redact(json.dumps(kwargs["messages"], ensure_ascii=False))
-        tracer.record("flock.llm.call", start_ns=started_ns, end_ns=time.time_ns(), error=error, **attributes)
+        tracer.record(
+            "flock.llm.call",
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            parent=self.ctx.trace_parent,
+            error=error,
+            **attributes,
+        )
 
     def _record(self, kind: str, items: int, started: float, attempts: int, outcome: str, response: Any) -> None:
         latency = time.perf_counter() - started
