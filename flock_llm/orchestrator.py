@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -70,7 +70,8 @@ class Flock:
         model: the default litellm model string for LLM engines (e.g. "openai/gpt-4.1-mini").
         clock: where time comes from; the default is the running event loop's monotonic clock.
             Tests pass `flock_llm.testing.ManualClock()`.
-        store: where artifacts are kept (default: in memory).
+        store: where artifacts are kept: in memory (default), or "sqlite:///path/to/flock.db" (or a
+            SQLiteStore) to survive crashes: pending batches and unprocessed artifacts are restored on start.
         env: the environment to read settings from (default: `os.environ`, read once, here).
         tracing: True, a TracingConfig, or None to follow FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE (see tracing).
     """
@@ -80,7 +81,7 @@ class Flock:
         model: str | None = None,
         *,
         clock: Clock | None = None,
-        store: ArtifactStore | None = None,
+        store: ArtifactStore | str | None = None,
         env: Mapping[str, str] | None = None,
         tracing: bool | TracingConfig | None = None,
     ) -> None:
@@ -90,7 +91,14 @@ class Flock:
         source = os.environ if env is None else env
         self._env = {k: v for k, v in source.items() if k.startswith("FLOCK_")}
         self._clock: Clock = clock or LoopClock()
+        if isinstance(store, str):
+            from .sqlite_store import SQLiteStore  # deferred: only durable runs need it
+
+            store = SQLiteStore.from_url(store)
         self.store: ArtifactStore = store or InMemoryStore()
+        self._durable: Any = store if getattr(store, "durable", False) else None
+        self._unit: Any = None  # the durable writes being collected (sqlite_store.Unit), or None
+        self._started = self._durable is None
         self._agents: dict[str, Agent] = {}
         self._routes: dict[str, list[tuple[Agent, Subscription]]] | None = None
         self._batch_engine = BatchEngine()
@@ -151,10 +159,18 @@ class Flock:
             ConfigurationError: the object's type is not registered with @flock_type, or a bad visibility.
             ClosedError: the Flock was shut down.
         """
-        artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
-        self._publish_artifact(artifact)
+        if not self._started:
+            await self.start()
+        self._begin_unit()
+        try:
+            artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
+            self._publish_artifact(artifact)
+        finally:
+            committed = self._commit_unit()
         if self._tracer is not None:
             self._trace_publish(artifact)
+        if committed is not None:
+            await committed  # durable stores acknowledge after the commit
         return artifact
 
     async def publish_many(
@@ -165,14 +181,22 @@ class Flock:
         tags: Iterable[str] | None = None,
         correlation_id: str | None = None,
     ) -> list[Artifact]:
-        """Publish several objects, in order, with the same options."""
+        """Publish several objects, in order, with the same options (one commit with a durable store)."""
+        if not self._started:
+            await self.start()
         published = []
-        for obj in objs:
-            artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
-            self._publish_artifact(artifact)
-            published.append(artifact)
-            if self._tracer is not None:
-                self._trace_publish(artifact)
+        self._begin_unit()
+        try:
+            for obj in objs:
+                artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
+                self._publish_artifact(artifact)
+                published.append(artifact)
+                if self._tracer is not None:
+                    self._trace_publish(artifact)
+        finally:
+            committed = self._commit_unit()
+        if committed is not None:
+            await committed
         return published
 
     def _trace_publish(self, artifact: Artifact) -> None:
@@ -225,7 +249,10 @@ class Flock:
         )
 
     def _publish_artifact(self, artifact: Artifact) -> None:
-        self.store.add(artifact)
+        if self._unit is not None:
+            self._unit.artifacts.append(artifact)  # the durable store adds it when the unit is written
+        else:
+            self.store.add(artifact)
         self._metrics.published += 1
         for agent, sub in self._route_table().get(artifact.type_name, ()):
             if artifact.produced_by == agent.name:
@@ -273,27 +300,39 @@ class Flock:
             span.end()
         self._publish_failure(agent, [artifact], exc, stage=stage)
 
-    def _deliver(self, agent: Agent, sub: Subscription, artifact: Artifact) -> None:
+    def _deliver(self, agent: Agent, sub: Subscription, artifact: Artifact, entered_at: float | None = None) -> None:
+        """Hand an accepted artifact to its subscription; `entered_at` (wall time) when restoring one."""
+        now = self._clock.now()
+        if entered_at is None:
+            if self._unit is not None:
+                self._unit.deliveries.append((agent.name, sub.index, artifact.id, time.time()))
+        else:
+            now -= max(0.0, time.time() - entered_at)  # restored: it entered this long ago
         item: Item = (artifact,)
         if sub.join is not None:
-            joined = self._join(agent, sub, artifact)
+            joined = self._join(agent, sub, artifact, now)
             if joined is None:
                 return
             item = joined
         if sub.batch is None:
             self._enqueue(_Work(agent, sub, (item,), None))
             return
+        self._add_to_batch(agent, sub, item, now)
+
+    def _add_to_batch(self, agent: Agent, sub: Subscription, item: Item, now: float) -> None:
+        assert sub.batch is not None
         key: BatchKey = (agent.name, sub.index)
         if sub.batch.by is not None:
             try:
                 partition: Hashable = sub.batch.by(item[0].payload)
                 hash(partition)
             except Exception as exc:  # noqa: BLE001 - user code: record it against every artifact of the item
+                self._mark_consumed(agent, sub, item)
                 for member in item:
                     self._user_code_failed(agent, sub, member, exc, stage="batch_by", counter="batch_key_errors")
                 return
             key = (agent.name, sub.index, partition)
-        outcome = self._batch_engine.add(key, sub.batch, item, now=self._clock.now(), wall=datetime.now(UTC))
+        outcome = self._batch_engine.add(key, sub.batch, item, now=now, wall=datetime.now(UTC))
         if outcome.flush is not None:
             timer = self._batch_timers.pop(key, None)
             if timer is not None:
@@ -304,18 +343,19 @@ class Flock:
                 outcome.opened_deadline, partial(self._on_batch_deadline, key)
             )
 
-    def _join(self, agent: Agent, sub: Subscription, artifact: Artifact) -> Item | None:
+    def _join(self, agent: Agent, sub: Subscription, artifact: Artifact, now: float) -> Item | None:
         assert sub.join is not None
         try:
             key = sub.join.by(artifact.payload)
             hash(key)
         except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, don't drop silently
+            self._mark_consumed(agent, sub, (artifact,))
             self._user_code_failed(agent, sub, artifact, exc, stage="join_by", counter="join_key_errors")
             return None
         buffer = self._joins.get((agent.name, sub.index))
         if buffer is None:
             buffer = self._joins[(agent.name, sub.index)] = JoinBuffer(sub.join, sub.type_names)
-        outcome = buffer.add(artifact, key, now=self._clock.now())
+        outcome = buffer.add(artifact, key, now=now)
         self._report_expired_joins(agent, sub, outcome.expired)
         if outcome.opened_deadline is not None:
             self._join_timers.append(
@@ -331,6 +371,8 @@ class Flock:
     def _report_expired_joins(self, agent: Agent, sub: Subscription, expired: list[ExpiredGroup]) -> None:
         for group in expired:
             ids = tuple(a.id for a in group.artifacts)
+            if group.reason == "window":  # dropped for good; a group open at shutdown is restored on restart
+                self._mark_consumed(agent, sub, group.artifacts)
             self._metrics.counters["join_groups_expired"] += 1
             self._metrics.join_expiries.append(
                 JoinExpiry(agent.name, sub.index, group.key, ids, group.missing, group.reason)
@@ -515,13 +557,82 @@ class Flock:
                 type(exc).__name__,
                 len(inputs.artifacts),
             )
-            self._publish_failure(agent, inputs.artifacts, exc, stage="engine", flush=flush)
+            self._finish_run(
+                agent,
+                ctx,
+                inputs,
+                partial(self._publish_failure, agent, inputs.artifacts, exc, stage="engine", flush=flush),
+            )
             return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
         if result.usage:
             self._metrics.record_usage(agent.name, result.usage)
-        self._publish_result(agent, inputs, result, flush)
+        self._finish_run(agent, ctx, inputs, lambda: self._publish_result(agent, inputs, result, flush))
         usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
+
+    def _finish_run(self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, publish: Callable[[], None]) -> None:
+        """Publish a run's outputs and mark its inputs consumed: one unit, committed together."""
+        self._begin_unit()
+        try:
+            publish()
+            self._mark_consumed(agent, agent.subscriptions[ctx.subscription_index], inputs.artifacts)
+        finally:
+            self._commit_unit()
+
+    # -- durability ------------------------------------------------------------------
+
+    def _begin_unit(self) -> None:
+        if self._durable is not None:
+            from .sqlite_store import Unit
+
+            self._unit = Unit()
+
+    def _commit_unit(self) -> asyncio.Future[None] | None:
+        unit, self._unit = self._unit, None
+        if unit is None:
+            return None
+        future: asyncio.Future[None] | None = self._durable.write(unit)
+        return future
+
+    def _mark_consumed(self, agent: Agent, sub: Subscription, artifacts: Iterable[Artifact]) -> None:
+        if self._durable is None:
+            return
+        marks = [(agent.name, sub.index, a.id) for a in artifacts]
+        if self._unit is not None:
+            self._unit.consumed.extend(marks)
+        else:
+            from .sqlite_store import Unit
+
+            self._durable.write(Unit(consumed=marks))
+
+    async def start(self) -> None:
+        """Restore what a durable store holds: pending batches (with their first-item times) and queued work.
+
+        Called by the first publish, `run_until_idle()` or `async with`; define the agents first.
+        A batch whose deadline passed while the process was down flushes at once (reason "timeout").
+        """
+        if self._started:
+            return
+        self._started = True
+        if self._durable is None:
+            return
+        recovered = self._durable.load()
+        if recovered.unknown_types:
+            self._metrics.counters["unknown_type_artifacts"] += sum(recovered.unknown_types.values())
+        for pending in recovered.pending:
+            agent = self._agents.get(pending.agent)
+            if agent is None or pending.sub >= len(agent.subscriptions):
+                self._metrics.counters["orphan_deliveries"] += 1
+                log.warning(
+                    "stored delivery of artifact %s to %s/%d: no such agent subscription now; kept",
+                    pending.artifact.id,
+                    pending.agent,
+                    pending.sub,
+                )
+                continue
+            self._metrics.counters["restored_deliveries"] += 1
+            self._deliver(agent, agent.subscriptions[pending.sub], pending.artifact, entered_at=pending.entered_at)
+        await self._check_batch_timeouts()
 
     def _publish_result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
         by_id = {a.id: a for a in inputs.artifacts}
@@ -605,6 +716,8 @@ class Flock:
 
         Partial batches keep accumulating (their timers still fire); `shutdown()` flushes them.
         """
+        if not self._started:
+            await self.start()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
@@ -615,6 +728,8 @@ class Flock:
         """
         if self._closed:
             return
+        if not self._started:
+            await self.start()
         while True:
             await self.run_until_idle()
             flushed = self._flush_all("shutdown")
@@ -628,7 +743,10 @@ class Flock:
         self._closed = True
         if self._tracer is not None:
             self._end_publish_burst()
-            self._tracer.shutdown()  # writes the spans still buffered
+            self._tracer.shutdown()
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            await asyncio.to_thread(close)  # commits what is queued  # writes the spans still buffered
 
     def _close_joins(self) -> int:
         count = 0
@@ -640,6 +758,7 @@ class Flock:
         return count
 
     async def __aenter__(self) -> Flock:
+        await self.start()
         return self
 
     async def __aexit__(

@@ -24,6 +24,8 @@ __all__ = [
     "TenantVisibility",
     "Visibility",
     "combine_visibilities",
+    "visibility_from_dict",
+    "visibility_to_dict",
 ]
 
 
@@ -164,3 +166,33 @@ def combine_visibilities(visibilities: Iterable[Visibility]) -> Visibility:
     if len(unique) == 1:
         return unique[0]
     return AllOfVisibility(tuple(unique))
+
+
+def visibility_to_dict(visibility: Visibility) -> dict[str, object]:
+    """A JSON-ready description of a (resolved) visibility, for durable stores."""
+    if isinstance(visibility, PublicVisibility):
+        return {"kind": "public"}
+    if isinstance(visibility, PrivateVisibility):
+        return {"kind": "private", "agents": sorted(visibility.agents)}
+    if isinstance(visibility, LabelledVisibility):
+        return {"kind": "labelled", "labels": sorted(visibility.required_labels)}
+    if isinstance(visibility, TenantVisibility) and visibility.tenant_id is not None:
+        return {"kind": "tenant", "tenant_id": visibility.tenant_id}
+    if isinstance(visibility, AllOfVisibility):
+        return {"kind": "all_of", "parts": [visibility_to_dict(p) for p in visibility.parts]}
+    raise ConfigurationError(f"cannot store visibility {visibility!r}; custom visibilities need the in-memory store")
+
+
+def visibility_from_dict(data: dict[str, object]) -> Visibility:
+    kind = data.get("kind")
+    if kind == "public":
+        return _PUBLIC
+    if kind == "private":
+        return PrivateVisibility(agents=list(data["agents"]))  # type: ignore[call-overload]
+    if kind == "labelled":
+        return LabelledVisibility(required_labels=list(data["labels"]))  # type: ignore[call-overload]
+    if kind == "tenant":
+        return TenantVisibility(tenant_id=str(data["tenant_id"]))
+    if kind == "all_of":
+        return AllOfVisibility(tuple(visibility_from_dict(p) for p in data["parts"]))  # type: ignore[attr-defined]
+    raise ConfigurationError(f"unknown stored visibility {data!r}")

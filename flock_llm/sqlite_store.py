@@ -1,0 +1,301 @@
+"""A durable store: artifacts, pending deliveries and consumption marks in SQLite (WAL).
+
+    Flock(store="sqlite:///path/to/flock.db")
+
+Every write goes through one writer thread, so disk work stays off the event
+loop. Writes arrive as *units* (a publish call; or an agent run's outputs
+together with the marks that its inputs were consumed) and each unit is
+committed atomically; the writer groups many units into one transaction.
+Reads are served from memory. On start, `load()` returns what was published
+but not yet consumed by each subscription, so the Flock can restore its
+pending batches and queued work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel
+
+from .artifact import Artifact
+from .errors import ConfigurationError
+from .registry import resolve_type
+from .store import InMemoryStore
+from .visibility import visibility_from_dict, visibility_to_dict
+
+__all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
+
+log = logging.getLogger("flock_llm.store")
+
+T = TypeVar("T", bound=BaseModel)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS flock_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, type_name TEXT NOT NULL,
+    payload TEXT NOT NULL, produced_by TEXT, derived_from TEXT NOT NULL, correlation_id TEXT,
+    tags TEXT NOT NULL, visibility TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL, entered_at REAL NOT NULL,
+    PRIMARY KEY (agent, sub, artifact_id));
+CREATE TABLE IF NOT EXISTS consumed (
+    agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL, PRIMARY KEY (agent, sub, artifact_id));
+"""
+
+
+@dataclass(slots=True)
+class Unit:
+    """Writes that commit together."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+    deliveries: list[tuple[str, int, str, float]] = field(default_factory=list)
+    """(agent, subscription index, artifact id, wall time it entered the subscription)."""
+    consumed: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.artifacts or self.deliveries or self.consumed)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    agent: str
+    sub: int
+    artifact: Artifact
+    entered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What a store held at start."""
+
+    artifacts: int
+    pending: list[PendingDelivery]
+    """Delivered but not consumed, in publication order."""
+    unknown_types: dict[str, int]
+    """Type names no longer registered, and how many stored artifacts have them (kept, not loaded)."""
+
+
+def _row(a: Artifact) -> tuple[object, ...]:
+    return (
+        a.id,
+        a.type_name,
+        a.payload.model_dump_json(),
+        a.produced_by,
+        json.dumps(list(a.derived_from)),
+        a.correlation_id,
+        json.dumps(sorted(a.tags)),
+        json.dumps(visibility_to_dict(a.visibility)),
+        a.created_at.isoformat(),
+    )
+
+
+def _artifact(row: Sequence[object]) -> Artifact:
+    id_, type_name, payload, produced_by, derived, correlation, tags, visibility, created = row
+    model = resolve_type(str(type_name))
+    return Artifact(
+        type_name=str(type_name),
+        payload=model.model_validate_json(str(payload)),
+        id=str(id_),
+        produced_by=None if produced_by is None else str(produced_by),
+        derived_from=tuple(json.loads(str(derived))),
+        correlation_id=None if correlation is None else str(correlation),
+        tags=frozenset(json.loads(str(tags))),
+        visibility=visibility_from_dict(json.loads(str(visibility))),
+        created_at=datetime.fromisoformat(str(created)),
+    )
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) a flock_llm database; refuse foreign files and newer schemas with a clear error."""
+    try:
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ConfigurationError(f"{str(path)!r} is not a flock_llm database (SQLite says: {exc})") from None
+    if tables and "flock_meta" not in tables:
+        connection.close()
+        raise ConfigurationError(
+            f"{str(path)!r} is a SQLite database of something else (tables {sorted(tables)!r}); "
+            "give flock_llm a file of its own"
+        )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
+    connection.executescript(_SCHEMA)
+    found = connection.execute("SELECT value FROM flock_meta WHERE key='schema_version'").fetchone()
+    if found is None:
+        connection.execute("INSERT INTO flock_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(found[0]) > SCHEMA_VERSION:
+        connection.close()
+        raise ConfigurationError(
+            f"{str(path)!r} has schema version {found[0]}, written by a newer flock_llm; this version reads "
+            f"up to {SCHEMA_VERSION}: upgrade flock_llm"
+        )
+    return connection
+
+
+class _Writer(threading.Thread):
+    """Commits units in order, many per transaction; resolves each unit's future after its commit."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        super().__init__(name="flock_llm-sqlite-writer", daemon=True)
+        self.connection = connection
+        self.units: queue.SimpleQueue[tuple[Unit, asyncio.Future[None] | None] | None] = queue.SimpleQueue()
+        self.failed: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            first = self.units.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 5_000:
+                try:
+                    more = self.units.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._commit(batch)
+                    return
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Unit, asyncio.Future[None] | None]]) -> None:
+        units = [unit for unit, _ in batch]
+        try:
+            with self.connection:  # one transaction for the whole batch of units
+                self.connection.execute("BEGIN")
+                self.connection.executemany(
+                    "INSERT OR IGNORE INTO artifacts (id, type_name, payload, produced_by, derived_from, "
+                    "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [_row(a) for u in units for a in u.artifacts],
+                )
+                self.connection.executemany(
+                    "INSERT OR IGNORE INTO deliveries VALUES (?,?,?,?)", [d for u in units for d in u.deliveries]
+                )
+                consumed = [c for u in units for c in u.consumed]
+                self.connection.executemany("INSERT OR IGNORE INTO consumed VALUES (?,?,?)", consumed)
+                self.connection.executemany(
+                    "DELETE FROM deliveries WHERE agent=? AND sub=? AND artifact_id=?", consumed
+                )
+        except sqlite3.Error as exc:
+            self.failed = exc
+            log.error("writing to the flock_llm database failed: %s", exc)
+            self._resolve(batch, exc)
+            return
+        self._resolve(batch, None)
+
+    @staticmethod
+    def _resolve(batch: list[tuple[Unit, asyncio.Future[None] | None]], exc: BaseException | None) -> None:
+        for _, future in batch:
+            if future is not None:
+                future.get_loop().call_soon_threadsafe(_settle, future, exc)
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+
+
+class SQLiteStore(InMemoryStore):
+    """Durable artifacts and delivery state in a SQLite file; reads come from memory.
+
+    Args:
+        path: the database file (created when missing).
+        ack: "commit" (default): `publish()` returns once its writes are committed; "enqueue": it returns at
+            once and the write commits within milliseconds (faster; a crash can lose the last few ms).
+    """
+
+    durable = True
+
+    def __init__(self, path: str | Path, *, ack: Literal["commit", "enqueue"] = "commit") -> None:
+        super().__init__()
+        if ack not in ("commit", "enqueue"):
+            raise ConfigurationError(f"`ack` must be 'commit' or 'enqueue', got {ack!r}")
+        self.path = Path(path)
+        self.ack = ack
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = open_database(self.path)
+        self._writer = _Writer(self._connection)
+        self._writer.start()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        if not url.startswith("sqlite:///"):
+            raise ConfigurationError(f"store URL must look like 'sqlite:///path/to/flock.db', got {url!r}")
+        return cls(url[len("sqlite:///") :])
+
+    def write(self, unit: Unit) -> asyncio.Future[None] | None:
+        """Apply `unit` in memory now and persist it; the future resolves after its commit."""
+        for artifact in unit.artifacts:
+            self.add(artifact)
+        if not unit:
+            return None
+        if self._writer.failed is not None:
+            raise ConfigurationError(f"the flock_llm database {str(self.path)!r} failed earlier: {self._writer.failed}")
+        future: asyncio.Future[None] | None = None
+        if self.ack == "commit":
+            future = asyncio.get_running_loop().create_future()
+        self._writer.units.put((unit, future))
+        return future
+
+    async def sync(self) -> None:
+        """Wait until everything written so far is committed."""
+        future = asyncio.get_running_loop().create_future()
+        self._writer.units.put((Unit(), future))
+        await future
+
+    def load(self) -> Recovered:
+        """Every stored artifact into memory; the deliveries still pending, in publication order."""
+        rows = self._connection.execute(
+            "SELECT id, type_name, payload, produced_by, derived_from, correlation_id, tags, visibility, "
+            "created_at FROM artifacts ORDER BY seq"
+        ).fetchall()
+        unknown: dict[str, int] = {}
+        by_id: dict[str, Artifact] = {}
+        for row in rows:
+            try:
+                artifact = _artifact(row)
+            except ConfigurationError:
+                unknown[str(row[1])] = unknown.get(str(row[1]), 0) + 1
+                continue
+            by_id[artifact.id] = artifact
+            self.add(artifact)
+        pending = [
+            PendingDelivery(agent, sub, by_id[artifact_id], entered_at)
+            for agent, sub, artifact_id, entered_at in self._connection.execute(
+                "SELECT d.agent, d.sub, d.artifact_id, d.entered_at FROM deliveries d "
+                "JOIN artifacts a ON a.id = d.artifact_id ORDER BY a.seq, d.agent, d.sub"
+            )
+            if artifact_id in by_id
+        ]
+        if unknown:
+            log.warning(
+                "the store holds artifacts of types no longer registered (kept, not loaded): %s",
+                ", ".join(f"{name} x{count}" for name, count in sorted(unknown.items())),
+            )
+        return Recovered(len(by_id), pending, unknown)
+
+    def consumed_ids(self, agent: str) -> set[str]:
+        return {r[0] for r in self._connection.execute("SELECT artifact_id FROM consumed WHERE agent=?", (agent,))}
+
+    def close(self) -> None:
+        """Commit what is queued and close the file."""
+        if self._writer.is_alive():
+            self._writer.units.put(None)
+            self._writer.join()
+        self._connection.close()
