@@ -211,9 +211,11 @@ async def main() -> None:
                 config = TracingConfig(duckdb_path=str(Path(folder) / f"t{chunk}-{i}.duckdb"))
                 traced.append(await flock_throughput(args.n, tracing=config, chunk=chunk))
                 ratios.append(traced[-1] / plain[-1])
-            print(f"tracing on vs off ({label}, spans to DuckDB), 7 interleaved pairs: median slowdown "
-                  f"{100 * (1 - statistics.median(ratios)):.0f}% (range {100 * (1 - max(ratios)):.0f}%.."
-                  f"{100 * (1 - min(ratios)):.0f}%); best {max(traced):,.0f} vs {max(plain):,.0f} artifacts/s")
+            print(
+                f"tracing on vs off ({label}, spans to DuckDB), 7 interleaved pairs: median slowdown "
+                f"{100 * (1 - statistics.median(ratios)):.0f}% (range {100 * (1 - max(ratios)):.0f}%.."
+                f"{100 * (1 - min(ratios)):.0f}%); best {max(traced):,.0f} vs {max(plain):,.0f} artifacts/s"
+            )
 
     held, bare = await memory_per_pending(5_000)
     print(

@@ -95,7 +95,7 @@ class Flock:
             from .sqlite_store import SQLiteStore  # deferred: only durable runs need it
 
             store = SQLiteStore.from_url(store)
-        self.store: ArtifactStore = store or InMemoryStore()
+        self.store: ArtifactStore = store if store is not None else InMemoryStore()
         self._durable: Any = store if getattr(store, "durable", False) else None
         self._unit: Any = None  # the durable writes being collected (sqlite_store.Unit), or None
         self._started = self._durable is None

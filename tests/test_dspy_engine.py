@@ -46,8 +46,14 @@ def dspy_item_ids(request: httpx.Request) -> list[str]:
     return re.findall(r'"item_id": "(i\d+)"', user_text(request))
 
 
-async def run(engine: DSPyEngine, items: list[CustomerReview], *, per_item: bool = False,
-              name: str = "sentiment", flock: Flock | None = None) -> tuple[Flock, list[Artifact]]:
+async def run(
+    engine: DSPyEngine,
+    items: list[CustomerReview],
+    *,
+    per_item: bool = False,
+    name: str = "sentiment",
+    flock: Flock | None = None,
+) -> tuple[Flock, list[Artifact]]:
     flock = flock or Flock(env={})
     (
         flock.agent(name)
@@ -82,11 +88,13 @@ async def test_per_item_mode_aligns_answers_by_id(openai: respx.MockRouter) -> N
         return chat({"results": results})
 
     openai.post(OPENAI_URL).mock(side_effect=answer)
-    flock, published = await run(DSPyEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY),
-                                 reviews(5), per_item=True)
+    flock, published = await run(
+        DSPyEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY), reviews(5), per_item=True
+    )
     outputs = await flock.store.artifacts_by_type(ReviewSentiment)
     assert {o.derived_from: o.as_type(ReviewSentiment).review_id for o in outputs} == {
-        (a.id,): f"for-i{n}" for n, a in enumerate(published, 1)}
+        (a.id,): f"for-i{n}" for n, a in enumerate(published, 1)
+    }
     assert await references(flock, "sentiment") == {a.id: 1 for a in published}
 
 
@@ -101,8 +109,9 @@ async def test_a_user_signature_and_module(openai: respx.MockRouter) -> None:
 
     report = {"review_count": 3, "average_rating": 4.0, "summary": "happy customers"}
     route = openai.post(OPENAI_URL).mock(return_value=chat({"reasoning": "counted them", "report": report}))
-    engine = DSPyEngine("openai/gpt-4.1-mini", module=dspy.ChainOfThought(TrendSignature), api_key=KEY,
-                        retry=FAST_RETRY)
+    engine = DSPyEngine(
+        "openai/gpt-4.1-mini", module=dspy.ChainOfThought(TrendSignature), api_key=KEY, retry=FAST_RETRY
+    )
     flock, published = await run(engine, reviews(3))
     sent = user_text(route.calls[0].request)
     assert "[[ ## reviews ## ]]" in sent and "review text 2" in sent
@@ -111,8 +120,9 @@ async def test_a_user_signature_and_module(openai: respx.MockRouter) -> None:
     assert await references(flock, "sentiment") == {a.id: 1 for a in published}
 
     route.mock(return_value=chat({"report": {**report, "summary": "via signature"}}))
-    flock, published = await run(DSPyEngine("openai/gpt-4.1-mini", signature=TrendSignature, api_key=KEY,
-                                            retry=FAST_RETRY), reviews(3))
+    flock, published = await run(
+        DSPyEngine("openai/gpt-4.1-mini", signature=TrendSignature, api_key=KEY, retry=FAST_RETRY), reviews(3)
+    )
     assert [r.summary for r in await flock.store.get_by_type(SentimentTrendReport)] == ["via signature"]
 
 
@@ -124,8 +134,9 @@ async def test_malformed_answers_fall_back_and_lose_nothing(openai: respx.MockRo
         return chat({"results": [{"item_id": ids[0], "output": {"review_id": "solo", "label": "fine"}}]})
 
     openai.post(OPENAI_URL).mock(side_effect=answer)
-    flock, published = await run(DSPyEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY),
-                                 reviews(4), per_item=True)
+    flock, published = await run(
+        DSPyEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY), reviews(4), per_item=True
+    )
     assert len(await flock.store.get_by_type(ReviewSentiment)) == 4
     usage = flock.metrics().usage["sentiment"]
     assert usage["repairs"] == 1 and usage["splits"] >= 1
@@ -145,8 +156,10 @@ async def test_two_engines_with_different_models_share_no_global_state(openai: r
     flock = Flock(env={})
     await run(DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY), reviews(2), name="a", flock=flock)
     await run(DSPyEngine("openai/gpt-4o-mini", api_key=KEY, retry=FAST_RETRY), reviews(2), name="b", flock=flock)
-    by_agent = {a.produced_by: a.as_type(SentimentTrendReport).summary
-                for a in await flock.store.artifacts_by_type(SentimentTrendReport)}
+    by_agent = {
+        a.produced_by: a.as_type(SentimentTrendReport).summary
+        for a in await flock.store.artifacts_by_type(SentimentTrendReport)
+    }
     assert by_agent == {"a": "gpt-4.1-mini", "b": "gpt-4o-mini"}
     assert sorted(set(models_seen)) == ["gpt-4.1-mini", "gpt-4o-mini"]
     assert dspy.settings.lm is None  # nothing configured globally

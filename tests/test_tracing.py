@@ -66,8 +66,12 @@ def test_tracing_is_configured_by_argument_or_the_guides_variables() -> None:
 async def test_the_guides_query_returns_size_and_timeout_flushes(in_tmp: Path) -> None:
     clock = ManualClock()
     flock = Flock(clock=clock, env=GUIDE_ENV)
-    (flock.agent("payments").consumes(Transaction, batch=BatchSpec(size=5, timeout=timedelta(seconds=30)))
-     .publishes(PaymentBatchReport).with_engines(FunctionEngine(batch=report)))
+    (
+        flock.agent("payments")
+        .consumes(Transaction, batch=BatchSpec(size=5, timeout=timedelta(seconds=30)))
+        .publishes(PaymentBatchReport)
+        .with_engines(FunctionEngine(batch=report))
+    )
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(7))
     clock.advance(30)
     await flock.run_until_idle()
@@ -78,40 +82,58 @@ async def test_the_guides_query_returns_size_and_timeout_flushes(in_tmp: Path) -
     assert all(isinstance(duration, float) for *_, duration in rows)
     names = {name for (name,) in query(in_tmp / ".flock" / "traces.duckdb", "SELECT DISTINCT name FROM spans")}
     assert {"flock.publish", "flock.batch.flush", "flock.engine.evaluate_batch"} <= names
-    parents = query(in_tmp / ".flock" / "traces.duckdb", """
+    parents = query(
+        in_tmp / ".flock" / "traces.duckdb",
+        """
         SELECT count(*) FROM spans e JOIN spans f ON e.parent_id = f.span_id
-        WHERE e.name = 'flock.engine.evaluate_batch' AND f.name = 'flock.batch.flush'""")
+        WHERE e.name = 'flock.engine.evaluate_batch' AND f.name = 'flock.batch.flush'""",
+    )
     assert parents == [(2,)]
 
 
 async def test_nothing_is_written_when_tracing_is_off(in_tmp: Path) -> None:
     flock = Flock(env={})
-    (flock.agent("payments").consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=1)))
-     .publishes(PaymentBatchReport).with_engines(FunctionEngine(batch=report)))
+    (
+        flock.agent("payments")
+        .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=1)))
+        .publishes(PaymentBatchReport)
+        .with_engines(FunctionEngine(batch=report))
+    )
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(4))
     await flock.shutdown()
     assert not (in_tmp / ".flock").exists() and list(in_tmp.iterdir()) == []
 
 
-async def test_llm_spans_carry_tokens_and_no_secret_reaches_the_file(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_llm_spans_carry_tokens_and_no_secret_reaches_the_file(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flock_llm.engines._models import load_litellm
 
     secret = "sk-trace-SECRET-9876543210"
     monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)
     with respx.mock(assert_all_mocked=True) as router:
-        router.post(OPENAI_URL).mock(return_value=chat(
-            {"review_count": 3, "average_rating": 4.0, "summary": "good"}, prompt_tokens=321, completion_tokens=12))
+        router.post(OPENAI_URL).mock(
+            return_value=chat(
+                {"review_count": 3, "average_rating": 4.0, "summary": "good"}, prompt_tokens=321, completion_tokens=12
+            )
+        )
         flock = Flock(env=GUIDE_ENV)
-        (flock.agent("sentiment").consumes(CustomerReview, batch=BatchSpec(size=3, timeout=timedelta(seconds=5)))
-         .publishes(SentimentTrendReport)
-         .with_engines(LLMEngine(MODEL, api_key=secret, retry=RetryPolicy(attempts=1))))
+        (
+            flock.agent("sentiment")
+            .consumes(CustomerReview, batch=BatchSpec(size=3, timeout=timedelta(seconds=5)))
+            .publishes(SentimentTrendReport)
+            .with_engines(LLMEngine(MODEL, api_key=secret, retry=RetryPolicy(attempts=1)))
+        )
         await flock.publish_many(CustomerReview(review_id=f"r{i}", rating=4, text=f"text {i}") for i in range(3))
         await flock.run_until_idle()
         await flock.shutdown()
     path = in_tmp / ".flock" / "traces.duckdb"
-    ((model, prompt, completion, items, outcome),) = query(path, """
+    ((model, prompt, completion, items, outcome),) = query(
+        path,
+        """
         SELECT attributes->>'$.model', attributes->>'$.prompt_tokens', attributes->>'$.completion_tokens',
-               attributes->>'$.items', attributes->>'$.outcome' FROM spans WHERE name = 'flock.llm.call'""")
+               attributes->>'$.items', attributes->>'$.outcome' FROM spans WHERE name = 'flock.llm.call'""",
+    )
     assert (model, prompt, completion, items, outcome) == (MODEL, "321", "12", "3", "ok")
     (engine_span,) = query(path, "SELECT attributes->>'$.llm_calls' FROM spans WHERE name LIKE 'flock.engine%'")
     assert engine_span == ("1",)
@@ -122,20 +144,27 @@ async def test_llm_spans_carry_tokens_and_no_secret_reaches_the_file(in_tmp: Pat
 
 async def test_the_file_is_readable_by_another_process_while_a_run_is_active(in_tmp: Path) -> None:
     flock = Flock(env=GUIDE_ENV)
-    (flock.agent("payments").consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
-     .publishes(PaymentBatchReport).with_engines(FunctionEngine(batch=report)))
+    (
+        flock.agent("payments")
+        .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
+        .publishes(PaymentBatchReport)
+        .with_engines(FunctionEngine(batch=report))
+    )
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(4))
     await flock.run_until_idle()
     flock.flush_traces()
-    reader = ("import duckdb; c = duckdb.connect('.flock/traces.duckdb', read_only=True);"
-              "print(c.execute(\"SELECT count(*) FROM spans WHERE name = 'flock.batch.flush'\").fetchone()[0])")
+    reader = (
+        "import duckdb; c = duckdb.connect('.flock/traces.duckdb', read_only=True);"
+        "print(c.execute(\"SELECT count(*) FROM spans WHERE name = 'flock.batch.flush'\").fetchone()[0])"
+    )
     done = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=60, cwd=in_tmp)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2"
-    await flock.publish_many(Transaction(transaction_id=f"u{i}") for i in range(2))   # the run goes on writing
+    await flock.publish_many(Transaction(transaction_id=f"u{i}") for i in range(2))  # the run goes on writing
     await flock.shutdown()
-    assert query(in_tmp / ".flock" / "traces.duckdb",
-                 "SELECT count(*) FROM spans WHERE name = 'flock.batch.flush'") == [(3,)]
+    assert query(
+        in_tmp / ".flock" / "traces.duckdb", "SELECT count(*) FROM spans WHERE name = 'flock.batch.flush'"
+    ) == [(3,)]
 
 
 def test_traces_command_prints_flushes_and_calls(in_tmp: Path) -> None:
@@ -143,14 +172,24 @@ def test_traces_command_prints_flushes_and_calls(in_tmp: Path) -> None:
 
     async def run() -> None:
         flock = Flock(env=GUIDE_ENV)
-        (flock.agent("payments").consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
-         .publishes(PaymentBatchReport).with_engines(FunctionEngine(batch=report)))
+        (
+            flock.agent("payments")
+            .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
+            .publishes(PaymentBatchReport)
+            .with_engines(FunctionEngine(batch=report))
+        )
         await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(3))
         await flock.shutdown()
 
     asyncio.run(run())
-    done = subprocess.run([sys.executable, "-m", "flock_llm", "traces", "--limit", "5"], capture_output=True,
-                          text=True, timeout=60, cwd=in_tmp, env={"COLUMNS": "200", "PATH": ""})
+    done = subprocess.run(
+        [sys.executable, "-m", "flock_llm", "traces", "--limit", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=in_tmp,
+        env={"COLUMNS": "200", "PATH": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert "recent batch flushes" in done.stdout and "payments" in done.stdout
     assert "shutdown" in done.stdout and "size" in done.stdout and "50%" in done.stdout
