@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
+from flock_llm.store import ArtifactStore
 from flock_llm.subscription import BatchSpec
 from flock_llm.tracing import TracingConfig
 
@@ -50,11 +51,13 @@ def _payloads(n: int, note: str = "") -> list[Txn]:
     return [Txn(txn_id=f"t{i}", amount=float(i), note=f"{i:08d}{note[8:]}" if note else "") for i in range(n)]
 
 
-async def flock_throughput(n: int, *, tracing: TracingConfig | None = None, chunk: int = 1) -> float:
+async def flock_throughput(
+    n: int, *, tracing: TracingConfig | None = None, chunk: int = 1, store: ArtifactStore | None = None
+) -> float:
     """Artifacts/s from the first publish until the last report is published (chunk > 1: publish_many)."""
     payloads = _payloads(n)
     gc.collect()  # start each run with the garbage of the previous one gone
-    flock = Flock(env={}, tracing=tracing or False)
+    flock = Flock(env={}, tracing=tracing or False, store=store)
     agent = flock.agent("bench").consumes(Txn, batch=BatchSpec(size=25, timeout=timedelta(seconds=30)))
     agent.publishes(Report).with_engines(NoOpEngine())
     start = time.perf_counter()

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -31,7 +31,7 @@ from .artifact import Artifact
 from .errors import ConfigurationError
 from .registry import resolve_type
 from .store import InMemoryStore
-from .visibility import visibility_from_dict, visibility_to_dict
+from .visibility import PublicVisibility, visibility_from_dict, visibility_to_dict
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
 
@@ -43,9 +43,9 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flock_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS artifacts (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, type_name TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, type_name TEXT NOT NULL,
     payload TEXT NOT NULL, produced_by TEXT, derived_from TEXT NOT NULL, correlation_id TEXT,
-    tags TEXT NOT NULL, visibility TEXT NOT NULL, created_at TEXT NOT NULL);
+    tags TEXT NOT NULL, visibility TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
     agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL, entered_at REAL NOT NULL,
     PRIMARY KEY (agent, sub, artifact_id));
@@ -86,17 +86,24 @@ class Recovered:
     """Type names no longer registered, and how many stored artifacts have them (kept, not loaded)."""
 
 
+_PUBLIC_JSON = json.dumps(visibility_to_dict(PublicVisibility()))
+
+
 def _row(a: Artifact) -> tuple[object, ...]:
+    # the common cases (public, no tags, no lineage) skip json.dumps: it is most of the cost of a row
+    visibility = (
+        _PUBLIC_JSON if isinstance(a.visibility, PublicVisibility) else json.dumps(visibility_to_dict(a.visibility))
+    )
     return (
         a.id,
         a.type_name,
         a.payload.model_dump_json(),
         a.produced_by,
-        json.dumps(list(a.derived_from)),
+        json.dumps(a.derived_from) if a.derived_from else "[]",
         a.correlation_id,
-        json.dumps(sorted(a.tags)),
-        json.dumps(visibility_to_dict(a.visibility)),
-        a.created_at.isoformat(),
+        json.dumps(sorted(a.tags)) if a.tags else "[]",
+        visibility,
+        a.created_at.timestamp(),
     )
 
 
@@ -112,7 +119,7 @@ def _artifact(row: Sequence[object]) -> Artifact:
         correlation_id=None if correlation is None else str(correlation),
         tags=frozenset(json.loads(str(tags))),
         visibility=visibility_from_dict(json.loads(str(visibility))),
-        created_at=datetime.fromisoformat(str(created)),
+        created_at=datetime.fromtimestamp(float(created), tz=UTC),  # type: ignore[arg-type]
     )
 
 
@@ -172,6 +179,8 @@ class _Writer(threading.Thread):
 
     def _commit(self, batch: list[tuple[Unit, asyncio.Future[None] | None]]) -> None:
         units = [unit for unit, _ in batch]
+        consumed = [c for u in units for c in u.consumed]
+        finished = set(consumed)
         try:
             with self.connection:  # one transaction for the whole batch of units
                 self.connection.execute("BEGIN")
@@ -180,14 +189,13 @@ class _Writer(threading.Thread):
                     "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     [_row(a) for u in units for a in u.artifacts],
                 )
+                # pending = delivered and not consumed (an anti-join at start); a delivery consumed within
+                # this same transaction was never pending, so it needs no row
                 self.connection.executemany(
-                    "INSERT OR IGNORE INTO deliveries VALUES (?,?,?,?)", [d for u in units for d in u.deliveries]
+                    "INSERT OR IGNORE INTO deliveries VALUES (?,?,?,?)",
+                    [d for u in units for d in u.deliveries if d[:3] not in finished],
                 )
-                consumed = [c for u in units for c in u.consumed]
                 self.connection.executemany("INSERT OR IGNORE INTO consumed VALUES (?,?,?)", consumed)
-                self.connection.executemany(
-                    "DELETE FROM deliveries WHERE agent=? AND sub=? AND artifact_id=?", consumed
-                )
         except sqlite3.Error as exc:
             self.failed = exc
             log.error("writing to the flock_llm database failed: %s", exc)
@@ -279,7 +287,9 @@ class SQLiteStore(InMemoryStore):
             PendingDelivery(agent, sub, by_id[artifact_id], entered_at)
             for agent, sub, artifact_id, entered_at in self._connection.execute(
                 "SELECT d.agent, d.sub, d.artifact_id, d.entered_at FROM deliveries d "
-                "JOIN artifacts a ON a.id = d.artifact_id ORDER BY a.seq, d.agent, d.sub"
+                "JOIN artifacts a ON a.id = d.artifact_id WHERE NOT EXISTS (SELECT 1 FROM consumed c "
+                "WHERE c.agent = d.agent AND c.sub = d.sub AND c.artifact_id = d.artifact_id) "
+                "ORDER BY a.seq, d.agent, d.sub"
             )
             if artifact_id in by_id
         ]
