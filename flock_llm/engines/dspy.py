@@ -16,17 +16,16 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, create_model
 
 from ..errors import ConfigurationError
-from ._base import Engine, EngineContext, EvalInputs, EvalResult
-from ._ladder import Answer, FallbackLadder, LadderItem, Repair, Usage, ladder_items, per_item_fallback
-from ._limits import RequestLimiter, RetryPolicy
-from ._models import announce_offline, is_offline, load_litellm, redact, resolve_model, secrets_from
-from .llm import DEFAULT_MAX_INPUT_TOKENS
+from ._base import EngineContext, EvalInputs
+from ._ladder import Answer, LadderItem, Repair, Usage
+from ._ladder_engine import LadderEngine, context_window
+from ._limits import RetryPolicy
+from ._models import announce_offline, is_offline, load_litellm, resolve_model
 
 __all__ = ["DSPyEngine"]
 
@@ -43,7 +42,7 @@ def _load_dspy() -> Any:
     return dspy
 
 
-class DSPyEngine(Engine):
+class DSPyEngine(LadderEngine):
     """Batch-aware DSPy engine.
 
     Args:
@@ -56,6 +55,8 @@ class DSPyEngine(Engine):
         max_input_tokens, max_concurrent_requests, requests_per_minute, retry, timeout: as for LLMEngine.
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
+
+    engine_name = "DSPyEngine"
 
     def __init__(
         self,
@@ -74,27 +75,22 @@ class DSPyEngine(Engine):
     ) -> None:
         if signature is not None and module is not None:
             raise ConfigurationError("pass `signature=` or `module=`, not both")
-        for reserved in ("cache", "num_retries", "engine"):
-            if reserved in lm_kwargs:
-                raise ConfigurationError(f"`{reserved}` is set by DSPyEngine itself; remove it from the arguments")
-        self.model = model
-        self.per_item = per_item
+        super().__init__(
+            model,
+            per_item=per_item,
+            output_type=output_type,
+            max_input_tokens=max_input_tokens,
+            max_concurrent_requests=max_concurrent_requests,
+            requests_per_minute=requests_per_minute,
+            retry=retry,
+            timeout=timeout,
+            passthrough=lm_kwargs,
+            reserved=("cache", "num_retries", "engine"),
+        )
         self.signature = signature
         self.module = module
-        self.output_type = output_type
-        self.max_input_tokens = max_input_tokens
-        self.retry = retry or RetryPolicy()
-        self.timeout = float(timeout)
         self.lm_kwargs = lm_kwargs
-        self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
-        self._secrets = secrets_from(lm_kwargs)
         self._lms: dict[str, Any] = {}
-
-    def __repr__(self) -> str:  # never shows lm kwargs: they may hold keys
-        return f"DSPyEngine(model={self.model!r}, per_item={self.per_item!r})"
-
-    def redact(self, text: str) -> str:
-        return redact(text, self._secrets)
 
     def lm_for(self, model: str) -> Any:
         """One `dspy.LM` per model, cache off, no retries of its own (ours wrap it)."""
@@ -113,22 +109,8 @@ class DSPyEngine(Engine):
             self._lms[model] = lm
         return lm
 
-    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-        return await self._run(ctx, inputs, fallback=False)
-
-    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-        return await self._run(ctx, inputs, fallback=True)
-
-    async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
-        call = _DSPyCall(self, ctx, inputs)
-        items = ladder_items(inputs)
-        call.usage.items = len(items)
-        call.usage.per_item_prompt_tokens = sum(call.count_tokens([item]) for item in items)
-        last_rung = per_item_fallback(self, ctx, inputs) if fallback else None
-        ladder = FallbackLadder(call, call.output_type, call.usage, last_rung)
-        result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
-        failures = tuple(replace(f, error=self.redact(f.error)) for f in result.failures)
-        return replace(result, failures=failures)
+    def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _DSPyCall:
+        return _DSPyCall(self, ctx, inputs)
 
 
 class _DSPyCall:
@@ -143,13 +125,7 @@ class _DSPyCall:
             announce_offline()
         self.lm = engine.lm_for(self.model)
         self.adapter = self.dspy.JSONAdapter()
-        output_type = engine.output_type or (ctx.publishes[0] if ctx.publishes else None)
-        if output_type is None:
-            raise ConfigurationError(
-                f"agent {ctx.agent_name!r} publishes nothing, so DSPyEngine does not know what to produce; "
-                "add `.publishes(YourType)` or pass `DSPyEngine(output_type=...)`"
-            )
-        self.output_type: type[BaseModel] = output_type
+        self.output_type: type[BaseModel] = engine.resolve_output_type(ctx)
         self.payloads = {f"i{n}": item for n, item in enumerate(inputs.items, 1)}
         first = inputs.artifacts[0].payload if inputs.artifacts else None
         self.input_type: type[BaseModel] | None = (
@@ -162,7 +138,7 @@ class _DSPyCall:
         self.item_model: type[BaseModel] = BaseModel
         self.user_module = engine.module is not None or engine.signature is not None
         self.module = self._module()
-        self.budget = engine.max_input_tokens or self._context_window()
+        self.budget = context_window(self.model, engine.max_input_tokens)
 
     # -- signatures --------------------------------------------------------------------
 
@@ -210,15 +186,6 @@ class _DSPyCall:
         if not inputs or not outputs:
             raise ConfigurationError("a DSPyEngine signature needs an input field for the items and an output field")
         return inputs[0], outputs[0], "feedback" in inputs
-
-    def _context_window(self) -> int:
-        if is_offline(self.model):
-            return 128_000
-        try:
-            window = load_litellm().get_model_info(self.model).get("max_input_tokens")
-        except Exception:  # noqa: BLE001 - unknown model: litellm raises; fall back to the default budget
-            window = None
-        return int(window) if window else DEFAULT_MAX_INPUT_TOKENS
 
     # -- inputs ---------------------------------------------------------------------------
 

@@ -7,24 +7,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
-from ._base import Engine, EngineContext, EvalInputs, EvalResult
-from ._ladder import Answer, FallbackLadder, LadderItem, Repair, Usage, ladder_items, per_item_fallback
-from ._limits import RequestLimiter, RetryPolicy
-from ._models import announce_offline, is_offline, load_litellm, redact, resolve_model, secrets_from
+from ._base import EngineContext, EvalInputs
+from ._ladder import Answer, LadderItem, Repair, Usage
+from ._ladder_engine import LadderEngine, context_window
+from ._limits import RetryPolicy
+from ._models import announce_offline, is_offline, load_litellm, resolve_model
 
 __all__ = ["CallRecord", "LLMEngine"]
 
 log = logging.getLogger("flock_llm.engines")
-
-DEFAULT_MAX_INPUT_TOKENS = 16_000
-"""Context budget when litellm does not know the model and none is configured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,7 @@ class CallRecord:
     """"ok", "truncated" or the error type."""
 
 
-class LLMEngine(Engine):
+class LLMEngine(LadderEngine):
     """Renders a batch into one prompt, calls the model via litellm, parses the answer.
 
     Args:
@@ -61,6 +58,8 @@ class LLMEngine(Engine):
         timeout: seconds per request.
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
+
+    engine_name = "LLMEngine"
 
     def __init__(
         self,
@@ -78,54 +77,27 @@ class LLMEngine(Engine):
         timeout: float = 60.0,
         **litellm_kwargs: Any,
     ) -> None:
-        for reserved in ("messages", "response_format", "num_retries", "max_retries", "stream"):
-            if reserved in litellm_kwargs:
-                raise ConfigurationError(f"`{reserved}` is set by LLMEngine itself; remove it from the arguments")
-        if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 100):
-            raise ConfigurationError(f"`max_input_tokens` must be an integer >= 100, got {max_input_tokens!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigurationError(f"`timeout` must be a positive number of seconds, got {timeout!r}")
-        self.model = model
-        self.per_item = per_item
-        self.output_type = output_type
+        super().__init__(
+            model,
+            per_item=per_item,
+            output_type=output_type,
+            max_input_tokens=max_input_tokens,
+            max_concurrent_requests=max_concurrent_requests,
+            requests_per_minute=requests_per_minute,
+            retry=retry,
+            timeout=timeout,
+            passthrough=litellm_kwargs,
+            reserved=("messages", "response_format", "num_retries", "max_retries", "stream"),
+        )
         self.instructions = instructions
         self.prompts = Prompts(prompts)
         self.structured_output = structured_output
-        self.max_input_tokens = max_input_tokens
-        self.retry = retry or RetryPolicy()
-        self.timeout = float(timeout)
         self.litellm_kwargs = litellm_kwargs
-        self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
         self.calls: deque[CallRecord] = deque(maxlen=1000)
         """The most recent model calls."""
-        self._secrets = secrets_from(litellm_kwargs)
 
-    def __repr__(self) -> str:  # never shows litellm kwargs: they may hold keys
-        return f"LLMEngine(model={self.model!r}, per_item={self.per_item!r})"
-
-    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-        return await self._run(ctx, inputs, fallback=False)
-
-    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-        return await self._run(ctx, inputs, fallback=True)
-
-    async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
-        call = _Call(self, ctx)
-        items = ladder_items(inputs)
-        call.usage.items = len(items)
-        call.usage.per_item_prompt_tokens = sum(call.count_tokens([item], per_item=self.per_item) for item in items)
-        last_rung = per_item_fallback(self, ctx, inputs) if fallback else None
-        ladder = FallbackLadder(call, call.output_type, call.usage, last_rung)
-        result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
-        return self._redacted(result)
-
-    def redact(self, text: str) -> str:
-        """`text` without this engine's API keys (or anything shaped like one)."""
-        return redact(text, self._secrets)
-
-    def _redacted(self, result: EvalResult) -> EvalResult:
-        failures = tuple(replace(f, error=self.redact(f.error)) for f in result.failures)
-        return replace(result, failures=failures)
+    def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:
+        return _Call(self, ctx)
 
 
 class _Call:
@@ -138,34 +110,19 @@ class _Call:
         self.litellm = load_litellm()
         if is_offline(self.model):
             announce_offline()
-        output_type = engine.output_type or (ctx.publishes[0] if ctx.publishes else None)
-        if output_type is None:
-            raise ConfigurationError(
-                f"agent {ctx.agent_name!r} publishes nothing, so LLMEngine does not know what to produce; "
-                "add `.publishes(YourType)` or pass `LLMEngine(output_type=...)`"
-            )
-        self.output_type: type[BaseModel] = output_type
+        self.output_type: type[BaseModel] = engine.resolve_output_type(ctx)
         self.schema = self.output_type.model_json_schema()
         self.usage = Usage(extra={"model": self.model})
         self.structured = engine.structured_output
         if self.structured is None:
             self.structured = is_offline(self.model) or self._supports_schema()
-        self.budget = engine.max_input_tokens or self._context_window()
+        self.budget = context_window(self.model, engine.max_input_tokens)
 
     def _supports_schema(self) -> bool:
         try:
             return bool(self.litellm.supports_response_schema(model=self.model))
         except Exception:  # noqa: BLE001 - litellm raises assorted errors for unknown models; assume no
             return False
-
-    def _context_window(self) -> int:
-        if is_offline(self.model):
-            return 128_000
-        try:
-            window = self.litellm.get_model_info(self.model).get("max_input_tokens")
-        except Exception:  # noqa: BLE001 - unknown model: litellm raises; fall back to the default budget
-            window = None
-        return int(window) if window else DEFAULT_MAX_INPUT_TOKENS
 
     # -- prompts --------------------------------------------------------------------
 
@@ -228,8 +185,8 @@ class _Call:
             schema, name = self.schema, self.output_type.__name__
         return {"type": "json_schema", "json_schema": {"name": name[:64], "schema": schema, "strict": False}}
 
-    def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool, reduce_total: int = 0) -> int:
-        messages = self.messages(items, per_item=per_item, reduce_total=reduce_total)
+    def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool | None = None) -> int:
+        messages = self.messages(items, per_item=self.engine.per_item if per_item is None else per_item)
         counter_model = "gpt-4o-mini" if is_offline(self.model) else self.model
         return int(self.litellm.token_counter(model=counter_model, messages=messages))
 
