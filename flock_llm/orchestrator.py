@@ -334,9 +334,7 @@ class Flock:
             key = (agent.name, sub.index, partition)
         outcome = self._batch_engine.add(key, sub.batch, item, now=now, wall=datetime.now(UTC))
         if outcome.flush is not None:
-            timer = self._batch_timers.pop(key, None)
-            if timer is not None:
-                timer.cancel()
+            self._cancel_timer(key)
             self._start_flush(outcome.flush)
         elif outcome.opened_deadline is not None:
             self._batch_timers[key] = self._clock.call_at(
@@ -400,6 +398,11 @@ class Flock:
 
     # -- batches and timers ---------------------------------------------------------
 
+    def _cancel_timer(self, key: BatchKey) -> None:
+        timer = self._batch_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
     def _on_batch_deadline(self, key: BatchKey) -> None:
         self._batch_timers.pop(key, None)
         # The timer exists only while its batch is open, so the batch that is there is the one it was set for.
@@ -447,9 +450,7 @@ class Flock:
         """
         flushes = self._batch_engine.take_expired(now=self._clock.now())
         for flush in flushes:
-            timer = self._batch_timers.pop(flush.key, None)
-            if timer is not None:
-                timer.cancel()
+            self._cancel_timer(flush.key)
             self._start_flush(flush)
         return len(flushes)
 
@@ -463,9 +464,7 @@ class Flock:
         for key in list(self._batch_engine.batches):
             if agent is not None and key[0] != agent:
                 continue
-            timer = self._batch_timers.pop(key, None)
-            if timer is not None:
-                timer.cancel()
+            self._cancel_timer(key)
             flush = self._batch_engine.take(key, reason, now=now)  # type: ignore[arg-type]
             if flush is not None:
                 self._start_flush(flush)
