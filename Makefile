@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-flock-core lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+	tests_flock_core/run.sh
+
+test-flock-core:
+	tests_flock_core/run.sh
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check flock_llm tests examples benchmarks
@@ -28,4 +32,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/llm_batching.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-flock-core
