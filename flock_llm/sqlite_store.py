@@ -43,14 +43,15 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flock_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS artifacts (
-    seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, type_name TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, type_name TEXT NOT NULL,
     payload TEXT NOT NULL, produced_by TEXT, derived_from TEXT NOT NULL, correlation_id TEXT,
     tags TEXT NOT NULL, visibility TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
     agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL, entered_at REAL NOT NULL,
-    PRIMARY KEY (agent, sub, artifact_id));
+    PRIMARY KEY (agent, sub, artifact_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consumed (
-    agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL, PRIMARY KEY (agent, sub, artifact_id));
+    agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL,
+    PRIMARY KEY (agent, sub, artifact_id)) WITHOUT ROWID;
 """
 
 
@@ -185,7 +186,7 @@ class _Writer(threading.Thread):
             with self.connection:  # one transaction for the whole batch of units
                 self.connection.execute("BEGIN")
                 self.connection.executemany(
-                    "INSERT OR IGNORE INTO artifacts (id, type_name, payload, produced_by, derived_from, "
+                    "INSERT INTO artifacts (id, type_name, payload, produced_by, derived_from, "
                     "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     [_row(a) for u in units for a in u.artifacts],
                 )
@@ -283,16 +284,19 @@ class SQLiteStore(InMemoryStore):
                 continue
             by_id[artifact.id] = artifact
             self.add(artifact)
-        pending = [
-            PendingDelivery(agent, sub, by_id[artifact_id], entered_at)
-            for agent, sub, artifact_id, entered_at in self._connection.execute(
-                "SELECT d.agent, d.sub, d.artifact_id, d.entered_at FROM deliveries d "
-                "JOIN artifacts a ON a.id = d.artifact_id WHERE NOT EXISTS (SELECT 1 FROM consumed c "
-                "WHERE c.agent = d.agent AND c.sub = d.sub AND c.artifact_id = d.artifact_id) "
-                "ORDER BY a.seq, d.agent, d.sub"
-            )
-            if artifact_id in by_id
-        ]
+        order = {artifact_id: n for n, artifact_id in enumerate(by_id)}
+        rows = self._connection.execute(
+            "SELECT d.agent, d.sub, d.artifact_id, d.entered_at FROM deliveries d WHERE NOT EXISTS "
+            "(SELECT 1 FROM consumed c WHERE c.agent = d.agent AND c.sub = d.sub AND c.artifact_id = d.artifact_id)"
+        ).fetchall()
+        pending = sorted(
+            (
+                PendingDelivery(agent, sub, by_id[artifact_id], entered_at)
+                for agent, sub, artifact_id, entered_at in rows
+                if artifact_id in by_id
+            ),
+            key=lambda p: (order[p.artifact.id], p.agent, p.sub),
+        )
         if unknown:
             log.warning(
                 "the store holds artifacts of types no longer registered (kept, not loaded): %s",

@@ -77,26 +77,36 @@ class FlockBatchLLMEngine(EngineComponent):  # type: ignore[misc]
         try:
             result = await (engine.evaluate_batch if is_batch else engine.evaluate)(our_ctx, ours)
         except Exception as exc:  # noqa: BLE001 - e.g. a bad configuration: report every input instead of losing them
-            return _core_result(agent, inputs, [], [([str(a.id) for a in inputs.artifacts], type(exc).__name__,
-                                                     engine.redact(str(exc)))], {})
+            return _core_result(
+                agent,
+                inputs,
+                [],
+                [([str(a.id) for a in inputs.artifacts], type(exc).__name__, engine.redact(str(exc)))],
+                {},
+            )
         failures = [(list(f.artifact_ids), f.error_type, f.error) for f in result.failures]
         return _core_result(agent, inputs, [o.obj for o in result.outputs], failures, result.usage)
 
 
 def _artifact(core: Any) -> Artifact:
     model: type[BaseModel] = type_registry.resolve(core.type)
-    return Artifact(type_name=core.type, payload=model(**core.payload), id=str(core.id),
-                    correlation_id=None if core.correlation_id is None else str(core.correlation_id))
+    return Artifact(
+        type_name=core.type,
+        payload=model(**core.payload),
+        id=str(core.id),
+        correlation_id=None if core.correlation_id is None else str(core.correlation_id),
+    )
 
 
-def _core_result(agent: Any, inputs: Any, objects: list[BaseModel], failures: list[tuple[list[str], str, str]],
-                 usage: dict[str, Any]) -> Any:
+def _core_result(
+    agent: Any, inputs: Any, objects: list[BaseModel], failures: list[tuple[list[str], str, str]], usage: dict[str, Any]
+) -> Any:
     failed_ids = [i for ids, _, _ in failures for i in ids]
-    metrics = {f"flock_llm_{k}": float(v) for k, v in usage.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {
+        f"flock_llm_{k}": float(v) for k, v in usage.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     metrics["flock_llm_failed_items"] = float(len(failed_ids))
     state = {**dict(inputs.state), "flock_llm_failed_input_ids": failed_ids}
     result = CoreEvalResult.from_objects(*objects, agent=agent, state=state, metrics=metrics)
     result.logs.extend(f"flock_llm: inputs {', '.join(ids)} failed: {kind}: {error}" for ids, kind, error in failures)
     return result
-
