@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 
 from ._batching import BatchEngine, BatchKey, Flush, Item
 from ._correlation import ExpiredGroup, JoinBuffer
 from ._timers import Clock, LoopClock, TimerHandle
+from ._units import DurableStore, UnitCollector
 from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
@@ -27,7 +28,7 @@ from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics, MetricsRecord
 from .registry import type_name_of
 from .store import ArtifactStore, InMemoryStore
 from .subscription import Subscription
-from .tracing import SpanHandle, Tracer, TracingConfig, tracing_config
+from .tracing import PublishSpans, SpanHandle, Tracer, TracingConfig, tracing_config
 from .visibility import PublicVisibility, Visibility, combine_visibilities
 
 __all__ = ["Flock"]
@@ -44,15 +45,6 @@ class _Work:
     items: tuple[Item, ...]
     flush: Flush | None
     span: SpanHandle | None = None
-
-
-@dataclass(slots=True)
-class _PublishBurst:
-    started_ns: int
-    first_id: str
-    last_id: str = ""
-    count: int = 0
-    types: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -96,9 +88,9 @@ class Flock:
 
             store = SQLiteStore.from_url(store)
         self.store: ArtifactStore = store if store is not None else InMemoryStore()
-        self._durable: Any = store if getattr(store, "durable", False) else None
-        self._unit: Any = None  # the durable writes being collected (sqlite_store.Unit), or None
-        self._started = self._durable is None
+        durable = getattr(store, "durable", False)
+        self._units: UnitCollector | None = UnitCollector(cast(DurableStore, store)) if durable else None
+        self._started = self._units is None
         self._agents: dict[str, Agent] = {}
         self._routes: dict[str, list[tuple[Agent, Subscription]]] | None = None
         self._batch_engine = BatchEngine()
@@ -113,7 +105,7 @@ class Flock:
         self._closed = False
         config = tracing_config(tracing, source)
         self._tracer: Tracer | None = None if config is None else Tracer(config)
-        self._publish_burst: _PublishBurst | None = None
+        self._publish_spans = None if self._tracer is None else PublishSpans(self._tracer)
 
     # -- building ---------------------------------------------------------------
 
@@ -167,8 +159,8 @@ class Flock:
             self._publish_artifact(artifact)
         finally:
             committed = self._commit_unit()
-        if self._tracer is not None:
-            self._trace_publish(artifact)
+        if self._publish_spans is not None:
+            self._publish_spans.add(artifact)
         if committed is not None:
             await committed  # durable stores acknowledge after the commit
         return artifact
@@ -191,37 +183,13 @@ class Flock:
                 artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
                 self._publish_artifact(artifact)
                 published.append(artifact)
-                if self._tracer is not None:
-                    self._trace_publish(artifact)
+                if self._publish_spans is not None:
+                    self._publish_spans.add(artifact)
         finally:
             committed = self._commit_unit()
         if committed is not None:
             await committed
         return published
-
-    def _trace_publish(self, artifact: Artifact) -> None:
-        """One `flock.publish` span per burst: the publishes made within one turn of the event loop."""
-        burst = self._publish_burst
-        if burst is None:
-            burst = self._publish_burst = _PublishBurst(started_ns=time.time_ns(), first_id=artifact.id)
-            asyncio.get_running_loop().call_soon(self._end_publish_burst)
-        burst.count += 1
-        burst.last_id = artifact.id
-        burst.types.add(artifact.type_name)
-
-    def _end_publish_burst(self) -> None:
-        burst, self._publish_burst = self._publish_burst, None
-        if burst is None or self._tracer is None:
-            return
-        self._tracer.record(
-            "flock.publish",
-            start_ns=burst.started_ns,
-            end_ns=time.time_ns(),
-            count=burst.count,
-            type=",".join(sorted(burst.types)),
-            first_artifact_id=burst.first_id,
-            last_artifact_id=burst.last_id,
-        )
 
     def _make_artifact(
         self,
@@ -249,10 +217,8 @@ class Flock:
         )
 
     def _publish_artifact(self, artifact: Artifact) -> None:
-        if self._unit is not None:
-            self._unit.artifacts.append(artifact)  # the durable store adds it when the unit is written
-        else:
-            self.store.add(artifact)
+        if self._units is None or not self._units.artifact(artifact):
+            self.store.add(artifact)  # (a durable store adds it when its unit is written)
         self._metrics.published += 1
         for agent, sub in self._route_table().get(artifact.type_name, ()):
             if artifact.produced_by == agent.name:
@@ -304,8 +270,8 @@ class Flock:
         """Hand an accepted artifact to its subscription; `entered_at` (wall time) when restoring one."""
         now = self._clock.now()
         if entered_at is None:
-            if self._unit is not None:
-                self._unit.deliveries.append((agent.name, sub.index, artifact.id, time.time()))
+            if self._units is not None:
+                self._units.delivery(agent.name, sub.index, artifact.id, time.time())
         else:
             now -= max(0.0, time.time() - entered_at)  # restored: it entered this long ago
         item: Item = (artifact,)
@@ -581,28 +547,15 @@ class Flock:
     # -- durability ------------------------------------------------------------------
 
     def _begin_unit(self) -> None:
-        if self._durable is not None:
-            from .sqlite_store import Unit
-
-            self._unit = Unit()
+        if self._units is not None:
+            self._units.begin()
 
     def _commit_unit(self) -> asyncio.Future[None] | None:
-        unit, self._unit = self._unit, None
-        if unit is None:
-            return None
-        future: asyncio.Future[None] | None = self._durable.write(unit)
-        return future
+        return None if self._units is None else self._units.commit()
 
     def _mark_consumed(self, agent: Agent, sub: Subscription, artifacts: Iterable[Artifact]) -> None:
-        if self._durable is None:
-            return
-        marks = [(agent.name, sub.index, a.id) for a in artifacts]
-        if self._unit is not None:
-            self._unit.consumed.extend(marks)
-        else:
-            from .sqlite_store import Unit
-
-            self._durable.write(Unit(consumed=marks))
+        if self._units is not None:
+            self._units.consumed(agent.name, sub.index, artifacts)
 
     async def start(self) -> None:
         """Restore what a durable store holds: pending batches (with their first-item times) and queued work.
@@ -613,9 +566,9 @@ class Flock:
         if self._started:
             return
         self._started = True
-        if self._durable is None:
+        if self._units is None:
             return
-        recovered = self._durable.load()
+        recovered = self._units.store.load()
         if recovered.unknown_types:
             self._metrics.counters["unknown_type_artifacts"] += sum(recovered.unknown_types.values())
         for pending in recovered.pending:
@@ -741,7 +694,8 @@ class Flock:
         self._join_timers.clear()
         self._closed = True
         if self._tracer is not None:
-            self._end_publish_burst()
+            if self._publish_spans is not None:
+                self._publish_spans.close()
             self._tracer.shutdown()
         close = getattr(self.store, "close", None)
         if callable(close):

@@ -20,13 +20,14 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
+from ._units import Unit
 from .artifact import Artifact
 from .errors import ConfigurationError
 from .registry import resolve_type
@@ -53,19 +54,6 @@ CREATE TABLE IF NOT EXISTS consumed (
     agent TEXT NOT NULL, sub INTEGER NOT NULL, artifact_id TEXT NOT NULL,
     PRIMARY KEY (agent, sub, artifact_id)) WITHOUT ROWID;
 """
-
-
-@dataclass(slots=True)
-class Unit:
-    """Writes that commit together."""
-
-    artifacts: list[Artifact] = field(default_factory=list)
-    deliveries: list[tuple[str, int, str, float]] = field(default_factory=list)
-    """(agent, subscription index, artifact id, wall time it entered the subscription)."""
-    consumed: list[tuple[str, int, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.artifacts or self.deliveries or self.consumed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["SpanHandle", "Tracer", "TracingConfig", "tracing_config"]
+__all__ = ["PublishSpans", "SpanHandle", "Tracer", "TracingConfig", "tracing_config"]
 
 DEFAULT_TRACE_PATH = ".flock/traces.duckdb"
 _TRUE = {"1", "true", "yes", "on"}
@@ -203,3 +203,45 @@ class Tracer:
 
     def shutdown(self) -> None:
         self._processor.shutdown()
+
+
+class PublishSpans:
+    """One `flock.publish` span per turn of the event loop in which artifacts were published.
+
+    A span per artifact would cost more than the publish itself; a burst span keeps the count, the
+    types and the first and last artifact ids.
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+        self._started_ns = 0
+        self._count = 0
+        self._first_id = self._last_id = ""
+        self._types: set[str] = set()
+
+    def add(self, artifact: Any) -> None:
+        if self._count == 0:
+            import asyncio
+
+            self._started_ns = time.time_ns()
+            self._first_id = artifact.id
+            asyncio.get_running_loop().call_soon(self.close)
+        self._count += 1
+        self._last_id = artifact.id
+        self._types.add(artifact.type_name)
+
+    def close(self) -> None:
+        """End the current burst's span (if any)."""
+        if self._count == 0:
+            return
+        self._tracer.record(
+            "flock.publish",
+            start_ns=self._started_ns,
+            end_ns=time.time_ns(),
+            count=self._count,
+            type=",".join(sorted(self._types)),
+            first_artifact_id=self._first_id,
+            last_artifact_id=self._last_id,
+        )
+        self._count = 0
+        self._types = set()
