@@ -29,6 +29,20 @@ class FlushRecord:
     waited_s: float
     """Seconds from the batch's first item to the flush."""
 
+    def span_attributes(self) -> dict[str, Any]:
+        """The attributes of the `flock.batch.flush` span (the names the guide's trace query uses)."""
+        return {
+            "agent": self.agent,
+            "subscription": self.subscription_index,
+            "batch_id": self.batch_id,
+            "batch_size": self.batch_size,
+            "configured_size": self.configured_size,
+            "flush_reason": self.reason,
+            "efficiency": self.efficiency,
+            "wait_ms": self.waited_s * 1000,
+            "partition": None if self.partition is None else str(self.partition),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class JoinExpiry:

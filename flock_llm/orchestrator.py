@@ -379,33 +379,19 @@ class Flock:
     def _start_flush(self, flush: Flush) -> None:
         agent = self._agents[flush.key[0]]
         sub = agent.subscriptions[flush.key[1]]
-        self._metrics.record_flush(
-            FlushRecord(
-                agent=agent.name,
-                subscription_index=sub.index,
-                partition=flush.key[2] if len(flush.key) > 2 else None,
-                batch_id=flush.batch_id,
-                batch_size=flush.size,
-                configured_size=flush.configured_size,
-                reason=flush.reason,
-                efficiency=flush.efficiency,
-                waited_s=flush.waited_s,
-            )
+        record = FlushRecord(
+            agent=agent.name,
+            subscription_index=sub.index,
+            partition=flush.key[2] if len(flush.key) > 2 else None,
+            batch_id=flush.batch_id,
+            batch_size=flush.size,
+            configured_size=flush.configured_size,
+            reason=flush.reason,
+            efficiency=flush.efficiency,
+            waited_s=flush.waited_s,
         )
-        span = None
-        if self._tracer is not None:
-            span = self._tracer.start(
-                "flock.batch.flush",
-                agent=agent.name,
-                subscription=sub.index,
-                batch_id=flush.batch_id,
-                batch_size=flush.size,
-                configured_size=flush.configured_size,
-                flush_reason=flush.reason,
-                efficiency=flush.efficiency,
-                wait_ms=flush.waited_s * 1000,
-                partition=None if len(flush.key) < 3 else str(flush.key[2]),
-            )
+        self._metrics.record_flush(record)
+        span = None if self._tracer is None else self._tracer.start("flock.batch.flush", **record.span_attributes())
         self._enqueue(_Work(agent, sub, flush.items, flush, span))
 
     async def _check_batch_timeouts(self) -> int:

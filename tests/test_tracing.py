@@ -49,6 +49,13 @@ def report(ctx: EngineContext, inputs: EvalInputs) -> PaymentBatchReport:
     return PaymentBatchReport(batch_id=ctx.batch_id or "", transaction_count=len(inputs), total_amount=0.0)
 
 
+def payments(flock: Flock, *, size: int, timeout_s: int) -> None:
+    batch = BatchSpec(size=size, timeout=timedelta(seconds=timeout_s))
+    flock.agent("payments").consumes(Transaction, batch=batch).publishes(PaymentBatchReport).with_engines(
+        FunctionEngine(batch=report)
+    )
+
+
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
@@ -66,12 +73,7 @@ def test_tracing_is_configured_by_argument_or_the_guides_variables() -> None:
 async def test_the_guides_query_returns_size_and_timeout_flushes(in_tmp: Path) -> None:
     clock = ManualClock()
     flock = Flock(clock=clock, env=GUIDE_ENV)
-    (
-        flock.agent("payments")
-        .consumes(Transaction, batch=BatchSpec(size=5, timeout=timedelta(seconds=30)))
-        .publishes(PaymentBatchReport)
-        .with_engines(FunctionEngine(batch=report))
-    )
+    payments(flock, size=5, timeout_s=30)
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(7))
     clock.advance(30)
     await flock.run_until_idle()
@@ -93,12 +95,7 @@ async def test_the_guides_query_returns_size_and_timeout_flushes(in_tmp: Path) -
 
 async def test_nothing_is_written_when_tracing_is_off(in_tmp: Path) -> None:
     flock = Flock(env={})
-    (
-        flock.agent("payments")
-        .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=1)))
-        .publishes(PaymentBatchReport)
-        .with_engines(FunctionEngine(batch=report))
-    )
+    payments(flock, size=2, timeout_s=1)
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(4))
     await flock.shutdown()
     assert not (in_tmp / ".flock").exists() and list(in_tmp.iterdir()) == []
@@ -144,12 +141,7 @@ async def test_llm_spans_carry_tokens_and_no_secret_reaches_the_file(
 
 async def test_the_file_is_readable_by_another_process_while_a_run_is_active(in_tmp: Path) -> None:
     flock = Flock(env=GUIDE_ENV)
-    (
-        flock.agent("payments")
-        .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
-        .publishes(PaymentBatchReport)
-        .with_engines(FunctionEngine(batch=report))
-    )
+    payments(flock, size=2, timeout_s=60)
     await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(4))
     await flock.run_until_idle()
     flock.flush_traces()
@@ -172,12 +164,7 @@ def test_traces_command_prints_flushes_and_calls(in_tmp: Path) -> None:
 
     async def run() -> None:
         flock = Flock(env=GUIDE_ENV)
-        (
-            flock.agent("payments")
-            .consumes(Transaction, batch=BatchSpec(size=2, timeout=timedelta(seconds=60)))
-            .publishes(PaymentBatchReport)
-            .with_engines(FunctionEngine(batch=report))
-        )
+        payments(flock, size=2, timeout_s=60)
         await flock.publish_many(Transaction(transaction_id=f"t{i}") for i in range(3))
         await flock.shutdown()
 
