@@ -61,8 +61,11 @@ class Flush:
 class BatchBuffer:
     """One accumulating batch. Reused: taking a flush empties it.
 
-    >>> buf = BatchBuffer(BatchSpec(size=2, timeout=timedelta(seconds=30)))
-    >>> buf.add((a,), now=0.0) is None and buf.deadline == 30.0
+    Example (times are plain numbers)::
+
+        buf = BatchBuffer(BatchSpec(size=2, timeout=timedelta(seconds=30)))
+        buf.add((artifact,), now=0.0)   # None; buf.deadline == 30.0
+        buf.take_if_due(now=30.0)       # Flush(reason="timeout", ...)
     """
 
     batch_spec: BatchSpec

@@ -53,9 +53,11 @@ class _ManualTimer:
 class ManualClock:
     """A clock that moves only when told: `advance(seconds)` fires every deadline it passes, in order.
 
-    >>> clock = ManualClock()
-    >>> flock = Flock(clock=clock)
-    >>> clock.advance(30)   # timeout flushes happen here, synchronously
+    Example::
+
+        clock = ManualClock()
+        flock = Flock(clock=clock)
+        clock.advance(30)   # timeout flushes happen here, synchronously (inside a running event loop)
     """
 
     def __init__(self, start: float = 0.0) -> None:
