@@ -528,7 +528,9 @@ class Flock:
             publish()
             self._mark_consumed(agent, agent.subscriptions[ctx.subscription_index], inputs.artifacts)
         finally:
-            self._commit_unit()
+            committed = self._commit_unit()
+            if committed is not None:  # nobody awaits a run's commit; the writer logs a failure itself
+                committed.add_done_callback(lambda future: future.cancelled() or future.exception())
 
     # -- durability ------------------------------------------------------------------
 
