@@ -19,7 +19,7 @@ from ._ladder_engine import LadderEngine, context_window
 from ._limits import RetryPolicy
 from ._models import announce_offline, is_offline, load_litellm, resolve_model
 
-__all__ = ["CallRecord", "LLMEngine"]
+__all__ = ["CallRecord", "LLMEngine", "RetryPolicy"]
 
 log = logging.getLogger("flock_llm.engines")
 
