@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from ._batching import BatchEngine, BatchKey, Flush, Item
 from ._correlation import ExpiredGroup, JoinBuffer
+from ._outputs import failure_artifact, output_artifact
 from ._timers import Clock, LoopClock, TimerHandle
 from ._units import DurableStore, UnitCollector
 from .agent import Agent
@@ -29,7 +30,7 @@ from .registry import type_name_of
 from .store import ArtifactStore, InMemoryStore
 from .subscription import Subscription
 from .tracing import PublishSpans, SpanHandle, Tracer, TracingConfig, tracing_config
-from .visibility import PublicVisibility, Visibility, combine_visibilities
+from .visibility import PublicVisibility, Visibility
 
 __all__ = ["Flock"]
 
@@ -579,7 +580,7 @@ class Flock:
         for output in result.with_lineage(list(by_id)).outputs:
             sources = [by_id[i] for i in output.derived_from or () if i in by_id] or list(by_id.values())
             try:
-                artifact = self._output_artifact(agent, output.obj, output.derived_from or (), sources)
+                artifact = output_artifact(agent, output.obj, output.derived_from or (), sources)
             except Exception as exc:  # noqa: BLE001 - user code (visibility extractors) or a wrong output type
                 self._metrics.counters["rejected_outputs"] += 1
                 self._publish_failure(agent, sources, exc, stage="output", flush=flush)
@@ -601,28 +602,6 @@ class Flock:
                 ),
             )
 
-    def _output_artifact(
-        self, agent: Agent, obj: BaseModel, derived_from: tuple[str, ...], sources: list[Artifact]
-    ) -> Artifact:
-        if not isinstance(obj, BaseModel) or type(obj) not in agent.output_types:
-            declared = ", ".join(t.__name__ for t in agent.output_types) or "nothing"
-            raise EngineError(
-                f"the engine returned a {type(obj).__name__}, but agent {agent.name!r} publishes {declared}; "
-                "declare it with `.publishes(...)`"
-            )
-        if agent.output_visibility is not None:
-            visibility = agent.output_visibility.resolve(obj)
-        else:
-            visibility = combine_visibilities(a.visibility for a in sources)
-        return Artifact(
-            type_name=type_name_of(type(obj)),
-            payload=obj,
-            produced_by=agent.name,
-            derived_from=derived_from,
-            correlation_id=sources[0].correlation_id if sources else None,
-            visibility=visibility,
-        )
-
     def _publish_failure(
         self, agent: Agent, inputs: list[Artifact], exc: BaseException, *, stage: str, flush: Flush | None = None
     ) -> None:
@@ -638,16 +617,7 @@ class Flock:
 
     def _publish_failure_record(self, agent: Agent, inputs: list[Artifact], record: FailureRecord) -> None:
         self._metrics.counters["failure_records"] += 1
-        self._publish_artifact(
-            Artifact(
-                type_name=type_name_of(FailureRecord),
-                payload=record,
-                produced_by=agent.name,
-                derived_from=tuple(record.input_ids),
-                correlation_id=inputs[0].correlation_id if inputs else None,
-                visibility=combine_visibilities(a.visibility for a in inputs),
-            )
-        )
+        self._publish_artifact(failure_artifact(agent, inputs, record))
 
     # -- lifecycle ----------------------------------------------------------------------
 
