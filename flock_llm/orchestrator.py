@@ -299,7 +299,9 @@ class Flock:
                     self._user_code_failed(agent, sub, member, exc, stage="batch_by", counter="batch_key_errors")
                 return
             key = (agent.name, sub.index, partition)
-        outcome = self._batch_engine.add(key, sub.batch, item, now=now, wall=datetime.now(UTC))
+        # the wall-clock time is for display of a batch's opening only; skip it on the hot path otherwise
+        wall = None if key in self._batch_engine.batches else datetime.now(UTC)
+        outcome = self._batch_engine.add(key, sub.batch, item, now=now, wall=wall)
         if outcome.flush is not None:
             self._cancel_timer(key)
             self._start_flush(outcome.flush)
