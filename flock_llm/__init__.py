@@ -15,6 +15,7 @@ from .errors import (
     FlockWarning,
     ModelCallError,
     ModelOutputError,
+    StoreUnavailableError,
 )
 from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics
 from .orchestrator import Flock
@@ -37,5 +38,6 @@ __all__ = [
     "Metrics",
     "ModelCallError",
     "ModelOutputError",
+    "StoreUnavailableError",
     "flock_type",
 ]

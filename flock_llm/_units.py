@@ -20,9 +20,11 @@ class Unit:
     deliveries: list[tuple[str, int, str, float]] = field(default_factory=list)
     """(agent, subscription index, artifact id, wall time it entered the subscription)."""
     consumed: list[tuple[str, int, str]] = field(default_factory=list)
+    receipt: Any = None
+    """For a shared store: the delivery this unit finishes (acknowledged in the same commit)."""
 
     def __bool__(self) -> bool:
-        return bool(self.artifacts or self.deliveries or self.consumed)
+        return bool(self.artifacts or self.deliveries or self.consumed or self.receipt is not None)
 
 
 class DurableStore(Protocol):
@@ -46,10 +48,15 @@ class UnitCollector:
     def begin(self) -> None:
         self._current = Unit()
 
-    def commit(self) -> asyncio.Future[None] | None:
-        """Write the unit; the future (if any) resolves once it is committed."""
+    def commit(self, receipt: Any = None) -> asyncio.Future[None] | None:
+        """Write the unit (finishing `receipt`, if given); the future (if any) resolves once it is committed."""
         unit, self._current = self._current, None
-        return None if unit is None else self.store.write(unit)
+        if unit is None:
+            return None
+        unit.receipt = receipt
+        if not unit:
+            return None
+        return self.store.write(unit)
 
     def artifact(self, artifact: Artifact) -> bool:
         """Collect a published artifact; False when no step is open (the caller stores it directly)."""

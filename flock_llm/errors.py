@@ -4,6 +4,8 @@
     ├── ConfigurationError          the calling code passed something invalid; fix the call
     │                               (also a ValueError)
     ├── ClosedError                 the Flock was shut down; create a new one (also a RuntimeError)
+    ├── StoreUnavailableError       the shared store (Redis) could not be reached in time; nothing
+    │                               unacknowledged was kept (also a ConnectionError)
     └── EngineError                 a model call or its output failed at run time
         ├── ModelCallError          the provider refused or failed the call (after retries)
         └── ModelOutputError        the answer could not be parsed/validated; carries `raw`
@@ -28,6 +30,7 @@ __all__ = [
     "FlockWarning",
     "ModelCallError",
     "ModelOutputError",
+    "StoreUnavailableError",
 ]
 
 
@@ -41,6 +44,10 @@ class ConfigurationError(FlockError, ValueError):
 
 class ClosedError(FlockError, RuntimeError):
     """The Flock was shut down and accepts no more work."""
+
+
+class StoreUnavailableError(FlockError, ConnectionError):
+    """The store could not be reached (after reconnecting with backoff); the call was not acknowledged."""
 
 
 class EngineError(FlockError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
@@ -34,6 +34,10 @@ from .visibility import PublicVisibility, Visibility
 
 __all__ = ["Flock"]
 
+if TYPE_CHECKING:
+    from ._redis_worker import RedisWorker
+    from .redis_store import RedisStore
+
 log = logging.getLogger("flock_llm")
 
 _PUBLIC = PublicVisibility()
@@ -46,6 +50,8 @@ class _Work:
     items: tuple[Item, ...]
     flush: Flush | None
     span: SpanHandle | None = None
+    receipt: Any = None
+    """For a shared store: the delivery the run finishes."""
 
 
 @dataclass(slots=True)
@@ -64,7 +70,9 @@ class Flock:
         clock: where time comes from; the default is the running event loop's monotonic clock.
             Tests pass `flock_llm.testing.ManualClock()`.
         store: where artifacts are kept: in memory (default), or "sqlite:///path/to/flock.db" (or a
-            SQLiteStore) to survive crashes: pending batches and unprocessed artifacts are restored on start.
+            SQLiteStore) to survive crashes: pending batches and unprocessed artifacts are restored on start;
+            or "redis://host:6379/0" (or a RedisStore) to share the blackboard and its batches between
+            worker processes (see `flock_llm.redis_store`).
         env: the environment to read settings from (default: `os.environ`, read once, here).
         tracing: True, a TracingConfig, or None to follow FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE (see tracing).
     """
@@ -85,11 +93,11 @@ class Flock:
         self._env = {k: v for k, v in source.items() if k.startswith("FLOCK_")}
         self._clock: Clock = clock or LoopClock()
         if isinstance(store, str):
-            from .sqlite_store import SQLiteStore  # deferred: only durable runs need it
-
-            store = SQLiteStore.from_url(store)
+            store = _store_from_url(store)
         self.store: ArtifactStore = store if store is not None else InMemoryStore()
         durable = getattr(store, "durable", False)
+        self._shared: RedisWorker | None = None
+        """Set on start when the store is shared between processes (Redis): it routes and batches there."""
         self._units: UnitCollector | None = UnitCollector(cast(DurableStore, store)) if durable else None
         self._started = self._units is None
         self._agents: dict[str, Agent] = {}
@@ -221,16 +229,21 @@ class Flock:
         if self._units is None or not self._units.artifact(artifact):
             self.store.add(artifact)  # (a durable store adds it when its unit is written)
         self._metrics.published += 1
+        if self._shared is not None:
+            return  # a shared store delivers it, to whichever process reads it first
         for agent, sub in self._route_table().get(artifact.type_name, ()):
-            if artifact.produced_by == agent.name:
-                continue  # an agent never consumes its own outputs (no self-triggering loops)
-            if not sub.accepts_origin(artifact.produced_by, artifact.tags):
-                continue
-            if not artifact.visibility.allows(agent.identity):
-                continue
-            if sub.where and not self._passes_where(agent, sub, artifact):
-                continue
-            self._deliver(agent, sub, artifact)
+            if self._accepts(agent, sub, artifact):
+                self._deliver(agent, sub, artifact)
+
+    def _accepts(self, agent: Agent, sub: Subscription, artifact: Artifact) -> bool:
+        """Whether a subscription takes an artifact of its type (a raising `where` is recorded, and refuses)."""
+        if artifact.produced_by == agent.name:
+            return False  # an agent never consumes its own outputs (no self-triggering loops)
+        if not sub.accepts_origin(artifact.produced_by, artifact.tags):
+            return False
+        if not artifact.visibility.allows(agent.identity):
+            return False
+        return not sub.where or self._passes_where(agent, sub, artifact)
 
     def _passes_where(self, agent: Agent, sub: Subscription, artifact: Artifact) -> bool:
         for predicate in sub.where:
@@ -379,7 +392,7 @@ class Flock:
         if flush is not None:
             self._start_flush(flush)
 
-    def _start_flush(self, flush: Flush) -> None:
+    def _start_flush(self, flush: Flush, receipt: Any = None) -> None:
         agent = self._agents[flush.key[0]]
         sub = agent.subscriptions[flush.key[1]]
         record = FlushRecord(
@@ -395,7 +408,7 @@ class Flock:
         )
         self._metrics.record_flush(record)
         span = None if self._tracer is None else self._tracer.start("flock.batch.flush", **record.span_attributes())
-        self._enqueue(_Work(agent, sub, flush.items, flush, span))
+        self._enqueue(_Work(agent, sub, flush.items, flush, span, receipt))
 
     async def _check_batch_timeouts(self) -> int:
         """Flush every batch whose timeout has passed, now. Returns how many flushed.
@@ -403,6 +416,8 @@ class Flock:
         Deadlines fire on their own; this documented hook exists for tests and
         for code written against the guide. Follow it with `run_until_idle()`.
         """
+        if self._shared is not None:
+            return await self._shared.flush_due()
         flushes = self._batch_engine.take_expired(now=self._clock.now())
         for flush in flushes:
             self._cancel_timer(flush.key)
@@ -410,7 +425,12 @@ class Flock:
         return len(flushes)
 
     async def flush_batches(self, agent: str | None = None) -> int:
-        """Flush every pending batch (of one agent, or all) now, with reason "manual"."""
+        """Flush every pending batch (of one agent, or all) now, with reason "manual".
+
+        With a shared store this flushes the batches every process is filling.
+        """
+        if self._shared is not None:
+            return await self._shared.flush_all("manual", agent=agent)
         return self._flush_all("manual", agent=agent)
 
     def _flush_all(self, reason: str, *, agent: str | None = None) -> int:
@@ -480,11 +500,11 @@ class Flock:
         )
         self._metrics.counters["engine_runs"] += 1
         if span is None:
-            await self._evaluate(agent, ctx, inputs, flush)
+            await self._evaluate(agent, ctx, inputs, flush, work.receipt)
             return
         outcome: dict[str, Any] = {}
         try:
-            outcome = await self._evaluate(agent, ctx, inputs, flush)
+            outcome = await self._evaluate(agent, ctx, inputs, flush, work.receipt)
         finally:
             span.set(engine=type(agent.engine).__name__ if agent.engine else "LLMEngine", **outcome)
             span.end()
@@ -492,7 +512,7 @@ class Flock:
                 work.span.end()
 
     async def _evaluate(
-        self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, flush: Flush | None
+        self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, flush: Flush | None, receipt: Any
     ) -> dict[str, Any]:
         """Run the engine and publish what it returned; the figures for tracing."""
         try:
@@ -516,22 +536,25 @@ class Flock:
                 ctx,
                 inputs,
                 partial(self._publish_failure, agent, inputs.artifacts, exc, stage="engine", flush=flush),
+                receipt,
             )
             return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
         if result.usage:
             self._metrics.record_usage(agent.name, result.usage)
-        self._finish_run(agent, ctx, inputs, lambda: self._publish_result(agent, inputs, result, flush))
+        self._finish_run(agent, ctx, inputs, lambda: self._publish_result(agent, inputs, result, flush), receipt)
         usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
 
-    def _finish_run(self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, publish: Callable[[], None]) -> None:
+    def _finish_run(
+        self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, publish: Callable[[], None], receipt: Any
+    ) -> None:
         """Publish a run's outputs and mark its inputs consumed: one unit, committed together."""
         self._begin_unit()
         try:
             publish()
             self._mark_consumed(agent, agent.subscriptions[ctx.subscription_index], inputs.artifacts)
         finally:
-            committed = self._commit_unit()
+            committed = self._commit_unit(receipt)
             if committed is not None:  # nobody awaits a run's commit; the writer logs a failure itself
                 committed.add_done_callback(lambda future: future.cancelled() or future.exception())
 
@@ -541,8 +564,8 @@ class Flock:
         if self._units is not None:
             self._units.begin()
 
-    def _commit_unit(self) -> asyncio.Future[None] | None:
-        return None if self._units is None else self._units.commit()
+    def _commit_unit(self, receipt: Any = None) -> asyncio.Future[None] | None:
+        return None if self._units is None else self._units.commit(receipt)
 
     def _mark_consumed(self, agent: Agent, sub: Subscription, artifacts: Iterable[Artifact]) -> None:
         if self._units is not None:
@@ -558,6 +581,17 @@ class Flock:
             return
         self._started = True
         if self._units is None:
+            return
+        if getattr(self.store, "distributed", False):
+            from ._redis_worker import RedisWorker
+
+            worker = RedisWorker(self, cast("RedisStore", self.store))
+            try:
+                await worker.start()
+            except BaseException:
+                self._started = False
+                raise
+            self._shared = worker
             return
         recovered = self._units.store.load()
         if recovered.unknown_types:
@@ -624,7 +658,7 @@ class Flock:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run_until_idle(self) -> None:
-        """Wait until no agent work is queued or running.
+        """Wait until no agent work is queued or running (in this process, with a shared store).
 
         Partial batches keep accumulating (their timers still fire); `shutdown()` flushes them.
         """
@@ -632,22 +666,25 @@ class Flock:
             await self.start()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
+        if self._shared is not None:
+            await self._shared.store.settle()  # this process's runs are committed when it returns
 
     async def shutdown(self) -> None:
         """Flush every partial batch (reason "shutdown"), finish all work, close open join groups.
 
         Outputs published while shutting down may fill other agents' batches; those flush too.
+        With a shared store (Redis), this process stops taking work and finishes what it took; the
+        shared batches stay for the other workers (their deadlines still flush them).
         """
         if self._closed:
             return
         if not self._started:
             await self.start()
-        while True:
+        if self._shared is not None:
+            await self._shared.stop()
             await self.run_until_idle()
-            flushed = self._flush_all("shutdown")
-            closed = self._close_joins()
-            if not flushed and not closed and not self._tasks:
-                break
+        else:
+            await self._finish_everything()
         for timer in [*self._batch_timers.values(), *self._join_timers]:
             timer.cancel()
         self._batch_timers.clear()
@@ -657,9 +694,19 @@ class Flock:
             if self._publish_spans is not None:
                 self._publish_spans.close()
             self._tracer.shutdown()
+        if self._shared is not None:
+            await self._shared.close()
         close = getattr(self.store, "close", None)
         if callable(close):
-            await asyncio.to_thread(close)  # commits what is queued  # writes the spans still buffered
+            await asyncio.to_thread(close)  # commits what is queued
+
+    async def _finish_everything(self) -> None:
+        while True:
+            await self.run_until_idle()
+            flushed = self._flush_all("shutdown")
+            closed = self._close_joins()
+            if not flushed and not closed and not self._tasks:
+                return
 
     def _close_joins(self) -> int:
         count = 0
@@ -707,3 +754,16 @@ class Flock:
                 )
             )
         return stats
+
+
+def _store_from_url(url: str) -> ArtifactStore:
+    # deferred imports: only durable or shared runs need these modules
+    if url.startswith("sqlite:///"):
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return cast(ArtifactStore, RedisStore.from_url(url))
+    raise ConfigurationError(f"store URL must start with 'sqlite:///' or 'redis://', got {url.split('@')[-1]!r}")

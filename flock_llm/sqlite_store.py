@@ -14,25 +14,21 @@ pending batches and queued work.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel
 
+from ._codec import artifact_from_row, artifact_to_row
 from ._units import Unit
 from .artifact import Artifact
 from .errors import ConfigurationError
-from .registry import resolve_type
 from .store import InMemoryStore
-from .visibility import PublicVisibility, visibility_from_dict, visibility_to_dict
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
 
@@ -73,43 +69,6 @@ class Recovered:
     """Delivered but not consumed, in publication order."""
     unknown_types: dict[str, int]
     """Type names no longer registered, and how many stored artifacts have them (kept, not loaded)."""
-
-
-_PUBLIC_JSON = json.dumps(visibility_to_dict(PublicVisibility()))
-
-
-def _row(a: Artifact) -> tuple[object, ...]:
-    # the common cases (public, no tags, no lineage) skip json.dumps: it is most of the cost of a row
-    visibility = (
-        _PUBLIC_JSON if isinstance(a.visibility, PublicVisibility) else json.dumps(visibility_to_dict(a.visibility))
-    )
-    return (
-        a.id,
-        a.type_name,
-        a.payload.model_dump_json(),
-        a.produced_by,
-        json.dumps(a.derived_from) if a.derived_from else "[]",
-        a.correlation_id,
-        json.dumps(sorted(a.tags)) if a.tags else "[]",
-        visibility,
-        a.created_at.timestamp(),
-    )
-
-
-def _artifact(row: Sequence[object]) -> Artifact:
-    id_, type_name, payload, produced_by, derived, correlation, tags, visibility, created = row
-    model = resolve_type(str(type_name))
-    return Artifact(
-        type_name=str(type_name),
-        payload=model.model_validate_json(str(payload)),
-        id=str(id_),
-        produced_by=None if produced_by is None else str(produced_by),
-        derived_from=tuple(json.loads(str(derived))),
-        correlation_id=None if correlation is None else str(correlation),
-        tags=frozenset(json.loads(str(tags))),
-        visibility=visibility_from_dict(json.loads(str(visibility))),
-        created_at=datetime.fromtimestamp(float(created), tz=UTC),  # type: ignore[arg-type]
-    )
 
 
 def open_database(path: Path) -> sqlite3.Connection:
@@ -176,7 +135,7 @@ class _Writer(threading.Thread):
                 self.connection.executemany(
                     "INSERT INTO artifacts (id, type_name, payload, produced_by, derived_from, "
                     "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [_row(a) for u in units for a in u.artifacts],
+                    [artifact_to_row(a) for u in units for a in u.artifacts],
                 )
                 # pending = delivered and not consumed (an anti-join at start); a delivery consumed within
                 # this same transaction was never pending, so it needs no row
@@ -266,7 +225,7 @@ class SQLiteStore(InMemoryStore):
         by_id: dict[str, Artifact] = {}
         for row in rows:
             try:
-                artifact = _artifact(row)
+                artifact = artifact_from_row(row)
             except ConfigurationError:
                 unknown[str(row[1])] = unknown.get(str(row[1]), 0) + 1
                 continue

@@ -1,0 +1,480 @@
+"""One process's part in a shared (Redis) blackboard: read deliveries, fill shared batches, run flushed ones.
+
+Per (agent, subscription) a worker runs an intake loop (its consumer group on the type streams) and, for a
+batched subscription, a ready loop (flushed batches, taken only when the agent has a free slot, so idle
+workers get the next batch). One housekeeping task flushes expired batches, renews the claims of runs in
+progress and takes over what silent workers hold. All decisions about batches happen in Redis scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from ._batching import BatchKey, Flush
+from ._codec import artifact_from_json
+from .agent import Agent
+from .artifact import Artifact, FailureRecord
+from .errors import ConfigurationError, StoreUnavailableError
+from .redis_store import READY_GROUP, Receipt, RedisStore, connection_errors
+from .subscription import Subscription
+
+if TYPE_CHECKING:
+    from .orchestrator import Flock
+
+__all__ = ["RedisWorker"]
+
+log = logging.getLogger("flock_llm.redis")
+
+_BLOCK_MS = 250
+"""How long a read waits for new entries; also how soon a stopping worker notices."""
+_READ_COUNT = 500
+
+
+class _Slots:
+    """How many more runs an agent may start in this process (its max_concurrency)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._freed = asyncio.Event()
+
+    async def take(self, timeout: float) -> bool:
+        while self.free <= 0:
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), timeout)
+            except TimeoutError:
+                return False
+        self.free -= 1
+        return True
+
+    def take_up_to(self, n: int) -> int:
+        taken = max(0, min(n, self.free))
+        self.free -= taken
+        return taken
+
+    def give(self, n: int = 1) -> None:
+        self.free += n
+        self._freed.set()
+
+
+def member_of(agent: str, sub: int, partition: Hashable | None, partitioned: bool) -> str:
+    """The shared batch's name: JSON of [agent, subscription, partition?] (so any process can rebuild it).
+
+    Raises:
+        TypeError: the partition key is not a JSON value.
+    """
+    return json.dumps([agent, sub, partition] if partitioned else [agent, sub], separators=(",", ":"))
+
+
+class RedisWorker:
+    def __init__(self, flock: Flock, store: RedisStore) -> None:
+        self.flock = flock
+        self.store = store
+        self._subs = [(agent, sub) for agent in flock.agents for sub in agent.subscriptions]
+        self._slots = {agent.name: _Slots(agent.concurrency) for agent in flock.agents}
+        self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
+        """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
+        self._flushes: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for agent, sub in self._subs:
+            if sub.join is not None:
+                raise ConfigurationError(
+                    f"agent {agent.name!r} joins artifacts (JoinSpec); joins are not supported with a Redis "
+                    "store yet: run that agent with an in-memory or SQLite store"
+                )
+        await self.store.connect()
+        self.store.on_committed = self._committed
+        await self.store.retrying(self._create_groups, limit=self.store.reconnect_timeout)
+        loop = asyncio.get_running_loop()
+        for agent, sub in self._subs:
+            self._loops.append(loop.create_task(self._intake_loop(agent, sub)))
+            if sub.batch is not None:
+                self._loops.append(loop.create_task(self._ready_loop(agent, sub)))
+        self._housekeeping = loop.create_task(self._housekeep())
+
+    async def _create_groups(self) -> None:
+        from redis.exceptions import ResponseError
+
+        client = self.store.client
+        for agent, sub in self._subs:
+            groups = [
+                (self.store.type_stream(t), self.store.intake_group(agent.name, sub.index)) for t in sub.type_names
+            ]
+            if sub.batch is not None:
+                groups.append((self.store.ready_stream(agent.name, sub.index), READY_GROUP))
+            for stream, group in groups:
+                try:  # from the stream's beginning: what was published before any worker started is not lost
+                    await client.xgroup_create(stream, group, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+
+    async def stop(self) -> None:
+        """Stop taking work (runs already taken go on); within about a quarter of a second."""
+        self._stopping = True
+        await asyncio.gather(*self._loops, return_exceptions=True)
+
+    async def close(self) -> None:
+        """After the runs finished: stop housekeeping and timers, commit what is in flight, disconnect."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for _, timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._flushes):
+            task.cancel()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
+        await self.store.aclose()
+
+    # -- intake: deliveries into shared batches (or straight to a run) --------------------
+
+    async def _intake_loop(self, agent: Agent, sub: Subscription) -> None:
+        group = self.store.intake_group(agent.name, sub.index)
+        streams = {self.store.type_stream(t): ">" for t in dict.fromkeys(sub.type_names)}
+        slots = self._slots[agent.name]
+        direct = sub.batch is None
+        while not self._stopping:
+            if direct and not await slots.take(_BLOCK_MS / 1000):
+                continue
+            try:
+                replies = await self.store.client.xreadgroup(
+                    group, self.store.consumer, streams, count=1 if direct else _READ_COUNT, block=_BLOCK_MS
+                )
+            except Exception as exc:  # noqa: BLE001 - connection trouble, a deleted group...: log, wait, retry
+                if direct:
+                    slots.give()
+                await self._recover(exc)
+                continue
+            taken = 0
+            for stream, entries in _stream_entries(replies):
+                taken += await self._take(agent, sub, stream, group, entries)
+            if direct and not taken:
+                slots.give()
+
+    async def _take(self, agent: Agent, sub: Subscription, stream: str, group: str, entries: list[Any]) -> int:
+        """Route delivered entries; returns how many became direct runs (holding a slot)."""
+        adds: list[tuple[str, str, str]] = []
+        runs = 0
+        for entry_id, fields in entries:
+            receipt = Receipt(stream, group, entry_id)
+            artifact = self._decode(agent, receipt, [fields.get("a", "") if fields else ""])
+            if artifact is None:
+                continue
+            member = self._admit(agent, sub, artifact[0], receipt)
+            if member is None:
+                continue
+            if sub.batch is None:
+                self._running[(stream, entry_id)] = (agent.name, receipt)
+                self.flock._enqueue(_work(agent, sub, artifact, receipt))
+                runs += 1
+            else:
+                adds.append((entry_id, fields["a"], member))
+        if adds:
+            await self._add_to_batches(agent, sub, stream, group, adds)
+        return runs
+
+    def _admit(self, agent: Agent, sub: Subscription, artifact: Artifact, receipt: Receipt) -> str | None:
+        """The batch member for an accepted artifact ("" when unbatched); None when refused (acknowledged,
+        with a failure record when user code raised)."""
+        flock = self.flock
+        flock._begin_unit()
+        member: str | None = None
+        try:
+            if flock._accepts(agent, sub, artifact):
+                member = "" if sub.batch is None else self._member(agent, sub, artifact)
+        finally:
+            if member is None:
+                flock._commit_unit(receipt)
+            else:
+                flock._commit_unit()  # nothing was written: the unit is empty
+        return member
+
+    def _member(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
+        assert sub.batch is not None
+        if sub.batch.by is None:
+            return member_of(agent.name, sub.index, None, False)
+        try:
+            partition = sub.batch.by(artifact.payload)
+            return member_of(agent.name, sub.index, partition, True)
+        except Exception as exc:  # noqa: BLE001 - user code (or a key that is not JSON): record it, keep the artifact
+            self.flock._user_code_failed(agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors")
+            return None
+
+    async def _add_to_batches(
+        self, agent: Agent, sub: Subscription, stream: str, group: str, adds: list[tuple[str, str, str]]
+    ) -> None:
+        assert sub.batch is not None
+        store, add = self.store, self.store.script("ADD")
+        size = sub.batch.size or 0
+        timeout_ms = 0 if sub.batch.timeout is None else max(1, round(sub.batch.timeout.total_seconds() * 1000))
+        ready = store.ready_stream(agent.name, sub.index)
+        shared = [store.key("deadlines"), store.key("opened"), ready, store.key("seq")]
+
+        async def run() -> list[Any]:
+            async with store.client.pipeline(transaction=False) as pipe:
+                for entry_id, doc, member in adds:
+                    keys = [stream, store.batch_list(member), *shared]
+                    await add(keys=keys, args=[group, entry_id, doc, member, size, timeout_ms], client=pipe)
+                return list(await pipe.execute())
+
+        # safe to repeat: an entry already added is acknowledged, and ADD then does nothing
+        results = await store.retrying(run, limit=None)
+        for (_, _, member), result in zip(adds, results, strict=True):
+            if result[0] == 1 and len(result) == 3:
+                self._arm(member, now_ms=int(result[1]), deadline_ms=int(result[2]))
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def _arm(self, member: str, *, now_ms: int, deadline_ms: int) -> None:
+        """Flush `member` at its deadline (server time), if this process has no timer for that deadline yet."""
+        armed = self._timers.get(member)
+        if armed is not None:
+            if armed[0] == deadline_ms:
+                return
+            armed[1].cancel()
+        delay = max(0.0, (deadline_ms - now_ms) / 1000)
+        handle = asyncio.get_running_loop().call_later(delay, self._deadline_passed, member, deadline_ms)
+        self._timers[member] = (deadline_ms, handle)
+
+    def _deadline_passed(self, member: str, deadline_ms: int) -> None:
+        armed = self._timers.get(member)
+        if armed is not None and armed[0] == deadline_ms:
+            del self._timers[member]
+        self._spawn(self._flush(member, ""))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, member: str, reason: str) -> bool:
+        """Flush one shared batch: when due (reason ""), or now with a reason. True if this call flushed it."""
+        store = self.store
+        agent, sub_index = json.loads(member)[:2]
+        keys = [
+            store.batch_list(member),
+            store.key("deadlines"),
+            store.key("opened"),
+            store.ready_stream(agent, sub_index),
+            store.key("seq"),
+        ]
+        spec = self._spec(agent, sub_index)
+        size = 0 if spec is None or spec.size is None else spec.size
+        try:
+            result = await store.retrying(
+                lambda: store.script("FLUSH")(keys=keys, args=[member, size, reason]), limit=store.reconnect_timeout
+            )
+        except StoreUnavailableError as exc:
+            log.warning("could not flush batch %s (%s); the next sweep tries again", member, exc)
+            return False
+        if result[0] == 1:  # not due yet by the server's clock
+            self._arm(member, now_ms=int(result[1]), deadline_ms=int(result[2]))
+        return bool(result[0] == 2)
+
+    def _spec(self, agent: str, sub: int) -> Any:
+        found = next((a for a in self.flock.agents if a.name == agent), None)
+        return None if found is None or sub >= len(found.subscriptions) else found.subscriptions[sub].batch
+
+    async def flush_due(self) -> int:
+        """Flush every shared batch whose deadline passed (any process's). Returns how many flushed."""
+        store = self.store
+        due = await store.retrying(lambda: store.script("DUE")(keys=[store.key("deadlines")]), limit=None)
+        flushed = [await self._flush(member, "") for member in due]
+        return sum(flushed)
+
+    async def flush_all(self, reason: str, *, agent: str | None = None) -> int:
+        """Flush every shared batch (of one agent, or all) now, with `reason`."""
+        prefix = self.store.batch_list("")
+        members = [key[len(prefix) :] async for key in self.store.client.scan_iter(match=prefix + "*", count=1_000)]
+        flushed = 0
+        for member in members:
+            if agent is None or json.loads(member)[0] == agent:
+                flushed += await self._flush(member, reason)
+        return flushed
+
+    # -- ready batches: run them, one free slot at a time -----------------------------------
+
+    async def _ready_loop(self, agent: Agent, sub: Subscription) -> None:
+        stream = self.store.ready_stream(agent.name, sub.index)
+        slots = self._slots[agent.name]
+        while not self._stopping:
+            if not await slots.take(_BLOCK_MS / 1000):
+                continue
+            try:
+                replies = await self.store.client.xreadgroup(
+                    READY_GROUP, self.store.consumer, {stream: ">"}, count=1, block=_BLOCK_MS
+                )
+            except Exception as exc:  # noqa: BLE001 - connection trouble, a deleted group...: log, wait, retry
+                slots.give()
+                await self._recover(exc)
+                continue
+            entries = [entry for _, found in _stream_entries(replies) for entry in found]
+            if not entries:
+                slots.give()
+            for entry_id, fields in entries:
+                self._run_batch(agent, sub, stream, entry_id, fields)
+
+    def _run_batch(self, agent: Agent, sub: Subscription, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        assert sub.batch is not None
+        receipt = Receipt(stream, READY_GROUP, entry_id, delete=True)
+        self._running[(stream, entry_id)] = (agent.name, receipt)
+        items = self._decode(agent, receipt, fields["items"].split("\n"))
+        if items is None:
+            return
+        key: BatchKey = (agent.name, sub.index)
+        if sub.batch.by is not None:
+            partition = json.loads(fields["key"])[2]
+            key = (agent.name, sub.index, tuple(partition) if isinstance(partition, list) else partition)
+        flush = Flush(
+            key=key,
+            batch_id=f"{self.store.namespace}-{fields['batch']}",
+            items=tuple((a,) for a in items),
+            reason=fields["reason"],  # type: ignore[arg-type]
+            configured_size=sub.batch.size,
+            opened_at=int(fields["opened"]) / 1000,
+            flushed_at=int(fields["flushed"]) / 1000,
+        )
+        self.flock._start_flush(flush, receipt)
+
+    def _committed(self, receipt: Receipt) -> None:
+        running = self._running.pop((receipt.stream, receipt.entry_id), None)
+        if running is not None:
+            self._slots[running[0]].give()
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _decode(self, agent: Agent, receipt: Receipt, docs: list[str]) -> list[Artifact] | None:
+        """The artifacts of an entry; None when they cannot be read here (a failure record names them)."""
+        try:
+            return [artifact_from_json(doc) for doc in docs]
+        except Exception as exc:  # noqa: BLE001 - foreign or corrupt data: any error is possible; record it
+            ids = [_id_of(doc) for doc in docs]
+            self.flock._metrics.counters["undecodable_entries"] += 1
+            log.error(
+                "entry %s of %s cannot be read here (%s): recorded as failed", receipt.entry_id, receipt.stream, exc
+            )
+            flock = self.flock
+            flock._begin_unit()
+            try:
+                record = FailureRecord.from_exception(exc, agent=agent.name, input_ids=ids, stage="decode")
+                flock._publish_failure_record(agent, [], record)
+            finally:
+                flock._commit_unit(receipt)
+            return None
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def _housekeep(self) -> None:
+        store = self.store
+        tick = min(store.sweep_interval, store.claim_timeout / 3)
+        loop = asyncio.get_running_loop()
+        last_sweep = last_claim = loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            try:
+                await self._renew_claims()
+                if now - last_sweep >= store.sweep_interval:
+                    last_sweep = now
+                    await self.flush_due()
+                if not self._stopping and now - last_claim >= store.claim_timeout / 2:
+                    last_claim = now
+                    await self._claim_abandoned()
+            except Exception as exc:  # noqa: BLE001 - keep housekeeping alive through outages; log and go on
+                await self._recover(exc)
+
+    async def _renew_claims(self) -> None:
+        """Reset the idle time of entries whose runs are in progress here, so nobody takes them over."""
+        if not self._running:
+            return
+        groups: dict[tuple[str, str], list[str]] = {}
+        for _, receipt in list(self._running.values()):
+            groups.setdefault((receipt.stream, receipt.group), []).append(receipt.entry_id)
+        async with self.store.client.pipeline(transaction=False) as pipe:
+            for (stream, group), ids in groups.items():
+                pipe.xclaim(stream, group, self.store.consumer, 0, ids, justid=True)
+            await pipe.execute()
+
+    async def _claim_abandoned(self) -> None:
+        """Take over entries that silent workers held longer than `claim_timeout`."""
+        store, idle_ms = self.store, int(self.store.claim_timeout * 1000)
+        client = store.client
+        for agent, sub in self._subs:
+            group = store.intake_group(agent.name, sub.index)
+            slots = self._slots[agent.name]
+            for t in dict.fromkeys(sub.type_names):
+                stream = store.type_stream(t)
+                count = _READ_COUNT if sub.batch is not None else slots.take_up_to(_READ_COUNT)
+                if not count:
+                    continue
+                claimed = await client.xautoclaim(stream, group, store.consumer, idle_ms, "0-0", count=count)
+                entries = [e for e in claimed[1] if e[1]]
+                if entries:
+                    log.warning("took over %d entries of %s from a silent worker", len(entries), stream)
+                runs = await self._take(agent, sub, stream, group, entries)
+                if sub.batch is None:
+                    slots.give(count - runs)
+            if sub.batch is None:
+                continue
+            stream = store.ready_stream(agent.name, sub.index)
+            count = slots.take_up_to(agent.concurrency)
+            if not count:
+                continue
+            claimed = await client.xautoclaim(stream, READY_GROUP, store.consumer, idle_ms, "0-0", count=count)
+            entries = [e for e in claimed[1] if e[1]]
+            if entries:
+                log.warning("took over %d batches of %s from a silent worker", len(entries), stream)
+            slots.give(count - len(entries))
+            for entry_id, fields in entries:
+                self._run_batch(agent, sub, stream, entry_id, fields)
+
+    async def _recover(self, exc: Exception) -> None:
+        """After a failed read: recreate lost groups (Redis restarted empty) or wait for the connection."""
+        from redis.exceptions import ResponseError
+
+        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+            log.warning("a consumer group is missing (was Redis emptied?); recreating it")
+            try:
+                await self._create_groups()
+            except Exception as again:  # noqa: BLE001 - logged; the loop retries
+                log.warning("recreating consumer groups failed: %s", again)
+        elif isinstance(exc, connection_errors()):
+            log.warning("Redis read failed (%s); retrying", type(exc).__name__)
+        else:
+            log.error("Redis worker step failed: %r; retrying", exc)
+        await asyncio.sleep(0.2)
+
+
+def _stream_entries(replies: Any) -> list[tuple[str, list[Any]]]:
+    """XREADGROUP's reply as (stream, entries), under RESP2 (a list) or RESP3 (a dict)."""
+    if not replies:
+        return []
+    if isinstance(replies, dict):
+        return [
+            (stream, found[0] if found and isinstance(found[0], list) else found) for stream, found in replies.items()
+        ]
+    return [(stream, entries) for stream, entries in replies]
+
+
+def _id_of(doc: str) -> str:
+    try:
+        return str(json.loads(doc)[0])
+    except (ValueError, IndexError, KeyError, TypeError):
+        return "?"
+
+
+def _work(agent: Agent, sub: Subscription, artifacts: list[Artifact], receipt: Receipt) -> Any:
+    from .orchestrator import _Work
+
+    return _Work(agent, sub, (tuple(artifacts),), None, receipt=receipt)

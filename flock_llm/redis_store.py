@@ -1,0 +1,390 @@
+"""A blackboard shared by many processes, in Redis Streams.
+
+    Flock(store="redis://127.0.0.1:6379/0")                  # every worker process, same agents
+    Flock(store="redis://host:6379/0?namespace=reviews&claim_timeout=30")
+
+Published artifacts go to one stream per type; each (agent, subscription) reads them through its own
+consumer group, so every item reaches exactly one worker process at a time. Batches accumulate in
+Redis, shared by all processes, and the Lua scripts in `_redis_scripts` decide flushes atomically on
+the server. Flushed batches wait in a ready stream per (agent, subscription) until a worker with a
+free slot takes them; a worker that dies mid-run loses its claim after `claim_timeout` and another
+worker runs the batch again. A run's outputs are published in the same script that acknowledges its
+batch, so a batch run twice publishes once.
+
+Requires redis-py (`pip install 'flock_llm[redis]'`) and Redis >= 6.2. With `appendonly yes` and
+`appendfsync always`, whatever `publish()` acknowledged survives a crash of Redis itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
+
+from . import _redis_scripts as scripts
+from ._codec import artifact_from_json, artifact_to_json
+from ._units import Unit
+from .artifact import Artifact
+from .errors import ConfigurationError, StoreUnavailableError
+from .registry import type_name_of
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["Receipt", "RedisStore"]
+
+log = logging.getLogger("flock_llm.store")
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+READY_GROUP = "workers"
+_PUBLISH_CHUNK = 500
+_OUR_PARAMETERS = {"namespace": str, "claim_timeout": float, "sweep_interval": float, "reconnect_timeout": float}
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The stream entry a run consumes; its commit acknowledges it (and, for a ready batch, deletes it)."""
+
+    stream: str
+    group: str
+    entry_id: str
+    delete: bool = False
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisStore:
+    """Artifacts, shared batches and run receipts in Redis; nothing is kept in process memory.
+
+    Args:
+        url: a redis-py URL ("redis://host:port/db", "rediss://..." for TLS, "unix:///path.sock").
+        namespace: keeps several blackboards apart in one Redis (all keys are under `{namespace}:`).
+        claim_timeout: seconds after which a batch or item held by a silent worker goes to another one.
+            Live workers renew their claims, so it only needs to exceed a stall, not a run.
+        sweep_interval: how often each worker looks for expired batches opened by other (perhaps dead)
+            workers; batches opened by a live worker flush at their deadline regardless.
+        reconnect_timeout: how long `publish()` keeps reconnecting before it raises StoreUnavailableError
+            (workers' loops keep reconnecting until shut down).
+    """
+
+    durable = True
+    distributed = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "flock",
+        claim_timeout: float = 30.0,
+        sweep_interval: float = 1.0,
+        reconnect_timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(f"store URL must look like 'redis://host:6379/0', got {redact_url(str(url))!r}")
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "{}\n "):
+            raise ConfigurationError(
+                f"`namespace` must be a non-empty name without braces or spaces, got {namespace!r}"
+            )
+        for name, value in (
+            ("claim_timeout", claim_timeout),
+            ("sweep_interval", sweep_interval),
+            ("reconnect_timeout", reconnect_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
+        self.url = url
+        self.namespace = namespace
+        self.claim_timeout = float(claim_timeout)
+        self.sweep_interval = float(sweep_interval)
+        self.reconnect_timeout = float(reconnect_timeout)
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        """This process's consumer name in every group."""
+        self._prefix = "{" + namespace + "}:"
+        self._client: Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+        self.on_committed: Callable[[Receipt], None] | None = None
+        """Called (by the worker) once a unit with a receipt was committed, or given up at shutdown."""
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        """A store from a URL whose query may also set namespace, claim_timeout, sweep_interval, reconnect_timeout."""
+        parts = urlsplit(url)
+        ours: dict[str, Any] = {}
+        rest = []
+        for name, value in parse_qsl(parts.query):
+            if name in _OUR_PARAMETERS:
+                try:
+                    ours[name] = _OUR_PARAMETERS[name](value)
+                except ValueError:
+                    raise ConfigurationError(f"`{name}` in the store URL must be a number, got {value!r}") from None
+            else:
+                rest.append((name, value))
+        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **ours)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({redact_url(self.url)!r}, namespace={self.namespace!r})"
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def type_stream(self, type_name: str) -> str:
+        return f"{self._prefix}t:{type_name}"
+
+    def batch_list(self, member: str) -> str:
+        return f"{self._prefix}b:{member}"
+
+    def ready_stream(self, agent: str, sub: int) -> str:
+        return f"{self._prefix}r:{json.dumps([agent, sub])}"
+
+    @staticmethod
+    def intake_group(agent: str, sub: int) -> str:
+        return json.dumps([agent, sub])
+
+    def key(self, name: str) -> str:
+        """ids, deadlines, opened or seq."""
+        return self._prefix + name
+
+    # -- connection ----------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:  # redis.asyncio.Redis (decode_responses=True: replies are str)
+        if self._client is None:
+            raise StoreUnavailableError("the Redis store is not connected yet; `await flock.start()` first")
+        return self._client
+
+    def script(self, name: str) -> Any:
+        return self._scripts[name]
+
+    async def connect(self) -> None:
+        """Open the client and check that Redis answers.
+
+        Raises:
+            StoreUnavailableError: Redis cannot be reached (the message names the URL without its password).
+            ConfigurationError: redis-py is not installed, or the server is older than Redis 6.2.
+        """
+        if self._client is not None:
+            return
+        try:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise ConfigurationError("the Redis store needs redis-py: pip install 'flock_llm[redis]'") from None
+        client = Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=10.0,
+            retry=Retry(NoBackoff(), 0),  # we retry ourselves, only where a retry is idempotent
+        )
+        try:
+            info = await client.info("server")
+        except connection_errors() as exc:
+            await client.aclose()
+            raise StoreUnavailableError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
+        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2] if p.isdigit())
+        if version < (6, 2):
+            await client.aclose()
+            raise ConfigurationError(f"the Redis store needs Redis >= 6.2 (XAUTOCLAIM); the server is {version!r}")
+        self._client = client
+        for name in ("PUBLISH", "ADD", "FLUSH", "DUE", "COMMIT"):
+            self._scripts[name] = client.register_script(getattr(scripts, name))
+
+    async def retrying(self, operation: Callable[[], Awaitable[T]], *, limit: float | None) -> T:
+        """Run an idempotent operation, reconnecting with backoff for `limit` seconds (None: until cancelled).
+
+        Raises:
+            StoreUnavailableError: Redis stayed unreachable for `limit` seconds.
+        """
+        attempts = AsyncRetrying(
+            stop=stop_never if limit is None else stop_after_delay(limit),
+            wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
+            retry=retry_if_exception_type(connection_errors()),
+            before_sleep=_log_reconnect,
+            reraise=True,
+        )
+        try:
+            async for attempt in attempts:
+                with attempt:
+                    return await operation()
+        except connection_errors() as exc:
+            raise StoreUnavailableError(
+                f"Redis at {redact_url(self.url)} was unreachable for {limit:g} s: {exc}; the operation was not done"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, unit: Unit) -> asyncio.Future[None]:
+        """Publish a unit's artifacts (and acknowledge its receipt); the future resolves once Redis applied it."""
+        task = asyncio.get_running_loop().create_task(self._write(unit))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return task
+
+    async def _write(self, unit: Unit) -> None:
+        receipt: Receipt | None = unit.receipt
+        if receipt is None:
+            for start in range(0, len(unit.artifacts), _PUBLISH_CHUNK):
+                await self.publish(unit.artifacts[start : start + _PUBLISH_CHUNK])
+            return
+        # outputs get ids derived from the run's receipt, so a run done twice names its outputs the same
+        outputs = [
+            replace(a, id=uuid.uuid5(uuid.NAMESPACE_URL, f"{receipt.stream}/{receipt.entry_id}/{n}").hex)
+            for n, a in enumerate(unit.artifacts)
+        ]
+        keys = [receipt.stream, self.key("ids"), *(self.type_stream(a.type_name) for a in outputs)]
+        args = [receipt.group, receipt.entry_id, "1" if receipt.delete else "0", *_id_json_pairs(outputs)]
+        try:
+            added = await self.retrying(lambda: self.script("COMMIT")(keys=keys, args=args), limit=None)
+        finally:
+            if self.on_committed is not None:
+                self.on_committed(receipt)
+        if added == -1:
+            log.info(
+                "entry %s of %s was committed by another worker; this run's outputs were dropped",
+                receipt.entry_id,
+                receipt.stream,
+            )
+
+    async def publish(self, artifacts: Sequence[Artifact]) -> int:
+        """Publish artifacts (each at most once, by id); returns how many were new."""
+        if not artifacts:
+            return 0
+        keys = [self.key("ids"), *(self.type_stream(a.type_name) for a in artifacts)]
+        args = _id_json_pairs(artifacts)
+        added: int = await self.retrying(
+            lambda: self.script("PUBLISH")(keys=keys, args=args), limit=self.reconnect_timeout
+        )
+        return added
+
+    def add(self, artifact: Artifact) -> None:
+        raise RuntimeError("internal error: the Redis store is written in units (Flock.publish), not with add()")
+
+    async def settle(self) -> None:
+        """Wait until the writes in flight are applied (or failed)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Wait (up to `reconnect_timeout`) for the writes in flight, then close the connection.
+
+        A run whose commit could not be applied stays unacknowledged in Redis: another worker runs it again.
+        """
+        if self._writes:
+            _, unfinished = await asyncio.wait(list(self._writes), timeout=self.reconnect_timeout)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                log.warning(
+                    "%d commits could not reach Redis; their batches will be run again elsewhere", len(unfinished)
+                )
+                await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def artifacts_by_type(self, cls: type[BaseModel]) -> list[Artifact]:
+        """Every artifact of type `cls`, with lineage and visibility, oldest first."""
+        stream = self.type_stream(type_name_of(cls))
+        found: list[Artifact] = []
+        start = "-"
+        while True:
+            entries = await self.retrying(
+                partial(self.client.xrange, stream, start, "+", count=5_000), limit=self.reconnect_timeout
+            )
+            found.extend(artifact_from_json(fields["a"]) for _, fields in entries)
+            if len(entries) < 5_000:
+                return found
+            start = "(" + entries[-1][0]
+
+    async def get_by_type(self, cls: type[M]) -> list[M]:
+        """Every published object of type `cls`, as model instances, oldest first."""
+        return [a.payload for a in await self.artifacts_by_type(cls) if isinstance(a.payload, cls)]
+
+    async def count(self, cls: type[BaseModel]) -> int:
+        """How many artifacts of type `cls` were published (one round trip)."""
+        n: int = await self.retrying(
+            lambda: self.client.xlen(self.type_stream(type_name_of(cls))), limit=self.reconnect_timeout
+        )
+        return n
+
+    async def get(self, artifact_id: str) -> Artifact | None:
+        where = await self.retrying(
+            lambda: self.client.hget(self.key("ids"), artifact_id), limit=self.reconnect_timeout
+        )
+        if where is None:
+            return None
+        stream, entry = str(where).rsplit(" ", 1)
+        entries = await self.client.xrange(stream, entry, entry)
+        return artifact_from_json(entries[0][1]["a"]) if entries else None
+
+    async def list(self) -> list[Artifact]:
+        """Every artifact of the registered types, type by type, oldest first within a type."""
+        from .registry import resolve_type
+
+        prefix = self.type_stream("")
+        names = sorted([key[len(prefix) :] async for key in self.client.scan_iter(match=prefix + "*", count=1_000)])
+        found: list[Artifact] = []
+        for name in names:
+            try:
+                cls = resolve_type(name)
+            except ConfigurationError:
+                log.warning("Redis holds artifacts of type %r, which is not registered here; skipped", name)
+                continue
+            found.extend(await self.artifacts_by_type(cls))
+        return found
+
+
+def _id_json_pairs(artifacts: Iterable[Artifact]) -> list[str]:
+    pairs: list[str] = []
+    for a in artifacts:
+        pairs.append(a.id)
+        pairs.append(artifact_to_json(a))
+    return pairs
+
+
+def _log_reconnect(state: Any) -> None:
+    if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
+        log.warning(
+            "Redis unreachable (%s); reconnecting (attempt %d)",
+            type(state.outcome.exception()).__name__,
+            state.attempt_number,
+        )

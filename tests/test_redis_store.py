@@ -1,0 +1,333 @@
+"""The Redis store in one process: several Flocks on one event loop stand in for worker processes.
+
+The multi-process tests (SIGKILL, Redis restart, 10,000 items) are in test_redis_processes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from conftest import PrivateRedis
+from pydantic import BaseModel
+
+from flock_llm import ConfigurationError, FailureRecord, Flock, StoreUnavailableError, flock_type
+from flock_llm.engines import EvalResult
+from flock_llm.redis_store import RedisStore
+from flock_llm.subscription import BatchSpec, JoinSpec
+from flock_llm.testing import FunctionEngine
+
+
+@flock_type
+class RPay(BaseModel):
+    n: int
+    customer: str = "c"
+
+
+@flock_type
+class RPayBatch(BaseModel):
+    ns: list[int]
+    reason: str
+    batch_id: str
+
+
+def summarize(ctx, inputs):  # noqa: ANN001 - FunctionEngine callback
+    return RPayBatch(ns=[p.n for p in inputs.all_as(RPay)], reason=ctx.flush_reason or "", batch_id=ctx.batch_id or "")
+
+
+def worker(
+    url: str, *, size: int | None = 5, timeout: timedelta | None = timedelta(seconds=30), **consumes: object
+) -> Flock:
+    flock = Flock(store=url, env={})
+    (
+        flock.agent("payments")
+        .consumes(RPay, batch=BatchSpec(size=size, timeout=timeout), **consumes)  # type: ignore[arg-type]
+        .publishes(RPayBatch)
+        .with_engines(FunctionEngine(batch=summarize))
+    )
+    return flock
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+async def outputs(flock: Flock, cls: type[BaseModel], n: int) -> list:
+    store = flock.store
+    assert isinstance(store, RedisStore)
+    await until(lambda: _at_least(store, cls, n))
+    return await store.get_by_type(cls)
+
+
+async def _at_least(store: RedisStore, cls: type[BaseModel], n: int) -> bool:
+    return await store.count(cls) >= n
+
+
+# -- configuration and connection ------------------------------------------------------------
+
+
+def test_store_url_sets_our_options_and_keeps_redis_ones() -> None:
+    store = RedisStore.from_url(
+        "redis://:s3cret@127.0.0.1:6390/2?namespace=payments&claim_timeout=5&socket_keepalive=1"
+    )
+    assert (store.namespace, store.claim_timeout) == ("payments", 5.0)
+    assert store.url == "redis://:s3cret@127.0.0.1:6390/2?socket_keepalive=1"
+    assert "s3cret" not in repr(store) and "***" in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h/0?claim_timeout=soon", "`claim_timeout` in the store URL must be a number"),
+        ("redis://h/0?claim_timeout=0", "`claim_timeout` must be a positive number"),
+        ("redis://h/0?namespace={x}", "`namespace` must be a non-empty name"),
+        ("http://h/0", "store URL must look like 'redis://"),
+    ],
+)
+def test_bad_store_settings_are_refused_with_the_fix(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RedisStore.from_url(url)
+
+
+def test_unknown_store_scheme_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="must start with 'sqlite:///' or 'redis://'"):
+        Flock(store="postgres://user:pw@db/x")
+
+
+async def test_unreachable_redis_fails_at_start_with_a_clear_error_and_no_password() -> None:
+    flock = Flock(store="redis://:hunter2@127.0.0.1:1/0", env={})
+    with pytest.raises(StoreUnavailableError, match=r"cannot reach Redis at redis://:\*\*\*@127.0.0.1:1/0") as caught:
+        await flock.publish(RPay(n=1))
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_joins_are_refused_with_a_shared_store(redis_url: str) -> None:
+    flock = Flock(store=redis_url, env={})
+    flock.agent("j").consumes(RPay, RPayBatch, join=JoinSpec(by=lambda x: 1, within=timedelta(seconds=1)))
+    with pytest.raises(ConfigurationError, match="joins are not supported with a Redis store"):
+        await flock.start()
+    await RedisStore.from_url(redis_url).aclose()
+
+
+# -- shared batches ---------------------------------------------------------------------------
+
+
+async def test_size_flushes_are_decided_once_across_workers_and_every_item_lands_once(redis_url: str) -> None:
+    workers = [worker(redis_url, size=10), worker(redis_url, size=10), worker(redis_url, size=10)]
+    for w in workers:
+        await w.start()
+    producer = Flock(store=redis_url, env={})
+    await producer.publish_many([RPay(n=n) for n in range(200)])
+    done = await outputs(producer, RPayBatch, 20)
+    await asyncio.sleep(0.3)  # nothing more arrives
+    for w in workers:
+        await w.shutdown()
+    done = await producer.store.get_by_type(RPayBatch)
+    assert len(done) == 20 and {len(d.ns) for d in done} == {10} and {d.reason for d in done} == {"size"}
+    assert sorted(n for d in done for n in d.ns) == list(range(200))
+    assert len({d.batch_id for d in done}) == 20
+    flushes = [f for w in workers for f in w.metrics().flushes]
+    assert len(flushes) == 20 and sum(f.batch_size for f in flushes) == 200
+    await producer.shutdown()
+
+
+async def test_a_timeout_flush_takes_a_partial_batch_fed_by_two_processes(redis_url: str) -> None:
+    a = worker(redis_url, size=25, timeout=timedelta(milliseconds=400))
+    b = worker(redis_url, size=25, timeout=timedelta(milliseconds=400))
+    await a.start()
+    await b.start()
+    producer_1, producer_2 = Flock(store=redis_url, env={}), Flock(store=redis_url, env={})
+    started = time.monotonic()
+    await producer_1.publish_many([RPay(n=n) for n in range(3)])
+    await producer_2.publish_many([RPay(n=n) for n in range(3, 6)])
+    (done,) = await outputs(producer_1, RPayBatch, 1)
+    waited = time.monotonic() - started
+    assert sorted(done.ns) == [0, 1, 2, 3, 4, 5] and done.reason == "timeout"
+    assert 0.35 <= waited < 2.0
+    (flush,) = [f for w in (a, b) for f in w.metrics().flushes]
+    assert flush.reason == "timeout" and flush.batch_size == 6 and 0.35 <= flush.waited_s < 1.0
+    for f in (a, b, producer_1, producer_2):
+        await f.shutdown()
+
+
+async def test_an_expired_batch_opened_by_a_worker_that_left_is_flushed_by_the_sweep(redis_url: str) -> None:
+    leaver = worker(redis_url, size=25, timeout=timedelta(milliseconds=200))
+    await leaver.start()
+    await leaver.publish_many([RPay(n=n) for n in range(4)])
+    store = leaver.store
+    assert isinstance(store, RedisStore)
+    await until(lambda: _batch_len(store, 4))
+    await leaver.shutdown()  # leaves the shared batch (and its deadline) behind
+    await asyncio.sleep(0.3)
+    stayer = worker(redis_url, size=25, timeout=timedelta(milliseconds=200))  # never saw that batch open
+    await stayer.start()
+    (done,) = await outputs(stayer, RPayBatch, 1)
+    assert sorted(done.ns) == [0, 1, 2, 3] and done.reason == "timeout"
+    await stayer.shutdown()
+
+
+async def _batch_len(store: RedisStore, n: int) -> bool:
+    member = json.dumps(["payments", 0], separators=(",", ":"))
+    return int(await store.client.llen(store.batch_list(member))) == n
+
+
+async def test_partitioned_batches_and_a_manual_flush(redis_url: str) -> None:
+    w = Flock(store=redis_url, env={})
+    (
+        w.agent("payments")
+        .consumes(RPay, batch=BatchSpec(size=3, timeout=timedelta(seconds=30), by=lambda p: p.customer))
+        .publishes(RPayBatch)
+        .with_engines(FunctionEngine(batch=summarize))
+    )
+    await w.start()
+    await w.publish_many([RPay(n=n, customer="ab"[n % 2]) for n in range(8)])
+    first = await outputs(w, RPayBatch, 2)
+    assert sorted(sorted(d.ns) for d in first) == [[0, 2, 4], [1, 3, 5]]
+    store = w.store
+    assert isinstance(store, RedisStore)
+    member_a = json.dumps(["payments", 0, "a"], separators=(",", ":"))
+    await until(lambda: _llen(store, store.batch_list(member_a), 1))
+    assert await w.flush_batches() == 2
+    done = await outputs(w, RPayBatch, 4)
+    assert sorted(sorted(d.ns) for d in done) == [[0, 2, 4], [1, 3, 5], [6], [7]]
+    assert sorted(f.partition for f in w.metrics().flushes) == ["a", "a", "b", "b"]
+    await w.shutdown()
+
+
+async def _llen(store: RedisStore, key: str, n: int) -> bool:
+    return int(await store.client.llen(key)) == n
+
+
+# -- failures, filters, unbatched runs ---------------------------------------------------------
+
+
+async def test_a_raising_predicate_records_a_failure_and_filtered_items_are_not_consumed(redis_url: str) -> None:
+    def picky(p: RPay) -> bool:
+        if p.n == 3:
+            raise ValueError("cannot judge 3")
+        return p.n % 2 == 0
+
+    w = worker(redis_url, size=2, where=picky)
+    await w.start()
+    published = await w.publish_many([RPay(n=n) for n in range(6)])
+    done = await outputs(w, RPayBatch, 1)
+    (failure,) = await outputs(w, FailureRecord, 1)
+    assert failure.stage == "where" and failure.input_ids == [published[3].id] and "cannot judge 3" in failure.error
+    await asyncio.sleep(0.2)
+    await w.flush_batches()
+    done = await outputs(w, RPayBatch, 2)
+    assert sorted(n for d in done for n in d.ns) == [0, 2, 4]
+    await w.shutdown()
+
+
+async def test_engine_errors_become_failure_records_naming_every_input(redis_url: str) -> None:
+    w = Flock(store=redis_url, env={})
+
+    def broken(ctx, inputs):  # noqa: ANN001
+        raise RuntimeError("provider down")
+
+    w.agent("payments").consumes(RPay, batch=BatchSpec(size=3, timeout=timedelta(seconds=30))).publishes(
+        RPayBatch
+    ).with_engines(FunctionEngine(batch=broken))
+    await w.start()
+    published = await w.publish_many([RPay(n=n) for n in range(3)])
+    (failure,) = await outputs(w, FailureRecord, 1)
+    assert sorted(failure.input_ids) == sorted(a.id for a in published) and failure.batch_id
+    await w.shutdown()
+
+
+async def test_unbatched_subscriptions_run_each_item_once_across_workers(redis_url: str) -> None:
+    def one(ctx, inputs):  # noqa: ANN001
+        return EvalResult.from_object(RPayBatch(ns=[p.n for p in inputs.all_as(RPay)], reason="", batch_id=""))
+
+    workers = []
+    for _ in range(2):
+        w = Flock(store=redis_url, env={})
+        w.agent("each").consumes(RPay).publishes(RPayBatch).with_engines(FunctionEngine(item=one))
+        await w.start()
+        workers.append(w)
+    await workers[0].publish_many([RPay(n=n) for n in range(30)])
+    done = await outputs(workers[0], RPayBatch, 30)
+    await asyncio.sleep(0.2)
+    assert sorted(n for d in await workers[0].store.get_by_type(RPayBatch) for n in d.ns) == list(range(30))
+    for w in workers:
+        await w.shutdown()
+    assert len(done) == 30
+
+
+async def test_lookup_by_id_and_listing(redis_url: str) -> None:
+    flock = Flock(store=redis_url, env={})
+    async with flock:
+        artifact = await flock.publish(RPay(n=7), tags={"vip"})
+        found = await flock.store.get(artifact.id)
+        assert found is not None and found.payload == RPay(n=7) and found.tags == {"vip"}
+        assert await flock.store.get("no-such-id") is None
+        assert [a.id for a in await flock.store.list()] == [artifact.id]
+
+
+# -- redelivery and idempotence -----------------------------------------------------------------
+
+
+async def test_a_batch_held_by_a_silent_worker_is_run_by_another_and_published_once(redis_url: str) -> None:
+    release = asyncio.Event()
+
+    async def hang(ctx, inputs):  # noqa: ANN001 - a worker that stalls in the middle of its run
+        await release.wait()
+        return RPayBatch(ns=[p.n for p in inputs.all_as(RPay)], reason="stale", batch_id=ctx.batch_id or "")
+
+    stalled_engine = FunctionEngine(batch=hang)
+    stalled = Flock(store=redis_url, env={})
+    stalled.agent("payments").consumes(RPay, batch=BatchSpec(size=3, timeout=timedelta(seconds=30))).publishes(
+        RPayBatch
+    ).with_engines(stalled_engine)
+    await stalled.start()
+    await stalled.publish_many([RPay(n=n) for n in range(3)])
+    await until(lambda: _truthy(stalled_engine.calls))
+    stalled._shared._housekeeping.cancel()  # type: ignore[union-attr]  # silent: it stops renewing its claim
+    started = time.monotonic()
+    rescuer = worker(redis_url, size=3)
+    await rescuer.start()
+    (done,) = await outputs(rescuer, RPayBatch, 1)
+    assert sorted(done.ns) == [0, 1, 2] and done.reason == "size"
+    assert time.monotonic() - started >= 0.9  # claim_timeout=1 in the fixture's URL
+    release.set()  # the stalled worker finishes too: its commit finds the batch done and publishes nothing
+    await stalled.run_until_idle()
+    assert [d.reason for d in await rescuer.store.get_by_type(RPayBatch)] == ["size"]
+    assert done.batch_id == stalled_engine.calls[0].ctx.batch_id  # the same batch, run twice, published once
+    for f in (rescuer, stalled):
+        await f.shutdown()
+
+
+async def _truthy(value: object) -> bool:
+    return bool(value)
+
+
+async def test_a_retried_publish_adds_nothing(redis_url: str) -> None:
+    flock = Flock(store=redis_url, env={})
+    async with flock:
+        one = await flock.publish(RPay(n=1))
+        store = flock.store
+        assert isinstance(store, RedisStore)
+        assert await store.publish([one]) == 0  # the same artifact again, as after a lost reply
+        assert [a.id for a in await store.artifacts_by_type(RPay)] == [one.id]
+
+
+async def test_publish_fails_clearly_when_redis_stays_away(private_redis: PrivateRedis) -> None:
+    flock = Flock(store=private_redis.url + "?reconnect_timeout=0.3", env={})
+    await flock.publish(RPay(n=1))
+    private_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match="was unreachable for 0.3 s") as caught:
+        await flock.publish(RPay(n=2))
+    assert time.monotonic() - started < 3 and "not done" in str(caught.value)
+    private_redis.start()  # back (from its append-only file): the acknowledged publish is there, the failed one not
+    assert [p.n for p in await flock.store.get_by_type(RPay)] == [1]
+    await flock.shutdown()
