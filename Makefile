@@ -17,6 +17,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/flock-llm reviews examples/data/reviews.jsonl --output reviews.out.jsonl
 
 test: $(VENV)/.installed
+	tests/start_redis.sh
 	$(PY) -m pytest -q
 	tests_flock_core/run.sh
 
