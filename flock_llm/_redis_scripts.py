@@ -65,24 +65,30 @@ ADD = (
     + _FLUSH_ONE
     + """
 -- KEYS: intake stream, batch list, deadlines, opened, ready stream, seq
--- ARGV: group, entry id, artifact json, member, size (0: none), timeout ms (0: none)
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return {0} end
-local n = redis.call('RPUSH', KEYS[2], ARGV[3])
-if n == 1 then
-  redis.call('HSET', KEYS[4], ARGV[4], now)
-  if tonumber(ARGV[6]) > 0 then redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[4]) end
+-- ARGV: group, member, size (0: none), timeout ms (0: none), then entry id, artifact json pairs
+local size, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
+local added, flushed = 0, 0
+for i = 5, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
+    added = added + 1
+    local n = redis.call('RPUSH', KEYS[2], ARGV[i + 1])
+    if n == 1 then
+      redis.call('HSET', KEYS[4], ARGV[2], now)
+      if timeout > 0 then redis.call('ZADD', KEYS[3], now + timeout, ARGV[2]) end
+    end
+    if size > 0 and n >= size then
+      flush(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], 'size', size, now)
+      flushed = flushed + 1
+    end
+  end
 end
-local size = tonumber(ARGV[5])
-if size > 0 and n >= size then
-  return {2, flush(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[4], 'size', size, now)}
-end
-local deadline = redis.call('ZSCORE', KEYS[3], ARGV[4])
-if deadline then return {1, now, tonumber(deadline)} end
-return {1, now}
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[2])
+return {added, flushed, now, deadline and tonumber(deadline) or -1}
 """
 )
-"""Move one delivered entry into its shared batch (acknowledging the entry in the same step), and flush the
-batch when it is full. Returns {0} (already done), {1, now, deadline?} (added) or {2, batch id} (flushed)."""
+"""Move delivered entries into their shared batch, acknowledging each in the same step (an entry acknowledged
+already is skipped: it was added before), flushing the batch each time it fills.
+Returns {added, flushed, server now, open batch's deadline or -1}."""
 
 FLUSH = (
     _NOW

@@ -76,6 +76,9 @@ class RedisWorker:
         self.store = store
         self._subs = [(agent, sub) for agent in flock.agents for sub in agent.subscriptions]
         self._slots = {agent.name: _Slots(agent.concurrency) for agent in flock.agents}
+        self._members = {
+            (agent.name, sub.index): member_of(agent.name, sub.index, None, False) for agent, sub in self._subs
+        }
         self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
         """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
         self._stopping = False
@@ -203,7 +206,7 @@ class RedisWorker:
     def _member(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
         assert sub.batch is not None
         if sub.batch.by is None:
-            return member_of(agent.name, sub.index, None, False)
+            return self._members[(agent.name, sub.index)]
         try:
             partition = sub.batch.by(artifact.payload)
             return member_of(agent.name, sub.index, partition, True)
@@ -214,25 +217,33 @@ class RedisWorker:
     async def _add_to_batches(
         self, agent: Agent, sub: Subscription, stream: str, group: str, adds: list[tuple[str, str, str]]
     ) -> None:
+        """One ADD script per shared batch touched, all in one round trip."""
         assert sub.batch is not None
         store, add = self.store, self.store.script("ADD")
         size = sub.batch.size or 0
         timeout_ms = 0 if sub.batch.timeout is None else max(1, round(sub.batch.timeout.total_seconds() * 1000))
-        ready = store.ready_stream(agent.name, sub.index)
-        shared = [store.key("deadlines"), store.key("opened"), ready, store.key("seq")]
+        shared = [
+            store.key("deadlines"),
+            store.key("opened"),
+            store.ready_stream(agent.name, sub.index),
+            store.key("seq"),
+        ]
+        by_member: dict[str, list[str]] = {}
+        for entry_id, doc, member in adds:
+            by_member.setdefault(member, []).extend((entry_id, doc))
 
         async def run() -> list[Any]:
             async with store.client.pipeline(transaction=False) as pipe:
-                for entry_id, doc, member in adds:
+                for member, pairs in by_member.items():
                     keys = [stream, store.batch_list(member), *shared]
-                    await add(keys=keys, args=[group, entry_id, doc, member, size, timeout_ms], client=pipe)
+                    await add(keys=keys, args=[group, member, size, timeout_ms, *pairs], client=pipe)
                 return list(await pipe.execute())
 
-        # safe to repeat: an entry already added is acknowledged, and ADD then does nothing
+        # safe to repeat: an entry already added is acknowledged, and ADD then skips it
         results = await store.retrying(run, limit=None)
-        for (_, _, member), result in zip(adds, results, strict=True):
-            if result[0] == 1 and len(result) == 3:
-                self._arm(member, now_ms=int(result[1]), deadline_ms=int(result[2]))
+        for member, (_, _, now_ms, deadline_ms) in zip(by_member, results, strict=True):
+            if deadline_ms != -1:
+                self._arm(member, now_ms=int(now_ms), deadline_ms=int(deadline_ms))
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -452,7 +463,7 @@ class RedisWorker:
         elif isinstance(exc, connection_errors()):
             log.warning("Redis read failed (%s); retrying", type(exc).__name__)
         else:
-            log.error("Redis worker step failed: %r; retrying", exc)
+            log.error("Redis worker step failed: %s: %s; retrying", type(exc).__name__, exc)
         await asyncio.sleep(0.2)
 
 
