@@ -31,6 +31,8 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/core_throughput.py
 	$(PY) benchmarks/llm_batching.py
+	tests/start_redis.sh
+	$(PY) benchmarks/redis_workers.py
 
 clean:
 	rm -rf $(VENV) .venv-flock-core

@@ -454,7 +454,7 @@ class RedisWorker:
         """After a failed read: recreate lost groups (Redis restarted empty) or wait for the connection."""
         from redis.exceptions import ResponseError
 
-        if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+        if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
             log.warning("a consumer group is missing (was Redis emptied?); recreating it")
             try:
                 await self._create_groups()

@@ -258,6 +258,15 @@ class RedisStore:
         return task
 
     async def _write(self, unit: Unit) -> None:
+        try:
+            await self._apply(unit)
+        except StoreUnavailableError:
+            raise  # the publisher gets it
+        except Exception as exc:  # nobody may await a run's commit: say it here, then raise for whoever does
+            log.error("writing to Redis failed: %s: %s", type(exc).__name__, exc)
+            raise
+
+    async def _apply(self, unit: Unit) -> None:
         receipt: Receipt | None = unit.receipt
         if receipt is None:
             for start in range(0, len(unit.artifacts), _PUBLISH_CHUNK):

@@ -138,7 +138,7 @@ def test_foreign_unreadable_and_newer_databases_are_refused_clearly(tmp_path: Pa
         connection.execute("UPDATE flock_meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(ConfigurationError, match="schema version 99, written by a newer flock_llm"):
         SQLiteStore(newer)
-    with pytest.raises(ConfigurationError, match="sqlite:///path/to/flock.db"):
+    with pytest.raises(ConfigurationError, match="store URL must start with .sqlite:///. or .redis://."):
         Flock(store="postgres://x")
 
 

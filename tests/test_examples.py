@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REDIS_URL, redis_or_skip
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run_example(name: str) -> str:
+def run_example(name: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOCK_", "OPENAI_"))}
     env.update(FLOCK_EXAMPLE_TIME_SCALE="0.01", LITELLM_LOCAL_MODEL_COST_MAP="True")
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
+        [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -99,6 +100,15 @@ def test_potion_batch_engine() -> None:
     assert "Potion of troll sweat (shutdown flush, 1/3)" in out
 
 
+def test_distributed_workers_share_batches_and_settle_each_payment_once() -> None:
+    redis_or_skip()
+    out = run_example("distributed_workers.py", "--redis", REDIS_URL, "--workers", "3", "--payments", "1000")
+    assert "1000 payments -> 40 batches ({'size': 40}) settled by 3 worker processes" in out
+    assert "every payment settled exactly once: True" in out
+    per_worker = [int(n) for n in re.findall(r"\): (\d+) batches", out)]
+    assert len(per_worker) == 3 and sum(per_worker) == 40
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
 def test_every_example_has_a_test(name: str) -> None:
     tested = {
@@ -113,5 +123,6 @@ def test_every_example_has_a_test(name: str) -> None:
         "support_tickets.py",
         "batch_efficiency.py",
         "potion_batch_engine.py",
+        "distributed_workers.py",
     }
     assert name in tested

@@ -32,6 +32,7 @@ def test_top_level_exports() -> None:
         "Metrics",
         "ModelCallError",
         "ModelOutputError",
+        "StoreUnavailableError",
         "flock_type",
     }
 

@@ -124,7 +124,7 @@ def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(re
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = [Proc(redis_url, "worker", "--size", "25", "--delay-ms", "50") for _ in range(3)]
+    workers = [Proc(redis_url, "worker", "--size", "25", "--delay-ms", "20") for _ in range(3)]
     try:
         for w in workers:
             w.wait_for("ready")
