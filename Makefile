@@ -18,8 +18,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	tests/start_redis.sh
-	$(PY) -m pytest -q
-	tests_flock_core/run.sh
+	tests/run_all.sh
 
 test-flock-core:
 	tests_flock_core/run.sh

@@ -160,8 +160,11 @@ class RedisWorker:
                 await self._recover(exc)
                 continue
             taken = 0
-            for stream, entries in _stream_entries(replies):
-                taken += await self._take(agent, sub, stream, group, entries)
+            try:
+                for stream, entries in _stream_entries(replies):
+                    taken += await self._take(agent, sub, stream, group, entries)
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive; what was not added stays pending
+                await self._recover(exc)  # (and is taken over after `claim_timeout`)
             if direct and not taken:
                 slots.give()
 
@@ -337,6 +340,13 @@ class RedisWorker:
                 self._run_batch(agent, sub, stream, entry_id, fields)
 
     def _run_batch(self, agent: Agent, sub: Subscription, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            self._start_batch(agent, sub, stream, entry_id, fields)
+        except Exception as exc:  # noqa: BLE001 - a malformed entry: it stays pending (and is logged), the loop goes on
+            self._committed(Receipt(stream, READY_GROUP, entry_id, delete=True))
+            log.error("ready batch %s of %s could not be started: %s: %s", entry_id, stream, type(exc).__name__, exc)
+
+    def _start_batch(self, agent: Agent, sub: Subscription, stream: str, entry_id: str, fields: dict[str, str]) -> None:
         assert sub.batch is not None
         receipt = Receipt(stream, READY_GROUP, entry_id, delete=True)
         self._running[(stream, entry_id)] = (agent.name, receipt)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole suite (`make test`): the main tests, and alongside them the flock-core plugin tests, which
+# build their own Python 3.12 virtualenv first (mostly waiting on pip, so the two overlap well).
+# Needs the test Redis: tests/start_redis.sh (make test runs it first).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log="$(mktemp)"
+tests_flock_core/run.sh >"$log" 2>&1 &
+plugin_pid=$!
+.venv/bin/python -m pytest -q
+main_status=$?
+wait "$plugin_pid"
+plugin_status=$?
+echo "--- flock-core plugin tests (tests_flock_core/run.sh) ---"
+grep -v "is ignored: it is neither a file nor a directory" "$log"
+rm -f "$log"
+if [ "$main_status" -ne 0 ] || [ "$plugin_status" -ne 0 ]; then
+    echo "FAILED: main suite exit $main_status, flock-core plugin suite exit $plugin_status" >&2
+    exit 1
+fi
