@@ -429,36 +429,34 @@ class RedisWorker:
 
     async def _claim_abandoned(self) -> None:
         """Take over entries that silent workers held longer than `claim_timeout`."""
-        store, idle_ms = self.store, int(self.store.claim_timeout * 1000)
-        client = store.client
+        store = self.store
         for agent, sub in self._subs:
             group = store.intake_group(agent.name, sub.index)
             slots = self._slots[agent.name]
             for t in dict.fromkeys(sub.type_names):
                 stream = store.type_stream(t)
                 count = _READ_COUNT if sub.batch is not None else slots.take_up_to(_READ_COUNT)
-                if not count:
-                    continue
-                claimed = await client.xautoclaim(stream, group, store.consumer, idle_ms, "0-0", count=count)
-                entries = [e for e in claimed[1] if e[1]]
-                if entries:
-                    log.warning("took over %d entries of %s from a silent worker", len(entries), stream)
+                entries = await self._autoclaim(stream, group, count, "entries")
                 runs = await self._take(agent, sub, stream, group, entries)
                 if sub.batch is None:
                     slots.give(count - runs)
-            if sub.batch is None:
-                continue
-            stream = store.ready_stream(agent.name, sub.index)
-            count = slots.take_up_to(agent.concurrency)
-            if not count:
-                continue
-            claimed = await client.xautoclaim(stream, READY_GROUP, store.consumer, idle_ms, "0-0", count=count)
-            entries = [e for e in claimed[1] if e[1]]
-            if entries:
-                log.warning("took over %d batches of %s from a silent worker", len(entries), stream)
-            slots.give(count - len(entries))
-            for entry_id, fields in entries:
-                self._run_batch(agent, sub, stream, entry_id, fields)
+            if sub.batch is not None:
+                stream = store.ready_stream(agent.name, sub.index)
+                count = slots.take_up_to(agent.concurrency)
+                entries = await self._autoclaim(stream, READY_GROUP, count, "batches")
+                slots.give(count - len(entries))
+                for entry_id, fields in entries:
+                    self._run_batch(agent, sub, stream, entry_id, fields)
+
+    async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
+        if not count:
+            return []
+        idle_ms = int(self.store.claim_timeout * 1000)
+        claimed = await self.store.client.xautoclaim(stream, group, self.store.consumer, idle_ms, "0-0", count=count)
+        entries = [entry for entry in claimed[1] if entry[1]]  # (deleted entries come back empty)
+        if entries:
+            log.warning("took over %d %s of %s from a silent worker", len(entries), what, stream)
+        return entries
 
     async def _recover(self, exc: Exception) -> None:
         """After a failed read: recreate lost groups (Redis restarted empty) or wait for the connection."""

@@ -4,10 +4,15 @@
 set -euo pipefail
 port="${FLOCK_TEST_REDIS_PORT:-6390}"
 if ! command -v redis-server >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo="sudo -n"
+    fi
+    if { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; } && command -v apt-get >/dev/null 2>&1; then
         echo "installing redis-server (Debian package) for the Redis tests"
-        apt-get install -y -q redis-server >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get install -y -q redis-server >/dev/null 2>&1 \
+            || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q redis-server >/dev/null; }
     else
         echo "the Redis tests need redis-server: install it (apt-get install redis-server) and run again" >&2
         exit 1

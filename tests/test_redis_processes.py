@@ -74,6 +74,13 @@ class Proc:
                 stream.close()
 
 
+def start_workers(url: str, n: int, *args: str) -> list[Proc]:
+    workers = [Proc(url, "worker", "--size", "25", *args) for _ in range(n)]
+    for w in workers:
+        w.wait_for("ready")
+    return workers
+
+
 def namespace_of(url: str) -> str:
     return url.split("namespace=")[1].split("&")[0]
 
@@ -103,10 +110,8 @@ def assert_each_item_once(done: list[dict[str, Any]], count: int) -> None:
 
 def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = [Proc(redis_url, "worker", "--size", "25") for _ in range(3)]
+    workers = start_workers(redis_url, 3)
     try:
-        for w in workers:
-            w.wait_for("ready")
         producer = Proc(redis_url, "produce", "0", "10000")
         assert producer.popen.wait(timeout=60) == 0, producer.stderr()
         producer.close()
@@ -124,10 +129,8 @@ def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(re
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = [Proc(redis_url, "worker", "--size", "25", "--delay-ms", "20") for _ in range(3)]
+    workers = start_workers(redis_url, 3, "--delay-ms", "20")
     try:
-        for w in workers:
-            w.wait_for("ready")
         producer = Proc(redis_url, "produce", "0", "10000")
         victim = workers[0]
         ready = "{" + namespace_of(redis_url) + '}:r:["jobs", 0]'
@@ -151,10 +154,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_ur
 
 def test_a_partial_batch_fed_by_two_processes_flushes_once_at_its_timeout(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = [Proc(redis_url, "worker", "--size", "25", "--timeout-ms", "500") for _ in range(2)]
+    workers = start_workers(redis_url, 2, "--timeout-ms", "500")
     try:
-        for w in workers:
-            w.wait_for("ready")
         started = time.monotonic()
         producers = [
             Proc(redis_url, "produce", "0", "3", "--origin", "first"),
@@ -177,10 +178,8 @@ def test_a_partial_batch_fed_by_two_processes_flushes_once_at_its_timeout(redis_
 def test_redis_restarted_mid_run_loses_nothing_acknowledged(private_redis: PrivateRedis) -> None:
     url = private_redis.url + "?namespace=restart&claim_timeout=1&sweep_interval=0.2"
     client = redis.Redis(port=private_redis.port)
-    workers = [Proc(url, "worker", "--size", "25") for _ in range(2)]
+    workers = start_workers(url, 2)
     try:
-        for w in workers:
-            w.wait_for("ready")
         producer = Proc(url, "produce", "0", "5000", "--chunk", "50")
         producer.wait_for("published 1500")
         private_redis.kill()  # SIGKILL: only what was fsynced to the append-only file survives
