@@ -331,3 +331,30 @@ async def test_publish_fails_clearly_when_redis_stays_away(private_redis: Privat
     private_redis.start()  # back (from its append-only file): the acknowledged publish is there, the failed one not
     assert [p.n for p in await flock.store.get_by_type(RPay)] == [1]
     await flock.shutdown()
+
+
+async def test_a_partition_key_that_is_not_json_is_recorded_not_lost(redis_url: str) -> None:
+    class Region:  # hashable, but no other process could rebuild it
+        pass
+
+    w = Flock(store=redis_url, env={})
+    (
+        w.agent("payments")
+        .consumes(RPay, batch=BatchSpec(size=2, timeout=timedelta(seconds=30), by=lambda p: Region()))
+        .publishes(RPayBatch)
+        .with_engines(FunctionEngine(batch=summarize))
+    )
+    await w.start()
+    published = await w.publish(RPay(n=1))
+    (failure,) = await outputs(w, FailureRecord, 1)
+    assert failure.stage == "batch_by" and failure.error_type == "TypeError" and failure.input_ids == [published.id]
+    assert w.metrics().count("batch_key_errors") == 1
+    await w.shutdown()
+
+
+def test_passwords_are_redacted_from_store_urls() -> None:
+    from flock_llm.redis_store import redact_url
+
+    assert redact_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact_url("rediss://:pw@host/1?x=1") == "rediss://:***@host/1?x=1"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
