@@ -17,7 +17,7 @@ Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
 
 from __future__ import annotations
 
-__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "PUBLISH"]
+__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "PUBLISH", "TRIM"]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -137,3 +137,17 @@ return added
 )
 """Finish a run: acknowledge what it consumed and publish its outputs, together, once. Returns -1 when the
 entry was acknowledged already (another worker committed this run), else how many outputs were new."""
+
+TRIM = """
+-- KEYS: type stream, ids; ARGV: bound (entries strictly older are removed), at most this many
+local entries = redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', tonumber(ARGV[2]))
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'a' then redis.call('HDEL', KEYS[2], cjson.decode(fields[i + 1])[1]) end
+  end
+  redis.call('XDEL', KEYS[1], entry[1])
+end
+return #entries
+"""
+"""Forget the oldest artifacts of one type (and their ids), below a bound the caller made safe."""

@@ -400,7 +400,7 @@ class RedisWorker:
         store = self.store
         tick = min(store.sweep_interval, store.claim_timeout / 3)
         loop = asyncio.get_running_loop()
-        last_sweep = last_claim = loop.time()
+        last_sweep = last_claim = last_trim = loop.time()
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
@@ -409,6 +409,9 @@ class RedisWorker:
                 if now - last_sweep >= store.sweep_interval:
                     last_sweep = now
                     await self.flush_due()
+                if store.retention is not None and now - last_trim >= min(60.0, max(tick, store.retention / 2)):
+                    last_trim = now
+                    await store.trim(store.retention)
                 if not self._stopping and now - last_claim >= store.claim_timeout / 2:
                     last_claim = now
                     await self._claim_abandoned()

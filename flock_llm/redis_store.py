@@ -25,6 +25,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -58,7 +59,13 @@ M = TypeVar("M", bound=BaseModel)
 
 READY_GROUP = "workers"
 _PUBLISH_CHUNK = 500
-_OUR_PARAMETERS = {"namespace": str, "claim_timeout": float, "sweep_interval": float, "reconnect_timeout": float}
+_OUR_PARAMETERS = {
+    "namespace": str,
+    "claim_timeout": float,
+    "sweep_interval": float,
+    "reconnect_timeout": float,
+    "retention": float,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,9 @@ class RedisStore:
             workers; batches opened by a live worker flush at their deadline regardless.
         reconnect_timeout: how long `publish()` keeps reconnecting before it raises StoreUnavailableError
             (workers' loops keep reconnecting until shut down).
+        retention: seconds (or a timedelta) to keep artifacts; None (default) keeps them all. Older
+            artifacts are forgotten once every consumer group has processed them (never before), so
+            `get_by_type()` then shows the retained window only.
     """
 
     durable = True
@@ -113,6 +123,7 @@ class RedisStore:
         claim_timeout: float = 30.0,
         sweep_interval: float = 1.0,
         reconnect_timeout: float = 30.0,
+        retention: float | timedelta | None = None,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"store URL must look like 'redis://host:6379/0', got {redact_url(str(url))!r}")
@@ -120,7 +131,10 @@ class RedisStore:
             raise ConfigurationError(
                 f"`namespace` must be a non-empty name without braces or spaces, got {namespace!r}"
             )
+        if isinstance(retention, timedelta):
+            retention = retention.total_seconds()
         for name, value in (
+            *((("retention", retention),) if retention is not None else ()),
             ("claim_timeout", claim_timeout),
             ("sweep_interval", sweep_interval),
             ("reconnect_timeout", reconnect_timeout),
@@ -132,6 +146,7 @@ class RedisStore:
         self.claim_timeout = float(claim_timeout)
         self.sweep_interval = float(sweep_interval)
         self.reconnect_timeout = float(reconnect_timeout)
+        self.retention: float | None = None if retention is None else float(retention)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         """This process's consumer name in every group."""
         self._prefix = "{" + namespace + "}:"
@@ -143,7 +158,8 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        """A store from a URL whose query may also set namespace, claim_timeout, sweep_interval, reconnect_timeout."""
+        """A store from a URL whose query may also set namespace, claim_timeout, sweep_interval, reconnect_timeout
+        and retention (seconds)."""
         parts = urlsplit(url)
         ours: dict[str, Any] = {}
         rest = []
@@ -222,7 +238,7 @@ class RedisStore:
             await client.aclose()
             raise ConfigurationError(f"the Redis store needs Redis >= 6.2 (XAUTOCLAIM); the server is {version!r}")
         self._client = client
-        for name in ("PUBLISH", "ADD", "FLUSH", "DUE", "COMMIT"):
+        for name in ("PUBLISH", "ADD", "FLUSH", "DUE", "COMMIT", "TRIM"):
             self._scripts[name] = client.register_script(getattr(scripts, name))
 
     async def retrying(self, operation: Callable[[], Awaitable[T]], *, limit: float | None) -> T:
@@ -302,6 +318,35 @@ class RedisStore:
         )
         return added
 
+    async def trim(self, retention: float) -> int:
+        """Forget artifacts older than `retention` seconds that every consumer group is done with.
+
+        The bound for each type stream is the oldest of: the cut-off time, the entry after each group's
+        last delivered one, and each group's oldest unacknowledged one; groups only move forward, so a
+        bound computed now stays safe. Returns how many artifacts were forgotten.
+        """
+        seconds, micros = await self.client.time()
+        cutoff = (int(seconds) * 1000 + int(micros) // 1000 - int(retention * 1000), 0)
+        prefix = self.type_stream("")
+        streams = [key async for key in self.client.scan_iter(match=prefix + "*", count=1_000)]
+        forgotten = 0
+        for stream in streams:
+            bound = cutoff
+            for group in await self.client.xinfo_groups(stream):
+                delivered = _entry_id(group["last-delivered-id"])
+                bound = min(bound, (delivered[0], delivered[1] + 1))  # undelivered entries stay
+                if group["pending"]:
+                    oldest = (await self.client.xpending(stream, group["name"]))["min"]
+                    bound = min(bound, _entry_id(oldest))  # unacknowledged ones too
+            while True:
+                removed = int(
+                    await self.script("TRIM")(keys=[stream, self.key("ids")], args=[f"{bound[0]}-{bound[1]}", 500])
+                )
+                forgotten += removed
+                if removed < 500:
+                    break
+        return forgotten
+
     def add(self, artifact: Artifact) -> None:
         raise RuntimeError("internal error: the Redis store is written in units (Flock.publish), not with add()")
 
@@ -380,6 +425,12 @@ class RedisStore:
                 continue
             found.extend(await self.artifacts_by_type(cls))
         return found
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a comparable pair."""
+    ms, _, seq = str(text).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _id_json_pairs(artifacts: Iterable[Artifact]) -> list[str]:

@@ -358,3 +358,29 @@ def test_passwords_are_redacted_from_store_urls() -> None:
     assert redact_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact_url("rediss://:pw@host/1?x=1") == "rediss://:***@host/1?x=1"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+async def test_retention_forgets_processed_artifacts_and_never_unprocessed_ones(redis_url: str) -> None:
+    url = redis_url + "&retention=0.3"
+    first = worker(url, size=2)
+    await first.start()  # creates the consumer group, then leaves: nobody processes for a while
+    await first.shutdown()
+    producer = Flock(store=url, env={})
+    published = await producer.publish_many([RPay(n=n) for n in range(4)])
+    store = producer.store
+    assert isinstance(store, RedisStore)
+    await asyncio.sleep(1.0)  # several trims, all past the retention: the items were never delivered
+    assert await store.count(RPay) == 4
+    second = worker(url, size=2)
+    await second.start()
+    done = await outputs(second, RPayBatch, 2)
+    assert sorted(n for d in done for n in d.ns) == [0, 1, 2, 3]
+    await until(lambda: _count_is(store, RPay, 0), timeout=5)  # processed and older than 0.3 s: forgotten
+    assert await store.get(published[0].id) is None
+    assert await store.publish([published[0]]) == 1  # its id was forgotten with it
+    for f in (second, producer):
+        await f.shutdown()
+
+
+async def _count_is(store: RedisStore, cls: type[BaseModel], n: int) -> bool:
+    return await store.count(cls) == n
