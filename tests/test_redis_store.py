@@ -78,7 +78,9 @@ def test_store_url_sets_our_options_and_keeps_redis_ones() -> None:
     store = RedisStore.from_url(
         "redis://:s3cret@127.0.0.1:6390/2?namespace=payments&claim_timeout=5&socket_keepalive=1"
     )
-    assert (store.namespace, store.claim_timeout) == ("payments", 5.0)
+    assert (store.namespace, store.claim_timeout, store.retention) == ("payments", 5.0, None)
+    assert RedisStore.from_url("redis://h/0?retention=3600").retention == 3600.0
+    assert RedisStore("redis://h/0", retention=timedelta(hours=1)).retention == 3600.0
     assert store.url == "redis://:s3cret@127.0.0.1:6390/2?socket_keepalive=1"
     assert "s3cret" not in repr(store) and "***" in repr(store)
 
@@ -88,6 +90,7 @@ def test_store_url_sets_our_options_and_keeps_redis_ones() -> None:
     [
         ("redis://h/0?claim_timeout=soon", "`claim_timeout` in the store URL must be a number"),
         ("redis://h/0?claim_timeout=0", "`claim_timeout` must be a positive number"),
+        ("redis://h/0?retention=-1", "`retention` must be a positive number"),
         ("redis://h/0?namespace={x}", "`namespace` must be a non-empty name"),
         ("http://h/0", "store URL must look like 'redis://"),
     ],
