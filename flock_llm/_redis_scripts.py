@@ -17,7 +17,7 @@ Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
 
 from __future__ import annotations
 
-__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "PUBLISH", "TRIM"]
+__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "FORGET_CONSUMERS", "PUBLISH", "TRIM"]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -151,3 +151,20 @@ end
 return #entries
 """
 """Forget the oldest artifacts of one type (and their ids), below a bound the caller made safe."""
+
+FORGET_CONSUMERS = """
+-- KEYS: stream; ARGV: group, idle ms, the calling consumer
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) and info['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+"""Remove consumers (processes that left) idle that long with nothing pending; checked and removed in one
+step, so no entry can slip into a consumer being removed. A live consumer removed anyway is recreated by
+its next read."""

@@ -452,9 +452,15 @@ class RedisWorker:
                     self._run_batch(agent, sub, stream, entry_id, fields)
 
     async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
+        """Claim up to `count` entries idle longer than `claim_timeout`; forget consumers long gone."""
+        idle_ms = int(self.store.claim_timeout * 1000)
+        gone = await self.store.script("FORGET_CONSUMERS")(
+            keys=[stream], args=[group, 3 * idle_ms, self.store.consumer]
+        )
+        if gone:
+            log.info("removed %d departed consumers from group %s of %s", gone, group, stream)
         if not count:
             return []
-        idle_ms = int(self.store.claim_timeout * 1000)
         claimed = await self.store.client.xautoclaim(stream, group, self.store.consumer, idle_ms, "0-0", count=count)
         entries = [entry for entry in claimed[1] if entry[1]]  # (deleted entries come back empty)
         if entries:

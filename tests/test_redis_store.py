@@ -387,3 +387,25 @@ async def test_retention_forgets_processed_artifacts_and_never_unprocessed_ones(
 
 async def _count_is(store: RedisStore, cls: type[BaseModel], n: int) -> bool:
     return await store.count(cls) == n
+
+
+async def test_consumers_of_processes_that_left_are_forgotten(redis_url: str) -> None:
+    leaver = worker(redis_url)
+    await leaver.start()
+    await leaver.publish_many([RPay(n=n) for n in range(5)])
+    await outputs(leaver, RPayBatch, 1)
+    store = leaver.store
+    assert isinstance(store, RedisStore)
+    gone = store.consumer
+    await leaver.shutdown()
+    stayer = worker(redis_url)
+    await stayer.start()
+    client = stayer.store.client  # type: ignore[attr-defined]
+    stream, group = store.type_stream("RPay"), RedisStore.intake_group("payments", 0)
+    assert [c["name"] for c in await client.xinfo_consumers(stream, group)] == [gone]
+
+    async def forgotten() -> bool:
+        return not await client.xinfo_consumers(stream, group)
+
+    await until(forgotten, timeout=8)  # idle 3 x claim_timeout (1 s) with nothing pending
+    await stayer.shutdown()
