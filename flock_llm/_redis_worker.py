@@ -82,6 +82,7 @@ class RedisWorker:
         self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
         """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
         self._stopping = False
+        self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
@@ -124,20 +125,22 @@ class RedisWorker:
                         raise
 
     async def stop(self) -> None:
-        """Stop taking work (runs already taken go on); within about a quarter of a second."""
+        """Stop taking work (runs already taken go on); within about a quarter of a second, or, while Redis
+        is unreachable, `reconnect_timeout` (what a loop had read but not added stays pending in Redis)."""
         self._stopping = True
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await _finish(self._loops, self.store.reconnect_timeout)
 
     async def close(self) -> None:
-        """After the runs finished: stop housekeeping and timers, commit what is in flight, disconnect."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        """After the runs finished: stop housekeeping and timers, commit what is in flight, disconnect.
+
+        Housekeeping is stopped with a flag, not by cancelling it: a cancellation can be lost inside a
+        client call (asyncio.gather returns normally when its children swallow it), and shutdown must end.
+        """
+        self._closing = True
         for _, timer in self._timers.values():
             timer.cancel()
-        for task in list(self._flushes):
-            task.cancel()
-        await asyncio.gather(*self._flushes, return_exceptions=True)
+        tasks = [*self._flushes, *([self._housekeeping] if self._housekeeping is not None else [])]
+        await _finish(tasks, 2.0)
         await self.store.aclose()
 
     # -- intake: deliveries into shared batches (or straight to a run) --------------------
@@ -220,7 +223,7 @@ class RedisWorker:
     async def _add_to_batches(
         self, agent: Agent, sub: Subscription, stream: str, group: str, adds: list[tuple[str, str, str]]
     ) -> None:
-        """One ADD script per shared batch touched, all in one round trip."""
+        """One ADD script per shared batch touched (usually one), sent together."""
         assert sub.batch is not None
         store, add = self.store, self.store.script("ADD")
         size = sub.batch.size or 0
@@ -235,12 +238,12 @@ class RedisWorker:
         for entry_id, doc, member in adds:
             by_member.setdefault(member, []).extend((entry_id, doc))
 
-        async def run() -> list[Any]:
-            async with store.client.pipeline(transaction=False) as pipe:
-                for member, pairs in by_member.items():
-                    keys = [stream, store.batch_list(member), *shared]
-                    await add(keys=keys, args=[group, member, size, timeout_ms, *pairs], client=pipe)
-                return list(await pipe.execute())
+        async def run() -> list[Any]:  # concurrent calls, not a pipeline: Redis Cluster pipelines refuse scripts
+            calls = [
+                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, size, timeout_ms, *pairs])
+                for member, pairs in by_member.items()
+            ]
+            return list(await asyncio.gather(*calls))
 
         # safe to repeat: an entry already added is acknowledged, and ADD then skips it
         results = await store.retrying(run, limit=None)
@@ -401,7 +404,7 @@ class RedisWorker:
         tick = min(store.sweep_interval, store.claim_timeout / 3)
         loop = asyncio.get_running_loop()
         last_sweep = last_claim = last_trim = loop.time()
-        while True:
+        while not self._closing:
             await asyncio.sleep(tick)
             now = loop.time()
             try:
@@ -482,6 +485,17 @@ class RedisWorker:
         else:
             log.error("Redis worker step failed: %s: %s; retrying", type(exc).__name__, exc)
         await asyncio.sleep(0.2)
+
+
+async def _finish(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Wait for tasks that end on a flag; cancel those still running after `timeout` (stuck in a call)."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=timeout)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=1.0)
 
 
 def _stream_entries(replies: Any) -> list[tuple[str, list[Any]]]:

@@ -59,12 +59,19 @@ M = TypeVar("M", bound=BaseModel)
 
 READY_GROUP = "workers"
 _PUBLISH_CHUNK = 500
-_OUR_PARAMETERS = {
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+_OUR_PARAMETERS: dict[str, Callable[[str], Any]] = {
     "namespace": str,
     "claim_timeout": float,
     "sweep_interval": float,
     "reconnect_timeout": float,
     "retention": float,
+    "cluster": _flag,
 }
 
 
@@ -110,6 +117,7 @@ class RedisStore:
         retention: seconds (or a timedelta) to keep artifacts; None (default) keeps them all. Older
             artifacts are forgotten once every consumer group has processed them (never before), so
             `get_by_type()` then shows the retained window only.
+        cluster: the URL names a node of a Redis Cluster (all of a namespace's keys share one slot).
     """
 
     durable = True
@@ -124,6 +132,7 @@ class RedisStore:
         sweep_interval: float = 1.0,
         reconnect_timeout: float = 30.0,
         retention: float | timedelta | None = None,
+        cluster: bool = False,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"store URL must look like 'redis://host:6379/0', got {redact_url(str(url))!r}")
@@ -147,6 +156,7 @@ class RedisStore:
         self.sweep_interval = float(sweep_interval)
         self.reconnect_timeout = float(reconnect_timeout)
         self.retention: float | None = None if retention is None else float(retention)
+        self.cluster = bool(cluster)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         """This process's consumer name in every group."""
         self._prefix = "{" + namespace + "}:"
@@ -219,19 +229,29 @@ class RedisStore:
             from redis.asyncio import Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import RedisClusterException
         except ImportError:
             raise ConfigurationError("the Redis store needs redis-py: pip install 'flock_llm[redis]'") from None
-        client = Redis.from_url(
-            self.url,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=10.0,
-            retry=Retry(NoBackoff(), 0),  # we retry ourselves, only where a retry is idempotent
-        )
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": 2.0,
+            "socket_timeout": 10.0,
+            "retry": Retry(NoBackoff(), 0),  # we retry ourselves, only where a retry is idempotent
+        }
+        client: Any = None
         try:
-            info = await client.info("server")
-        except connection_errors() as exc:
-            await client.aclose()
+            if self.cluster:
+                from redis.asyncio.cluster import RedisCluster
+
+                client = RedisCluster.from_url(self.url, **options)
+                await client.initialize()
+                info = await client.info("server", target_nodes=RedisCluster.RANDOM)
+            else:
+                client = Redis.from_url(self.url, **options)
+                info = await client.info("server")
+        except (*connection_errors(), RedisClusterException) as exc:  # type: ignore[misc]
+            if client is not None:
+                await client.aclose()
             raise StoreUnavailableError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
         version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2] if p.isdigit())
         if version < (6, 2):
@@ -350,10 +370,16 @@ class RedisStore:
     def add(self, artifact: Artifact) -> None:
         raise RuntimeError("internal error: the Redis store is written in units (Flock.publish), not with add()")
 
-    async def settle(self) -> None:
-        """Wait until the writes in flight are applied (or failed)."""
+    async def settle(self) -> bool:
+        """Wait (up to `reconnect_timeout`) until the writes in flight are applied or failed; False if some
+        are still retrying (Redis unreachable): they go on in the background."""
+        deadline = asyncio.get_running_loop().time() + self.reconnect_timeout
         while self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(list(self._writes), timeout=remaining)
+        return True
 
     async def aclose(self) -> None:
         """Wait (up to `reconnect_timeout`) for the writes in flight, then close the connection.

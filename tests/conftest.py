@@ -37,33 +37,52 @@ async def references(flock: Flock, agent: str) -> dict[str, int]:
 
 
 REDIS_URL = os.environ.get("FLOCK_TEST_REDIS_URL", "redis://127.0.0.1:6390/0")
+REDIS_CLUSTER_URL = os.environ.get("FLOCK_TEST_REDIS_CLUSTER_URL", "redis://127.0.0.1:6391/0")
+"""A node of a 3-node Redis Cluster (ports 6391-6393), also started by tests/start_redis.sh."""
 
 
-def redis_or_skip() -> None:
+def redis_or_skip(url: str = REDIS_URL, *, cluster: bool = False) -> None:
     """The test Redis (tests/start_redis.sh, which `make test` runs) must answer; in CI its absence fails."""
     import redis
+    from redis.cluster import RedisCluster
 
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.ConnectionError:
-        message = f"no Redis at {REDIS_URL}: run tests/start_redis.sh (`make test` does)"
+        client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except (redis.ConnectionError, redis.exceptions.RedisClusterException):
+        message = f"no Redis{' Cluster' if cluster else ''} at {url}: run tests/start_redis.sh (`make test` does)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The test Redis, in a namespace of its own (deleted afterwards), with short claim and sweep times."""
+def _redis_namespace(url: str, *, cluster: bool) -> Iterator[str]:
     import redis
+    from redis.cluster import RedisCluster
 
-    redis_or_skip()
+    redis_or_skip(url, cluster=cluster)
     namespace = "test-" + uuid.uuid4().hex[:10]
-    yield f"{REDIS_URL}?namespace={namespace}&claim_timeout=1&sweep_interval=0.2"
-    client = redis.Redis.from_url(REDIS_URL)
+    yield f"{url}?namespace={namespace}&claim_timeout=1&sweep_interval=0.2" + ("&cluster=1" if cluster else "")
+    client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
     keys = list(client.scan_iter(match="{" + namespace + "}:*", count=1000))
-    if keys:
+    if keys:  # one hash tag: one slot, so one DEL also works on a cluster
         client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test Redis — a single server, then a Redis Cluster — in a namespace of its own (deleted
+    afterwards), with short claim and sweep times."""
+    cluster = request.param == "cluster"
+    yield from _redis_namespace(REDIS_CLUSTER_URL if cluster else REDIS_URL, cluster=cluster)
+
+
+@pytest.fixture
+def redis_single_url() -> Iterator[str]:
+    """Like `redis_url`, on the single server only (the multi-process tests)."""
+    yield from _redis_namespace(REDIS_URL, cluster=False)
 
 
 class PrivateRedis:

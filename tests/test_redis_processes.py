@@ -108,15 +108,15 @@ def assert_each_item_once(done: list[dict[str, Any]], count: int) -> None:
     assert len({b["batch_id"] for b in done}) == len(done), "a batch published twice"
 
 
-def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = start_workers(redis_url, 3)
+def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(redis_single_url: str) -> None:
+    client = redis.Redis.from_url(redis_single_url.split("?")[0])
+    workers = start_workers(redis_single_url, 3)
     try:
-        producer = Proc(redis_url, "produce", "0", "10000")
+        producer = Proc(redis_single_url, "produce", "0", "10000")
         assert producer.popen.wait(timeout=60) == 0, producer.stderr()
         producer.close()
-        wait_for_batches(client, redis_url, 400)
-        done = batches(client, redis_url)
+        wait_for_batches(client, redis_single_url, 400)
+        done = batches(client, redis_single_url)
         assert (
             len(done) == 400 and {len(b["ns"]) for b in done} == {25} and {b["flush_reason"] for b in done} == {"size"}
         )
@@ -127,13 +127,13 @@ def test_three_workers_and_a_producer_make_exactly_400_batches_of_10000_items(re
     assert codes == [0, 0, 0]  # SIGTERM: each finished what it took and exited cleanly
 
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = start_workers(redis_url, 3, "--delay-ms", "20")
+def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_single_url: str) -> None:
+    client = redis.Redis.from_url(redis_single_url.split("?")[0])
+    workers = start_workers(redis_single_url, 3, "--delay-ms", "20")
     try:
-        producer = Proc(redis_url, "produce", "0", "10000")
+        producer = Proc(redis_single_url, "produce", "0", "10000")
         victim = workers[0]
-        ready = "{" + namespace_of(redis_url) + '}:r:["jobs", 0]'
+        ready = "{" + namespace_of(redis_single_url) + '}:r:["jobs", 0]'
         deadline = time.monotonic() + 30
         held = 0
         while not held and time.monotonic() < deadline:  # kill it while it holds a batch it has not finished
@@ -143,8 +143,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_ur
         victim.kill()
         assert producer.popen.wait(timeout=60) == 0, producer.stderr()
         producer.close()
-        wait_for_batches(client, redis_url, 400)
-        done = batches(client, redis_url)
+        wait_for_batches(client, redis_single_url, 400)
+        done = batches(client, redis_single_url)
         assert len(done) == 400 and {len(b["ns"]) for b in done} == {25}
         assert_each_item_once(done, 10_000)
     finally:
@@ -152,21 +152,21 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(redis_ur
             w.stop()
 
 
-def test_a_partial_batch_fed_by_two_processes_flushes_once_at_its_timeout(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url.split("?")[0])
-    workers = start_workers(redis_url, 2, "--timeout-ms", "500")
+def test_a_partial_batch_fed_by_two_processes_flushes_once_at_its_timeout(redis_single_url: str) -> None:
+    client = redis.Redis.from_url(redis_single_url.split("?")[0])
+    workers = start_workers(redis_single_url, 2, "--timeout-ms", "500")
     try:
         started = time.monotonic()
         producers = [
-            Proc(redis_url, "produce", "0", "3", "--origin", "first"),
-            Proc(redis_url, "produce", "3", "4", "--origin", "second"),
+            Proc(redis_single_url, "produce", "0", "3", "--origin", "first"),
+            Proc(redis_single_url, "produce", "3", "4", "--origin", "second"),
         ]
         for p in producers:
             assert p.popen.wait(timeout=30) == 0, p.stderr()
             p.close()
-        wait_for_batches(client, redis_url, 1, timeout=10)
+        wait_for_batches(client, redis_single_url, 1, timeout=10)
         elapsed = time.monotonic() - started
-        (done,) = batches(client, redis_url)
+        (done,) = batches(client, redis_single_url)
         assert sorted(done["ns"]) == list(range(7)) and done["flush_reason"] == "timeout"
         assert done["origins"] == ["first", "second"]
         assert elapsed >= 0.5

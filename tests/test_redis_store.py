@@ -409,3 +409,21 @@ async def test_consumers_of_processes_that_left_are_forgotten(redis_url: str) ->
 
     await until(forgotten, timeout=8)  # idle 3 x claim_timeout (1 s) with nothing pending
     await stayer.shutdown()
+
+
+async def test_a_worker_shuts_down_in_bounded_time_while_redis_is_gone(private_redis: PrivateRedis) -> None:
+    w = worker(private_redis.url + "?reconnect_timeout=0.5&claim_timeout=1&sweep_interval=0.2", size=2)
+    await w.start()
+    await w.publish(RPay(n=1))  # a batch is open in Redis
+    private_redis.kill()
+    await asyncio.sleep(0.3)  # loops and housekeeping are now failing and reconnecting
+    started = time.monotonic()
+    await asyncio.wait_for(w.shutdown(), timeout=10)
+    assert time.monotonic() - started < 5
+    private_redis.start()  # the open batch is still there for the next worker
+    again = worker(private_redis.url + "?claim_timeout=1&sweep_interval=0.2", size=2)
+    await again.start()
+    await again.publish(RPay(n=2))
+    (done,) = await outputs(again, RPayBatch, 1)
+    assert sorted(done.ns) == [1, 2]
+    await again.shutdown()
