@@ -15,6 +15,8 @@ from .errors import (
     FlockWarning,
     ModelCallError,
     ModelOutputError,
+    ProviderUnavailableError,
+    StoreError,
     StoreUnavailableError,
 )
 from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics
@@ -38,6 +40,8 @@ __all__ = [
     "Metrics",
     "ModelCallError",
     "ModelOutputError",
+    "ProviderUnavailableError",
+    "StoreError",
     "StoreUnavailableError",
     "flock_type",
 ]

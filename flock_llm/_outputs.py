@@ -9,7 +9,7 @@ from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .errors import EngineError
 from .registry import type_name_of
-from .visibility import combine_visibilities
+from .visibility import Visibility, combine_visibilities
 
 __all__ = ["failure_artifact", "output_artifact"]
 
@@ -42,13 +42,16 @@ def output_artifact(agent: Agent, obj: BaseModel, derived_from: tuple[str, ...],
     )
 
 
-def failure_artifact(agent: Agent, inputs: list[Artifact], record: FailureRecord) -> Artifact:
-    """The artifact for a failure record: derived from, and as visible as, the inputs it names."""
+def failure_artifact(
+    agent: Agent, inputs: list[Artifact], record: FailureRecord, *, visibility: Visibility | None = None
+) -> Artifact:
+    """The artifact for a failure record: derived from, and as visible as, the inputs it names (or as
+    `visibility`, for inputs known only by id and visibility, such as entries that no longer decode)."""
     return Artifact(
         type_name=type_name_of(FailureRecord),
         payload=record,
         produced_by=agent.name,
         derived_from=tuple(record.input_ids),
         correlation_id=inputs[0].correlation_id if inputs else None,
-        visibility=combine_visibilities(a.visibility for a in inputs),
+        visibility=combine_visibilities(a.visibility for a in inputs) if visibility is None else visibility,
     )

@@ -9,7 +9,9 @@ progress and takes over what silent workers hold. All decisions about batches ha
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import time
 import logging
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from .artifact import Artifact, FailureRecord
 from .errors import ConfigurationError, StoreUnavailableError
 from .redis_store import READY_GROUP, Receipt, RedisStore, connection_errors
 from .subscription import Subscription
+from .visibility import AgentIdentity, PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
 
 if TYPE_CHECKING:
     from .orchestrator import Flock
@@ -31,7 +34,6 @@ log = logging.getLogger("flock_llm.redis")
 
 _BLOCK_MS = 250
 """How long a read waits for new entries; also how soon a stopping worker notices."""
-_READ_COUNT = 500
 
 
 class _Slots:
@@ -61,13 +63,79 @@ class _Slots:
         self._freed.set()
 
 
-def member_of(agent: str, sub: int, partition: Hashable | None, partitioned: bool) -> str:
-    """The shared batch's name: JSON of [agent, subscription, partition?] (so any process can rebuild it).
+def member_of(agent: str, sub: int, identity: str, partition: Hashable | None, partitioned: bool) -> str:
+    """The shared batch's name: JSON of [agent, subscription, identity, partition?] (so any process can
+    rebuild it). Processes that define one agent with different tenants or labels (mid-deploy) fill
+    different batches, so no batch holds an artifact its runner may not see.
 
     Raises:
         TypeError: the partition key is not a JSON value.
     """
-    return json.dumps([agent, sub, partition] if partitioned else [agent, sub], separators=(",", ":"))
+    key = [agent, sub, identity, partition] if partitioned else [agent, sub, identity]
+    return json.dumps(key, separators=(",", ":"))
+
+
+def identity_of(agent: Agent) -> str:
+    """A short name for what visibility checks know of an agent ("" for no tenant and no labels)."""
+    return _identity_key(agent.identity)
+
+
+def _identity_key(who: AgentIdentity) -> str:
+    if who.tenant_id is None and not who.labels:
+        return ""
+    text = json.dumps([who.tenant_id, sorted(who.labels)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class _Peers:
+    """How the live worker processes define this process's agents (tenant and labels), kept in Redis.
+
+    Each worker announces its definitions (and reads everyone's) every housekeeping tick; an entry this
+    process may not see, but a live peer's definition of the same agent may, is left for that peer.
+    """
+
+    def __init__(self, store: RedisStore, agents: list[Agent]) -> None:
+        self.store = store
+        self._mine = {a.name: [a.identity.tenant_id, sorted(a.identity.labels)] for a in agents}
+        self._known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
+
+    async def exchange(self) -> None:
+        """Announce this process's definitions and read the live ones of every process."""
+        key = self.store.key("identities")
+        client = self.store.client
+        await client.hset(key, self.store.consumer, json.dumps({"at": time.time(), "agents": self._mine}))
+        known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
+        horizon = time.time() - 3 * self.store.claim_timeout
+        stale = []
+        for consumer, doc in (await client.hgetall(key)).items():
+            try:
+                found = json.loads(doc)
+                if float(found["at"]) < horizon:
+                    stale.append(consumer)
+                    continue
+                for name, (tenant, labels) in found["agents"].items():
+                    if name in self._mine:
+                        identity = AgentIdentity(name, frozenset(labels), tenant)
+                        known.setdefault(name, []).append((consumer, _identity_key(identity), identity))
+            except (ValueError, KeyError, TypeError):
+                stale.append(consumer)  # written by another version: ignored, and removed
+        if stale:
+            await client.hdel(key, *stale)
+        self._known = known
+
+    def who_may_see(self, agent: str, identity: str, artifact: Artifact) -> str | None:
+        """The consumer name of a live peer that defines `agent` otherwise than `identity` and may see
+        `artifact`, if there is one."""
+        for consumer, key, who in self._known.get(agent, ()):
+            if key != identity and artifact.visibility.allows(who):
+                return consumer
+        return None
+
+    async def leave(self) -> None:
+        try:
+            await self.store.client.hdel(self.store.key("identities"), self.store.consumer)
+        except Exception as exc:  # noqa: BLE001 - Redis may be gone at shutdown; the entry then goes stale
+            log.info("could not withdraw this worker's agent definitions: %s", type(exc).__name__)
 
 
 class RedisWorker:
@@ -76,9 +144,12 @@ class RedisWorker:
         self.store = store
         self._subs = [(agent, sub) for agent in flock.agents for sub in agent.subscriptions]
         self._slots = {agent.name: _Slots(agent.concurrency) for agent in flock.agents}
+        self._identity = {agent.name: identity_of(agent) for agent in flock.agents}
         self._members = {
-            (agent.name, sub.index): member_of(agent.name, sub.index, None, False) for agent, sub in self._subs
+            (agent.name, sub.index): member_of(agent.name, sub.index, self._identity[agent.name], None, False)
+            for agent, sub in self._subs
         }
+        self._peers = _Peers(store, flock.agents)
         self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
         """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
         self._stopping = False
@@ -100,6 +171,7 @@ class RedisWorker:
         await self.store.connect()
         self.store.on_committed = self._committed
         await self.store.retrying(self._create_groups, limit=self.store.reconnect_timeout)
+        await self.store.retrying(self._peers.exchange, limit=self.store.reconnect_timeout)
         loop = asyncio.get_running_loop()
         for agent, sub in self._subs:
             self._loops.append(loop.create_task(self._intake_loop(agent, sub)))
@@ -116,7 +188,7 @@ class RedisWorker:
                 (self.store.type_stream(t), self.store.intake_group(agent.name, sub.index)) for t in sub.type_names
             ]
             if sub.batch is not None:
-                groups.append((self.store.ready_stream(agent.name, sub.index), READY_GROUP))
+                groups.append((self._ready_stream(agent, sub), READY_GROUP))
             for stream, group in groups:
                 try:  # from the stream's beginning: what was published before any worker started is not lost
                     await client.xgroup_create(stream, group, id="0", mkstream=True)
@@ -141,7 +213,11 @@ class RedisWorker:
             timer.cancel()
         tasks = [*self._flushes, *([self._housekeeping] if self._housekeeping is not None else [])]
         await _finish(tasks, 2.0)
+        await self._peers.leave()
         await self.store.aclose()
+
+    def _ready_stream(self, agent: Agent, sub: Subscription) -> str:
+        return self.store.ready_stream(agent.name, sub.index, self._identity[agent.name])
 
     # -- intake: deliveries into shared batches (or straight to a run) --------------------
 
@@ -155,7 +231,7 @@ class RedisWorker:
                 continue
             try:
                 replies = await self.store.client.xreadgroup(
-                    group, self.store.consumer, streams, count=1 if direct else _READ_COUNT, block=_BLOCK_MS
+                    group, self.store.consumer, streams, count=1 if direct else self.store.read_count, block=_BLOCK_MS
                 )
             except Exception as exc:  # noqa: BLE001 - connection trouble, a deleted group...: log, wait, retry
                 if direct:
@@ -174,12 +250,26 @@ class RedisWorker:
     async def _take(self, agent: Agent, sub: Subscription, stream: str, group: str, entries: list[Any]) -> int:
         """Route delivered entries; returns how many became direct runs (holding a slot)."""
         adds: list[tuple[str, str, str]] = []
+        handover: dict[str, list[str]] = {}
+        refreshed = False
         runs = 0
         for entry_id, fields in entries:
+            if (stream, entry_id) in self._running:
+                continue  # (read again from this worker's own pending list while its run goes on)
             receipt = Receipt(stream, group, entry_id)
             artifact = self._decode(agent, receipt, [fields.get("a", "") if fields else ""])
             if artifact is None:
                 continue
+            if not artifact[0].visibility.allows(agent.identity):
+                if not refreshed:  # once per read: a peer that started a moment ago may be the one to see it
+                    await self._peers.exchange()
+                    refreshed = True
+                peer = self._peers.who_may_see(agent.name, self._identity[agent.name], artifact[0])
+                if peer is not None:
+                    # another live process defines this agent with a tenant or labels that may see it
+                    # (mid-deploy): handed over to it, unacknowledged, instead of being dropped here
+                    handover.setdefault(peer, []).append(entry_id)
+                    continue
             member = self._admit(agent, sub, artifact[0], receipt)
             if member is None:
                 continue
@@ -189,6 +279,9 @@ class RedisWorker:
                 runs += 1
             else:
                 adds.append((entry_id, fields["a"], member))
+        for peer, ids in handover.items():
+            self.flock._metrics.counters["handed_to_peers"] += len(ids)
+            await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
         if adds:
             await self._add_to_batches(agent, sub, stream, group, adds)
         return runs
@@ -215,7 +308,7 @@ class RedisWorker:
             return self._members[(agent.name, sub.index)]
         try:
             partition = sub.batch.by(artifact.payload)
-            return member_of(agent.name, sub.index, partition, True)
+            return member_of(agent.name, sub.index, self._identity[agent.name], partition, True)
         except Exception as exc:  # noqa: BLE001 - user code (or a key that is not JSON): record it, keep the artifact
             self.flock._user_code_failed(agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors")
             return None
@@ -231,7 +324,7 @@ class RedisWorker:
         shared = [
             store.key("deadlines"),
             store.key("opened"),
-            store.ready_stream(agent.name, sub.index),
+            self._ready_stream(agent, sub),
             store.key("seq"),
         ]
         by_member: dict[str, list[str]] = {}
@@ -278,12 +371,12 @@ class RedisWorker:
     async def _flush(self, member: str, reason: str) -> bool:
         """Flush one shared batch: when due (reason ""), or now with a reason. True if this call flushed it."""
         store = self.store
-        agent, sub_index = json.loads(member)[:2]
+        agent, sub_index, identity = (json.loads(member) + [""])[:3]
         keys = [
             store.batch_list(member),
             store.key("deadlines"),
             store.key("opened"),
-            store.ready_stream(agent, sub_index),
+            store.ready_stream(agent, sub_index, identity),
             store.key("seq"),
         ]
         spec = self._spec(agent, sub_index)
@@ -313,7 +406,7 @@ class RedisWorker:
     async def flush_all(self, reason: str, *, agent: str | None = None) -> int:
         """Flush every shared batch (of one agent, or all) now, with `reason`."""
         prefix = self.store.batch_list("")
-        members = [key[len(prefix) :] async for key in self.store.client.scan_iter(match=prefix + "*", count=1_000)]
+        members = [key[len(prefix) :] for key in await self.store.keys_under(prefix)]
         flushed = 0
         for member in members:
             if agent is None or json.loads(member)[0] == agent:
@@ -323,7 +416,7 @@ class RedisWorker:
     # -- ready batches: run them, one free slot at a time -----------------------------------
 
     async def _ready_loop(self, agent: Agent, sub: Subscription) -> None:
-        stream = self.store.ready_stream(agent.name, sub.index)
+        stream = self._ready_stream(agent, sub)
         slots = self._slots[agent.name]
         while not self._stopping:
             if not await slots.take(_BLOCK_MS / 1000):
@@ -353,12 +446,15 @@ class RedisWorker:
         assert sub.batch is not None
         receipt = Receipt(stream, READY_GROUP, entry_id, delete=True)
         self._running[(stream, entry_id)] = (agent.name, receipt)
-        items = self._decode(agent, receipt, fields["items"].split("\n"))
-        if items is None:
+        decoded = self._decode(agent, receipt, fields["items"].split("\n"))
+        if decoded is None:
+            return
+        items = self._recheck(agent, sub, receipt, decoded)
+        if not items:
             return
         key: BatchKey = (agent.name, sub.index)
         if sub.batch.by is not None:
-            partition = json.loads(fields["key"])[2]
+            partition = json.loads(fields["key"])[3]
             key = (agent.name, sub.index, tuple(partition) if isinstance(partition, list) else partition)
         flush = Flush(
             key=key,
@@ -370,6 +466,41 @@ class RedisWorker:
             flushed_at=int(fields["flushed"]) / 1000,
         )
         self.flock._start_flush(flush, receipt)
+
+    def _recheck(self, agent: Agent, sub: Subscription, receipt: Receipt, items: list[Artifact]) -> list[Artifact]:
+        """The items of a taken batch that this process's agent may run: visibility and `where` are checked
+        again (another process, defining the agent otherwise, may have filled the batch). The others become
+        failure records as visible as they are; when none is left, the batch is acknowledged with them."""
+        flock = self.flock
+        allowed: list[Artifact] = []
+        flock._begin_unit()
+        try:
+            for artifact in items:
+                refusal = self._refusal(agent, sub, artifact)
+                if refusal == "":
+                    allowed.append(artifact)
+                elif refusal is not None:
+                    flock._metrics.counters["refused_batch_items"] += 1
+                    error = PermissionError(f"agent {agent.name!r} as defined in this worker {refusal}")
+                    flock._publish_failure(agent, [artifact], error, stage="visibility")
+        finally:
+            flock._commit_unit(None if allowed else receipt)
+        if len(allowed) < len(items):
+            log.warning("batch %s of %s: %d of %d items refused here", receipt.entry_id, receipt.stream,
+                        len(items) - len(allowed), len(items))
+        return allowed
+
+    def _refusal(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
+        """Why this process's agent may not run `artifact` ("" when it may; None when user code raised,
+        which recorded the failure already)."""
+        if not artifact.visibility.allows(agent.identity):
+            return "may not see it"
+        try:
+            matches = all(predicate(artifact.payload) for predicate in sub.where)
+        except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, keep the artifact
+            self.flock._user_code_failed(agent, sub, artifact, exc, stage="where", counter="predicate_errors")
+            return None
+        return "" if matches else "does not take it (`where`)"
 
     def _committed(self, receipt: Receipt) -> None:
         running = self._running.pop((receipt.stream, receipt.entry_id), None)
@@ -386,13 +517,18 @@ class RedisWorker:
             ids = [_id_of(doc) for doc in docs]
             self.flock._metrics.counters["undecodable_entries"] += 1
             log.error(
-                "entry %s of %s cannot be read here (%s): recorded as failed", receipt.entry_id, receipt.stream, exc
+                "entry %s of %s cannot be read here (%s): recorded as failed",
+                receipt.entry_id,
+                receipt.stream,
+                type(exc).__name__,
             )
             flock = self.flock
             flock._begin_unit()
             try:
                 record = FailureRecord.from_exception(exc, agent=agent.name, input_ids=ids, stage="decode")
-                flock._publish_failure_record(agent, [], record)
+                # as visible as the entries (their visibility is readable even when their payload is not)
+                visibility = combine_visibilities(_visibility_of(doc, agent.name) for doc in docs)
+                flock._publish_failure_record(agent, [], record, visibility=visibility)
             finally:
                 flock._commit_unit(receipt)
             return None
@@ -408,6 +544,7 @@ class RedisWorker:
             await asyncio.sleep(tick)
             now = loop.time()
             try:
+                await self._peers.exchange()
                 await self._renew_claims()
                 if now - last_sweep >= store.sweep_interval:
                     last_sweep = now
@@ -441,18 +578,27 @@ class RedisWorker:
             slots = self._slots[agent.name]
             for t in dict.fromkeys(sub.type_names):
                 stream = store.type_stream(t)
-                count = _READ_COUNT if sub.batch is not None else slots.take_up_to(_READ_COUNT)
+                count = store.read_count if sub.batch is not None else slots.take_up_to(store.read_count)
                 entries = await self._autoclaim(stream, group, count, "entries")
+                entries += await self._handed_over(stream, group, count - len(entries))
                 runs = await self._take(agent, sub, stream, group, entries)
                 if sub.batch is None:
                     slots.give(count - runs)
             if sub.batch is not None:
-                stream = store.ready_stream(agent.name, sub.index)
+                stream = self._ready_stream(agent, sub)
                 count = slots.take_up_to(agent.concurrency)
                 entries = await self._autoclaim(stream, READY_GROUP, count, "batches")
                 slots.give(count - len(entries))
                 for entry_id, fields in entries:
                     self._run_batch(agent, sub, stream, entry_id, fields)
+
+    async def _handed_over(self, stream: str, group: str, count: int) -> list[Any]:
+        """Entries pending for this worker that it did not read itself: handed over by a peer whose definition
+        of the agent may not see them (and ones whose intake failed here)."""
+        if count <= 0:
+            return []
+        replies = await self.store.client.xreadgroup(group, self.store.consumer, {stream: "0"}, count=count)
+        return [e for _, found in _stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running]
 
     async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
         """Claim up to `count` entries idle longer than `claim_timeout`; forget consumers long gone."""
@@ -507,6 +653,14 @@ def _stream_entries(replies: Any) -> list[tuple[str, list[Any]]]:
             (stream, found[0] if found and isinstance(found[0], list) else found) for stream, found in replies.items()
         ]
     return [(stream, entries) for stream, entries in replies]
+
+
+def _visibility_of(doc: str, agent: str) -> Visibility:
+    """The visibility stored in an artifact's JSON row; private to `agent` when even that cannot be read."""
+    try:
+        return visibility_from_dict(json.loads(json.loads(doc)[7]))
+    except Exception:  # noqa: BLE001 - corrupt data of any shape: fall back to the most restrictive choice
+        return PrivateVisibility(agents=[agent])
 
 
 def _id_of(doc: str) -> str:

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
+from ._error_text import describe_error
 from .registry import flock_type, resolve_type
 from .visibility import PublicVisibility, Visibility
 
@@ -86,7 +87,7 @@ class FailureRecord(BaseModel):
             input_ids=list(input_ids),
             stage=stage,
             error_type=type(exc).__name__,
-            error=str(exc)[:1000],
+            error=describe_error(exc),
             flush_reason=flush_reason,
             batch_id=batch_id,
         )

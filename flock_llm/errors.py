@@ -4,10 +4,13 @@
     ├── ConfigurationError          the calling code passed something invalid; fix the call
     │                               (also a ValueError)
     ├── ClosedError                 the Flock was shut down; create a new one (also a RuntimeError)
-    ├── StoreUnavailableError       the shared store (Redis) could not be reached in time; nothing
+    ├── StoreError                  a store failed at run time (a database locked past its limit, unreadable
+    │   │                           or read-only); the write it names was not done
+    │   └── StoreUnavailableError   the shared store (Redis) could not be reached in time; nothing
     │                               unacknowledged was kept (also a ConnectionError)
     └── EngineError                 a model call or its output failed at run time
         ├── ModelCallError          the provider refused or failed the call (after retries)
+        │   └── ProviderUnavailableError  the provider stayed down longer than `max_outage`
         └── ModelOutputError        the answer could not be parsed/validated; carries `raw`
                                     and `item_ids`, so no input is lost
 
@@ -30,6 +33,8 @@ __all__ = [
     "FlockWarning",
     "ModelCallError",
     "ModelOutputError",
+    "ProviderUnavailableError",
+    "StoreError",
     "StoreUnavailableError",
 ]
 
@@ -46,7 +51,12 @@ class ClosedError(FlockError, RuntimeError):
     """The Flock was shut down and accepts no more work."""
 
 
-class StoreUnavailableError(FlockError, ConnectionError):
+class StoreError(FlockError):
+    """A store failed at run time; the write (or read) it names was not done. Not a configuration error:
+    the same call can succeed once the store is usable again."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
     """The store could not be reached (after reconnecting with backoff); the call was not acknowledged."""
 
 
@@ -61,6 +71,13 @@ class ModelCallError(EngineError):
         super().__init__(message)
         self.retryable = retryable
         self.status_code = status_code
+
+
+class ProviderUnavailableError(ModelCallError):
+    """The provider failed every call (5xx, timeouts, refused connections) for longer than `max_outage`."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message, retryable=True, status_code=status_code)
 
 
 class ModelOutputError(EngineError):

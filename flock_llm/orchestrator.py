@@ -24,7 +24,7 @@ from ._units import DurableStore, UnitCollector
 from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
-from .errors import ClosedError, ConfigurationError, EngineError
+from .errors import ClosedError, ConfigurationError, EngineError, StoreError
 from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics, MetricsRecorder
 from .registry import type_name_of
 from .store import ArtifactStore, InMemoryStore
@@ -112,6 +112,8 @@ class Flock:
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics = MetricsRecorder()
         self._closed = False
+        self._write_failures: list[StoreError] = []
+        """Commits of runs that failed (nobody awaits them): reported by shutdown()."""
         config = tracing_config(tracing, source)
         self._tracer: Tracer | None = None if config is None else Tracer(config)
         self._publish_spans = None if self._tracer is None else PublishSpans(self._tracer)
@@ -162,17 +164,34 @@ class Flock:
         """
         if not self._started:
             await self.start()
+        held = self._hold_deliveries()
         self._begin_unit()
         try:
             artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
-            self._publish_artifact(artifact)
+            self._publish_artifact(artifact, held)
         finally:
             committed = self._commit_unit()
         if self._publish_spans is not None:
             self._publish_spans.add(artifact)
-        if committed is not None:
-            await committed  # durable stores acknowledge after the commit
+        await self._release(committed, held)
         return artifact
+
+    def _hold_deliveries(self) -> list[tuple[Agent, Subscription, Artifact]] | None:
+        """With a local durable store, a publish's deliveries wait for its commit (a failed write is not run)."""
+        return [] if self._units is not None and self._shared is None else None
+
+    async def _release(
+        self, committed: asyncio.Future[None] | None, held: list[tuple[Agent, Subscription, Artifact]] | None
+    ) -> None:
+        """Await a publish's commit (durable stores acknowledge after it), then hand over what it delivers.
+
+        Raises:
+            StoreError: the write failed; nothing of this publish was delivered.
+        """
+        if committed is not None:
+            await committed
+        for agent, sub, artifact in held or ():
+            self._deliver(agent, sub, artifact, recorded=True)
 
     async def publish_many(
         self,
@@ -186,18 +205,18 @@ class Flock:
         if not self._started:
             await self.start()
         published = []
+        held = self._hold_deliveries()
         self._begin_unit()
         try:
             for obj in objs:
                 artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
-                self._publish_artifact(artifact)
+                self._publish_artifact(artifact, held)
                 published.append(artifact)
                 if self._publish_spans is not None:
                     self._publish_spans.add(artifact)
         finally:
             committed = self._commit_unit()
-        if committed is not None:
-            await committed
+        await self._release(committed, held)
         return published
 
     def _make_artifact(
@@ -225,7 +244,10 @@ class Flock:
             correlation_id=correlation_id,
         )
 
-    def _publish_artifact(self, artifact: Artifact) -> None:
+    def _publish_artifact(
+        self, artifact: Artifact, held: list[tuple[Agent, Subscription, Artifact]] | None = None
+    ) -> None:
+        """Store and route an artifact; deliveries go to `held` (recorded, not yet handed over) when given."""
         if self._units is None or not self._units.artifact(artifact):
             self.store.add(artifact)  # (a durable store adds it when its unit is written)
         self._metrics.published += 1
@@ -233,7 +255,11 @@ class Flock:
             return  # a shared store delivers it, to whichever process reads it first
         for agent, sub in self._route_table().get(artifact.type_name, ()):
             if self._accepts(agent, sub, artifact):
-                self._deliver(agent, sub, artifact)
+                if held is None:
+                    self._deliver(agent, sub, artifact)
+                else:
+                    self._record_delivery(agent, sub, artifact)
+                    held.append((agent, sub, artifact))
 
     def _accepts(self, agent: Agent, sub: Subscription, artifact: Artifact) -> bool:
         """Whether a subscription takes an artifact of its type (a raising `where` is recorded, and refuses)."""
@@ -280,12 +306,25 @@ class Flock:
             span.end()
         self._publish_failure(agent, [artifact], exc, stage=stage)
 
-    def _deliver(self, agent: Agent, sub: Subscription, artifact: Artifact, entered_at: float | None = None) -> None:
-        """Hand an accepted artifact to its subscription; `entered_at` (wall time) when restoring one."""
+    def _record_delivery(self, agent: Agent, sub: Subscription, artifact: Artifact) -> None:
+        if self._units is not None:
+            self._units.delivery(agent.name, sub.index, artifact.id, time.time())
+
+    def _deliver(
+        self,
+        agent: Agent,
+        sub: Subscription,
+        artifact: Artifact,
+        entered_at: float | None = None,
+        *,
+        recorded: bool = False,
+    ) -> None:
+        """Hand an accepted artifact to its subscription; `entered_at` (wall time) when restoring one;
+        `recorded` when its delivery was already written into the current unit."""
         now = self._clock.now()
         if entered_at is None:
-            if self._units is not None:
-                self._units.delivery(agent.name, sub.index, artifact.id, time.time())
+            if not recorded:
+                self._record_delivery(agent, sub, artifact)
         else:
             now -= max(0.0, time.time() - entered_at)  # restored: it entered this long ago
         item: Item = (artifact,)
@@ -555,8 +594,14 @@ class Flock:
             self._mark_consumed(agent, agent.subscriptions[ctx.subscription_index], inputs.artifacts)
         finally:
             committed = self._commit_unit(receipt)
-            if committed is not None:  # nobody awaits a run's commit; the writer logs a failure itself
-                committed.add_done_callback(lambda future: future.cancelled() or future.exception())
+            if committed is not None:  # nobody awaits a run's commit: failures are counted, and shutdown() raises
+                committed.add_done_callback(self._run_committed)
+
+    def _run_committed(self, future: asyncio.Future[None]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, StoreError) and self._shared is None:
+            self._metrics.counters["store_write_failures"] += 1
+            self._write_failures.append(exc)
 
     # -- durability ------------------------------------------------------------------
 
@@ -607,8 +652,25 @@ class Flock:
                     pending.sub,
                 )
                 continue
+            sub = agent.subscriptions[pending.sub]
+            self._begin_unit()  # (a `where` that raises now records its failure durably)
+            try:
+                accepted = self._accepts(agent, sub, pending.artifact)
+            finally:
+                self._commit_unit()
+            if not accepted:
+                # the agent (as defined now) may not see it: it stays stored, for whoever may see it
+                self._metrics.counters["refused_restored_deliveries"] += 1
+                log.warning(
+                    "stored delivery of artifact %s to %s/%d: the agent as defined now does not accept it "
+                    "(visibility, origin or `where`); not delivered, kept",
+                    pending.artifact.id,
+                    pending.agent,
+                    pending.sub,
+                )
+                continue
             self._metrics.counters["restored_deliveries"] += 1
-            self._deliver(agent, agent.subscriptions[pending.sub], pending.artifact, entered_at=pending.entered_at)
+            self._deliver(agent, sub, pending.artifact, entered_at=pending.entered_at)
         await self._check_batch_timeouts()
 
     def _publish_result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
@@ -651,9 +713,12 @@ class Flock:
         )
         self._publish_failure_record(agent, inputs, record)
 
-    def _publish_failure_record(self, agent: Agent, inputs: list[Artifact], record: FailureRecord) -> None:
+    def _publish_failure_record(
+        self, agent: Agent, inputs: list[Artifact], record: FailureRecord, *, visibility: Visibility | None = None
+    ) -> None:
+        """Publish a failure record, as visible as its inputs (or as `visibility`, when they could not be read)."""
         self._metrics.counters["failure_records"] += 1
-        self._publish_artifact(failure_artifact(agent, inputs, record))
+        self._publish_artifact(failure_artifact(agent, inputs, record, visibility=visibility))
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -671,6 +736,9 @@ class Flock:
 
     async def shutdown(self) -> None:
         """Flush every partial batch (reason "shutdown"), finish all work, close open join groups.
+
+        Raises:
+            StoreError: (after everything was closed) runs whose outputs a durable store could not save.
 
         Outputs published while shutting down may fill other agents' batches; those flush too.
         With a shared store (Redis), this process stops taking work and finishes what it took; the
@@ -699,6 +767,12 @@ class Flock:
         close = getattr(self.store, "close", None)
         if callable(close):
             await asyncio.to_thread(close)  # commits what is queued
+        if self._write_failures:
+            first = self._write_failures[0]
+            raise StoreError(
+                f"{len(self._write_failures)} agent run(s) finished but their outputs could not be saved ({first}); "
+                "their inputs stay pending in the store and run again on the next start"
+            )
 
     async def _finish_everything(self) -> None:
         while True:

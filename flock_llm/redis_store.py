@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -43,7 +44,7 @@ from tenacity import (
 from . import _redis_scripts as scripts
 from ._codec import artifact_from_json, artifact_to_json
 from ._units import Unit
-from .artifact import Artifact
+from .artifact import Artifact, FailureRecord
 from .errors import ConfigurationError, StoreUnavailableError
 from .registry import type_name_of
 
@@ -58,7 +59,11 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 READY_GROUP = "workers"
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _PUBLISH_CHUNK = 500
+DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024
+READ_BUDGET_BYTES = 128 * 1024 * 1024
 
 
 def _flag(text: str) -> bool:
@@ -72,6 +77,7 @@ _OUR_PARAMETERS: dict[str, Callable[[str], Any]] = {
     "reconnect_timeout": float,
     "retention": float,
     "cluster": _flag,
+    "max_artifact_bytes": int,
 }
 
 
@@ -85,14 +91,28 @@ class Receipt:
     delete: bool = False
 
 
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its credentials (userinfo password, and query parameters such as `password=`), for
+    messages, logs and `repr`."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_PARAMETER.search(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def connection_errors() -> tuple[type[Exception], ...]:
@@ -118,6 +138,9 @@ class RedisStore:
             artifacts are forgotten once every consumer group has processed them (never before), so
             `get_by_type()` then shows the retained window only.
         cluster: the URL names a node of a Redis Cluster (all of a namespace's keys share one slot).
+        max_artifact_bytes: the largest artifact (as stored JSON) `publish()` accepts (default 256 KiB); a
+            larger one is refused with a ConfigurationError, and an agent output over it becomes a failure
+            record. Reads are sized by it: one read pulls at most `READ_BUDGET_BYTES` (128 MiB).
     """
 
     durable = True
@@ -133,12 +156,14 @@ class RedisStore:
         reconnect_timeout: float = 30.0,
         retention: float | timedelta | None = None,
         cluster: bool = False,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(f"store URL must look like 'redis://host:6379/0', got {redact_url(str(url))!r}")
-        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in "{}\n "):
+        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
             raise ConfigurationError(
-                f"`namespace` must be a non-empty name without braces or spaces, got {namespace!r}"
+                "`namespace` must be 1 to 64 characters of letters, digits, '_', '-' and '.', got "
+                f"{namespace!r}; glob characters such as * ? [ ] would let one namespace's clean-up match another's"
             )
         if isinstance(retention, timedelta):
             retention = retention.total_seconds()
@@ -157,6 +182,11 @@ class RedisStore:
         self.reconnect_timeout = float(reconnect_timeout)
         self.retention: float | None = None if retention is None else float(retention)
         self.cluster = bool(cluster)
+        if isinstance(max_artifact_bytes, bool) or not isinstance(max_artifact_bytes, int) or max_artifact_bytes < 1024:
+            raise ConfigurationError(f"`max_artifact_bytes` must be an integer >= 1024, got {max_artifact_bytes!r}")
+        self.max_artifact_bytes = max_artifact_bytes
+        self.read_count = max(1, min(500, READ_BUDGET_BYTES // max_artifact_bytes))
+        """Entries per stream read: at most READ_BUDGET_BYTES of artifacts come back from one read."""
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         """This process's consumer name in every group."""
         self._prefix = "{" + namespace + "}:"
@@ -186,6 +216,14 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({redact_url(self.url)!r}, namespace={self.namespace!r})"
 
+    def _redact(self, text: str) -> str:
+        """`text` without any credential of this store's URL (a client error may quote the URL)."""
+        parts = urlsplit(self.url)
+        secrets = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if _SECRET_PARAMETER.search(k)]
+        for secret in sorted(filter(None, secrets), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text.replace(self.url, redact_url(self.url))
+
     # -- keys ----------------------------------------------------------------------------
 
     def type_stream(self, type_name: str) -> str:
@@ -194,8 +232,9 @@ class RedisStore:
     def batch_list(self, member: str) -> str:
         return f"{self._prefix}b:{member}"
 
-    def ready_stream(self, agent: str, sub: int) -> str:
-        return f"{self._prefix}r:{json.dumps([agent, sub])}"
+    def ready_stream(self, agent: str, sub: int, identity: str = "") -> str:
+        """Flushed batches of an (agent, subscription) as defined with one identity (tenant and labels)."""
+        return f"{self._prefix}r:{json.dumps([agent, sub, identity] if identity else [agent, sub])}"
 
     @staticmethod
     def intake_group(agent: str, sub: int) -> str:
@@ -204,6 +243,10 @@ class RedisStore:
     def key(self, name: str) -> str:
         """ids, deadlines, opened or seq."""
         return self._prefix + name
+
+    async def keys_under(self, prefix: str) -> list[str]:
+        """Every key starting with `prefix` (matched literally: glob characters in it are escaped)."""
+        return [key async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=1_000)]
 
     # -- connection ----------------------------------------------------------------------
 
@@ -252,7 +295,9 @@ class RedisStore:
         except (*connection_errors(), RedisClusterException) as exc:  # type: ignore[misc]
             if client is not None:
                 await client.aclose()
-            raise StoreUnavailableError(f"cannot reach Redis at {redact_url(self.url)}: {exc}") from None
+            raise StoreUnavailableError(
+                f"cannot reach Redis at {redact_url(self.url)}: {self._redact(str(exc))}"
+            ) from None
         version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2] if p.isdigit())
         if version < (6, 2):
             await client.aclose()
@@ -280,7 +325,8 @@ class RedisStore:
                     return await operation()
         except connection_errors() as exc:
             raise StoreUnavailableError(
-                f"Redis at {redact_url(self.url)} was unreachable for {limit:g} s: {exc}; the operation was not done"
+                f"Redis at {redact_url(self.url)} was unreachable for {limit:g} s: {self._redact(str(exc))}; "
+                "the operation was not done"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
@@ -296,7 +342,7 @@ class RedisStore:
     async def _write(self, unit: Unit) -> None:
         try:
             await self._apply(unit)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, ConfigurationError):
             raise  # the publisher gets it
         except Exception as exc:  # nobody may await a run's commit: say it here, then raise for whoever does
             log.error("writing to Redis failed: %s: %s", type(exc).__name__, exc)
@@ -310,7 +356,9 @@ class RedisStore:
             return
         # outputs get ids derived from the run's receipt, so a run done twice names its outputs the same
         outputs = [
-            replace(a, id=uuid.uuid5(uuid.NAMESPACE_URL, f"{receipt.stream}/{receipt.entry_id}/{n}").hex)
+            replace(
+                self._fitting(a), id=uuid.uuid5(uuid.NAMESPACE_URL, f"{receipt.stream}/{receipt.entry_id}/{n}").hex
+            )
             for n, a in enumerate(unit.artifacts)
         ]
         keys = [receipt.stream, self.key("ids"), *(self.type_stream(a.type_name) for a in outputs)]
@@ -327,12 +375,36 @@ class RedisStore:
                 receipt.stream,
             )
 
+    def _fitting(self, output: Artifact) -> Artifact:
+        """A run's output, or, when it is over `max_artifact_bytes`, a failure record in its place (derived
+        from and as visible as the output, so its inputs stay accounted for and private)."""
+        size = len(artifact_to_json(output).encode())
+        if size <= self.max_artifact_bytes:
+            return output
+        log.error("agent %r produced a %s of %d bytes, over max_artifact_bytes", output.produced_by, output.type_name, size)
+        record = FailureRecord(
+            agent=output.produced_by or "",
+            input_ids=list(output.derived_from),
+            stage="output",
+            error_type="ArtifactTooLarge",
+            error=f"a {output.type_name} of {size:,} bytes is over the store's max_artifact_bytes "
+            f"({self.max_artifact_bytes:,})",
+        )
+        return replace(output, type_name=type_name_of(FailureRecord), payload=record)
+
     async def publish(self, artifacts: Sequence[Artifact]) -> int:
         """Publish artifacts (each at most once, by id); returns how many were new."""
         if not artifacts:
             return 0
         keys = [self.key("ids"), *(self.type_stream(a.type_name) for a in artifacts)]
         args = _id_json_pairs(artifacts)
+        for artifact, doc in zip(artifacts, args[1::2], strict=True):
+            if len(doc.encode()) > self.max_artifact_bytes:
+                raise ConfigurationError(
+                    f"a {artifact.type_name} of {len(doc.encode()):,} bytes (artifact {artifact.id}) is over the "
+                    f"Redis store's `max_artifact_bytes` ({self.max_artifact_bytes:,}); nothing was published: "
+                    "publish smaller objects or raise the limit"
+                )
         added: int = await self.retrying(
             lambda: self.script("PUBLISH")(keys=keys, args=args), limit=self.reconnect_timeout
         )
@@ -347,8 +419,7 @@ class RedisStore:
         """
         seconds, micros = await self.client.time()
         cutoff = (int(seconds) * 1000 + int(micros) // 1000 - int(retention * 1000), 0)
-        prefix = self.type_stream("")
-        streams = [key async for key in self.client.scan_iter(match=prefix + "*", count=1_000)]
+        streams = await self.keys_under(self.type_stream(""))
         forgotten = 0
         for stream in streams:
             bound = cutoff
@@ -441,7 +512,7 @@ class RedisStore:
         from .registry import resolve_type
 
         prefix = self.type_stream("")
-        names = sorted([key[len(prefix) :] async for key in self.client.scan_iter(match=prefix + "*", count=1_000)])
+        names = sorted(key[len(prefix) :] for key in await self.keys_under(prefix))
         found: list[Artifact] = []
         for name in names:
             try:

@@ -18,7 +18,9 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -27,7 +29,7 @@ from pydantic import BaseModel
 from ._codec import artifact_from_row, artifact_to_row
 from ._units import Unit
 from .artifact import Artifact
-from .errors import ConfigurationError
+from .errors import ConfigurationError, StoreError
 from .store import InMemoryStore
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
@@ -71,42 +73,86 @@ class Recovered:
     """Type names no longer registered, and how many stored artifacts have them (kept, not loaded)."""
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open (or create) a flock_llm database; refuse foreign files and newer schemas with a clear error."""
+def open_database(path: Path, *, busy_timeout: float = 1.0) -> sqlite3.Connection:
+    """Open (or create) a flock_llm database; refuse foreign files and newer schemas with a clear error.
+
+    Raises:
+        ConfigurationError: the file is not a flock_llm database, or was written by a newer version.
+        StoreError: the file cannot be opened or written (read-only, damaged, a directory, locked).
+    """
     try:
-        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the flock_llm database {str(path)!r}: {exc}; check the path") from None
+    try:
+        _prepare(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    try:
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as exc:
-        raise ConfigurationError(f"{str(path)!r} is not a flock_llm database (SQLite says: {exc})") from None
+        raise ConfigurationError(
+            f"{str(path)!r} is not a flock_llm database, or it is damaged (SQLite says: {exc}); give flock_llm "
+            "a file of its own, or restore this one from a backup"
+        ) from None
     if tables and "flock_meta" not in tables:
-        connection.close()
         raise ConfigurationError(
             f"{str(path)!r} is a SQLite database of something else (tables {sorted(tables)!r}); "
             "give flock_llm a file of its own"
         )
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
-    connection.executescript(_SCHEMA)
-    found = connection.execute("SELECT value FROM flock_meta WHERE key='schema_version'").fetchone()
-    if found is None:
-        connection.execute("INSERT INTO flock_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(found[0]) > SCHEMA_VERSION:
-        connection.close()
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
+        connection.executescript(_SCHEMA)
+        found = connection.execute("SELECT value FROM flock_meta WHERE key='schema_version'").fetchone()
+        if found is None:
+            connection.execute("INSERT INTO flock_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    except sqlite3.Error as exc:
+        raise StoreError(f"the flock_llm database {str(path)!r} cannot be used: {_explain(exc)}") from None
+    if found is not None and int(found[0]) > SCHEMA_VERSION:
         raise ConfigurationError(
             f"{str(path)!r} has schema version {found[0]}, written by a newer flock_llm; this version reads "
             f"up to {SCHEMA_VERSION}: upgrade flock_llm"
         )
-    return connection
+
+
+def _explain(exc: sqlite3.Error) -> str:
+    """SQLite's message, with what to do about it."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return f"{text}; the file (and its directory, for the WAL files) must be writable by this process"
+    if "locked" in text or "busy" in text:
+        return f"{text}; another process holds a lock on it"
+    if "malformed" in text or "not a database" in text:
+        return f"{text}; the file is damaged: restore it from a backup, or start a new file"
+    return text
+
+
+def _is_lock(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class _Writer(threading.Thread):
-    """Commits units in order, many per transaction; resolves each unit's future after its commit."""
+    """Commits units in order, many per transaction; resolves each unit's future after its commit.
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    A lock held by another connection is waited out (SQLite's busy timeout, then retries with backoff) for up
+    to `lock_timeout` seconds; after that the units of that transaction fail with a StoreError, and the writer
+    goes on with the next ones (it recovers as soon as the database is writable again).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, lock_timeout: float) -> None:
         super().__init__(name="flock_llm-sqlite-writer", daemon=True)
         self.connection = connection
+        self.path = path
+        self.lock_timeout = lock_timeout
         self.units: queue.SimpleQueue[tuple[Unit, asyncio.Future[None] | None] | None] = queue.SimpleQueue()
-        self.failed: BaseException | None = None
+        self.failures = 0
+        """Transactions that could not be committed."""
 
     def run(self) -> None:
         while True:
@@ -126,30 +172,45 @@ class _Writer(threading.Thread):
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Unit, asyncio.Future[None] | None]]) -> None:
-        units = [unit for unit, _ in batch]
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            try:
+                self._write([unit for unit, _ in batch])
+            except sqlite3.Error as exc:
+                if _is_lock(exc) and time.monotonic() + delay < deadline:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                self.failures += 1
+                error = StoreError(
+                    f"writing to the flock_llm database {str(self.path)!r} failed: {_explain(exc)}"
+                    + (f" (for {self.lock_timeout:g} s)" if _is_lock(exc) else "")
+                    + "; these writes were not saved"
+                )
+                log.error("%s", error)
+                self._resolve(batch, error)
+                return
+            self._resolve(batch, None)
+            return
+
+    def _write(self, units: list[Unit]) -> None:
         consumed = [c for u in units for c in u.consumed]
         finished = set(consumed)
-        try:
-            with self.connection:  # one transaction for the whole batch of units
-                self.connection.execute("BEGIN")
-                self.connection.executemany(
-                    "INSERT INTO artifacts (id, type_name, payload, produced_by, derived_from, "
-                    "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [artifact_to_row(a) for u in units for a in u.artifacts],
-                )
-                # pending = delivered and not consumed (an anti-join at start); a delivery consumed within
-                # this same transaction was never pending, so it needs no row
-                self.connection.executemany(
-                    "INSERT OR IGNORE INTO deliveries VALUES (?,?,?,?)",
-                    [d for u in units for d in u.deliveries if d[:3] not in finished],
-                )
-                self.connection.executemany("INSERT OR IGNORE INTO consumed VALUES (?,?,?)", consumed)
-        except sqlite3.Error as exc:
-            self.failed = exc
-            log.error("writing to the flock_llm database failed: %s", exc)
-            self._resolve(batch, exc)
-            return
-        self._resolve(batch, None)
+        with self.connection:  # one transaction for the whole batch of units
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.executemany(
+                "INSERT INTO artifacts (id, type_name, payload, produced_by, derived_from, "
+                "correlation_id, tags, visibility, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [artifact_to_row(a) for u in units for a in u.artifacts],
+            )
+            # pending = delivered and not consumed (an anti-join at start); a delivery consumed within
+            # this same transaction was never pending, so it needs no row
+            self.connection.executemany(
+                "INSERT OR IGNORE INTO deliveries VALUES (?,?,?,?)",
+                [d for u in units for d in u.deliveries if d[:3] not in finished],
+            )
+            self.connection.executemany("INSERT OR IGNORE INTO consumed VALUES (?,?,?)", consumed)
 
     @staticmethod
     def _resolve(batch: list[tuple[Unit, asyncio.Future[None] | None]], exc: BaseException | None) -> None:
@@ -171,43 +232,66 @@ class SQLiteStore(InMemoryStore):
     """Durable artifacts and delivery state in a SQLite file; reads come from memory.
 
     Args:
-        path: the database file (created when missing).
+        path: the database file (created when missing). In a URL: `sqlite:///relative/flock.db`, or
+            `sqlite:////absolute/flock.db` (four slashes).
         ack: "commit" (default): `publish()` returns once its writes are committed; "enqueue": it returns at
             once and the write commits within milliseconds (faster; a crash can lose the last few ms).
+        lock_timeout: how long a write waits while another process holds a lock on the database (default 30 s);
+            then the write fails with StoreError (a publish raises it; nothing of it is processed).
     """
 
     durable = True
 
-    def __init__(self, path: str | Path, *, ack: Literal["commit", "enqueue"] = "commit") -> None:
+    def __init__(
+        self, path: str | Path, *, ack: Literal["commit", "enqueue"] = "commit", lock_timeout: float = 30.0
+    ) -> None:
         super().__init__()
         if ack not in ("commit", "enqueue"):
             raise ConfigurationError(f"`ack` must be 'commit' or 'enqueue', got {ack!r}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or lock_timeout <= 0:
+            raise ConfigurationError(f"`lock_timeout` must be a positive number of seconds, got {lock_timeout!r}")
+        if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
+            raise ConfigurationError(
+                f"the SQLite store needs a file, got {str(path)!r}: an in-memory database would not survive a "
+                "crash; use Flock() without a store for in-memory runs"
+            )
         self.path = Path(path)
         self.ack = ack
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = open_database(self.path)
-        self._writer = _Writer(self._connection)
+        self._connection = open_database(self.path, busy_timeout=min(1.0, float(lock_timeout)))
+        self._writer = _Writer(self._connection, self.path, float(lock_timeout))
         self._writer.start()
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
+        """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` (the path follows the third slash)."""
         if not url.startswith("sqlite:///"):
             raise ConfigurationError(f"store URL must look like 'sqlite:///path/to/flock.db', got {url!r}")
         return cls(url[len("sqlite:///") :])
 
+    @property
+    def write_failures(self) -> int:
+        """Transactions that could not be committed so far."""
+        return self._writer.failures
+
     def write(self, unit: Unit) -> asyncio.Future[None] | None:
-        """Apply `unit` in memory now and persist it; the future resolves after its commit."""
+        """Apply `unit` in memory now and persist it; the future resolves after its commit (or fails with
+        StoreError; the unit's artifacts are then forgotten from memory too)."""
         for artifact in unit.artifacts:
             self.add(artifact)
         if not unit:
             return None
-        if self._writer.failed is not None:
-            raise ConfigurationError(f"the flock_llm database {str(self.path)!r} failed earlier: {self._writer.failed}")
         future: asyncio.Future[None] | None = None
         if self.ack == "commit":
             future = asyncio.get_running_loop().create_future()
+            if unit.artifacts:
+                future.add_done_callback(partial(self._forget_if_failed, [a.id for a in unit.artifacts]))
         self._writer.units.put((unit, future))
         return future
+
+    def _forget_if_failed(self, ids: list[str], future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.discard(ids)
 
     async def sync(self) -> None:
         """Wait until everything written so far is committed."""
@@ -216,7 +300,17 @@ class SQLiteStore(InMemoryStore):
         await future
 
     def load(self) -> Recovered:
-        """Every stored artifact into memory; the deliveries still pending, in publication order."""
+        """Every stored artifact into memory; the deliveries still pending, in publication order.
+
+        Raises:
+            StoreError: the file cannot be read (damaged or truncated).
+        """
+        try:
+            return self._load()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the flock_llm database {str(self.path)!r} failed: {_explain(exc)}") from None
+
+    def _load(self) -> Recovered:
         rows = self._connection.execute(
             "SELECT id, type_name, payload, produced_by, derived_from, correlation_id, tags, visibility, "
             "created_at FROM artifacts ORDER BY seq"

@@ -44,6 +44,13 @@ class InMemoryStore:
         else:
             bucket.append(artifact)
 
+    def discard(self, ids: Iterable[str]) -> None:
+        """Forget artifacts (a durable store whose write failed forgets what it had not saved)."""
+        gone = {i for i in ids if self._by_id.pop(i, None) is not None}
+        if gone:
+            for name, bucket in self._by_type.items():
+                self._by_type[name] = [a for a in bucket if a.id not in gone]
+
     def add_many(self, artifacts: Iterable[Artifact]) -> None:
         for artifact in artifacts:
             self.add(artifact)

@@ -91,6 +91,11 @@ class LabelledVisibility(Visibility):
 
     def __init__(self, *, required_labels: Iterable[str] | str) -> None:
         object.__setattr__(self, "required_labels", _string_set(required_labels, "required_labels"))
+        if not self.required_labels:
+            raise ConfigurationError(
+                "`required_labels` must name at least one label (no labels would let every agent see the "
+                "artifact); use PublicVisibility() for everyone"
+            )
 
     def allows(self, agent: AgentIdentity) -> bool:
         return self.required_labels <= agent.labels

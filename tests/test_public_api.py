@@ -32,6 +32,8 @@ def test_top_level_exports() -> None:
         "Metrics",
         "ModelCallError",
         "ModelOutputError",
+        "ProviderUnavailableError",
+        "StoreError",
         "StoreUnavailableError",
         "flock_type",
     }

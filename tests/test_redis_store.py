@@ -91,7 +91,7 @@ def test_store_url_sets_our_options_and_keeps_redis_ones() -> None:
         ("redis://h/0?claim_timeout=soon", "`claim_timeout` in the store URL must be a number"),
         ("redis://h/0?claim_timeout=0", "`claim_timeout` must be a positive number"),
         ("redis://h/0?retention=-1", "`retention` must be a positive number"),
-        ("redis://h/0?namespace={x}", "`namespace` must be a non-empty name"),
+        ("redis://h/0?namespace={x}", "`namespace` must be 1 to 64 characters"),
         ("http://h/0", "store URL must look like 'redis://"),
     ],
 )
@@ -178,7 +178,7 @@ async def test_an_expired_batch_opened_by_a_worker_that_left_is_flushed_by_the_s
 
 
 async def _batch_len(store: RedisStore, n: int) -> bool:
-    member = json.dumps(["payments", 0], separators=(",", ":"))
+    member = json.dumps(["payments", 0, ""], separators=(",", ":"))
     return int(await store.client.llen(store.batch_list(member))) == n
 
 
@@ -196,7 +196,7 @@ async def test_partitioned_batches_and_a_manual_flush(redis_url: str) -> None:
     assert sorted(sorted(d.ns) for d in first) == [[0, 2, 4], [1, 3, 5]]
     store = w.store
     assert isinstance(store, RedisStore)
-    member_a = json.dumps(["payments", 0, "a"], separators=(",", ":"))
+    member_a = json.dumps(["payments", 0, "", "a"], separators=(",", ":"))
     await until(lambda: _llen(store, store.batch_list(member_a), 1))
     assert await w.flush_batches() == 2
     done = await outputs(w, RPayBatch, 4)

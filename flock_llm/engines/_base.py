@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .._error_text import describe_error
 from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer
@@ -113,7 +114,7 @@ class ItemFailure:
 
     @classmethod
     def from_exception(cls, exc: BaseException, artifact_ids: Iterable[str], *, stage: str = "engine") -> ItemFailure:
-        return cls(tuple(artifact_ids), type(exc).__name__, str(exc)[:1000], stage)
+        return cls(tuple(artifact_ids), type(exc).__name__, describe_error(exc), stage)
 
 
 @dataclass(frozen=True, slots=True)
