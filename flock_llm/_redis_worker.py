@@ -597,6 +597,10 @@ class RedisWorker:
         of the agent may not see them (and ones whose intake failed here)."""
         if count <= 0:
             return []
+        summary = await self.store.client.xpending(stream, group)
+        mine = {str(c["name"]): int(c["pending"]) for c in summary.get("consumers") or ()}
+        if mine.get(self.store.consumer, 0) <= sum(1 for key in self._running if key[0] == stream):
+            return []  # (reading would also create this consumer in groups it never used)
         replies = await self.store.client.xreadgroup(group, self.store.consumer, {stream: "0"}, count=count)
         return [e for _, found in _stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running]
 
