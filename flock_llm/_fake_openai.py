@@ -29,7 +29,12 @@ class FakeOpenAIServer:
     per_item_latency_s: float = 0.002
     malformed_rate: float = 0.0
     rate_limit_rate: float = 0.0
+    fail_status: int | None = None
+    """Answer every request with this HTTP error status (e.g. 500 for a provider that is down, 401)."""
     seed: int = 7
+    down_until: float = 0.0
+    """`time.monotonic()` until which every request gets a 503 (see `outage()`)."""
+    failed_sent: int = 0
     requests: int = 0
     malformed_sent: int = 0
     rate_limited_sent: int = 0
@@ -56,10 +61,17 @@ class FakeOpenAIServer:
             self._server.shutdown()
             self._server.server_close()
 
+    def outage(self, seconds: float) -> None:
+        """Answer 503 to every request for the next `seconds`."""
+        self.down_until = time.monotonic() + seconds
+
     def fault(self, is_repair: bool) -> str | None:
-        """ "429", "malformed" or None for the next request (repairs are answered properly)."""
+        """ "429", "malformed", an error status or None for the next request (repairs are answered properly)."""
         with self._lock:
             self.requests += 1
+            if self.fail_status is not None or time.monotonic() < self.down_until:
+                self.failed_sent += 1
+                return str(self.fail_status or 503)
             roll = self._random.random()
             if roll < self.rate_limit_rate:
                 self.rate_limited_sent += 1
@@ -93,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(
                 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "50"}
             )
+            return
+        if fault is not None and fault.isdigit() and fault != "429":
+            self._send(int(fault), {"error": {"message": "the fake provider fails", "type": "server_error"}})
             return
         if fault == "malformed":
             content = content[: len(content) // 2]

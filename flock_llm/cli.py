@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -18,6 +19,11 @@ from .errors import ConfigurationError
 
 __all__ = ["main"]
 
+EXIT_OK = 0
+EXIT_USAGE = 2
+"""Bad arguments, an unreadable input file or an unusable output path: nothing was sent to a model."""
+EXIT_FAILURES = 3
+"""The run finished, but some reviews ended in failure records (or were not processed before --deadline)."""
 EXIT_INTERRUPTED = 130
 
 
@@ -28,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         "reviews",
         help="batch a file of customer reviews through an LLM",
         description="Batch customer reviews (JSONL or CSV: id, rating, text) through an LLM agent. Uses "
-        "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (placeholder answers).",
+        "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (placeholder answers). "
+        "Exit status: 0 all reviews processed; 2 usage error (nothing was sent); 3 some reviews failed or were "
+        "not processed before --deadline; 130 interrupted.",
     )
     reviews.add_argument("file", type=Path, help="reviews as .jsonl or .csv")
     reviews.add_argument("--batch-size", type=int, default=25, help="reviews per LLM call (default 25)")
@@ -36,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument("--model", help="litellm model string, e.g. openai/gpt-4.1-mini")
     reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
+    reviews.add_argument(
+        "--request-timeout", type=float, default=60.0, help="seconds one LLM request may take (default 60)"
+    )
+    reviews.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds the whole run may take; then reading stops and unfinished reviews are recorded as failed",
+    )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
     traces = commands.add_parser(
@@ -54,17 +70,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "traces":
         return _traces(Path(args.path), args.limit)
-    if args.json and args.output == "-":
-        print("flock-llm: --json prints the summary on stdout; give --output FILE for the outputs", file=sys.stderr)
-        return 2
-    if args.batch_size < 1 or args.timeout <= 0:
-        print("flock-llm: --batch-size must be >= 1 and --timeout > 0", file=sys.stderr)
-        return 2
+    problem = _usage_problem(args)
+    if problem:
+        print(f"flock-llm: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return asyncio.run(_reviews(args))
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+
+
+def _usage_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the `reviews` arguments (checked before any work, so no call is paid for), or ""."""
+    if args.json and args.output == "-":
+        return "--json prints the summary on stdout; give --output FILE for the outputs"
+    if args.batch_size < 1 or args.timeout <= 0:
+        return "--batch-size must be >= 1 and --timeout > 0"
+    if args.request_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
+        return "--request-timeout and --deadline must be positive numbers of seconds"
+    return "" if args.output == "-" else _output_problem(Path(args.output), args.file)
+
+
+def _output_problem(target: Path, source: Path) -> str:
+    """Why outputs could not be written to `target` (tried now: a temporary file in its directory), or ""."""
+    if target.is_dir():
+        return f"--output {str(target)!r} is a directory; give a file path"
+    if target.exists() and source.exists() and os.path.samefile(target, source):
+        return f"--output {str(target)!r} is the input file; write the outputs elsewhere"
+    directory = target.parent
+    if not directory.is_dir():
+        return f"--output {str(target)!r}: the directory {str(directory)!r} does not exist"
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{target.name}.", suffix=".check"):
+            pass
+        if target.exists():
+            with target.open("ab"):
+                pass
+    except OSError as exc:
+        return f"--output {str(target)!r} cannot be written: {exc.strerror or exc}"
+    return ""
 
 
 async def _reviews(args: argparse.Namespace) -> int:
@@ -89,6 +134,8 @@ async def _reviews(args: argparse.Namespace) -> int:
             per_item=args.per_item,
             on_progress=lambda n: progress.advance(task, n),
             stop=stop,
+            request_timeout=args.request_timeout,
+            deadline_s=args.deadline,
         )
     finally:
         progress.stop()
@@ -99,7 +146,11 @@ async def _reviews(args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         _print_summary(console, summary)
-    return EXIT_INTERRUPTED if summary.interrupted else 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.failed_items or summary.deadline_reached:
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 def _interrupt(console: Any, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Any:
@@ -135,12 +186,27 @@ def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
         sys.stdout.flush()
         return
     target = Path(output)
+    # an existing file keeps its mode; a new one gets the umask's (a temporary file is always 0600)
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
     # write to a temporary file and rename: an interrupted write never leaves half a file
     with tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=target.parent or Path("."), delete=False, prefix=f".{target.name}.", suffix=".tmp"
     ) as handle:
-        handle.write(lines)
+        try:
+            handle.write(lines)
+            handle.flush()
+            os.chmod(handle.name, mode)
+        except BaseException:
+            handle.close()
+            os.unlink(handle.name)  # no stray temporary file
+            raise
     os.replace(handle.name, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _print_summary(console: Any, summary: Any) -> None:
@@ -156,7 +222,8 @@ def _print_summary(console: Any, summary: Any) -> None:
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
     per_item_calls = summary.items
     rows = [
-        ("reviews processed", f"{summary.items}" + (" (interrupted)" if summary.interrupted else "")),
+        ("reviews processed", f"{summary.items}" + (" (interrupted)" if summary.interrupted else "")
+         + (" (deadline reached)" if summary.deadline_reached else "")),
         ("bad rows skipped", str(summary.bad_rows)),
         ("batches (flush reasons)", f"{summary.batches} ({reasons})"),
         ("outputs", str(summary.outputs)),

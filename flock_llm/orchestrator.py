@@ -112,6 +112,8 @@ class Flock:
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics = MetricsRecorder()
         self._closed = False
+        self._cancelling = False
+        """Set when shutdown's timeout passed: runs still going are cancelled, queued ones are not started."""
         self._write_failures: list[StoreError] = []
         """Commits of runs that failed (nobody awaits them): reported by shutdown()."""
         config = tracing_config(tracing, source)
@@ -554,6 +556,8 @@ class Flock:
         self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, flush: Flush | None, receipt: Any
     ) -> dict[str, Any]:
         """Run the engine and publish what it returned; the figures for tracing."""
+        if self._cancelling:
+            return self._cancelled(agent, ctx, inputs, flush, receipt)
         try:
             engine = self._engine_for(agent)
             if flush is not None:
@@ -562,6 +566,13 @@ class Flock:
                 result = await engine.evaluate(ctx, inputs)
             if not isinstance(result, EvalResult):
                 raise EngineError(f"{type(engine).__name__} returned {type(result).__name__}, expected an EvalResult")
+        except asyncio.CancelledError:
+            if not self._cancelling:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # this Flock cancelled it (shutdown's timeout): the run ends here, accounted for
+            return self._cancelled(agent, ctx, inputs, flush, receipt)
         except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; the inputs become a failure record
             self._metrics.counters["engine_errors"] += 1
             log.warning(
@@ -583,6 +594,24 @@ class Flock:
         self._finish_run(agent, ctx, inputs, lambda: self._publish_result(agent, inputs, result, flush), receipt)
         usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
+
+    def _cancelled(
+        self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, flush: Flush | None, receipt: Any
+    ) -> dict[str, Any]:
+        """A run stopped by shutdown's timeout: with a store that keeps deliveries, its inputs stay pending (the
+        next start, or another worker, runs them); in memory they become a failure record (stage "cancelled")."""
+        self._metrics.counters["cancelled_runs"] += 1
+        log.warning("agent %r: run of %d inputs cancelled at shutdown", agent.name, len(inputs.artifacts))
+        if self._units is None:
+            error = TimeoutError("the run was cancelled: shutdown's timeout passed before it finished")
+            self._finish_run(
+                agent,
+                ctx,
+                inputs,
+                partial(self._publish_failure, agent, inputs.artifacts, error, stage="cancelled", flush=flush),
+                receipt,
+            )
+        return {"outcome": "cancelled", "outputs": 0, "failures": 0 if self._units is not None else 1}
 
     def _finish_run(
         self, agent: Agent, ctx: EngineContext, inputs: EvalInputs, publish: Callable[[], None], receipt: Any
@@ -734,8 +763,14 @@ class Flock:
         if self._shared is not None:
             await self._shared.store.settle()  # this process's runs are committed when it returns
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, timeout: float | None = None) -> None:
         """Flush every partial batch (reason "shutdown"), finish all work, close open join groups.
+
+        Args:
+            timeout: seconds to wait for the work to finish (None: as long as it takes). After it, runs still
+                going are cancelled and queued ones are not started: in memory their inputs become failure
+                records (stage "cancelled"); with a SQLite or Redis store they stay pending for the next start
+                (or another worker). Nothing is lost either way.
 
         Raises:
             StoreError: (after everything was closed) runs whose outputs a durable store could not save.
@@ -752,7 +787,7 @@ class Flock:
             await self._shared.stop()
             await self.run_until_idle()
         else:
-            await self._finish_everything()
+            await self._finish_everything(None if timeout is None else asyncio.get_running_loop().time() + timeout)
         for timer in [*self._batch_timers.values(), *self._join_timers]:
             timer.cancel()
         self._batch_timers.clear()
@@ -774,13 +809,26 @@ class Flock:
                 "their inputs stay pending in the store and run again on the next start"
             )
 
-    async def _finish_everything(self) -> None:
+    async def _finish_everything(self, deadline: float | None) -> None:
         while True:
-            await self.run_until_idle()
+            await self._idle_by(deadline)
             flushed = self._flush_all("shutdown")
             closed = self._close_joins()
             if not flushed and not closed and not self._tasks:
                 return
+
+    async def _idle_by(self, deadline: float | None) -> None:
+        """Wait until no work is queued or running; at `deadline`, cancel what is still going."""
+        loop = asyncio.get_running_loop()
+        while self._tasks:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                self._cancelling = True
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.wait(list(self._tasks))
+                continue
+            await asyncio.wait(list(self._tasks), timeout=remaining)
 
     def _close_joins(self) -> int:
         count = 0

@@ -7,9 +7,11 @@ so they are easy to test; the CLI adds the terminal around them.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -66,22 +68,34 @@ class BadRow:
     error: str
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(line number, row or None, why it could not be read)."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield reader.line_num, dict(row), ""
-        return
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+MAX_FIELD_CHARS = 128 * 1024
+"""A row with a field longer than this is reported, not read (csv's own limit; JSONL follows it)."""
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+"""Bytes that are not UTF-8, as decoded with errors="surrogateescape"."""
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                continue
             if not line.strip():
+                continue
+            if len(line) > MAX_FIELD_CHARS + 1024:
+                yield number, None, f"line longer than {MAX_FIELD_CHARS + 1024:,} characters"
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            except (ValueError, RecursionError) as exc:  # e.g. an integer of thousands of digits, deep nesting
+                yield number, None, f"not readable JSON ({type(exc).__name__}: {str(exc)[:80]})"
                 continue
             if not isinstance(value, dict):
                 yield number, None, f"expected a JSON object, got {type(value).__name__}"
@@ -89,8 +103,51 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
             yield number, value, ""
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader goes on with the next record
+                yield reader.line_num + 1, None, f"not readable CSV ({exc})"
+                continue
+            if any(isinstance(v, str) and _UNDECODABLE.search(v) for v in row.values()):
+                yield reader.line_num, None, "not valid UTF-8"
+                continue
+            yield reader.line_num, dict(row), ""
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, row or None, why it could not be read)."""
+    return _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+
+
+def _review_problem(row: dict[str, Any]) -> str:
+    """What makes a row unusable before validation (pydantic would quietly coerce these), or ""."""
+    if "review_id" not in row and "id" in row:
+        row["review_id"] = row.pop("id")
+    review_id = row.get("review_id")
+    if isinstance(review_id, bool) or not isinstance(review_id, (str, int)) or str(review_id).strip() == "":
+        shown = "null" if review_id is None else type(review_id).__name__
+        return f"`id` must be a non-empty string or an integer, got {shown}"
+    row["review_id"] = str(review_id)
+    rating = row.get("rating")
+    if isinstance(rating, bool) or (isinstance(rating, str) and len(rating.strip()) > 3):
+        return "rating: must be a whole number from 1 to 5"
+    text = row.get("text")
+    if isinstance(text, str) and len(text) > MAX_FIELD_CHARS:
+        return f"text: longer than {MAX_FIELD_CHARS:,} characters"
+    return ""
+
+
 def read_reviews(path: Path) -> tuple[list[Review], list[BadRow]]:
-    """Reviews from JSONL or CSV (fields id or review_id, rating, text); bad rows are returned, not dropped.
+    """Reviews from JSONL or CSV (fields id or review_id, rating, text; UTF-8, with or without a BOM); rows
+    that cannot be used are returned with their line numbers, never dropped silently: not UTF-8, not JSON,
+    a field over MAX_FIELD_CHARS, an id that is null, an object or a boolean, a duplicate id, a rating that is
+    a boolean or not a whole number from 1 to 5.
 
     Raises:
         ConfigurationError: the file does not exist or is not .jsonl/.json/.csv.
@@ -101,17 +158,24 @@ def read_reviews(path: Path) -> tuple[list[Review], list[BadRow]]:
         raise ConfigurationError(f"{str(path)!r}: expected a .jsonl or .csv file")
     reviews: list[Review] = []
     bad: list[BadRow] = []
+    first_seen: dict[str, int] = {}
     for line, row, problem in _rows(path):
-        if row is None:
+        if row is not None:
+            problem = _review_problem(row)
+        if row is None or problem:
             bad.append(BadRow(line, problem))
             continue
-        if "review_id" not in row and "id" in row:
-            row["review_id"] = str(row.pop("id"))
         try:
-            reviews.append(Review.model_validate(row))
+            review = Review.model_validate(row)
         except ValidationError as exc:
             details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
             bad.append(BadRow(line, details))
+            continue
+        if review.review_id in first_seen:
+            bad.append(BadRow(line, f"duplicate id {review.review_id!r} (first on line {first_seen[review.review_id]})"))
+            continue
+        first_seen[review.review_id] = line
+        reviews.append(review)
     return reviews, bad
 
 
@@ -139,6 +203,7 @@ class RunSummary:
     fallbacks: int = 0
     wall_s: float = 0.0
     interrupted: bool = False
+    deadline_reached: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,13 +239,21 @@ async def run_reviews(
     env: dict[str, str] | None = None,
     on_progress: Callable[[int], None] = lambda n: None,
     stop: asyncio.Event | None = None,
+    request_timeout: float = 60.0,
+    deadline_s: float | None = None,
 ) -> tuple[list[dict[str, Any]], RunSummary]:
     """Publish `reviews` into a batching LLM agent; return its outputs and failure records (as JSONL
     records, oldest first) and a summary.
 
     When `stop` is set, publishing stops, partial batches flush (reason "shutdown") and the run
-    finishes what it has: nothing already published is lost.
+    finishes what it has: nothing already published is lost. `request_timeout` bounds each LLM request;
+    `deadline_s` the whole run: at the deadline, reading stops and what is still running is cancelled
+    (its reviews become failure records with stage "cancelled").
     """
+    loop = asyncio.get_running_loop()
+    deadline = None if deadline_s is None else loop.time() + deadline_s
+    stop = stop or asyncio.Event()
+    timer = None if deadline_s is None else loop.call_later(deadline_s, stop.set)
     flock = Flock(model=model, env=env)
     concurrency = 4
     done = 0
@@ -193,7 +266,7 @@ async def run_reviews(
         on_progress(n)
 
     output_type = ReviewLabel if per_item else ReviewTrend
-    engine = LLMEngine(per_item=per_item)
+    engine = LLMEngine(per_item=per_item, timeout=request_timeout)
     (
         flock.agent("review_analyst")
         .description(
@@ -215,21 +288,33 @@ async def run_reviews(
     # an interrupt stops at the next review instead of after the whole file was handed over.
     window = batch_size * (concurrency + 1)
     for review in reviews:
-        while summary.items - done >= window and not (stop is not None and stop.is_set()):
+        while summary.items - done >= window and not stop.is_set():
             progressed.clear()
-            await progressed.wait()
-        if stop is not None and stop.is_set():
+            await _first(progressed.wait(), stop.wait())
+        if stop.is_set():
             break
         review_ids[(await flock.publish(review)).id] = review.review_id
         summary.items += 1
         await asyncio.sleep(0)  # let timers and finished runs through between rows
-    await flock.run_until_idle()
-    await flock.shutdown()
+    await flock.shutdown(timeout=None if deadline is None else max(0.0, deadline - loop.time()))
+    if timer is not None:
+        timer.cancel()
     summary.wall_s = time.perf_counter() - started
-    summary.interrupted = stop is not None and stop.is_set()
+    summary.deadline_reached = deadline is not None and loop.time() >= deadline
+    summary.interrupted = stop.is_set() and not summary.deadline_reached
     results = [a for a in await flock.store.list() if a.produced_by == "review_analyst"]
     _fill_summary(summary, flock, results)
     return [output_record(a, review_ids) for a in results], summary
+
+
+async def _first(*waits: Any) -> None:
+    """Wait until the first of several awaitables finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _fill_summary(summary: RunSummary, flock: Flock, results: list[Artifact]) -> None:
