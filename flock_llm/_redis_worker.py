@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 import logging
+import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -251,7 +251,7 @@ class RedisWorker:
         """Route delivered entries; returns how many became direct runs (holding a slot)."""
         adds: list[tuple[str, str, str]] = []
         handover: dict[str, list[str]] = {}
-        refreshed = False
+        refreshed: list[bool] = []
         runs = 0
         for entry_id, fields in entries:
             if (stream, entry_id) in self._running:
@@ -260,16 +260,10 @@ class RedisWorker:
             artifact = self._decode(agent, receipt, [fields.get("a", "") if fields else ""])
             if artifact is None:
                 continue
-            if not artifact[0].visibility.allows(agent.identity):
-                if not refreshed:  # once per read: a peer that started a moment ago may be the one to see it
-                    await self._peers.exchange()
-                    refreshed = True
-                peer = self._peers.who_may_see(agent.name, self._identity[agent.name], artifact[0])
-                if peer is not None:
-                    # another live process defines this agent with a tenant or labels that may see it
-                    # (mid-deploy): handed over to it, unacknowledged, instead of being dropped here
-                    handover.setdefault(peer, []).append(entry_id)
-                    continue
+            peer = await self._peer_for(agent, artifact[0], refreshed)
+            if peer is not None:
+                handover.setdefault(peer, []).append(entry_id)
+                continue
             member = self._admit(agent, sub, artifact[0], receipt)
             if member is None:
                 continue
@@ -285,6 +279,16 @@ class RedisWorker:
         if adds:
             await self._add_to_batches(agent, sub, stream, group, adds)
         return runs
+
+    async def _peer_for(self, agent: Agent, artifact: Artifact, refreshed: list[bool]) -> str | None:
+        """The live peer to hand an artifact to: one that defines this agent with a tenant or labels that may
+        see it, when this process may not (mid-deploy). Handed over unacknowledged, it is not dropped here."""
+        if artifact.visibility.allows(agent.identity):
+            return None
+        if not refreshed:  # once per read: a peer that started a moment ago may be the one to see it
+            await self._peers.exchange()
+            refreshed.append(True)
+        return self._peers.who_may_see(agent.name, self._identity[agent.name], artifact)
 
     def _admit(self, agent: Agent, sub: Subscription, artifact: Artifact, receipt: Receipt) -> str | None:
         """The batch member for an accepted artifact ("" when unbatched); None when refused (acknowledged,
@@ -486,8 +490,13 @@ class RedisWorker:
         finally:
             flock._commit_unit(None if allowed else receipt)
         if len(allowed) < len(items):
-            log.warning("batch %s of %s: %d of %d items refused here", receipt.entry_id, receipt.stream,
-                        len(items) - len(allowed), len(items))
+            log.warning(
+                "batch %s of %s: %d of %d items refused here",
+                receipt.entry_id,
+                receipt.stream,
+                len(items) - len(allowed),
+                len(items),
+            )
         return allowed
 
     def _refusal(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
@@ -602,7 +611,9 @@ class RedisWorker:
         if mine.get(self.store.consumer, 0) <= sum(1 for key in self._running if key[0] == stream):
             return []  # (reading would also create this consumer in groups it never used)
         replies = await self.store.client.xreadgroup(group, self.store.consumer, {stream: "0"}, count=count)
-        return [e for _, found in _stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running]
+        return [
+            e for _, found in _stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running
+        ]
 
     async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
         """Claim up to `count` entries idle longer than `claim_timeout`; forget consumers long gone."""

@@ -222,8 +222,12 @@ def _print_summary(console: Any, summary: Any) -> None:
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
     per_item_calls = summary.items
     rows = [
-        ("reviews processed", f"{summary.items}" + (" (interrupted)" if summary.interrupted else "")
-         + (" (deadline reached)" if summary.deadline_reached else "")),
+        (
+            "reviews processed",
+            f"{summary.items}"
+            + (" (interrupted)" if summary.interrupted else "")
+            + (" (deadline reached)" if summary.deadline_reached else ""),
+        ),
         ("bad rows skipped", str(summary.bad_rows)),
         ("batches (flush reasons)", f"{summary.batches} ({reasons})"),
         ("outputs", str(summary.outputs)),

@@ -356,9 +356,7 @@ class RedisStore:
             return
         # outputs get ids derived from the run's receipt, so a run done twice names its outputs the same
         outputs = [
-            replace(
-                self._fitting(a), id=uuid.uuid5(uuid.NAMESPACE_URL, f"{receipt.stream}/{receipt.entry_id}/{n}").hex
-            )
+            replace(self._fitting(a), id=uuid.uuid5(uuid.NAMESPACE_URL, f"{receipt.stream}/{receipt.entry_id}/{n}").hex)
             for n, a in enumerate(unit.artifacts)
         ]
         keys = [receipt.stream, self.key("ids"), *(self.type_stream(a.type_name) for a in outputs)]
@@ -381,7 +379,9 @@ class RedisStore:
         size = len(artifact_to_json(output).encode())
         if size <= self.max_artifact_bytes:
             return output
-        log.error("agent %r produced a %s of %d bytes, over max_artifact_bytes", output.produced_by, output.type_name, size)
+        log.error(
+            "agent %r produced a %s of %d bytes, over max_artifact_bytes", output.produced_by, output.type_name, size
+        )
         record = FailureRecord(
             agent=output.produced_by or "",
             input_ids=list(output.derived_from),

@@ -172,7 +172,9 @@ def read_reviews(path: Path) -> tuple[list[Review], list[BadRow]]:
             bad.append(BadRow(line, details))
             continue
         if review.review_id in first_seen:
-            bad.append(BadRow(line, f"duplicate id {review.review_id!r} (first on line {first_seen[review.review_id]})"))
+            bad.append(
+                BadRow(line, f"duplicate id {review.review_id!r} (first on line {first_seen[review.review_id]})")
+            )
             continue
         first_seen[review.review_id] = line
         reviews.append(review)

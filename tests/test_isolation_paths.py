@@ -46,7 +46,9 @@ def doc_agent(flock: Flock, tenant: str, engine: FunctionEngine, *, size: int = 
 
 
 def recording(tenant: str) -> FunctionEngine:
-    return FunctionEngine(batch=lambda ctx, inputs: TenantDone(ns=[d.n for d in inputs.all_as(TenantDoc)], tenant=tenant))
+    return FunctionEngine(
+        batch=lambda ctx, inputs: TenantDone(ns=[d.n for d in inputs.all_as(TenantDoc)], tenant=tenant)
+    )
 
 
 async def until(condition, timeout: float = 20.0) -> None:  # noqa: ANN001 - async predicate
@@ -144,8 +146,17 @@ async def test_an_undecodable_entry_becomes_a_failure_record_as_private_as_the_e
     producer = RedisStore.from_url(redis_url)
     await producer.connect()
     visibility = json.dumps(visibility_to_dict(TenantVisibility(tenant_id="tenant-a")))
-    row = ["old-1", "Evolving", json.dumps({"amount": "tenant A's secret 4111-1111"}), None, "[]", None, "[]",
-           visibility, time.time()]
+    row = [
+        "old-1",
+        "Evolving",
+        json.dumps({"amount": "tenant A's secret 4111-1111"}),
+        None,
+        "[]",
+        None,
+        "[]",
+        visibility,
+        time.time(),
+    ]
     await producer.script("PUBLISH")(
         keys=[producer.key("ids"), producer.type_stream("Evolving")], args=["old-1", json.dumps(row)]
     )

@@ -17,7 +17,7 @@ from llm_fakes import MODEL, OPENAI_URL, body, chat, error, item_ids, per_item_a
 
 from flock_llm import Artifact, FailureRecord, Flock
 from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines.llm import LLMEngine
+from flock_llm.engines.llm import BreakerPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05)
@@ -208,20 +208,26 @@ def test_retry_policy_honours_and_caps_retry_after() -> None:
     assert 1.0 <= policy.delay(3, None) <= 2.0  # 0.5 * 2**2, with jitter in [50%, 100%]
 
 
-async def test_a_5xx_storm_ends_in_per_item_fallback(openai: respx.MockRouter) -> None:
+async def test_a_5xx_storm_waits_for_the_provider_instead_of_fanning_out_per_item(openai: respx.MockRouter) -> None:
+    """Transport failures open the circuit breaker: the batch waits and is asked again as a whole once the
+    provider answers; no per-item fallback calls."""
+    answered = 0
+
     def storm_then_recovery(request: httpx.Request) -> httpx.Response:
-        ids = item_ids(request)
-        if len(ids) > 1:
+        nonlocal answered
+        answered += 1
+        if answered <= 4:  # 3 attempts, then the first probe
             return error(503, "overloaded")
-        return chat(per_item_answer(ids, label="recovered"))
+        return chat(per_item_answer(item_ids(request), label="recovered"))
 
     route = openai.post(OPENAI_URL).mock(side_effect=storm_then_recovery)
+    breaker = BreakerPolicy(probe_interval=0.05, max_outage=10)
     flock, published = await run_batch(
-        LLMEngine(MODEL, per_item=True, api_key=KEY, retry=FAST_RETRY), reviews(4), per_item=True
+        LLMEngine(MODEL, per_item=True, api_key=KEY, retry=FAST_RETRY, breaker=breaker), reviews(4), per_item=True
     )
-    assert route.call_count == 3 + 4  # 3 attempts at the batch, then one call per item
+    assert route.call_count == 3 + 2  # 3 attempts at the batch, a failed probe, a probe that is answered
     usage = flock.metrics().usage["sentiment"]
-    assert (usage["retries"], usage["fallbacks"], usage["failed_items"]) == (2, 4, 0)
+    assert (usage["retries"], usage["fallbacks"], usage["failed_items"]) == (2, 0, 0)
     assert {o.label for o in await flock.store.get_by_type(ReviewSentiment)} == {"recovered"}
     await assert_accounted_once(flock, published)
 

@@ -18,16 +18,18 @@ its own; the backend makes the calls.
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from ..errors import ModelCallError, ModelOutputError
+from ..errors import ModelCallError, ModelOutputError, ProviderUnavailableError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Output
-from ._limits import classify_error
-from ._parsing import parse_per_item, parse_report
+from ._limits import classify_error, describe_call_error
+from ._parsing import extract_json, parse_per_item, parse_report
 
 __all__ = ["Answer", "Backend", "FallbackLadder", "LadderItem", "Repair", "Usage", "ladder_items", "per_item_fallback"]
 
@@ -84,11 +86,33 @@ class Usage:
     """Prompt tokens the same items would have needed one call each (rendered and counted)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def absorb(self, other: dict[str, Any]) -> None:
+        """Add the calls, tokens and cost of another run (the per-item fallback's) to these counters."""
+        for name in _CALL_COUNTERS:
+            value = other.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, name, getattr(self, name) + value)
+
     def as_dict(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if not self.cost_known_calls:
             values["cost_usd"] = None
         return {**values, **self.extra}
+
+
+_CALL_COUNTERS = (
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_known_calls",
+    "latency_s",
+    "retries",
+    "repairs",
+    "splits",
+    "reduces",
+)
+"""What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
 
 
 class Backend(Protocol):
@@ -102,6 +126,40 @@ class Backend(Protocol):
 
 
 Fallback = Callable[[LadderItem], Awaitable[EvalResult]]
+
+DEFAULT_MAX_CALLS_PER_ITEM = 2.0
+UNUSABLE_ANSWERS_STOP = 3
+"""Answers in a row without any usable JSON (one of them for a single item) after which a batch's ladder
+stops asking."""
+
+
+def call_budget(items: int, max_calls_per_item: float) -> int:
+    """The most answered calls one batch's ladder makes: 2 + ceil(items x max_calls_per_item) (with the
+    default 2.0: at most twice what per-item processing would cost, plus two)."""
+    return 2 + math.ceil(items * max_calls_per_item)
+
+
+class CallBudgetError(ModelCallError):
+    """The batch's ladder made as many calls as its budget allows; the rest of its items fail."""
+
+    ladder_stage = "call_budget"
+
+
+class UnusableAnswersError(ModelOutputError):
+    """The model answered several times in a row without the requested format; the ladder stopped."""
+
+    ladder_stage = "unusable_answers"
+
+
+def _stage_of(error: BaseException) -> str:
+    if isinstance(error, ProviderUnavailableError):
+        return "provider_unavailable"
+    return str(getattr(error, "ladder_stage", "engine"))
+
+
+def _name_artifacts(line: str, item: LadderItem) -> str:
+    """A feedback line with the prompt's internal item id replaced by the artifact ids it stands for."""
+    return re.sub(rf"\b{re.escape(item.id)}\b", "/".join(item.artifact_ids), line)
 
 
 def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
@@ -145,7 +203,13 @@ class FallbackLadder:
     """
 
     def __init__(
-        self, backend: Backend, output_type: type[BaseModel], usage: Usage, fallback: Fallback | None = None
+        self,
+        backend: Backend,
+        output_type: type[BaseModel],
+        usage: Usage,
+        fallback: Fallback | None = None,
+        *,
+        max_calls_per_item: float = DEFAULT_MAX_CALLS_PER_ITEM,
     ) -> None:
         self.backend = backend
         self.output_type = output_type
@@ -154,6 +218,17 @@ class FallbackLadder:
         self.outputs: list[Output] = []
         self.failures: list[ItemFailure] = []
         self.fatal: BaseException | None = None
+        self.max_calls_per_item = max_calls_per_item
+        self.batch_items = 0
+        self.call_budget = 0
+        self.answered = 0
+        """Calls that got an answer (transport failures, which the breaker handles, do not count)."""
+        self._unusable = 0
+        self._unusable_single = False
+
+    def _budget(self, items: Sequence[LadderItem]) -> None:
+        self.batch_items = len(items)
+        self.call_budget = call_budget(len(items), self.max_calls_per_item)
 
     def result(self) -> EvalResult:
         return EvalResult(tuple(self.outputs), tuple(self.failures), self.usage.as_dict())
@@ -161,6 +236,7 @@ class FallbackLadder:
     # -- per-item mode -------------------------------------------------------------
 
     async def per_item(self, items: Sequence[LadderItem]) -> EvalResult:
+        self._budget(items)
         await self._items(list(items), repair_allowed=True)
         return self.result()
 
@@ -174,10 +250,12 @@ class FallbackLadder:
         if answer is None:
             await self._recover(group, per_item=True)
             return
-        if answer.truncated and len(group) > 1:
-            await self._split_items(group, repair_allowed=repair_allowed)  # cut off: smaller asks, not a re-ask
+        pending, feedback = self._accept_items(group, answer)  # a complete answer is kept even if "length"
+        if self._stopped(pending):
             return
-        pending, feedback = self._accept_items(group, answer)
+        if pending and answer.truncated and len(pending) > 1:
+            await self._split_items(pending, repair_allowed=repair_allowed)  # cut off: smaller asks, not a re-ask
+            return
         if pending and repair_allowed and not answer.truncated:
             self.usage.repairs += 1
             repaired = await self._ask(pending, per_item=True, repair=Repair(answer.content, feedback, group))
@@ -185,7 +263,7 @@ class FallbackLadder:
                 await self._recover(pending, per_item=True)
                 return
             pending, feedback = self._accept_items(pending, repaired)
-        if not pending:
+        if not pending or self._stopped(pending):
             return
         if len(pending) > 1:
             await self._split_items(pending, repair_allowed=False)
@@ -201,6 +279,9 @@ class FallbackLadder:
         results = parse_per_item(answer.content, [i.id for i in group], self.output_type)
         self.usage.unknown_ids += len(results.unknown)
         self.usage.duplicate_ids += len(results.duplicates)
+        self._judge_format(
+            usable=bool(results.valid) or results.problem is None, problem=results.problem, asked=len(group)
+        )
         for item in group:
             obj = results.valid.get(item.id)
             if obj is not None:
@@ -210,6 +291,7 @@ class FallbackLadder:
     # -- report mode -------------------------------------------------------------
 
     async def report(self, items: Sequence[LadderItem]) -> EvalResult:
+        self._budget(items)
         parts = await self._report(list(items), repair_allowed=True)
         if len(parts) > 1 and not self.fatal:
             parts = await self._reduce(parts, total=len(items))
@@ -224,17 +306,19 @@ class FallbackLadder:
         answer = await self._ask(group, per_item=False)
         if answer is None:
             return await self._recover(group, per_item=False)
-        if answer.truncated and len(group) > 1:
+        obj, errors = self._parse_report(answer, len(group))  # a complete answer is kept even if "length"
+        if obj is None and answer.truncated and len(group) > 1 and not self._stopped([]):
             return await self._split_report(group, repair_allowed=repair_allowed)
-        obj, errors = parse_report(answer.content, self.output_type)
-        if obj is None and repair_allowed and not answer.truncated:
+        if obj is None and repair_allowed and not answer.truncated and not self._stopped([]):
             self.usage.repairs += 1
             repaired = await self._ask(group, per_item=False, repair=Repair(answer.content, errors, group))
             if repaired is None:
                 return await self._recover(group, per_item=False)
-            obj, errors = parse_report(repaired.content, self.output_type)
+            obj, errors = self._parse_report(repaired, len(group))
         if obj is not None:
             return [Output(obj, tuple(a for item in group for a in item.artifact_ids))]
+        if self._stopped(group):
+            return []
         if len(group) > 1:
             return await self._split_report(group, repair_allowed=False)
         await self._last_resort(group[0], errors, answer.content)
@@ -268,6 +352,17 @@ class FallbackLadder:
             return parts
         return [Output(obj, tuple(a for p in parts for a in p.derived_from or ()))]
 
+    def _parse_report(self, answer: Answer, asked: int) -> tuple[BaseModel | None, list[str]]:
+        obj, errors = parse_report(answer.content, self.output_type)
+        problem = None
+        if obj is None and isinstance(answer.content, str):
+            try:
+                extract_json(answer.content)
+            except ValueError as exc:
+                problem = str(exc)
+        self._judge_format(usable=obj is not None or problem is None, problem=problem, asked=asked)
+        return obj, errors
+
     # -- shared rungs -------------------------------------------------------------
 
     def _stopped(self, group: list[LadderItem]) -> bool:
@@ -276,18 +371,46 @@ class FallbackLadder:
         self._fail(group, self.fatal)
         return True
 
+    def _check_budget(self) -> None:
+        if self.answered >= self.call_budget and self.fatal is None:
+            self.fatal = CallBudgetError(
+                f"the ladder's call budget for this batch is spent ({self.answered} answered calls for "
+                f"{self.batch_items} items; `max_calls_per_item`={self.max_calls_per_item:g})"
+            )
+
+    def _judge_format(self, *, usable: bool, problem: str | None, asked: int) -> None:
+        """Stop descending when answer after answer holds no usable JSON at all, down to a single item: the
+        model cannot produce the format, and more splits or per-item calls would only multiply the cost."""
+        if usable:
+            self._unusable = 0
+            self._unusable_single = False
+            return
+        self._unusable += 1
+        self._unusable_single = self._unusable_single or asked == 1
+        if self._unusable >= UNUSABLE_ANSWERS_STOP and self._unusable_single and self.fatal is None:
+            self.fatal = UnusableAnswersError(
+                f"the model answered {self._unusable} times in a row without the requested JSON format, a "
+                f"single item included; stopped asking (last problem: {problem})"
+            )
+
     async def _ask(
         self, group: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
     ) -> Answer | None:
         """The answer, or None after recording why the call failed (see `_last_error`)."""
         self._last_error: BaseException | None = None
+        self._check_budget()
+        if self.fatal is not None:
+            self._last_error = self.fatal
+            return None
         try:
-            return await self.backend.ask(group, per_item=per_item, repair=repair, reduce_total=reduce_total)
+            answer = await self.backend.ask(group, per_item=per_item, repair=repair, reduce_total=reduce_total)
         except Exception as exc:  # noqa: BLE001 - provider and transport errors of any kind; classified here
             self._last_error = exc
             if classify_error(exc) == "fatal":
                 self.fatal = exc
             return None
+        self.answered += 1
+        return answer
 
     async def _recover(self, group: list[LadderItem], *, per_item: bool) -> list[Output]:
         """After a failed call: split on context overflow, per-item fallback after transient errors."""
@@ -304,7 +427,7 @@ class FallbackLadder:
         outputs: list[Output] = []
         for item in group:
             before = len(self.outputs)
-            await self._last_resort(item, [f"{type(exc).__name__}: {exc}"], None, error=exc)
+            await self._last_resort(item, [describe_call_error(exc)], None, error=exc)
             if not per_item:  # report mode: the fallback's report is a partial report to reduce
                 outputs += self.outputs[before:]
                 del self.outputs[before:]
@@ -313,16 +436,20 @@ class FallbackLadder:
     async def _last_resort(
         self, item: LadderItem, feedback: Sequence[str], raw: Any, error: BaseException | None = None
     ) -> None:
+        self._check_budget()
         if self.fallback is not None and self.fatal is None:
             self.usage.fallbacks += 1
             result = await self.fallback(item)
+            self.usage.absorb(result.usage)  # every call counts, whichever rung made it
+            self.answered += int(result.usage.get("llm_calls", 0) or 0) - int(result.usage.get("retries", 0) or 0)
             self.outputs.extend(result.outputs)
             self.failures.extend(result.failures)
             self.usage.failed_items += len(result.failures)
             return
         if error is None:
-            error = ModelOutputError(
-                "the model's answer for this item did not validate: " + "; ".join(feedback)[:500],
+            error = self.fatal or ModelOutputError(
+                f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
+                + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
                 raw=raw if isinstance(raw, str) else repr(raw),
                 item_ids=[item.id],
             )
@@ -334,8 +461,9 @@ class FallbackLadder:
         self.usage.failed_items += len(group)
         if not isinstance(error, (ModelOutputError, ModelCallError)):
             error = ModelCallError(
-                f"{type(error).__name__}: {error}",
+                describe_call_error(error),
                 retryable=classify_error(error) == "transient",
                 status_code=getattr(error, "status_code", None),
             )
-        self.failures.append(ItemFailure.from_exception(error, [a for item in group for a in item.artifact_ids]))
+        ids = [a for item in group for a in item.artifact_ids]
+        self.failures.append(ItemFailure.from_exception(error, ids, stage=_stage_of(error)))

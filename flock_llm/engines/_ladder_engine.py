@@ -10,7 +10,16 @@ from pydantic import BaseModel
 
 from ..errors import ConfigurationError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
-from ._ladder import Backend, FallbackLadder, LadderItem, Usage, ladder_items, per_item_fallback
+from ._breaker import BreakerPolicy, ProviderGuard
+from ._ladder import (
+    DEFAULT_MAX_CALLS_PER_ITEM,
+    Backend,
+    FallbackLadder,
+    LadderItem,
+    Usage,
+    ladder_items,
+    per_item_fallback,
+)
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import is_offline, load_litellm, redact, secrets_from
 
@@ -57,7 +66,9 @@ class LadderEngine(Engine):
         max_concurrent_requests: int | None,
         requests_per_minute: float | None,
         retry: RetryPolicy | None,
+        breaker: BreakerPolicy | None,
         timeout: float,
+        max_calls_per_item: float = DEFAULT_MAX_CALLS_PER_ITEM,
         passthrough: dict[str, Any],
         reserved: Sequence[str],
     ) -> None:
@@ -72,7 +83,16 @@ class LadderEngine(Engine):
         self.per_item = per_item
         self.output_type = output_type
         self.max_input_tokens = max_input_tokens
+        if (
+            isinstance(max_calls_per_item, bool)
+            or not isinstance(max_calls_per_item, (int, float))
+            or max_calls_per_item <= 0
+        ):
+            raise ConfigurationError(f"`max_calls_per_item` must be a positive number, got {max_calls_per_item!r}")
+        self.max_calls_per_item = float(max_calls_per_item)
         self.retry = retry or RetryPolicy()
+        self.guard = ProviderGuard(breaker or BreakerPolicy())
+        """This engine's circuit breaker and shared back-off (every agent using the engine shares them)."""
         self.timeout = float(timeout)
         self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
         self._secrets = secrets_from(passthrough)
@@ -108,6 +128,8 @@ class LadderEngine(Engine):
         backend.usage.items = len(items)
         backend.usage.per_item_prompt_tokens = sum(backend.count_tokens([item]) for item in items)
         last_rung = per_item_fallback(self, ctx, inputs) if fallback else None
-        ladder = FallbackLadder(backend, backend.output_type, backend.usage, last_rung)
+        ladder = FallbackLadder(
+            backend, backend.output_type, backend.usage, last_rung, max_calls_per_item=self.max_calls_per_item
+        )
         result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
         return replace(result, failures=tuple(replace(f, error=self.redact(f.error)) for f in result.failures))

@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ProviderUnavailableError
 
-__all__ = ["ErrorKind", "RequestLimiter", "RetryPolicy", "classify_error", "retry_after_seconds"]
+__all__ = [
+    "ErrorKind",
+    "RequestLimiter",
+    "RetryPolicy",
+    "classify_error",
+    "describe_call_error",
+    "retry_after_seconds",
+]
 
 T = TypeVar("T")
 ErrorKind = Literal["transient", "context", "fatal"]
@@ -22,6 +30,8 @@ def classify_error(exc: BaseException) -> ErrorKind:
     """transient: retry it; context: the prompt is too long, split; fatal: never retry (auth, bad request, ...)."""
     import litellm  # already loaded by the engine that made the call
 
+    if isinstance(exc, ProviderUnavailableError):
+        return "fatal"  # the breaker waited `max_outage` already: nothing more to try for these items
     if isinstance(exc, litellm.ContextWindowExceededError):
         return "context"
     if isinstance(
@@ -54,6 +64,26 @@ def classify_error(exc: BaseException) -> ErrorKind:
     if isinstance(status, int) and (status >= 500 or status in (408, 409, 429)):
         return "transient"
     return "fatal"
+
+
+_CLASS_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]+(?:Error|Exception|Timeout)\s*[:\-]\s*")
+
+
+def describe_call_error(exc: BaseException) -> str:
+    """What a failed call says, once: the error kind, the HTTP status, where the call went (when known) and
+    the provider's message, without litellm's repeated class-name prefixes."""
+    name = type(exc).__name__
+    text = str(exc)
+    while True:
+        shorter = _CLASS_PREFIX.sub("", text, count=1)
+        if shorter == text:
+            break
+        text = shorter
+    text = text.strip() or "no message"
+    status = getattr(exc, "status_code", None)
+    head = f"{name} (HTTP {status})" if isinstance(status, int) else name
+    notes = "; ".join(getattr(exc, "__notes__", ()) or ())
+    return f"{head}: {text}" + (f" [{notes}]" if notes else "")
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:

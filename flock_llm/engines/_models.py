@@ -77,6 +77,10 @@ _KEY_SHAPES = re.compile(r"\b(sk-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9_\-.=]{8,
 def secrets_from(kwargs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> list[str]:
     """Values that must never appear in logs, errors or metrics."""
     found = [str(v) for k, v in kwargs.items() if _SECRET_NAME.search(k) and v]
+    for name in ("extra_headers", "headers", "default_headers"):  # gateway tokens travel in headers
+        headers = kwargs.get(name)
+        if isinstance(headers, Mapping):
+            found += [str(v) for v in headers.values() if v is not None and len(str(v)) >= 4]
     source = os.environ if env is None else env
     found += [v for k, v in source.items() if _SECRET_NAME.search(k) and len(v) >= 8]
     return sorted(set(found), key=len, reverse=True)

@@ -29,14 +29,23 @@ def extract_json(text: str) -> Any:
                 return json.loads(candidate)
             except json.JSONDecodeError:
                 pass
+            except RecursionError:
+                raise ValueError(f"the answer is nested too deeply to read ({len(text)} characters)") from None
     decoder = json.JSONDecoder()
-    for start, char in enumerate(text):
-        if char in "{[":
-            try:
-                value, _ = decoder.raw_decode(text, start)
-            except json.JSONDecodeError:
-                continue
-            return value
+    first = len(text) - len(text.lstrip())
+    # an answer that starts like JSON must be JSON (text may follow it); one that starts with prose may hold
+    # JSON anywhere
+    starts = [first] if text[first : first + 1] in ("{", "[") else [i for i, c in enumerate(text) if c in "{["]
+    for start in starts:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        except RecursionError:
+            raise ValueError(f"the answer is nested too deeply to read ({len(text)} characters)") from None
+        return value
+    if starts == [first]:
+        raise ValueError(f"the answer is not complete JSON ({len(text)} characters; it may have been cut off)")
     raise ValueError(f"the answer holds no JSON object ({len(text)} characters, starting {text[:60]!r})")
 
 

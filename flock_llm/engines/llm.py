@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
+from ._breaker import BreakerPolicy
 from ._ladder import Answer, LadderItem, Repair, Usage
 from ._ladder_engine import LadderEngine, context_window
 from ._limits import RetryPolicy
 from ._models import announce_offline, is_offline, load_litellm, resolve_model
 
-__all__ = ["CallRecord", "LLMEngine", "RetryPolicy"]
+__all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy"]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -55,7 +58,11 @@ class LLMEngine(LadderEngine):
         max_input_tokens: context budget per call (default: litellm's figure for the model, else 16,000).
         max_concurrent_requests, requests_per_minute: limits for this engine's calls.
         retry: how transient errors (429, 5xx, timeouts, connection errors) are retried.
+        breaker: how long calls wait for a provider that is down (circuit breaker; see BreakerPolicy).
         timeout: seconds per request.
+        max_calls_per_item: the fallback ladder's call budget per batch is 2 + ceil(items x this) answered calls
+            (default 2.0: a batch never costs more than twice per-item processing, plus two); past it,
+            and after 3 answers in a row without usable JSON, the batch's remaining items fail instead.
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
 
@@ -74,7 +81,9 @@ class LLMEngine(LadderEngine):
         max_concurrent_requests: int | None = 8,
         requests_per_minute: float | None = None,
         retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
         timeout: float = 60.0,
+        max_calls_per_item: float = 2.0,
         **litellm_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -85,7 +94,9 @@ class LLMEngine(LadderEngine):
             max_concurrent_requests=max_concurrent_requests,
             requests_per_minute=requests_per_minute,
             retry=retry,
+            breaker=breaker,
             timeout=timeout,
+            max_calls_per_item=max_calls_per_item,
             passthrough=litellm_kwargs,
             reserved=("messages", "response_format", "num_retries", "max_retries", "stream"),
         )
@@ -213,7 +224,11 @@ class _Call:
             nonlocal attempts
             attempts += 1
             self.usage.llm_calls += 1
-            return await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+            try:
+                return await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+            except Exception as exc:
+                exc.add_note(f"model {self.model} at {self._endpoint()}")  # error texts say where the call went
+                raise
 
         def on_retry(exc: BaseException) -> None:
             self.usage.retries += 1
@@ -227,7 +242,7 @@ class _Call:
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
-            response = await self.engine.retry.run(attempt, on_retry)
+            response = await self.engine.guard.call(self.engine.retry, attempt, on_retry)
         except Exception as exc:
             self._record(kind, len(items), started, attempts, type(exc).__name__, None)
             self._trace(kind, kwargs, started_ns, attempts, len(items), None, error=type(exc).__name__)
@@ -237,6 +252,18 @@ class _Call:
         self._record(kind, len(items), started, attempts, "truncated" if truncated else "ok", response)
         self._trace(kind, kwargs, started_ns, attempts, len(items), self.engine.calls[-1])
         return Answer(choice.message.content or "", truncated=truncated)
+
+    def _endpoint(self) -> str:
+        """Where calls go: scheme, host, port and path of the API base (never its credentials)."""
+        kwargs = self.engine.litellm_kwargs
+        base = kwargs.get("api_base") or kwargs.get("base_url")
+        if not base and self.model.startswith("openai/"):
+            base = os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        if not base:
+            return "the provider's default endpoint"
+        parts = urlsplit(str(base))
+        host = parts.hostname or "?"
+        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path
 
     def _trace(
         self,

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ConfigurationError
 
@@ -55,7 +56,8 @@ class Prompts:
             raise ConfigurationError(
                 f"unknown prompt template(s) {sorted(unknown)!r}; the templates are {list(TEMPLATE_NAMES)!r}"
             )
-        env = jinja2.Environment(
+        # sandboxed: a template override cannot reach Python internals (attributes, globals, file access)
+        env = ImmutableSandboxedEnvironment(
             autoescape=False,  # noqa: S701 - prompts are not HTML; item data is escaped by encode_item
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
@@ -99,4 +101,7 @@ class Prompts:
         return self._templates["items"].render(items=items, item_count=len(items)).strip()
 
     def repair(self, *, errors: Sequence[str], per_item: bool, ids: Sequence[str]) -> str:
-        return self._templates["repair"].render(errors=errors, per_item=per_item, ids=ids).strip()
+        """The repair message. `errors` may quote the model's own text (ids it made up, field names): each line
+        is encoded like item data, so it reads as data and cannot open or close a block."""
+        lines = [encode_item(line) for line in errors]
+        return self._templates["repair"].render(errors=lines, per_item=per_item, ids=ids).strip()
