@@ -35,6 +35,8 @@ class FakeOpenAIServer:
     down_until: float = 0.0
     """`time.monotonic()` until which every request gets a 503 (see `outage()`)."""
     failed_sent: int = 0
+    probes: int = 0
+    """Requests of one token (circuit breaker probes), also counted in `requests`."""
     requests: int = 0
     malformed_sent: int = 0
     rate_limited_sent: int = 0
@@ -60,6 +62,10 @@ class FakeOpenAIServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def count_probe(self) -> None:
+        with self._lock:
+            self.probes += 1
 
     def outage(self, seconds: float) -> None:
         """Answer 503 to every request for the next `seconds`."""
@@ -99,7 +105,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length", 0))
         request = json.loads(self.rfile.read(length) or b"{}")
         fault = self.fake.fault(is_repair=len(request.get("messages", [])) > 2)
-        content, answered = self.fake.answer(request)
+        if request.get("max_tokens") == 1:  # a circuit breaker's probe: a tiny request, answered at once
+            self.fake.count_probe()
+            content, answered = ("ok", 0)
+        else:
+            content, answered = self.fake.answer(request)
         time.sleep(self.fake.latency_s + self.fake.per_item_latency_s * answered)
         if fault == "429":
             self._send(

@@ -209,14 +209,16 @@ def test_retry_policy_honours_and_caps_retry_after() -> None:
 
 
 async def test_a_5xx_storm_waits_for_the_provider_instead_of_fanning_out_per_item(openai: respx.MockRouter) -> None:
-    """Transport failures open the circuit breaker: the batch waits and is asked again as a whole once the
-    provider answers; no per-item fallback calls."""
-    answered = 0
+    """Transport failures open the circuit breaker: the batch waits while tiny probes test the provider, and
+    is asked again as a whole once it answers; no per-item fallback calls."""
+    probes = 0
 
     def storm_then_recovery(request: httpx.Request) -> httpx.Response:
-        nonlocal answered
-        answered += 1
-        if answered <= 4:  # 3 attempts, then the first probe
+        nonlocal probes
+        if body(request).get("max_tokens") == 1:
+            probes += 1
+            return error(503, "overloaded") if probes == 1 else chat("ok")
+        if probes < 2:
             return error(503, "overloaded")
         return chat(per_item_answer(item_ids(request), label="recovered"))
 
@@ -225,7 +227,7 @@ async def test_a_5xx_storm_waits_for_the_provider_instead_of_fanning_out_per_ite
     flock, published = await run_batch(
         LLMEngine(MODEL, per_item=True, api_key=KEY, retry=FAST_RETRY, breaker=breaker), reviews(4), per_item=True
     )
-    assert route.call_count == 3 + 2  # 3 attempts at the batch, a failed probe, a probe that is answered
+    assert route.call_count == 3 + 2 + 1  # 3 attempts at the batch, a failed and a good probe, the batch again
     usage = flock.metrics().usage["sentiment"]
     assert (usage["retries"], usage["fallbacks"], usage["failed_items"]) == (2, 0, 0)
     assert {o.label for o in await flock.store.get_by_type(ReviewSentiment)} == {"recovered"}

@@ -20,14 +20,14 @@ from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from llm_fakes import MODEL, OPENAI_URL, body, chat, error, item_ids, per_item_answer
 from test_llm_engine import FAST_RETRY, KEY, assert_accounted_once, openai, reviews, run_batch  # noqa: F401
 
-from flock_llm import FailureRecord, Flock
+from flock_llm import FailureRecord, Flock, ProviderUnavailableError
 from flock_llm.engines._breaker import ProviderGuard
 from flock_llm.engines._models import secrets_from
 from flock_llm.engines.llm import BreakerPolicy, LLMEngine
 from flock_llm.prompts.render import Prompts
 from flock_llm.subscription import BatchSpec
 
-QUICK_OUTAGE = BreakerPolicy(max_outage=0.5, probe_interval=0.3)
+QUICK_OUTAGE = BreakerPolicy(max_outage=1.0, probe_interval=0.2)
 
 
 async def records(flock: Flock) -> list[FailureRecord]:
@@ -43,7 +43,9 @@ async def test_a_provider_failing_every_call_costs_a_batch_at_most_attempts_plus
     route = openai.post(OPENAI_URL).mock(return_value=error(500, "internal error"))
     engine = LLMEngine(MODEL, per_item=True, api_key=KEY, retry=FAST_RETRY, breaker=QUICK_OUTAGE)
     flock, published = await run_batch(engine, reviews(25), per_item=True)
-    assert route.call_count <= FAST_RETRY.attempts + 1  # was 4 + 4 x 25 before the breaker
+    batch_calls = [c for c in route.calls if body(c.request).get("max_tokens") != 1]
+    assert len(batch_calls) <= FAST_RETRY.attempts + 1  # was 4 + 4 x 25 before the breaker
+    assert route.call_count - len(batch_calls) == engine.guard.probes >= 1  # one-token probes besides
     (record,) = await records(flock)
     assert record.stage == "provider_unavailable" and sorted(record.input_ids) == sorted(a.id for a in published)
     assert "max_outage" in record.error and "HTTP 500" in record.error
@@ -103,20 +105,45 @@ async def test_a_429_wait_slows_every_call_to_the_model(openai: respx.MockRouter
     assert seen[1] - seen[0] >= 0.35 and seen[2] - seen[0] >= 0.35  # the other batch waited too
 
 
-def test_the_breaker_opens_probes_alone_and_closes() -> None:
-    now = [0.0]
-    guard = ProviderGuard(BreakerPolicy(max_outage=100, probe_interval=1, max_probe_interval=4), time=lambda: now[0])
-    guard.failed(was_probe=False)
+async def test_the_breaker_probes_with_doubling_waits_while_calls_wait_and_closes_on_an_answer() -> None:
+    guard = ProviderGuard(BreakerPolicy(max_outage=100, probe_interval=0.05, max_probe_interval=0.2))
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def probe() -> str:
+        sent.append(loop.time())
+        if len(sent) < 4:
+            raise httpx_error(503)
+        return "ok"
+
+    guard.open(probe)
     assert guard.state == "open"
-    now[0] = 1.0
-    assert asyncio.run(guard.admit(give_up_at=100)) is True and guard.state == "half_open"
-    guard.failed(was_probe=True)  # the probe failed: twice as long
-    now[0] = 2.5
-    assert guard.state == "open" and guard._reopen_at == 3.0
-    now[0] = 3.0
-    assert asyncio.run(guard.admit(give_up_at=100)) is True
-    guard.succeeded()
-    assert guard.state == "closed" and asyncio.run(guard.admit(give_up_at=100)) is False
+    await asyncio.wait_for(guard.admit(give_up_at=loop.time() + 10), timeout=5)  # returns once a probe got through
+    assert guard.state == "closed" and guard.opened == 1 and guard.probes == 4
+    gaps = [round(b - a, 2) for a, b in zip(sent, sent[1:], strict=False)]
+    assert gaps[0] >= 0.09 and gaps[1] >= 0.18 and gaps[2] >= 0.18  # 0.1, 0.2, then capped at 0.2
+
+
+async def test_a_call_waiting_on_an_open_breaker_gives_up_after_max_outage() -> None:
+    guard = ProviderGuard(BreakerPolicy(max_outage=0.2, probe_interval=0.05))
+
+    async def down() -> str:
+        raise httpx_error(503)
+
+    guard.open(down)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProviderUnavailableError, match="max_outage"):
+        await guard.admit(give_up_at=started + 0.2)
+    assert 0.15 < loop.time() - started < 1.0
+    await asyncio.sleep(0.1)  # the prober stops once nobody waits
+    assert guard._prober is None
+
+
+def httpx_error(status: int) -> Exception:
+    import litellm
+
+    return litellm.ServiceUnavailableError(message="down", llm_provider="openai", model="m")
 
 
 # -- 17: every call is counted ----------------------------------------------------------------------------------

@@ -5,13 +5,14 @@
   one retried;
 - a circuit breaker: when a call has used up its retries on transient errors (5xx, timeouts, refused
   connections), the breaker opens. While it is open, calls wait (their batches stay pending; durable
-  stores keep them); after `probe_interval` one call goes through alone (half-open, a single attempt):
-  if it succeeds the breaker closes and everyone goes on, if not it opens again for twice as long (up to
-  `max_probe_interval`). A call that has waited `max_outage` in all gives up with ProviderUnavailableError,
-  and its items become failure records with stage "provider_unavailable" (the ladder does not fan out
-  into per-item calls for transport failures).
+  stores keep them) and the guard probes the provider with a tiny request (one token), first after
+  `probe_interval`, then twice as long after each failed probe (up to `max_probe_interval`). The first
+  probe that gets through closes the breaker and the waiting calls go on. A call that has waited
+  `max_outage` in all gives up with ProviderUnavailableError and its items become failure records with
+  stage "provider_unavailable" (the ladder does not fan out into per-item calls for transport failures).
 
-The clock is injectable (`time`) so the state machine can be tested without sleeping.
+So a batch costs at most `retry.attempts` calls before the breaker opens and one more once it closes;
+the probes are the breaker's own (one at a time, a few tokens each, shared by every waiting batch).
 """
 
 from __future__ import annotations
@@ -30,18 +31,19 @@ __all__ = ["BreakerPolicy", "ProviderGuard"]
 log = logging.getLogger("flock_llm.engines")
 
 T = TypeVar("T")
-State = Literal["closed", "open", "half_open"]
+State = Literal["closed", "open"]
+Probe = Callable[[], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
-    """How long calls wait for a provider that is down."""
+    """How long calls wait for a provider that is down, and how often it is probed meanwhile."""
 
     max_outage: float = 300.0
     """Seconds a call waits in all for the provider to come back; then its items fail ("provider_unavailable")."""
     probe_interval: float = 2.0
-    """Seconds after the breaker opens until one probe call is let through."""
-    max_probe_interval: float = 60.0
+    """Seconds after the breaker opens until the first probe."""
+    max_probe_interval: float = 15.0
     """The wait between probes doubles after each failed probe, up to this."""
 
     def __post_init__(self) -> None:
@@ -54,20 +56,30 @@ class BreakerPolicy:
 class ProviderGuard:
     """The circuit breaker and shared back-off of one engine (see the module docstring)."""
 
-    def __init__(self, policy: BreakerPolicy, *, time: Callable[[], float] | None = None) -> None:
+    def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
-        self._time = time
         self.state: State = "closed"
-        self._reopen_at = 0.0
-        self._interval = policy.probe_interval
         self._not_before = 0.0
         self._changed: asyncio.Event | None = None
+        """Set (and replaced) whenever the state or the number of waiting calls changes."""
+        self._waiting = 0
+        self._probe: Probe | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.opened = 0
         """How many times the breaker opened."""
         self.probes = 0
+        """Probe requests sent (a few tokens each)."""
+        self._unclaimed = 0
 
-    def now(self) -> float:
-        return self._time() if self._time is not None else asyncio.get_running_loop().time()
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def take_probes(self) -> int:
+        """Probes sent since the last call took them: each probe is counted once, in the usage of a run that
+        waited for it."""
+        taken, self._unclaimed = self._unclaimed, 0
+        return taken
 
     # -- the shared back-off ---------------------------------------------------------------------
 
@@ -83,52 +95,74 @@ class ProviderGuard:
 
     # -- the breaker ------------------------------------------------------------------------------
 
-    async def admit(self, give_up_at: float) -> bool:
-        """Wait until a call may be made; True when it is the half-open probe (one attempt only).
+    def open(self, probe: Probe) -> None:
+        """A call used up its retries on transient errors: open the breaker and start probing."""
+        self._probe = probe
+        if self.state == "closed":
+            self.state = "open"
+            self.opened += 1
+            log.warning(
+                "the provider keeps failing: circuit breaker open; calls wait (up to %g s), probing from %g s on",
+                self.policy.max_outage,
+                self.policy.probe_interval,
+            )
+        self._ensure_prober()
 
-        Raises:
-            ProviderUnavailableError: the breaker stayed open until `give_up_at`.
-        """
-        while True:
-            if self.state == "closed":
-                return False
-            now = self.now()
-            if self.state == "open" and now >= self._reopen_at:
-                self.state = "half_open"
-                self.probes += 1
-                return True
-            wake = self._reopen_at if self.state == "open" else give_up_at
-            if now >= give_up_at:
-                raise ProviderUnavailableError(
-                    f"the provider failed every call for {self.policy.max_outage:g} s (`max_outage`); "
-                    "these items were not sent again"
-                )
-            await self._wait(min(wake, give_up_at) - now)
-
-    def succeeded(self) -> None:
-        if self.state != "closed":
+    def close(self) -> None:
+        if self.state == "open":
             log.warning("the provider answers again: circuit breaker closed")
         self.state = "closed"
-        self._interval = self.policy.probe_interval
         self._notify()
 
-    def failed(self, was_probe: bool) -> None:
-        """A call used up its retries (or a probe failed) on transient errors: open the breaker."""
-        if was_probe:
-            self._interval = min(self._interval * 2, self.policy.max_probe_interval)
-        if self.state != "open":
-            self.opened += 1
-            log.warning("the provider keeps failing: circuit breaker open, next probe in %.1f s", self._interval)
-        self.state = "open"
-        self._reopen_at = self.now() + self._interval
-        self._notify()
+    async def admit(self, give_up_at: float) -> None:
+        """Wait while the breaker is open.
 
-    def released(self, was_probe: bool) -> None:
-        """A probe ended in an error that says nothing about availability (e.g. a bad request)."""
-        if was_probe and self.state == "half_open":
-            self.state = "open"
-            self._reopen_at = self.now()
+        Raises:
+            ProviderUnavailableError: it stayed open until `give_up_at`.
+        """
+        if self.state == "closed":
+            return
+        self._waiting += 1
+        try:
+            while self.state == "open":
+                remaining = give_up_at - self.now()
+                if remaining <= 0:
+                    raise ProviderUnavailableError(
+                        f"the provider failed every call for {self.policy.max_outage:g} s (`max_outage`); "
+                        "these items were not sent again"
+                    )
+                self._ensure_prober()
+                await self._wait(remaining)
+        finally:
+            self._waiting -= 1
             self._notify()
+
+    def _ensure_prober(self) -> None:
+        if self._prober is None and self._probe is not None and self.state == "open":
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed(self._probe))
+
+    async def _probe_until_closed(self, probe: Probe) -> None:
+        """Probe with doubling waits while somebody waits; close the breaker on the first answer."""
+        interval = self.policy.probe_interval
+        try:
+            while self.state == "open":
+                deadline = self.now() + interval
+                while self.state == "open" and self._waiting > 0 and self.now() < deadline:
+                    await self._wait(deadline - self.now())
+                if self.state != "open" or self._waiting == 0:
+                    return  # closed by a call, or nobody waits: the next waiting call starts probing again
+                self.probes += 1
+                self._unclaimed += 1
+                try:
+                    await probe()
+                except Exception as exc:  # noqa: BLE001 - any provider or transport error; classified here
+                    if classify_error(exc) == "transient":
+                        interval = min(interval * 2, self.policy.max_probe_interval)
+                        log.info("probe failed (%s); next in %.1f s", type(exc).__name__, interval)
+                        continue
+                self.close()  # any answer, even a refusal, shows the provider is reachable again
+        finally:
+            self._prober = None
 
     async def _wait(self, seconds: float) -> None:
         if self._changed is None:
@@ -147,18 +181,21 @@ class ProviderGuard:
     # -- one guarded call -----------------------------------------------------------------------------
 
     async def call(
-        self, retry: RetryPolicy, attempt: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]
+        self,
+        retry: RetryPolicy,
+        attempt: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException], None],
+        probe: Probe,
     ) -> T:
-        """Run `attempt` with `retry`'s retries, behind the shared back-off and the breaker.
+        """Run `attempt` with `retry`'s retries, behind the shared back-off and the breaker; `probe` makes a
+        tiny request to the same provider (used while the breaker is open).
 
         Raises:
             ProviderUnavailableError: the provider stayed down for `max_outage`.
-            Exception: a non-transient error of the call (auth, bad request, context, ...).
+            Exception: a non-transient error of the call (auth, bad request, context, ...); or a transient one
+                when the call failed again after the provider had come back (not an outage: the ladder decides).
         """
         give_up_at = self.now() + self.policy.max_outage
-        single = RetryPolicy(
-            attempts=1, base_delay=retry.base_delay, max_delay=retry.max_delay, max_retry_after=retry.max_retry_after
-        )
 
         async def paced() -> T:
             await self.pause()
@@ -173,23 +210,20 @@ class ProviderGuard:
         last: BaseException | None = None
         while True:
             try:
-                probe = await self.admit(give_up_at)
-            except ProviderUnavailableError:
-                if last is None:
-                    raise
-                raise self._gave_up(last) from last
+                await self.admit(give_up_at)
+            except ProviderUnavailableError as exc:
+                raise (exc if last is None else self._gave_up(last)) from last
             try:
-                result = await (single if probe else retry).run(paced, on_retry)
+                result = await retry.run(paced, on_retry)
             except Exception as exc:
-                if classify_error(exc) != "transient":
-                    self.released(probe)
+                if classify_error(exc) != "transient" or last is not None and self.state == "closed":
                     raise
-                self.failed(probe)
                 last = exc
+                self.open(probe)
                 if self.now() >= give_up_at:
                     raise self._gave_up(exc) from exc
                 continue
-            self.succeeded()
+            self.close()
             return result
 
     def _gave_up(self, last: BaseException) -> ProviderUnavailableError:

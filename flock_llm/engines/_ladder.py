@@ -79,6 +79,8 @@ class Usage:
     splits: int = 0
     reduces: int = 0
     fallbacks: int = 0
+    probes: int = 0
+    """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
     failed_items: int = 0
     unknown_ids: int = 0
     duplicate_ids: int = 0
@@ -111,6 +113,7 @@ _CALL_COUNTERS = (
     "repairs",
     "splits",
     "reduces",
+    "probes",
 )
 """What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,6 +24,22 @@ from ._limits import RequestLimiter, RetryPolicy
 from ._models import is_offline, load_litellm, redact, secrets_from
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window"]
+
+T = TypeVar("T")
+
+_PROBE_SETTINGS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "extra_headers",
+        "headers",
+        "organization",
+        "custom_llm_provider",
+    }
+)
+"""What a breaker probe takes over from the engine's arguments: where to go and how to authenticate."""
 
 DEFAULT_MAX_INPUT_TOKENS = 16_000
 """Context budget when litellm does not know the model and none is configured."""
@@ -96,9 +112,38 @@ class LadderEngine(Engine):
         self.timeout = float(timeout)
         self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
         self._secrets = secrets_from(passthrough)
+        self._passthrough = dict(passthrough)
 
     def __repr__(self) -> str:  # never shows the passthrough arguments: they may hold keys
         return f"{type(self).__name__}(model={self.model!r}, per_item={self.per_item!r})"
+
+    async def guarded(
+        self, usage: Usage, model: str, attempt: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]
+    ) -> T:
+        """One model call with retries, behind this engine's circuit breaker and shared back-off; breaker
+        probes sent while it waited are counted in `usage` (each probe once)."""
+        try:
+            return await self.guard.call(self.retry, attempt, on_retry, self.probe_for(model))
+        finally:
+            probes = self.guard.take_probes()
+            usage.llm_calls += probes
+            usage.probes += probes
+
+    def probe_for(self, model: str) -> Callable[[], Awaitable[object]]:
+        """A tiny request to `model`'s provider (one token), which the circuit breaker sends while it is open."""
+        settings = {k: v for k, v in self._passthrough.items() if k in _PROBE_SETTINGS}
+
+        async def probe() -> object:
+            return await load_litellm().acompletion(
+                model=model,
+                messages=[{"role": "user", "content": "ping"}],
+                max_tokens=1,
+                max_retries=0,
+                timeout=min(self.timeout, 30.0),
+                **settings,
+            )
+
+        return probe
 
     def redact(self, text: str) -> str:
         """`text` without this engine's API keys (or anything shaped like one)."""

@@ -261,7 +261,7 @@ class _DSPyCall:
         started_ns = time.time_ns()
         outcome = "ok"
         try:
-            prediction = await self.engine.guard.call(self.engine.retry, attempt, on_retry)
+            prediction = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
         except self.dspy.utils.exceptions.AdapterParseError as exc:
             outcome = "unparsed"
             return Answer(content=str(getattr(exc, "lm_response", "") or ""))

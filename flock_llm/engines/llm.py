@@ -242,7 +242,7 @@ class _Call:
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
-            response = await self.engine.guard.call(self.engine.retry, attempt, on_retry)
+            response = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
         except Exception as exc:
             self._record(kind, len(items), started, attempts, type(exc).__name__, None)
             self._trace(kind, kwargs, started_ns, attempts, len(items), None, error=type(exc).__name__)
