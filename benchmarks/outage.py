@@ -52,8 +52,14 @@ def flock_for(engine: LLMEngine, on_done: Any = None) -> Flock:
 
 async def always_failing(retry: RetryPolicy, breaker: BreakerPolicy) -> dict[str, Any]:
     with FakeOpenAIServer(latency_s=0.0, fail_status=500) as server:
-        engine = LLMEngine("openai/fake-model", per_item=True, api_base=server.api_base, api_key="sk-local", retry=retry,
-                           breaker=breaker)  # fmt: skip
+        engine = LLMEngine(
+            "openai/fake-model",
+            per_item=True,
+            api_base=server.api_base,
+            api_key="sk-local",
+            retry=retry,
+            breaker=breaker,
+        )
         flock = flock_for(engine)
         started = time.perf_counter()
         await flock.publish_many([Review(review_id=f"r{i}", text="fine") for i in range(25)])
