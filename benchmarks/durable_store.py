@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core_throughput import flock_throughput
 
-from flock_llm.sqlite_store import SQLiteStore
+from flock_llm.stores.sqlite import SQLiteStore
 
 
 async def main() -> None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
-from flock_llm.redis_store import RedisStore
+from flock_llm.stores.redis import RedisStore
 from flock_llm.subscription import BatchSpec
 
 INDIVIDUAL_FEE = 0.30

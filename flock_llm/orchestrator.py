@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
-from ._batching import BatchEngine, BatchKey, Flush, Item
-from ._correlation import ExpiredGroup, JoinBuffer
-from ._outputs import failure_artifact, output_artifact
-from ._timers import Clock, LoopClock, TimerHandle
-from ._units import DurableStore, UnitCollector
+from ._runtime.batching import BatchEngine, BatchKey, Flush, Item
+from ._runtime.correlation import ExpiredGroup, JoinBuffer
+from ._runtime.ledger import DurableStore, UnitCollector
+from ._runtime.outcomes import failure_artifact, output_artifact
+from ._runtime.timers import Clock, LoopClock, TimerHandle
 from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from .errors import ClosedError, ConfigurationError, EngineError, StoreError
 from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics, MetricsRecorder
 from .registry import type_name_of
-from .store import ArtifactStore, InMemoryStore
+from .stores import ArtifactStore, InMemoryStore, store_from_url
 from .subscription import Subscription
 from .tracing import PublishSpans, SpanHandle, Tracer, TracingConfig, tracing_config
 from .visibility import PublicVisibility, Visibility
@@ -35,8 +35,8 @@ from .visibility import PublicVisibility, Visibility
 __all__ = ["Flock"]
 
 if TYPE_CHECKING:
-    from ._redis_worker import RedisWorker
-    from .redis_store import RedisStore
+    from .stores.redis import RedisStore
+    from .stores.redis_intake import RedisWorker
 
 log = logging.getLogger("flock_llm")
 
@@ -72,7 +72,7 @@ class Flock:
         store: where artifacts are kept: in memory (default), or "sqlite:///path/to/flock.db" (or a
             SQLiteStore) to survive crashes: pending batches and unprocessed artifacts are restored on start;
             or "redis://host:6379/0" (or a RedisStore) to share the blackboard and its batches between
-            worker processes (see `flock_llm.redis_store`).
+            worker processes (see `flock_llm.stores.redis`).
         env: the environment to read settings from (default: `os.environ`, read once, here).
         tracing: True, a TracingConfig, or None to follow FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE (see tracing).
     """
@@ -93,7 +93,7 @@ class Flock:
         self._env = {k: v for k, v in source.items() if k.startswith("FLOCK_")}
         self._clock: Clock = clock or LoopClock()
         if isinstance(store, str):
-            store = _store_from_url(store)
+            store = store_from_url(store)
         self.store: ArtifactStore = store if store is not None else InMemoryStore()
         durable = getattr(store, "durable", False)
         self._shared: RedisWorker | None = None
@@ -657,7 +657,7 @@ class Flock:
         if self._units is None:
             return
         if getattr(self.store, "distributed", False):
-            from ._redis_worker import RedisWorker
+            from .stores.redis_intake import RedisWorker
 
             worker = RedisWorker(self, cast("RedisStore", self.store))
             try:
@@ -876,16 +876,3 @@ class Flock:
                 )
             )
         return stats
-
-
-def _store_from_url(url: str) -> ArtifactStore:
-    # deferred imports: only durable or shared runs need these modules
-    if url.startswith("sqlite:///"):
-        from .sqlite_store import SQLiteStore
-
-        return SQLiteStore.from_url(url)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisStore
-
-        return cast(ArtifactStore, RedisStore.from_url(url))
-    raise ConfigurationError(f"store URL must start with 'sqlite:///' or 'redis://', got {url.split('@')[-1]!r}")

@@ -8,7 +8,7 @@ import pytest
 from domain import Transaction
 
 from flock_llm import Artifact, BatchSpecWarning
-from flock_llm._batching import BatchBuffer, BatchEngine
+from flock_llm._runtime.batching import BatchBuffer, BatchEngine
 from flock_llm.subscription import BatchSpec
 
 

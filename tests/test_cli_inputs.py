@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import ROOT, cli_env, read_jsonl, run_cli
 
-from flock_llm.reviews import MAX_FIELD_CHARS, read_reviews
+from flock_llm.cli.reviews import MAX_FIELD_CHARS, read_reviews
 from flock_llm.testing import FakeOpenAIServer
 
 GOOD = [{"id": f"r{n}", "rating": 4, "text": "fine"} for n in range(3)]
@@ -136,7 +136,7 @@ def _umask() -> int:
 
 
 def test_an_existing_output_file_keeps_its_mode(tmp_path: Path) -> None:
-    from flock_llm.cli import _write_outputs
+    from flock_llm.cli.main import _write_outputs
 
     target = tmp_path / "out.jsonl"
     target.write_text("old\n")

@@ -7,7 +7,7 @@ from datetime import timedelta
 from domain import PressureSensor, TemperatureSensor
 
 from flock_llm import Artifact
-from flock_llm._correlation import JoinBuffer
+from flock_llm._runtime.correlation import JoinBuffer
 from flock_llm.subscription import JoinSpec
 
 TYPES = ("TemperatureSensor", "PressureSensor")

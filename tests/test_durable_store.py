@@ -17,7 +17,7 @@ import pytest
 from domain import Echo
 
 from flock_llm import ConfigurationError, Flock
-from flock_llm.sqlite_store import SQLiteStore
+from flock_llm.stores.sqlite import SQLiteStore
 
 WORKER = Path(__file__).with_name("durable_worker.py")
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, flock_type
 from flock_llm.engines import EvalResult
-from flock_llm.redis_store import RedisStore
+from flock_llm.stores.redis import RedisStore
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FunctionEngine
 from flock_llm.visibility import LabelledVisibility, PublicVisibility, TenantVisibility
@@ -239,8 +239,8 @@ async def test_a_taken_batch_is_checked_again_and_what_may_not_be_seen_is_record
     """A flushed batch whose items another definition admitted (here written straight into the ready stream):
     items the runner may not see, or that its `where` refuses, become failure records that keep their
     visibility; the rest runs; the batch is acknowledged once."""
-    from flock_llm._codec import artifact_to_json
     from flock_llm.artifact import Artifact
+    from flock_llm.stores.codec import artifact_to_json
 
     def doc(n: int, visibility: object = PublicVisibility()) -> Artifact:
         return Artifact(type_name="TenantDoc", payload=TenantDoc(n=n, secret="A"), visibility=visibility)  # type: ignore[arg-type]
@@ -287,7 +287,7 @@ async def _stream_len(client, stream: str, n: int, *, exact: bool = False) -> bo
 
 
 def test_public_visibility_is_still_the_default_for_undecodable_visibility() -> None:
-    from flock_llm._redis_worker import _visibility_of
+    from flock_llm.stores.redis_intake import _visibility_of
 
     row = json.loads(json.dumps(["id", "T", "{}", None, "[]", None, "[]", json.dumps({"kind": "public"}), 0]))
     assert _visibility_of(json.dumps(row), "agent") == PublicVisibility()

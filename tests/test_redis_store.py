@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, StoreUnavailableError, flock_type
 from flock_llm.engines import EvalResult
-from flock_llm.redis_store import RedisStore
+from flock_llm.stores.redis import RedisStore
 from flock_llm.subscription import BatchSpec, JoinSpec
 from flock_llm.testing import FunctionEngine
 
@@ -356,7 +356,7 @@ async def test_a_partition_key_that_is_not_json_is_recorded_not_lost(redis_url: 
 
 
 def test_passwords_are_redacted_from_store_urls() -> None:
-    from flock_llm.redis_store import redact_url
+    from flock_llm.stores.redis import redact_url
 
     assert redact_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
     assert redact_url("rediss://:pw@host/1?x=1") == "rediss://:***@host/1?x=1"

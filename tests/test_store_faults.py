@@ -16,8 +16,8 @@ import pytest
 from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, StoreError, StoreUnavailableError, flock_type
-from flock_llm.redis_store import RedisStore
-from flock_llm.sqlite_store import SQLiteStore
+from flock_llm.stores.redis import RedisStore
+from flock_llm.stores.sqlite import SQLiteStore
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FunctionEngine
 

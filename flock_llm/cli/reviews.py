@@ -21,14 +21,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from .artifact import Artifact, FailureRecord
-from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
-from .engines._models import OFFLINE_MODEL, resolve_model
-from .engines.llm import LLMEngine
-from .errors import ConfigurationError
-from .orchestrator import Flock
-from .registry import flock_type
-from .subscription import BatchSpec
+from ..artifact import Artifact, FailureRecord
+from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from ..engines._models import OFFLINE_MODEL, resolve_model
+from ..engines.llm import LLMEngine
+from ..errors import ConfigurationError
+from ..orchestrator import Flock
+from ..registry import flock_type
+from ..subscription import BatchSpec
 
 __all__ = ["BadRow", "Review", "ReviewLabel", "ReviewTrend", "RunSummary", "read_reviews", "run_reviews"]
 

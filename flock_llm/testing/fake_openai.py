@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .engines._placeholder import placeholder_answer
+from ..engines._placeholder import placeholder_answer
 
 __all__ = ["FakeOpenAIServer"]
 

@@ -6,9 +6,9 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from .artifact import Artifact
-from .registry import resolve_type
-from .visibility import PublicVisibility, visibility_from_dict, visibility_to_dict
+from ..artifact import Artifact
+from ..registry import resolve_type
+from ..visibility import PublicVisibility, visibility_from_dict, visibility_to_dict
 
 __all__ = ["artifact_from_json", "artifact_from_row", "artifact_to_json", "artifact_to_row"]
 

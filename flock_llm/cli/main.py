@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["main"]
 
@@ -252,7 +252,7 @@ def _traces(path: Path, limit: int) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .trace_reader import recent_flushes, recent_llm_calls
+    from ..tracing.reader import recent_flushes, recent_llm_calls
 
     console = Console()
     if not path.is_file():

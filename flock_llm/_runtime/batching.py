@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from .artifact import Artifact
-from .subscription import BatchSpec
+from ..artifact import Artifact
+from ..subscription import BatchSpec
 
 __all__ = ["BatchBuffer", "BatchEngine", "BatchKey", "Flush", "FlushReason", "Item"]
 

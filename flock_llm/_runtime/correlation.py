@@ -7,8 +7,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .artifact import Artifact
-from .subscription import JoinSpec
+from ..artifact import Artifact
+from ..subscription import JoinSpec
 
 __all__ = ["ExpiredGroup", "JoinBuffer", "JoinOutcome"]
 

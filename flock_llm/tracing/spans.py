@@ -1,21 +1,4 @@
-"""Tracing: OpenTelemetry spans for publishes, batch flushes, engine runs and LLM calls.
-
-Off by default, and then costs one `is None` check per site. On with
-`Flock(tracing=True)` / `Flock(tracing=TracingConfig(...))`, or with the
-environment variables of the guide:
-
-    FLOCK_AUTO_TRACE=true     trace
-    FLOCK_TRACE_FILE=true     ... and write spans to .flock/traces.duckdb (FLOCK_TRACE_PATH to change it)
-
-Spans are OpenTelemetry SDK `ReadableSpan`s handed to SDK span processors
-(a BatchSpanProcessor with the DuckDB exporter, plus any you add with
-`TracingConfig(processors=[...])`, e.g. an OTLP exporter). They are built
-directly when a span ends, without the SDK's per-span locks and context
-bookkeeping, which would cost a batch pipeline a third of its throughput;
-processors therefore see `on_end` only. The global tracer provider is left
-alone. No API key, header or (unless `record_prompts=True`) prompt text is
-ever put on a span.
-"""
+"""Spans: what a Flock records, built as OpenTelemetry SDK ReadableSpans (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -25,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["PublishSpans", "SpanHandle", "Tracer", "TracingConfig", "tracing_config"]
 
@@ -143,7 +126,7 @@ class Tracer:
         self._ok = Status(StatusCode.OK)
         self._error_status = lambda description: Status(StatusCode.ERROR, description)
         if config.duckdb_path:
-            from ._duckdb_export import DuckDBSpanExporter
+            from .duckdb_export import DuckDBSpanExporter
 
             self._processor.add_span_processor(
                 BatchSpanProcessor(

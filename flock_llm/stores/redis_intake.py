@@ -16,17 +16,17 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from ._batching import BatchKey, Flush
-from ._codec import artifact_from_json
-from .agent import Agent
-from .artifact import Artifact, FailureRecord
-from .errors import ConfigurationError, StoreUnavailableError
-from .redis_store import READY_GROUP, Receipt, RedisStore, connection_errors
-from .subscription import Subscription
-from .visibility import AgentIdentity, PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
+from .._runtime.batching import BatchKey, Flush
+from ..agent import Agent
+from ..artifact import Artifact, FailureRecord
+from ..errors import ConfigurationError, StoreUnavailableError
+from ..subscription import Subscription
+from ..visibility import AgentIdentity, PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
+from .codec import artifact_from_json
+from .redis import READY_GROUP, Receipt, RedisStore, connection_errors
 
 if TYPE_CHECKING:
-    from .orchestrator import Flock
+    from ..orchestrator import Flock
 
 __all__ = ["RedisWorker"]
 
@@ -686,6 +686,6 @@ def _id_of(doc: str) -> str:
 
 
 def _work(agent: Agent, sub: Subscription, artifacts: list[Artifact], receipt: Receipt) -> Any:
-    from .orchestrator import _Work
+    from ..orchestrator import _Work
 
     return _Work(agent, sub, (tuple(artifacts),), None, receipt=receipt)

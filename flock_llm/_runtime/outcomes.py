@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from .agent import Agent
-from .artifact import Artifact, FailureRecord
-from .errors import EngineError
-from .registry import type_name_of
-from .visibility import Visibility, combine_visibilities
+from ..agent import Agent
+from ..artifact import Artifact, FailureRecord
+from ..errors import EngineError
+from ..registry import type_name_of
+from ..visibility import Visibility, combine_visibilities
 
 __all__ = ["failure_artifact", "output_artifact"]
 

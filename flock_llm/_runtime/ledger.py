@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .artifact import Artifact
+from ..artifact import Artifact
 
 __all__ = ["DurableStore", "Unit", "UnitCollector"]
 

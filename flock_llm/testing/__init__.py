@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from ._fake_openai import FakeOpenAIServer
-from ._timers import ManualClock
-from .engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from .._runtime.timers import ManualClock
+from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from .fake_openai import FakeOpenAIServer
 
 __all__ = ["EngineCall", "FakeOpenAIServer", "FunctionEngine", "ManualClock"]
 
