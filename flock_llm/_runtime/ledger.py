@@ -1,15 +1,38 @@
-"""Units of durable writes: what one synchronous step of the orchestrator wrote, committed together."""
+"""Durable write units: what one synchronous step of the runtime wrote, committed together.
+
+A step (a publish call, the end of an agent run, a refusal) opens a unit with `Ledger.unit()`, records
+artifacts, deliveries and consumption marks, and the unit is handed to the store when the step ends:
+
+    with ledger.unit(receipt) as commit:
+        ...                      # publish outputs, mark inputs consumed
+    await commit.future          # (when the caller acknowledges after the commit)
+
+Steps are synchronous (no awaits inside a unit), so one current unit is enough. Without a durable store the
+ledger records nothing and `commit.future` stays None.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..artifact import Artifact
 
-__all__ = ["DurableStore", "Unit", "UnitCollector"]
+__all__ = ["Commit", "DurableWriter", "Ledger", "Receipt", "Unit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The shared-store delivery a unit finishes: a stream entry, acknowledged in the same commit (and, for a
+    flushed batch, deleted)."""
+
+    stream: str
+    group: str
+    entry_id: str
+    delete: bool = False
 
 
 @dataclass(slots=True)
@@ -20,46 +43,57 @@ class Unit:
     deliveries: list[tuple[str, int, str, float]] = field(default_factory=list)
     """(agent, subscription index, artifact id, wall time it entered the subscription)."""
     consumed: list[tuple[str, int, str]] = field(default_factory=list)
-    receipt: Any = None
+    receipt: Receipt | None = None
     """For a shared store: the delivery this unit finishes (acknowledged in the same commit)."""
 
     def __bool__(self) -> bool:
         return bool(self.artifacts or self.deliveries or self.consumed or self.receipt is not None)
 
 
-class DurableStore(Protocol):
-    durable: bool
+class DurableWriter(Protocol):
+    """A store that commits units (SQLite, Redis)."""
 
     def write(self, unit: Unit) -> asyncio.Future[None] | None: ...
 
-    def load(self) -> Any: ...
+
+@dataclass(slots=True)
+class Commit:
+    """A unit being written: the receipt it finishes (may be set inside the block), and once the block ended,
+    the future that resolves when the store committed it (None: nothing to wait for)."""
+
+    receipt: Receipt | None = None
+    future: asyncio.Future[None] | None = None
 
 
-class UnitCollector:
-    """Collects the writes of one step (a publish call, the end of a run) and hands them to the store.
+class Ledger:
+    """Collects each step's writes into a unit and hands it to the durable store (if any)."""
 
-    Steps are synchronous (no awaits between `begin` and `commit`), so one current unit is enough.
-    """
-
-    def __init__(self, store: DurableStore) -> None:
+    def __init__(self, store: DurableWriter | None) -> None:
         self.store = store
         self._current: Unit | None = None
 
-    def begin(self) -> None:
-        self._current = Unit()
+    @property
+    def durable(self) -> bool:
+        return self.store is not None
 
-    def commit(self, receipt: Any = None) -> asyncio.Future[None] | None:
-        """Write the unit (finishing `receipt`, if given); the future (if any) resolves once it is committed."""
-        unit, self._current = self._current, None
-        if unit is None:
-            return None
-        unit.receipt = receipt
-        if not unit:
-            return None
-        return self.store.write(unit)
+    @contextmanager
+    def unit(self, receipt: Receipt | None = None) -> Iterator[Commit]:
+        """One step's unit; written (finishing `receipt`, if given) when the block ends, even by an error."""
+        commit = Commit(receipt)
+        if self.store is None:
+            yield commit
+            return
+        self._current = Unit()
+        try:
+            yield commit
+        finally:
+            unit, self._current = self._current, None
+            unit.receipt = commit.receipt
+            if unit:
+                commit.future = self.store.write(unit)
 
     def artifact(self, artifact: Artifact) -> bool:
-        """Collect a published artifact; False when no step is open (the caller stores it directly)."""
+        """Collect a published artifact; False when no unit is open (the caller stores it directly)."""
         if self._current is None:
             return False
         self._current.artifacts.append(artifact)
@@ -70,6 +104,8 @@ class UnitCollector:
             self._current.deliveries.append((agent, sub, artifact_id, entered_at))
 
     def consumed(self, agent: str, sub: int, artifacts: Iterable[Artifact]) -> None:
+        if self.store is None:
+            return
         marks = [(agent, sub, a.id) for a in artifacts]
         if self._current is not None:
             self._current.consumed.extend(marks)

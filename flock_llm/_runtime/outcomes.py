@@ -1,17 +1,50 @@
-"""Pure construction of what an agent run publishes: outputs (type-checked, with lineage and
-visibility) and failure records. No I/O; the orchestrator publishes what these return."""
+"""Outputs and failure records: the one place that builds what an agent publishes.
+
+`output_artifact` and `failure_artifact` are pure (type checks, lineage, visibility inheritance: an output
+or failure record is as visible as the inputs it names, never public by accident). `Outcomes` publishes them
+for every path: engine results, engine errors, user code that raised (`where`, `by=`, join keys), refused
+shared batch items, undecodable entries, cancelled runs.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
 from ..agent import Agent
 from ..artifact import Artifact, FailureRecord
 from ..errors import EngineError
+from ..metrics import MetricsRecorder
 from ..registry import type_name_of
+from ..subscription import Subscription
 from ..visibility import Visibility, combine_visibilities
 
-__all__ = ["failure_artifact", "output_artifact"]
+if TYPE_CHECKING:
+    from ..engines._base import EvalInputs, EvalResult
+    from ..tracing import Tracer
+    from .batching import Flush
+
+__all__ = ["FailureStage", "Outcomes", "failure_artifact", "output_artifact"]
+
+log = logging.getLogger("flock_llm")
+
+FailureStage = Literal[
+    "engine",
+    "output",
+    "where",
+    "batch_by",
+    "join_by",
+    "decode",
+    "visibility",
+    "cancelled",
+    "provider_unavailable",
+    "call_budget",
+    "unusable_answers",
+]
+"""Where a failure record says its inputs failed (`FailureRecord.stage`)."""
 
 
 def output_artifact(agent: Agent, obj: BaseModel, derived_from: tuple[str, ...], sources: list[Artifact]) -> Artifact:
@@ -55,3 +88,100 @@ def failure_artifact(
         correlation_id=inputs[0].correlation_id if inputs else None,
         visibility=combine_visibilities(a.visibility for a in inputs) if visibility is None else visibility,
     )
+
+
+class Outcomes:
+    """Publishes outputs and failure records through `publish` (the runtime's: store, then route)."""
+
+    def __init__(self, publish: Callable[[Artifact], None], metrics: MetricsRecorder, tracer: Tracer | None) -> None:
+        self._publish = publish
+        self._metrics = metrics
+        self._tracer = tracer
+
+    def result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
+        """An engine's result: its outputs (with lineage), and failure records for what it could not do."""
+        by_id = {a.id: a for a in inputs.artifacts}
+        for output in result.with_lineage(list(by_id)).outputs:
+            sources = [by_id[i] for i in output.derived_from or () if i in by_id] or list(by_id.values())
+            try:
+                artifact = output_artifact(agent, output.obj, output.derived_from or (), sources)
+            except Exception as exc:  # noqa: BLE001 - user code (visibility extractors) or a wrong output type
+                self._metrics.counters["rejected_outputs"] += 1
+                self.failure(agent, sources, exc, stage="output", flush=flush)
+                continue
+            self._publish(artifact)
+        for failure in result.failures:
+            failed = [by_id[i] for i in failure.artifact_ids if i in by_id] or list(by_id.values())
+            self.failure_record(
+                agent,
+                failed,
+                FailureRecord(
+                    agent=agent.name,
+                    input_ids=[a.id for a in failed],
+                    stage=failure.stage,
+                    error_type=failure.error_type,
+                    error=failure.error,
+                    flush_reason=None if flush is None else flush.reason,
+                    batch_id=None if flush is None else flush.batch_id,
+                ),
+            )
+
+    def failure(
+        self,
+        agent: Agent,
+        inputs: list[Artifact],
+        exc: BaseException,
+        *,
+        stage: FailureStage,
+        flush: Flush | None = None,
+    ) -> None:
+        """A failure record for `inputs` from an exception (its text never quotes payload values)."""
+        record = FailureRecord.from_exception(
+            exc,
+            agent=agent.name,
+            input_ids=[a.id for a in inputs],
+            stage=stage,
+            flush_reason=None if flush is None else flush.reason,
+            batch_id=None if flush is None else flush.batch_id,
+        )
+        self.failure_record(agent, inputs, record)
+
+    def failure_record(
+        self, agent: Agent, inputs: list[Artifact], record: FailureRecord, *, visibility: Visibility | None = None
+    ) -> None:
+        """Publish a failure record, as visible as its inputs (or as `visibility`, when they could not be read)."""
+        self._metrics.counters["failure_records"] += 1
+        self._publish(failure_artifact(agent, inputs, record, visibility=visibility))
+
+    def user_code_failed(
+        self,
+        agent: Agent,
+        sub: Subscription,
+        artifact: Artifact,
+        exc: Exception,
+        *,
+        stage: FailureStage,
+        counter: str,
+    ) -> None:
+        """User code (`where`, `by=`, a join key) raised on an artifact: count, log, trace, record."""
+        self._metrics.counters[counter] += 1
+        log.warning(
+            "agent %r subscription %d: `%s` raised %s on artifact %s; the artifact was not consumed (failure recorded)",
+            agent.name,
+            sub.index,
+            stage,
+            type(exc).__name__,
+            artifact.id,
+        )
+        if self._tracer is not None:
+            span = self._tracer.start(
+                "flock.user_code.error",
+                agent=agent.name,
+                subscription=sub.index,
+                stage=stage,
+                artifact_id=artifact.id,
+                error_type=type(exc).__name__,
+            )
+            span.fail(exc)
+            span.end()
+        self.failure(agent, [artifact], exc, stage=stage)

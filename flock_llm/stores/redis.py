@@ -25,7 +25,7 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,15 +41,18 @@ from tenacity import (
     wait_random,
 )
 
-from .._runtime.ledger import Unit
+from .._runtime.ledger import Receipt, Unit
 from ..artifact import Artifact, FailureRecord
-from ..errors import ConfigurationError, StoreUnavailableError
+from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..registry import type_name_of
 from . import redis_scripts as scripts
 from .codec import artifact_from_json, artifact_to_json
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from .._runtime.core import Runtime
+    from .redis_intake import RedisWorker
 
 __all__ = ["Receipt", "RedisStore"]
 
@@ -79,16 +82,6 @@ _OUR_PARAMETERS: dict[str, Callable[[str], Any]] = {
     "cluster": _flag,
     "max_artifact_bytes": int,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """The stream entry a run consumes; its commit acknowledges it (and, for a ready batch, deletes it)."""
-
-    stream: str
-    group: str
-    entry_id: str
-    delete: bool = False
 
 
 def glob_escape(text: str) -> str:
@@ -439,7 +432,14 @@ class RedisStore:
         return forgotten
 
     def add(self, artifact: Artifact) -> None:
-        raise RuntimeError("internal error: the Redis store is written in units (Flock.publish), not with add()")
+        """Unused: the Redis store is written in units (a publish, a run's end), never one artifact at a time."""
+        raise StoreError("the Redis store is written in units (Flock.publish), not with add()")
+
+    def intake(self, runtime: Runtime) -> RedisWorker:
+        """This process's part in the shared blackboard: it reads deliveries, fills shared batches and runs them."""
+        from .redis_intake import RedisWorker
+
+        return RedisWorker(runtime, self)
 
     async def settle(self) -> bool:
         """Wait (up to `reconnect_timeout`) until the writes in flight are applied or failed; False if some

@@ -9,58 +9,35 @@ progress and takes over what silent workers hold. All decisions about batches ha
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .._runtime.batching import BatchKey, Flush
+from .._runtime.batching import BatchKey, Flush, FlushReason
+from .._runtime.ledger import Receipt
+from .._runtime.runner import Work
 from ..agent import Agent
 from ..artifact import Artifact, FailureRecord
 from ..errors import ConfigurationError, StoreUnavailableError
+from ..metrics import BatchStats
 from ..subscription import Subscription
-from ..visibility import AgentIdentity, PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
+from ..visibility import PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
 from .codec import artifact_from_json
-from .redis import READY_GROUP, Receipt, RedisStore, connection_errors
+from .redis import READY_GROUP, RedisStore, connection_errors
+from .redis_peers import Peers, identity_of
 
 if TYPE_CHECKING:
-    from ..orchestrator import Flock
+    from .._runtime.core import Runtime
 
 __all__ = ["RedisWorker"]
 
 log = logging.getLogger("flock_llm.redis")
 
+_STATS_LIMIT = 200
+"""At most this many shared batches are read for `batch_stats()` per sweep."""
 _BLOCK_MS = 250
 """How long a read waits for new entries; also how soon a stopping worker notices."""
-
-
-class _Slots:
-    """How many more runs an agent may start in this process (its max_concurrency)."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._freed = asyncio.Event()
-
-    async def take(self, timeout: float) -> bool:
-        while self.free <= 0:
-            self._freed.clear()
-            try:
-                await asyncio.wait_for(self._freed.wait(), timeout)
-            except TimeoutError:
-                return False
-        self.free -= 1
-        return True
-
-    def take_up_to(self, n: int) -> int:
-        taken = max(0, min(n, self.free))
-        self.free -= taken
-        return taken
-
-    def give(self, n: int = 1) -> None:
-        self.free += n
-        self._freed.set()
 
 
 def member_of(agent: str, sub: int, identity: str, partition: Hashable | None, partitioned: bool) -> str:
@@ -75,81 +52,19 @@ def member_of(agent: str, sub: int, identity: str, partition: Hashable | None, p
     return json.dumps(key, separators=(",", ":"))
 
 
-def identity_of(agent: Agent) -> str:
-    """A short name for what visibility checks know of an agent ("" for no tenant and no labels)."""
-    return _identity_key(agent.identity)
-
-
-def _identity_key(who: AgentIdentity) -> str:
-    if who.tenant_id is None and not who.labels:
-        return ""
-    text = json.dumps([who.tenant_id, sorted(who.labels)])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-class _Peers:
-    """How the live worker processes define this process's agents (tenant and labels), kept in Redis.
-
-    Each worker announces its definitions (and reads everyone's) every housekeeping tick; an entry this
-    process may not see, but a live peer's definition of the same agent may, is left for that peer.
-    """
-
-    def __init__(self, store: RedisStore, agents: list[Agent]) -> None:
-        self.store = store
-        self._mine = {a.name: [a.identity.tenant_id, sorted(a.identity.labels)] for a in agents}
-        self._known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
-
-    async def exchange(self) -> None:
-        """Announce this process's definitions and read the live ones of every process."""
-        key = self.store.key("identities")
-        client = self.store.client
-        await client.hset(key, self.store.consumer, json.dumps({"at": time.time(), "agents": self._mine}))
-        known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
-        horizon = time.time() - 3 * self.store.claim_timeout
-        stale = []
-        for consumer, doc in (await client.hgetall(key)).items():
-            try:
-                found = json.loads(doc)
-                if float(found["at"]) < horizon:
-                    stale.append(consumer)
-                    continue
-                for name, (tenant, labels) in found["agents"].items():
-                    if name in self._mine:
-                        identity = AgentIdentity(name, frozenset(labels), tenant)
-                        known.setdefault(name, []).append((consumer, _identity_key(identity), identity))
-            except (ValueError, KeyError, TypeError):
-                stale.append(consumer)  # written by another version: ignored, and removed
-        if stale:
-            await client.hdel(key, *stale)
-        self._known = known
-
-    def who_may_see(self, agent: str, identity: str, artifact: Artifact) -> str | None:
-        """The consumer name of a live peer that defines `agent` otherwise than `identity` and may see
-        `artifact`, if there is one."""
-        for consumer, key, who in self._known.get(agent, ()):
-            if key != identity and artifact.visibility.allows(who):
-                return consumer
-        return None
-
-    async def leave(self) -> None:
-        try:
-            await self.store.client.hdel(self.store.key("identities"), self.store.consumer)
-        except Exception as exc:  # noqa: BLE001 - Redis may be gone at shutdown; the entry then goes stale
-            log.info("could not withdraw this worker's agent definitions: %s", type(exc).__name__)
-
-
 class RedisWorker:
-    def __init__(self, flock: Flock, store: RedisStore) -> None:
-        self.flock = flock
+    def __init__(self, runtime: Runtime, store: RedisStore) -> None:
+        self.runtime = runtime
         self.store = store
-        self._subs = [(agent, sub) for agent in flock.agents for sub in agent.subscriptions]
-        self._slots = {agent.name: _Slots(agent.concurrency) for agent in flock.agents}
-        self._identity = {agent.name: identity_of(agent) for agent in flock.agents}
+        agents = list(runtime.agents.values())
+        self._stats: list[BatchStats] = []
+        self._subs = [(agent, sub) for agent in agents for sub in agent.subscriptions]
+        self._identity = {agent.name: identity_of(agent) for agent in agents}
         self._members = {
             (agent.name, sub.index): member_of(agent.name, sub.index, self._identity[agent.name], None, False)
             for agent, sub in self._subs
         }
-        self._peers = _Peers(store, flock.agents)
+        self._peers = Peers(store, agents)
         self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
         """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
         self._stopping = False
@@ -224,7 +139,7 @@ class RedisWorker:
     async def _intake_loop(self, agent: Agent, sub: Subscription) -> None:
         group = self.store.intake_group(agent.name, sub.index)
         streams = {self.store.type_stream(t): ">" for t in dict.fromkeys(sub.type_names)}
-        slots = self._slots[agent.name]
+        slots = self.runtime.runner.slots(agent)
         direct = sub.batch is None
         while not self._stopping:
             if direct and not await slots.take(_BLOCK_MS / 1000):
@@ -269,12 +184,12 @@ class RedisWorker:
                 continue
             if sub.batch is None:
                 self._running[(stream, entry_id)] = (agent.name, receipt)
-                self.flock._enqueue(_work(agent, sub, artifact, receipt))
+                self.runtime.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
                 runs += 1
             else:
                 adds.append((entry_id, fields["a"], member))
         for peer, ids in handover.items():
-            self.flock._metrics.counters["handed_to_peers"] += len(ids)
+            self.runtime.metrics.counters["handed_to_peers"] += len(ids)
             await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
         if adds:
             await self._add_to_batches(agent, sub, stream, group, adds)
@@ -293,17 +208,12 @@ class RedisWorker:
     def _admit(self, agent: Agent, sub: Subscription, artifact: Artifact, receipt: Receipt) -> str | None:
         """The batch member for an accepted artifact ("" when unbatched); None when refused (acknowledged,
         with a failure record when user code raised)."""
-        flock = self.flock
-        flock._begin_unit()
         member: str | None = None
-        try:
-            if flock._accepts(agent, sub, artifact):
+        with self.runtime.ledger.unit(receipt) as commit:
+            if self.runtime.router.accepts(agent, sub, artifact):
                 member = "" if sub.batch is None else self._member(agent, sub, artifact)
-        finally:
-            if member is None:
-                flock._commit_unit(receipt)
-            else:
-                flock._commit_unit()  # nothing was written: the unit is empty
+            if member is not None:
+                commit.receipt = None  # accepted: acknowledged later, by its batch or its run
         return member
 
     def _member(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
@@ -314,7 +224,9 @@ class RedisWorker:
             partition = sub.batch.by(artifact.payload)
             return member_of(agent.name, sub.index, self._identity[agent.name], partition, True)
         except Exception as exc:  # noqa: BLE001 - user code (or a key that is not JSON): record it, keep the artifact
-            self.flock._user_code_failed(agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors")
+            self.runtime.outcomes.user_code_failed(
+                agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors"
+            )
             return None
 
     async def _add_to_batches(
@@ -397,7 +309,7 @@ class RedisWorker:
         return bool(result[0] == 2)
 
     def _spec(self, agent: str, sub: int) -> Any:
-        found = next((a for a in self.flock.agents if a.name == agent), None)
+        found = self.runtime.agents.get(agent)
         return None if found is None or sub >= len(found.subscriptions) else found.subscriptions[sub].batch
 
     async def flush_due(self) -> int:
@@ -407,7 +319,7 @@ class RedisWorker:
         flushed = [await self._flush(member, "") for member in due]
         return sum(flushed)
 
-    async def flush_all(self, reason: str, *, agent: str | None = None) -> int:
+    async def flush_all(self, reason: FlushReason, *, agent: str | None = None) -> int:
         """Flush every shared batch (of one agent, or all) now, with `reason`."""
         prefix = self.store.batch_list("")
         members = [key[len(prefix) :] for key in await self.store.keys_under(prefix)]
@@ -417,11 +329,48 @@ class RedisWorker:
                 flushed += await self._flush(member, reason)
         return flushed
 
+    async def settle(self) -> bool:
+        """Wait until this process's commits in flight are applied (or failed); False if some still retry."""
+        return await self.store.settle()
+
+    def stats(self) -> list[BatchStats]:
+        """The shared batches accumulating now, as last read from Redis (every `sweep_interval`)."""
+        return list(self._stats)
+
+    async def _read_stats(self) -> None:
+        """Read the shared batches' sizes, ages and deadlines (server time) from Redis."""
+        store, client = self.store, self.store.client
+        prefix = store.batch_list("")
+        keys = (await store.keys_under(prefix))[:_STATS_LIMIT]
+        if not keys:
+            self._stats = []
+            return
+        seconds, micros = await client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        stats = []
+        for key in keys:
+            member = key[len(prefix) :]
+            pending = int(await client.llen(key))
+            opened = await client.hget(store.key("opened"), member)
+            deadline = await client.zscore(store.key("deadlines"), member)
+            parts = json.loads(member)
+            stats.append(
+                BatchStats(
+                    agent=str(parts[0]),
+                    subscription_index=int(parts[1]),
+                    partition=_hashable(parts[3]) if len(parts) > 3 else None,
+                    pending=pending,
+                    oldest_age_s=0.0 if opened is None else max(0.0, (now_ms - int(opened)) / 1000),
+                    flush_in_s=None if deadline is None else max(0.0, (float(deadline) - now_ms) / 1000),
+                )
+            )
+        self._stats = stats
+
     # -- ready batches: run them, one free slot at a time -----------------------------------
 
     async def _ready_loop(self, agent: Agent, sub: Subscription) -> None:
         stream = self._ready_stream(agent, sub)
-        slots = self._slots[agent.name]
+        slots = self.runtime.runner.slots(agent)
         while not self._stopping:
             if not await slots.take(_BLOCK_MS / 1000):
                 continue
@@ -469,26 +418,27 @@ class RedisWorker:
             opened_at=int(fields["opened"]) / 1000,
             flushed_at=int(fields["flushed"]) / 1000,
         )
-        self.flock._start_flush(flush, receipt)
+        self.runtime.runner.start_flush(agent, sub, flush, receipt)
 
     def _recheck(self, agent: Agent, sub: Subscription, receipt: Receipt, items: list[Artifact]) -> list[Artifact]:
         """The items of a taken batch that this process's agent may run: visibility and `where` are checked
-        again (another process, defining the agent otherwise, may have filled the batch). The others become
-        failure records as visible as they are; when none is left, the batch is acknowledged with them."""
-        flock = self.flock
+        again by the router (another process, defining the agent otherwise, may have filled the batch). The
+        others become failure records as visible as they are; when none is left, the batch is acknowledged
+        with them."""
+        runtime = self.runtime
         allowed: list[Artifact] = []
-        flock._begin_unit()
-        try:
+        with runtime.ledger.unit() as commit:
             for artifact in items:
-                refusal = self._refusal(agent, sub, artifact)
-                if refusal == "":
+                refusal = runtime.router.refusal(agent, sub, artifact)
+                if refusal in ("", "self", "origin"):  # (origin and self were checked when it was read)
                     allowed.append(artifact)
-                elif refusal is not None:
-                    flock._metrics.counters["refused_batch_items"] += 1
-                    error = PermissionError(f"agent {agent.name!r} as defined in this worker {refusal}")
-                    flock._publish_failure(agent, [artifact], error, stage="visibility")
-        finally:
-            flock._commit_unit(None if allowed else receipt)
+                elif refusal != "raised":  # (a raising `where` recorded its failure already)
+                    runtime.metrics.counters["refused_batch_items"] += 1
+                    why = "may not see it" if refusal == "visibility" else "does not take it (`where`)"
+                    error = PermissionError(f"agent {agent.name!r} as defined in this worker {why}")
+                    runtime.outcomes.failure(agent, [artifact], error, stage="visibility")
+            if not allowed:
+                commit.receipt = receipt
         if len(allowed) < len(items):
             log.warning(
                 "batch %s of %s: %d of %d items refused here",
@@ -499,22 +449,10 @@ class RedisWorker:
             )
         return allowed
 
-    def _refusal(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
-        """Why this process's agent may not run `artifact` ("" when it may; None when user code raised,
-        which recorded the failure already)."""
-        if not artifact.visibility.allows(agent.identity):
-            return "may not see it"
-        try:
-            matches = all(predicate(artifact.payload) for predicate in sub.where)
-        except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, keep the artifact
-            self.flock._user_code_failed(agent, sub, artifact, exc, stage="where", counter="predicate_errors")
-            return None
-        return "" if matches else "does not take it (`where`)"
-
     def _committed(self, receipt: Receipt) -> None:
         running = self._running.pop((receipt.stream, receipt.entry_id), None)
         if running is not None:
-            self._slots[running[0]].give()
+            self.runtime.runner.slots(self.runtime.agents[running[0]]).give()
 
     # -- decoding ------------------------------------------------------------------------------
 
@@ -524,22 +462,18 @@ class RedisWorker:
             return [artifact_from_json(doc) for doc in docs]
         except Exception as exc:  # noqa: BLE001 - foreign or corrupt data: any error is possible; record it
             ids = [_id_of(doc) for doc in docs]
-            self.flock._metrics.counters["undecodable_entries"] += 1
+            self.runtime.metrics.counters["undecodable_entries"] += 1
             log.error(
                 "entry %s of %s cannot be read here (%s): recorded as failed",
                 receipt.entry_id,
                 receipt.stream,
                 type(exc).__name__,
             )
-            flock = self.flock
-            flock._begin_unit()
-            try:
+            with self.runtime.ledger.unit(receipt):
                 record = FailureRecord.from_exception(exc, agent=agent.name, input_ids=ids, stage="decode")
                 # as visible as the entries (their visibility is readable even when their payload is not)
                 visibility = combine_visibilities(_visibility_of(doc, agent.name) for doc in docs)
-                flock._publish_failure_record(agent, [], record, visibility=visibility)
-            finally:
-                flock._commit_unit(receipt)
+                self.runtime.outcomes.failure_record(agent, [], record, visibility=visibility)
             return None
 
     # -- housekeeping --------------------------------------------------------------------------
@@ -558,6 +492,7 @@ class RedisWorker:
                 if now - last_sweep >= store.sweep_interval:
                     last_sweep = now
                     await self.flush_due()
+                    await self._read_stats()
                 if store.retention is not None and now - last_trim >= min(60.0, max(tick, store.retention / 2)):
                     last_trim = now
                     await store.trim(store.retention)
@@ -584,7 +519,7 @@ class RedisWorker:
         store = self.store
         for agent, sub in self._subs:
             group = store.intake_group(agent.name, sub.index)
-            slots = self._slots[agent.name]
+            slots = self.runtime.runner.slots(agent)
             for t in dict.fromkeys(sub.type_names):
                 stream = store.type_stream(t)
                 count = store.read_count if sub.batch is not None else slots.take_up_to(store.read_count)
@@ -659,6 +594,11 @@ async def _finish(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
         await asyncio.wait(late, timeout=1.0)
 
 
+def _hashable(value: Any) -> Any:
+    """A partition key read back from JSON (lists become tuples, as `by=` keys are hashable)."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
 def _stream_entries(replies: Any) -> list[tuple[str, list[Any]]]:
     """XREADGROUP's reply as (stream, entries), under RESP2 (a list) or RESP3 (a dict)."""
     if not replies:
@@ -683,9 +623,3 @@ def _id_of(doc: str) -> str:
         return str(json.loads(doc)[0])
     except (ValueError, IndexError, KeyError, TypeError):
         return "?"
-
-
-def _work(agent: Agent, sub: Subscription, artifacts: list[Artifact], receipt: Receipt) -> Any:
-    from ..orchestrator import _Work
-
-    return _Work(agent, sub, (tuple(artifacts),), None, receipt=receipt)

@@ -1,0 +1,296 @@
+"""Engine runs: one queue and one set of concurrency slots per agent, the engine call, and the end of a run
+(its outputs published and its inputs marked consumed in one durable unit).
+
+Local deliveries and flushes are queued with `enqueue()` and drained by at most `agent.concurrency` tasks. A
+shared intake (Redis) takes a slot with `slots(agent).take()` *before* it reads work, so an idle process gets
+the next batch; the slot is given back when the run's commit is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ..agent import Agent
+from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from ..errors import EngineError, StoreError
+from ..metrics import FlushRecord, MetricsRecorder
+from ..subscription import Subscription
+from ..tracing import SpanHandle, Tracer
+from .batching import Flush, Item
+from .ledger import Ledger, Receipt
+from .outcomes import Outcomes
+
+__all__ = ["Runner", "Slots", "Work"]
+
+log = logging.getLogger("flock_llm")
+
+
+@dataclass(slots=True)
+class Work:
+    """One run to do: an unbatched item, or a flushed batch."""
+
+    agent: Agent
+    subscription: Subscription
+    items: tuple[Item, ...]
+    flush: Flush | None
+    span: SpanHandle | None = None
+    receipt: Receipt | None = None
+    """For a shared store: the delivery the run finishes."""
+
+
+class Slots:
+    """How many more runs an agent may start in this process (its max_concurrency), for a shared intake."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._freed = asyncio.Event()
+
+    async def take(self, timeout: float) -> bool:
+        while self.free <= 0:
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), timeout)
+            except TimeoutError:
+                return False
+        self.free -= 1
+        return True
+
+    def take_up_to(self, n: int) -> int:
+        taken = max(0, min(n, self.free))
+        self.free -= taken
+        return taken
+
+    def give(self, n: int = 1) -> None:
+        self.free += n
+        self._freed.set()
+
+
+@dataclass(slots=True)
+class _Queue:
+    pending: deque[Work] = field(default_factory=deque)
+    workers: int = 0
+
+
+class Runner:
+    """Runs engines for queued work and publishes what they return (through `outcomes`)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        outcomes: Outcomes,
+        metrics: MetricsRecorder,
+        tracer: Tracer | None,
+        model: str | None,
+        env: Mapping[str, str],
+    ) -> None:
+        self.ledger = ledger
+        self.outcomes = outcomes
+        self.metrics = metrics
+        self.tracer = tracer
+        self.model = model
+        self.env = dict(env)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.cancelling = False
+        """Set when shutdown's timeout passed: runs still going are cancelled, queued ones are not started."""
+        self.write_failures: list[StoreError] = []
+        """Commits of runs that failed (nobody awaits them): reported by shutdown()."""
+        self.shared = False
+        """A shared store acknowledges runs itself; failed commits there are retried elsewhere, not counted."""
+        self._queues: dict[str, _Queue] = {}
+        self._slots: dict[str, Slots] = {}
+        self._default_engines: dict[str, Engine] = {}
+
+    # -- queueing -----------------------------------------------------------------------------------
+
+    def slots(self, agent: Agent) -> Slots:
+        """The agent's concurrency slots, for a shared intake that takes work only when one is free."""
+        found = self._slots.get(agent.name)
+        if found is None:
+            found = self._slots[agent.name] = Slots(agent.concurrency)
+        return found
+
+    def start_flush(self, agent: Agent, sub: Subscription, flush: Flush, receipt: Receipt | None = None) -> None:
+        """Record a flush (metrics, span) and queue its run."""
+        record = FlushRecord(
+            agent=agent.name,
+            subscription_index=sub.index,
+            partition=flush.key[2] if len(flush.key) > 2 else None,
+            batch_id=flush.batch_id,
+            batch_size=flush.size,
+            configured_size=flush.configured_size,
+            reason=flush.reason,
+            efficiency=flush.efficiency,
+            waited_s=flush.waited_s,
+        )
+        self.metrics.record_flush(record)
+        span = None if self.tracer is None else self.tracer.start("flock.batch.flush", **record.span_attributes())
+        self.enqueue(Work(agent, sub, flush.items, flush, span, receipt))
+
+    def enqueue(self, work: Work) -> None:
+        queue = self._queues.get(work.agent.name)
+        if queue is None:
+            queue = self._queues[work.agent.name] = _Queue()
+        queue.pending.append(work)
+        if queue.workers < work.agent.concurrency:
+            queue.workers += 1
+            task = asyncio.get_running_loop().create_task(self._drain(queue))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _drain(self, queue: _Queue) -> None:
+        try:
+            while queue.pending:
+                await self._run(queue.pending.popleft())
+        finally:
+            queue.workers -= 1
+
+    async def idle(self) -> None:
+        """Wait until no work is queued or running."""
+        while self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    async def idle_by(self, deadline: float | None) -> None:
+        """Wait until no work is queued or running; at `deadline` (loop time), cancel what is still going."""
+        loop = asyncio.get_running_loop()
+        while self.tasks:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                self.cancelling = True
+                for task in list(self.tasks):
+                    task.cancel()
+                await asyncio.wait(list(self.tasks))
+                continue
+            await asyncio.wait(list(self.tasks), timeout=remaining)
+
+    # -- one run -------------------------------------------------------------------------------------
+
+    def engine_for(self, agent: Agent) -> Engine:
+        if agent.engine is not None:
+            return agent.engine
+        engine = self._default_engines.get(agent.name)
+        if engine is None:
+            from ..engines.llm import LLMEngine  # deferred: the LLM engine is only needed when used
+
+            engine = self._default_engines[agent.name] = LLMEngine()
+        return engine
+
+    async def _run(self, work: Work) -> None:
+        agent, flush = work.agent, work.flush
+        inputs = EvalInputs(work.items)
+        span = None
+        if self.tracer is not None:
+            name = "flock.engine.evaluate_batch" if flush is not None else "flock.agent.run"
+            span = self.tracer.start(name, parent=work.span, agent=agent.name, items=len(inputs))
+        ctx = EngineContext(
+            agent_name=agent.name,
+            subscription_index=work.subscription.index,
+            description=agent.description_text,
+            publishes=agent.output_types,
+            is_batch=flush is not None,
+            flush_reason=None if flush is None else flush.reason,
+            batch_size=len(work.items),
+            configured_size=None if flush is None else flush.configured_size,
+            batch_id=None if flush is None else flush.batch_id,
+            model=self.model,
+            env=self.env,
+            tracer=self.tracer,
+            trace_parent=span,
+        )
+        self.metrics.counters["engine_runs"] += 1
+        if span is None:
+            await self._evaluate(agent, work.subscription, ctx, inputs, flush, work.receipt)
+            return
+        outcome: dict[str, Any] = {}
+        try:
+            outcome = await self._evaluate(agent, work.subscription, ctx, inputs, flush, work.receipt)
+        finally:
+            span.set(engine=type(agent.engine).__name__ if agent.engine else "LLMEngine", **outcome)
+            span.end()
+            if work.span is not None:
+                work.span.end()
+
+    async def _evaluate(
+        self,
+        agent: Agent,
+        sub: Subscription,
+        ctx: EngineContext,
+        inputs: EvalInputs,
+        flush: Flush | None,
+        receipt: Receipt | None,
+    ) -> dict[str, Any]:
+        """Run the engine and publish what it returned; the figures for tracing."""
+        if self.cancelling:
+            return self._cancelled(agent, sub, inputs, flush, receipt)
+        try:
+            engine = self.engine_for(agent)
+            if flush is not None:
+                result = await engine.evaluate_batch(ctx, inputs)
+            else:
+                result = await engine.evaluate(ctx, inputs)
+            if not isinstance(result, EvalResult):
+                raise EngineError(f"{type(engine).__name__} returned {type(result).__name__}, expected an EvalResult")
+        except asyncio.CancelledError:
+            if not self.cancelling:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # cancelled by shutdown's timeout: the run ends here, accounted for
+            return self._cancelled(agent, sub, inputs, flush, receipt)
+        except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; the inputs become a failure record
+            self.metrics.counters["engine_errors"] += 1
+            log.warning(
+                "agent %r: engine raised %s; %d inputs recorded as failed",
+                agent.name,
+                type(exc).__name__,
+                len(inputs.artifacts),
+            )
+            fail = partial(self.outcomes.failure, agent, inputs.artifacts, exc, stage="engine", flush=flush)
+            self.finish(agent, sub, inputs, fail, receipt)
+            return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
+        if result.usage:
+            self.metrics.record_usage(agent.name, result.usage)
+        self.finish(agent, sub, inputs, partial(self.outcomes.result, agent, inputs, result, flush), receipt)
+        usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
+
+    def _cancelled(
+        self, agent: Agent, sub: Subscription, inputs: EvalInputs, flush: Flush | None, receipt: Receipt | None
+    ) -> dict[str, Any]:
+        """A run stopped by shutdown's timeout: with a store that keeps deliveries, its inputs stay pending (the
+        next start, or another worker, runs them); in memory they become a failure record (stage "cancelled")."""
+        self.metrics.counters["cancelled_runs"] += 1
+        log.warning("agent %r: run of %d inputs cancelled at shutdown", agent.name, len(inputs.artifacts))
+        if self.ledger.durable:
+            return {"outcome": "cancelled", "outputs": 0, "failures": 0}
+        error = TimeoutError("the run was cancelled: shutdown's timeout passed before it finished")
+        fail = partial(self.outcomes.failure, agent, inputs.artifacts, error, stage="cancelled", flush=flush)
+        self.finish(agent, sub, inputs, fail, receipt)
+        return {"outcome": "cancelled", "outputs": 0, "failures": 1}
+
+    def finish(
+        self,
+        agent: Agent,
+        sub: Subscription,
+        inputs: EvalInputs,
+        publish: Callable[[], None],
+        receipt: Receipt | None,
+    ) -> None:
+        """Publish a run's outputs and mark its inputs consumed: one unit, committed together."""
+        with self.ledger.unit(receipt) as commit:
+            publish()
+            self.ledger.consumed(agent.name, sub.index, inputs.artifacts)
+        if commit.future is not None:  # nobody awaits a run's commit: failures are counted, and shutdown() raises
+            commit.future.add_done_callback(self._committed)
+
+    def _committed(self, future: asyncio.Future[None]) -> None:
+        exc = None if future.cancelled() else future.exception()
+        if isinstance(exc, StoreError) and not self.shared:
+            self.metrics.counters["store_write_failures"] += 1
+            self.write_failures.append(exc)
