@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from ..tracing import Tracer
     from .batching import Flush
 
-__all__ = ["FailureStage", "Outcomes", "failure_artifact", "output_artifact"]
+__all__ = ["FailureStage", "Outcomes", "failure_artifact", "output_artifact", "oversized_output"]
 
 log = logging.getLogger("flock_llm")
 
@@ -88,6 +89,19 @@ def failure_artifact(
         correlation_id=inputs[0].correlation_id if inputs else None,
         visibility=combine_visibilities(a.visibility for a in inputs) if visibility is None else visibility,
     )
+
+
+def oversized_output(output: Artifact, size: int, limit: int) -> Artifact:
+    """A failure record to publish in place of an output over a store's size limit: derived from, and as
+    visible as, the output, so its inputs stay accounted for and private."""
+    record = FailureRecord(
+        agent=output.produced_by or "",
+        input_ids=list(output.derived_from),
+        stage="output",
+        error_type="ArtifactTooLarge",
+        error=f"a {output.type_name} of {size:,} bytes is over the store's max_artifact_bytes ({limit:,})",
+    )
+    return replace(output, type_name=type_name_of(FailureRecord), payload=record)
 
 
 class Outcomes:

@@ -21,13 +21,14 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from ..errors import ModelCallError, ModelOutputError, ProviderUnavailableError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Output
+from ._calls import Usage
 from ._limits import classify_error, describe_call_error
 from ._parsing import extract_json, parse_per_item, parse_report
 
@@ -61,61 +62,6 @@ class Repair:
     errors: Sequence[str]
     asked: Sequence[LadderItem]
     """The items of the call being repaired."""
-
-
-@dataclass
-class Usage:
-    """Counters for one engine run; summed into the Flock's metrics."""
-
-    items: int = 0
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_known_calls: int = 0
-    latency_s: float = 0.0
-    retries: int = 0
-    repairs: int = 0
-    splits: int = 0
-    reduces: int = 0
-    fallbacks: int = 0
-    probes: int = 0
-    """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
-    failed_items: int = 0
-    unknown_ids: int = 0
-    duplicate_ids: int = 0
-    per_item_prompt_tokens: int = 0
-    """Prompt tokens the same items would have needed one call each (rendered and counted)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def absorb(self, other: dict[str, Any]) -> None:
-        """Add the calls, tokens and cost of another run (the per-item fallback's) to these counters."""
-        for name in _CALL_COUNTERS:
-            value = other.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(self, name, getattr(self, name) + value)
-
-    def as_dict(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        if not self.cost_known_calls:
-            values["cost_usd"] = None
-        return {**values, **self.extra}
-
-
-_CALL_COUNTERS = (
-    "llm_calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "cost_known_calls",
-    "latency_s",
-    "retries",
-    "repairs",
-    "splits",
-    "reduces",
-    "probes",
-)
-"""What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
 
 
 class Backend(Protocol):

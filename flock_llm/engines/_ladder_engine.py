@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
@@ -11,12 +12,12 @@ from pydantic import BaseModel
 from ..errors import ConfigurationError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
 from ._breaker import BreakerPolicy, ProviderGuard
+from ._calls import CallRecord, Usage
 from ._ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
     Backend,
     FallbackLadder,
     LadderItem,
-    Usage,
     ladder_items,
     per_item_fallback,
 )
@@ -113,6 +114,8 @@ class LadderEngine(Engine):
         self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
         self._secrets = secrets_from(passthrough)
         self._passthrough = dict(passthrough)
+        self.calls: deque[CallRecord] = deque(maxlen=1000)
+        """The most recent model calls (both LLM engines record them the same way)."""
 
     def __repr__(self) -> str:  # never shows the passthrough arguments: they may hold keys
         return f"{type(self).__name__}(model={self.model!r}, per_item={self.per_item!r})"

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, create_model
@@ -21,7 +22,8 @@ from pydantic import BaseModel, create_model
 from ..errors import ConfigurationError
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
-from ._ladder import Answer, LadderItem, Repair, Usage
+from ._calls import Usage, prompt_text, record_call
+from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window
 from ._limits import RetryPolicy
 from ._models import announce_offline, is_offline, load_litellm, resolve_model
@@ -237,9 +239,12 @@ class _DSPyCall:
         kwargs = self._kwargs(module, items, repair, reduce)
         _, output_field, _ = self._fields(module)
 
+        spent = _Spent()
+
         async def attempt() -> Any:
             from dspy.utils.usage_tracker import track_usage
 
+            spent.attempts += 1
             with self.dspy.context(lm=self.lm, adapter=self.adapter), track_usage() as tracker:
                 try:
                     return await self.engine.limiter.run(lambda: module.acall(**kwargs))
@@ -247,7 +252,7 @@ class _DSPyCall:
                     self.usage.llm_calls += 1  # the call that failed (DSPy records usage only for answers)
                     raise
                 finally:
-                    self._account(tracker.usage_data)
+                    self._account(tracker.usage_data, spent)
 
         def on_retry(exc: BaseException) -> None:
             self.usage.retries += 1
@@ -269,21 +274,23 @@ class _DSPyCall:
             outcome = type(exc).__name__
             raise
         finally:
-            self.usage.latency_s += time.perf_counter() - started
-            if self.ctx.tracer is not None:
-                self.ctx.tracer.record(
-                    "flock.llm.call",
-                    start_ns=started_ns,
-                    end_ns=time.time_ns(),
-                    parent=self.ctx.trace_parent,
-                    error=None if outcome in ("ok", "unparsed") else outcome,
-                    agent=self.ctx.agent_name,
-                    model=self.model,
-                    kind="repair" if repair else "reduce" if reduce else "batch",
-                    items=len(items),
-                    outcome=outcome,
-                    engine="dspy",
-                )
+            record_call(
+                usage=self.usage,
+                calls=self.engine.calls,
+                ctx=self.ctx,
+                model=self.model,
+                kind="repair" if repair else "reduce" if reduce else "batch",
+                items=len(items),
+                started=started,
+                started_ns=started_ns,
+                attempts=spent.attempts,
+                outcome=outcome,
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+                cost=spent.cost,
+                prompt=prompt_text(kwargs, self.engine.redact),
+                engine="dspy",
+            )
         return Answer(content=self._content(getattr(prediction, output_field, None), items, per_item and not reduce))
 
     def _content(self, output: Any, items: Sequence[LadderItem], per_item: bool) -> Any:
@@ -298,7 +305,7 @@ class _DSPyCall:
             return {"results": []}
         return {"results": [{"item_id": i.id, "output": o} for i, o in zip(items, dumped, strict=True)]}
 
-    def _account(self, usage_data: Mapping[str, list[dict[str, Any]]]) -> None:
+    def _account(self, usage_data: Mapping[str, list[dict[str, Any]]], spent: _Spent) -> None:
         """Calls, tokens and cost of the LM calls one DSPy call made (DSPy may re-call on its own)."""
         litellm = load_litellm()
         for model, entries in usage_data.items():
@@ -306,11 +313,20 @@ class _DSPyCall:
                 prompt = int(entry.get("prompt_tokens", 0) or 0)
                 completion = int(entry.get("completion_tokens", 0) or 0)
                 self.usage.llm_calls += 1
-                self.usage.prompt_tokens += prompt
-                self.usage.completion_tokens += completion
+                spent.prompt_tokens += prompt
+                spent.completion_tokens += completion
                 try:
                     costs = litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
                 except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
                     continue
-                self.usage.cost_usd += float(sum(costs))
-                self.usage.cost_known_calls += 1
+                spent.cost = (spent.cost or 0.0) + float(sum(costs))
+
+
+@dataclass
+class _Spent:
+    """What the attempts of one ask cost, summed for its call record."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float | None = None

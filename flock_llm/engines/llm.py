@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +14,8 @@ from pydantic import BaseModel
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
-from ._ladder import Answer, LadderItem, Repair, Usage
+from ._calls import CallRecord, Usage, prompt_text, record_call
+from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window
 from ._limits import RetryPolicy
 from ._models import announce_offline, is_offline, load_litellm, resolve_model
@@ -25,24 +23,6 @@ from ._models import announce_offline, is_offline, load_litellm, resolve_model
 __all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy"]
 
 log = logging.getLogger("flock_llm.engines")
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One model call (retried attempts included in `attempts`)."""
-
-    agent: str
-    model: str
-    kind: str
-    """"batch", "repair" or "reduce"."""
-    items: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    latency_s: float
-    attempts: int
-    outcome: str
-    """"ok", "truncated" or the error type."""
 
 
 class LLMEngine(LadderEngine):
@@ -104,8 +84,6 @@ class LLMEngine(LadderEngine):
         self.prompts = Prompts(prompts)
         self.structured_output = structured_output
         self.litellm_kwargs = litellm_kwargs
-        self.calls: deque[CallRecord] = deque(maxlen=1000)
-        """The most recent model calls."""
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:
         return _Call(self, ctx)
@@ -244,14 +222,42 @@ class _Call:
         try:
             response = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
         except Exception as exc:
-            self._record(kind, len(items), started, attempts, type(exc).__name__, None)
-            self._trace(kind, kwargs, started_ns, attempts, len(items), None, error=type(exc).__name__)
+            self._record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None)
             raise
         choice = response.choices[0]
         truncated = choice.finish_reason == "length"
-        self._record(kind, len(items), started, attempts, "truncated" if truncated else "ok", response)
-        self._trace(kind, kwargs, started_ns, attempts, len(items), self.engine.calls[-1])
+        self._record(kind, items, kwargs, started, started_ns, attempts, "truncated" if truncated else "ok", response)
         return Answer(choice.message.content or "", truncated=truncated)
+
+    def _record(
+        self,
+        kind: str,
+        items: Sequence[LadderItem],
+        kwargs: dict[str, Any],
+        started: float,
+        started_ns: int,
+        attempts: int,
+        outcome: str,
+        response: Any,
+    ) -> None:
+        usage = getattr(response, "usage", None)
+        cost = None if response is None else (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        record_call(
+            usage=self.usage,
+            calls=self.engine.calls,
+            ctx=self.ctx,
+            model=self.model,
+            kind=kind,
+            items=len(items),
+            started=started,
+            started_ns=started_ns,
+            attempts=attempts,
+            outcome=outcome,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cost=None if cost is None else float(cost),
+            prompt=prompt_text(kwargs["messages"], self.engine.redact),
+        )
 
     def _endpoint(self) -> str:
         """Where calls go: scheme, host, port and path of the API base (never its credentials)."""
@@ -264,72 +270,3 @@ class _Call:
         parts = urlsplit(str(base))
         host = parts.hostname or "?"
         return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path
-
-    def _trace(
-        self,
-        kind: str,
-        kwargs: dict[str, Any],
-        started_ns: int,
-        attempts: int,
-        items: int,
-        record: CallRecord | None,
-        error: str | None = None,
-    ) -> None:
-        tracer = self.ctx.tracer
-        if tracer is None:
-            return
-        attributes: dict[str, Any] = {
-            "agent": self.ctx.agent_name,
-            "model": self.model,
-            "kind": kind,
-            "items": items,
-            "attempts": attempts,
-            "retries": max(0, attempts - 1),
-            "outcome": error or (record.outcome if record else "ok"),
-        }
-        if record is not None:
-            attributes.update(
-                prompt_tokens=record.prompt_tokens,
-                completion_tokens=record.completion_tokens,
-                cost_usd=record.cost_usd,
-                latency_ms=record.latency_s * 1000,
-            )
-        if tracer.config.record_prompts:
-            attributes["prompt"] = self.engine.redact(json.dumps(kwargs["messages"], ensure_ascii=False))
-        tracer.record(
-            "flock.llm.call",
-            start_ns=started_ns,
-            end_ns=time.time_ns(),
-            parent=self.ctx.trace_parent,
-            error=error,
-            **attributes,
-        )
-
-    def _record(self, kind: str, items: int, started: float, attempts: int, outcome: str, response: Any) -> None:
-        latency = time.perf_counter() - started
-        usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = None
-        if response is not None:
-            cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-        self.usage.prompt_tokens += prompt
-        self.usage.completion_tokens += completion
-        self.usage.latency_s += latency
-        if cost is not None:
-            self.usage.cost_usd += float(cost)
-            self.usage.cost_known_calls += 1
-        self.engine.calls.append(
-            CallRecord(
-                self.ctx.agent_name,
-                self.model,
-                kind,
-                items,
-                prompt,
-                completion,
-                None if cost is None else float(cost),
-                latency,
-                attempts,
-                outcome,
-            )
-        )

@@ -18,104 +18,46 @@ Requires redis-py (`pip install 'flock_llm[redis]'`) and Redis >= 6.2. With `app
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import re
-import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    stop_never,
-    wait_exponential,
-    wait_random,
-)
 
 from .._runtime.ledger import Receipt, Unit
-from ..artifact import Artifact, FailureRecord
+from .._runtime.outcomes import oversized_output
+from ..artifact import Artifact
 from ..errors import ConfigurationError, StoreError, StoreUnavailableError
 from ..registry import type_name_of
-from . import redis_scripts as scripts
 from .codec import artifact_from_json, artifact_to_json
+from .redis_connection import RedisConnection
+from .redis_retention import trim
+from .redis_support import (
+    READY_GROUP,
+    connection_errors,
+    glob_escape,
+    id_json_pairs,
+    redact_url,
+)
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from .._runtime.core import Runtime
     from .redis_intake import RedisWorker
 
-__all__ = ["Receipt", "RedisStore"]
+__all__ = ["READY_GROUP", "Receipt", "RedisStore", "connection_errors", "glob_escape", "redact_url"]
 
 log = logging.getLogger("flock_llm.store")
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-READY_GROUP = "workers"
-_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _PUBLISH_CHUNK = 500
-DEFAULT_MAX_ARTIFACT_BYTES = 256 * 1024
-READ_BUDGET_BYTES = 128 * 1024 * 1024
 
 
-def _flag(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes")
-
-
-_OUR_PARAMETERS: dict[str, Callable[[str], Any]] = {
-    "namespace": str,
-    "claim_timeout": float,
-    "sweep_interval": float,
-    "reconnect_timeout": float,
-    "retention": float,
-    "cluster": _flag,
-    "max_artifact_bytes": int,
-}
-
-
-def glob_escape(text: str) -> str:
-    """`text` as a literal in a Redis MATCH pattern."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def redact_url(url: str) -> str:
-    """The URL without its credentials (userinfo password, and query parameters such as `password=`), for
-    messages, logs and `repr`."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{port}" if port else "")
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_PARAMETER.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def connection_errors() -> tuple[type[Exception], ...]:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    return (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-class RedisStore:
+class RedisStore(RedisConnection):
     """Artifacts, shared batches and run receipts in Redis; nothing is kept in process memory.
 
     Args:
@@ -135,193 +77,6 @@ class RedisStore:
             larger one is refused with a ConfigurationError, and an agent output over it becomes a failure
             record. Reads are sized by it: one read pulls at most `READ_BUDGET_BYTES` (128 MiB).
     """
-
-    durable = True
-    distributed = True
-
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        namespace: str = "flock",
-        claim_timeout: float = 30.0,
-        sweep_interval: float = 1.0,
-        reconnect_timeout: float = 30.0,
-        retention: float | timedelta | None = None,
-        cluster: bool = False,
-        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
-    ) -> None:
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(f"store URL must look like 'redis://host:6379/0', got {redact_url(str(url))!r}")
-        if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-            raise ConfigurationError(
-                "`namespace` must be 1 to 64 characters of letters, digits, '_', '-' and '.', got "
-                f"{namespace!r}; glob characters such as * ? [ ] would let one namespace's clean-up match another's"
-            )
-        if isinstance(retention, timedelta):
-            retention = retention.total_seconds()
-        for name, value in (
-            *((("retention", retention),) if retention is not None else ()),
-            ("claim_timeout", claim_timeout),
-            ("sweep_interval", sweep_interval),
-            ("reconnect_timeout", reconnect_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
-        self.url = url
-        self.namespace = namespace
-        self.claim_timeout = float(claim_timeout)
-        self.sweep_interval = float(sweep_interval)
-        self.reconnect_timeout = float(reconnect_timeout)
-        self.retention: float | None = None if retention is None else float(retention)
-        self.cluster = bool(cluster)
-        if isinstance(max_artifact_bytes, bool) or not isinstance(max_artifact_bytes, int) or max_artifact_bytes < 1024:
-            raise ConfigurationError(f"`max_artifact_bytes` must be an integer >= 1024, got {max_artifact_bytes!r}")
-        self.max_artifact_bytes = max_artifact_bytes
-        self.read_count = max(1, min(500, READ_BUDGET_BYTES // max_artifact_bytes))
-        """Entries per stream read: at most READ_BUDGET_BYTES of artifacts come back from one read."""
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        """This process's consumer name in every group."""
-        self._prefix = "{" + namespace + "}:"
-        self._client: Redis | None = None
-        self._scripts: dict[str, Any] = {}
-        self._writes: set[asyncio.Task[None]] = set()
-        self.on_committed: Callable[[Receipt], None] | None = None
-        """Called (by the worker) once a unit with a receipt was committed, or given up at shutdown."""
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        """A store from a URL whose query may also set namespace, claim_timeout, sweep_interval, reconnect_timeout
-        and retention (seconds)."""
-        parts = urlsplit(url)
-        ours: dict[str, Any] = {}
-        rest = []
-        for name, value in parse_qsl(parts.query):
-            if name in _OUR_PARAMETERS:
-                try:
-                    ours[name] = _OUR_PARAMETERS[name](value)
-                except ValueError:
-                    raise ConfigurationError(f"`{name}` in the store URL must be a number, got {value!r}") from None
-            else:
-                rest.append((name, value))
-        return cls(urlunsplit(parts._replace(query=urlencode(rest))), **ours)
-
-    def __repr__(self) -> str:
-        return f"RedisStore({redact_url(self.url)!r}, namespace={self.namespace!r})"
-
-    def _redact(self, text: str) -> str:
-        """`text` without any credential of this store's URL (a client error may quote the URL)."""
-        parts = urlsplit(self.url)
-        secrets = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if _SECRET_PARAMETER.search(k)]
-        for secret in sorted(filter(None, secrets), key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text.replace(self.url, redact_url(self.url))
-
-    # -- keys ----------------------------------------------------------------------------
-
-    def type_stream(self, type_name: str) -> str:
-        return f"{self._prefix}t:{type_name}"
-
-    def batch_list(self, member: str) -> str:
-        return f"{self._prefix}b:{member}"
-
-    def ready_stream(self, agent: str, sub: int, identity: str = "") -> str:
-        """Flushed batches of an (agent, subscription) as defined with one identity (tenant and labels)."""
-        return f"{self._prefix}r:{json.dumps([agent, sub, identity] if identity else [agent, sub])}"
-
-    @staticmethod
-    def intake_group(agent: str, sub: int) -> str:
-        return json.dumps([agent, sub])
-
-    def key(self, name: str) -> str:
-        """ids, deadlines, opened or seq."""
-        return self._prefix + name
-
-    async def keys_under(self, prefix: str) -> list[str]:
-        """Every key starting with `prefix` (matched literally: glob characters in it are escaped)."""
-        return [key async for key in self.client.scan_iter(match=glob_escape(prefix) + "*", count=1_000)]
-
-    # -- connection ----------------------------------------------------------------------
-
-    @property
-    def client(self) -> Any:  # redis.asyncio.Redis (decode_responses=True: replies are str)
-        if self._client is None:
-            raise StoreUnavailableError("the Redis store is not connected yet; `await flock.start()` first")
-        return self._client
-
-    def script(self, name: str) -> Any:
-        return self._scripts[name]
-
-    async def connect(self) -> None:
-        """Open the client and check that Redis answers.
-
-        Raises:
-            StoreUnavailableError: Redis cannot be reached (the message names the URL without its password).
-            ConfigurationError: redis-py is not installed, or the server is older than Redis 6.2.
-        """
-        if self._client is not None:
-            return
-        try:
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-            from redis.exceptions import RedisClusterException
-        except ImportError:
-            raise ConfigurationError("the Redis store needs redis-py: pip install 'flock_llm[redis]'") from None
-        options: dict[str, Any] = {
-            "decode_responses": True,
-            "socket_connect_timeout": 2.0,
-            "socket_timeout": 10.0,
-            "retry": Retry(NoBackoff(), 0),  # we retry ourselves, only where a retry is idempotent
-        }
-        client: Any = None
-        try:
-            if self.cluster:
-                from redis.asyncio.cluster import RedisCluster
-
-                client = RedisCluster.from_url(self.url, **options)
-                await client.initialize()
-                info = await client.info("server", target_nodes=RedisCluster.RANDOM)
-            else:
-                client = Redis.from_url(self.url, **options)
-                info = await client.info("server")
-        except (*connection_errors(), RedisClusterException) as exc:  # type: ignore[misc]
-            if client is not None:
-                await client.aclose()
-            raise StoreUnavailableError(
-                f"cannot reach Redis at {redact_url(self.url)}: {self._redact(str(exc))}"
-            ) from None
-        version = tuple(int(p) for p in str(info.get("redis_version", "0")).split(".")[:2] if p.isdigit())
-        if version < (6, 2):
-            await client.aclose()
-            raise ConfigurationError(f"the Redis store needs Redis >= 6.2 (XAUTOCLAIM); the server is {version!r}")
-        self._client = client
-        for name in ("PUBLISH", "ADD", "FLUSH", "DUE", "COMMIT", "TRIM", "FORGET_CONSUMERS"):
-            self._scripts[name] = client.register_script(getattr(scripts, name))
-
-    async def retrying(self, operation: Callable[[], Awaitable[T]], *, limit: float | None) -> T:
-        """Run an idempotent operation, reconnecting with backoff for `limit` seconds (None: until cancelled).
-
-        Raises:
-            StoreUnavailableError: Redis stayed unreachable for `limit` seconds.
-        """
-        attempts = AsyncRetrying(
-            stop=stop_never if limit is None else stop_after_delay(limit),
-            wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
-            retry=retry_if_exception_type(connection_errors()),
-            before_sleep=_log_reconnect,
-            reraise=True,
-        )
-        try:
-            async for attempt in attempts:
-                with attempt:
-                    return await operation()
-        except connection_errors() as exc:
-            raise StoreUnavailableError(
-                f"Redis at {redact_url(self.url)} was unreachable for {limit:g} s: {self._redact(str(exc))}; "
-                "the operation was not done"
-            ) from None
-        raise AssertionError("unreachable")  # pragma: no cover - AsyncRetrying either returns or raises
 
     # -- writing -------------------------------------------------------------------------
 
@@ -353,7 +108,7 @@ class RedisStore:
             for n, a in enumerate(unit.artifacts)
         ]
         keys = [receipt.stream, self.key("ids"), *(self.type_stream(a.type_name) for a in outputs)]
-        args = [receipt.group, receipt.entry_id, "1" if receipt.delete else "0", *_id_json_pairs(outputs)]
+        args = [receipt.group, receipt.entry_id, "1" if receipt.delete else "0", *id_json_pairs(outputs)]
         try:
             added = await self.retrying(lambda: self.script("COMMIT")(keys=keys, args=args), limit=None)
         finally:
@@ -367,30 +122,21 @@ class RedisStore:
             )
 
     def _fitting(self, output: Artifact) -> Artifact:
-        """A run's output, or, when it is over `max_artifact_bytes`, a failure record in its place (derived
-        from and as visible as the output, so its inputs stay accounted for and private)."""
+        """A run's output, or, when it is over `max_artifact_bytes`, a failure record in its place."""
         size = len(artifact_to_json(output).encode())
         if size <= self.max_artifact_bytes:
             return output
         log.error(
             "agent %r produced a %s of %d bytes, over max_artifact_bytes", output.produced_by, output.type_name, size
         )
-        record = FailureRecord(
-            agent=output.produced_by or "",
-            input_ids=list(output.derived_from),
-            stage="output",
-            error_type="ArtifactTooLarge",
-            error=f"a {output.type_name} of {size:,} bytes is over the store's max_artifact_bytes "
-            f"({self.max_artifact_bytes:,})",
-        )
-        return replace(output, type_name=type_name_of(FailureRecord), payload=record)
+        return oversized_output(output, size, self.max_artifact_bytes)
 
     async def publish(self, artifacts: Sequence[Artifact]) -> int:
         """Publish artifacts (each at most once, by id); returns how many were new."""
         if not artifacts:
             return 0
         keys = [self.key("ids"), *(self.type_stream(a.type_name) for a in artifacts)]
-        args = _id_json_pairs(artifacts)
+        args = id_json_pairs(artifacts)
         for artifact, doc in zip(artifacts, args[1::2], strict=True):
             if len(doc.encode()) > self.max_artifact_bytes:
                 raise ConfigurationError(
@@ -404,32 +150,9 @@ class RedisStore:
         return added
 
     async def trim(self, retention: float) -> int:
-        """Forget artifacts older than `retention` seconds that every consumer group is done with.
-
-        The bound for each type stream is the oldest of: the cut-off time, the entry after each group's
-        last delivered one, and each group's oldest unacknowledged one; groups only move forward, so a
-        bound computed now stays safe. Returns how many artifacts were forgotten.
-        """
-        seconds, micros = await self.client.time()
-        cutoff = (int(seconds) * 1000 + int(micros) // 1000 - int(retention * 1000), 0)
-        streams = await self.keys_under(self.type_stream(""))
-        forgotten = 0
-        for stream in streams:
-            bound = cutoff
-            for group in await self.client.xinfo_groups(stream):
-                delivered = _entry_id(group["last-delivered-id"])
-                bound = min(bound, (delivered[0], delivered[1] + 1))  # undelivered entries stay
-                if group["pending"]:
-                    oldest = (await self.client.xpending(stream, group["name"]))["min"]
-                    bound = min(bound, _entry_id(oldest))  # unacknowledged ones too
-            while True:
-                removed = int(
-                    await self.script("TRIM")(keys=[stream, self.key("ids")], args=[f"{bound[0]}-{bound[1]}", 500])
-                )
-                forgotten += removed
-                if removed < 500:
-                    break
-        return forgotten
+        """Forget artifacts older than `retention` seconds that every consumer group is done with (see
+        `redis_retention.trim`). Returns how many artifacts were forgotten."""
+        return await trim(self, retention)
 
     def add(self, artifact: Artifact) -> None:
         """Unused: the Redis store is written in units (a publish, a run's end), never one artifact at a time."""
@@ -522,26 +245,3 @@ class RedisStore:
                 continue
             found.extend(await self.artifacts_by_type(cls))
         return found
-
-
-def _entry_id(text: str) -> tuple[int, int]:
-    """A stream entry id ("1700000000000-3") as a comparable pair."""
-    ms, _, seq = str(text).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _id_json_pairs(artifacts: Iterable[Artifact]) -> list[str]:
-    pairs: list[str] = []
-    for a in artifacts:
-        pairs.append(a.id)
-        pairs.append(artifact_to_json(a))
-    return pairs
-
-
-def _log_reconnect(state: Any) -> None:
-    if state.attempt_number in (1, 10) or state.attempt_number % 50 == 0:
-        log.warning(
-            "Redis unreachable (%s); reconnecting (attempt %d)",
-            type(state.outcome.exception()).__name__,
-            state.attempt_number,
-        )

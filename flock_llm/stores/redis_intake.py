@@ -9,23 +9,22 @@ progress and takes over what silent workers hold. All decisions about batches ha
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from .._runtime.batching import BatchKey, Flush, FlushReason
+from .._runtime.batching import FlushReason
 from .._runtime.ledger import Receipt
 from .._runtime.runner import Work
 from ..agent import Agent
-from ..artifact import Artifact, FailureRecord
-from ..errors import ConfigurationError, StoreUnavailableError
+from ..artifact import Artifact
+from ..errors import ConfigurationError
 from ..metrics import BatchStats
 from ..subscription import Subscription
-from ..visibility import PrivateVisibility, Visibility, combine_visibilities, visibility_from_dict
-from .codec import artifact_from_json
 from .redis import READY_GROUP, RedisStore, connection_errors
+from .redis_entries import decode_entry, flush_of, recheck_batch
+from .redis_flushes import SharedFlushes
 from .redis_peers import Peers, identity_of
+from .redis_support import finish_tasks, member_of, stream_entries
 
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
@@ -34,22 +33,8 @@ __all__ = ["RedisWorker"]
 
 log = logging.getLogger("flock_llm.redis")
 
-_STATS_LIMIT = 200
-"""At most this many shared batches are read for `batch_stats()` per sweep."""
 _BLOCK_MS = 250
 """How long a read waits for new entries; also how soon a stopping worker notices."""
-
-
-def member_of(agent: str, sub: int, identity: str, partition: Hashable | None, partitioned: bool) -> str:
-    """The shared batch's name: JSON of [agent, subscription, identity, partition?] (so any process can
-    rebuild it). Processes that define one agent with different tenants or labels (mid-deploy) fill
-    different batches, so no batch holds an artifact its runner may not see.
-
-    Raises:
-        TypeError: the partition key is not a JSON value.
-    """
-    key = [agent, sub, identity, partition] if partitioned else [agent, sub, identity]
-    return json.dumps(key, separators=(",", ":"))
 
 
 class RedisWorker:
@@ -57,7 +42,6 @@ class RedisWorker:
         self.runtime = runtime
         self.store = store
         agents = list(runtime.agents.values())
-        self._stats: list[BatchStats] = []
         self._subs = [(agent, sub) for agent in agents for sub in agent.subscriptions]
         self._identity = {agent.name: identity_of(agent) for agent in agents}
         self._members = {
@@ -71,8 +55,7 @@ class RedisWorker:
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         self._housekeeping: asyncio.Task[None] | None = None
-        self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
-        self._flushes: set[asyncio.Task[Any]] = set()
+        self.flushes = SharedFlushes(store, runtime.agents)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -115,7 +98,7 @@ class RedisWorker:
         """Stop taking work (runs already taken go on); within about a quarter of a second, or, while Redis
         is unreachable, `reconnect_timeout` (what a loop had read but not added stays pending in Redis)."""
         self._stopping = True
-        await _finish(self._loops, self.store.reconnect_timeout)
+        await finish_tasks(self._loops, self.store.reconnect_timeout)
 
     async def close(self) -> None:
         """After the runs finished: stop housekeeping and timers, commit what is in flight, disconnect.
@@ -124,10 +107,9 @@ class RedisWorker:
         client call (asyncio.gather returns normally when its children swallow it), and shutdown must end.
         """
         self._closing = True
-        for _, timer in self._timers.values():
-            timer.cancel()
-        tasks = [*self._flushes, *([self._housekeeping] if self._housekeeping is not None else [])]
-        await _finish(tasks, 2.0)
+        self.flushes.cancel_timers()
+        tasks = [*self.flushes.tasks, *([self._housekeeping] if self._housekeeping is not None else [])]
+        await finish_tasks(tasks, 2.0)
         await self._peers.leave()
         await self.store.aclose()
 
@@ -155,7 +137,7 @@ class RedisWorker:
                 continue
             taken = 0
             try:
-                for stream, entries in _stream_entries(replies):
+                for stream, entries in stream_entries(replies):
                     taken += await self._take(agent, sub, stream, group, entries)
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; what was not added stays pending
                 await self._recover(exc)  # (and is taken over after `claim_timeout`)
@@ -172,7 +154,7 @@ class RedisWorker:
             if (stream, entry_id) in self._running:
                 continue  # (read again from this worker's own pending list while its run goes on)
             receipt = Receipt(stream, group, entry_id)
-            artifact = self._decode(agent, receipt, [fields.get("a", "") if fields else ""])
+            artifact = decode_entry(self.runtime, agent, receipt, [fields.get("a", "") if fields else ""])
             if artifact is None:
                 continue
             peer = await self._peer_for(agent, artifact[0], refreshed)
@@ -258,76 +240,17 @@ class RedisWorker:
         results = await store.retrying(run, limit=None)
         for member, (_, _, now_ms, deadline_ms) in zip(by_member, results, strict=True):
             if deadline_ms != -1:
-                self._arm(member, now_ms=int(now_ms), deadline_ms=int(deadline_ms))
+                self.flushes.arm(member, now_ms=int(now_ms), deadline_ms=int(deadline_ms))
 
-    # -- deadlines ------------------------------------------------------------------------
-
-    def _arm(self, member: str, *, now_ms: int, deadline_ms: int) -> None:
-        """Flush `member` at its deadline (server time), if this process has no timer for that deadline yet."""
-        armed = self._timers.get(member)
-        if armed is not None:
-            if armed[0] == deadline_ms:
-                return
-            armed[1].cancel()
-        delay = max(0.0, (deadline_ms - now_ms) / 1000)
-        handle = asyncio.get_running_loop().call_later(delay, self._deadline_passed, member, deadline_ms)
-        self._timers[member] = (deadline_ms, handle)
-
-    def _deadline_passed(self, member: str, deadline_ms: int) -> None:
-        armed = self._timers.get(member)
-        if armed is not None and armed[0] == deadline_ms:
-            del self._timers[member]
-        self._spawn(self._flush(member, ""))
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, member: str, reason: str) -> bool:
-        """Flush one shared batch: when due (reason ""), or now with a reason. True if this call flushed it."""
-        store = self.store
-        agent, sub_index, identity = (json.loads(member) + [""])[:3]
-        keys = [
-            store.batch_list(member),
-            store.key("deadlines"),
-            store.key("opened"),
-            store.ready_stream(agent, sub_index, identity),
-            store.key("seq"),
-        ]
-        spec = self._spec(agent, sub_index)
-        size = 0 if spec is None or spec.size is None else spec.size
-        try:
-            result = await store.retrying(
-                lambda: store.script("FLUSH")(keys=keys, args=[member, size, reason]), limit=store.reconnect_timeout
-            )
-        except StoreUnavailableError as exc:
-            log.warning("could not flush batch %s (%s); the next sweep tries again", member, exc)
-            return False
-        if result[0] == 1:  # not due yet by the server's clock
-            self._arm(member, now_ms=int(result[1]), deadline_ms=int(result[2]))
-        return bool(result[0] == 2)
-
-    def _spec(self, agent: str, sub: int) -> Any:
-        found = self.runtime.agents.get(agent)
-        return None if found is None or sub >= len(found.subscriptions) else found.subscriptions[sub].batch
+    # -- shared batches: flushes and what they hold ---------------------------------------------------
 
     async def flush_due(self) -> int:
         """Flush every shared batch whose deadline passed (any process's). Returns how many flushed."""
-        store = self.store
-        due = await store.retrying(lambda: store.script("DUE")(keys=[store.key("deadlines")]), limit=None)
-        flushed = [await self._flush(member, "") for member in due]
-        return sum(flushed)
+        return await self.flushes.flush_due()
 
     async def flush_all(self, reason: FlushReason, *, agent: str | None = None) -> int:
         """Flush every shared batch (of one agent, or all) now, with `reason`."""
-        prefix = self.store.batch_list("")
-        members = [key[len(prefix) :] for key in await self.store.keys_under(prefix)]
-        flushed = 0
-        for member in members:
-            if agent is None or json.loads(member)[0] == agent:
-                flushed += await self._flush(member, reason)
-        return flushed
+        return await self.flushes.flush_all(reason, agent=agent)
 
     async def settle(self) -> bool:
         """Wait until this process's commits in flight are applied (or failed); False if some still retry."""
@@ -335,36 +258,7 @@ class RedisWorker:
 
     def stats(self) -> list[BatchStats]:
         """The shared batches accumulating now, as last read from Redis (every `sweep_interval`)."""
-        return list(self._stats)
-
-    async def _read_stats(self) -> None:
-        """Read the shared batches' sizes, ages and deadlines (server time) from Redis."""
-        store, client = self.store, self.store.client
-        prefix = store.batch_list("")
-        keys = (await store.keys_under(prefix))[:_STATS_LIMIT]
-        if not keys:
-            self._stats = []
-            return
-        seconds, micros = await client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        stats = []
-        for key in keys:
-            member = key[len(prefix) :]
-            pending = int(await client.llen(key))
-            opened = await client.hget(store.key("opened"), member)
-            deadline = await client.zscore(store.key("deadlines"), member)
-            parts = json.loads(member)
-            stats.append(
-                BatchStats(
-                    agent=str(parts[0]),
-                    subscription_index=int(parts[1]),
-                    partition=_hashable(parts[3]) if len(parts) > 3 else None,
-                    pending=pending,
-                    oldest_age_s=0.0 if opened is None else max(0.0, (now_ms - int(opened)) / 1000),
-                    flush_in_s=None if deadline is None else max(0.0, (float(deadline) - now_ms) / 1000),
-                )
-            )
-        self._stats = stats
+        return self.flushes.stats()
 
     # -- ready batches: run them, one free slot at a time -----------------------------------
 
@@ -382,7 +276,7 @@ class RedisWorker:
                 slots.give()
                 await self._recover(exc)
                 continue
-            entries = [entry for _, found in _stream_entries(replies) for entry in found]
+            entries = [entry for _, found in stream_entries(replies) for entry in found]
             if not entries:
                 slots.give()
             for entry_id, fields in entries:
@@ -399,82 +293,19 @@ class RedisWorker:
         assert sub.batch is not None
         receipt = Receipt(stream, READY_GROUP, entry_id, delete=True)
         self._running[(stream, entry_id)] = (agent.name, receipt)
-        decoded = self._decode(agent, receipt, fields["items"].split("\n"))
+        decoded = decode_entry(self.runtime, agent, receipt, fields["items"].split("\n"))
         if decoded is None:
             return
-        items = self._recheck(agent, sub, receipt, decoded)
+        items = recheck_batch(self.runtime, agent, sub, receipt, decoded)
         if not items:
             return
-        key: BatchKey = (agent.name, sub.index)
-        if sub.batch.by is not None:
-            partition = json.loads(fields["key"])[3]
-            key = (agent.name, sub.index, tuple(partition) if isinstance(partition, list) else partition)
-        flush = Flush(
-            key=key,
-            batch_id=f"{self.store.namespace}-{fields['batch']}",
-            items=tuple((a,) for a in items),
-            reason=fields["reason"],  # type: ignore[arg-type]
-            configured_size=sub.batch.size,
-            opened_at=int(fields["opened"]) / 1000,
-            flushed_at=int(fields["flushed"]) / 1000,
-        )
+        flush = flush_of(self.store.namespace, agent, sub, fields, items)
         self.runtime.runner.start_flush(agent, sub, flush, receipt)
-
-    def _recheck(self, agent: Agent, sub: Subscription, receipt: Receipt, items: list[Artifact]) -> list[Artifact]:
-        """The items of a taken batch that this process's agent may run: visibility and `where` are checked
-        again by the router (another process, defining the agent otherwise, may have filled the batch). The
-        others become failure records as visible as they are; when none is left, the batch is acknowledged
-        with them."""
-        runtime = self.runtime
-        allowed: list[Artifact] = []
-        with runtime.ledger.unit() as commit:
-            for artifact in items:
-                refusal = runtime.router.refusal(agent, sub, artifact)
-                if refusal in ("", "self", "origin"):  # (origin and self were checked when it was read)
-                    allowed.append(artifact)
-                elif refusal != "raised":  # (a raising `where` recorded its failure already)
-                    runtime.metrics.counters["refused_batch_items"] += 1
-                    why = "may not see it" if refusal == "visibility" else "does not take it (`where`)"
-                    error = PermissionError(f"agent {agent.name!r} as defined in this worker {why}")
-                    runtime.outcomes.failure(agent, [artifact], error, stage="visibility")
-            if not allowed:
-                commit.receipt = receipt
-        if len(allowed) < len(items):
-            log.warning(
-                "batch %s of %s: %d of %d items refused here",
-                receipt.entry_id,
-                receipt.stream,
-                len(items) - len(allowed),
-                len(items),
-            )
-        return allowed
 
     def _committed(self, receipt: Receipt) -> None:
         running = self._running.pop((receipt.stream, receipt.entry_id), None)
         if running is not None:
             self.runtime.runner.slots(self.runtime.agents[running[0]]).give()
-
-    # -- decoding ------------------------------------------------------------------------------
-
-    def _decode(self, agent: Agent, receipt: Receipt, docs: list[str]) -> list[Artifact] | None:
-        """The artifacts of an entry; None when they cannot be read here (a failure record names them)."""
-        try:
-            return [artifact_from_json(doc) for doc in docs]
-        except Exception as exc:  # noqa: BLE001 - foreign or corrupt data: any error is possible; record it
-            ids = [_id_of(doc) for doc in docs]
-            self.runtime.metrics.counters["undecodable_entries"] += 1
-            log.error(
-                "entry %s of %s cannot be read here (%s): recorded as failed",
-                receipt.entry_id,
-                receipt.stream,
-                type(exc).__name__,
-            )
-            with self.runtime.ledger.unit(receipt):
-                record = FailureRecord.from_exception(exc, agent=agent.name, input_ids=ids, stage="decode")
-                # as visible as the entries (their visibility is readable even when their payload is not)
-                visibility = combine_visibilities(_visibility_of(doc, agent.name) for doc in docs)
-                self.runtime.outcomes.failure_record(agent, [], record, visibility=visibility)
-            return None
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -492,7 +323,7 @@ class RedisWorker:
                 if now - last_sweep >= store.sweep_interval:
                     last_sweep = now
                     await self.flush_due()
-                    await self._read_stats()
+                    await self.flushes.read_stats()
                 if store.retention is not None and now - last_trim >= min(60.0, max(tick, store.retention / 2)):
                     last_trim = now
                     await store.trim(store.retention)
@@ -547,7 +378,7 @@ class RedisWorker:
             return []  # (reading would also create this consumer in groups it never used)
         replies = await self.store.client.xreadgroup(group, self.store.consumer, {stream: "0"}, count=count)
         return [
-            e for _, found in _stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running
+            e for _, found in stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running
         ]
 
     async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
@@ -581,45 +412,3 @@ class RedisWorker:
         else:
             log.error("Redis worker step failed: %s: %s; retrying", type(exc).__name__, exc)
         await asyncio.sleep(0.2)
-
-
-async def _finish(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
-    """Wait for tasks that end on a flag; cancel those still running after `timeout` (stuck in a call)."""
-    if not tasks:
-        return
-    _, late = await asyncio.wait(tasks, timeout=timeout)
-    for task in late:
-        task.cancel()
-    if late:
-        await asyncio.wait(late, timeout=1.0)
-
-
-def _hashable(value: Any) -> Any:
-    """A partition key read back from JSON (lists become tuples, as `by=` keys are hashable)."""
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
-
-
-def _stream_entries(replies: Any) -> list[tuple[str, list[Any]]]:
-    """XREADGROUP's reply as (stream, entries), under RESP2 (a list) or RESP3 (a dict)."""
-    if not replies:
-        return []
-    if isinstance(replies, dict):
-        return [
-            (stream, found[0] if found and isinstance(found[0], list) else found) for stream, found in replies.items()
-        ]
-    return [(stream, entries) for stream, entries in replies]
-
-
-def _visibility_of(doc: str, agent: str) -> Visibility:
-    """The visibility stored in an artifact's JSON row; private to `agent` when even that cannot be read."""
-    try:
-        return visibility_from_dict(json.loads(json.loads(doc)[7]))
-    except Exception:  # noqa: BLE001 - corrupt data of any shape: fall back to the most restrictive choice
-        return PrivateVisibility(agents=[agent])
-
-
-def _id_of(doc: str) -> str:
-    try:
-        return str(json.loads(doc)[0])
-    except (ValueError, IndexError, KeyError, TypeError):
-        return "?"

@@ -240,8 +240,6 @@ class SQLiteStore(InMemoryStore):
             then the write fails with StoreError (a publish raises it; nothing of it is processed).
     """
 
-    durable = True
-
     def __init__(
         self, path: str | Path, *, ack: Literal["commit", "enqueue"] = "commit", lock_timeout: float = 30.0
     ) -> None:

@@ -1,0 +1,165 @@
+"""What every model call records, the same way for LLMEngine and DSPyEngine: usage counters for the run,
+a CallRecord on the engine, and a `flock.llm.call` span with the same attributes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ._base import EngineContext
+
+__all__ = ["CallRecord", "Usage", "prompt_text", "record_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One model call (retried attempts included in `attempts`)."""
+
+    agent: str
+    model: str
+    kind: str
+    """"batch", "repair" or "reduce"."""
+    items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_s: float
+    attempts: int
+    outcome: str
+    """"ok", "truncated", "unparsed" or the error type."""
+
+
+@dataclass
+class Usage:
+    """Counters for one engine run; summed into the Flock's metrics."""
+
+    items: int = 0
+    llm_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known_calls: int = 0
+    latency_s: float = 0.0
+    retries: int = 0
+    repairs: int = 0
+    splits: int = 0
+    reduces: int = 0
+    fallbacks: int = 0
+    probes: int = 0
+    """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
+    failed_items: int = 0
+    unknown_ids: int = 0
+    duplicate_ids: int = 0
+    per_item_prompt_tokens: int = 0
+    """Prompt tokens the same items would have needed one call each (rendered and counted)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def absorb(self, other: dict[str, Any]) -> None:
+        """Add the calls, tokens and cost of another run (the per-item fallback's) to these counters."""
+        for name in _CALL_COUNTERS:
+            value = other.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if not self.cost_known_calls:
+            values["cost_usd"] = None
+        return {**values, **self.extra}
+
+
+_CALL_COUNTERS = (
+    "llm_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_known_calls",
+    "latency_s",
+    "retries",
+    "repairs",
+    "splits",
+    "reduces",
+    "probes",
+)
+"""What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
+
+
+def record_call(
+    *,
+    usage: Usage,
+    calls: deque[CallRecord],
+    ctx: EngineContext,
+    model: str,
+    kind: str,
+    items: int,
+    started: float,
+    started_ns: int,
+    attempts: int,
+    outcome: str,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cost: float | None = None,
+    prompt: Callable[[], str] | None = None,
+    engine: str = "",
+) -> CallRecord:
+    """Count one call's tokens, cost and latency in `usage` (the calls themselves are counted per attempt by
+    the caller), keep a CallRecord in `calls`, and record its span. `prompt` (redacted text) is put on the span
+    only when the tracer records prompts."""
+    latency = time.perf_counter() - started
+    usage.prompt_tokens += prompt_tokens
+    usage.completion_tokens += completion_tokens
+    usage.latency_s += latency
+    if cost is not None:
+        usage.cost_usd += float(cost)
+        usage.cost_known_calls += 1
+    record = CallRecord(
+        ctx.agent_name,
+        model,
+        kind,
+        items,
+        prompt_tokens,
+        completion_tokens,
+        None if cost is None else float(cost),
+        latency,
+        attempts,
+        outcome,
+    )
+    calls.append(record)
+    tracer = ctx.tracer
+    if tracer is not None:
+        failed = outcome not in ("ok", "truncated", "unparsed")
+        attributes: dict[str, Any] = {
+            "agent": ctx.agent_name,
+            "model": model,
+            "kind": kind,
+            "items": items,
+            "attempts": attempts,
+            "retries": max(0, attempts - 1),
+            "outcome": outcome,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": record.cost_usd,
+            "latency_ms": latency * 1000,
+        }
+        if engine:
+            attributes["engine"] = engine
+        if prompt is not None and tracer.config.record_prompts:
+            attributes["prompt"] = prompt()
+        tracer.record(
+            "flock.llm.call",
+            start_ns=started_ns,
+            end_ns=time.time_ns(),
+            parent=ctx.trace_parent,
+            error=outcome if failed else None,
+            **attributes,
+        )
+    return record
+
+
+def prompt_text(messages: Any, redact: Callable[[str], str]) -> Callable[[], str]:
+    """The redacted prompt, rendered only if a span asks for it."""
+    return lambda: redact(json.dumps(messages, ensure_ascii=False, default=str))
