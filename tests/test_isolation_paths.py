@@ -297,3 +297,37 @@ def test_public_visibility_is_still_the_default_for_undecodable_visibility() -> 
 
 def unused(_: EvalResult) -> None:
     """(keeps the EvalResult import meaningful for readers of the fixtures above)"""
+
+
+async def test_a_takeover_after_a_dead_worker_applies_visibility_and_where(redis_url: str) -> None:
+    """Entries a dead worker had read but not processed are taken over after `claim_timeout` and pass the
+    same router checks as new ones: hidden and filtered ones are not run."""
+    producer = Flock(store=redis_url, env={})
+    await producer.publish_many([TenantDoc(n=n) for n in (1, 2, 60)])  # 60: refused by `where`
+    await producer.publish(TenantDoc(n=3), visibility=TenantVisibility(tenant_id="tenant-b"))  # hidden
+    store = producer.store
+    assert isinstance(store, RedisStore)
+    stream, group = store.type_stream("TenantDoc"), RedisStore.intake_group("docs", 0)
+    await store.client.xgroup_create(stream, group, id="0", mkstream=True)
+    taken = await store.client.xreadgroup(group, "dead-worker", {stream: ">"}, count=10)
+    assert len(taken[0][1]) == 4  # a worker that read them, then died
+    engine = FunctionEngine(item=lambda ctx, inputs: TenantDone(ns=[d.n for d in inputs.all_as(TenantDoc)], tenant="a"))
+    rescuer = Flock(store=redis_url, env={})
+    (
+        rescuer.agent("docs")
+        .tenant("tenant-a")
+        .consumes(TenantDoc, where=lambda d: d.n < 50)
+        .publishes(TenantDone)
+        .with_engines(engine)
+    )
+    await rescuer.start()
+
+    async def none_pending() -> bool:  # taken over one free slot at a time, every claim_timeout / 2
+        return not await store.client.xpending_range(stream, group, "-", "+", 10)
+
+    await until(none_pending)  # the refused ones were acknowledged too, not left behind
+    await rescuer.run_until_idle()
+    ran = sorted(n for c in engine.calls for n in (d.n for d in c.inputs.all_as(TenantDoc)))
+    assert ran == [1, 2]
+    await rescuer.shutdown()
+    await producer.shutdown()

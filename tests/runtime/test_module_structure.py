@@ -1,0 +1,112 @@
+"""The package's shape: no import cycles between flock_llm's modules, no module reaching into another's
+private members, and no file far over ~400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "flock_llm"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_package(name: str) -> bool:
+    return (PACKAGE.parent / Path(*name.split(".")) / "__init__.py").exists()
+
+
+def _imports_at_import_time(path: Path) -> set[str]:
+    """Modules of flock_llm that importing `path` imports (module level, outside `if TYPE_CHECKING:`)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("flock_llm"):
+                continue
+            found.add(target)
+            for alias in node.names:  # `from . import x` imports the submodule x
+                if (
+                    _is_package(target)
+                    and (PACKAGE.parent / Path(*f"{target}.{alias.name}".split("."))).with_suffix(".py").exists()
+                ):
+                    found.add(f"{target}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("flock_llm"))
+    expanded: set[str] = set()
+    for target in found:  # importing a.b.c first imports the packages a.b (the root package excepted)
+        parts = target.split(".")
+        expanded.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    # a module's own packages are already being imported when it runs: not an edge
+    ancestors = {".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")) + 1)}
+    return expanded - ancestors
+
+
+def test_no_import_cycles() -> None:
+    graph = {_module_name(p): _imports_at_import_time(p) for p in PACKAGE.rglob("*.py")}
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
+            elif nxt in graph and state.get(nxt) is None:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if state.get(module) is None:
+            visit(module, [module])
+    assert cycles == []
+
+
+def _private_names_defined(tree: ast.Module) -> set[str]:
+    """Private functions, methods and attributes a module defines itself (it may use them anywhere in it)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name.startswith("_"):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and node.attr.startswith("_"):
+            names.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_no_module_reaches_into_another_modules_private_members() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = _private_names_defined(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and node.attr not in own
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+            ):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: .{node.attr}")
+    allowed = {"_hidden_params", "_replace", "_registry"}  # litellm's and namedtuple's documented attributes
+    assert [o for o in offenders if o.rsplit(".", 1)[-1] not in allowed] == []
+
+
+def test_no_file_is_far_over_400_lines() -> None:
+    sizes = {
+        str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")
+    }
+    assert {name: n for name, n in sizes.items() if n > 420} == {}
