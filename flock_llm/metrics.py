@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["BatchStats", "FlushRecord", "JoinExpiry", "Metrics", "MetricsRecorder"]
+if TYPE_CHECKING:
+    from ._runtime.vocabulary import CounterName
+
+__all__ = ["BatchStats", "Counters", "FlushRecord", "JoinExpiry", "Metrics", "MetricsRecorder"]
 
 FLUSH_HISTORY = 10_000
 """How many recent flush (and join-expiry) records a Flock keeps; counters cover everything."""
@@ -79,8 +82,7 @@ class Metrics:
     flush_counts: Mapping[str, int]
     """All flushes so far, by reason."""
     counters: Mapping[str, int]
-    """predicate_errors, join_key_errors, batch_key_errors, join_groups_expired, failure_records,
-    engine_runs, engine_errors, rejected_outputs."""
+    """The non-zero fields of `Counters` (engine_runs, failure_records, predicate_errors, ...)."""
     join_expiries: tuple[JoinExpiry, ...]
     usage: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Engine usage figures summed per agent (e.g. llm_calls, prompt_tokens, cost_usd)."""
@@ -89,27 +91,63 @@ class Metrics:
         return self.counters.get(name, 0)
 
 
+@dataclass(slots=True)
+class Counters:
+    """What the runtime counts, one typed field per counter (`metrics().counters` shows the non-zero ones)."""
+
+    engine_runs: int = 0
+    engine_errors: int = 0
+    failure_records: int = 0
+    rejected_outputs: int = 0
+    cancelled_runs: int = 0
+    predicate_errors: int = 0
+    batch_key_errors: int = 0
+    join_key_errors: int = 0
+    join_groups_expired: int = 0
+    restored_deliveries: int = 0
+    refused_restored_deliveries: int = 0
+    orphan_deliveries: int = 0
+    unknown_type_artifacts: int = 0
+    store_write_failures: int = 0
+    undecodable_entries: int = 0
+    refused_batch_items: int = 0
+    handed_to_peers: int = 0
+
+    def add(self, name: CounterName, n: int = 1) -> None:
+        """Count `n` more of `name` (for callers that pass the counter along, e.g. user-code failures)."""
+        setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+UsageValue = int | float | str
+"""An engine usage figure: a count or amount (summed per agent), or a label such as the model (kept)."""
+
+
 class MetricsRecorder:
-    """The mutable side: the orchestrator records here; users read `snapshot()`."""
+    """The mutable side: the runtime records here; users read `snapshot()`."""
 
     def __init__(self) -> None:
         self.published = 0
-        self.counters: Counter[str] = Counter()
+        self.counters = Counters()
         self.flush_counts: Counter[str] = Counter()
         self.flushes: deque[FlushRecord] = deque(maxlen=FLUSH_HISTORY)
         self.join_expiries: deque[JoinExpiry] = deque(maxlen=FLUSH_HISTORY)
-        self.usage: dict[str, dict[str, Any]] = {}
+        self.usage: dict[str, dict[str, UsageValue]] = {}
 
     def record_flush(self, record: FlushRecord) -> None:
         self.flushes.append(record)
         self.flush_counts[record.reason] += 1
 
-    def record_usage(self, agent: str, usage: Mapping[str, Any]) -> None:
+    def record_usage(self, agent: str, usage: Mapping[str, object]) -> None:
+        """Add an engine run's usage figures to the agent's totals (numbers are summed, labels kept)."""
         totals = self.usage.setdefault(agent, {})
         for name, value in usage.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                totals[name] = totals.get(name, 0) + value
-            elif value is not None:
+                previous = totals.get(name, 0)
+                totals[name] = (previous if isinstance(previous, (int, float)) else 0) + value
+            elif isinstance(value, str):
                 totals[name] = value
 
     def snapshot(self) -> Metrics:
@@ -117,7 +155,7 @@ class MetricsRecorder:
             artifacts_published=self.published,
             flushes=tuple(self.flushes),
             flush_counts=dict(self.flush_counts),
-            counters=dict(self.counters),
+            counters=self.counters.as_dict(),
             join_expiries=tuple(self.join_expiries),
             usage={agent: dict(values) for agent, values in self.usage.items()},
         )

@@ -10,14 +10,13 @@ import itertools
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 from ..artifact import Artifact
 from ..subscription import BatchSpec
+from .vocabulary import FlushReason
 
 __all__ = ["BatchBuffer", "BatchEngine", "BatchKey", "Flush", "FlushReason", "Item"]
 
-FlushReason = Literal["size", "timeout", "shutdown", "manual"]
 Item = tuple[Artifact, ...]
 """One batch item: a single artifact, or one correlated join group."""
 BatchKey = tuple[str, int] | tuple[str, int, Hashable]

@@ -99,11 +99,11 @@ class LocalIntake:
     def restore(self, recovered: Recovered) -> None:
         """Re-deliver what a durable store held pending, through the router like any new delivery."""
         if recovered.unknown_types:
-            self._metrics.counters["unknown_type_artifacts"] += sum(recovered.unknown_types.values())
+            self._metrics.counters.unknown_type_artifacts += sum(recovered.unknown_types.values())
         for pending in recovered.pending:
             agent = self._agents.get(pending.agent)
             if agent is None or pending.sub >= len(agent.subscriptions):
-                self._metrics.counters["orphan_deliveries"] += 1
+                self._metrics.counters.orphan_deliveries += 1
                 log.warning(
                     "stored delivery of artifact %s to %s/%d: no such agent subscription now; kept",
                     pending.artifact.id,
@@ -116,7 +116,7 @@ class LocalIntake:
                 accepted = self._router.accepts(agent, sub, pending.artifact)
             if not accepted:
                 # the agent (as defined now) may not see it: it stays stored, for whoever may see it
-                self._metrics.counters["refused_restored_deliveries"] += 1
+                self._metrics.counters.refused_restored_deliveries += 1
                 log.warning(
                     "stored delivery of artifact %s to %s/%d: the agent as defined now does not accept it "
                     "(visibility, origin or `where`); not delivered, kept",
@@ -125,7 +125,7 @@ class LocalIntake:
                     pending.sub,
                 )
                 continue
-            self._metrics.counters["restored_deliveries"] += 1
+            self._metrics.counters.restored_deliveries += 1
             self.deliver(agent, sub, pending.artifact, entered_at=pending.entered_at)
 
     # -- batches --------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class LocalIntake:
             ids = tuple(a.id for a in group.artifacts)
             if group.reason == "window":  # dropped for good; a group open at shutdown is restored on restart
                 self._ledger.consumed(agent.name, sub.index, group.artifacts)
-            self._metrics.counters["join_groups_expired"] += 1
+            self._metrics.counters.join_groups_expired += 1
             self._metrics.join_expiries.append(
                 JoinExpiry(agent.name, sub.index, group.key, ids, group.missing, group.reason)
             )

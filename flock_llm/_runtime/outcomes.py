@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -22,6 +22,7 @@ from ..metrics import MetricsRecorder
 from ..registry import type_name_of
 from ..subscription import Subscription
 from ..visibility import Visibility, combine_visibilities
+from .vocabulary import CounterName, FailureStage
 
 if TYPE_CHECKING:
     from ..engines._base import EvalInputs, EvalResult
@@ -31,21 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["FailureStage", "Outcomes", "failure_artifact", "output_artifact", "oversized_output"]
 
 log = logging.getLogger("flock_llm")
-
-FailureStage = Literal[
-    "engine",
-    "output",
-    "where",
-    "batch_by",
-    "join_by",
-    "decode",
-    "visibility",
-    "cancelled",
-    "provider_unavailable",
-    "call_budget",
-    "unusable_answers",
-]
-"""Where a failure record says its inputs failed (`FailureRecord.stage`)."""
 
 
 def output_artifact(agent: Agent, obj: BaseModel, derived_from: tuple[str, ...], sources: list[Artifact]) -> Artifact:
@@ -120,7 +106,7 @@ class Outcomes:
             try:
                 artifact = output_artifact(agent, output.obj, output.derived_from or (), sources)
             except Exception as exc:  # noqa: BLE001 - user code (visibility extractors) or a wrong output type
-                self._metrics.counters["rejected_outputs"] += 1
+                self._metrics.counters.rejected_outputs += 1
                 self.failure(agent, sources, exc, stage="output", flush=flush)
                 continue
             self._publish(artifact)
@@ -164,7 +150,7 @@ class Outcomes:
         self, agent: Agent, inputs: list[Artifact], record: FailureRecord, *, visibility: Visibility | None = None
     ) -> None:
         """Publish a failure record, as visible as its inputs (or as `visibility`, when they could not be read)."""
-        self._metrics.counters["failure_records"] += 1
+        self._metrics.counters.failure_records += 1
         self._publish(failure_artifact(agent, inputs, record, visibility=visibility))
 
     def user_code_failed(
@@ -175,10 +161,10 @@ class Outcomes:
         exc: Exception,
         *,
         stage: FailureStage,
-        counter: str,
+        counter: CounterName,
     ) -> None:
         """User code (`where`, `by=`, a join key) raised on an artifact: count, log, trace, record."""
-        self._metrics.counters[counter] += 1
+        self._metrics.counters.add(counter)
         log.warning(
             "agent %r subscription %d: `%s` raised %s on artifact %s; the artifact was not consumed (failure recorded)",
             agent.name,

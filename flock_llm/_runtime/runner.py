@@ -203,7 +203,7 @@ class Runner:
             tracer=self.tracer,
             trace_parent=span,
         )
-        self.metrics.counters["engine_runs"] += 1
+        self.metrics.counters.engine_runs += 1
         if span is None:
             await self._evaluate(agent, work.subscription, ctx, inputs, flush, work.receipt)
             return
@@ -244,7 +244,7 @@ class Runner:
                 task.uncancel()  # cancelled by shutdown's timeout: the run ends here, accounted for
             return self._cancelled(agent, sub, inputs, flush, receipt)
         except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; the inputs become a failure record
-            self.metrics.counters["engine_errors"] += 1
+            self.metrics.counters.engine_errors += 1
             log.warning(
                 "agent %r: engine raised %s; %d inputs recorded as failed",
                 agent.name,
@@ -265,7 +265,7 @@ class Runner:
     ) -> dict[str, Any]:
         """A run stopped by shutdown's timeout: with a store that keeps deliveries, its inputs stay pending (the
         next start, or another worker, runs them); in memory they become a failure record (stage "cancelled")."""
-        self.metrics.counters["cancelled_runs"] += 1
+        self.metrics.counters.cancelled_runs += 1
         log.warning("agent %r: run of %d inputs cancelled at shutdown", agent.name, len(inputs.artifacts))
         if self.ledger.durable:
             return {"outcome": "cancelled", "outputs": 0, "failures": 0}
@@ -292,5 +292,5 @@ class Runner:
     def _committed(self, future: asyncio.Future[None]) -> None:
         exc = None if future.cancelled() else future.exception()
         if isinstance(exc, StoreError) and not self.shared:
-            self.metrics.counters["store_write_failures"] += 1
+            self.metrics.counters.store_write_failures += 1
             self.write_failures.append(exc)

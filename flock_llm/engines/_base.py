@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from .._error_text import describe_error
+from .._runtime.vocabulary import FailureStage, FlushReason
 from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer
@@ -32,7 +33,7 @@ class EngineContext:
     publishes: tuple[type[BaseModel], ...] = ()
     """The output types the agent declared."""
     is_batch: bool = False
-    flush_reason: str | None = None
+    flush_reason: FlushReason | None = None
     """"size", "timeout", "shutdown" or "manual" for a batch; None otherwise."""
     batch_size: int = 1
     configured_size: int | None = None
@@ -110,10 +111,12 @@ class ItemFailure:
     artifact_ids: tuple[str, ...]
     error_type: str
     error: str
-    stage: str = "engine"
+    stage: FailureStage = "engine"
 
     @classmethod
-    def from_exception(cls, exc: BaseException, artifact_ids: Iterable[str], *, stage: str = "engine") -> ItemFailure:
+    def from_exception(
+        cls, exc: BaseException, artifact_ids: Iterable[str], *, stage: FailureStage = "engine"
+    ) -> ItemFailure:
         return cls(tuple(artifact_ids), type(exc).__name__, describe_error(exc), stage)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from .._runtime.vocabulary import FailureStage
 from ..errors import ModelCallError, ModelOutputError, ProviderUnavailableError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Output
 from ._calls import Usage
@@ -91,19 +92,19 @@ def call_budget(items: int, max_calls_per_item: float) -> int:
 class CallBudgetError(ModelCallError):
     """The batch's ladder made as many calls as its budget allows; the rest of its items fail."""
 
-    ladder_stage = "call_budget"
-
 
 class UnusableAnswersError(ModelOutputError):
     """The model answered several times in a row without the requested format; the ladder stopped."""
 
-    ladder_stage = "unusable_answers"
 
-
-def _stage_of(error: BaseException) -> str:
+def _stage_of(error: BaseException) -> FailureStage:
     if isinstance(error, ProviderUnavailableError):
         return "provider_unavailable"
-    return str(getattr(error, "ladder_stage", "engine"))
+    if isinstance(error, CallBudgetError):
+        return "call_budget"
+    if isinstance(error, UnusableAnswersError):
+        return "unusable_answers"
+    return "engine"
 
 
 def _name_artifacts(line: str, item: LadderItem) -> str:

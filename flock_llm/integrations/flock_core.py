@@ -69,7 +69,7 @@ class FlockBatchLLMEngine(EngineComponent):  # type: ignore[misc]
             description=getattr(agent, "description", None) or "",
             publishes=output_types,
             is_batch=is_batch,
-            flush_reason="flock-core" if is_batch else None,
+            flush_reason=None,  # flock-core decided the flush; its reason is not ours to name
             batch_size=len(ours),
             env={k: v for k, v in os.environ.items() if k.startswith("FLOCK_")},
         )

@@ -30,7 +30,7 @@ def decode_entry(runtime: Runtime, agent: Agent, receipt: Receipt, docs: list[st
         return [artifact_from_json(doc) for doc in docs]
     except Exception as exc:  # noqa: BLE001 - foreign or corrupt data: any error is possible; record it
         ids = [id_of(doc) for doc in docs]
-        runtime.metrics.counters["undecodable_entries"] += 1
+        runtime.metrics.counters.undecodable_entries += 1
         log.error(
             "entry %s of %s cannot be read here (%s): recorded as failed",
             receipt.entry_id,
@@ -59,7 +59,7 @@ def recheck_batch(
             if refusal in ("", "self", "origin"):  # (origin and self were checked when it was read)
                 allowed.append(artifact)
             elif refusal != "raised":  # (a raising `where` recorded its failure already)
-                runtime.metrics.counters["refused_batch_items"] += 1
+                runtime.metrics.counters.refused_batch_items += 1
                 why = "may not see it" if refusal == "visibility" else "does not take it (`where`)"
                 error = PermissionError(f"agent {agent.name!r} as defined in this worker {why}")
                 runtime.outcomes.failure(agent, [artifact], error, stage="visibility")

@@ -171,7 +171,7 @@ class RedisWorker:
             else:
                 adds.append((entry_id, fields["a"], member))
         for peer, ids in handover.items():
-            self.runtime.metrics.counters["handed_to_peers"] += len(ids)
+            self.runtime.metrics.counters.handed_to_peers += len(ids)
             await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
         if adds:
             await self._add_to_batches(agent, sub, stream, group, adds)
