@@ -5,6 +5,7 @@ attributes below, nothing private.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -134,6 +135,7 @@ class Runtime:
 
     async def idle(self) -> None:
         """No work queued or running here (and, with a shared store, this process's commits applied)."""
+        await asyncio.sleep(0)  # let callbacks already due (timers, finished commits) run first
         await self.runner.idle()
         if self.shared is not None:
             await self.shared.settle()

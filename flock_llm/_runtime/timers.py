@@ -58,12 +58,17 @@ class ManualClock:
         clock = ManualClock()
         flock = Flock(clock=clock)
         clock.advance(30)   # timeout flushes happen here, synchronously (inside a running event loop)
+
+    With `auto_advance=True`, time jumps to each deadline as soon as the event loop gets to it (after the
+    step that set it), so tests that just want a timeout to pass need not move the clock themselves:
+    `await flock.run_until_idle()` sees the timeout flush.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, auto_advance: bool = False) -> None:
         self._now = start
         self._timers: list[tuple[float, int, _ManualTimer]] = []
         self._serial = itertools.count()
+        self.auto_advance = auto_advance
 
     def now(self) -> float:
         return self._now
@@ -71,7 +76,12 @@ class ManualClock:
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         timer = _ManualTimer(when, callback)
         heapq.heappush(self._timers, (when, next(self._serial), timer))
+        if self.auto_advance:
+            asyncio.get_running_loop().call_soon(self._jump_to, when)
         return timer
+
+    def _jump_to(self, when: float) -> None:
+        self.advance(max(0.0, when - self._now))
 
     def advance(self, seconds: float) -> None:
         """Move time forward, running each due callback at its own deadline."""
