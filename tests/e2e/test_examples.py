@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REDIS_URL, redis_or_skip
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def run_example(name: str, *args: str) -> str:

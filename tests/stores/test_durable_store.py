@@ -19,7 +19,7 @@ from domain import Echo
 from flock_llm import ConfigurationError, Flock
 from flock_llm.stores.sqlite import SQLiteStore
 
-WORKER = Path(__file__).with_name("durable_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "durable_worker.py"
 
 
 def start(db: Path, *args: str) -> subprocess.Popen[str]:

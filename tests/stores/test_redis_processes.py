@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from conftest import PrivateRedis
 
-APP = Path(__file__).with_name("redis_app.py")
+APP = Path(__file__).resolve().parents[1] / "redis_app.py"
 
 
 class Proc:

@@ -14,7 +14,7 @@ import pytest
 
 from flock_llm.testing import FakeOpenAIServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "examples" / "data" / "reviews.jsonl"
 
 
