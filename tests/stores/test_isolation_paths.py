@@ -89,6 +89,20 @@ async def test_a_restored_delivery_is_not_given_to_an_agent_that_may_no_longer_s
     await second.shutdown()
     assert engine_b.calls == []
 
+    filtered = Flock(store=db, env={})
+    engine_f = recording("a")
+    (
+        filtered.agent("docs")
+        .tenant("tenant-a")
+        .consumes(TenantDoc, where=lambda d: d.n > 1, batch=BatchSpec(size=5, timeout=timedelta(milliseconds=300)))
+        .publishes(TenantDone)
+        .with_engines(engine_f)
+    )
+    await filtered.start()  # the same tenant, but a `where` that now refuses it: not delivered either
+    assert filtered.metrics().counters["refused_restored_deliveries"] == 1
+    await filtered.shutdown()
+    assert engine_f.calls == []
+
     engine_a = recording("a")
     third = Flock(store=db, env={})
     doc_agent(third, "tenant-a", engine_a)  # whoever may see it still gets it

@@ -427,3 +427,21 @@ async def test_a_worker_shuts_down_in_bounded_time_while_redis_is_gone(private_r
     (done,) = await outputs(again, RPayBatch, 1)
     assert sorted(done.ns) == [1, 2]
     await again.shutdown()
+
+
+async def test_batch_stats_shows_the_shared_batches_read_from_redis(redis_url: str) -> None:
+    filler = worker(redis_url, size=25, timeout=timedelta(seconds=30))
+    await filler.start()
+    await filler.publish_many([RPay(n=n) for n in range(4)])
+    observer = worker(redis_url, size=25, timeout=timedelta(seconds=30))  # fed none of them itself
+    await observer.start()
+
+    async def seen() -> bool:
+        return any(s.pending == 4 for s in observer.batch_stats())
+
+    await until(seen)  # refreshed every sweep_interval (0.2 s here)
+    (stats,) = observer.batch_stats()
+    assert (stats.agent, stats.subscription_index, stats.partition, stats.pending) == ("payments", 0, None, 4)
+    assert stats.flush_in_s is not None and 25 < stats.flush_in_s <= 30 and stats.oldest_age_s < 5
+    for flock in (observer, filler):
+        await flock.shutdown()
