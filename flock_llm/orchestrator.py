@@ -105,7 +105,18 @@ class Flock:
             ClosedError: the Flock was shut down.
             StoreError: a durable store could not write it (it was not delivered either).
         """
-        (artifact,) = await self.publish_many([obj], visibility=visibility, tags=tags, correlation_id=correlation_id)
+        if not self._started:
+            await self.start()
+        runtime = self._runtime
+        held = runtime.hold()
+        with runtime.ledger.unit() as commit:
+            artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
+            runtime.publish_artifact(artifact, held)
+        if self._publish_spans is not None:
+            self._publish_spans.add(artifact)
+        if commit.future is not None:
+            await commit.future  # durable stores acknowledge after the commit (StoreError: nothing delivered)
+        runtime.release(held)
         return artifact
 
     async def publish_many(

@@ -102,7 +102,7 @@ class Runtime:
     def publish_artifact(self, artifact: Artifact, held: Held | None = None) -> None:
         """Store an artifact and deliver it to every subscription the router lets take it (to `held`, recorded
         but not yet handed over, when given; a shared store delivers it to whichever process reads it)."""
-        if not self.ledger.artifact(artifact):
+        if self.ledger.store is None or not self.ledger.artifact(artifact):
             self.store.add(artifact)  # (a durable store adds it when its unit is written)
         self.metrics.published += 1
         if self.shared_store is not None:

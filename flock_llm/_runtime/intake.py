@@ -81,7 +81,7 @@ class LocalIntake:
         `recorded` when its delivery was already written into the current unit."""
         now = self._clock.now()
         if entered_at is None:
-            if not recorded:
+            if not recorded and self._ledger.store is not None:
                 self.record_delivery(agent, sub, artifact)
         else:
             now -= max(0.0, time.time() - entered_at)  # restored: it entered this long ago

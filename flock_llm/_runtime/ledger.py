@@ -14,8 +14,7 @@ ledger records nothing and `commit.future` stays None.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -65,6 +64,25 @@ class Commit:
     future: asyncio.Future[None] | None = None
 
 
+class UnitScope:
+    """The `with` block of one unit (a small class rather than a generator: it runs once per publish and run)."""
+
+    __slots__ = ("_commit", "_ledger")
+
+    def __init__(self, ledger: Ledger | None, commit: Commit) -> None:
+        self._ledger = ledger
+        self._commit = commit
+
+    def __enter__(self) -> Commit:
+        if self._ledger is not None:
+            self._ledger.begin()
+        return self._commit
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ledger is not None:
+            self._ledger.end(self._commit)
+
+
 class Ledger:
     """Collects each step's writes into a unit and hands it to the durable store (if any)."""
 
@@ -76,21 +94,24 @@ class Ledger:
     def durable(self) -> bool:
         return self.store is not None
 
-    @contextmanager
-    def unit(self, receipt: Receipt | None = None) -> Iterator[Commit]:
+    def unit(self, receipt: Receipt | None = None) -> UnitScope:
         """One step's unit; written (finishing `receipt`, if given) when the block ends, even by an error."""
-        commit = Commit(receipt)
         if self.store is None:
-            yield commit
-            return
+            return _NO_UNIT
+        return UnitScope(self, Commit(receipt))
+
+    def begin(self) -> None:
+        """(Used by `unit()`: opens the current unit.)"""
         self._current = Unit()
-        try:
-            yield commit
-        finally:
-            unit, self._current = self._current, None
-            unit.receipt = commit.receipt
-            if unit:
-                commit.future = self.store.write(unit)
+
+    def end(self, commit: Commit) -> None:
+        """(Used by `unit()`: hands the current unit to the store.)"""
+        unit, self._current = self._current, None
+        if unit is None or self.store is None:
+            return
+        unit.receipt = commit.receipt
+        if unit:
+            commit.future = self.store.write(unit)
 
     def artifact(self, artifact: Artifact) -> bool:
         """Collect a published artifact; False when no unit is open (the caller stores it directly)."""
@@ -111,3 +132,7 @@ class Ledger:
             self._current.consumed.extend(marks)
         else:  # e.g. a join window closing on a timer, outside any step
             self.store.write(Unit(consumed=marks))
+
+
+_NO_UNIT = UnitScope(None, Commit())
+"""Without a durable store a unit records nothing: one shared, inert scope."""

@@ -53,8 +53,12 @@ class Router:
         return self._routes.get(type_name, [])
 
     def accepts(self, agent: Agent, sub: Subscription, artifact: Artifact) -> bool:
-        """Whether the subscription takes the artifact."""
-        return self.refusal(agent, sub, artifact) == ""
+        """Whether the subscription takes the artifact (`refusal()` says why not; this is its fast path)."""
+        if artifact.produced_by == agent.name or not sub.accepts_origin(artifact.produced_by, artifact.tags):
+            return False
+        if not artifact.visibility.allows(agent.identity):
+            return False
+        return not sub.where or self.where(agent, sub, artifact) == ""
 
     def refusal(self, agent: Agent, sub: Subscription, artifact: Artifact) -> Refusal:
         """Why the subscription does not take the artifact, or "" when it does."""

@@ -124,7 +124,8 @@ class Tracer:
         self._span_context = SpanContext
         self._sampled = TraceFlags(TraceFlags.SAMPLED)
         self._ok = Status(StatusCode.OK)
-        self._error_status = lambda description: Status(StatusCode.ERROR, description)
+        self._status = Status
+        self._error_code = StatusCode.ERROR
         if config.duckdb_path:
             from .duckdb_export import DuckDBSpanExporter
 
@@ -159,22 +160,18 @@ class Tracer:
         span.end(end_ns)
 
     def _finish(self, span: SpanHandle, end_ns: int) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext, TraceFlags
-        from opentelemetry.trace.status import Status, StatusCode
-
-        sampled = TraceFlags(TraceFlags.SAMPLED)
+        context, sampled = self._span_context, self._sampled
         parent = span.parent
         self._processor.on_end(
-            ReadableSpan(
+            self._readable_span(
                 name=span.name,
-                context=SpanContext(span.trace_id, span.span_id, is_remote=False, trace_flags=sampled),
+                context=context(span.trace_id, span.span_id, is_remote=False, trace_flags=sampled),
                 parent=None
                 if parent is None
-                else SpanContext(parent.trace_id, parent.span_id, is_remote=False, trace_flags=sampled),
+                else context(parent.trace_id, parent.span_id, is_remote=False, trace_flags=sampled),
                 resource=self._resource,
                 attributes=_clean(span.attributes),
-                status=Status(StatusCode.ERROR, span.error) if span.error else Status(StatusCode.OK),
+                status=self._status(self._error_code, span.error) if span.error else self._ok,
                 start_time=span.start_ns,
                 end_time=end_ns,
                 instrumentation_scope=self._scope,
