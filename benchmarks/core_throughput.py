@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
-from flock_llm.store import ArtifactStore
-from flock_llm.subscription import BatchSpec
+from flock_llm.stores import ArtifactStore
+from flock_llm.subscription import BatchSpec, JoinSpec
 from flock_llm.tracing import TracingConfig
 
 
@@ -185,6 +185,40 @@ async def memory_per_pending(n: int) -> tuple[float, float]:
     return held, bare_bytes
 
 
+@flock_type(name="BenchHalf")
+class Half(BaseModel):
+    pair: int
+    side: str
+
+
+async def group_throughput(n_sets: int, *, join: bool) -> float:
+    """Complete sets/s through a two-slot AND gate (or a join by key), 25 sets per batch."""
+    flock = Flock(env={})
+    done = asyncio.Event()
+    reported = 0
+
+    class Count(Engine):
+        async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+            nonlocal reported
+            reported += len(inputs.items)
+            if reported >= n_sets:
+                done.set()
+            return EvalResult.from_object(Report(count=len(inputs.items)))
+
+    spec = JoinSpec(by=lambda h: h.pair, within=timedelta(minutes=5)) if join else None
+    flock.agent("sets").consumes(
+        Half, Half, join=spec, batch=BatchSpec(size=25, timeout=timedelta(seconds=30))
+    ).publishes(Report).with_engines(Count())
+    halves = [Half(pair=i, side=s) for i in range(n_sets) for s in ("a", "b")]
+    started = time.perf_counter()
+    for half in halves:
+        await flock.publish(half)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await flock.shutdown()
+    return n_sets / elapsed
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20_000)
@@ -196,6 +230,13 @@ async def main() -> None:
         f"throughput publish->batch(25)->engine->publish, N={args.n}: "
         f"{ours:,.0f} artifacts/s (hand-rolled asyncio.Queue batcher, no store/routing: {diy:,.0f}/s; "
         f"ratio {ours / diy:.2f})"
+    )
+
+    gates = max([await group_throughput(args.n // 2, join=False) for _ in range(3)])
+    joins = max([await group_throughput(args.n // 2, join=True) for _ in range(3)])
+    print(
+        f"sets publish->slots(2)->batch(25)->engine, {args.n // 2:,} sets ({args.n:,} artifacts): AND gate "
+        f"{gates:,.0f} sets/s, join by key {joins:,.0f} sets/s"
     )
 
     ours_late = await flock_lateness(30, 0.2)

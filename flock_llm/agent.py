@@ -82,7 +82,9 @@ class Agent:
         Args:
             where: predicate(s) on the payload; all must return True. Applied before batching.
             batch: accumulate items and process them together (see BatchSpec).
-            join: correlate one artifact of each type by key (needs two or more types).
+            join: correlate one artifact per slot by key within a window (two or more slots; a repeated type
+                is two slots). Without `join=`, several types make an AND gate: the agent runs once it holds
+                one artifact per slot (`consumes(A, A, B)`: two As and a B), filled in arrival order.
             from_agents: only artifacts published by these agents.
             tags: only artifacts carrying at least one of these tags.
 
@@ -97,9 +99,10 @@ class Agent:
         if join is not None:
             if not isinstance(join, JoinSpec):
                 raise ConfigurationError(f"`join` must be a JoinSpec, got {join!r}")
-            if len(set(names)) < 2:
+            if len(names) < 2:
                 raise ConfigurationError(
-                    f"agent {self.name!r}: a join correlates two or more distinct types, got {list(names)!r}"
+                    f"agent {self.name!r}: a join correlates two or more artifacts (slots), got {list(names)!r}; "
+                    "repeat a type for two of it, e.g. consumes(Reading, Reading, join=...)"
                 )
         self.subscriptions.append(
             Subscription(

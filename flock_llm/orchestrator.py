@@ -14,7 +14,7 @@ from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
 from ._runtime.timers import Clock, LoopClock
 from .agent import Agent
-from .artifact import Artifact
+from .artifact import Artifact, new_artifact_id
 from .errors import ClosedError, ConfigurationError, StoreError
 from .metrics import BatchStats, Metrics
 from .registry import type_name_of
@@ -167,7 +167,7 @@ class Flock:
             payload=obj,
             visibility=_PUBLIC if visibility is None else visibility.resolve(obj),
             tags=frozenset(tags) if tags else frozenset(),
-            correlation_id=correlation_id,
+            correlation_id=correlation_id or new_artifact_id(),  # a fresh id per publish unless one is given
         )
 
     # -- batches ----------------------------------------------------------------------------------------

@@ -113,6 +113,16 @@ class Subscription:
     from_agents: frozenset[str] | None = None
     tags: frozenset[str] | None = None
 
+    @property
+    def is_gate(self) -> bool:
+        """`consumes(A, B)` without `join=`: an AND gate that runs once it holds one artifact per slot."""
+        return self.join is None and len(self.type_names) > 1
+
+    @property
+    def groups(self) -> bool:
+        """Whether arrivals are grouped into sets (a join or a gate) before they become one item."""
+        return self.join is not None or len(self.type_names) > 1
+
     def accepts_origin(self, produced_by: str | None, tags: frozenset[str]) -> bool:
         if self.from_agents is not None and produced_by not in self.from_agents:
             return False

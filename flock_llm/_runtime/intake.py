@@ -86,7 +86,7 @@ class LocalIntake:
         else:
             now -= max(0.0, time.time() - entered_at)  # restored: it entered this long ago
         item: Item = (artifact,)
-        if sub.join is not None:
+        if sub.groups:
             joined = self._join(agent, sub, artifact, now)
             if joined is None:
                 return
@@ -218,14 +218,16 @@ class LocalIntake:
     # -- joins ----------------------------------------------------------------------------------------
 
     def _join(self, agent: Agent, sub: Subscription, artifact: Artifact, now: float) -> Item | None:
-        assert sub.join is not None
-        try:
-            key = sub.join.by(artifact.payload)
-            hash(key)
-        except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, don't drop silently
-            self._ledger.consumed(agent.name, sub.index, (artifact,))
-            self._outcomes.user_code_failed(agent, sub, artifact, exc, stage="join_by", counter="join_key_errors")
-            return None
+        """Place an artifact in its join group or gate set; the completed set, if it completed one."""
+        key: Hashable = ()  # a gate: one set at a time
+        if sub.join is not None:
+            try:
+                key = sub.join.by(artifact.payload)
+                hash(key)
+            except Exception as exc:  # noqa: BLE001 - user code: any error is possible; record it, don't drop it
+                self._ledger.consumed(agent.name, sub.index, (artifact,))
+                self._outcomes.user_code_failed(agent, sub, artifact, exc, stage="join_by", counter="join_key_errors")
+                return None
         buffer = self._joins.get((agent.name, sub.index))
         if buffer is None:
             buffer = self._joins[(agent.name, sub.index)] = JoinBuffer(sub.join, sub.type_names)
@@ -272,11 +274,10 @@ class LocalIntake:
                     missing=list(group.missing),
                 ).end()
             log.warning(
-                "agent %r subscription %d: join group %r closed incomplete (%s), missing %s; "
-                "artifacts %s not processed",
+                "agent %r subscription %d: %s closed incomplete (%s), missing %s; artifacts %s not processed",
                 agent.name,
                 sub.index,
-                group.key,
+                "gate set" if sub.is_gate else f"join group {group.key!r}",
                 group.reason,
                 ", ".join(group.missing),
                 ", ".join(ids),

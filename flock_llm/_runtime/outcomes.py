@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from ..agent import Agent
-from ..artifact import Artifact, FailureRecord
+from ..artifact import Artifact, FailureRecord, new_artifact_id
 from ..errors import EngineError
 from ..metrics import MetricsRecorder
 from ..registry import type_name_of
@@ -29,9 +29,24 @@ if TYPE_CHECKING:
     from ..tracing import Tracer
     from .batching import Flush
 
-__all__ = ["FailureStage", "Outcomes", "failure_artifact", "output_artifact", "oversized_output"]
+__all__ = ["FailureStage", "Outcomes", "correlation_of", "failure_artifact", "output_artifact", "oversized_output"]
 
 log = logging.getLogger("flock_llm")
+
+
+def correlation_of(inputs: list[Artifact]) -> str:
+    """The correlation id of what `inputs` produce: theirs when they all share one; otherwise a fresh one.
+
+    A batch usually mixes many correlations; giving its report the first input's id would claim it belongs to
+    that one conversation. A fresh id keeps the output traceable as a unit, and `derived_from` still links it
+    to every input (and so to every correlation it covers).
+    """
+    ids = {a.correlation_id for a in inputs}
+    if len(ids) == 1:
+        (shared,) = ids
+        if shared is not None:
+            return shared
+    return new_artifact_id()
 
 
 def output_artifact(agent: Agent, obj: BaseModel, derived_from: tuple[str, ...], sources: list[Artifact]) -> Artifact:
@@ -57,7 +72,7 @@ def output_artifact(agent: Agent, obj: BaseModel, derived_from: tuple[str, ...],
         payload=obj,
         produced_by=agent.name,
         derived_from=derived_from,
-        correlation_id=sources[0].correlation_id if sources else None,
+        correlation_id=correlation_of(sources),
         visibility=visibility,
     )
 
@@ -72,7 +87,7 @@ def failure_artifact(
         payload=record,
         produced_by=agent.name,
         derived_from=tuple(record.input_ids),
-        correlation_id=inputs[0].correlation_id if inputs else None,
+        correlation_id=correlation_of(inputs),
         visibility=combine_visibilities(a.visibility for a in inputs) if visibility is None else visibility,
     )
 

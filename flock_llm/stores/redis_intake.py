@@ -61,10 +61,12 @@ class RedisWorker:
 
     async def start(self) -> None:
         for agent, sub in self._subs:
-            if sub.join is not None:
+            if sub.groups:
+                form = "joins artifacts (JoinSpec)" if sub.join is not None else "is an AND gate (several types)"
                 raise ConfigurationError(
-                    f"agent {agent.name!r} joins artifacts (JoinSpec); joins are not supported with a Redis "
-                    "store yet: run that agent with an in-memory or SQLite store"
+                    f"agent {agent.name!r} {form}; joins are not supported with a Redis store yet, nor AND gates: "
+                    "run that agent with an in-memory or SQLite store, or subscribe to each type on its own "
+                    "(.consumes(A).consumes(B))"
                 )
         await self.store.connect()
         self.store.on_committed = self._committed

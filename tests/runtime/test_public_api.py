@@ -106,7 +106,7 @@ def test_builder_rejects_bad_configuration() -> None:
         flock.agent("a")
     with pytest.raises(ConfigurationError, match="at least one type"):
         agent.consumes()
-    with pytest.raises(ConfigurationError, match="a join correlates two or more distinct types"):
+    with pytest.raises(ConfigurationError, match="a join correlates two or more artifacts"):
         agent.consumes(Echo, join=JoinSpec(by=lambda e: e.source, within=3))
     with pytest.raises(ConfigurationError, match="`batch` must be a BatchSpec"):
         agent.consumes(Echo, batch={"size": 3})  # type: ignore[arg-type]

@@ -445,3 +445,11 @@ async def test_batch_stats_shows_the_shared_batches_read_from_redis(redis_url: s
     assert stats.flush_in_s is not None and 25 < stats.flush_in_s <= 30 and stats.oldest_age_s < 5
     for flock in (observer, filler):
         await flock.shutdown()
+
+
+async def test_and_gates_are_refused_with_a_shared_store_for_now(redis_url: str) -> None:
+    flock = Flock(store=redis_url, env={})
+    flock.agent("g").consumes(RPay, RPayBatch)
+    with pytest.raises(ConfigurationError, match="nor AND gates"):
+        await flock.start()
+    await RedisStore.from_url(redis_url).aclose()
