@@ -3,8 +3,10 @@
 Starts N worker processes and one producer process (all this same file), sends payments through them and
 checks that each payment was settled exactly once, in batches of 25 filled from every process.
 
-Needs a Redis >= 6.2 (e.g. `apt-get install redis-server`, or `tests/start_redis.sh` for one on port 6390).
-Run: python examples/distributed_workers.py [--redis redis://127.0.0.1:6379/0] [--workers 3] [--payments 1000]
+Needs a Redis >= 6.2 (e.g. `apt-get install redis-server`, or `tests/start_redis.sh` for one on port 6390);
+`--embedded` starts a private redis-server on a free loopback port instead (and stops it at the end).
+Run: python examples/distributed_workers.py [--redis redis://127.0.0.1:6379/0 | --embedded] [--workers 3]
+                                             [--payments 1000]
 
 In production each role is its own command on its own machine, pointed at the same Redis:
     python examples/distributed_workers.py worker  --redis redis://redis.internal:6379/0 --namespace payments
@@ -15,18 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 
 from pydantic import BaseModel
 
-from flock_llm import Flock, flock_type
+from flock_llm import Flock, StoreUnavailableError, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
 from flock_llm.stores.redis import RedisStore
 from flock_llm.subscription import BatchSpec
@@ -128,6 +134,51 @@ async def clean_up(redis_url: str, namespace: str) -> None:
     await store.aclose()
 
 
+def needs_redis(url: str) -> str:
+    """The one line to print when there is no Redis at `url`."""
+    return (
+        f"distributed_workers: no Redis at {url}: this example needs Redis >= 6.2; start one "
+        "(apt-get install redis-server), pass --redis URL, or run with --embedded"
+    )
+
+
+async def reachable(url: str) -> bool:
+    store = RedisStore(url, reconnect_timeout=1)
+    try:
+        await store.connect()
+    except StoreUnavailableError:
+        return False
+    await store.aclose()
+    return True
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[str]:
+    """A private redis-server on a free loopback port for the length of the block (nothing written to disk)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("distributed_workers: --embedded needs redis-server installed (apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not asyncio.run(reachable(url)):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("distributed_workers: the embedded redis-server did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def run_all(args: argparse.Namespace) -> None:
     namespace = args.namespace or f"demo-{uuid.uuid4().hex[:8]}"
     me = [sys.executable, __file__, "--redis", args.redis, "--namespace", namespace]
@@ -157,7 +208,16 @@ def main() -> None:
     parser.add_argument("--namespace", default="")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--payments", type=int, default=1000)
+    parser.add_argument("--embedded", action="store_true", help="start a private redis-server for this run")
     args = parser.parse_args()
+    if args.embedded and args.role is None:
+        with embedded_redis() as url:
+            args.redis = url
+            run_all(args)
+        return
+    if not asyncio.run(reachable(args.redis)):
+        print(needs_redis(args.redis), file=sys.stderr)
+        raise SystemExit(2)
     if args.role == "worker":
         asyncio.run(worker(args.redis, args.namespace or "payments"))
     elif args.role == "produce":

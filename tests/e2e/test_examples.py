@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +109,28 @@ def test_distributed_workers_share_batches_and_settle_each_payment_once() -> Non
     assert "every payment settled exactly once: True" in out
     per_worker = [int(n) for n in re.findall(r"\): (\d+) batches", out)]
     assert len(per_worker) == 3 and sum(per_worker) == 40
+
+
+def test_distributed_workers_say_in_one_line_what_they_need_without_redis() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the block ends
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "distributed_workers.py"), "--redis", f"redis://127.0.0.1:{port}/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert f"no Redis at redis://127.0.0.1:{port}/0" in line and "--embedded" in line
+
+
+def test_distributed_workers_embedded_start_and_stop_their_own_redis() -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (tests/start_redis.sh installs it)")
+    out = run_example("distributed_workers.py", "--embedded", "--workers", "2", "--payments", "200")
+    assert "200 payments -> 8 batches" in out and "every payment settled exactly once: True" in out
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))
