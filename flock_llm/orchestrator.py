@@ -257,6 +257,12 @@ class Flock:
                 "their inputs stay pending in the store and run again on the next start"
             )
 
+    def cancel_running(self) -> None:
+        """Cancel the runs in progress now and start no queued one (a second Ctrl-C, say). In memory their inputs
+        become failure records (stage "cancelled"); with a SQLite or Redis store they stay pending. A
+        `shutdown()` under way then finishes promptly."""
+        self._runtime.runner.cancel_all()
+
     async def __aenter__(self) -> Flock:
         await self.start()
         return self

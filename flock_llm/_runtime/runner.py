@@ -156,15 +156,19 @@ class Runner:
         while self.tasks:
             await asyncio.wait(list(self.tasks))
 
+    def cancel_all(self) -> None:
+        """Cancel every run in progress now and start no queued one (each ends accounted for, see `_cancelled`)."""
+        self.cancelling = True
+        for task in list(self.tasks):
+            task.cancel()
+
     async def idle_by(self, deadline: float | None) -> None:
         """Wait until no work is queued or running; at `deadline` (loop time), cancel what is still going."""
         loop = asyncio.get_running_loop()
         while self.tasks:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                self.cancelling = True
-                for task in list(self.tasks):
-                    task.cancel()
+                self.cancel_all()
                 await asyncio.wait(list(self.tasks))
                 continue
             await asyncio.wait(list(self.tasks), timeout=remaining)

@@ -121,9 +121,9 @@ async def _reviews(args: argparse.Namespace) -> int:
     reviews, bad_rows = read_reviews(args.file)
     for bad in bad_rows:
         console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False, soft_wrap=True)
-    stop = asyncio.Event()
+    stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, loop))
+    loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, abort))
     progress, task = _progress(console, len(reviews), disabled=args.no_progress)
     try:
         records, summary = await run_reviews(
@@ -136,6 +136,7 @@ async def _reviews(args: argparse.Namespace) -> int:
             stop=stop,
             request_timeout=args.request_timeout,
             deadline_s=args.deadline,
+            abort=abort,
         )
     finally:
         progress.stop()
@@ -153,11 +154,17 @@ async def _reviews(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _interrupt(console: Any, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> Any:
+def _interrupt(console: Any, stop: asyncio.Event, abort: asyncio.Event) -> Any:
+    """First Ctrl-C: stop reading and finish what is in flight (bounded); second: cancel it. Either way the
+    finished outputs are written and the exit status is 130, without a traceback."""
+
     def handler() -> None:
-        console.print("[red]interrupted: finishing the batches in flight (Ctrl-C again to abort)[/red]")
-        stop.set()
-        loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C interrupts for real
+        if not stop.is_set():
+            console.print("[red]interrupted: finishing the batches in flight (Ctrl-C again to cancel them)[/red]")
+            stop.set()
+        elif not abort.is_set():
+            console.print("[red]cancelling the batches in flight; writing what is finished[/red]")
+            abort.set()
 
     return handler
 

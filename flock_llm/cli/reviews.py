@@ -68,6 +68,8 @@ class BadRow:
     error: str
 
 
+INTERRUPT_GRACE_S = 30.0
+"""After a first Ctrl-C, how long the batches in flight may take before they are cancelled."""
 MAX_FIELD_CHARS = 128 * 1024
 """A row with a field longer than this is reported, not read (csv's own limit; JSONL follows it)."""
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
@@ -243,14 +245,17 @@ async def run_reviews(
     stop: asyncio.Event | None = None,
     request_timeout: float = 60.0,
     deadline_s: float | None = None,
+    abort: asyncio.Event | None = None,
+    grace_s: float = INTERRUPT_GRACE_S,
 ) -> tuple[list[dict[str, Any]], RunSummary]:
     """Publish `reviews` into a batching LLM agent; return its outputs and failure records (as JSONL
     records, oldest first) and a summary.
 
     When `stop` is set, publishing stops, partial batches flush (reason "shutdown") and the run
-    finishes what it has: nothing already published is lost. `request_timeout` bounds each LLM request;
-    `deadline_s` the whole run: at the deadline, reading stops and what is still running is cancelled
-    (its reviews become failure records with stage "cancelled").
+    finishes what it has, for at most `grace_s`: nothing already published is lost. When `abort` is set, what is
+    still running is cancelled at once (its reviews become failure records with stage "cancelled").
+    `request_timeout` bounds each LLM request; `deadline_s` the whole run: at the deadline, reading stops and
+    what is still running is cancelled.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -298,7 +303,15 @@ async def run_reviews(
         review_ids[(await flock.publish(review)).id] = review.review_id
         summary.items += 1
         await asyncio.sleep(0)  # let timers and finished runs through between rows
-    await flock.shutdown(timeout=None if deadline is None else max(0.0, deadline - loop.time()))
+    aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
+    limit = None if deadline is None else max(0.0, deadline - loop.time())
+    if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
+        limit = grace_s if limit is None else min(limit, grace_s)  # interrupted: finish within a bounded time
+    try:
+        await flock.shutdown(timeout=limit)
+    finally:
+        if aborter is not None:
+            aborter.cancel()
     if timer is not None:
         timer.cancel()
     summary.wall_s = time.perf_counter() - started
@@ -307,6 +320,11 @@ async def run_reviews(
     results = [a for a in await flock.store.list() if a.produced_by == "review_analyst"]
     _fill_summary(summary, flock, results)
     return [output_record(a, review_ids) for a in results], summary
+
+
+async def _cancel_on(abort: asyncio.Event, flock: Flock) -> None:
+    await abort.wait()
+    flock.cancel_running()
 
 
 async def _first(*waits: Any) -> None:

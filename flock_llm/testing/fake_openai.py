@@ -35,12 +35,16 @@ class FakeOpenAIServer:
     down_until: float = 0.0
     """`time.monotonic()` until which every request gets a 503 (see `outage()`)."""
     failed_sent: int = 0
+    stall_after: int | None = None
+    """Requests after this many hang for `stall_s` before answering (a provider that stops responding)."""
+    stall_s: float = 60.0
     probes: int = 0
     """Requests of one token (circuit breaker probes), also counted in `requests`."""
     requests: int = 0
     malformed_sent: int = 0
     rate_limited_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _answered_requests: int = field(default=0, repr=False)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +66,13 @@ class FakeOpenAIServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def stall(self, answered: int) -> float:
+        """Extra seconds this request waits (the requests after `stall_after` hang)."""
+        with self._lock:
+            self._answered_requests += 1
+            stalls = self.stall_after is not None and self._answered_requests > self.stall_after
+        return self.stall_s if stalls and answered else 0.0
 
     def count_probe(self) -> None:
         with self._lock:
@@ -110,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             content, answered = ("ok", 0)
         else:
             content, answered = self.fake.answer(request)
-        time.sleep(self.fake.latency_s + self.fake.per_item_latency_s * answered)
+        time.sleep(self.fake.latency_s + self.fake.per_item_latency_s * answered + self.fake.stall(answered))
         if fault == "429":
             self._send(
                 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}, {"retry-after-ms": "50"}

@@ -148,3 +148,36 @@ def test_interrupt_finishes_what_was_consumed_and_exits_non_zero(tmp_path: Path)
     records = read_jsonl(out)
     covered = sorted(i for r in records for i in r["review_ids"])  # type: ignore[union-attr]
     assert covered == sorted(sample_ids()[: summary["items"]])  # every consumed review, exactly once
+
+
+def test_a_second_interrupt_cancels_what_hangs_and_still_writes_every_finished_batch(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, stall_after=3, stall_s=120) as server:
+        env = cli_env(
+            FLOCK_LLM_MODEL="openai/fake-model", OPENAI_API_BASE=server.api_base, OPENAI_API_KEY="sk-fake-local"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flock_llm", "reviews", str(SAMPLE), "--per-item", "--batch-size", "25",
+             "--json", "-o", str(out), "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while server.requests < 5 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)  # 3 batches answered, the next ones hang
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - started
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "cancelling" in stderr
+    assert took < 20, took  # not the 120 s the provider hangs
+    summary = json.loads(stdout)
+    records = read_jsonl(out)
+    labels = [r for r in records if r["type"] == "ReviewLabel"]
+    cancelled = [r for r in records if r["type"] == "FailureRecord"]
+    assert len(labels) == 75  # the 3 batches that finished were written
+    assert cancelled and {r["data"]["stage"] for r in cancelled} == {"cancelled"}  # type: ignore[index]
+    covered = sorted(i for r in records for i in r["review_ids"])  # type: ignore[union-attr]
+    assert covered == sorted(sample_ids()[: summary["items"]])  # every review read is accounted for, once
