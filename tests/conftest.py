@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import respx
 
 from flock_llm import Flock
 from flock_llm.testing import ManualClock
@@ -142,3 +143,16 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def openai(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[respx.MockRouter]:
+    """The OpenAI endpoint, mocked with respx; any other request fails the test. (litellm's aiohttp transport is
+    switched off so respx sees the requests; DSPy's cache directory is the test's own.)"""
+    from flock_llm.engines._models import load_litellm
+
+    monkeypatch.setenv("DISABLE_AIOHTTP_TRANSPORT", "True")
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy-cache"))
+    monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
+        yield router

@@ -15,13 +15,19 @@ from typing import Literal
 from ..agent import Agent
 from ..artifact import Artifact
 from ..subscription import Subscription
+from ..visibility import AgentIdentity
 
-__all__ = ["Refusal", "Router", "UserCodeError"]
+__all__ = ["Refusal", "Router", "UserCodeError", "may_see"]
 
 Refusal = Literal["", "self", "origin", "visibility", "where", "raised"]
 """Why a subscription does not take an artifact ("" when it does)."""
 
 UserCodeError = Callable[[Agent, Subscription, Artifact, Exception], None]
+
+
+def may_see(who: AgentIdentity, artifact: Artifact) -> bool:
+    """The visibility rule: whether an agent (as identified: name, labels, tenant) may see an artifact."""
+    return artifact.visibility.allows(who)
 
 
 class Router:
@@ -56,7 +62,7 @@ class Router:
         """Whether the subscription takes the artifact (`refusal()` says why not; this is its fast path)."""
         if artifact.produced_by == agent.name or not sub.accepts_origin(artifact.produced_by, artifact.tags):
             return False
-        if not artifact.visibility.allows(agent.identity):
+        if not may_see(agent.identity, artifact):
             return False
         return not sub.where or self.where(agent, sub, artifact) == ""
 
@@ -66,7 +72,7 @@ class Router:
             return "self"
         if not sub.accepts_origin(artifact.produced_by, artifact.tags):
             return "origin"
-        if not artifact.visibility.allows(agent.identity):
+        if not may_see(agent.identity, artifact):
             return "visibility"
         if not sub.where:
             return ""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._runtime.batching import FlushReason
 from .._runtime.ledger import Receipt
+from .._runtime.router import may_see
 from .._runtime.runner import Work
 from ..agent import Agent
 from ..artifact import Artifact
@@ -182,7 +183,7 @@ class RedisWorker:
     async def _peer_for(self, agent: Agent, artifact: Artifact, refreshed: list[bool]) -> str | None:
         """The live peer to hand an artifact to: one that defines this agent with a tenant or labels that may
         see it, when this process may not (mid-deploy). Handed over unacknowledged, it is not dropped here."""
-        if artifact.visibility.allows(agent.identity):
+        if may_see(agent.identity, artifact):
             return None
         if not refreshed:  # once per read: a peer that started a moment ago may be the one to see it
             await self._peers.exchange()

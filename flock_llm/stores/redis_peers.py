@@ -8,6 +8,7 @@ import json
 import logging
 import time
 
+from .._runtime.router import may_see
 from ..agent import Agent
 from ..artifact import Artifact
 from ..visibility import AgentIdentity
@@ -70,7 +71,7 @@ class Peers:
         """The consumer name of a live peer that defines `agent` otherwise than `identity` and may see
         `artifact`, if there is one."""
         for consumer, key, who in self._known.get(agent, ()):
-            if key != identity and artifact.visibility.allows(who):
+            if key != identity and may_see(who, artifact):
                 return consumer
         return None
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
-import pytest
 import respx
 from conftest import references
 from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
@@ -22,16 +19,6 @@ from flock_llm.subscription import BatchSpec
 
 FAST_RETRY = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0)
 KEY = "sk-test-dspy-0123456789"
-
-
-@pytest.fixture
-def openai(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[respx.MockRouter]:
-    from flock_llm.engines._models import load_litellm
-
-    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy-cache"))
-    monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)
-    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
-        yield router
 
 
 def reviews(n: int) -> list[CustomerReview]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,17 +21,6 @@ from flock_llm.subscription import BatchSpec
 
 FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05)
 KEY = "sk-test-SECRET-0123456789abcdef"
-
-
-@pytest.fixture
-def openai(monkeypatch: pytest.MonkeyPatch) -> Iterator[respx.MockRouter]:
-    """The OpenAI endpoint, mocked; any other request fails the test."""
-    from flock_llm.engines._models import load_litellm
-
-    monkeypatch.setenv("DISABLE_AIOHTTP_TRANSPORT", "True")
-    monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)  # respx sees httpx, not aiohttp
-    with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
-        yield router
 
 
 def reviews(n: int, text: str = "Fine product, arrived on time.") -> list[CustomerReview]:
