@@ -49,25 +49,7 @@ T = TypeVar("T")
 
 
 class RedisConnection:
-    """Artifacts, shared batches and run receipts in Redis; nothing is kept in process memory.
-
-    Args:
-        url: a redis-py URL ("redis://host:port/db", "rediss://..." for TLS, "unix:///path.sock").
-        namespace: keeps several blackboards apart in one Redis (all keys are under `{namespace}:`).
-        claim_timeout: seconds after which a batch or item held by a silent worker goes to another one.
-            Live workers renew their claims, so it only needs to exceed a stall, not a run.
-        sweep_interval: how often each worker looks for expired batches opened by other (perhaps dead)
-            workers; batches opened by a live worker flush at their deadline regardless.
-        reconnect_timeout: how long `publish()` keeps reconnecting before it raises StoreUnavailableError
-            (workers' loops keep reconnecting until shut down).
-        retention: seconds (or a timedelta) to keep artifacts; None (default) keeps them all. Older
-            artifacts are forgotten once every consumer group has processed them (never before), so
-            `get_by_type()` then shows the retained window only.
-        cluster: the URL names a node of a Redis Cluster (all of a namespace's keys share one slot).
-        max_artifact_bytes: the largest artifact (as stored JSON) `publish()` accepts (default 256 KiB); a
-            larger one is refused with a ConfigurationError, and an agent output over it becomes a failure
-            record. Reads are sized by it: one read pulls at most `READ_BUDGET_BYTES` (128 MiB).
-    """
+    """The settings, key layout and connection of a Redis store (the arguments are `RedisStore`'s)."""
 
     def __init__(
         self,
