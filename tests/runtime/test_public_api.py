@@ -119,3 +119,13 @@ def test_builder_rejects_bad_configuration() -> None:
     with pytest.raises(ConfigurationError, match="`model` must be a litellm model string"):
         Flock(model="")
     assert agent.consumes(Echo, batch=BatchSpec(size=2, timeout=timedelta(seconds=1))) is agent
+
+
+def test_the_stores_live_in_flock_llm_stores_and_the_old_modules_still_re_export_them() -> None:
+    import flock_llm.stores as stores
+    from flock_llm.redis_store import RedisStore as OldRedis
+    from flock_llm.sqlite_store import SQLiteStore as OldSQLite
+    from flock_llm.store import InMemoryStore as OldMemory
+
+    assert stores.SQLiteStore is OldSQLite and stores.RedisStore is OldRedis and stores.InMemoryStore is OldMemory
+    assert isinstance(stores.store_from_url("redis://127.0.0.1:1/0"), stores.RedisStore)
