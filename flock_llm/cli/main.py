@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds the whole run may take; then reading stops and unfinished reviews are recorded as failed",
     )
+    reviews.add_argument(
+        "--store",
+        help="a SQLite file to keep the run in (sqlite:///run.db): a run killed and started again with the same "
+        "--store skips the reviews it already has and pays for no finished batch twice",
+    )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
     traces = commands.add_parser(
@@ -89,6 +94,8 @@ def _usage_problem(args: argparse.Namespace) -> str:
         return "--batch-size must be >= 1 and --timeout > 0"
     if args.request_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
         return "--request-timeout and --deadline must be positive numbers of seconds"
+    if args.store is not None and not args.store.startswith("sqlite:///"):
+        return f"--store must be a SQLite URL such as sqlite:///run.db, got {args.store!r}"
     return "" if args.output == "-" else _output_problem(Path(args.output), args.file)
 
 
@@ -137,6 +144,7 @@ async def _reviews(args: argparse.Namespace) -> int:
             request_timeout=args.request_timeout,
             deadline_s=args.deadline,
             abort=abort,
+            store=args.store,
         )
     finally:
         progress.stop()
@@ -229,6 +237,7 @@ def _print_summary(console: Any, summary: Any) -> None:
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
     per_item_calls = summary.items
     rows = [
+        ("resumed (already in the store)", str(summary.resumed)),
         (
             "reviews processed",
             f"{summary.items}"

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -206,6 +207,8 @@ class RunSummary:
     retries: int = 0
     fallbacks: int = 0
     wall_s: float = 0.0
+    resumed: int = 0
+    """Reviews a resumed run found in its store already (not published, not paid for again)."""
     interrupted: bool = False
     deadline_reached: bool = False
 
@@ -247,6 +250,7 @@ async def run_reviews(
     deadline_s: float | None = None,
     abort: asyncio.Event | None = None,
     grace_s: float = INTERRUPT_GRACE_S,
+    store: str | None = None,
 ) -> tuple[list[dict[str, Any]], RunSummary]:
     """Publish `reviews` into a batching LLM agent; return its outputs and failure records (as JSONL
     records, oldest first) and a summary.
@@ -255,13 +259,14 @@ async def run_reviews(
     finishes what it has, for at most `grace_s`: nothing already published is lost. When `abort` is set, what is
     still running is cancelled at once (its reviews become failure records with stage "cancelled").
     `request_timeout` bounds each LLM request; `deadline_s` the whole run: at the deadline, reading stops and
-    what is still running is cancelled.
+    what is still running is cancelled. With `store` ("sqlite:///run.db") the run resumes: reviews already in
+    the file (by review id) are not published again, pending ones are restored, and finished outputs are kept.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
     stop = stop or asyncio.Event()
     timer = None if deadline_s is None else loop.call_later(deadline_s, stop.set)
-    flock = Flock(model=model, env=env)
+    flock = Flock(model=model, env=env, store=store)
     concurrency = 4
     done = 0
     progressed = asyncio.Event()
@@ -290,7 +295,8 @@ async def run_reviews(
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
     started = time.perf_counter()
-    review_ids: dict[str, str] = {}
+    await flock.start()  # with a store: restore what an earlier run left pending
+    review_ids = {a.id: a.as_type(Review).review_id for a in await flock.store.artifacts_by_type(Review)}
     # Backpressure: keep at most `window` reviews in flight (whole batches for every worker and one more), so
     # an interrupt stops at the next review instead of after the whole file was handed over.
     window = batch_size * (concurrency + 1)
@@ -300,7 +306,13 @@ async def run_reviews(
             await _first(progressed.wait(), stop.wait())
         if stop.is_set():
             break
-        review_ids[(await flock.publish(review)).id] = review.review_id
+        artifact_id = review_artifact_id(review)
+        if artifact_id in review_ids:
+            summary.resumed += 1  # published by an earlier run of this store: done, or restored and pending
+            on_progress(1)
+            continue
+        await flock.publish(Artifact(type_name="Review", payload=review, id=artifact_id))
+        review_ids[artifact_id] = review.review_id
         summary.items += 1
         await asyncio.sleep(0)  # let timers and finished runs through between rows
     aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
@@ -320,6 +332,11 @@ async def run_reviews(
     results = [a for a in await flock.store.list() if a.produced_by == "review_analyst"]
     _fill_summary(summary, flock, results)
     return [output_record(a, review_ids) for a in results], summary
+
+
+def review_artifact_id(review: Review) -> str:
+    """The artifact id of a review: derived from its review id, so a resumed run recognises it."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"flock-llm-review:{review.review_id}").hex
 
 
 async def _cancel_on(abort: asyncio.Event, flock: Flock) -> None:

@@ -181,3 +181,31 @@ def test_a_second_interrupt_cancels_what_hangs_and_still_writes_every_finished_b
     assert cancelled and {r["data"]["stage"] for r in cancelled} == {"cancelled"}  # type: ignore[index]
     covered = sorted(i for r in records for i in r["review_ids"])  # type: ignore[union-attr]
     assert covered == sorted(sample_ids()[: summary["items"]])  # every review read is accounted for, once
+
+
+def test_a_run_killed_mid_way_resumes_from_its_store_and_pays_for_no_finished_batch_twice(tmp_path: Path) -> None:
+    out, db = tmp_path / "out.jsonl", tmp_path / "run.db"
+    command = [sys.executable, "-m", "flock_llm", "reviews", str(SAMPLE), "--per-item", "--batch-size", "10",
+               "--store", f"sqlite:///{db}", "--json", "-o", str(out), "--no-progress"]  # fmt: skip
+    with FakeOpenAIServer(latency_s=0.15, per_item_latency_s=0.0) as server:
+        env = cli_env(
+            FLOCK_LLM_MODEL="openai/fake-model", OPENAI_API_BASE=server.api_base, OPENAI_API_KEY="sk-fake-local"
+        )
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while server.requests < 8 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # no chance to write anything
+        first.communicate(timeout=30)
+        paid_before = server.requests
+        second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        paid_after = server.requests - paid_before
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["resumed"] > 0 and summary["resumed"] + summary["items"] == 300
+    records = read_jsonl(out)
+    covered = sorted(i for r in records for i in r["review_ids"])  # type: ignore[union-attr]
+    assert covered == sorted(sample_ids())  # every review exactly once, across both runs
+    # 30 batches in all: the second run paid only for those the first had not finished (at most the 4 whose
+    # calls were in flight at the kill are paid twice: at-least-once execution)
+    assert paid_before + paid_after <= 30 + 4, (paid_before, paid_after)
