@@ -1,7 +1,9 @@
 """A process for the durability tests: publishes into a durable Flock, or restarts one. Killed by the tests.
 
-usage: durable_worker.py DB publish FIRST COUNT [--timeout S] [--engine-delay S] [--hold]
-       durable_worker.py DB recover [--timeout S] [--engine-delay S] [--wait S]
+usage: durable_worker.py DB publish FIRST COUNT [--timeout S] [--engine-delay S] [--hold] [--sets]
+       durable_worker.py DB recover [--timeout S] [--engine-delay S] [--wait S] [--sets]
+
+With --sets, an AND gate (DurableTxn + DurableHalf) and a join of two DurableTxn by txn_id // 2 run too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
-from flock_llm.subscription import BatchSpec
+from flock_llm.subscription import BatchSpec, JoinSpec
 
 
 @flock_type
@@ -41,7 +43,23 @@ class SlowEngine(Engine):
         )
 
 
-def build(db: str, timeout: float, delay: float) -> Flock:
+@flock_type
+class DurableHalf(BaseModel):
+    txn_id: int
+
+
+@flock_type
+class DurableSet(BaseModel):
+    members: list[str]
+
+
+class SetEngine(Engine):
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        members = [f"{type(a.payload).__name__}:{a.payload.txn_id}" for a in inputs.artifacts]  # type: ignore[attr-defined]
+        return EvalResult.from_object(DurableSet(members=members))
+
+
+def build(db: str, timeout: float, delay: float, *, sets: bool = False) -> Flock:
     flock = Flock(store=f"sqlite:///{db}", env={})
     (
         flock.agent("payments")
@@ -49,6 +67,10 @@ def build(db: str, timeout: float, delay: float) -> Flock:
         .publishes(DurableReport)
         .with_engines(SlowEngine(delay))
     )
+    if sets:
+        flock.agent("gate").consumes(DurableTxn, DurableHalf).publishes(DurableSet).with_engines(SetEngine())
+        join = JoinSpec(by=lambda t: t.txn_id // 2, within=timedelta(minutes=5))
+        flock.agent("pairs").consumes(DurableTxn, DurableTxn, join=join).publishes(DurableSet).with_engines(SetEngine())
     return flock
 
 
@@ -62,8 +84,9 @@ async def main() -> None:
     parser.add_argument("--engine-delay", type=float, default=0.0)
     parser.add_argument("--hold", action="store_true", help="after publishing, wait to be killed")
     parser.add_argument("--wait", type=float, default=0.0, help="recover: seconds to run before shutting down")
+    parser.add_argument("--sets", action="store_true", help="also run a gate and a join")
     args = parser.parse_args()
-    flock = build(args.db, args.timeout, args.engine_delay)
+    flock = build(args.db, args.timeout, args.engine_delay, sets=args.sets)
     await flock.start()
     print(f"restored {flock.metrics().count('restored_deliveries')}", flush=True)
     if args.mode == "publish":

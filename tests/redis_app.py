@@ -1,7 +1,10 @@
 """A process for the Redis tests and the benchmark: a worker, or a producer, on a shared blackboard.
 
-usage: redis_app.py URL worker [--size N] [--timeout-ms MS] [--delay-ms MS] [--concurrency N]
-       redis_app.py URL produce FIRST COUNT [--origin NAME] [--chunk N]
+usage: redis_app.py URL worker [--size N] [--timeout-ms MS] [--delay-ms MS] [--concurrency N] [--sets]
+       redis_app.py URL produce FIRST COUNT [--origin NAME] [--chunk N] [--sets]
+
+With --sets, workers run an AND gate (Job + JobHalf) and a join of the two by `n`, each batched by 25 sets,
+and the producer publishes a Job and a JobHalf for each n.
 
 A worker prints "ready" once its loops run and stops gracefully on SIGTERM ("stopped").
 A producer prints "published N" after each acknowledged publish call.
@@ -19,7 +22,7 @@ from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
 from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
-from flock_llm.subscription import BatchSpec
+from flock_llm.subscription import BatchSpec, JoinSpec
 
 
 @flock_type
@@ -58,6 +61,38 @@ class WaitingEngine(Engine):
         )
 
 
+@flock_type
+class JobHalf(BaseModel):
+    n: int
+
+
+@flock_type
+class SetsDone(BaseModel):
+    agent: str
+    sets: list[list[str]]
+    worker_pid: int
+
+
+class SetsEngine(Engine):
+    """Reports each set of a flushed batch as the types and numbers of its artifacts."""
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        sets = [[f"{type(a.payload).__name__}:{a.payload.n}" for a in group] for group in inputs.items]
+        return EvalResult.from_object(SetsDone(agent=ctx.agent_name, sets=sets, worker_pid=os.getpid()))
+
+
+def build_sets(url: str, *, size: int, timeout_ms: int, concurrency: int) -> Flock:
+    flock = Flock(store=url, env={})
+    batch = BatchSpec(size=size, timeout=timedelta(milliseconds=timeout_ms))
+    flock.agent("gate").consumes(Job, JobHalf, batch=batch).publishes(SetsDone).with_engines(
+        SetsEngine()
+    ).max_concurrency(concurrency)
+    flock.agent("pairs").consumes(
+        Job, JobHalf, join=JoinSpec(by=lambda x: x.n, within=timedelta(minutes=5)), batch=batch
+    ).publishes(SetsDone).with_engines(SetsEngine()).max_concurrency(concurrency)
+    return flock
+
+
 def build(url: str, *, size: int, timeout_ms: int, delay_ms: int, concurrency: int) -> Flock:
     flock = Flock(store=url, env={})
     timeout = timedelta(milliseconds=timeout_ms) if timeout_ms else None
@@ -81,12 +116,15 @@ async def work(flock: Flock) -> None:
     print("stopped", flush=True)
 
 
-async def produce(url: str, first: int, count: int, origin: str, chunk: int) -> None:
+async def produce(url: str, first: int, count: int, origin: str, chunk: int, sets: bool) -> None:
     flock = Flock(store=url, env={})
     async with flock:
         for start in range(first, first + count, chunk):
             end = min(start + chunk, first + count)
-            await flock.publish_many([Job(n=n, origin=origin) for n in range(start, end)])
+            jobs: list[BaseModel] = [Job(n=n, origin=origin) for n in range(start, end)]
+            if sets:  # a Job and a JobHalf per n, the halves a little behind
+                jobs = [x for n in range(start, end) for x in (Job(n=n, origin=origin), JobHalf(n=n))]
+            await flock.publish_many(jobs)
             print(f"published {end - first}", flush=True)
 
 
@@ -102,14 +140,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--origin", default="")
     parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--sets", action="store_true")
     args = parser.parse_args()
-    if args.role == "worker":
+    if args.role == "worker" and args.sets:
+        asyncio.run(
+            work(build_sets(args.url, size=args.size, timeout_ms=args.timeout_ms, concurrency=args.concurrency))
+        )
+    elif args.role == "worker":
         flock = build(
             args.url, size=args.size, timeout_ms=args.timeout_ms, delay_ms=args.delay_ms, concurrency=args.concurrency
         )
         asyncio.run(work(flock))
     else:
-        asyncio.run(produce(args.url, args.first, args.count, args.origin or str(os.getpid()), args.chunk))
+        asyncio.run(produce(args.url, args.first, args.count, args.origin or str(os.getpid()), args.chunk, args.sets))
 
 
 if __name__ == "__main__":

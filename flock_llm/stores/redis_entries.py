@@ -19,7 +19,7 @@ from .redis_support import id_of, visibility_of
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
 
-__all__ = ["decode_entry", "flush_of", "recheck_batch"]
+__all__ = ["decode_entry", "flush_of", "recheck_batch", "recheck_groups"]
 
 log = logging.getLogger("flock_llm.redis")
 
@@ -46,7 +46,13 @@ def decode_entry(runtime: Runtime, agent: Agent, receipt: Receipt, docs: list[st
 
 
 def recheck_batch(
-    runtime: Runtime, agent: Agent, sub: Subscription, receipt: Receipt, items: list[Artifact]
+    runtime: Runtime,
+    agent: Agent,
+    sub: Subscription,
+    receipt: Receipt,
+    items: list[Artifact],
+    *,
+    acknowledge: bool = True,
 ) -> list[Artifact]:
     """The items of a taken batch that this process's agent may run: visibility and `where` are checked
     again by the router (another process, defining the agent otherwise, may have filled the batch). The
@@ -76,7 +82,33 @@ def recheck_batch(
     return allowed
 
 
-def flush_of(namespace: str, agent: Agent, sub: Subscription, fields: dict[str, str], items: list[Artifact]) -> Flush:
+def recheck_groups(
+    runtime: Runtime, agent: Agent, sub: Subscription, receipt: Receipt, artifacts: list[Artifact], sizes: list[int]
+) -> list[tuple[Artifact, ...]]:
+    """`recheck_batch` for items that are sets (a gate's or join's): a set keeps running only if every member
+    passes; the passing members of a set that lost one become failure records too (as visible as they are)."""
+    allowed = {id(a) for a in recheck_batch(runtime, agent, sub, receipt, artifacts, acknowledge=False)}
+    kept: list[tuple[Artifact, ...]] = []
+    start = 0
+    with runtime.ledger.unit() as commit:
+        for size in sizes:
+            members = tuple(artifacts[start : start + size])
+            start += size
+            if all(id(a) in allowed for a in members):
+                kept.append(members)
+                continue
+            orphans = [a for a in members if id(a) in allowed]
+            if orphans:
+                error = PermissionError(f"agent {agent.name!r}: another member of this set was refused here")
+                runtime.outcomes.failure(agent, orphans, error, stage="visibility")
+        if not kept:
+            commit.receipt = receipt  # nothing left to run: the refusals finish the entry
+    return kept
+
+
+def flush_of(
+    namespace: str, agent: Agent, sub: Subscription, fields: dict[str, str], items: list[tuple[Artifact, ...]]
+) -> Flush:
     """The Flush a ready-stream entry stands for (its id, reason and times come from the FLUSH script)."""
     assert sub.batch is not None
     key: BatchKey = (agent.name, sub.index)
@@ -86,7 +118,7 @@ def flush_of(namespace: str, agent: Agent, sub: Subscription, fields: dict[str, 
     return Flush(
         key=key,
         batch_id=f"{namespace}-{fields['batch']}",
-        items=tuple((a,) for a in items),
+        items=tuple(items),
         reason=fields["reason"],  # type: ignore[arg-type]
         configured_size=sub.batch.size,
         opened_at=int(fields["opened"]) / 1000,

@@ -13,6 +13,7 @@ from .._runtime.batching import FlushReason
 from ..agent import Agent
 from ..errors import StoreUnavailableError
 from ..metrics import BatchStats
+from ..subscription import Subscription
 from .redis_support import hashable
 
 if TYPE_CHECKING:
@@ -144,3 +145,34 @@ class SharedFlushes:
                 )
             )
         self._stats = stats
+
+    async def add(
+        self, sub: Subscription, stream: str, group: str, ready: str, adds: list[tuple[str, str, str]]
+    ) -> None:
+        """One ADD script per shared batch touched (usually one), sent together."""
+        assert sub.batch is not None
+        store, add = self.store, self.store.script("ADD")
+        size = sub.batch.size or 0
+        timeout_ms = 0 if sub.batch.timeout is None else max(1, round(sub.batch.timeout.total_seconds() * 1000))
+        shared = [
+            store.key("deadlines"),
+            store.key("opened"),
+            ready,
+            store.key("seq"),
+        ]
+        by_member: dict[str, list[str]] = {}
+        for entry_id, doc, member in adds:
+            by_member.setdefault(member, []).extend((entry_id, doc))
+
+        async def run() -> list[Any]:  # concurrent calls, not a pipeline: Redis Cluster pipelines refuse scripts
+            calls = [
+                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, size, timeout_ms, *pairs])
+                for member, pairs in by_member.items()
+            ]
+            return list(await asyncio.gather(*calls))
+
+        # safe to repeat: an entry already added is acknowledged, and ADD then skips it
+        results = await store.retrying(run, limit=None)
+        for member, (_, _, now_ms, deadline_ms) in zip(by_member, results, strict=True):
+            if deadline_ms != -1:
+                self.arm(member, now_ms=int(now_ms), deadline_ms=int(deadline_ms))

@@ -9,7 +9,10 @@ progress and takes over what silent workers hold. All decisions about batches ha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .._runtime.batching import FlushReason
@@ -22,9 +25,10 @@ from ..errors import ConfigurationError
 from ..metrics import BatchStats
 from ..subscription import Subscription
 from .redis import READY_GROUP, RedisStore, connection_errors
-from .redis_entries import decode_entry, flush_of, recheck_batch
+from .redis_entries import decode_entry, flush_of, recheck_groups
 from .redis_flushes import SharedFlushes
 from .redis_peers import Peers, identity_of
+from .redis_sets import SharedSets
 from .redis_support import finish_tasks, member_of, stream_entries
 
 if TYPE_CHECKING:
@@ -36,6 +40,17 @@ log = logging.getLogger("flock_llm.redis")
 
 _BLOCK_MS = 250
 """How long a read waits for new entries; also how soon a stopping worker notices."""
+
+
+@dataclass
+class _Plan:
+    """What one read's entries turned into."""
+
+    adds: list[tuple[str, str, str]] = field(default_factory=list)
+    placed: list[tuple[str, str, str, str]] = field(default_factory=list)
+    handover: dict[str, list[str]] = field(default_factory=dict)
+    refreshed: list[bool] = field(default_factory=list)
+    runs: int = 0
 
 
 class RedisWorker:
@@ -57,17 +72,16 @@ class RedisWorker:
         self._loops: list[asyncio.Task[None]] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self.flushes = SharedFlushes(store, runtime.agents)
+        self.sets = SharedSets(store, runtime)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         for agent, sub in self._subs:
-            if sub.groups:
-                form = "joins artifacts (JoinSpec)" if sub.join is not None else "is an AND gate (several types)"
+            if sub.groups and sub.batch is not None and sub.batch.by is not None:
                 raise ConfigurationError(
-                    f"agent {agent.name!r} {form}; joins are not supported with a Redis store yet, nor AND gates: "
-                    "run that agent with an in-memory or SQLite store, or subscribe to each type on its own "
-                    "(.consumes(A).consumes(B))"
+                    f"agent {agent.name!r}: with a Redis store, a join or gate cannot also partition its batches "
+                    "(`BatchSpec(by=...)`); drop `by=` or use an in-memory or SQLite store"
                 )
         await self.store.connect()
         self.store.on_committed = self._committed
@@ -76,7 +90,7 @@ class RedisWorker:
         loop = asyncio.get_running_loop()
         for agent, sub in self._subs:
             self._loops.append(loop.create_task(self._intake_loop(agent, sub)))
-            if sub.batch is not None:
+            if sub.batch is not None or sub.groups:
                 self._loops.append(loop.create_task(self._ready_loop(agent, sub)))
         self._housekeeping = loop.create_task(self._housekeep())
 
@@ -88,7 +102,7 @@ class RedisWorker:
             groups = [
                 (self.store.type_stream(t), self.store.intake_group(agent.name, sub.index)) for t in sub.type_names
             ]
-            if sub.batch is not None:
+            if sub.batch is not None or sub.groups:
                 groups.append((self._ready_stream(agent, sub), READY_GROUP))
             for stream, group in groups:
                 try:  # from the stream's beginning: what was published before any worker started is not lost
@@ -125,7 +139,7 @@ class RedisWorker:
         group = self.store.intake_group(agent.name, sub.index)
         streams = {self.store.type_stream(t): ">" for t in dict.fromkeys(sub.type_names)}
         slots = self.runtime.runner.slots(agent)
-        direct = sub.batch is None
+        direct = sub.batch is None and not sub.groups
         while not self._stopping:
             if direct and not await slots.take(_BLOCK_MS / 1000):
                 continue
@@ -149,36 +163,43 @@ class RedisWorker:
 
     async def _take(self, agent: Agent, sub: Subscription, stream: str, group: str, entries: list[Any]) -> int:
         """Route delivered entries; returns how many became direct runs (holding a slot)."""
-        adds: list[tuple[str, str, str]] = []
-        handover: dict[str, list[str]] = {}
-        refreshed: list[bool] = []
-        runs = 0
+        plan = _Plan()
         for entry_id, fields in entries:
-            if (stream, entry_id) in self._running:
-                continue  # (read again from this worker's own pending list while its run goes on)
-            receipt = Receipt(stream, group, entry_id)
-            artifact = decode_entry(self.runtime, agent, receipt, [fields.get("a", "") if fields else ""])
-            if artifact is None:
-                continue
-            peer = await self._peer_for(agent, artifact[0], refreshed)
-            if peer is not None:
-                handover.setdefault(peer, []).append(entry_id)
-                continue
-            member = self._admit(agent, sub, artifact[0], receipt)
-            if member is None:
-                continue
-            if sub.batch is None:
-                self._running[(stream, entry_id)] = (agent.name, receipt)
-                self.runtime.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
-                runs += 1
-            else:
-                adds.append((entry_id, fields["a"], member))
-        for peer, ids in handover.items():
+            if (stream, entry_id) not in self._running:  # (else: read again from its own pending list mid-run)
+                await self._route(agent, sub, Receipt(stream, group, entry_id), fields, plan)
+        for peer, ids in plan.handover.items():
             self.runtime.metrics.counters.handed_to_peers += len(ids)
             await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
-        if adds:
-            await self._add_to_batches(agent, sub, stream, group, adds)
-        return runs
+        if plan.adds:
+            await self.flushes.add(sub, stream, group, self._ready_stream(agent, sub), plan.adds)
+        if plan.placed:
+            member = self._members[(agent.name, sub.index)]
+            ready = self._ready_stream(agent, sub)
+            await self.sets.add(agent, sub, stream, group, member, ready, plan.placed, self.flushes.arm)
+        return plan.runs
+
+    async def _route(self, agent: Agent, sub: Subscription, receipt: Receipt, fields: Any, plan: _Plan) -> None:
+        """Where one delivered entry goes: a peer, a run, a shared batch or a gate/join set (or nowhere)."""
+        artifact = decode_entry(self.runtime, agent, receipt, [fields.get("a", "") if fields else ""])
+        if artifact is None:
+            return
+        peer = await self._peer_for(agent, artifact[0], plan.refreshed)
+        if peer is not None:
+            plan.handover.setdefault(peer, []).append(receipt.entry_id)
+            return
+        member = self._admit(agent, sub, artifact[0], receipt)
+        if member is None:
+            return
+        if sub.groups:
+            key = self.sets.key_of(agent, sub, artifact[0], receipt)
+            if key is not None:
+                plan.placed.append((receipt.entry_id, fields["a"], artifact[0].type_name, key))
+        elif sub.batch is None:
+            self._running[(receipt.stream, receipt.entry_id)] = (agent.name, receipt)
+            self.runtime.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
+            plan.runs += 1
+        else:
+            plan.adds.append((receipt.entry_id, fields["a"], member))
 
     async def _peer_for(self, agent: Agent, artifact: Artifact, refreshed: list[bool]) -> str | None:
         """The live peer to hand an artifact to: one that defines this agent with a tenant or labels that may
@@ -196,14 +217,13 @@ class RedisWorker:
         member: str | None = None
         with self.runtime.ledger.unit(receipt) as commit:
             if self.runtime.router.accepts(agent, sub, artifact):
-                member = "" if sub.batch is None else self._member(agent, sub, artifact)
+                member = "" if sub.batch is None and not sub.groups else self._member(agent, sub, artifact)
             if member is not None:
                 commit.receipt = None  # accepted: acknowledged later, by its batch or its run
         return member
 
     def _member(self, agent: Agent, sub: Subscription, artifact: Artifact) -> str | None:
-        assert sub.batch is not None
-        if sub.batch.by is None:
+        if sub.batch is None or sub.batch.by is None:
             return self._members[(agent.name, sub.index)]
         try:
             partition = sub.batch.by(artifact.payload)
@@ -213,37 +233,6 @@ class RedisWorker:
                 agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors"
             )
             return None
-
-    async def _add_to_batches(
-        self, agent: Agent, sub: Subscription, stream: str, group: str, adds: list[tuple[str, str, str]]
-    ) -> None:
-        """One ADD script per shared batch touched (usually one), sent together."""
-        assert sub.batch is not None
-        store, add = self.store, self.store.script("ADD")
-        size = sub.batch.size or 0
-        timeout_ms = 0 if sub.batch.timeout is None else max(1, round(sub.batch.timeout.total_seconds() * 1000))
-        shared = [
-            store.key("deadlines"),
-            store.key("opened"),
-            self._ready_stream(agent, sub),
-            store.key("seq"),
-        ]
-        by_member: dict[str, list[str]] = {}
-        for entry_id, doc, member in adds:
-            by_member.setdefault(member, []).extend((entry_id, doc))
-
-        async def run() -> list[Any]:  # concurrent calls, not a pipeline: Redis Cluster pipelines refuse scripts
-            calls = [
-                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, size, timeout_ms, *pairs])
-                for member, pairs in by_member.items()
-            ]
-            return list(await asyncio.gather(*calls))
-
-        # safe to repeat: an entry already added is acknowledged, and ADD then skips it
-        results = await store.retrying(run, limit=None)
-        for member, (_, _, now_ms, deadline_ms) in zip(by_member, results, strict=True):
-            if deadline_ms != -1:
-                self.flushes.arm(member, now_ms=int(now_ms), deadline_ms=int(deadline_ms))
 
     # -- shared batches: flushes and what they hold ---------------------------------------------------
 
@@ -293,14 +282,19 @@ class RedisWorker:
             log.error("ready batch %s of %s could not be started: %s: %s", entry_id, stream, type(exc).__name__, exc)
 
     def _start_batch(self, agent: Agent, sub: Subscription, stream: str, entry_id: str, fields: dict[str, str]) -> None:
-        assert sub.batch is not None
         receipt = Receipt(stream, READY_GROUP, entry_id, delete=True)
         self._running[(stream, entry_id)] = (agent.name, receipt)
-        decoded = decode_entry(self.runtime, agent, receipt, fields["items"].split("\n"))
+        lines = fields["items"].split("\n")
+        # a gate's or join's items are whole sets: each line is a JSON array of artifact documents
+        sets = [json.loads(line) for line in lines] if sub.groups else [[line] for line in lines]
+        decoded = decode_entry(self.runtime, agent, receipt, [doc for found in sets for doc in found])
         if decoded is None:
             return
-        items = recheck_batch(self.runtime, agent, sub, receipt, decoded)
+        items = recheck_groups(self.runtime, agent, sub, receipt, decoded, [len(found) for found in sets])
         if not items:
+            return
+        if fields.get("direct") == "1":  # a completed set of an unbatched gate or join: one run of its own
+            self.runtime.runner.enqueue(Work(agent, sub, tuple(items), None, receipt=receipt))
             return
         flush = flush_of(self.store.namespace, agent, sub, fields, items)
         self.runtime.runner.start_flush(agent, sub, flush, receipt)
@@ -327,6 +321,9 @@ class RedisWorker:
                     last_sweep = now
                     await self.flush_due()
                     await self.flushes.read_stats()
+                    for agent, sub in self._subs:
+                        if sub.join is not None and isinstance(sub.join.within, timedelta):
+                            await self.sets.sweep(agent, sub, self._members[(agent.name, sub.index)])
                 if store.retention is not None and now - last_trim >= min(60.0, max(tick, store.retention / 2)):
                     last_trim = now
                     await store.trim(store.retention)

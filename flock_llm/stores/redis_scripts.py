@@ -12,12 +12,16 @@ Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
     deadlines           sorted set: batch member -> deadline (ms, server time)
     opened              hash: batch member -> when its first item arrived (ms, server time)
     r:<agent,sub>       stream of flushed batches ready to run (consumer group "workers")
-    seq                 counter of batch ids
+    seq                 counter of batch ids (and of gate/join set ids)
+    sets:<member>       sorted set: open gate/join sets -> time-window deadline (ms) or first arrival number
+    sets:<member>:k:<key>   list: the open sets of one key, oldest first
+    sets:<member>:s:<id>    hash: one open set: slot position -> artifact JSON, "key", "filled"
+    sets:<member>:n     counter of arrivals (count windows)
 """
 
 from __future__ import annotations
 
-__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "FORGET_CONSUMERS", "PUBLISH", "TRIM"]
+__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "FORGET_CONSUMERS", "PUBLISH", "SETS_DUE", "SLOTS", "TRIM"]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -168,3 +172,114 @@ return removed
 """Remove consumers (processes that left) idle that long with nothing pending; checked and removed in one
 step, so no entry can slip into a consumer being removed. A live consumer removed anyway is recreated by
 its next read."""
+
+_SET_PARTS = """
+local function take_set(sets, id)
+  local h = sets .. ':s:' .. id
+  local key = redis.call('HGET', h, 'key')
+  local fields = redis.call('HGETALL', h)
+  local docs = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= 'key' and fields[i] ~= 'filled' then docs[#docs + 1] = fields[i + 1] end
+  end
+  redis.call('DEL', h)
+  redis.call('ZREM', sets, id)
+  if key then redis.call('LREM', sets .. ':k:' .. key, 1, id) end
+  return {key or '', docs}
+end
+"""
+
+SLOTS = (
+    _NOW
+    + _FLUSH_ONE
+    + _SET_PARTS
+    + """
+-- KEYS: intake stream, batch list, deadlines, opened, ready stream, seq, sets zset, arrivals counter
+-- ARGV: group, member, size, timeout ms, window kind ('t' time, 'c' count, 'n' none), window (ms or count),
+--       slot types (JSON array), direct ('1': completed sets run on their own, not batched),
+--       then entry id, artifact json, type name, key json quads
+local size, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
+local kind, window = ARGV[5], tonumber(ARGV[6])
+local slots = cjson.decode(ARGV[7])
+local direct = ARGV[8] == '1'
+local sets = KEYS[7]
+local completed, expired = 0, {}
+for i = 9, #ARGV, 4 do
+  local entry, doc, tname, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('XACK', KEYS[1], ARGV[1], entry) == 1 then
+    local arrival = redis.call('INCR', KEYS[8])
+    if kind == 'c' then  -- count windows close on arrivals at this subscription
+      for _, old in ipairs(redis.call('ZRANGEBYSCORE', sets, '-inf', arrival - window)) do
+        expired[#expired + 1] = take_set(sets, old)
+      end
+    end
+    local open = sets .. ':k:' .. key
+    local target, position = nil, nil
+    for _, id in ipairs(redis.call('LRANGE', open, 0, -1)) do
+      for p = 1, #slots do
+        if slots[p] == tname and redis.call('HEXISTS', sets .. ':s:' .. id, p) == 0 then
+          target, position = id, p
+          break
+        end
+      end
+      if target then break end
+    end
+    if not target then
+      target = tostring(redis.call('INCR', KEYS[6]))
+      for p = 1, #slots do
+        if slots[p] == tname then position = p break end
+      end
+      redis.call('RPUSH', open, target)
+      redis.call('HSET', sets .. ':s:' .. target, 'key', key, 'filled', 0)
+      if kind == 't' then redis.call('ZADD', sets, now + window, target)
+      else redis.call('ZADD', sets, arrival, target) end
+    end
+    local h = sets .. ':s:' .. target
+    redis.call('HSET', h, position, doc)
+    if redis.call('HINCRBY', h, 'filled', 1) == #slots then
+      local docs = {}
+      for p = 1, #slots do docs[p] = redis.call('HGET', h, p) end
+      redis.call('DEL', h)
+      redis.call('ZREM', sets, target)
+      redis.call('LREM', open, 1, target)
+      completed = completed + 1
+      local item = cjson.encode(docs)
+      if direct then
+        local set_id = redis.call('INCR', KEYS[6])
+        redis.call('XADD', KEYS[5], '*', 'batch', set_id, 'key', ARGV[2], 'reason', '', 'size', 0,
+                   'opened', now, 'flushed', now, 'direct', '1', 'items', item)
+      else
+        local n = redis.call('RPUSH', KEYS[2], item)
+        if n == 1 then
+          redis.call('HSET', KEYS[4], ARGV[2], now)
+          if timeout > 0 then redis.call('ZADD', KEYS[3], now + timeout, ARGV[2]) end
+        end
+        if size > 0 and n >= size then
+          flush(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], 'size', size, now)
+        end
+      end
+    end
+  end
+end
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[2])
+return {completed, now, deadline and tonumber(deadline) or -1, expired}
+"""
+)
+"""Place delivered entries in the oldest open gate/join set of their key with a free slot of their type,
+acknowledging each in the same step; a completed set becomes ONE item of the shared batch (or a direct run).
+Count windows expire here. Returns {completed, server now, open batch's deadline or -1, expired sets}, an
+expired set being {key json, {artifact json, ...}}."""
+
+SETS_DUE = (
+    _NOW
+    + _SET_PARTS
+    + """
+-- KEYS: sets zset; expires the time-window sets whose deadline passed (server time)
+local expired = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)) do
+  expired[#expired + 1] = take_set(KEYS[1], id)
+end
+return expired
+"""
+)
+"""Close the time-window sets of one subscription whose window passed; returns them as {key json, docs}."""

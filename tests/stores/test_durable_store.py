@@ -156,3 +156,20 @@ async def test_artifacts_of_unregistered_types_are_kept_reported_and_skipped(tmp
     await flock.shutdown()
     with closing(sqlite3.connect(db)) as connection:
         assert connection.execute("SELECT count(*) FROM artifacts WHERE type_name='RetiredType'").fetchone() == (1,)
+
+
+async def test_a_half_filled_gate_and_join_survive_sigkill(tmp_path: Path) -> None:
+    import durable_worker
+
+    db = tmp_path / "flock.db"
+    worker = start(db, "publish", "0", "1", "--sets", "--hold")
+    wait_for(worker, "published")
+    kill(worker)  # DurableTxn 0 sits in the gate's set and in the join group of key 0
+    flock = durable_worker.build(str(db), 30.0, 0.0, sets=True)
+    await flock.start()
+    await flock.publish(durable_worker.DurableHalf(txn_id=0))  # completes the gate's set
+    await flock.publish(durable_worker.DurableTxn(txn_id=1))  # completes the join group (1 // 2 == 0)
+    await flock.run_until_idle()
+    sets = sorted(s.members for s in await flock.store.get_by_type(durable_worker.DurableSet))
+    await flock.shutdown()
+    assert sets == [["DurableTxn:0", "DurableHalf:0"], ["DurableTxn:0", "DurableTxn:1"]]

@@ -195,3 +195,32 @@ def test_redis_restarted_mid_run_loses_nothing_acknowledged(private_redis: Priva
     finally:
         for w in workers:
             w.stop()
+
+
+def test_three_workers_run_every_gate_set_and_join_group_exactly_once(redis_single_url: str) -> None:
+    """10,000 artifacts (a Job and a JobHalf per n) through an AND gate and a join by n, both batched by 25,
+    on three worker processes: every artifact lands in exactly one set of each, and every set is whole."""
+    client = redis.Redis.from_url(redis_single_url.split("?")[0])
+    workers = start_workers(redis_single_url, 3, "--sets")
+    stream = "{" + namespace_of(redis_single_url) + "}:t:SetsDone"
+    try:
+        producer = Proc(redis_single_url, "produce", "0", "5000", "--sets")
+        assert producer.popen.wait(timeout=120) == 0, producer.stderr()
+        producer.close()
+        deadline = time.monotonic() + 120
+        while client.xlen(stream) < 400 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # anything extra (a duplicate) would arrive now
+        done = [json.loads(json.loads(fields[b"a"])[2]) for _, fields in client.xrange(stream)]
+    finally:
+        codes = [w.stop() for w in workers]
+    assert codes == [0, 0, 0]
+    for agent in ("gate", "pairs"):
+        sets = [s for d in done if d["agent"] == agent for s in d["sets"]]
+        assert len(sets) == 5000, (agent, len(sets))
+        members = Counter(m for s in sets for m in s)
+        assert len(members) == 10_000 and max(members.values()) == 1, agent  # each artifact in one set, once
+        assert all(sorted(m.split(":")[0] for m in s) == ["Job", "JobHalf"] for s in sets), agent
+        if agent == "pairs":
+            assert all(len({m.split(":")[1] for m in s}) == 1 for s in sets)  # a join group shares its key
+    assert len({d["worker_pid"] for d in done}) >= 2  # the work was shared

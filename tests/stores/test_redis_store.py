@@ -29,6 +29,11 @@ class RPay(BaseModel):
 
 
 @flock_type
+class RPayGate(BaseModel):
+    n: int
+
+
+@flock_type
 class RPayBatch(BaseModel):
     ns: list[int]
     reason: str
@@ -112,12 +117,83 @@ async def test_unreachable_redis_fails_at_start_with_a_clear_error_and_no_passwo
     assert "hunter2" not in str(caught.value)
 
 
-async def test_joins_are_refused_with_a_shared_store(redis_url: str) -> None:
-    flock = Flock(store=redis_url, env={})
-    flock.agent("j").consumes(RPay, RPayBatch, join=JoinSpec(by=lambda x: 1, within=timedelta(seconds=1)))
-    with pytest.raises(ConfigurationError, match="joins are not supported with a Redis store"):
+async def test_a_gate_across_two_workers_fires_each_set_once(redis_url: str) -> None:
+    """An AND gate on the shared store: halves of a set read by different workers meet in Redis; every complete
+    set runs once, in declared order, and the extra arrival waits for the next set."""
+    runs: list[list[str]] = []
+
+    def run(ctx, inputs):  # noqa: ANN001 - FunctionEngine callback
+        runs.append([f"{type(a.payload).__name__}{a.payload.n}" for a in inputs.artifacts])
+        return RPayBatch(ns=[a.payload.n for a in inputs.artifacts], reason="set", batch_id="")
+
+    workers = []
+    for _ in range(2):
+        flock = Flock(store=redis_url, env={})
+        flock.agent("gate").consumes(RPay, RPayGate).publishes(RPayBatch).with_engines(FunctionEngine(item=run))
         await flock.start()
-    await RedisStore.from_url(redis_url).aclose()
+        workers.append(flock)
+    await workers[0].publish_many([RPay(n=1), RPay(n=2)])
+    await workers[1].publish_many([RPayGate(n=1), RPayGate(n=2), RPayGate(n=3)])
+    store = workers[0].store
+    assert isinstance(store, RedisStore)
+    await outputs(workers[0], RPayBatch, 2)
+    await asyncio.sleep(0.3)
+    assert sorted(runs) == [["RPay1", "RPayGate1"], ["RPay2", "RPayGate2"]]  # RPayGate3 waits
+    await workers[0].publish(RPay(n=3))
+    await outputs(workers[0], RPayBatch, 3)
+    assert sorted(runs)[-1] == ["RPay3", "RPayGate3"]
+    for flock in workers:
+        await flock.shutdown()
+
+
+async def test_a_join_over_one_type_with_a_batch_on_the_shared_store(redis_url: str) -> None:
+    seen: list[list[tuple[int, str]]] = []
+
+    def pairs(ctx, inputs):  # noqa: ANN001 - FunctionEngine callback
+        seen.append(sorted((a.payload.n, a.payload.customer) for group in inputs.items for a in group))
+        return RPayBatch(ns=[len(group) for group in inputs.items], reason=ctx.flush_reason or "", batch_id="")
+
+    workers = []
+    for _ in range(2):
+        flock = Flock(store=redis_url, env={})
+        (
+            flock.agent("pairs")
+            .consumes(
+                RPay,
+                RPay,
+                join=JoinSpec(by=lambda p: p.customer, within=timedelta(seconds=30)),
+                batch=BatchSpec(size=2, timeout=timedelta(seconds=30)),
+            )
+            .publishes(RPayBatch)
+            .with_engines(FunctionEngine(batch=pairs))
+        )
+        await flock.start()
+        workers.append(flock)
+    await workers[0].publish_many([RPay(n=1, customer="a"), RPay(n=2, customer="b")])
+    await workers[1].publish_many([RPay(n=3, customer="b"), RPay(n=4, customer="a")])
+    (done,) = await outputs(workers[0], RPayBatch, 1)
+    assert done.ns == [2, 2] and done.reason == "size"  # two pairs, one batch
+    assert seen == [[(1, "a"), (2, "b"), (3, "b"), (4, "a")]]
+    for flock in workers:
+        await flock.shutdown()
+
+
+async def test_an_expired_join_group_is_reported_by_the_servers_clock(redis_url: str) -> None:
+    flock = Flock(store=redis_url, env={})
+    flock.agent("pairs").consumes(
+        RPay, RPayGate, join=JoinSpec(by=lambda p: p.n, within=timedelta(milliseconds=200))
+    ).publishes(RPayBatch).with_engines(FunctionEngine())
+    await flock.start()
+    (lonely,) = await flock.publish_many([RPay(n=7)])
+
+    async def reported() -> bool:
+        return bool(flock.metrics().join_expiries)
+
+    await until(reported)  # swept every sweep_interval (0.2 s here)
+    (expiry,) = flock.metrics().join_expiries
+    assert expiry.artifact_ids == (lonely.id,) and expiry.missing_types == ("RPayGate",)
+    assert expiry.reason == "window" and flock.metrics().counters["join_groups_expired"] == 1
+    await flock.shutdown()
 
 
 # -- shared batches ---------------------------------------------------------------------------
@@ -445,11 +521,3 @@ async def test_batch_stats_shows_the_shared_batches_read_from_redis(redis_url: s
     assert stats.flush_in_s is not None and 25 < stats.flush_in_s <= 30 and stats.oldest_age_s < 5
     for flock in (observer, filler):
         await flock.shutdown()
-
-
-async def test_and_gates_are_refused_with_a_shared_store_for_now(redis_url: str) -> None:
-    flock = Flock(store=redis_url, env={})
-    flock.agent("g").consumes(RPay, RPayBatch)
-    with pytest.raises(ConfigurationError, match="nor AND gates"):
-        await flock.start()
-    await RedisStore.from_url(redis_url).aclose()
