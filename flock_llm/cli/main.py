@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
         "reviews",
         help="batch a file of customer reviews through an LLM",
         description="Batch customer reviews (JSONL or CSV: id, rating, text) through an LLM agent. Uses "
-        "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (placeholder answers). "
+        "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (answers derived from the "
+        "reviews by rules). "
         "Exit status: 0 all reviews processed; 2 usage error (nothing was sent); 3 some reviews failed or were "
         "not processed before --deadline; 130 interrupted.",
     )
@@ -229,8 +230,9 @@ def _print_summary(console: Any, summary: Any) -> None:
 
     if summary.offline:
         console.print(
-            "[bold yellow]Offline model: outputs are placeholders, not real LLM answers. Set "
-            "FLOCK_LLM_MODEL and an API key for real ones.[/bold yellow]"
+            "[bold yellow]Offline model: outputs are derived from the reviews by rules (averages, lexicon "
+            "sentiment, keywords, extracted sentences), not real LLM answers. Set FLOCK_LLM_MODEL and an API key "
+            "for real ones.[/bold yellow]"
         )
     table = Table(title=f"flock-llm reviews ({summary.mode}, model {summary.model})", show_header=False)
     cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"

@@ -18,7 +18,7 @@ log = logging.getLogger("flock_llm.engines")
 
 OFFLINE_PROVIDER = "flock-offline"
 OFFLINE_MODEL = f"{OFFLINE_PROVIDER}/placeholder"
-"""The built-in offline model: no network, schema-valid placeholder answers."""
+"""The built-in offline model: no network, schema-valid answers derived from the items by rules."""
 
 MODEL_ENV = "FLOCK_LLM_MODEL"
 
@@ -42,9 +42,10 @@ def is_offline(model: str) -> bool:
 
 @functools.cache
 def announce_offline() -> None:
-    """Say once per process, plainly, that answers are placeholders."""
+    """Say once per process, plainly, that answers come from rules, not from an LLM."""
     log.warning(
-        "flock_llm is using its built-in OFFLINE model: answers are schema-valid placeholders, not real LLM "
+        "flock_llm is using its built-in OFFLINE model: answers are derived from the items by rules (counts, "
+        "averages, lexicon sentiment, extracted keywords and sentences; placeholders elsewhere), not real LLM "
         "output. Set FLOCK_LLM_MODEL (e.g. openai/gpt-4.1-mini) and the provider's API key, or pass model= to "
         "Flock or LLMEngine, to use a real model."
     )

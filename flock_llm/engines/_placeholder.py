@@ -1,10 +1,13 @@
-"""Schema-valid, deterministic placeholder data generated from a JSON schema (for the offline model)."""
+"""The offline model's answers: schema-valid and deterministic, derived from the items where the field allows
+(see `_derive`), placeholders elsewhere."""
 
 from __future__ import annotations
 
 import json
 import re
 from typing import Any
+
+from ._derive import derive_value
 
 __all__ = ["placeholder_answer", "placeholder_for"]
 
@@ -122,12 +125,12 @@ def placeholder_answer(messages: list[dict[str, Any]], response_format: Any) -> 
             items.append((item_id, {}))
     schema = _requested_schema(response_format) or _schema_in_prompt(system) or {"type": "object"}
     if '{"results": [' in system and "results" not in schema.get("properties", {}):
-        return {"results": [{"item_id": i, "output": _filled(schema, data, 1)} for i, data in items]}
+        return {"results": [{"item_id": i, "output": _filled(schema, [data], per_item=True)} for i, data in items]}
     results = schema.get("properties", {}).get("results")
     if results is not None and "output" in results.get("items", {}).get("properties", {}):
         output = {**results["items"]["properties"]["output"], "$defs": schema.get("$defs", {})}
-        return {"results": [{"item_id": i, "output": _filled(output, data, 1)} for i, data in items]}
-    return _filled(schema, {}, len(items))
+        return {"results": [{"item_id": i, "output": _filled(output, [data], per_item=True)} for i, data in items]}
+    return _filled(schema, [data for _, data in items], per_item=False)
 
 
 def _requested_schema(response_format: Any) -> dict[str, Any] | None:
@@ -149,17 +152,37 @@ def _schema_in_prompt(system: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _filled(schema: dict[str, Any], source: Any, count: int) -> Any:
+def _filled(schema: dict[str, Any], sources: list[Any], *, per_item: bool) -> Any:
+    """A schema-valid object: an item's own matching fields copied (per item), the rest derived from the items
+    (counts, aggregates, sentiment, keywords, extracted sentences; see `_derive`), else placeholders."""
     value = placeholder_for(schema)
     if not isinstance(value, dict):
         return value
-    source = source if isinstance(source, dict) else {}
+    items = [s for s in sources if isinstance(s, dict)]
+    source = items[0] if per_item and items else {}
+    properties, defs = schema.get("properties", {}), schema.get("$defs", {})
     for key in value:
         if key in source and isinstance(source[key], type(value[key])):
             value[key] = source[key]
+            continue
+        field = _deref(properties.get(key, {}), defs)
+        derived = derive_value(key, field, items)
+        if derived is not None and _fits(derived, field, value[key]):
+            value[key] = derived
         elif key.endswith("count") and isinstance(value[key], int):
-            value[key] = count
+            value[key] = len(sources)
     return value
+
+
+def _fits(derived: Any, field: dict[str, Any], placeholder: Any) -> bool:
+    """Whether a derived value may replace the placeholder: the same JSON type, inside enum and bounds."""
+    if isinstance(placeholder, bool) or not isinstance(derived, type(placeholder)):
+        return isinstance(placeholder, float) and isinstance(derived, int)
+    if field.get("enum") and derived not in field["enum"]:
+        return False
+    if isinstance(derived, (int, float)):
+        return bool(field.get("minimum", derived) <= derived <= field.get("maximum", derived))
+    return True
 
 
 _DSPY_OUTPUTS = "Outputs will be a JSON object with the following fields."
@@ -194,11 +217,25 @@ def _dspy_value(schema: dict[str, Any], inputs: list[Any], name: str) -> Any:
     if schema.get("type") == "array":
         element = _deref(schema.get("items", {}), schema.get("$defs", {}))
         element = {**element, "$defs": schema.get("$defs", {})}
-        if inputs:  # one answer per input item, ids and matching fields copied from it
-            return [_filled(element, _flat(source), 1) for source in inputs]
+        if inputs:  # one answer per input item, ids and matching fields copied from it, the rest derived
+            return [_dspy_item(element, _flat(source)) for source in inputs]
     if schema.get("type") == "object" or "$ref" in schema or "properties" in schema:
-        return _filled(schema, {}, len(inputs))
+        return _filled(
+            _deref(schema, schema.get("$defs", {})) | {"$defs": schema.get("$defs", {})},
+            [_flat(source) for source in inputs],
+            per_item=False,
+        )
     return placeholder_for(schema, name=name)
+
+
+def _dspy_item(element: dict[str, Any], source: dict[str, Any]) -> Any:
+    """One per-item result: {item_id, output} with the output derived from its own item."""
+    value = _filled(element, [source], per_item=True)
+    output = element.get("properties", {}).get("output")
+    if isinstance(value, dict) and isinstance(output, dict):
+        defs = element.get("$defs", {})
+        value["output"] = _filled({**_deref(output, defs), "$defs": defs}, [source], per_item=True)
+    return value
 
 
 def _flat(source: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The built-in offline model: a litellm custom provider that needs no network.
 
-It answers every request with schema-valid, deterministic placeholder JSON
-generated from the requested schema (one result per item id in per-item
-mode; counts and fields copied from the items where names match), and
+It answers every request with schema-valid, deterministic JSON for the
+requested schema (one result per item id in per-item mode), derived from the
+items where a field allows it (counts, aggregates, VADER sentiment, YAKE
+keywords, extracted sentences: see `_derive`), placeholders elsewhere, and
 reports token usage counted from the prompt, so
 runs on a fresh machine exercise the whole pipeline. Imported only by
 `load_litellm()`, after litellm itself.
