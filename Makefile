@@ -14,10 +14,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/flock-llm reviews examples/data/reviews.jsonl --output reviews.out.jsonl
+	$(VENV)/bin/flock-llm reviews examples/data/reviews.jsonl --output reviews.out.jsonl --report report.html
 
 test: $(VENV)/.installed
 	tests/start_redis.sh
+	tests/install_chromium.sh
 	tests/run_all.sh
 
 test-flock-core:

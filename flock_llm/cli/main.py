@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a SQLite file to keep the run in (sqlite:///run.db): a run killed and started again with the same "
         "--store skips the reviews it already has and pays for no finished batch twice",
     )
+    reviews.add_argument(
+        "--report", type=Path, help="also write a self-contained HTML report with charts (needs matplotlib)"
+    )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
     traces = commands.add_parser(
@@ -97,6 +100,10 @@ def _usage_problem(args: argparse.Namespace) -> str:
         return "--request-timeout and --deadline must be positive numbers of seconds"
     if args.store is not None and not args.store.startswith("sqlite:///"):
         return f"--store must be a SQLite URL such as sqlite:///run.db, got {args.store!r}"
+    if args.report is not None:
+        problem = _output_problem(args.report, args.file)
+        if problem:
+            return problem.replace("--output", "--report")
     return "" if args.output == "-" else _output_problem(Path(args.output), args.file)
 
 
@@ -152,6 +159,10 @@ async def _reviews(args: argparse.Namespace) -> int:
         loop.remove_signal_handler(signal.SIGINT)
     summary.bad_rows = len(bad_rows)
     _write_outputs(records, args.output)
+    if args.report is not None:
+        from .report import write_report
+
+        write_report(args.report, summary, records)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
@@ -201,7 +212,12 @@ def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
         sys.stdout.write(lines)
         sys.stdout.flush()
         return
-    target = Path(output)
+    write_atomically(Path(output), lines)
+
+
+def write_atomically(target: Path, text: str) -> None:
+    """Write `text` to `target` through a temporary file and a rename: an interrupted write never leaves half a
+    file, and no stray temporary file stays behind."""
     # an existing file keeps its mode; a new one gets the umask's (a temporary file is always 0600)
     mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
     # write to a temporary file and rename: an interrupted write never leaves half a file
@@ -209,7 +225,7 @@ def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
         "w", encoding="utf-8", dir=target.parent or Path("."), delete=False, prefix=f".{target.name}.", suffix=".tmp"
     ) as handle:
         try:
-            handle.write(lines)
+            handle.write(text)
             handle.flush()
             os.chmod(handle.name, mode)
         except BaseException:

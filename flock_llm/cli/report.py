@@ -1,0 +1,122 @@
+"""The HTML report of a review run (`flock-llm reviews --report report.html`): one self-contained file.
+
+Charts are drawn with matplotlib and inlined as SVG (no script, no CDN, nothing fetched): the rating and
+sentiment trend per batch, flush reasons, calls and prompt tokens against per-item processing, and the cost;
+failures are listed with their review ids. matplotlib is the `report` extra (`make demo` installs it).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["render_report"]
+
+_SENTIMENT_SCORE = {"positive": 1.0, "mixed": 0.0, "neutral": 0.0, "negative": -1.0}
+
+
+def render_report(summary: Any, records: list[dict[str, Any]]) -> str:
+    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records).
+
+    Raises:
+        ConfigurationError: matplotlib is not installed (pip install 'flock_llm[report]').
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigurationError("--report needs matplotlib: pip install 'flock_llm[report]'") from None
+    charts = [
+        ("Rating and sentiment per batch", _trend(plt, records)),
+        ("Flush reasons", _bars(plt, dict(summary.flush_reasons) or {"none": 0}, "batches")),
+        (
+            "LLM calls: batched vs one per review",
+            _bars(plt, {"batched": summary.llm_calls, "per review": summary.items}, "calls"),
+        ),
+        (
+            "Prompt tokens: batched vs one per review",
+            _bars(plt, {"batched": summary.prompt_tokens, "per review": summary.per_item_prompt_tokens}, "tokens"),
+        ),
+    ]
+    failures = [r for r in records if r.get("type") == "FailureRecord"]
+    cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
+    rows = "".join(
+        f"<tr><td>{html.escape(', '.join(map(str, r.get('review_ids', []))))}</td>"
+        f"<td>{html.escape(str(r.get('data', {}).get('stage', '')))}</td>"
+        f"<td>{html.escape(str(r.get('data', {}).get('error', ''))[:300])}</td></tr>"
+        for r in failures
+    )
+    figures = "".join(f"<figure><figcaption>{html.escape(t)}</figcaption>{svg}</figure>" for t, svg in charts)
+    offline = "<p class='note'>Offline model: answers derived by rules, not an LLM.</p>" if summary.offline else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>flock-llm reviews report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}figure{{display:inline-block;margin:1em;
+vertical-align:top}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3em .6em}}
+.note{{color:#a60}}</style></head><body>
+<h1>flock-llm reviews</h1>{offline}
+<p>{summary.items} reviews, {summary.batches} batches, {summary.llm_calls} LLM calls (saved
+{summary.calls_saved}), prompt tokens {summary.prompt_tokens:,} (saved {summary.prompt_tokens_saved:,}),
+cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s, model
+{html.escape(summary.model)}.</p>
+{figures}
+<h2>Failures ({len(failures)})</h2>
+<table><tr><th>review ids</th><th>stage</th><th>error</th></tr>{rows}</table>
+</body></html>
+"""
+
+
+def _svg(plt: Any, draw: Callable[[Any], None]) -> str:
+    figure, axes = plt.subplots(figsize=(5.2, 3.2))
+    try:
+        draw(axes)
+        figure.tight_layout()
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+    finally:
+        plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _bars(plt: Any, values: dict[str, float], unit: str) -> str:
+    def draw(axes: Any) -> None:
+        axes.bar(list(values), list(values.values()), color="#4a7ab8")
+        axes.set_ylabel(unit)
+
+    return _svg(plt, draw)
+
+
+def _trend(plt: Any, records: list[dict[str, Any]]) -> str:
+    """Report mode: each batch's average rating and sentiment; per-item mode: the labels' counts."""
+    trends = [r["data"] for r in records if r.get("type") == "ReviewTrend"]
+    labels = Counter(str(r["data"].get("label", "")) for r in records if r.get("type") == "ReviewLabel")
+
+    def draw(axes: Any) -> None:
+        if trends:
+            batches = range(1, len(trends) + 1)
+            axes.plot(batches, [t.get("average_rating", 0) for t in trends], marker="o", label="average rating")
+            sentiment = [_SENTIMENT_SCORE.get(str(t.get("overall_sentiment", "")).lower(), 0.0) for t in trends]
+            axes.plot(batches, [3 + 2 * s for s in sentiment], marker="s", linestyle="--", label="sentiment (1-5)")
+            axes.set_xlabel("batch")
+            axes.set_ylim(0.5, 5.5)
+            axes.legend(loc="lower right")
+        else:
+            axes.bar(list(labels) or ["none"], list(labels.values()) or [0], color="#4a7ab8")
+            axes.set_ylabel("reviews")
+
+    return _svg(plt, draw)
+
+
+def write_report(path: Path, summary: Any, records: list[dict[str, Any]]) -> None:
+    """Render the report and write it to `path` (atomically, like the outputs)."""
+    from .main import write_atomically
+
+    write_atomically(path, render_report(summary, records))
