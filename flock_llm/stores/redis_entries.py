@@ -19,7 +19,7 @@ from .redis_support import id_of, visibility_of
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
 
-__all__ = ["decode_entry", "flush_of", "recheck_batch", "recheck_groups"]
+__all__ = ["decode_entry", "flush_of", "recheck_groups"]
 
 log = logging.getLogger("flock_llm.redis")
 
@@ -45,21 +45,14 @@ def decode_entry(runtime: Runtime, agent: Agent, receipt: Receipt, docs: list[st
         return None
 
 
-def recheck_batch(
-    runtime: Runtime,
-    agent: Agent,
-    sub: Subscription,
-    receipt: Receipt,
-    items: list[Artifact],
-    *,
-    acknowledge: bool = True,
+def _recheck(
+    runtime: Runtime, agent: Agent, sub: Subscription, receipt: Receipt, items: list[Artifact]
 ) -> list[Artifact]:
     """The items of a taken batch that this process's agent may run: visibility and `where` are checked
     again by the router (another process, defining the agent otherwise, may have filled the batch). The
-    others become failure records as visible as they are; when none is left, the batch is acknowledged
-    with them."""
+    others become failure records as visible as they are."""
     allowed: list[Artifact] = []
-    with runtime.ledger.unit() as commit:
+    with runtime.ledger.unit():
         for artifact in items:
             refusal = runtime.router.refusal(agent, sub, artifact)
             if refusal in ("", "self", "origin"):  # (origin and self were checked when it was read)
@@ -69,8 +62,6 @@ def recheck_batch(
                 why = "may not see it" if refusal == "visibility" else "does not take it (`where`)"
                 error = PermissionError(f"agent {agent.name!r} as defined in this worker {why}")
                 runtime.outcomes.failure(agent, [artifact], error, stage="visibility")
-        if not allowed:
-            commit.receipt = receipt
     if len(allowed) < len(items):
         log.warning(
             "batch %s of %s: %d of %d items refused here",
@@ -85,9 +76,10 @@ def recheck_batch(
 def recheck_groups(
     runtime: Runtime, agent: Agent, sub: Subscription, receipt: Receipt, artifacts: list[Artifact], sizes: list[int]
 ) -> list[tuple[Artifact, ...]]:
-    """`recheck_batch` for items that are sets (a gate's or join's): a set keeps running only if every member
-    passes; the passing members of a set that lost one become failure records too (as visible as they are)."""
-    allowed = {id(a) for a in recheck_batch(runtime, agent, sub, receipt, artifacts, acknowledge=False)}
+    """The items of a taken batch (single artifacts, or a gate's or join's sets) that may run here (`_recheck`):
+    a set keeps running only if every member passes; the passing members of a set that lost one become
+    failure records too (as visible as they are). When nothing is left, the batch is acknowledged with them."""
+    allowed = {id(a) for a in _recheck(runtime, agent, sub, receipt, artifacts)}
     kept: list[tuple[Artifact, ...]] = []
     start = 0
     with runtime.ledger.unit() as commit:
