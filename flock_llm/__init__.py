@@ -4,6 +4,7 @@ from flock_llm import Flock, flock_type
 from flock_llm.subscription import BatchSpec, JoinSpec
 """
 
+from ._runtime.runner import FinishedRun
 from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .errors import (
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "EngineError",
     "FailureRecord",
+    "FinishedRun",
     "Flock",
     "FlockError",
     "FlockWarning",

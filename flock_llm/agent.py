@@ -104,6 +104,8 @@ class Agent:
                     f"agent {self.name!r}: a join correlates two or more artifacts (slots), got {list(names)!r}; "
                     "repeat a type for two of it, e.g. consumes(Reading, Reading, join=...)"
                 )
+        if batch is not None and batch.max_tokens == "auto":
+            _check_auto_budget(self.name, self.engine)
         self.subscriptions.append(
             Subscription(
                 index=len(self.subscriptions),
@@ -140,6 +142,8 @@ class Agent:
             )
         if not isinstance(engines[0], Engine):
             raise ConfigurationError(f"engines must subclass flock_llm.engines.Engine, got {engines[0]!r}")
+        if any(sub.batch is not None and sub.batch.max_tokens == "auto" for sub in self.subscriptions):
+            _check_auto_budget(self.name, engines[0])
         self.engine = engines[0]
         return self
 
@@ -163,3 +167,12 @@ class Agent:
             raise ConfigurationError(f"`tenant_id` must be a non-empty string, got {tenant_id!r}")
         self.identity = AgentIdentity(self.name, self.identity.labels, tenant_id)
         return self
+
+
+def _check_auto_budget(agent: str, engine: Engine | None) -> None:
+    """BatchSpec(max_tokens="auto") needs an engine that knows its context (the default LLMEngine does)."""
+    if engine is not None and type(engine).batch_token_budget is Engine.batch_token_budget:
+        raise ConfigurationError(
+            f"agent {agent!r}: BatchSpec(max_tokens=\"auto\") needs an engine that knows its context window "
+            f"(LLMEngine, DSPyEngine); {type(engine).__name__} does not: give max_tokens a number"
+        )

@@ -31,6 +31,8 @@ class FlushRecord:
     """batch_size / configured_size (None for a timeout-only BatchSpec)."""
     waited_s: float
     """Seconds from the batch's first item to the flush."""
+    tokens: int = 0
+    """The batch's item tokens, as counted when they entered (0 unless its BatchSpec has `max_tokens`)."""
 
     def span_attributes(self) -> dict[str, Any]:
         """The attributes of the `flock.batch.flush` span (the names the guide's trace query uses)."""
@@ -44,6 +46,7 @@ class FlushRecord:
             "efficiency": self.efficiency,
             "wait_ms": self.waited_s * 1000,
             "partition": None if self.partition is None else str(self.partition),
+            "item_tokens": self.tokens,
         }
 
 

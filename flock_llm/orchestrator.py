@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 
 from pydantic import BaseModel
 
 from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
+from ._runtime.runner import FinishedRun
 from ._runtime.timers import Clock, LoopClock
 from .agent import Agent
 from .artifact import Artifact, new_artifact_id
@@ -273,6 +274,16 @@ class Flock:
         await self.shutdown()
 
     # -- what happened ----------------------------------------------------------------------------------
+
+    def on_finished_run(self, listener: Callable[[FinishedRun], None]) -> None:
+        """Call `listener` with each finished agent run (its inputs and what it published: outputs and failure
+        records) once the run is committed: at once in memory, after the commit with a SQLite or Redis store
+        (a run whose commit failed is not reported; its inputs run again). Use it to stream results out as
+        batches finish. The listener runs on the event loop and must not block; an error it raises is logged.
+        """
+        if not callable(listener):
+            raise ConfigurationError(f"on_finished_run needs a callable, got {type(listener).__name__}")
+        self._runtime.runner.listeners.append(listener)
 
     def flush_traces(self) -> None:
         """Export the spans recorded so far now (they are otherwise exported every second and at shutdown)."""

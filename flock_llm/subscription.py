@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -23,12 +23,14 @@ def _is_positive_int(value: object) -> bool:
 class BatchSpec:
     """Collect items and hand them to the engine together.
 
-    A batch flushes when it holds `size` items or `timeout` after its first
-    item arrived, whichever comes first.
+    A batch flushes when it holds `size` items, when the next item would take
+    it over `max_tokens` prompt tokens, or `timeout` after its first item
+    arrived, whichever comes first.
 
     Raises:
         ConfigurationError: `size` is not a positive int, `timeout` is not a
-            positive timedelta, neither is given, or `by` is not callable.
+            positive timedelta, `max_tokens` is not a positive int or "auto",
+            none of the three is given, or `by` is not callable.
     """
 
     size: int | None = None
@@ -37,6 +39,11 @@ class BatchSpec:
     """Flush a partial batch this long after its first item arrived (monotonic clock)."""
     by: Callable[[Any], Hashable] | None = field(default=None, compare=False)
     """Keep one batch per key computed from each item's payload (e.g. per customer)."""
+    max_tokens: int | Literal["auto"] | None = None
+    """Flush before an item would take the batch's prompt tokens over this (reason "tokens"); an item alone over
+    it goes alone. Each item's tokens are counted once, as it enters, by the consuming engine
+    (`Engine.item_tokens`). "auto": what the engine's context leaves after its fixed instructions and schema
+    and the room its answer needs (`Engine.batch_token_budget`; LLMEngine and DSPyEngine know it)."""
 
     def __post_init__(self) -> None:
         if self.size is not None and not _is_positive_int(self.size):
@@ -51,15 +58,21 @@ class BatchSpec:
                 )
             if self.timeout <= timedelta(0):
                 raise ConfigurationError(f"`timeout` must be positive, got {self.timeout!r}")
-        if self.size is None and self.timeout is None:
+        if self.max_tokens is not None and self.max_tokens != "auto" and not _is_positive_int(self.max_tokens):
             raise ConfigurationError(
-                "BatchSpec needs `size=`, `timeout=` or both, e.g. BatchSpec(size=25, timeout=timedelta(seconds=30))"
+                f"`max_tokens` must be a positive integer or \"auto\", got {self.max_tokens!r}"
+            )
+        if self.size is None and self.timeout is None and self.max_tokens is None:
+            raise ConfigurationError(
+                "BatchSpec needs `size=`, `timeout=` or `max_tokens=`, e.g. "
+                "BatchSpec(size=25, timeout=timedelta(seconds=30))"
             )
         if self.by is not None and not callable(self.by):
             raise ConfigurationError(f"`by` must be a callable returning the partition key, got {self.by!r}")
         if self.timeout is None:
+            trigger = f"size={self.size}" if self.size is not None else f"max_tokens={self.max_tokens!r}"
             warnings.warn(
-                f"BatchSpec(size={self.size}) has no `timeout`: a partial batch waits until shutdown. "
+                f"BatchSpec({trigger}) has no `timeout`: a partial batch waits until shutdown. "
                 "Add e.g. `timeout=timedelta(minutes=5)`.",
                 BatchSpecWarning,
                 stacklevel=3,

@@ -36,6 +36,8 @@ class Flush:
     configured_size: int | None
     opened_at: float
     flushed_at: float
+    tokens: int = 0
+    """The items' prompt tokens as counted when they entered (0 unless the spec has `max_tokens`)."""
 
     @property
     def size(self) -> int:
@@ -75,6 +77,8 @@ class BatchBuffer:
     created_at: datetime | None = None
     """Wall-clock time of the first item, for display."""
     batch_id: str = ""
+    tokens: int = 0
+    """The prompt tokens of the items accumulated (counted only under a `max_tokens` budget)."""
 
     @property
     def artifacts(self) -> list[Artifact]:
@@ -89,15 +93,32 @@ class BatchBuffer:
 
     def add(self, item: Item, *, now: float, wall: datetime | None = None) -> Flush | None:
         """Add one item; return the flush when the batch reached its size."""
-        if self.opened_at is None:
+        flushes, _ = self.add_counted(item, 0, None, now=now, wall=wall)
+        return flushes[0] if flushes else None
+
+    def add_counted(
+        self, item: Item, tokens: int, budget: int | None, *, now: float, wall: datetime | None = None
+    ) -> tuple[list[Flush], bool]:
+        """Add one item of `tokens` prompt tokens under a token `budget` (None: no budget). Returns the flushes it
+        caused, in order (the batch so far, reason "tokens", when the item would take it over the budget; then
+        the batch with the item, when that reached its size or budget: an item alone over the budget goes
+        alone), and whether the item opened a new batch (schedule its deadline)."""
+        flushes: list[Flush] = []
+        if budget is not None and self.items and self.tokens + tokens > budget:
+            flushes.append(self._take("tokens", now=now))
+        opened = self.opened_at is None
+        if opened:
             self.opened_at = now
             self.created_at = wall or datetime.now(UTC)
             self.batch_id = f"b{next(_batch_serial)}"
         self.items.append(item)
+        self.tokens += tokens
         size = self.batch_spec.size
         if size is not None and len(self.items) >= size:
-            return self.take("size", now=now)
-        return None
+            flushes.append(self._take("size", now=now))
+        elif budget is not None and self.tokens >= budget:
+            flushes.append(self._take("tokens", now=now))
+        return flushes, opened and bool(self.items)
 
     def take_if_due(self, *, now: float) -> Flush | None:
         """The flush, with reason "timeout", when the deadline has passed."""
@@ -110,28 +131,38 @@ class BatchBuffer:
         """Take whatever is accumulated (None when empty) and start afresh."""
         if not self.items or self.opened_at is None:
             return None
+        return self._take(reason, now=now)
+
+    def _take(self, reason: FlushReason, *, now: float) -> Flush:
         flush = Flush(
             key=self.key,
             batch_id=self.batch_id,
             items=tuple(self.items),
             reason=reason,
             configured_size=self.batch_spec.size,
-            opened_at=self.opened_at,
+            opened_at=self.opened_at if self.opened_at is not None else now,
             flushed_at=now,
+            tokens=self.tokens,
         )
         self.items = []
         self.opened_at = None
         self.created_at = None
         self.batch_id = ""
+        self.tokens = 0
         return flush
 
 
 @dataclass(frozen=True, slots=True)
 class AddOutcome:
-    flush: Flush | None
-    """The size flush this add caused, if any."""
+    flushes: tuple[Flush, ...]
+    """The flushes this add caused (size or tokens), in order."""
     opened_deadline: float | None
-    """The deadline of a batch this add opened (schedule a timer for it), if any."""
+    """The deadline of a batch this add opened and left accumulating (schedule a timer for it), if any."""
+
+    @property
+    def flush(self) -> Flush | None:
+        """The last flush this add caused, if any."""
+        return self.flushes[-1] if self.flushes else None
 
 
 class BatchEngine:
@@ -145,17 +176,24 @@ class BatchEngine:
         self.batches: dict[BatchKey, BatchBuffer] = {}
 
     def add(
-        self, key: BatchKey, spec: BatchSpec, item: Item, *, now: float, wall: datetime | None = None
+        self,
+        key: BatchKey,
+        spec: BatchSpec,
+        item: Item,
+        *,
+        now: float,
+        wall: datetime | None = None,
+        tokens: int = 0,
+        budget: int | None = None,
     ) -> AddOutcome:
+        """Add `item` (of `tokens` prompt tokens, under a token `budget` when the spec has one)."""
         buf = self.batches.get(key)
-        opened = buf is None
         if buf is None:
             buf = self.batches[key] = BatchBuffer(spec, key=key)
-        flush = buf.add(item, now=now, wall=wall)
-        if flush is not None:
+        flushes, opened = buf.add_counted(item, tokens, budget, now=now, wall=wall)
+        if not buf.items:
             del self.batches[key]
-            return AddOutcome(flush, None)
-        return AddOutcome(None, buf.deadline if opened else None)
+        return AddOutcome(tuple(flushes), buf.deadline if opened else None)
 
     def take(self, key: BatchKey, reason: FlushReason, *, now: float) -> Flush | None:
         buf = self.batches.pop(key, None)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from ..agent import Agent
 from ..artifact import Artifact
 from ..metrics import BatchStats, MetricsRecorder
-from ..stores.memory import ArtifactStore
+from ..stores.memory import ArtifactStore, InMemoryStore
 from ..subscription import Subscription
 from ..tracing import Tracer
 from .batching import FlushReason
@@ -73,6 +73,12 @@ class Runtime:
             metrics=self.metrics,
             tracer=tracer,
         )
+        self.forgetting = (
+            store if isinstance(store, InMemoryStore) and not store.keep_consumed and not self.ledger.durable else None
+        )
+        """An in-memory store that forgets what was consumed: told of deliveries here and of consumption by runs."""
+        if self.forgetting is not None:
+            self.runner.forget = self.forgetting.consumed
         self.shared: SharedIntake | None = None
         """Set on start when the store is shared between processes: it routes and batches there."""
 
@@ -107,13 +113,15 @@ class Runtime:
         self.metrics.published += 1
         if self.shared_store is not None:
             return
-        for agent, sub in self.router.routes(artifact.type_name):
-            if self.router.accepts(agent, sub, artifact):
-                if held is None:
-                    self.intake.deliver(agent, sub, artifact)
-                else:
-                    self.intake.record_delivery(agent, sub, artifact)
-                    held.append((agent, sub, artifact))
+        accepted = [(a, s) for a, s in self.router.routes(artifact.type_name) if self.router.accepts(a, s, artifact)]
+        if self.forgetting is not None:
+            self.forgetting.delivered(artifact.id, len(accepted))
+        for agent, sub in accepted:
+            if held is None:
+                self.intake.deliver(agent, sub, artifact)
+            else:
+                self.intake.record_delivery(agent, sub, artifact)
+                held.append((agent, sub, artifact))
 
     # -- batches -----------------------------------------------------------------------------------------
 

@@ -147,11 +147,13 @@ class LocalIntake:
             key = (agent.name, sub.index, partition)
         # the wall-clock time is for display of a batch's opening only; skip it on the hot path otherwise
         wall = None if key in self.batch_engine.batches else datetime.now(UTC)
-        outcome = self.batch_engine.add(key, sub.batch, item, now=now, wall=wall)
-        if outcome.flush is not None:
+        budget = self._runner.token_budget(agent, sub) if sub.batch.max_tokens is not None else None
+        tokens = 0 if budget is None else self._runner.item_tokens(agent, sub, item)
+        outcome = self.batch_engine.add(key, sub.batch, item, now=now, wall=wall, tokens=tokens, budget=budget)
+        for flush in outcome.flushes:
             self._cancel_timer(key)
-            self._start(outcome.flush)
-        elif outcome.opened_deadline is not None:
+            self._start(flush)
+        if outcome.opened_deadline is not None:
             self._batch_timers[key] = self._clock.call_at(outcome.opened_deadline, partial(self._deadline, key))
 
     def _start(self, flush: Flush) -> None:

@@ -112,6 +112,21 @@ class Outcomes:
         self._publish = publish
         self._metrics = metrics
         self._tracer = tracer
+        self._collected: list[Artifact] | None = None
+
+    def collect(self) -> list[Artifact]:
+        """From now until `collected()`, also keep what is published (the artifacts of one finished run)."""
+        self._collected = []
+        return self._collected
+
+    def collected(self) -> list[Artifact]:
+        found, self._collected = self._collected or [], None
+        return found
+
+    def _emit(self, artifact: Artifact) -> None:
+        if self._collected is not None:
+            self._collected.append(artifact)
+        self._publish(artifact)
 
     def result(self, agent: Agent, inputs: EvalInputs, result: EvalResult, flush: Flush | None) -> None:
         """An engine's result: its outputs (with lineage), and failure records for what it could not do."""
@@ -124,7 +139,7 @@ class Outcomes:
                 self._metrics.counters.rejected_outputs += 1
                 self.failure(agent, sources, exc, stage="output", flush=flush)
                 continue
-            self._publish(artifact)
+            self._emit(artifact)
         for failure in result.failures:
             failed = [by_id[i] for i in failure.artifact_ids if i in by_id] or list(by_id.values())
             self.failure_record(
@@ -166,7 +181,7 @@ class Outcomes:
     ) -> None:
         """Publish a failure record, as visible as its inputs (or as `visibility`, when they could not be read)."""
         self._metrics.counters.failure_records += 1
-        self._publish(failure_artifact(agent, inputs, record, visibility=visibility))
+        self._emit(failure_artifact(agent, inputs, record, visibility=visibility))
 
     def user_code_failed(
         self,

@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from ..agent import Agent
+from ..artifact import Artifact
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
@@ -26,9 +27,20 @@ from .batching import Flush, Item
 from .ledger import Ledger, Receipt
 from .outcomes import Outcomes
 
-__all__ = ["Runner", "Slots", "Work"]
+__all__ = ["FinishedRun", "Runner", "Slots", "Work"]
 
 log = logging.getLogger("flock_llm")
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    """One finished agent run, reported to `Flock.on_finished_run` listeners once it is committed."""
+
+    agent: str
+    inputs: tuple[Artifact, ...]
+    """The artifacts the run consumed."""
+    published: tuple[Artifact, ...]
+    """What it published: outputs and failure records (in memory, also a cancelled run's failure record)."""
 
 
 @dataclass(slots=True)
@@ -106,6 +118,11 @@ class Runner:
         self._queues: dict[str, _Queue] = {}
         self._slots: dict[str, Slots] = {}
         self._default_engines: dict[str, Engine] = {}
+        self._budgets: dict[tuple[str, int], int | None] = {}
+        self.listeners: list[Callable[[FinishedRun], None]] = []
+        """Told of each finished run once its unit is committed (`Flock.on_finished_run`)."""
+        self.forget: Callable[[tuple[Artifact, ...]], None] | None = None
+        """Set when the in-memory store forgets consumed artifacts: called with each run's inputs."""
 
     # -- queueing -----------------------------------------------------------------------------------
 
@@ -128,6 +145,7 @@ class Runner:
             reason=flush.reason,
             efficiency=flush.efficiency,
             waited_s=flush.waited_s,
+            tokens=flush.tokens,
         )
         self.metrics.record_flush(record)
         span = None if self.tracer is None else self.tracer.start("flock.batch.flush", **record.span_attributes())
@@ -174,6 +192,52 @@ class Runner:
             await asyncio.wait(list(self.tasks), timeout=remaining)
 
     # -- one run -------------------------------------------------------------------------------------
+
+    # -- token budgets (BatchSpec(max_tokens=)) -------------------------------------------------------
+
+    def _static_context(self, agent: Agent, sub: Subscription) -> EngineContext:
+        return EngineContext(
+            agent_name=agent.name,
+            subscription_index=sub.index,
+            description=agent.description_text,
+            publishes=agent.output_types,
+            is_batch=True,
+            configured_size=None if sub.batch is None else sub.batch.size,
+            model=self.model,
+            env=self.env,
+        )
+
+    def item_tokens(self, agent: Agent, sub: Subscription, item: Item) -> int:
+        """An item's prompt tokens (a join group's: its members'), counted by the agent's engine."""
+        engine = self.engine_for(agent)
+        ctx = self._static_context(agent, sub)
+        total = 0
+        for artifact in item:
+            try:
+                total += max(0, int(engine.item_tokens(ctx, artifact)))
+            except Exception as exc:  # noqa: BLE001 - engine code: fall back to the documented estimate
+                log.warning("agent %r: item_tokens raised %s; using the estimate", agent.name, type(exc).__name__)
+                total += Engine.item_tokens(engine, ctx, artifact)
+        return total
+
+    def token_budget(self, agent: Agent, sub: Subscription) -> int | None:
+        """The subscription's `max_tokens` (for "auto", the engine's figure, asked once), or None for none."""
+        spec = sub.batch
+        if spec is None or spec.max_tokens is None:
+            return None
+        if spec.max_tokens != "auto":
+            return spec.max_tokens
+        key = (agent.name, sub.index)
+        if key not in self._budgets:
+            budget = None
+            try:
+                budget = self.engine_for(agent).batch_token_budget(self._static_context(agent, sub), spec.size)
+            except Exception as exc:  # noqa: BLE001 - engine code; the batch then flushes by size and timeout
+                log.warning("agent %r: batch_token_budget raised %s", agent.name, type(exc).__name__)
+            if budget is None:
+                log.warning('agent %r: max_tokens="auto" has no figure; flushing by size and timeout', agent.name)
+            self._budgets[key] = None if budget is None else max(1, int(budget))
+        return self._budgets[key]
 
     def engine_for(self, agent: Agent) -> Engine:
         if agent.engine is not None:
@@ -287,11 +351,36 @@ class Runner:
         receipt: Receipt | None,
     ) -> None:
         """Publish a run's outputs and mark its inputs consumed: one unit, committed together."""
-        with self.ledger.unit(receipt) as commit:
-            publish()
-            self.ledger.consumed(agent.name, sub.index, inputs.artifacts)
-        if commit.future is not None:  # nobody awaits a run's commit: failures are counted, and shutdown() raises
-            commit.future.add_done_callback(self._committed)
+        if self.listeners:
+            self.outcomes.collect()
+        try:
+            with self.ledger.unit(receipt) as commit:
+                publish()
+                self.ledger.consumed(agent.name, sub.index, inputs.artifacts)
+        finally:
+            published = self.outcomes.collected()
+        if self.forget is not None:
+            self.forget(tuple(inputs.artifacts))
+        done = FinishedRun(agent.name, tuple(inputs.artifacts), tuple(published)) if self.listeners else None
+        if commit.future is None:
+            if done is not None:
+                self._tell(done)
+            return
+        # nobody awaits a run's commit: failures are counted, and shutdown() raises
+        commit.future.add_done_callback(self._committed)
+        if done is not None:
+            commit.future.add_done_callback(partial(self._tell_if_committed, done))
+
+    def _tell_if_committed(self, done: FinishedRun, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._tell(done)
+
+    def _tell(self, done: FinishedRun) -> None:
+        for listener in self.listeners:
+            try:
+                listener(done)
+            except Exception:  # noqa: BLE001 - user code: a failing listener must not stop the runtime
+                log.exception("a finished-run listener raised; the run itself is committed")
 
     def _committed(self, future: asyncio.Future[None]) -> None:
         exc = None if future.cancelled() else future.exception()

@@ -6,7 +6,7 @@ from typing import Literal
 
 __all__ = ["CounterName", "FailureStage", "FlushReason"]
 
-FlushReason = Literal["size", "timeout", "shutdown", "manual"]
+FlushReason = Literal["size", "timeout", "tokens", "shutdown", "manual"]
 """Why a batch flushed."""
 
 FailureStage = Literal[
@@ -21,6 +21,7 @@ FailureStage = Literal[
     "provider_unavailable",
     "call_budget",
     "unusable_answers",
+    "budget",
 ]
 """Where a failure record says its inputs failed (`FailureRecord.stage`)."""
 

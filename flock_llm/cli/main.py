@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
 import signal
-import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,7 +23,8 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 """Bad arguments, an unreadable input file or an unusable output path: nothing was sent to a model."""
 EXIT_FAILURES = 3
-"""The run finished, but some reviews ended in failure records (or were not processed before --deadline)."""
+"""The run finished, but some reviews ended in failure records (or were not processed before --deadline), or
+the outputs could not all be written."""
 EXIT_INTERRUPTED = 130
 
 
@@ -36,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Batch customer reviews (JSONL or CSV: id, rating, text) through an LLM agent. Uses "
         "FLOCK_LLM_MODEL or --model; without either, the built-in offline model (answers derived from the "
         "reviews by rules). "
-        "Exit status: 0 all reviews processed; 2 usage error (nothing was sent); 3 some reviews failed or were "
-        "not processed before --deadline; 130 interrupted.",
+        "Exit status: 0 all reviews processed; 2 usage error (nothing was sent); 3 some reviews failed, were "
+        "not processed before --deadline, or their outputs could not be written; 130 interrupted.",
     )
     reviews.add_argument("file", type=Path, help="reviews as .jsonl or .csv")
     reviews.add_argument("--batch-size", type=int, default=25, help="reviews per LLM call (default 25)")
@@ -130,48 +131,91 @@ def _output_problem(target: Path, source: Path) -> str:
 async def _reviews(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .reviews import read_reviews, run_reviews
+    from ..engines._models import load_litellm
+    from .output import OutputFile
+    from .rows import count_rows, iter_reviews
 
+    load_litellm()  # needed by every run; loaded now so that
+    gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
     console = Console(stderr=True)
-    reviews, bad_rows = read_reviews(args.file)
-    for bad in bad_rows:
+    bad_rows = 0
+
+    def skipped(bad: Any) -> None:
+        nonlocal bad_rows
+        bad_rows += 1
         console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False, soft_wrap=True)
+
+    reviews = iter_reviews(args.file, skipped)
     stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, abort))
-    progress, task = _progress(console, len(reviews), disabled=args.no_progress)
-    try:
-        records, summary = await run_reviews(
-            reviews,
-            batch_size=args.batch_size,
-            timeout_s=args.timeout,
-            model=args.model,
-            per_item=args.per_item,
-            on_progress=lambda n: progress.advance(task, n),
-            stop=stop,
-            request_timeout=args.request_timeout,
-            deadline_s=args.deadline,
-            abort=abort,
-            store=args.store,
-        )
-    finally:
-        progress.stop()
-        loop.remove_signal_handler(signal.SIGINT)
-    summary.bad_rows = len(bad_rows)
-    _write_outputs(records, args.output)
-    if args.report is not None:
-        from .report import write_report
+    progress, task = _progress(console, count_rows(args.file), disabled=args.no_progress)
+    target = None if args.output == "-" else Path(args.output)
+    with OutputFile(target, keep=target is None and args.report is not None) as output:
+        sink = _Sink(output, console, stop)
+        try:
+            summary = await _run(args, reviews, sink, stop, abort, lambda n: progress.advance(task, n))
+        finally:
+            progress.stop()
+            loop.remove_signal_handler(signal.SIGINT)
+        summary.bad_rows = bad_rows
+        if sink.unwritten:  # the sink stopped the run, not a Ctrl-C
+            summary.unwritten, summary.interrupted = sink.unwritten, False
+        if args.report is not None:
+            from .report import write_report
 
-        write_report(args.report, summary, records)
+            write_report(args.report, summary, output.read_back())
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         _print_summary(console, summary)
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    if summary.failed_items or summary.deadline_reached:
+    if summary.failed_items or summary.deadline_reached or summary.unwritten:
         return EXIT_FAILURES
     return EXIT_OK
+
+
+async def _run(
+    args: argparse.Namespace, reviews: Any, sink: _Sink, stop: asyncio.Event, abort: asyncio.Event, advance: Any
+) -> Any:
+    from .reviews import run_reviews
+
+    return await run_reviews(
+        reviews,
+        on_records=sink,
+        batch_size=args.batch_size,
+        timeout_s=args.timeout,
+        model=args.model,
+        per_item=args.per_item,
+        on_progress=advance,
+        stop=stop,
+        request_timeout=args.request_timeout,
+        deadline_s=args.deadline,
+        abort=abort,
+        store=args.store,
+    )
+
+
+class _Sink:
+    """Writes each finished batch's records; when the output cannot be written (disk full, say), says so once,
+    stops reading (the batches in flight finish) and counts what could not be written (exit status 3)."""
+
+    def __init__(self, output: Any, console: Any, stop: asyncio.Event) -> None:
+        self.output = output
+        self.console = console
+        self.stop = stop
+        self.unwritten = 0
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        if not self.unwritten:
+            try:
+                self.output.write(records)
+                return
+            except OSError as exc:
+                self.console.print(f"[red]flock-llm: cannot write the outputs: {exc.strerror or exc}; stopping[/red]")
+                self.stop.set()
+        self.unwritten += len(records)
 
 
 def _interrupt(console: Any, stop: asyncio.Event, abort: asyncio.Event) -> Any:
@@ -206,41 +250,6 @@ def _progress(console: Any, total: int, *, disabled: bool) -> tuple[Any, Any]:
     return progress, task
 
 
-def _write_outputs(records: list[dict[str, Any]], output: str) -> None:
-    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    if output == "-":
-        sys.stdout.write(lines)
-        sys.stdout.flush()
-        return
-    write_atomically(Path(output), lines)
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write `text` to `target` through a temporary file and a rename: an interrupted write never leaves half a
-    file, and no stray temporary file stays behind."""
-    # an existing file keeps its mode; a new one gets the umask's (a temporary file is always 0600)
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
-    # write to a temporary file and rename: an interrupted write never leaves half a file
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=target.parent or Path("."), delete=False, prefix=f".{target.name}.", suffix=".tmp"
-    ) as handle:
-        try:
-            handle.write(text)
-            handle.flush()
-            os.chmod(handle.name, mode)
-        except BaseException:
-            handle.close()
-            os.unlink(handle.name)  # no stray temporary file
-            raise
-    os.replace(handle.name, target)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _print_summary(console: Any, summary: Any) -> None:
     from rich.table import Table
 
@@ -264,7 +273,7 @@ def _print_summary(console: Any, summary: Any) -> None:
         ),
         ("bad rows skipped", str(summary.bad_rows)),
         ("batches (flush reasons)", f"{summary.batches} ({reasons})"),
-        ("outputs", str(summary.outputs)),
+        ("outputs", f"{summary.outputs}" + (f" ({summary.unwritten} NOT written)" if summary.unwritten else "")),
         ("failed reviews", str(summary.failed_items)),
         ("LLM calls", f"{summary.llm_calls} (per-item processing: {per_item_calls}; saved {summary.calls_saved})"),
         (

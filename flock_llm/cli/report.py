@@ -10,7 +10,8 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,37 @@ __all__ = ["render_report"]
 _SENTIMENT_SCORE = {"positive": 1.0, "mixed": 0.0, "neutral": 0.0, "negative": -1.0}
 
 
-def render_report(summary: Any, records: list[dict[str, Any]]) -> str:
-    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records).
+MAX_FAILURE_ROWS = 1000
+"""Failures listed in the report; the count above the table says how many there were in all."""
+
+
+@dataclass
+class _Figures:
+    """What the charts need from the records, gathered in one pass (the records may be a file of millions)."""
+
+    trends: list[dict[str, Any]] = field(default_factory=list)
+    labels: Counter[str] = field(default_factory=Counter)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failure_count: int = 0
+
+    @classmethod
+    def of(cls, records: Iterable[dict[str, Any]]) -> _Figures:
+        found = cls()
+        for record in records:
+            kind = record.get("type")
+            if kind == "ReviewTrend":
+                found.trends.append(record["data"])
+            elif kind == "ReviewLabel":
+                found.labels[str(record["data"].get("label", ""))] += 1
+            elif kind == "FailureRecord":
+                found.failure_count += 1
+                if len(found.failures) < MAX_FAILURE_ROWS:
+                    found.failures.append(record)
+        return found
+
+
+def render_report(summary: Any, records: Iterable[dict[str, Any]]) -> str:
+    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records, read once).
 
     Raises:
         ConfigurationError: matplotlib is not installed (pip install 'flock_llm[report]').
@@ -34,8 +64,9 @@ def render_report(summary: Any, records: list[dict[str, Any]]) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigurationError("--report needs matplotlib: pip install 'flock_llm[report]'") from None
+    figures_of = _Figures.of(records)
     charts = [
-        ("Rating and sentiment per batch", _trend(plt, records)),
+        ("Rating and sentiment per batch", _trend(plt, figures_of)),
         ("Flush reasons", _bars(plt, dict(summary.flush_reasons) or {"none": 0}, "batches")),
         (
             "LLM calls: batched vs one per review",
@@ -46,7 +77,7 @@ def render_report(summary: Any, records: list[dict[str, Any]]) -> str:
             _bars(plt, {"batched": summary.prompt_tokens, "per review": summary.per_item_prompt_tokens}, "tokens"),
         ),
     ]
-    failures = [r for r in records if r.get("type") == "FailureRecord"]
+    failures = figures_of.failures
     cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
     rows = "".join(
         f"<tr><td>{html.escape(', '.join(map(str, r.get('review_ids', []))))}</td>"
@@ -67,7 +98,9 @@ vertical-align:top}}table{{border-collapse:collapse}}td,th{{border:1px solid #99
 cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s, model
 {html.escape(summary.model)}.</p>
 {figures}
-<h2>Failures ({len(failures)})</h2>
+<h2>Failures ({figures_of.failure_count}{
+        "" if figures_of.failure_count == len(failures) else f", the first {len(failures)} listed"
+    })</h2>
 <table><tr><th>review ids</th><th>stage</th><th>error</th></tr>{rows}</table>
 </body></html>
 """
@@ -94,10 +127,9 @@ def _bars(plt: Any, values: dict[str, float], unit: str) -> str:
     return _svg(plt, draw)
 
 
-def _trend(plt: Any, records: list[dict[str, Any]]) -> str:
+def _trend(plt: Any, found: _Figures) -> str:
     """Report mode: each batch's average rating and sentiment; per-item mode: the labels' counts."""
-    trends = [r["data"] for r in records if r.get("type") == "ReviewTrend"]
-    labels = Counter(str(r["data"].get("label", "")) for r in records if r.get("type") == "ReviewLabel")
+    trends, labels = found.trends, found.labels
 
     def draw(axes: Any) -> None:
         if trends:
@@ -115,8 +147,8 @@ def _trend(plt: Any, records: list[dict[str, Any]]) -> str:
     return _svg(plt, draw)
 
 
-def write_report(path: Path, summary: Any, records: list[dict[str, Any]]) -> None:
-    """Render the report and write it to `path` (atomically, like the outputs)."""
-    from .main import write_atomically
+def write_report(path: Path, summary: Any, records: Iterable[dict[str, Any]]) -> None:
+    """Render the report and write it to `path` (atomically)."""
+    from .output import write_atomically
 
     write_atomically(path, render_report(summary, records))

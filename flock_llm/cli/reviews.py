@@ -1,187 +1,49 @@
-"""The review job behind `flock-llm reviews`: read reviews, batch them through an LLM agent, summarise.
+"""The review job behind `flock-llm reviews`: stream reviews through a batching LLM agent, hand each finished
+batch's outputs on as it finishes, summarise.
 
-Pure pieces (reading rows, building the summary) are separate from the run,
-so they are easy to test; the CLI adds the terminal around them.
+Reading rows is in `rows.py`, writing outputs in `output.py`; the CLI adds the terminal around them. Memory is
+bounded by the batches in flight, not by the file: reviews are read one at a time with backpressure, the
+in-memory store forgets what was consumed, and outputs leave as soon as they are written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
-import csv
-import json
 import os
-import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
-
+from .._runtime.runner import FinishedRun
 from ..artifact import Artifact, FailureRecord
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..engines._models import OFFLINE_MODEL, resolve_model
 from ..engines.llm import LLMEngine
-from ..errors import ConfigurationError
 from ..orchestrator import Flock
-from ..registry import flock_type
+from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
+from .review_types import Review, ReviewLabel, ReviewTrend
+from .rows import BadRow, iter_reviews, read_reviews
 
-__all__ = ["BadRow", "Review", "ReviewLabel", "ReviewTrend", "RunSummary", "read_reviews", "run_reviews"]
+__all__ = [
+    "BadRow",
+    "Review",
+    "ReviewLabel",
+    "ReviewTrend",
+    "RunSummary",
+    "iter_reviews",
+    "read_reviews",
+    "run_reviews",
+]
 
-
-@flock_type(name="Review")
-class Review(BaseModel):
-    """One customer review."""
-
-    review_id: str
-    rating: int = Field(ge=1, le=5)
-    text: str
-
-
-@flock_type(name="ReviewTrend")
-class ReviewTrend(BaseModel):
-    """What the trend agent publishes for each batch of reviews."""
-
-    review_count: int = Field(description="how many reviews this report covers")
-    average_rating: float
-    overall_sentiment: str = Field(description="positive, mixed or negative")
-    top_themes: list[str] = Field(description="the most common topics, most frequent first")
-    summary: str
-
-
-@flock_type(name="ReviewLabel")
-class ReviewLabel(BaseModel):
-    """What the per-item agent publishes for each review."""
-
-    review_id: str
-    label: str = Field(description="positive, neutral or negative")
-    reason: str = Field(description="a few words explaining the label")
-
-
-@dataclass(frozen=True, slots=True)
-class BadRow:
-    line: int
-    error: str
+AGENT = "review_analyst"
 
 
 INTERRUPT_GRACE_S = 30.0
 """After a first Ctrl-C, how long the batches in flight may take before they are cancelled."""
-MAX_FIELD_CHARS = 128 * 1024
-"""A row with a field longer than this is reported, not read (csv's own limit; JSONL follows it)."""
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
-"""Bytes that are not UTF-8, as decoded with errors="surrogateescape"."""
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8) :]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-                continue
-            if not line.strip():
-                continue
-            if len(line) > MAX_FIELD_CHARS + 1024:
-                yield number, None, f"line longer than {MAX_FIELD_CHARS + 1024:,} characters"
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            except (ValueError, RecursionError) as exc:  # e.g. an integer of thousands of digits, deep nesting
-                yield number, None, f"not readable JSON ({type(exc).__name__}: {str(exc)[:80]})"
-                continue
-            if not isinstance(value, dict):
-                yield number, None, f"expected a JSON object, got {type(value).__name__}"
-                continue
-            yield number, value, ""
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.DictReader(handle)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:  # the reader goes on with the next record
-                yield reader.line_num + 1, None, f"not readable CSV ({exc})"
-                continue
-            if any(isinstance(v, str) and _UNDECODABLE.search(v) for v in row.values()):
-                yield reader.line_num, None, "not valid UTF-8"
-                continue
-            yield reader.line_num, dict(row), ""
-
-
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(line number, row or None, why it could not be read)."""
-    return _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
-
-
-def _review_problem(row: dict[str, Any]) -> str:
-    """What makes a row unusable before validation (pydantic would quietly coerce these), or ""."""
-    if "review_id" not in row and "id" in row:
-        row["review_id"] = row.pop("id")
-    review_id = row.get("review_id")
-    if isinstance(review_id, bool) or not isinstance(review_id, (str, int)) or str(review_id).strip() == "":
-        shown = "null" if review_id is None else type(review_id).__name__
-        return f"`id` must be a non-empty string or an integer, got {shown}"
-    row["review_id"] = str(review_id)
-    rating = row.get("rating")
-    if isinstance(rating, bool) or (isinstance(rating, str) and len(rating.strip()) > 3):
-        return "rating: must be a whole number from 1 to 5"
-    text = row.get("text")
-    if isinstance(text, str) and len(text) > MAX_FIELD_CHARS:
-        return f"text: longer than {MAX_FIELD_CHARS:,} characters"
-    return ""
-
-
-def read_reviews(path: Path) -> tuple[list[Review], list[BadRow]]:
-    """Reviews from JSONL or CSV (fields id or review_id, rating, text; UTF-8, with or without a BOM); rows
-    that cannot be used are returned with their line numbers, never dropped silently: not UTF-8, not JSON,
-    a field over MAX_FIELD_CHARS, an id that is null, an object or a boolean, a duplicate id, a rating that is
-    a boolean or not a whole number from 1 to 5.
-
-    Raises:
-        ConfigurationError: the file does not exist or is not .jsonl/.json/.csv.
-    """
-    if not path.is_file():
-        raise ConfigurationError(f"no such file: {str(path)!r}")
-    if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
-        raise ConfigurationError(f"{str(path)!r}: expected a .jsonl or .csv file")
-    reviews: list[Review] = []
-    bad: list[BadRow] = []
-    first_seen: dict[str, int] = {}
-    for line, row, problem in _rows(path):
-        if row is not None:
-            problem = _review_problem(row)
-        if row is None or problem:
-            bad.append(BadRow(line, problem))
-            continue
-        try:
-            review = Review.model_validate(row)
-        except ValidationError as exc:
-            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
-            bad.append(BadRow(line, details))
-            continue
-        if review.review_id in first_seen:
-            bad.append(
-                BadRow(line, f"duplicate id {review.review_id!r} (first on line {first_seen[review.review_id]})")
-            )
-            continue
-        first_seen[review.review_id] = line
-        reviews.append(review)
-    return reviews, bad
 
 
 @dataclass
@@ -209,11 +71,82 @@ class RunSummary:
     wall_s: float = 0.0
     resumed: int = 0
     """Reviews a resumed run found in its store already (not published, not paid for again)."""
+    unwritten: int = 0
+    """Records (outputs, failure records) that could not be written to the output (a full disk, say)."""
     interrupted: bool = False
     deadline_reached: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def count(self, published: Iterable[Artifact]) -> None:
+        """Count what a finished batch published: outputs, and the reviews its failure records cover."""
+        for artifact in published:
+            if artifact.type_name == "FailureRecord":
+                self.failed_items += len(artifact.as_type(FailureRecord).input_ids)
+            else:
+                self.outputs += 1
+
+
+CONCURRENCY = 4
+"""Batches the review agent runs at once."""
+
+
+class _InFlight:
+    """How many published reviews have finished their runs (for backpressure and the progress bar)."""
+
+    def __init__(self, on_progress: Callable[[int], None]) -> None:
+        self.done = 0
+        self.progressed = asyncio.Event()
+        self.on_progress = on_progress
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.progressed.set()
+        self.on_progress(n)
+
+
+def _add_agent(flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight) -> None:
+    engine = LLMEngine(per_item=per_item, timeout=request_timeout)
+    (
+        flock.agent(AGENT)
+        .description(
+            "Label each customer review's sentiment with a short reason."
+            if per_item
+            else "Find sentiment trends across a batch of customer reviews: count them, average the ratings, "
+            "name the overall sentiment and the most common themes, and summarise."
+        )
+        .consumes(Review, batch=batch)
+        .publishes(ReviewLabel if per_item else ReviewTrend)
+        .with_engines(_Counting(engine, in_flight))
+        .max_concurrency(CONCURRENCY)
+    )
+
+
+async def _feed(
+    flock: Flock,
+    reviews: Iterable[Review],
+    summary: RunSummary,
+    known: set[str],
+    window: int,
+    stop: asyncio.Event,
+    in_flight: _InFlight,
+) -> None:
+    """Publish reviews one at a time, keeping at most `window` unfinished; until `stop` or the end of the file."""
+    for review in reviews:
+        while summary.items - in_flight.done >= window and not stop.is_set():
+            in_flight.progressed.clear()
+            await _first(in_flight.progressed.wait(), stop.wait())
+        if stop.is_set():
+            break
+        artifact_id = review_artifact_id(review)
+        if artifact_id in known:
+            summary.resumed += 1  # published by an earlier run of this store: done, or restored and pending
+            in_flight.on_progress(1)
+            continue
+        await flock.publish(Artifact(type_name="Review", payload=review, id=artifact_id))
+        summary.items += 1
+        await asyncio.sleep(0)  # let timers and finished runs through between rows
 
 
 class _Counting(Engine):
@@ -222,6 +155,12 @@ class _Counting(Engine):
     def __init__(self, inner: Engine, on_done: Callable[[int], None]) -> None:
         self.inner = inner
         self.on_done = on_done
+
+    def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
+        return self.inner.item_tokens(ctx, artifact)
+
+    def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
+        return self.inner.batch_token_budget(ctx, size)
 
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         try:
@@ -237,8 +176,9 @@ class _Counting(Engine):
 
 
 async def run_reviews(
-    reviews: list[Review],
+    reviews: Iterable[Review],
     *,
+    on_records: Callable[[list[dict[str, Any]]], None],
     batch_size: int = 25,
     timeout_s: float = 30.0,
     model: str | None = None,
@@ -251,70 +191,53 @@ async def run_reviews(
     abort: asyncio.Event | None = None,
     grace_s: float = INTERRUPT_GRACE_S,
     store: str | None = None,
-) -> tuple[list[dict[str, Any]], RunSummary]:
-    """Publish `reviews` into a batching LLM agent; return its outputs and failure records (as JSONL
-    records, oldest first) and a summary.
+) -> RunSummary:
+    """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
+    outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
+    summary.
 
     When `stop` is set, publishing stops, partial batches flush (reason "shutdown") and the run
     finishes what it has, for at most `grace_s`: nothing already published is lost. When `abort` is set, what is
     still running is cancelled at once (its reviews become failure records with stage "cancelled").
     `request_timeout` bounds each LLM request; `deadline_s` the whole run: at the deadline, reading stops and
-    what is still running is cancelled. With `store` ("sqlite:///run.db") the run resumes: reviews already in
-    the file (by review id) are not published again, pending ones are restored, and finished outputs are kept.
+    what is still running is cancelled. With `store` ("sqlite:///run.db") the run resumes: the outputs an earlier
+    run committed are handed to `on_records` first, reviews already in the store (by review id) are not published
+    again, and pending ones are restored. Without a store, the in-memory store forgets each review once its batch
+    ran and each output once `on_records` took it, so memory does not grow with the file.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
     stop = stop or asyncio.Event()
     timer = None if deadline_s is None else loop.call_later(deadline_s, stop.set)
-    flock = Flock(model=model, env=env, store=store)
-    concurrency = 4
-    done = 0
-    progressed = asyncio.Event()
-
-    def finished(n: int) -> None:
-        nonlocal done
-        done += n
-        progressed.set()
-        on_progress(n)
-
-    output_type = ReviewLabel if per_item else ReviewTrend
-    engine = LLMEngine(per_item=per_item, timeout=request_timeout)
-    (
-        flock.agent("review_analyst")
-        .description(
-            "Label each customer review's sentiment with a short reason."
-            if per_item
-            else "Find sentiment trends across a batch of customer reviews: count them, average the ratings, "
-            "name the overall sentiment and the most common themes, and summarise."
-        )
-        .consumes(Review, batch=BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s)))
-        .publishes(output_type)
-        .with_engines(_Counting(engine, finished))
-        .max_concurrency(concurrency)
-    )
+    memory = InMemoryStore(keep_consumed=False) if store is None else None
+    flock = Flock(model=model, env=env, store=memory if memory is not None else store)
+    in_flight = _InFlight(on_progress)
+    batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
+    _add_agent(flock, per_item, batch, request_timeout, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
+
+    def hand_on(published: Sequence[Artifact], review_ids: dict[str, str]) -> None:
+        summary.count(published)
+        on_records([output_record(a, review_ids) for a in published])
+        if memory is not None:
+            memory.discard(a.id for a in published)  # written: nothing keeps it any more
+
+    def finished_run(run: FinishedRun) -> None:
+        if run.agent == AGENT:
+            hand_on(run.published, {a.id: a.payload.review_id for a in run.inputs if isinstance(a.payload, Review)})
+
     started = time.perf_counter()
     await flock.start()  # with a store: restore what an earlier run left pending
-    review_ids = {a.id: a.as_type(Review).review_id for a in await flock.store.artifacts_by_type(Review)}
+    known: set[str] = set()
+    if memory is None:  # a resumed run: what the store holds already
+        reviews_in_store = {a.id: a.as_type(Review).review_id for a in await flock.store.artifacts_by_type(Review)}
+        known = set(reviews_in_store)
+        hand_on([a for a in await flock.store.list() if a.produced_by == AGENT], reviews_in_store)
+    flock.on_finished_run(finished_run)
     # Backpressure: keep at most `window` reviews in flight (whole batches for every worker and one more), so
-    # an interrupt stops at the next review instead of after the whole file was handed over.
-    window = batch_size * (concurrency + 1)
-    for review in reviews:
-        while summary.items - done >= window and not stop.is_set():
-            progressed.clear()
-            await _first(progressed.wait(), stop.wait())
-        if stop.is_set():
-            break
-        artifact_id = review_artifact_id(review)
-        if artifact_id in review_ids:
-            summary.resumed += 1  # published by an earlier run of this store: done, or restored and pending
-            on_progress(1)
-            continue
-        await flock.publish(Artifact(type_name="Review", payload=review, id=artifact_id))
-        review_ids[artifact_id] = review.review_id
-        summary.items += 1
-        await asyncio.sleep(0)  # let timers and finished runs through between rows
+    # memory stays bounded and an interrupt stops at the next review instead of after the whole file.
+    await _feed(flock, reviews, summary, known, batch_size * (CONCURRENCY + 1), stop, in_flight)
     aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
     limit = None if deadline is None else max(0.0, deadline - loop.time())
     if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
@@ -329,9 +252,8 @@ async def run_reviews(
     summary.wall_s = time.perf_counter() - started
     summary.deadline_reached = deadline is not None and loop.time() >= deadline
     summary.interrupted = stop.is_set() and not summary.deadline_reached
-    results = [a for a in await flock.store.list() if a.produced_by == "review_analyst"]
-    _fill_summary(summary, flock, results)
-    return [output_record(a, review_ids) for a in results], summary
+    _fill_summary(summary, flock)
+    return summary
 
 
 def review_artifact_id(review: Review) -> str:
@@ -354,14 +276,11 @@ async def _first(*waits: Any) -> None:
             task.cancel()
 
 
-def _fill_summary(summary: RunSummary, flock: Flock, results: list[Artifact]) -> None:
+def _fill_summary(summary: RunSummary, flock: Flock) -> None:
     metrics = flock.metrics()
-    usage = metrics.usage.get("review_analyst", {})
+    usage = metrics.usage.get(AGENT, {})
     summary.batches = sum(metrics.flush_counts.values())
     summary.flush_reasons = dict(metrics.flush_counts)
-    summary.outputs = sum(1 for a in results if a.type_name != "FailureRecord")
-    failures = [a.as_type(FailureRecord) for a in results if a.type_name == "FailureRecord"]
-    summary.failed_items = sum(len(f.input_ids) for f in failures)
     summary.llm_calls = int(usage.get("llm_calls", 0))
     summary.prompt_tokens = int(usage.get("prompt_tokens", 0))
     summary.completion_tokens = int(usage.get("completion_tokens", 0))

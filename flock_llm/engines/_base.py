@@ -177,6 +177,17 @@ class Engine:
 
     max_item_concurrency: int = 8
 
+    def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
+        """The prompt tokens `artifact` adds to a batch, for `BatchSpec(max_tokens=)`; counted once, as it enters.
+        The default estimate is one token per 4 characters of its JSON (at least 1); LLM engines count with their
+        model's tokenizer."""
+        return max(1, len(artifact.payload.model_dump_json()) // 4)
+
+    def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
+        """The item tokens one batch may hold, for `BatchSpec(max_tokens="auto")` (`size`: the spec's size, if
+        any), or None when the engine cannot tell (then "auto" is refused when the agent is defined)."""
+        return None
+
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
 

@@ -47,6 +47,11 @@ class Usage:
     retries: int = 0
     repairs: int = 0
     splits: int = 0
+    overflow_splits: int = 0
+    """Splits because a batch did not fit the context (prompt and expected answer), before sending or as the
+    provider said; also counted in `splits`."""
+    truncated_answers: int = 0
+    """Answers the model cut off at the length limit."""
     reduces: int = 0
     fallbacks: int = 0
     probes: int = 0
@@ -82,6 +87,8 @@ _CALL_COUNTERS = (
     "retries",
     "repairs",
     "splits",
+    "overflow_splits",
+    "truncated_answers",
     "reduces",
     "probes",
 )

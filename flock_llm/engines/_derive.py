@@ -9,9 +9,9 @@ For each field of the requested output it looks at the field's name, type and de
                       VADER's lexicon (English); where VADER finds no sentiment words (other languages), the
                       item's `rating` decides (4-5 positive, 1-2 negative)
     themes            `*theme*`, `*keyword*`, `*topic*`, `tags` (lists of strings): YAKE keywords (English
-                      stop words), most relevant first
-    summary           `summary`, `reason`, `explanation`, `rationale`: extracted sentences (the most positive
-                      and the most negative one of a report; an item's own first sentence)
+                      stop words), most relevant first, from a sample of at most 1,200 characters of the batch
+    summary           `summary`, `reason`, `explanation`, `rationale`: extracted sentences (a report: the first
+                      sentences of its most positive and most negative items; an item: its own first sentence)
 
 Anything else keeps the schema-valid placeholder. VADER and YAKE ship their data; they are the `offline`
 extra (`make demo` installs it). Without them the offline model still answers, with placeholders.
@@ -54,7 +54,7 @@ def derive_value(name: str, schema: dict[str, Any], sources: Sequence[dict[str, 
     if kind == "array" and schema.get("items", {}).get("type") == "string":
         if any(word in lowered for word in _THEME_NAMES):
             limit = int(schema.get("maxItems", 5))
-            return _keywords(" ".join(texts_of(s) for s in sources), max(1, min(limit, 5)))
+            return _keywords(_sample([texts_of(s) for s in sources]), max(1, min(limit, 5)))
     return None
 
 
@@ -119,27 +119,54 @@ def _sentiment_label(sources: Sequence[dict[str, Any]], choices: list[str]) -> s
 
 def _score(source: dict[str, Any]) -> float | None:
     """VADER's compound score of an item's text; its rating (mapped to -1..1) where VADER finds nothing."""
-    text = texts_of(source)
-    analyzer = _vader()
-    if text and analyzer is not None:
-        compound = float(analyzer.polarity_scores(text)["compound"])
-        if compound != 0.0:
-            return compound
+    compound = _compound(texts_of(source))
+    if compound:
+        return compound
     rating = source.get("rating")
     if isinstance(rating, (int, float)) and not isinstance(rating, bool):
         return max(-1.0, min(1.0, (float(rating) - 3.0) / 2.0))
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _compound(text: str) -> float:
+    """VADER's compound score (0.0 without VADER or sentiment words); cached: a report's fields score the same
+    items (the cache holds the last few batches' texts only)."""
+    analyzer = _vader()
+    return float(analyzer.polarity_scores(text)["compound"]) if text and analyzer is not None else 0.0
+
+
 def _summary(sources: Sequence[dict[str, Any]]) -> str:
-    sentences = [(s, sentence) for s in sources for sentence in _SENTENCE.split(texts_of(s).strip()) if sentence]
-    if not sentences:
+    """An item's first sentence; for a report, the first sentences of its most positive and most negative items."""
+    firsts = [(s, _first_sentence(s)) for s in sources]
+    firsts = [(s, sentence) for s, sentence in firsts if sentence]
+    if not firsts:
         return ""
     if len(sources) == 1:
-        return sentences[0][1][:300]
-    scored = sorted(sentences, key=lambda pair: _score({"text": pair[1]}) or 0.0)
+        return firsts[0][1][:300]
+    scored = sorted(firsts, key=lambda pair: _score(pair[0]) or 0.0)
     picked = [scored[-1][1]] + ([scored[0][1]] if scored[0][1] != scored[-1][1] else [])
     return f"{len(sources)} items. " + " ".join(picked)[:400]
+
+
+def _first_sentence(source: dict[str, Any]) -> str:
+    return _SENTENCE.split(texts_of(source).strip(), maxsplit=1)[0]
+
+
+KEYWORD_SAMPLE_CHARS = 1200
+"""Themes are extracted from at most this many characters of a batch, taken evenly from its items (YAKE's time
+grows with the text; a sample keeps a large batch quick)."""
+
+
+def _sample(texts: Sequence[str]) -> str:
+    share = max(80, KEYWORD_SAMPLE_CHARS // max(1, len(texts)))
+    parts = []
+    for text in texts:
+        cut = text if len(text) <= share else text[:share].rsplit(" ", 1)[0]
+        parts.append(cut)
+        if sum(map(len, parts)) >= KEYWORD_SAMPLE_CHARS:
+            break
+    return " ".join(parts)
 
 
 def _keywords(text: str, limit: int) -> list[str] | None:

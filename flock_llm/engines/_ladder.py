@@ -21,19 +21,19 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from .._runtime.vocabulary import FailureStage
 from ..errors import ModelCallError, ModelOutputError, ProviderUnavailableError
-from ._base import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Output
+from ._base import EvalResult, ItemFailure, Output
 from ._calls import Usage
 from ._limits import classify_error, describe_call_error
 from ._parsing import extract_json, parse_per_item, parse_report
 
-__all__ = ["Answer", "Backend", "FallbackLadder", "LadderItem", "Repair", "Usage", "ladder_items", "per_item_fallback"]
+__all__ = ["Answer", "Backend", "FallbackLadder", "Fallback", "LadderItem", "Repair", "Usage"]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -112,31 +112,6 @@ def _name_artifacts(line: str, item: LadderItem) -> str:
     return re.sub(rf"\b{re.escape(item.id)}\b", "/".join(item.artifact_ids), line)
 
 
-def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
-    """One LadderItem per batch item: ids i1..iN, the payload (or join group) as prompt-safe JSON."""
-    from ..prompts.render import encode_item
-
-    items = []
-    for n, item in enumerate(inputs.items, 1):
-        if len(item) == 1:
-            data = encode_item(item[0].payload.model_dump(mode="json"))
-        else:
-            data = encode_item({a.type_name: a.payload.model_dump(mode="json") for a in item})
-        items.append(LadderItem(f"i{n}", data, tuple(a.id for a in item)))
-    return items
-
-
-def per_item_fallback(engine: Engine, ctx: EngineContext, inputs: EvalInputs) -> Fallback:
-    """The last rung for a batch: the engine's own `evaluate()` on one item."""
-    single_ctx = replace(ctx, is_batch=False, batch_size=1)
-    by_id = {a.id: a for a in inputs.artifacts}
-
-    async def fallback(item: LadderItem) -> EvalResult:
-        return await engine.evaluate(single_ctx, EvalInputs((tuple(by_id[i] for i in item.artifact_ids),)))
-
-    return fallback
-
-
 def _halves(items: Sequence[LadderItem]) -> list[list[LadderItem]]:
     middle = len(items) // 2
     return [list(items[:middle]), list(items[middle:])]
@@ -194,6 +169,7 @@ class FallbackLadder:
         if self._stopped(group):
             return
         if len(group) > 1 and not self.backend.fits(group, per_item=True):
+            self.usage.overflow_splits += 1
             await self._split_items(group, repair_allowed=repair_allowed)
             return
         answer = await self._ask(group, per_item=True)
@@ -252,6 +228,7 @@ class FallbackLadder:
         if self._stopped(group):
             return []
         if len(group) > 1 and not self.backend.fits(group, per_item=False):
+            self.usage.overflow_splits += 1
             return await self._split_report(group, repair_allowed=repair_allowed)
         answer = await self._ask(group, per_item=False)
         if answer is None:
@@ -360,6 +337,8 @@ class FallbackLadder:
                 self.fatal = exc
             return None
         self.answered += 1
+        if answer.truncated:
+            self.usage.truncated_answers += 1
         return answer
 
     async def _recover(self, group: list[LadderItem], *, per_item: bool) -> list[Output]:
@@ -370,6 +349,7 @@ class FallbackLadder:
             self._fail(group, self.fatal)
             return []
         if classify_error(exc) == "context" and len(group) > 1:
+            self.usage.overflow_splits += 1
             if per_item:
                 await self._split_items(group, repair_allowed=True)
                 return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -9,22 +10,23 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
 from ._breaker import BreakerPolicy, ProviderGuard
+from ._budget import AUTO_SIZE, AnswerPlan, auto_budget
 from ._calls import CallRecord, Usage
 from ._ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
     Backend,
+    Fallback,
     FallbackLadder,
     LadderItem,
-    ladder_items,
-    per_item_fallback,
 )
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import is_offline, load_litellm, redact, secrets_from
 
-__all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window"]
+__all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
 
 T = TypeVar("T")
 
@@ -42,6 +44,32 @@ _PROBE_SETTINGS = frozenset(
 )
 """What a breaker probe takes over from the engine's arguments: where to go and how to authenticate."""
 
+
+def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
+    """One LadderItem per batch item: ids i1..iN, the payload (or join group) as prompt-safe JSON."""
+    from ..prompts.render import encode_item
+
+    items = []
+    for n, item in enumerate(inputs.items, 1):
+        if len(item) == 1:
+            data = encode_item(item[0].payload.model_dump(mode="json"))
+        else:
+            data = encode_item({a.type_name: a.payload.model_dump(mode="json") for a in item})
+        items.append(LadderItem(f"i{n}", data, tuple(a.id for a in item)))
+    return items
+
+
+def per_item_fallback(engine: Engine, ctx: EngineContext, inputs: EvalInputs) -> Fallback:
+    """The last rung for a batch: the engine's own `evaluate()` on one item."""
+    single_ctx = replace(ctx, is_batch=False, batch_size=1)
+    by_id = {a.id: a for a in inputs.artifacts}
+
+    async def fallback(item: LadderItem) -> EvalResult:
+        return await engine.evaluate(single_ctx, EvalInputs((tuple(by_id[i] for i in item.artifact_ids),)))
+
+    return fallback
+
+
 DEFAULT_MAX_INPUT_TOKENS = 16_000
 """Context budget when litellm does not know the model and none is configured."""
 
@@ -52,7 +80,26 @@ class LadderBackend(Backend, Protocol):
     output_type: type[BaseModel]
     usage: Usage
 
+    context: int
+    """Tokens per request (prompt and answer)."""
+    max_output: int
+    """The longest answer the model gives."""
+
     def count_tokens(self, items: Sequence[LadderItem]) -> int: ...
+
+    def item_tokens(self, item: LadderItem) -> int: ...
+
+    def text_tokens(self, text: str) -> int: ...
+
+
+def per_item_prompt_tokens(backend: LadderBackend, items: Sequence[LadderItem]) -> int:
+    """What the prompts of one call per item would have taken: the fixed part of a one-item prompt per item, plus
+    each item's own tokens (counting the item alone, not a whole prompt per item)."""
+    if not items:
+        return 0
+    own = [backend.item_tokens(item) for item in items]
+    fixed = max(0, backend.count_tokens([items[0]]) - own[0])
+    return fixed * len(items) + sum(own)
 
 
 def context_window(model: str, configured: int | None) -> int:
@@ -68,6 +115,23 @@ def context_window(model: str, configured: int | None) -> int:
     return int(window) if window else DEFAULT_MAX_INPUT_TOKENS
 
 
+DEFAULT_MAX_OUTPUT_TOKENS = 4_096
+"""The answer limit when litellm does not know the model and none is configured."""
+
+
+def output_limit(model: str, configured: int | None) -> int:
+    """The longest answer to plan for: configured, else litellm's figure for the model, else the default."""
+    if configured:
+        return configured
+    if is_offline(model):
+        return 16_384
+    try:
+        limit = load_litellm().get_model_info(model).get("max_output_tokens")
+    except Exception:  # noqa: BLE001 - unknown model: litellm raises; fall back to the default
+        limit = None
+    return int(limit) if limit else DEFAULT_MAX_OUTPUT_TOKENS
+
+
 class LadderEngine(Engine):
     """Base of the LLM engines: a batch goes through the fallback ladder; `_backend()` makes the calls."""
 
@@ -80,7 +144,8 @@ class LadderEngine(Engine):
         per_item: bool,
         output_type: type[BaseModel] | None,
         max_input_tokens: int | None,
-        max_concurrent_requests: int | None,
+        max_output_tokens: int | None = None,
+        max_concurrent_requests: int | None = 8,
         requests_per_minute: float | None,
         retry: RetryPolicy | None,
         breaker: BreakerPolicy | None,
@@ -100,6 +165,11 @@ class LadderEngine(Engine):
         self.per_item = per_item
         self.output_type = output_type
         self.max_input_tokens = max_input_tokens
+        if max_output_tokens is not None and (
+            isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 16
+        ):
+            raise ConfigurationError(f"`max_output_tokens` must be an integer >= 16, got {max_output_tokens!r}")
+        self.max_output_tokens = max_output_tokens
         if (
             isinstance(max_calls_per_item, bool)
             or not isinstance(max_calls_per_item, (int, float))
@@ -116,6 +186,45 @@ class LadderEngine(Engine):
         self._passthrough = dict(passthrough)
         self.calls: deque[CallRecord] = deque(maxlen=1000)
         """The most recent model calls (both LLM engines record them the same way)."""
+        self.answer_plan: AnswerPlan | None = None
+        """Expected answer lengths, learned from this engine's answers (set on first use)."""
+        self._token_backends: dict[tuple[str, int, str | None], LadderBackend] = {}
+
+    # -- token planning (BatchSpec(max_tokens=)) ---------------------------------------------------------
+
+    def _token_backend(self, ctx: EngineContext) -> LadderBackend:
+        key = (ctx.agent_name, ctx.subscription_index, ctx.model)
+        found = self._token_backends.get(key)
+        if found is None:
+            found = self._token_backends[key] = self._backend(ctx, EvalInputs(()))
+        return found
+
+    def plan_for(self, output_type: type[BaseModel], count: Callable[[str], int]) -> AnswerPlan:
+        """This engine's answer plan (started from one schema-shaped output of `output_type`, counted by
+        `count`)."""
+        if self.answer_plan is None:
+            from ._placeholder import placeholder_for
+
+            one = json.dumps({"item_id": "i100", "output": placeholder_for(output_type.model_json_schema())})
+            self.answer_plan = AnswerPlan.from_schema_tokens(count(one))
+        return self.answer_plan
+
+    def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
+        """The tokens `artifact` adds to this engine's prompt, counted with the model's tokenizer."""
+        from ..prompts.render import encode_item
+
+        item = LadderItem("i1", encode_item(artifact.payload.model_dump(mode="json")), (artifact.id,))
+        return self._token_backend(ctx).item_tokens(item)
+
+    def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
+        """For BatchSpec(max_tokens="auto"): the context window minus the fixed prompt and the answer room (see
+        `flock_llm.engines._budget`)."""
+        backend = self._token_backend(ctx)
+        plan = self.plan_for(backend.output_type, backend.text_tokens)
+        room = plan.expected(size or AUTO_SIZE, per_item=True) if self.per_item else plan.expected(1, per_item=False)
+        return auto_budget(
+            context=backend.context, fixed=backend.count_tokens([]), answer_room=room, max_output=backend.max_output
+        )
 
     def __repr__(self) -> str:  # never shows the passthrough arguments: they may hold keys
         return f"{type(self).__name__}(model={self.model!r}, per_item={self.per_item!r})"
@@ -174,7 +283,7 @@ class LadderEngine(Engine):
         backend = self._backend(ctx, inputs)
         items = ladder_items(inputs)
         backend.usage.items = len(items)
-        backend.usage.per_item_prompt_tokens = sum(backend.count_tokens([item]) for item in items)
+        backend.usage.per_item_prompt_tokens = per_item_prompt_tokens(backend, items)
         last_rung = per_item_fallback(self, ctx, inputs) if fallback else None
         ladder = FallbackLadder(
             backend, backend.output_type, backend.usage, last_rung, max_calls_per_item=self.max_calls_per_item

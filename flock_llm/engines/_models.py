@@ -12,7 +12,15 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["OFFLINE_MODEL", "announce_offline", "is_offline", "load_litellm", "redact", "resolve_model"]
+__all__ = [
+    "OFFLINE_MODEL",
+    "announce_offline",
+    "counting_model",
+    "is_offline",
+    "load_litellm",
+    "redact",
+    "resolve_model",
+]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -38,6 +46,16 @@ def resolve_model(engine_model: str | None, flock_model: str | None, env: Mappin
 
 def is_offline(model: str) -> bool:
     return model.startswith(OFFLINE_PROVIDER + "/")
+
+
+OFFLINE_TOKEN_MODEL = "gpt-3.5-turbo"
+"""Whose tokenizer counts the offline model's tokens: cl100k_base, the encoding litellm loads anyway (a second
+one, o200k_base, would add ~55 MB of resident memory for no better estimate)."""
+
+
+def counting_model(model: str) -> str:
+    """The model whose tokenizer counts `model`'s tokens."""
+    return OFFLINE_TOKEN_MODEL if is_offline(model) else model
 
 
 @functools.cache

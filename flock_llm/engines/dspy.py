@@ -24,9 +24,9 @@ from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
 from ._calls import Usage, prompt_text, record_call
 from ._ladder import Answer, LadderItem, Repair
-from ._ladder_engine import LadderEngine, context_window
+from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
-from ._models import announce_offline, is_offline, load_litellm, resolve_model
+from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
 
 __all__ = ["DSPyEngine"]
 
@@ -145,7 +145,8 @@ class _DSPyCall:
         self.item_model: type[BaseModel] = BaseModel
         self.user_module = engine.module is not None or engine.signature is not None
         self.module = self._module()
-        self.budget = context_window(self.model, engine.max_input_tokens)
+        self.budget = self.context = context_window(self.model, engine.max_input_tokens)
+        self.max_output = output_limit(self.model, engine.max_output_tokens)
 
     # -- signatures --------------------------------------------------------------------
 
@@ -221,10 +222,16 @@ class _DSPyCall:
         signature = getattr(predictor, "signature", None)
         if signature is None:
             text = "".join(i.data for i in items)
-            return int(load_litellm().token_counter(model="gpt-4o-mini", text=text))
+            return int(load_litellm().token_counter(model=counting_model(self.model), text=text))
         messages = self.adapter.format(signature, demos=[], inputs=self._kwargs(module, items, None, False))
-        counter_model = "gpt-4o-mini" if is_offline(self.model) else self.model
-        return int(load_litellm().token_counter(model=counter_model, messages=messages))
+        return int(load_litellm().token_counter(model=counting_model(self.model), messages=messages))
+
+    def text_tokens(self, text: str) -> int:
+        return int(load_litellm().token_counter(model=counting_model(self.model), text=text))
+
+    def item_tokens(self, item: LadderItem) -> int:
+        """The tokens one item adds to a prompt (its data)."""
+        return int(load_litellm().token_counter(model=counting_model(self.model), text=item.data))
 
     # -- Backend protocol ---------------------------------------------------------------------
 

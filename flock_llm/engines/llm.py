@@ -16,11 +16,13 @@ from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
 from ._calls import CallRecord, Usage, prompt_text, record_call
 from ._ladder import Answer, LadderItem, Repair
-from ._ladder_engine import LadderEngine, context_window
+from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
-from ._models import announce_offline, is_offline, load_litellm, resolve_model
+from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
 
 __all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy"]
+
+_ANSWER_LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -35,7 +37,11 @@ class LLMEngine(LadderEngine):
         instructions: extra task text appended to the agent's description.
         prompts: template overrides by name ("system", "items", "repair").
         structured_output: send the JSON schema as `response_format` (default: when litellm says the model can).
-        max_input_tokens: context budget per call (default: litellm's figure for the model, else 16,000).
+        max_input_tokens: the context window: tokens per call, prompt and answer (default: litellm's figure for
+            the model, else 16,000). A batch whose prompt and expected answer do not fit is split before sending.
+        max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request
+            asks for `max_tokens` = what the prompt leaves of the context, at most this; the answer expected for a
+            batch (learned from real answers) must fit it, else the batch is split before sending.
         max_concurrent_requests, requests_per_minute: limits for this engine's calls.
         retry: how transient errors (429, 5xx, timeouts, connection errors) are retried.
         breaker: how long calls wait for a provider that is down (circuit breaker; see BreakerPolicy).
@@ -58,6 +64,7 @@ class LLMEngine(LadderEngine):
         prompts: Mapping[str, str] | None = None,
         structured_output: bool | None = None,
         max_input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
         max_concurrent_requests: int | None = 8,
         requests_per_minute: float | None = None,
         retry: RetryPolicy | None = None,
@@ -71,6 +78,7 @@ class LLMEngine(LadderEngine):
             per_item=per_item,
             output_type=output_type,
             max_input_tokens=max_input_tokens,
+            max_output_tokens=max_output_tokens,
             max_concurrent_requests=max_concurrent_requests,
             requests_per_minute=requests_per_minute,
             retry=retry,
@@ -105,7 +113,10 @@ class _Call:
         self.structured = engine.structured_output
         if self.structured is None:
             self.structured = is_offline(self.model) or self._supports_schema()
-        self.budget = context_window(self.model, engine.max_input_tokens)
+        self.context = context_window(self.model, engine.max_input_tokens)
+        self.max_output = output_limit(self.model, engine.max_output_tokens)
+        self.plan = engine.plan_for(self.output_type, self.text_tokens)
+        self._item_frame: int | None = None
 
     def _supports_schema(self) -> bool:
         try:
@@ -126,11 +137,9 @@ class _Call:
             output_name=self.output_type.__name__,
             output_schema=self.schema,
             per_item=per_item,
-            item_count=len(asked),
             reduce=reduce_total > 0,
-            total_items=reduce_total,
         )
-        user = self.engine.prompts.items([PromptItem(i.id, i.data) for i in asked])
+        user = self.engine.prompts.items([PromptItem(i.id, i.data) for i in asked], total_items=reduce_total)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if repair is not None:
             previous = repair.previous if isinstance(repair.previous, str) else encode_item(repair.previous)
@@ -156,7 +165,7 @@ class _Call:
                         "items": {
                             "type": "object",
                             "properties": {
-                                "item_id": {"type": "string", "enum": [i.id for i in items]},
+                                "item_id": {"type": "string"},
                                 "output": output,
                             },
                             "required": ["item_id", "output"],
@@ -176,13 +185,28 @@ class _Call:
 
     def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool | None = None) -> int:
         messages = self.messages(items, per_item=self.engine.per_item if per_item is None else per_item)
-        counter_model = "gpt-4o-mini" if is_offline(self.model) else self.model
-        return int(self.litellm.token_counter(model=counter_model, messages=messages))
+        return int(self.litellm.token_counter(model=counting_model(self.model), messages=messages))
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return int(self.litellm.token_counter(model=counting_model(self.model), messages=messages))
+
+    def text_tokens(self, text: str) -> int:
+        return int(self.litellm.token_counter(model=counting_model(self.model), text=text))
+
+    def item_tokens(self, item: LadderItem) -> int:
+        """The tokens one item adds to a prompt: its id and data, and the frame around them (counted once)."""
+        encode = self.litellm.encode
+        counter = counting_model(self.model)
+        if self._item_frame is None:
+            self._item_frame = len(encode(model=counter, text=self.engine.prompts.items([PromptItem("", "")])))
+        return self._item_frame + len(encode(model=counter, text=item.id)) + len(encode(model=counter, text=item.data))
 
     # -- Backend protocol ---------------------------------------------------------------
 
     def fits(self, items: Sequence[LadderItem], *, per_item: bool) -> bool:
-        return self.count_tokens(items, per_item=per_item) <= self.budget
+        """Whether the prompt and the answer expected for it fit the context, and that answer the output limit."""
+        answer = self.plan.expected(len(items), per_item=per_item)
+        return answer <= self.max_output and self.count_tokens(items, per_item=per_item) + answer <= self.context
 
     async def ask(
         self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
@@ -196,6 +220,9 @@ class _Call:
         }
         if self.structured:
             kwargs["response_format"] = self.response_format(items, per_item=per_item)
+        if not _ANSWER_LIMITS & kwargs.keys():  # the answer may take what the prompt leaves, up to the model's limit
+            prompt_tokens = self.prompt_tokens(kwargs["messages"])
+            kwargs["max_tokens"] = max(16, min(self.max_output, self.context - prompt_tokens))
         attempts = 0
 
         async def attempt() -> Any:
@@ -226,6 +253,9 @@ class _Call:
             raise
         choice = response.choices[0]
         truncated = choice.finish_reason == "length"
+        completion = getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0
+        if not truncated and isinstance(completion, int):
+            self.plan.learn(len(items) if per_item else 1, completion, per_item=per_item)
         self._record(kind, items, kwargs, started, started_ns, attempts, "truncated" if truncated else "ok", response)
         return Answer(choice.message.content or "", truncated=truncated)
 

@@ -19,6 +19,7 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
+from ._models import OFFLINE_TOKEN_MODEL
 from ._placeholder import placeholder_answer
 
 __all__ = ["OfflineLLM"]
@@ -38,8 +39,8 @@ class OfflineLLM(CustomLLM):  # type: ignore[misc]  # litellm is untyped to mypy
         messages = kwargs.get("messages") or []
         response_format = (kwargs.get("optional_params") or {}).get("response_format")
         content = json.dumps(placeholder_answer(messages, response_format), ensure_ascii=False)
-        prompt_tokens = litellm.token_counter(model="gpt-4o-mini", messages=messages)
-        completion_tokens = litellm.token_counter(model="gpt-4o-mini", text=content)
+        prompt_tokens = litellm.token_counter(model=OFFLINE_TOKEN_MODEL, messages=messages)
+        completion_tokens = litellm.token_counter(model=OFFLINE_TOKEN_MODEL, text=content)
         return ModelResponse(
             model=kwargs.get("model", "placeholder"),
             created=int(time.time()),

@@ -78,10 +78,10 @@ class Prompts:
         output_name: str,
         output_schema: dict[str, Any],
         per_item: bool,
-        item_count: int,
         reduce: bool = False,
-        total_items: int = 0,
     ) -> str:
+        """The system message: the same for every batch of an agent (per-batch facts are in the items message),
+        so providers can cache it as a prompt prefix."""
         return (
             self._templates["system"]
             .render(
@@ -90,15 +90,14 @@ class Prompts:
                 output_name=output_name,
                 output_schema=json.dumps(output_schema, indent=1),
                 per_item=per_item,
-                item_count=item_count,
                 reduce=reduce,
-                total_items=total_items,
             )
             .strip()
         )
 
-    def items(self, items: Sequence[PromptItem]) -> str:
-        return self._templates["items"].render(items=items, item_count=len(items)).strip()
+    def items(self, items: Sequence[PromptItem], *, total_items: int = 0) -> str:
+        """The items message (`total_items`: for a reduce, how many original inputs the partial results cover)."""
+        return self._templates["items"].render(items=items, item_count=len(items), total_items=total_items).strip()
 
     def repair(self, *, errors: Sequence[str], per_item: bool, ids: Sequence[str]) -> str:
         """The repair message. `errors` may quote the model's own text (ids it made up, field names): each line

@@ -30,26 +30,52 @@ class ArtifactStore(Protocol):
 
 
 class InMemoryStore:
-    """Artifacts in process memory, in publication order."""
+    """Artifacts in process memory, in publication order.
 
-    def __init__(self) -> None:
+    Args:
+        keep_consumed: False forgets an artifact once every subscription it was delivered to has consumed it
+            (its run finished), so a long stream keeps only what is in flight. Outputs nobody consumes stay
+            until `discard()` (the `flock-llm reviews` command discards each batch's outputs once written).
+    """
+
+    def __init__(self, *, keep_consumed: bool = True) -> None:
+        self.keep_consumed = keep_consumed
         self._by_id: dict[str, Artifact] = {}
-        self._by_type: dict[str, list[Artifact]] = {}
+        self._by_type: dict[str, dict[str, Artifact]] = {}
+        self._awaiting: dict[str, int] = {}
 
     def add(self, artifact: Artifact) -> None:
         self._by_id[artifact.id] = artifact
         bucket = self._by_type.get(artifact.type_name)
         if bucket is None:
-            self._by_type[artifact.type_name] = [artifact]
+            self._by_type[artifact.type_name] = {artifact.id: artifact}
         else:
-            bucket.append(artifact)
+            bucket[artifact.id] = artifact
 
     def discard(self, ids: Iterable[str]) -> None:
-        """Forget artifacts (a durable store whose write failed forgets what it had not saved)."""
-        gone = {i for i in ids if self._by_id.pop(i, None) is not None}
-        if gone:
-            for name, bucket in self._by_type.items():
-                self._by_type[name] = [a for a in bucket if a.id not in gone]
+        """Forget artifacts (written elsewhere, or a durable store's write failed and it forgets what it had not
+        saved)."""
+        for artifact_id in ids:
+            artifact = self._by_id.pop(artifact_id, None)
+            if artifact is not None:
+                self._by_type[artifact.type_name].pop(artifact_id, None)
+                self._awaiting.pop(artifact_id, None)
+
+    def delivered(self, artifact_id: str, subscriptions: int) -> None:
+        """(Runtime, with keep_consumed=False:) `artifact_id` went to this many subscriptions."""
+        if subscriptions:
+            self._awaiting[artifact_id] = self._awaiting.get(artifact_id, 0) + subscriptions
+
+    def consumed(self, artifacts: Iterable[Artifact]) -> None:
+        """(Runtime, with keep_consumed=False:) one subscription consumed these; forget those nobody awaits."""
+        gone = []
+        for artifact in artifacts:
+            left = self._awaiting.get(artifact.id, 0) - 1
+            if left > 0:
+                self._awaiting[artifact.id] = left
+            else:
+                gone.append(artifact.id)
+        self.discard(gone)
 
     def add_many(self, artifacts: Iterable[Artifact]) -> None:
         for artifact in artifacts:
@@ -60,11 +86,12 @@ class InMemoryStore:
 
     async def get_by_type(self, cls: type[T]) -> list[T]:
         """Every published object of type `cls`, as model instances, oldest first."""
-        return [a.payload for a in self._by_type.get(type_name_of(cls), ()) if isinstance(a.payload, cls)]
+        bucket = self._by_type.get(type_name_of(cls), {})
+        return [a.payload for a in bucket.values() if isinstance(a.payload, cls)]
 
     async def artifacts_by_type(self, cls: type[BaseModel]) -> list[Artifact]:
         """Every artifact of type `cls`, with lineage and visibility, oldest first."""
-        return list(self._by_type.get(type_name_of(cls), ()))
+        return list(self._by_type.get(type_name_of(cls), {}).values())
 
     async def list(self) -> list[Artifact]:
         return list(self._by_id.values())

@@ -4,14 +4,23 @@ It understands flock_llm's prompts: it finds the `<item id=...>` blocks,
 answers in the requested shape (one report, or one result per item id),
 takes a configurable time per request, and can inject malformed answers
 and 429s at fixed rates (seeded, so runs are repeatable).
+
+Tokens are counted with litellm's tokenizer (cl100k_base, as flock_llm counts for models litellm does not know).
+It can enforce a context window (400 `context_length_exceeded` when the prompt and the requested `max_tokens` do
+not fit; answers longer than the room left are cut off with `finish_reason == "length"`), a tokens-per-minute
+limit (a sliding 60 s window of prompt + completion tokens; 429 with `Retry-After`), and report
+`prompt_tokens_details.cached_tokens` when a request repeats the system message and response schema of an
+earlier one (that prefix, in 128-token steps, once it is at least `cache_min_tokens` long, like OpenAI).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +49,21 @@ class FakeOpenAIServer:
     stall_s: float = 60.0
     probes: int = 0
     """Requests of one token (circuit breaker probes), also counted in `requests`."""
+    context_limit: int | None = None
+    """Tokens per request (prompt + max_tokens); None: no limit."""
+    tokens_per_minute: int | None = None
+    """Prompt + completion tokens per sliding 60 s; None: no limit."""
+    cache_min_tokens: int = 1024
+    context_rejected: int = 0
+    truncated_sent: int = 0
+    tpm_rejected: int = 0
+    prompt_tokens_total: int = 0
+    cached_tokens_total: int = 0
+    prefixes: Counter[str] = field(default_factory=Counter)
+    """How many requests carried each (system message, response schema) prefix, by hash."""
+    token_log: list[tuple[float, int]] = field(default_factory=list)
+    """(monotonic time, tokens) of every answered request: the measured load."""
+    _window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
     requests: int = 0
     malformed_sent: int = 0
     rate_limited_sent: int = 0
@@ -98,6 +122,74 @@ class FakeOpenAIServer:
                 return "malformed"
         return None
 
+    def tally(self, **counts: int) -> None:
+        """Add to counters (from the server's threads)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    # -- tokens ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def count(messages: list[dict[str, Any]] | None = None, text: str | None = None) -> int:
+        from ..engines._models import OFFLINE_TOKEN_MODEL, load_litellm
+
+        litellm = load_litellm()
+        if text is not None:
+            return len(litellm.encode(model=OFFLINE_TOKEN_MODEL, text=text))
+        return int(litellm.token_counter(model=OFFLINE_TOKEN_MODEL, messages=messages or []))
+
+    def cached(self, request: dict[str, Any]) -> int:
+        """The prompt tokens served from cache: the system message and schema, if an earlier request had them."""
+        system = next((str(m.get("content", "")) for m in request.get("messages", []) if m.get("role") == "system"), "")
+        prefix = system + json.dumps(request.get("response_format"), sort_keys=True)
+        key = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+        with self._lock:
+            seen = self.prefixes[key] > 0
+            self.prefixes[key] += 1
+        tokens = self.count(text=prefix)
+        return (tokens // 128) * 128 if seen and tokens >= self.cache_min_tokens else 0
+
+    def admit(self, tokens: int) -> float:
+        """Charge `tokens` to the minute window; 0.0 when admitted, else the seconds until they would fit."""
+        if self.tokens_per_minute is None:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            while self._window and self._window[0][0] <= now - 60.0:
+                self._window.popleft()
+            used = sum(t for _, t in self._window)
+            if used + tokens <= self.tokens_per_minute:
+                self._window.append((now, tokens))
+                return 0.0
+            self.tpm_rejected += 1
+            freed, wait = used + tokens - self.tokens_per_minute, 1.0
+            for at, spent in self._window:
+                freed -= spent
+                if freed <= 0:
+                    wait = at + 60.0 - now
+                    break
+            return max(0.05, wait)
+
+    def settle(self, charged: int, actual: int) -> None:
+        """Replace a request's charge with its real tokens, and log them."""
+        with self._lock:
+            if self.tokens_per_minute is not None and charged != actual:
+                self._window.append((time.monotonic(), actual - charged))
+            self.token_log.append((time.monotonic(), actual))
+
+    def peak_tokens_per_minute(self) -> int:
+        """The most tokens answered within any 60 s of the log."""
+        log = sorted(self.token_log)
+        best = start = total = 0
+        for end in range(len(log)):
+            total += log[end][1]
+            while log[end][0] - log[start][0] > 60.0:
+                total -= log[start][1]
+                start += 1
+            best = max(best, total)
+        return best
+
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         """The answer text and how many items it answers."""
         answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
@@ -132,8 +224,41 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "malformed":
             content = content[: len(content) // 2]
-        prompt_tokens = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
-        completion_tokens = len(content) // 4
+        self._answer(request, content)
+
+    def _answer(self, request: dict[str, Any], content: str) -> None:
+        fake = self.fake
+        prompt_tokens = fake.count(request.get("messages", []))
+        asked = request.get("max_tokens") or request.get("max_completion_tokens")
+        room = fake.context_limit - prompt_tokens if fake.context_limit is not None else None
+        if room is not None and (room <= 0 or (isinstance(asked, int) and asked > room)):
+            fake.tally(context_rejected=1)
+            message = (
+                f"This model's maximum context length is {fake.context_limit} tokens. However, you requested "
+                f"{prompt_tokens + (asked or 0)} tokens ({prompt_tokens} in the messages, {asked or 0} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+            error = {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}
+            self._send(400, {"error": error})
+            return
+        limits = [x for x in (asked if isinstance(asked, int) else None, room) if x is not None]
+        limit = min(limits) if limits else None
+        completion_tokens, finish = fake.count(text=content), "stop"
+        if limit is not None and completion_tokens > limit:
+            content = _cut(content, limit)
+            completion_tokens, finish = limit, "length"
+            fake.tally(truncated_sent=1)
+        charged = prompt_tokens + (asked if isinstance(asked, int) else completion_tokens)
+        wait = fake.admit(charged)
+        if wait:
+            self._send(
+                429, {"error": {"message": "Rate limit reached for tokens per min", "type": "tokens"}},
+                {"retry-after": f"{wait:.2f}"},
+            )  # fmt: skip
+            return
+        cached = fake.cached(request)
+        fake.settle(charged, prompt_tokens + completion_tokens)
+        fake.tally(prompt_tokens_total=prompt_tokens, cached_tokens_total=cached)
         self._send(
             200,
             {
@@ -142,12 +267,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()),
                 "model": request.get("model", "fake"),
                 "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
                 ],
                 "usage": {
                     "prompt_tokens": prompt_tokens,
                     "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens,
+                    "prompt_tokens_details": {"cached_tokens": cached},
                 },
             },
         )
@@ -161,3 +287,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def _cut(text: str, tokens: int) -> str:
+    """The first `tokens` tokens of `text` (an answer cut off at the length limit)."""
+    from ..engines._models import OFFLINE_TOKEN_MODEL, load_litellm
+
+    litellm = load_litellm()
+    return str(
+        litellm.decode(model=OFFLINE_TOKEN_MODEL, tokens=litellm.encode(model=OFFLINE_TOKEN_MODEL, text=text)[:tokens])
+    )

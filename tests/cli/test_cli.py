@@ -195,9 +195,15 @@ def test_a_run_killed_mid_way_resumes_from_its_store_and_pays_for_no_finished_ba
         deadline = time.monotonic() + 60
         while server.requests < 8 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)  # no chance to write anything
+        first.send_signal(signal.SIGKILL)  # no chance to clean up
         first.communicate(timeout=30)
         paid_before = server.requests
+        # outputs were appended batch by batch: the killed run left whole batches only, and some of them
+        kept = read_jsonl(out)
+        assert kept and len(kept) % 10 == 0, len(kept)
+        assert sorted(i for r in kept for i in r["review_ids"]) == sorted(  # type: ignore[union-attr]
+            {i for r in kept for i in r["review_ids"]}  # type: ignore[union-attr]
+        )
         second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         paid_after = server.requests - paid_before
     assert second.returncode == 0, second.stderr

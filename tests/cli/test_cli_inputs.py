@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_cli import ROOT, cli_env, read_jsonl, run_cli
 
-from flock_llm.cli.reviews import MAX_FIELD_CHARS, read_reviews
+from flock_llm.cli.rows import MAX_FIELD_CHARS, read_reviews
 from flock_llm.testing import FakeOpenAIServer
 
 GOOD = [{"id": f"r{n}", "rating": 4, "text": "fine"} for n in range(3)]
@@ -136,14 +136,30 @@ def _umask() -> int:
 
 
 def test_an_existing_output_file_keeps_its_mode(tmp_path: Path) -> None:
-    from flock_llm.cli.main import _write_outputs
+    from flock_llm.cli.output import OutputFile
 
     target = tmp_path / "out.jsonl"
     target.write_text("old\n")
     target.chmod(0o640)
-    _write_outputs([{"a": 1}], str(target))
+    with OutputFile(target) as output:
+        output.write([{"a": 1}])
+        output.write([{"b": 2}, {"c": 3}])
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
-    assert read_jsonl(target) == [{"a": 1}]
+    assert read_jsonl(target) == [{"a": 1}, {"b": 2}, {"c": 3}]  # started afresh, appended batch by batch
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_outputs_that_cannot_be_written_stop_the_run_and_say_so() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flock_llm", "reviews", str(ROOT / "examples" / "data" / "reviews.jsonl"),
+         "--output", "/dev/full", "--no-progress", "--json"],
+        capture_output=True, text=True, env=cli_env(), timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    assert "cannot write the outputs: No space left on device" in done.stderr and "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["unwritten"] == summary["outputs"] > 0 and summary["interrupted"] is False
+    assert summary["items"] < 300  # reading stopped
 
 
 # -- 25, 26: exit codes, request timeout and deadline ---------------------------------------------------

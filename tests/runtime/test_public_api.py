@@ -24,6 +24,7 @@ def test_top_level_exports() -> None:
         "ConfigurationError",
         "EngineError",
         "FailureRecord",
+        "FinishedRun",
         "Flock",
         "FlockError",
         "FlockWarning",
