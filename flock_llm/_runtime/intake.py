@@ -147,7 +147,7 @@ class LocalIntake:
             key = (agent.name, sub.index, partition)
         # the wall-clock time is for display of a batch's opening only; skip it on the hot path otherwise
         wall = None if key in self.batch_engine.batches else datetime.now(UTC)
-        budget = self._runner.token_budget(agent, sub) if sub.batch.max_tokens is not None else None
+        budget = self._runner.token_budget(agent, sub)
         tokens = 0 if budget is None else self._runner.item_tokens(agent, sub, item)
         outcome = self.batch_engine.add(key, sub.batch, item, now=now, wall=wall, tokens=tokens, budget=budget)
         for flush in outcome.flushes:

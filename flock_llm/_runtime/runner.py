@@ -208,7 +208,10 @@ class Runner:
         )
 
     def item_tokens(self, agent: Agent, sub: Subscription, item: Item) -> int:
-        """An item's prompt tokens (a join group's: its members'), counted by the agent's engine."""
+        """An item's prompt tokens (a join group's: its members'), counted by the agent's engine; 0 when the
+        subscription's batches have no token budget."""
+        if sub.batch is None or sub.batch.max_tokens is None:
+            return 0
         engine = self.engine_for(agent)
         ctx = self._static_context(agent, sub)
         total = 0

@@ -115,4 +115,5 @@ def flush_of(
         configured_size=sub.batch.size,
         opened_at=int(fields["opened"]) / 1000,
         flushed_at=int(fields["flushed"]) / 1000,
+        tokens=int(fields.get("tokens") or 0),
     )

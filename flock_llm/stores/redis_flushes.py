@@ -147,9 +147,16 @@ class SharedFlushes:
         self._stats = stats
 
     async def add(
-        self, sub: Subscription, stream: str, group: str, ready: str, adds: list[tuple[str, str, str]]
+        self,
+        sub: Subscription,
+        stream: str,
+        group: str,
+        ready: str,
+        adds: list[tuple[str, str, str, int]],
+        budget: int | None = None,
     ) -> None:
-        """One ADD script per shared batch touched (usually one), sent together."""
+        """One ADD script per shared batch touched (usually one), sent together; `budget`: the batch's token
+        budget (each add carries its tokens)."""
         assert sub.batch is not None
         store, add = self.store, self.store.script("ADD")
         size = sub.batch.size or 0
@@ -160,14 +167,15 @@ class SharedFlushes:
             ready,
             store.key("seq"),
         ]
-        by_member: dict[str, list[str]] = {}
-        for entry_id, doc, member in adds:
-            by_member.setdefault(member, []).extend((entry_id, doc))
+        by_member: dict[str, list[str | int]] = {}
+        for entry_id, doc, member, tokens in adds:
+            by_member.setdefault(member, []).extend((entry_id, doc, tokens))
+        fixed = [size, timeout_ms, budget or 0]
 
         async def run() -> list[Any]:  # concurrent calls, not a pipeline: Redis Cluster pipelines refuse scripts
             calls = [
-                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, size, timeout_ms, *pairs])
-                for member, pairs in by_member.items()
+                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, *fixed, *triples])
+                for member, triples in by_member.items()
             ]
             return list(await asyncio.gather(*calls))
 

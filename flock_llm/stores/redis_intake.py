@@ -46,8 +46,10 @@ _BLOCK_MS = 250
 class _Plan:
     """What one read's entries turned into."""
 
-    adds: list[tuple[str, str, str]] = field(default_factory=list)
-    placed: list[tuple[str, str, str, str]] = field(default_factory=list)
+    adds: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """(entry id, artifact json, batch member, tokens)"""
+    placed: list[tuple[str, str, str, str, int]] = field(default_factory=list)
+    """(entry id, artifact json, type name, key json, tokens)"""
     handover: dict[str, list[str]] = field(default_factory=dict)
     refreshed: list[bool] = field(default_factory=list)
     runs: int = 0
@@ -171,7 +173,8 @@ class RedisWorker:
             self.runtime.metrics.counters.handed_to_peers += len(ids)
             await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
         if plan.adds:
-            await self.flushes.add(sub, stream, group, self._ready_stream(agent, sub), plan.adds)
+            budget = self.runtime.runner.token_budget(agent, sub)
+            await self.flushes.add(sub, stream, group, self._ready_stream(agent, sub), plan.adds, budget)
         if plan.placed:
             member = self._members[(agent.name, sub.index)]
             ready = self._ready_stream(agent, sub)
@@ -190,16 +193,17 @@ class RedisWorker:
         member = self._admit(agent, sub, artifact[0], receipt)
         if member is None:
             return
+        tokens = self.runtime.runner.item_tokens(agent, sub, tuple(artifact))
         if sub.groups:
             key = self.sets.key_of(agent, sub, artifact[0], receipt)
             if key is not None:
-                plan.placed.append((receipt.entry_id, fields["a"], artifact[0].type_name, key))
+                plan.placed.append((receipt.entry_id, fields["a"], artifact[0].type_name, key, tokens))
         elif sub.batch is None:
             self._running[(receipt.stream, receipt.entry_id)] = (agent.name, receipt)
             self.runtime.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
             plan.runs += 1
         else:
-            plan.adds.append((receipt.entry_id, fields["a"], member))
+            plan.adds.append((receipt.entry_id, fields["a"], member, tokens))
 
     async def _peer_for(self, agent: Agent, artifact: Artifact, refreshed: list[bool]) -> str | None:
         """The live peer to hand an artifact to: one that defines this agent with a tenant or labels that may

@@ -15,7 +15,7 @@ Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
     seq                 counter of batch ids (and of gate/join set ids)
     sets:<member>       sorted set: open gate/join sets -> time-window deadline (ms) or first arrival number
     sets:<member>:k:<key>   list: the open sets of one key, oldest first
-    sets:<member>:s:<id>    hash: one open set: slot position -> artifact JSON, "key", "filled"
+    sets:<member>:s:<id>    hash: one open set: slot position -> artifact JSON, "key", "filled", "tokens"
     sets:<member>:n     counter of arrivals (count windows)
 """
 
@@ -43,10 +43,11 @@ local function flush(list, deadlines, opened, ready, seq, member, reason, size, 
   redis.call('DEL', list)
   redis.call('ZREM', deadlines, member)
   local opened_at = redis.call('HGET', opened, member) or now
-  redis.call('HDEL', opened, member)
+  local tokens = redis.call('HGET', opened, member .. '#tokens') or 0
+  redis.call('HDEL', opened, member, member .. '#tokens')
   local batch = redis.call('INCR', seq)
   redis.call('XADD', ready, '*', 'batch', batch, 'key', member, 'reason', reason, 'size', size,
-             'opened', opened_at, 'flushed', now, 'items', table.concat(items, '\\n'))
+             'opened', opened_at, 'flushed', now, 'tokens', tokens, 'items', table.concat(items, '\\n'))
   return batch
 end
 """
@@ -64,26 +65,47 @@ return added
 )
 """Publish artifacts once each; returns how many were new."""
 
+_ADD_ITEM = """
+local function add_item(list, deadlines, opened, ready, seq, member, item, tokens, size, timeout, budget, now)
+  local flushed, counted = 0, member .. '#tokens'
+  if budget > 0 and redis.call('LLEN', list) > 0
+      and tonumber(redis.call('HGET', opened, counted) or '0') + tokens > budget then
+    flush(list, deadlines, opened, ready, seq, member, 'tokens', size, now)
+    flushed = flushed + 1
+  end
+  local n = redis.call('RPUSH', list, item)
+  local held = 0
+  if budget > 0 then held = redis.call('HINCRBY', opened, counted, tokens) end
+  if n == 1 then
+    redis.call('HSET', opened, member, now)
+    if timeout > 0 then redis.call('ZADD', deadlines, now + timeout, member) end
+  end
+  if size > 0 and n >= size then
+    flush(list, deadlines, opened, ready, seq, member, 'size', size, now)
+    flushed = flushed + 1
+  elseif budget > 0 and held >= budget then
+    flush(list, deadlines, opened, ready, seq, member, 'tokens', size, now)
+    flushed = flushed + 1
+  end
+  return flushed
+end
+"""
+
 ADD = (
     _NOW
     + _FLUSH_ONE
+    + _ADD_ITEM
     + """
 -- KEYS: intake stream, batch list, deadlines, opened, ready stream, seq
--- ARGV: group, member, size (0: none), timeout ms (0: none), then entry id, artifact json pairs
-local size, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
+-- ARGV: group, member, size (0: none), timeout ms (0: none), token budget (0: none),
+--       then entry id, artifact json, tokens triples
+local size, timeout, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local added, flushed = 0, 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     added = added + 1
-    local n = redis.call('RPUSH', KEYS[2], ARGV[i + 1])
-    if n == 1 then
-      redis.call('HSET', KEYS[4], ARGV[2], now)
-      if timeout > 0 then redis.call('ZADD', KEYS[3], now + timeout, ARGV[2]) end
-    end
-    if size > 0 and n >= size then
-      flush(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], 'size', size, now)
-      flushed = flushed + 1
-    end
+    flushed = flushed + add_item(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[i + 1],
+                                 tonumber(ARGV[i + 2]), size, timeout, budget, now)
   end
 end
 local deadline = redis.call('ZSCORE', KEYS[3], ARGV[2])
@@ -91,7 +113,8 @@ return {added, flushed, now, deadline and tonumber(deadline) or -1}
 """
 )
 """Move delivered entries into their shared batch, acknowledging each in the same step (an entry acknowledged
-already is skipped: it was added before), flushing the batch each time it fills.
+already is skipped: it was added before), flushing the batch each time it fills, and before an entry that would
+take its running token sum (kept in `opened` under "<member>#tokens") over the budget.
 Returns {added, flushed, server now, open batch's deadline or -1}."""
 
 FLUSH = (
@@ -180,7 +203,7 @@ local function take_set(sets, id)
   local fields = redis.call('HGETALL', h)
   local docs = {}
   for i = 1, #fields, 2 do
-    if fields[i] ~= 'key' and fields[i] ~= 'filled' then docs[#docs + 1] = fields[i + 1] end
+    if fields[i] ~= 'key' and fields[i] ~= 'filled' and fields[i] ~= 'tokens' then docs[#docs + 1] = fields[i + 1] end
   end
   redis.call('DEL', h)
   redis.call('ZREM', sets, id)
@@ -192,20 +215,22 @@ end
 SLOTS = (
     _NOW
     + _FLUSH_ONE
+    + _ADD_ITEM
     + _SET_PARTS
     + """
 -- KEYS: intake stream, batch list, deadlines, opened, ready stream, seq, sets zset, arrivals counter
 -- ARGV: group, member, size, timeout ms, window kind ('t' time, 'c' count, 'n' none), window (ms or count),
---       slot types (JSON array), direct ('1': completed sets run on their own, not batched),
---       then entry id, artifact json, type name, key json quads
+--       slot types (JSON array), direct ('1': completed sets run on their own, not batched), token budget,
+--       then entry id, artifact json, type name, key json, tokens quints
 local size, timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local kind, window = ARGV[5], tonumber(ARGV[6])
 local slots = cjson.decode(ARGV[7])
 local direct = ARGV[8] == '1'
+local budget = tonumber(ARGV[9])
 local sets = KEYS[7]
 local completed, expired = 0, {}
-for i = 9, #ARGV, 4 do
-  local entry, doc, tname, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 10, #ARGV, 5 do
+  local entry, doc, tname, key, tokens = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   if redis.call('XACK', KEYS[1], ARGV[1], entry) == 1 then
     local arrival = redis.call('INCR', KEYS[8])
     if kind == 'c' then  -- count windows close on arrivals at this subscription
@@ -236,9 +261,11 @@ for i = 9, #ARGV, 4 do
     end
     local h = sets .. ':s:' .. target
     redis.call('HSET', h, position, doc)
+    redis.call('HINCRBY', h, 'tokens', tokens)
     if redis.call('HINCRBY', h, 'filled', 1) == #slots then
       local docs = {}
       for p = 1, #slots do docs[p] = redis.call('HGET', h, p) end
+      local set_tokens = tonumber(redis.call('HGET', h, 'tokens') or '0')
       redis.call('DEL', h)
       redis.call('ZREM', sets, target)
       redis.call('LREM', open, 1, target)
@@ -249,14 +276,7 @@ for i = 9, #ARGV, 4 do
         redis.call('XADD', KEYS[5], '*', 'batch', set_id, 'key', ARGV[2], 'reason', '', 'size', 0,
                    'opened', now, 'flushed', now, 'direct', '1', 'items', item)
       else
-        local n = redis.call('RPUSH', KEYS[2], item)
-        if n == 1 then
-          redis.call('HSET', KEYS[4], ARGV[2], now)
-          if timeout > 0 then redis.call('ZADD', KEYS[3], now + timeout, ARGV[2]) end
-        end
-        if size > 0 and n >= size then
-          flush(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], 'size', size, now)
-        end
+        add_item(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], item, set_tokens, size, timeout, budget, now)
       end
     end
   end

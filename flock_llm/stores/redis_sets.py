@@ -52,7 +52,7 @@ class SharedSets:
                 )
             return None
 
-    def arguments(self, sub: Subscription, group: str, member: str) -> list[Any]:
+    def arguments(self, agent: Agent, sub: Subscription, group: str, member: str) -> list[Any]:
         """The SLOTS script's fixed arguments for a subscription."""
         batch = sub.batch
         size = 0 if batch is None or batch.size is None else batch.size
@@ -67,7 +67,8 @@ class SharedSets:
         else:
             kind, window = "n", 0
         direct = "1" if batch is None else "0"
-        return [group, member, size, timeout_ms, kind, window, json.dumps(list(sub.type_names)), direct]
+        budget = self.runtime.runner.token_budget(agent, sub) or 0
+        return [group, member, size, timeout_ms, kind, window, json.dumps(list(sub.type_names)), direct, budget]
 
     async def add(
         self,
@@ -77,7 +78,7 @@ class SharedSets:
         group: str,
         member: str,
         ready: str,
-        placed: list[tuple[str, str, str, str]],
+        placed: list[tuple[str, str, str, str, int]],
         arm: Callable[..., None],
     ) -> None:
         """Place accepted entries in their gate/join sets (one SLOTS script per read; safe to repeat: an entry
@@ -93,7 +94,7 @@ class SharedSets:
             self.sets_key(member),
             self.sets_key(member) + ":n",
         ]
-        args = self.arguments(sub, group, member) + [part for quad in placed for part in quad]
+        args = self.arguments(agent, sub, group, member) + [part for quint in placed for part in quint]
         result = await store.retrying(lambda: store.script("SLOTS")(keys=keys, args=args), limit=None)
         _, now_ms, deadline_ms, expired = result
         if int(deadline_ms) != -1:

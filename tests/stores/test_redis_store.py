@@ -521,3 +521,68 @@ async def test_batch_stats_shows_the_shared_batches_read_from_redis(redis_url: s
     assert stats.flush_in_s is not None and 25 < stats.flush_in_s <= 30 and stats.oldest_age_s < 5
     for flock in (observer, filler):
         await flock.shutdown()
+
+
+class _Weighed(FunctionEngine):
+    """Counts an RPay's `n` as its tokens."""
+
+    def item_tokens(self, ctx, artifact):  # noqa: ANN001, ANN201 - the Engine hook
+        return int(artifact.payload.n)
+
+
+async def test_token_budgets_are_kept_atomically_in_redis_across_workers(redis_url: str) -> None:
+    """BatchSpec(max_tokens=) on the shared store: the ADD script keeps each batch's running token sum, flushes
+    before an item that would pass it, and sends an item alone over it by itself; for a gate, a set's tokens."""
+    workers = []
+    for _ in range(2):
+        flock = Flock(store=redis_url, env={})
+        (
+            flock.agent("payments")
+            .consumes(RPay, batch=BatchSpec(timeout=timedelta(seconds=30), max_tokens=100))
+            .publishes(RPayBatch)
+            .with_engines(_Weighed(batch=summarize))
+        )
+        await flock.start()
+        workers.append(flock)
+    producer = Flock(store=redis_url, env={})
+    sizes = [40, 50, 20, 250, 30, 70, 1]
+    for n in sizes:  # one at a time, so the order (and so the sums) is fixed
+        await producer.publish(RPay(n=n))
+        await asyncio.sleep(0.05)
+    done = await outputs(producer, RPayBatch, 4)
+    batches = sorted((d.ns for d in done), key=lambda ns: sizes.index(ns[0]))
+    assert batches == [[40, 50], [20], [250], [30, 70]] and {d.reason for d in done} == {"tokens"}
+    flushes = sorted(f.tokens for w in workers for f in w.metrics().flushes)
+    assert flushes == [20, 90, 100, 250]
+    assert await workers[1].flush_batches() == 1  # the 1 left waits in Redis for its timeout; flushed by hand
+    last = await outputs(producer, RPayBatch, 5)
+    assert [d.ns for d in last if d.reason == "manual"] == [[1]]
+    for flock in workers:
+        await flock.shutdown()
+    await producer.shutdown()
+
+
+async def test_a_gate_sets_tokens_count_against_the_shared_batch_budget(redis_url: str) -> None:
+    gate = Flock(store=redis_url, env={})
+    (
+        gate.agent("gate")
+        .consumes(RPay, RPayGate, batch=BatchSpec(timeout=timedelta(seconds=30), max_tokens=30))
+        .publishes(RPayBatch)
+        .with_engines(_Weighed(batch=lambda ctx, inputs: RPayBatch(ns=[len(inputs)], reason="", batch_id="")))
+    )
+    await gate.start()
+    for n in (10, 15, 8):  # sets of 10+10, 15+15, 8+8 tokens (an RPayGate counts its n too)
+        await gate.publish(RPay(n=n))
+        await gate.publish(RPayGate(n=n))
+        await asyncio.sleep(0.05)
+    await until(lambda: _gate_flushes(gate, 2))
+    # 20, then 30 would pass 30: the first set goes; 30 reaches the budget: it goes; the 8+8 set waits
+    assert [(f.batch_size, f.tokens, f.reason) for f in gate.metrics().flushes] == [
+        (1, 20, "tokens"),
+        (1, 30, "tokens"),
+    ]
+    await gate.shutdown()
+
+
+async def _gate_flushes(flock: Flock, n: int) -> bool:
+    return len(flock.metrics().flushes) >= n
