@@ -9,6 +9,7 @@ from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .errors import (
     BatchSpecWarning,
+    BudgetExceededError,
     ClosedError,
     ConfigurationError,
     EngineError,
@@ -29,6 +30,7 @@ __all__ = [
     "Artifact",
     "BatchSpecWarning",
     "BatchStats",
+    "BudgetExceededError",
     "ClosedError",
     "ConfigurationError",
     "EngineError",

@@ -173,6 +173,6 @@ def _check_auto_budget(agent: str, engine: Engine | None) -> None:
     """BatchSpec(max_tokens="auto") needs an engine that knows its context (the default LLMEngine does)."""
     if engine is not None and type(engine).batch_token_budget is Engine.batch_token_budget:
         raise ConfigurationError(
-            f"agent {agent!r}: BatchSpec(max_tokens=\"auto\") needs an engine that knows its context window "
+            f'agent {agent!r}: BatchSpec(max_tokens="auto") needs an engine that knows its context window '
             f"(LLMEngine, DSPyEngine); {type(engine).__name__} does not: give max_tokens a number"
         )

@@ -80,6 +80,11 @@ class ProviderUnavailableError(ModelCallError):
         super().__init__(message, retryable=True, status_code=status_code)
 
 
+class BudgetExceededError(ModelCallError):
+    """A call would pass the cost budget (`budget_usd`); it was not made. Its items stay pending in a durable
+    store (the next run continues them) or become failure records with stage "budget" in memory."""
+
+
 class ModelOutputError(EngineError):
     """The model's answer could not be parsed or validated.
 

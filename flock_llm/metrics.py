@@ -115,6 +115,7 @@ class Counters:
     undecodable_entries: int = 0
     refused_batch_items: int = 0
     handed_to_peers: int = 0
+    budget_stopped_runs: int = 0
 
     def add(self, name: CounterName, n: int = 1) -> None:
         """Count `n` more of `name` (for callers that pass the counter along, e.g. user-code failures)."""

@@ -16,6 +16,7 @@ from ._runtime.runner import FinishedRun
 from ._runtime.timers import Clock, LoopClock
 from .agent import Agent
 from .artifact import Artifact, new_artifact_id
+from .engines._cost import CostLedger
 from .errors import ClosedError, ConfigurationError, StoreError
 from .metrics import BatchStats, Metrics
 from .registry import type_name_of
@@ -41,6 +42,9 @@ class Flock:
             worker processes (see `flock_llm.stores`).
         env: the environment to read settings from (default: `os.environ`, read once, here).
         tracing: True, a TracingConfig, or None to follow FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE (see tracing).
+        budget_usd: a cap on what the LLM calls of all agents cost together: a call that would pass it is not
+            made; its items stay pending in a SQLite or Redis store (the next run continues them) or become
+            failure records with stage "budget" in memory.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Flock:
         store: ArtifactStore | str | None = None,
         env: Mapping[str, str] | None = None,
         tracing: bool | TracingConfig | None = None,
+        budget_usd: float | None = None,
     ) -> None:
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigurationError(f"`model` must be a litellm model string, got {model!r}")
@@ -71,6 +76,9 @@ class Flock:
             env={k: v for k, v in source.items() if k.startswith("FLOCK_")},
             tracer=self._tracer,
         )
+        self.budget = None if budget_usd is None else CostLedger(budget_usd)
+        """Spending of every LLM call of this Flock against `budget_usd` (`budget.spent_usd`), or None."""
+        self._runtime.runner.budget = self.budget
         self._started = not self._runtime.ledger.durable
         self._closed = False
 

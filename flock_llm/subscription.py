@@ -59,9 +59,7 @@ class BatchSpec:
             if self.timeout <= timedelta(0):
                 raise ConfigurationError(f"`timeout` must be positive, got {self.timeout!r}")
         if self.max_tokens is not None and self.max_tokens != "auto" and not _is_positive_int(self.max_tokens):
-            raise ConfigurationError(
-                f"`max_tokens` must be a positive integer or \"auto\", got {self.max_tokens!r}"
-            )
+            raise ConfigurationError(f'`max_tokens` must be a positive integer or "auto", got {self.max_tokens!r}')
         if self.size is None and self.timeout is None and self.max_tokens is None:
             raise ConfigurationError(
                 "BatchSpec needs `size=`, `timeout=` or `max_tokens=`, e.g. "

@@ -63,6 +63,7 @@ class Runtime:
             ledger=self.ledger, outcomes=self.outcomes, metrics=self.metrics, tracer=tracer, model=model, env=env
         )
         self.runner.shared = self.shared_store is not None
+        self.runner.rate_windows = self.shared_store.rate_windows() if self.shared_store is not None else None
         self.intake = LocalIntake(
             agents=agents,
             clock=clock,

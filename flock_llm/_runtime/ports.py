@@ -18,6 +18,7 @@ from .batching import FlushReason
 from .ledger import Unit
 
 if TYPE_CHECKING:
+    from ..engines._rate import RateWindows
     from ..stores.sqlite import Recovered
     from .core import Runtime
 
@@ -60,3 +61,7 @@ class SharedStore(Protocol):
     def write(self, unit: Unit) -> asyncio.Future[None]: ...
 
     def intake(self, runtime: Runtime) -> SharedIntake: ...
+
+    def rate_windows(self) -> RateWindows:
+        """Per-minute limits shared by every worker process using the store."""
+        ...

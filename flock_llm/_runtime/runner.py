@@ -19,6 +19,8 @@ from typing import Any
 from ..agent import Agent
 from ..artifact import Artifact
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from ..engines._cost import CostLedger
+from ..engines._rate import RateWindows
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
 from ..subscription import Subscription
@@ -119,6 +121,10 @@ class Runner:
         self._slots: dict[str, Slots] = {}
         self._default_engines: dict[str, Engine] = {}
         self._budgets: dict[tuple[str, int], int | None] = {}
+        self.budget: CostLedger | None = None
+        """`Flock(budget_usd=)`: handed to engines in their context."""
+        self.rate_windows: RateWindows | None = None
+        """Per-minute limits: shared through the store (Redis), else this process's."""
         self.listeners: list[Callable[[FinishedRun], None]] = []
         """Told of each finished run once its unit is committed (`Flock.on_finished_run`)."""
         self.forget: Callable[[tuple[Artifact, ...]], None] | None = None
@@ -205,6 +211,8 @@ class Runner:
             configured_size=None if sub.batch is None else sub.batch.size,
             model=self.model,
             env=self.env,
+            budget=self.budget,
+            rate_windows=self.rate_windows,
         )
 
     def item_tokens(self, agent: Agent, sub: Subscription, item: Item) -> int:
@@ -273,6 +281,8 @@ class Runner:
             env=self.env,
             tracer=self.tracer,
             trace_parent=span,
+            budget=self.budget,
+            rate_windows=self.rate_windows,
         )
         self.metrics.counters.engine_runs += 1
         if span is None:
@@ -327,6 +337,12 @@ class Runner:
             return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
         if result.usage:
             self.metrics.record_usage(agent.name, result.usage)
+        if self.ledger.durable and not self.shared and _stopped_by_budget(result):
+            # nothing was answered before the budget stopped the calls: the inputs stay pending in the store
+            # (with Redis they become failure records, stage "budget": a held batch entry would block the slot)
+            self.metrics.counters.budget_stopped_runs += 1
+            log.warning("agent %r: the budget stopped this run; its %d inputs stay pending", agent.name, len(inputs))
+            return {"outcome": "budget", "outputs": 0, "failures": 0}
         self.finish(agent, sub, inputs, partial(self.outcomes.result, agent, inputs, result, flush), receipt)
         usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
@@ -390,3 +406,8 @@ class Runner:
         if isinstance(exc, StoreError) and not self.shared:
             self.metrics.counters.store_write_failures += 1
             self.write_failures.append(exc)
+
+
+def _stopped_by_budget(result: EvalResult) -> bool:
+    """A run whose every item failed because the budget stopped the calls (and that published nothing)."""
+    return not result.outputs and bool(result.failures) and all(f.stage == "budget" for f in result.failures)

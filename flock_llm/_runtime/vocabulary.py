@@ -26,6 +26,7 @@ FailureStage = Literal[
 """Where a failure record says its inputs failed (`FailureRecord.stage`)."""
 
 CounterName = Literal[
+    "budget_stopped_runs",
     "cancelled_runs",
     "engine_errors",
     "engine_runs",

@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument(
         "--report", type=Path, help="also write a self-contained HTML report with charts (needs matplotlib)"
     )
+    reviews.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the expected calls, prompt tokens and cost without calling a model, and exit",
+    )
+    reviews.add_argument(
+        "--budget",
+        type=float,
+        metavar="USD",
+        help="cap what the run's LLM calls cost; reviews whose calls would pass it end as failures (stage "
+        '"budget"; with --store they stay pending for the next run)',
+    )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
     traces = commands.add_parser(
@@ -85,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flock-llm: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.estimate:
+            return _estimate(args)
         return asyncio.run(_reviews(args))
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
@@ -93,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _usage_problem(args: argparse.Namespace) -> str:
     """What is wrong with the `reviews` arguments (checked before any work, so no call is paid for), or ""."""
+    if args.budget is not None and args.budget <= 0:
+        return "--budget must be a positive number of US dollars"
+    if args.estimate:
+        return ""
     if args.json and args.output == "-":
         return "--json prints the summary on stdout; give --output FILE for the outputs"
     if args.batch_size < 1 or args.timeout <= 0:
@@ -194,6 +212,7 @@ async def _run(
         deadline_s=args.deadline,
         abort=abort,
         store=args.store,
+        budget_usd=args.budget,
     )
 
 
@@ -216,6 +235,31 @@ class _Sink:
                 self.console.print(f"[red]flock-llm: cannot write the outputs: {exc.strerror or exc}; stopping[/red]")
                 self.stop.set()
         self.unwritten += len(records)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    """--estimate: count what the run would send and cost; no model is called."""
+    from rich.console import Console
+
+    from .estimate import estimate_reviews
+    from .rows import iter_reviews
+
+    console = Console(stderr=True)
+    bad: list[Any] = []
+    reviews = iter_reviews(args.file, bad.append)
+    env = {k: v for k, v in os.environ.items() if k.startswith("FLOCK_")}
+    found = estimate_reviews(reviews, batch_size=args.batch_size, per_item=args.per_item, model=args.model, env=env)
+    if args.json:
+        print(json.dumps({**found.as_dict(), "bad_rows": len(bad)}, indent=2))
+        return EXIT_OK
+    cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
+    console.print(
+        f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}): "
+        f"{found.calls} calls, {found.prompt_tokens:,} prompt tokens, about {found.completion_tokens:,} "
+        f"completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows skipped. No model was called.",
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def _interrupt(console: Any, stop: asyncio.Event, abort: asyncio.Event) -> Any:
@@ -282,7 +326,8 @@ def _print_summary(console: Any, summary: Any) -> None:
             f"saved {summary.prompt_tokens_saved:,})",
         ),
         ("completion tokens", f"{summary.completion_tokens:,}"),
-        ("cost", cost),
+        ("cached prompt tokens", f"{summary.cached_prompt_tokens:,}"),
+        ("cost", cost + ("" if summary.budget_usd is None else f" (budget ${summary.budget_usd:g})")),
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
         ("wall time", f"{summary.wall_s:.2f} s"),
     ]

@@ -62,7 +62,9 @@ class RunSummary:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     cost_usd: float | None = None
+    budget_usd: float | None = None
     per_item_prompt_tokens: int = 0
     calls_saved: int = 0
     prompt_tokens_saved: int = 0
@@ -106,16 +108,21 @@ class _InFlight:
         self.on_progress(n)
 
 
+def describe(per_item: bool) -> str:
+    """The review agent's task, as its prompt states it."""
+    if per_item:
+        return "Label each customer review's sentiment with a short reason."
+    return (
+        "Find sentiment trends across a batch of customer reviews: count them, average the ratings, "
+        "name the overall sentiment and the most common themes, and summarise."
+    )
+
+
 def _add_agent(flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight) -> None:
     engine = LLMEngine(per_item=per_item, timeout=request_timeout)
     (
         flock.agent(AGENT)
-        .description(
-            "Label each customer review's sentiment with a short reason."
-            if per_item
-            else "Find sentiment trends across a batch of customer reviews: count them, average the ratings, "
-            "name the overall sentiment and the most common themes, and summarise."
-        )
+        .description(describe(per_item))
         .consumes(Review, batch=batch)
         .publishes(ReviewLabel if per_item else ReviewTrend)
         .with_engines(_Counting(engine, in_flight))
@@ -191,6 +198,7 @@ async def run_reviews(
     abort: asyncio.Event | None = None,
     grace_s: float = INTERRUPT_GRACE_S,
     store: str | None = None,
+    budget_usd: float | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -200,7 +208,9 @@ async def run_reviews(
     finishes what it has, for at most `grace_s`: nothing already published is lost. When `abort` is set, what is
     still running is cancelled at once (its reviews become failure records with stage "cancelled").
     `request_timeout` bounds each LLM request; `deadline_s` the whole run: at the deadline, reading stops and
-    what is still running is cancelled. With `store` ("sqlite:///run.db") the run resumes: the outputs an earlier
+    what is still running is cancelled. `budget_usd` caps what the calls cost (the reviews of calls not made
+    end in failure records with stage "budget"; with a store they stay pending). With `store` ("sqlite:///run.db")
+    the run resumes: the outputs an earlier
     run committed are handed to `on_records` first, reviews already in the store (by review id) are not published
     again, and pending ones are restored. Without a store, the in-memory store forgets each review once its batch
     ran and each output once `on_records` took it, so memory does not grow with the file.
@@ -210,7 +220,7 @@ async def run_reviews(
     stop = stop or asyncio.Event()
     timer = None if deadline_s is None else loop.call_later(deadline_s, stop.set)
     memory = InMemoryStore(keep_consumed=False) if store is None else None
-    flock = Flock(model=model, env=env, store=memory if memory is not None else store)
+    flock = Flock(model=model, env=env, store=memory if memory is not None else store, budget_usd=budget_usd)
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
     _add_agent(flock, per_item, batch, request_timeout, in_flight)
@@ -284,6 +294,8 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
     summary.llm_calls = int(usage.get("llm_calls", 0))
     summary.prompt_tokens = int(usage.get("prompt_tokens", 0))
     summary.completion_tokens = int(usage.get("completion_tokens", 0))
+    summary.cached_prompt_tokens = int(usage.get("cached_prompt_tokens", 0))
+    summary.budget_usd = None if flock.budget is None else flock.budget.budget_usd
     summary.cost_usd = usage.get("cost_usd")
     summary.per_item_prompt_tokens = int(usage.get("per_item_prompt_tokens", 0))
     summary.calls_saved = summary.items - summary.llm_calls

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -15,6 +15,10 @@ from .._runtime.vocabulary import FailureStage, FlushReason
 from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer
+
+if TYPE_CHECKING:
+    from ._cost import CostLedger
+    from ._rate import RateWindows
 
 __all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
 
@@ -46,6 +50,10 @@ class EngineContext:
     """Where engines record spans (e.g. one per LLM call); None when tracing is off."""
     trace_parent: SpanHandle | None = field(default=None, repr=False, compare=False)
     """The span of this run: the parent of spans an engine records."""
+    budget: CostLedger | None = field(default=None, repr=False, compare=False)
+    """`Flock(budget_usd=)`: the spending every LLM call of the Flock is checked against (None: no cap)."""
+    rate_windows: RateWindows | None = field(default=None, repr=False, compare=False)
+    """Where per-minute limits are kept: this process's, or (Redis store) shared by every worker process."""
 
     @property
     def efficiency(self) -> float | None:

@@ -3,9 +3,12 @@ usage, and how many item tokens a batch may hold (`BatchSpec(max_tokens="auto")`
 
     auto budget = context window
                   - fixed prompt tokens (instructions, output schema, the frame of the items message)
-                  - answer room (per-item mode: expected tokens per item x the spec's size, 25 without one;
-                    report mode: the expected report), at most the model's output limit
+                  - answer room (report mode: the expected report, at most the model's output limit;
+                    per-item mode: 16, the answer's frame)
                   - 2% of the context window (tokenizer differences, the per-batch line of the items message)
+
+In per-item mode each item's tokens (`LLMEngine.item_tokens`) are its prompt tokens *plus the answer expected for
+it*, so a batch under the budget leaves room for its own answers however many items it holds.
 """
 
 from __future__ import annotations
@@ -13,10 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["AUTO_SIZE", "AnswerPlan", "auto_budget"]
-
-AUTO_SIZE = 25
-"""The item count a per-item answer room is planned for when the BatchSpec has no `size`."""
+__all__ = ["AnswerPlan", "auto_budget"]
 SAFETY = 1.3
 """Expected answers are planned this much longer than the learned average (answers vary)."""
 LEARNING_RATE = 0.3
@@ -42,6 +42,14 @@ class AnswerPlan:
         if per_item:
             return math.ceil(SAFETY * self.per_item * max(1, items)) + 16
         return math.ceil(SAFETY * self.report)
+
+    def item_share(self) -> int:
+        """The answer tokens to plan for one item in per-item mode (what it adds to the call besides its prompt)."""
+        return math.ceil(SAFETY * self.per_item)
+
+    def typical(self, items: int, *, per_item: bool) -> int:
+        """The answer tokens to expect on average (no margin): for estimates of cost."""
+        return math.ceil(self.per_item * max(1, items) + 16) if per_item else math.ceil(self.report)
 
     def learn(self, items: int, completion_tokens: int, *, per_item: bool) -> None:
         """Follow a complete answer's real length (truncated answers say nothing about the full length)."""

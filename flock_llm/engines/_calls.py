@@ -41,6 +41,10 @@ class Usage:
     llm_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the provider served from its cache (billed at its cached-input price)."""
+    cache_write_tokens: int = 0
+    """Prompt tokens written to the provider's cache (Anthropic's cache creation)."""
     cost_usd: float = 0.0
     cost_known_calls: int = 0
     latency_s: float = 0.0
@@ -81,6 +85,8 @@ _CALL_COUNTERS = (
     "llm_calls",
     "prompt_tokens",
     "completion_tokens",
+    "cached_prompt_tokens",
+    "cache_write_tokens",
     "cost_usd",
     "cost_known_calls",
     "latency_s",
@@ -112,6 +118,8 @@ def record_call(
     cost: float | None = None,
     prompt: Callable[[], str] | None = None,
     engine: str = "",
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
 ) -> CallRecord:
     """Count one call's tokens, cost and latency in `usage` (the calls themselves are counted per attempt by
     the caller), keep a CallRecord in `calls`, and record its span. `prompt` (redacted text) is put on the span
@@ -119,6 +127,8 @@ def record_call(
     latency = time.perf_counter() - started
     usage.prompt_tokens += prompt_tokens
     usage.completion_tokens += completion_tokens
+    usage.cached_prompt_tokens += cached_tokens
+    usage.cache_write_tokens += cache_write_tokens
     usage.latency_s += latency
     if cost is not None:
         usage.cost_usd += float(cost)
@@ -149,6 +159,8 @@ def record_call(
             "outcome": outcome,
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
+            "cached_tokens": cached_tokens,
+            "cache_write_tokens": cache_write_tokens,
             "cost_usd": record.cost_usd,
             "latency_ms": latency * 1000,
         }

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from .._runtime.vocabulary import FailureStage
-from ..errors import ModelCallError, ModelOutputError, ProviderUnavailableError
+from ..errors import BudgetExceededError, ModelCallError, ModelOutputError, ProviderUnavailableError
 from ._base import EvalResult, ItemFailure, Output
 from ._calls import Usage
 from ._limits import classify_error, describe_call_error
@@ -102,6 +102,8 @@ def _stage_of(error: BaseException) -> FailureStage:
         return "provider_unavailable"
     if isinstance(error, CallBudgetError):
         return "call_budget"
+    if isinstance(error, BudgetExceededError):
+        return "budget"
     if isinstance(error, UnusableAnswersError):
         return "unusable_answers"
     return "engine"

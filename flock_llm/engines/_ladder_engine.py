@@ -14,7 +14,7 @@ from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
 from ._breaker import BreakerPolicy, ProviderGuard
-from ._budget import AUTO_SIZE, AnswerPlan, auto_budget
+from ._budget import AnswerPlan, auto_budget
 from ._calls import CallRecord, Usage
 from ._ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
@@ -210,18 +210,29 @@ class LadderEngine(Engine):
         return self.answer_plan
 
     def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
-        """The tokens `artifact` adds to this engine's prompt, counted with the model's tokenizer."""
+        """The tokens `artifact` adds to a call, counted with the model's tokenizer: its prompt tokens, and in
+        per-item mode the answer expected for it."""
         from ..prompts.render import encode_item
 
         item = LadderItem("i1", encode_item(artifact.payload.model_dump(mode="json")), (artifact.id,))
-        return self._token_backend(ctx).item_tokens(item)
+        backend = self._token_backend(ctx)
+        share = self.plan_for(backend.output_type, backend.text_tokens).item_share() if self.per_item else 0
+        return backend.item_tokens(item) + share
+
+    def estimate_call(self, ctx: EngineContext, inputs: EvalInputs) -> tuple[int, int]:
+        """What one call for `inputs` would take, without making it: (prompt tokens, expected answer tokens)."""
+        backend = self._token_backend(ctx)
+        plan = self.plan_for(backend.output_type, backend.text_tokens)
+        items = ladder_items(inputs)
+        answer = plan.typical(len(items), per_item=True) if self.per_item else plan.typical(1, per_item=False)
+        return backend.count_tokens(items), answer
 
     def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
         """For BatchSpec(max_tokens="auto"): the context window minus the fixed prompt and the answer room (see
         `flock_llm.engines._budget`)."""
         backend = self._token_backend(ctx)
         plan = self.plan_for(backend.output_type, backend.text_tokens)
-        room = plan.expected(size or AUTO_SIZE, per_item=True) if self.per_item else plan.expected(1, per_item=False)
+        room = 16 if self.per_item else plan.expected(1, per_item=False)  # per item: in each item's tokens
         return auto_budget(
             context=backend.context, fixed=backend.count_tokens([]), answer_room=room, max_output=backend.max_output
         )

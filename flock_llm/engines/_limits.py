@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from ..errors import ConfigurationError, ProviderUnavailableError
+from ..errors import BudgetExceededError, ConfigurationError, ProviderUnavailableError
 
 __all__ = [
     "ErrorKind",
@@ -30,8 +30,8 @@ def classify_error(exc: BaseException) -> ErrorKind:
     """transient: retry it; context: the prompt is too long, split; fatal: never retry (auth, bad request, ...)."""
     import litellm  # already loaded by the engine that made the call
 
-    if isinstance(exc, ProviderUnavailableError):
-        return "fatal"  # the breaker waited `max_outage` already: nothing more to try for these items
+    if isinstance(exc, (ProviderUnavailableError, BudgetExceededError)):
+        return "fatal"  # the breaker waited `max_outage` already / the budget is spent: nothing more to try
     if isinstance(exc, litellm.ContextWindowExceededError):
         return "context"
     if isinstance(

@@ -15,14 +15,41 @@ from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
 from ._calls import CallRecord, Usage, prompt_text, record_call
+from ._cost import TokenPrices, cached_tokens_of
 from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
+from ._spend import CallCosts, Ticket
 
-__all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy"]
+__all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy", "TokenPrices"]
 
 _ANSWER_LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
+_SELF_CACHING = frozenset({"openai", "azure", "deepseek", "xai", "text-completion-openai"})
+"""Providers that cache prompt prefixes themselves (no `cache_control` marker)."""
+
+
+def _cache_points(model: str, litellm: Any) -> list[dict[str, str]] | None:
+    """A `cache_control` breakpoint after the system message, for providers that take one (litellm's
+    `cache_control_injection_points`), when litellm says the model supports prompt caching."""
+    if is_offline(model):
+        return None
+    try:
+        from litellm.utils import supports_prompt_caching
+
+        _, provider, _, _ = litellm.get_llm_provider(model)
+        if provider in _SELF_CACHING or not supports_prompt_caching(model=model):
+            return None
+    except Exception:  # noqa: BLE001 - unknown model or provider: no marker
+        return None
+    return [{"location": "message", "role": "system"}]
+
+
+def _total_tokens(response: Any) -> int:
+    usage = getattr(response, "usage", None)
+    total = getattr(usage, "total_tokens", None)
+    return total if isinstance(total, int) else 0
+
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -42,7 +69,18 @@ class LLMEngine(LadderEngine):
         max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request
             asks for `max_tokens` = what the prompt leaves of the context, at most this; the answer expected for a
             batch (learned from real answers) must fit it, else the batch is split before sending.
-        max_concurrent_requests, requests_per_minute: limits for this engine's calls.
+        max_concurrent_requests, requests_per_minute: limits for this engine's calls (requests are paced evenly;
+            with a Redis store the per-minute limit is also shared by every worker process).
+        tokens_per_minute: a provider's tokens-per-minute limit: each call waits until its estimate (counted
+            prompt + expected answer) fits a sliding minute, which then holds its real tokens; with a Redis
+            store the minute is shared by every worker process.
+        prices: USD per million tokens (`{"input": 0.4, "output": 1.6, "cached_input": 0.1}` or a
+            TokenPrices); default: litellm's price map (its `response_cost`).
+        budget_usd: a cap on what this engine's calls cost: a call whose estimate would pass it is not made
+            (BudgetExceededError; stage "budget"). `Flock(budget_usd=)` caps all engines together.
+        prompt_caching: mark the static system prompt as a cache breakpoint (`cache_control`) for providers
+            that take one (Anthropic, Bedrock, Vertex, Gemini, ...); OpenAI-style providers cache prefixes
+            themselves. Cached prompt tokens are counted in usage either way.
         retry: how transient errors (429, 5xx, timeouts, connection errors) are retried.
         breaker: how long calls wait for a provider that is down (circuit breaker; see BreakerPolicy).
         timeout: seconds per request.
@@ -71,6 +109,10 @@ class LLMEngine(LadderEngine):
         breaker: BreakerPolicy | None = None,
         timeout: float = 60.0,
         max_calls_per_item: float = 2.0,
+        tokens_per_minute: int | None = None,
+        prices: TokenPrices | Mapping[str, float] | None = None,
+        budget_usd: float | None = None,
+        prompt_caching: bool = True,
         **litellm_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -88,6 +130,14 @@ class LLMEngine(LadderEngine):
             passthrough=litellm_kwargs,
             reserved=("messages", "response_format", "num_retries", "max_retries", "stream"),
         )
+        self.costs = CallCosts(
+            prices=prices,
+            budget_usd=budget_usd,
+            tokens_per_minute=tokens_per_minute,
+            requests_per_minute=requests_per_minute,
+        )
+        """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
+        self.prompt_caching = prompt_caching
         self.instructions = instructions
         self.prompts = Prompts(prompts)
         self.structured_output = structured_output
@@ -116,6 +166,7 @@ class _Call:
         self.context = context_window(self.model, engine.max_input_tokens)
         self.max_output = output_limit(self.model, engine.max_output_tokens)
         self.plan = engine.plan_for(self.output_type, self.text_tokens)
+        self.cache_points = _cache_points(self.model, self.litellm) if engine.prompt_caching else None
         self._item_frame: int | None = None
 
     def _supports_schema(self) -> bool:
@@ -220,20 +271,31 @@ class _Call:
         }
         if self.structured:
             kwargs["response_format"] = self.response_format(items, per_item=per_item)
+        if self.cache_points:
+            kwargs["cache_control_injection_points"] = self.cache_points
+        prompt_tokens = self.prompt_tokens(kwargs["messages"])
         if not _ANSWER_LIMITS & kwargs.keys():  # the answer may take what the prompt leaves, up to the model's limit
-            prompt_tokens = self.prompt_tokens(kwargs["messages"])
             kwargs["max_tokens"] = max(16, min(self.max_output, self.context - prompt_tokens))
+        expected = self.plan.expected(len(items) if per_item else 1, per_item=per_item)
+        costs = self.engine.costs
+        ticket = costs.reserve(self.ctx, self.model, self.litellm, prompt_tokens, expected)
         attempts = 0
 
         async def attempt() -> Any:
             nonlocal attempts
             attempts += 1
+            await costs.admit(self.ctx, self.model, ticket)
             self.usage.llm_calls += 1
+            used = 0
             try:
-                return await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+                response = await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+                used = _total_tokens(response)
+                return response
             except Exception as exc:
                 exc.add_note(f"model {self.model} at {self._endpoint()}")  # error texts say where the call went
                 raise
+            finally:
+                await costs.attempt_done(ticket, used)
 
         def on_retry(exc: BaseException) -> None:
             self.usage.retries += 1
@@ -249,14 +311,16 @@ class _Call:
         try:
             response = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
         except Exception as exc:
-            self._record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None)
+            costs.release(ticket)
+            self._record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None, ticket)
             raise
         choice = response.choices[0]
         truncated = choice.finish_reason == "length"
         completion = getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0
         if not truncated and isinstance(completion, int):
             self.plan.learn(len(items) if per_item else 1, completion, per_item=per_item)
-        self._record(kind, items, kwargs, started, started_ns, attempts, "truncated" if truncated else "ok", response)
+        outcome = "truncated" if truncated else "ok"
+        self._record(kind, items, kwargs, started, started_ns, attempts, outcome, response, ticket)
         return Answer(choice.message.content or "", truncated=truncated)
 
     def _record(
@@ -269,9 +333,24 @@ class _Call:
         attempts: int,
         outcome: str,
         response: Any,
+        ticket: Ticket,
     ) -> None:
         usage = getattr(response, "usage", None)
-        cost = None if response is None else (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cached = cached_tokens_of(usage)
+        cost = None
+        if response is not None:
+            litellm_cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+            cost = self.engine.costs.settle(
+                ticket,
+                self.model,
+                self.litellm,
+                prompt=prompt,
+                completion=completion,
+                cached=cached,
+                litellm_cost=None if litellm_cost is None else float(litellm_cost),
+            )
         record_call(
             usage=self.usage,
             calls=self.engine.calls,
@@ -283,10 +362,12 @@ class _Call:
             started_ns=started_ns,
             attempts=attempts,
             outcome=outcome,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            cost=None if cost is None else float(cost),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost,
             prompt=prompt_text(kwargs["messages"], self.engine.redact),
+            cached_tokens=cached.read,
+            cache_write_tokens=cached.written,
         )
 
     def _endpoint(self) -> str:

@@ -46,6 +46,7 @@ from .redis_support import (
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
     from .redis_intake import RedisWorker
+    from .redis_rate import RedisWindows
 
 __all__ = ["READY_GROUP", "Receipt", "RedisStore", "connection_errors", "glob_escape", "redact_url"]
 
@@ -163,6 +164,12 @@ class RedisStore(RedisConnection):
         from .redis_intake import RedisWorker
 
         return RedisWorker(runtime, self)
+
+    def rate_windows(self) -> RedisWindows:
+        """Per-minute limits (`LLMEngine(tokens_per_minute=)`) shared by every worker process of this store."""
+        from .redis_rate import RedisWindows
+
+        return RedisWindows(self)
 
     async def settle(self) -> bool:
         """Wait (up to `reconnect_timeout`) until the writes in flight are applied or failed; False if some

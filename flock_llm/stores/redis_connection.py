@@ -208,7 +208,7 @@ class RedisConnection:
             await client.aclose()
             raise ConfigurationError(f"the Redis store needs Redis >= 6.2 (XAUTOCLAIM); the server is {version!r}")
         self._client = client
-        for name in ("PUBLISH", "ADD", "FLUSH", "DUE", "COMMIT", "TRIM", "FORGET_CONSUMERS", "SLOTS", "SETS_DUE"):
+        for name in scripts.__all__:
             self._scripts[name] = client.register_script(getattr(scripts, name))
 
     async def retrying(self, operation: Callable[[], Awaitable[T]], *, limit: float | None) -> T:

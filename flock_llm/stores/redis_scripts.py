@@ -21,7 +21,19 @@ Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
 
 from __future__ import annotations
 
-__all__ = ["ADD", "COMMIT", "DUE", "FLUSH", "FORGET_CONSUMERS", "PUBLISH", "SETS_DUE", "SLOTS", "TRIM"]
+__all__ = [
+    "ADD",
+    "COMMIT",
+    "DUE",
+    "FLUSH",
+    "FORGET_CONSUMERS",
+    "PUBLISH",
+    "RATE_TAKE",
+    "RATE_SETTLE",
+    "SETS_DUE",
+    "SLOTS",
+    "TRIM",
+]
 
 _NOW = """
 local t = redis.call('TIME')
@@ -303,3 +315,46 @@ return expired
 """
 )
 """Close the time-window sets of one subscription whose window passed; returns them as {key json, docs}."""
+
+RATE_TAKE = (
+    _NOW
+    + """
+-- KEYS: window zset (entry -> time ms), amounts hash (entry -> amount), entry counter; ARGV: limit, amount
+local limit, amount = tonumber(ARGV[1]), tonumber(ARGV[2])
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)) do
+  redis.call('HDEL', KEYS[2], old)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+local used = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do used = used + tonumber(v) end
+if used + amount <= limit or used <= 0 then
+  local entry = tostring(redis.call('INCR', KEYS[3]))
+  redis.call('ZADD', KEYS[1], now, entry)
+  redis.call('HSET', KEYS[2], entry, amount)
+  for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, 120000) end
+  return {1, entry}
+end
+local excess = used + amount - limit
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  excess = excess - tonumber(redis.call('HGET', KEYS[2], members[i]) or '0')
+  if excess <= 0 then return {0, tonumber(members[i + 1]) + 60000 - now} end
+end
+return {0, 60000}
+"""
+)
+"""Take `amount` from a sliding-minute window when it fits (or the window is empty): {1, entry id}; else
+{0, milliseconds until it would fit}. By the server's clock, so every worker process agrees."""
+
+RATE_SETTLE = (
+    _NOW
+    + """
+-- KEYS: window zset, amounts hash; ARGV: entry, actual amount
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 1
+"""
+)
+"""Replace a window entry's amount with the real one, at the server's current time."""

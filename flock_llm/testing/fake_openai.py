@@ -248,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
             content = _cut(content, limit)
             completion_tokens, finish = limit, "length"
             fake.tally(truncated_sent=1)
-        charged = prompt_tokens + (asked if isinstance(asked, int) else completion_tokens)
+        charged = prompt_tokens + completion_tokens  # (OpenAI also counts max_tokens; this fake counts real use)
         wait = fake.admit(charged)
         if wait:
             self._send(

@@ -20,6 +20,7 @@ def test_top_level_exports() -> None:
         "Artifact",
         "BatchSpecWarning",
         "BatchStats",
+        "BudgetExceededError",
         "ClosedError",
         "ConfigurationError",
         "EngineError",

@@ -141,8 +141,18 @@ async def test_auto_is_the_context_minus_the_fixed_prompt_and_the_answer_room() 
     assert budget is not None
     plan = engine.answer_plan
     assert plan is not None
-    fixed = engine._token_backend(ctx).count_tokens([])  # noqa: SLF001 - the figure the formula subtracts
-    assert budget == 8_000 - fixed - plan.expected(20, per_item=True) - 160
-    assert 0 < budget < 8_000 - fixed
+    fixed = fixed_of(engine, ctx)
+    assert budget == 8_000 - fixed - 16 - 160  # per item, the answer is in each item's tokens
     item = Artifact(type_name="Transaction", payload=Transaction(transaction_id="t1", amount=2.5))
-    assert 10 < engine.item_tokens(ctx, item) < 60
+    prompt_only = LLMEngine(per_item=False, max_input_tokens=8_000).item_tokens(ctx, item)
+    assert 10 < prompt_only < 60
+    assert engine.item_tokens(ctx, item) == prompt_only + plan.item_share()  # plus the answer expected for it
+    report = LLMEngine(per_item=False, max_input_tokens=8_000, max_output_tokens=4_000)
+    report_budget = report.batch_token_budget(ctx, None)
+    assert report_budget is not None and report.answer_plan is not None
+    assert report_budget == 8_000 - fixed_of(report, ctx) - report.answer_plan.expected(1, per_item=False) - 160
+
+
+def fixed_of(engine: LLMEngine, ctx: EngineContext) -> int:
+    """The fixed prompt tokens the formula subtracts: a call's prompt with no items."""
+    return engine.estimate_call(ctx, EvalInputs(()))[0]

@@ -586,3 +586,25 @@ async def test_a_gate_sets_tokens_count_against_the_shared_batch_budget(redis_ur
 
 async def _gate_flushes(flock: Flock, n: int) -> bool:
     return len(flock.metrics().flushes) >= n
+
+
+async def test_a_token_window_in_redis_is_shared_by_worker_processes(redis_url: str) -> None:
+    """Two workers' engines share one tokens-per-minute window: what one took, the other waits for; a settled
+    entry holds the real usage."""
+    workers = [Flock(store=redis_url, env={}), Flock(store=redis_url, env={})]
+    for flock in workers:
+        await flock.start()
+    windows = []
+    for flock in workers:
+        store = flock.store
+        assert isinstance(store, RedisStore)
+        windows.append(store.rate_windows().window("openai/x:tokens", 1_000))
+    first = await windows[0].acquire(600)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(windows[1].acquire(600), timeout=0.3)  # 1,200 would pass 1,000
+    await windows[0].settle(first, 300)  # it really took 300
+    await asyncio.wait_for(windows[1].acquire(600), timeout=2.0)  # 900 fits
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(windows[0].acquire(200), timeout=0.3)
+    for flock in workers:
+        await flock.shutdown()

@@ -1,0 +1,78 @@
+"""`flock-llm reviews FILE --estimate`: what a run would send and cost, without calling a model.
+
+The reviews are batched as a run batches them by size (`--batch-size`), each batch's prompt is rendered and
+counted with the model's tokenizer exactly as the run renders it, and the answers are expected at the engine's
+planned length per review (per-item mode) or per report. Splits, repairs and retries a real run may need are
+not predicted: they show as the difference between the estimate and the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..artifact import Artifact
+from ..engines._base import EngineContext, EvalInputs
+from ..engines._models import load_litellm, resolve_model
+from ..engines.llm import LLMEngine
+from .review_types import Review, ReviewLabel, ReviewTrend
+from .reviews import AGENT, describe, review_artifact_id
+
+__all__ = ["Estimate", "estimate_reviews"]
+
+
+@dataclass
+class Estimate:
+    model: str
+    mode: str
+    reviews: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    prices: str = ""
+    """Which prices the cost uses (per million tokens), or why there is none."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_reviews(
+    reviews: Iterable[Review], *, batch_size: int, per_item: bool, model: str | None, env: dict[str, str]
+) -> Estimate:
+    """Count what a run over `reviews` would send (see the module's note); no model is called."""
+    engine = LLMEngine(per_item=per_item)
+    resolved = resolve_model(None, model, env)
+    ctx = EngineContext(
+        agent_name=AGENT,
+        description=describe(per_item),
+        publishes=(ReviewLabel if per_item else ReviewTrend,),
+        is_batch=True,
+        model=model,
+        env=env,
+    )
+    estimate = Estimate(model=resolved, mode="per-item" if per_item else "report")
+    batch: list[Artifact] = []
+
+    def count() -> None:
+        prompt, answer = engine.estimate_call(ctx, EvalInputs.of(*batch))
+        estimate.calls += 1
+        estimate.prompt_tokens += prompt
+        estimate.completion_tokens += answer
+        batch.clear()
+
+    for review in reviews:
+        estimate.reviews += 1
+        batch.append(Artifact(type_name="Review", payload=review, id=review_artifact_id(review)))
+        if len(batch) >= batch_size:
+            count()
+    if batch:
+        count()
+    prices = engine.costs.prices_for(resolved, load_litellm())
+    if prices is None:
+        estimate.prices = f"unknown: litellm has no price for {resolved}"
+    else:
+        estimate.cost_usd = prices.cost(prompt=estimate.prompt_tokens, completion=estimate.completion_tokens)
+        estimate.prices = f"{prices.source}: input ${prices.input:g}, output ${prices.output:g} per million tokens"
+    return estimate

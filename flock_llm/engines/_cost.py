@@ -1,0 +1,130 @@
+"""What calls cost, and a budget they stay within (pure logic; litellm is asked for prices only).
+
+A call's cost is litellm's (`response._hidden_params["response_cost"]`, computed from its price map, cached-token
+discounts included) unless the engine was given `prices=`, or litellm has none (an unknown model) while its price
+map names the model's per-token prices: then it is computed here from the usage:
+
+    (prompt - cached - cache writes) x input + cached x cached input + cache writes x cache-write price
+    + completion x output
+
+A budget (`LLMEngine(budget_usd=)`, `Flock(budget_usd=)`) is checked before every call with the call's estimate
+(its counted prompt and its expected answer at these prices) and settled with the real cost after it: a call
+that would take spending (settled, plus the estimates of calls in flight) over the budget is not made. So the
+budget is passed by no more than one call's estimation error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BudgetExceededError, ConfigurationError
+
+__all__ = ["CachedTokens", "CostLedger", "TokenPrices", "cached_tokens_of", "prices_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrices:
+    """US dollars per million tokens. `cached_input` defaults to `input` (no discount), `cache_write` too."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+    source: str = "given"
+    """Where the prices come from: "given" (`prices=`) or "litellm" (its price map)."""
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input", "cache_write"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ConfigurationError(f"prices: `{name}` must be a number >= 0 (USD per million tokens)")
+
+    def cost(self, *, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> float:
+        plain = max(0, prompt - cached - cache_write)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        write_price = self.input if self.cache_write is None else self.cache_write
+        total = plain * self.input + cached * cached_price + cache_write * write_price + completion * self.output
+        return total / 1_000_000
+
+
+def prices_for(model: str, litellm: Any) -> TokenPrices | None:
+    """litellm's prices for `model` (per million tokens), or None when its price map does not know it."""
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # noqa: BLE001 - unknown model: litellm raises
+        return None
+    per_token_in, per_token_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if per_token_in is None or per_token_out is None:
+        return None
+    cached = info.get("cache_read_input_token_cost")
+    write = info.get("cache_creation_input_token_cost")
+    return TokenPrices(
+        input=per_token_in * 1e6,
+        output=per_token_out * 1e6,
+        cached_input=None if cached is None else cached * 1e6,
+        cache_write=None if write is None else write * 1e6,
+        source="litellm",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CachedTokens:
+    read: int = 0
+    """Prompt tokens served from the provider's cache."""
+    written: int = 0
+    """Prompt tokens written to it (Anthropic's cache creation)."""
+
+
+def cached_tokens_of(usage: Any) -> CachedTokens:
+    """Cached prompt tokens from a litellm usage object: OpenAI's `prompt_tokens_details.cached_tokens`,
+    Anthropic's `cache_read_input_tokens` and `cache_creation_input_tokens`."""
+    if usage is None:
+        return CachedTokens()
+    details = getattr(usage, "prompt_tokens_details", None)
+    read = _int(getattr(details, "cached_tokens", None) if details is not None else None)
+    if isinstance(details, dict):
+        read = _int(details.get("cached_tokens"))
+    read = max(read, _int(getattr(usage, "cache_read_input_tokens", None)))
+    return CachedTokens(read=read, written=_int(getattr(usage, "cache_creation_input_tokens", None)))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+@dataclass
+class CostLedger:
+    """Spending against a budget (None: no cap), shared by every call that holds it (one engine's, or a
+    Flock's). Single event loop: no locking needed."""
+
+    budget_usd: float | None = None
+    spent_usd: float = 0.0
+    in_flight_usd: float = 0.0
+    refused_calls: int = 0
+    calls: int = field(default=0)
+
+    def __post_init__(self) -> None:
+        budget = self.budget_usd
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+            raise ConfigurationError(f"`budget_usd` must be a positive number of US dollars, got {budget!r}")
+
+    def reserve(self, estimate_usd: float) -> None:
+        """Hold `estimate_usd` for a call about to be made.
+
+        Raises:
+            BudgetExceededError: the call would take spending over the budget.
+        """
+        if self.budget_usd is not None and self.spent_usd + self.in_flight_usd + estimate_usd > self.budget_usd:
+            self.refused_calls += 1
+            raise BudgetExceededError(
+                f"the next call (about ${estimate_usd:.4f}) would pass the budget of ${self.budget_usd:.4f} "
+                f"(spent ${self.spent_usd:.4f}, in flight ${self.in_flight_usd:.4f}); calls stopped"
+            )
+        self.in_flight_usd += estimate_usd
+        self.calls += 1
+
+    def settle(self, estimate_usd: float, actual_usd: float) -> None:
+        """The call that held `estimate_usd` cost `actual_usd` (0 when it failed before an answer)."""
+        self.in_flight_usd = max(0.0, self.in_flight_usd - estimate_usd)
+        self.spent_usd += actual_usd

@@ -1,0 +1,103 @@
+"""Limits per minute in tokens (and requests) that a call waits for: a sliding 60-second log of what calls took.
+
+A call takes its *estimate* (counted prompt + expected answer) before it is sent and, once answered, the entry
+is replaced by its *real* tokens at the answer's time (so the log follows what the provider counted, and when).
+A call that alone exceeds the limit waits for an empty window and then goes alone.
+
+`LocalWindow` serves one process; the Redis store gives every worker process the same window (one Lua script
+decides atomically, by the server's clock: `flock_llm.stores.redis_rate`). Why not `limits` or `pyrate-limiter`:
+both take a fixed cost per hit and cannot replace it afterwards with the real usage, which is the point here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["LocalWindow", "LocalWindows", "RateWindow", "RateWindows", "WINDOW_S"]
+
+WINDOW_S = 60.0
+_ids = itertools.count(1)
+
+
+class RateWindow(Protocol):
+    """A limit per sliding minute."""
+
+    limit: int
+
+    async def acquire(self, amount: int) -> str:
+        """Wait until `amount` fits the window, take it; returns the entry's id."""
+        ...
+
+    async def settle(self, entry: str, actual: int) -> None:
+        """Replace the entry's amount with `actual`, at the current time."""
+        ...
+
+
+class RateWindows(Protocol):
+    """Where windows live: in this process, or shared by every worker through the store."""
+
+    def window(self, name: str, limit: int) -> RateWindow: ...
+
+
+class LocalWindow:
+    """A sliding-minute log in this process."""
+
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._entries: dict[str, tuple[float, int]] = {}
+        self._changed = asyncio.Event()
+
+    def _used(self, now: float) -> int:
+        for key in [k for k, (at, _) in self._entries.items() if at <= now - WINDOW_S]:
+            del self._entries[key]
+        return sum(amount for _, amount in self._entries.values())
+
+    def wait_for(self, amount: int) -> float:
+        """Seconds until `amount` fits (0.0: now)."""
+        now = self._clock()
+        used = self._used(now)
+        if used + amount <= self.limit or used <= 0:
+            return 0.0
+        excess = used + amount - self.limit
+        for at, taken in sorted(self._entries.values()):
+            excess -= taken
+            if excess <= 0:
+                return max(0.001, at + WINDOW_S - now)
+        return WINDOW_S
+
+    async def acquire(self, amount: int) -> str:
+        while (wait := self.wait_for(amount)) > 0:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=wait)
+            except TimeoutError:
+                pass
+        entry = str(next(_ids))
+        self._entries[entry] = (self._clock(), amount)
+        return entry
+
+    async def settle(self, entry: str, actual: int) -> None:
+        self._entries[entry] = (self._clock(), max(0, actual))
+        self._changed.set()
+
+
+class LocalWindows:
+    """Windows shared by the engines of this process, by name (a provider's limit is per model and account)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, LocalWindow] = {}
+
+    def window(self, name: str, limit: int) -> RateWindow:
+        found = self._windows.get(f"{name}/{limit}")
+        if found is None:
+            found = self._windows[f"{name}/{limit}"] = LocalWindow(limit)
+        return found
+
+
+PROCESS_WINDOWS = LocalWindows()
+"""The default: windows shared within this process."""

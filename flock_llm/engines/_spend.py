@@ -1,0 +1,151 @@
+"""Around each LLM call: its cost against the budgets (the engine's and the Flock's) and its tokens and request
+against the per-minute limits. Before: estimate, reserve, wait for room. After: settle with the real figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BudgetExceededError, ConfigurationError
+from ._base import EngineContext
+from ._cost import CachedTokens, CostLedger, TokenPrices, prices_for
+from ._models import is_offline
+from ._rate import PROCESS_WINDOWS, RateWindow
+
+__all__ = ["CallCosts", "Ticket", "parse_prices"]
+
+OFFLINE_PRICES = TokenPrices(input=0.0, output=0.0, source="offline")
+
+
+def parse_prices(prices: TokenPrices | Mapping[str, float] | None) -> TokenPrices | None:
+    """`prices=` as given: a TokenPrices or a mapping with its fields (USD per million tokens)."""
+    if prices is None or isinstance(prices, TokenPrices):
+        return prices
+    if isinstance(prices, Mapping):
+        unknown = set(prices) - {"input", "output", "cached_input", "cache_write"}
+        if unknown or not {"input", "output"} <= set(prices):
+            raise ConfigurationError(
+                "`prices` needs `input` and `output` (USD per million tokens), optionally `cached_input` and "
+                f"`cache_write`; got {sorted(prices)}"
+            )
+        return TokenPrices(
+            input=prices["input"],
+            output=prices["output"],
+            cached_input=prices.get("cached_input"),
+            cache_write=prices.get("cache_write"),
+        )
+    raise ConfigurationError(f"`prices` must be a TokenPrices or a mapping, got {type(prices).__name__}")
+
+
+def _positive(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigurationError(f"`{name}` must be a positive number, got {value!r}")
+
+
+@dataclass
+class Ticket:
+    """What one call holds: its cost estimate in the ledgers, and its window entries (per attempt)."""
+
+    estimate_usd: float
+    ledgers: list[CostLedger]
+    tokens: int
+    entries: list[tuple[RateWindow, str, bool]] = field(default_factory=list)
+    """(window, entry, counts tokens: else one request)"""
+
+
+class CallCosts:
+    """One engine's prices, budget and per-minute limits."""
+
+    def __init__(
+        self,
+        *,
+        prices: TokenPrices | Mapping[str, float] | None,
+        budget_usd: float | None,
+        tokens_per_minute: int | None,
+        requests_per_minute: float | None,
+    ) -> None:
+        _positive("tokens_per_minute", tokens_per_minute)
+        self.prices = parse_prices(prices)
+        self.ledger = CostLedger(budget_usd)
+        self.tokens_per_minute = None if tokens_per_minute is None else int(tokens_per_minute)
+        self.requests_per_minute = None if requests_per_minute is None else max(1, math.floor(requests_per_minute))
+        self._litellm_prices: dict[str, TokenPrices | None] = {}
+
+    def prices_for(self, model: str, litellm: Any) -> TokenPrices | None:
+        """The prices to count with: given, the offline model's (zero), else litellm's price map's (or None)."""
+        if self.prices is not None:
+            return self.prices
+        if is_offline(model):
+            return OFFLINE_PRICES
+        if model not in self._litellm_prices:
+            self._litellm_prices[model] = prices_for(model, litellm)
+        return self._litellm_prices[model]
+
+    def reserve(self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int) -> Ticket:
+        """Hold the call's estimated cost in every ledger (the engine's, the Flock's).
+
+        Raises:
+            BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
+        """
+        ledgers = [self.ledger] + ([ctx.budget] if ctx.budget is not None else [])
+        prices = self.prices_for(model, litellm)
+        capped = any(ledger.budget_usd is not None for ledger in ledgers)
+        if prices is None and capped:
+            raise BudgetExceededError(
+                f"a budget is set but the price of {model} is unknown to litellm; pass "
+                "LLMEngine(prices={'input': ..., 'output': ...}) (USD per million tokens)"
+            )
+        estimate = 0.0 if prices is None else prices.cost(prompt=prompt, completion=answer)
+        held: list[CostLedger] = []
+        try:
+            for ledger in ledgers:
+                ledger.reserve(estimate)
+                held.append(ledger)
+        except BudgetExceededError:
+            for ledger in held:
+                ledger.settle(estimate, 0.0)
+            raise
+        return Ticket(estimate, ledgers, prompt + answer)
+
+    async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
+        """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
+        windows = ctx.rate_windows or PROCESS_WINDOWS
+        if self.tokens_per_minute is not None:
+            window = windows.window(f"{model}:tokens", self.tokens_per_minute)
+            ticket.entries.append((window, await window.acquire(ticket.tokens), True))
+        if self.requests_per_minute is not None and ctx.rate_windows is not None:
+            window = windows.window(f"{model}:requests", self.requests_per_minute)
+            ticket.entries.append((window, await window.acquire(1), False))
+
+    async def attempt_done(self, ticket: Ticket, tokens: int) -> None:
+        """An attempt ended: its window entries now hold its real tokens (0 when it got no answer)."""
+        entries, ticket.entries = ticket.entries, []
+        for window, entry, counts_tokens in entries:
+            await window.settle(entry, tokens if counts_tokens else 1)
+
+    def settle(
+        self,
+        ticket: Ticket,
+        model: str,
+        litellm: Any,
+        *,
+        prompt: int,
+        completion: int,
+        cached: CachedTokens,
+        litellm_cost: float | None,
+    ) -> float | None:
+        """Settle the ledgers with the call's real cost; returns it (None when unknown)."""
+        cost = litellm_cost
+        prices = self.prices_for(model, litellm)
+        if prices is not None and (self.prices is not None or cost is None or prices.source == "offline"):
+            cost = prices.cost(prompt=prompt, completion=completion, cached=cached.read, cache_write=cached.written)
+        for ledger in ticket.ledgers:
+            ledger.settle(ticket.estimate_usd, ticket.estimate_usd if cost is None else cost)
+        return cost
+
+    def release(self, ticket: Ticket) -> None:
+        """The call failed without an answer: it cost nothing."""
+        for ledger in ticket.ledgers:
+            ledger.settle(ticket.estimate_usd, 0.0)
