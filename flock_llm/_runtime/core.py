@@ -64,6 +64,7 @@ class Runtime:
         )
         self.runner.shared = self.shared_store is not None
         self.runner.rate_windows = self.shared_store.rate_windows() if self.shared_store is not None else None
+        self.runner.jobs = self.local_store.job_journal() if self.local_store is not None else None
         self.intake = LocalIntake(
             agents=agents,
             clock=clock,

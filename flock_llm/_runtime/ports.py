@@ -18,6 +18,7 @@ from .batching import FlushReason
 from .ledger import Unit
 
 if TYPE_CHECKING:
+    from ..engines._journal import JobJournal
     from ..engines._rate import RateWindows
     from ..stores.sqlite import Recovered
     from .core import Runtime
@@ -34,6 +35,10 @@ class LocalDurableStore(Protocol):
     def load(self) -> Recovered: ...
 
     def close(self) -> None: ...
+
+    def job_journal(self) -> JobJournal:
+        """Where provider batch jobs are recorded before submission, in the same file."""
+        ...
 
 
 class SharedIntake(Protocol):

@@ -20,6 +20,7 @@ from ..agent import Agent
 from ..artifact import Artifact
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..engines._cost import CostLedger
+from ..engines._journal import JobJournal
 from ..engines._rate import RateWindows
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
@@ -125,6 +126,8 @@ class Runner:
         """`Flock(budget_usd=)`: handed to engines in their context."""
         self.rate_windows: RateWindows | None = None
         """Per-minute limits: shared through the store (Redis), else this process's."""
+        self.jobs: JobJournal | None = None
+        """Where provider batch jobs are recorded (a SQLite store's file), for engines with tier="batch"."""
         self.listeners: list[Callable[[FinishedRun], None]] = []
         """Told of each finished run once its unit is committed (`Flock.on_finished_run`)."""
         self.forget: Callable[[tuple[Artifact, ...]], None] | None = None
@@ -213,6 +216,7 @@ class Runner:
             env=self.env,
             budget=self.budget,
             rate_windows=self.rate_windows,
+            jobs=self.jobs,
         )
 
     def item_tokens(self, agent: Agent, sub: Subscription, item: Item) -> int:
@@ -283,6 +287,7 @@ class Runner:
             trace_parent=span,
             budget=self.budget,
             rate_windows=self.rate_windows,
+            jobs=self.jobs,
         )
         self.metrics.counters.engine_runs += 1
         if span is None:

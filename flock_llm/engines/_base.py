@@ -18,6 +18,7 @@ from ..tracing import SpanHandle, Tracer
 
 if TYPE_CHECKING:
     from ._cost import CostLedger
+    from ._journal import JobJournal
     from ._rate import RateWindows
 
 __all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
@@ -54,6 +55,8 @@ class EngineContext:
     """`Flock(budget_usd=)`: the spending every LLM call of the Flock is checked against (None: no cap)."""
     rate_windows: RateWindows | None = field(default=None, repr=False, compare=False)
     """Where per-minute limits are kept: this process's, or (Redis store) shared by every worker process."""
+    jobs: JobJournal | None = field(default=None, repr=False, compare=False)
+    """Where provider batch jobs are recorded before submission (the SQLite store's file; None: in memory)."""
 
     @property
     def efficiency(self) -> float | None:

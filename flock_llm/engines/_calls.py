@@ -58,6 +58,15 @@ class Usage:
     """Answers the model cut off at the length limit."""
     reduces: int = 0
     fallbacks: int = 0
+    deferred_requests: int = 0
+    """Requests put into provider batch jobs (tier "batch"), a line asked again included."""
+    deferred_failed_lines: int = 0
+    """Batch job lines that came back failed or expired (asked again in a later job, then synchronously)."""
+    deferred_fallbacks: int = 0
+    """Deferred requests that went the synchronous way in the end."""
+    flex_requests: int = 0
+    flex_fallbacks: int = 0
+    """Flex-tier requests answered, and batches that went to the standard tier after `flex_wait`."""
     probes: int = 0
     """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
     failed_items: int = 0
@@ -97,6 +106,11 @@ _CALL_COUNTERS = (
     "truncated_answers",
     "reduces",
     "probes",
+    "deferred_requests",
+    "deferred_failed_lines",
+    "deferred_fallbacks",
+    "flex_requests",
+    "flex_fallbacks",
 )
 """What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
 

@@ -20,7 +20,16 @@ from typing import Any
 
 from ..errors import BudgetExceededError, ConfigurationError
 
-__all__ = ["CachedTokens", "CostLedger", "TokenPrices", "cached_tokens_of", "prices_for"]
+__all__ = [
+    "TIER_DISCOUNT",
+    "CachedTokens",
+    "CostLedger",
+    "TokenPrices",
+    "cache_points",
+    "cached_tokens_of",
+    "in_tier",
+    "prices_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +57,54 @@ class TokenPrices:
         return total / 1_000_000
 
 
-def prices_for(model: str, litellm: Any) -> TokenPrices | None:
-    """litellm's prices for `model` (per million tokens), or None when its price map does not know it."""
+TIER_DISCOUNT = 0.5
+"""The deferred tiers' price where litellm has none: OpenAI, Anthropic and Gemini bill batch jobs (and OpenAI
+flex processing) at 50% of the list price."""
+
+_TIER_SUFFIX = {"standard": "", "batch": "_batches", "flex": "_flex"}
+
+
+def prices_for(model: str, litellm: Any, tier: str = "standard") -> TokenPrices | None:
+    """litellm's prices for `model` (per million tokens) in `tier` ("standard", "batch", "flex"): its tier prices
+    where the price map has them, else the standard ones at TIER_DISCOUNT; None when it does not know the model."""
     try:
         info = litellm.get_model_info(model)
     except Exception:  # noqa: BLE001 - unknown model: litellm raises
         return None
-    per_token_in, per_token_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    suffix = _TIER_SUFFIX[tier]
+    per_token_in, per_token_out = info.get(f"input_cost_per_token{suffix}"), info.get(f"output_cost_per_token{suffix}")
+    source = f"litellm ({tier})" if tier != "standard" else "litellm"
+    factor = 1.0
+    if per_token_in is None or per_token_out is None:
+        per_token_in, per_token_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        factor = 1.0 if tier == "standard" else TIER_DISCOUNT
+        source = "litellm" if tier == "standard" else f"litellm standard x {TIER_DISCOUNT:g} ({tier})"
     if per_token_in is None or per_token_out is None:
         return None
-    cached = info.get("cache_read_input_token_cost")
+    cached = info.get(f"cache_read_input_token_cost{suffix}") if suffix else None
+    if cached is None and info.get("cache_read_input_token_cost") is not None:
+        cached = info["cache_read_input_token_cost"] * (1.0 if tier == "standard" else TIER_DISCOUNT)
     write = info.get("cache_creation_input_token_cost")
     return TokenPrices(
-        input=per_token_in * 1e6,
-        output=per_token_out * 1e6,
+        input=per_token_in * 1e6 * factor,
+        output=per_token_out * 1e6 * factor,
         cached_input=None if cached is None else cached * 1e6,
         cache_write=None if write is None else write * 1e6,
-        source="litellm",
+        source=source,
+    )
+
+
+def in_tier(prices: TokenPrices, tier: str) -> TokenPrices:
+    """Given prices in a deferred tier: TIER_DISCOUNT of them (there is no price map to ask)."""
+    if tier == "standard":
+        return prices
+    scale = TIER_DISCOUNT
+    return TokenPrices(
+        input=prices.input * scale,
+        output=prices.output * scale,
+        cached_input=None if prices.cached_input is None else prices.cached_input * scale,
+        cache_write=None if prices.cache_write is None else prices.cache_write * scale,
+        source=f"{prices.source} x {scale:g} ({tier})",
     )
 
 
@@ -128,3 +168,23 @@ class CostLedger:
         """The call that held `estimate_usd` cost `actual_usd` (0 when it failed before an answer)."""
         self.in_flight_usd = max(0.0, self.in_flight_usd - estimate_usd)
         self.spent_usd += actual_usd
+
+
+_SELF_CACHING = frozenset({"openai", "azure", "deepseek", "xai", "text-completion-openai"})
+"""Providers that cache prompt prefixes themselves (no `cache_control` marker)."""
+
+
+def cache_points(model: str, litellm: Any) -> list[dict[str, str]] | None:
+    """A `cache_control` breakpoint after the system message, for providers that take one (litellm's
+    `cache_control_injection_points`), when litellm says the model supports prompt caching."""
+    if model.startswith("flock-offline/"):
+        return None
+    try:
+        from litellm.utils import supports_prompt_caching
+
+        _, provider, _, _ = litellm.get_llm_provider(model)
+        if provider in _SELF_CACHING or not supports_prompt_caching(model=model):
+            return None
+    except Exception:  # noqa: BLE001 - unknown model or provider: no marker
+        return None
+    return [{"location": "message", "role": "system"}]

@@ -10,11 +10,11 @@ from typing import Any
 
 from ..errors import BudgetExceededError, ConfigurationError
 from ._base import EngineContext
-from ._cost import CachedTokens, CostLedger, TokenPrices, prices_for
+from ._cost import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
 from ._models import is_offline
 from ._rate import PROCESS_WINDOWS, RateWindow
 
-__all__ = ["CallCosts", "Ticket", "parse_prices"]
+__all__ = ["CallCosts", "Ticket", "parse_prices", "total_tokens"]
 
 OFFLINE_PRICES = TokenPrices(input=0.0, output=0.0, source="offline")
 
@@ -51,6 +51,8 @@ class Ticket:
     estimate_usd: float
     ledgers: list[CostLedger]
     tokens: int
+    tier: str = "standard"
+    """Where the call went: "standard", "flex" or "batch" (its price)."""
     entries: list[tuple[RateWindow, str, bool]] = field(default_factory=list)
     """(window, entry, counts tokens: else one request)"""
 
@@ -73,24 +75,28 @@ class CallCosts:
         self.requests_per_minute = None if requests_per_minute is None else max(1, math.floor(requests_per_minute))
         self._litellm_prices: dict[str, TokenPrices | None] = {}
 
-    def prices_for(self, model: str, litellm: Any) -> TokenPrices | None:
-        """The prices to count with: given, the offline model's (zero), else litellm's price map's (or None)."""
+    def prices_for(self, model: str, litellm: Any, tier: str = "standard") -> TokenPrices | None:
+        """The prices to count with in `tier`: given (at the tier's discount), the offline model's (zero), else
+        litellm's price map's (or None)."""
         if self.prices is not None:
-            return self.prices
+            return in_tier(self.prices, tier)
         if is_offline(model):
             return OFFLINE_PRICES
-        if model not in self._litellm_prices:
-            self._litellm_prices[model] = prices_for(model, litellm)
-        return self._litellm_prices[model]
+        key = f"{tier}:{model}"
+        if key not in self._litellm_prices:
+            self._litellm_prices[key] = prices_for(model, litellm, tier)
+        return self._litellm_prices[key]
 
-    def reserve(self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int) -> Ticket:
+    def reserve(
+        self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int, tier: str = "standard"
+    ) -> Ticket:
         """Hold the call's estimated cost in every ledger (the engine's, the Flock's).
 
         Raises:
             BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
         """
         ledgers = [self.ledger] + ([ctx.budget] if ctx.budget is not None else [])
-        prices = self.prices_for(model, litellm)
+        prices = self.prices_for(model, litellm, tier)
         capped = any(ledger.budget_usd is not None for ledger in ledgers)
         if prices is None and capped:
             raise BudgetExceededError(
@@ -107,7 +113,7 @@ class CallCosts:
             for ledger in held:
                 ledger.settle(estimate, 0.0)
             raise
-        return Ticket(estimate, ledgers, prompt + answer)
+        return Ticket(estimate, ledgers, prompt + answer, tier)
 
     async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
         """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
@@ -137,8 +143,8 @@ class CallCosts:
         litellm_cost: float | None,
     ) -> float | None:
         """Settle the ledgers with the call's real cost; returns it (None when unknown)."""
-        cost = litellm_cost
-        prices = self.prices_for(model, litellm)
+        cost = None if ticket.tier != "standard" else litellm_cost  # litellm prices standard calls only
+        prices = self.prices_for(model, litellm, ticket.tier)
         if prices is not None and (self.prices is not None or cost is None or prices.source == "offline"):
             cost = prices.cost(prompt=prompt, completion=completion, cached=cached.read, cache_write=cached.written)
         for ledger in ticket.ledgers:
@@ -149,3 +155,10 @@ class CallCosts:
         """The call failed without an answer: it cost nothing."""
         for ledger in ticket.ledgers:
             ledger.settle(ticket.estimate_usd, 0.0)
+
+
+def total_tokens(response: Any) -> int:
+    """A response's prompt + completion tokens (0 when it says nothing)."""
+    usage = getattr(response, "usage", None)
+    total = getattr(usage, "total_tokens", None)
+    return total if isinstance(total, int) else 0

@@ -11,46 +11,23 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
 from ._calls import CallRecord, Usage, prompt_text, record_call
-from ._cost import TokenPrices, cached_tokens_of
+from ._cost import TokenPrices, cache_points, cached_tokens_of
+from ._deferred import DeferredPolicy, DeferredQueue
 from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._spend import CallCosts, Ticket
+from ._spend import CallCosts, Ticket, total_tokens
+from ._tiers import TIERS, ask_deferred, ask_flex
 
-__all__ = ["BreakerPolicy", "CallRecord", "LLMEngine", "RetryPolicy", "TokenPrices"]
+__all__ = ["BreakerPolicy", "CallRecord", "DeferredPolicy", "LLMEngine", "RetryPolicy", "TokenPrices"]
 
 _ANSWER_LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
-_SELF_CACHING = frozenset({"openai", "azure", "deepseek", "xai", "text-completion-openai"})
-"""Providers that cache prompt prefixes themselves (no `cache_control` marker)."""
-
-
-def _cache_points(model: str, litellm: Any) -> list[dict[str, str]] | None:
-    """A `cache_control` breakpoint after the system message, for providers that take one (litellm's
-    `cache_control_injection_points`), when litellm says the model supports prompt caching."""
-    if is_offline(model):
-        return None
-    try:
-        from litellm.utils import supports_prompt_caching
-
-        _, provider, _, _ = litellm.get_llm_provider(model)
-        if provider in _SELF_CACHING or not supports_prompt_caching(model=model):
-            return None
-    except Exception:  # noqa: BLE001 - unknown model or provider: no marker
-        return None
-    return [{"location": "message", "role": "system"}]
-
-
-def _total_tokens(response: Any) -> int:
-    usage = getattr(response, "usage", None)
-    total = getattr(usage, "total_tokens", None)
-    return total if isinstance(total, int) else 0
-
-
 log = logging.getLogger("flock_llm.engines")
 
 
@@ -113,6 +90,9 @@ class LLMEngine(LadderEngine):
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
         prompt_caching: bool = True,
+        tier: str = "standard",
+        deferred: DeferredPolicy | None = None,
+        flex_wait: float = 600.0,
         **litellm_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -138,10 +118,25 @@ class LLMEngine(LadderEngine):
         )
         """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
         self.prompt_caching = prompt_caching
+        if tier not in TIERS:
+            raise ConfigurationError(f"`tier` must be one of {', '.join(TIERS)}, got {tier!r}")
+        if isinstance(flex_wait, bool) or not isinstance(flex_wait, (int, float)) or flex_wait < 0:
+            raise ConfigurationError(f"`flex_wait` must be a number of seconds >= 0, got {flex_wait!r}")
+        self.tier = tier
+        self.deferred = deferred or DeferredPolicy()
+        self.flex_wait = float(flex_wait)
+        self._queue: DeferredQueue | None = None
         self.instructions = instructions
         self.prompts = Prompts(prompts)
         self.structured_output = structured_output
         self.litellm_kwargs = litellm_kwargs
+
+    def deferred_queue(self, litellm: Any) -> DeferredQueue:
+        """This engine's provider batch jobs (tier "batch")."""
+        if self._queue is None:
+            settings: dict[str, Any] = {k: v for k, v in self.litellm_kwargs.items() if k in ("api_base", "api_key")}
+            self._queue = DeferredQueue(self.deferred, litellm, settings)
+        return self._queue
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:
         return _Call(self, ctx)
@@ -166,7 +161,7 @@ class _Call:
         self.context = context_window(self.model, engine.max_input_tokens)
         self.max_output = output_limit(self.model, engine.max_output_tokens)
         self.plan = engine.plan_for(self.output_type, self.text_tokens)
-        self.cache_points = _cache_points(self.model, self.litellm) if engine.prompt_caching else None
+        self.cache_points = cache_points(self.model, self.litellm) if engine.prompt_caching else None
         self._item_frame: int | None = None
 
     def _supports_schema(self) -> bool:
@@ -259,9 +254,10 @@ class _Call:
         answer = self.plan.expected(len(items), per_item=per_item)
         return answer <= self.max_output and self.count_tokens(items, per_item=per_item) + answer <= self.context
 
-    async def ask(
-        self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
-    ) -> Answer:
+    def _request(
+        self, items: Sequence[LadderItem], per_item: bool, repair: Repair | None, reduce_total: int
+    ) -> tuple[dict[str, Any], int]:
+        """The litellm arguments of one call, and its prompt's tokens."""
         kwargs: dict[str, Any] = {
             **self.engine.litellm_kwargs,
             "model": self.model,
@@ -276,10 +272,36 @@ class _Call:
         prompt_tokens = self.prompt_tokens(kwargs["messages"])
         if not _ANSWER_LIMITS & kwargs.keys():  # the answer may take what the prompt leaves, up to the model's limit
             kwargs["max_tokens"] = max(16, min(self.max_output, self.context - prompt_tokens))
+        return kwargs, prompt_tokens
+
+    async def ask(
+        self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
+    ) -> Answer:
+        kwargs, prompt_tokens = self._request(items, per_item, repair, reduce_total)
+        if self.engine.tier == "batch" and repair is None and not reduce_total:
+            deferred = await ask_deferred(self, items, per_item=per_item, kwargs=kwargs, prompt_tokens=prompt_tokens)
+            if deferred is not None:
+                return deferred
+        flexed = None
+        if self.engine.tier == "flex":
+            flexed = await ask_flex(self, kwargs, len(items), per_item, prompt_tokens)
+        kind = "repair" if repair else "reduce" if reduce_total else "batch"
+        return await self._call(items, per_item, kind, kwargs, prompt_tokens, flexed)
+
+    async def _call(
+        self,
+        items: Sequence[LadderItem],
+        per_item: bool,
+        kind: str,
+        kwargs: dict[str, Any],
+        prompt_tokens: int,
+        flexed: tuple[Any, Ticket] | None,
+    ) -> Answer:
+        """One synchronous call (or the flex tier's answer), with retries behind the breaker, counted."""
         expected = self.plan.expected(len(items) if per_item else 1, per_item=per_item)
         costs = self.engine.costs
-        ticket = costs.reserve(self.ctx, self.model, self.litellm, prompt_tokens, expected)
-        attempts = 0
+        ticket = flexed[1] if flexed else costs.reserve(self.ctx, self.model, self.litellm, prompt_tokens, expected)
+        attempts = 1 if flexed else 0
 
         async def attempt() -> Any:
             nonlocal attempts
@@ -289,7 +311,7 @@ class _Call:
             used = 0
             try:
                 response = await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
-                used = _total_tokens(response)
+                used = total_tokens(response)
                 return response
             except Exception as exc:
                 exc.add_note(f"model {self.model} at {self._endpoint()}")  # error texts say where the call went
@@ -305,14 +327,13 @@ class _Call:
                 self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"),
             )
 
-        kind = "repair" if repair else "reduce" if reduce_total else "batch"
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
-            response = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
+            response = flexed[0] if flexed else await self.engine.guarded(self.usage, self.model, attempt, on_retry)
         except Exception as exc:
             costs.release(ticket)
-            self._record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None, ticket)
+            self.record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None, ticket)
             raise
         choice = response.choices[0]
         truncated = choice.finish_reason == "length"
@@ -320,10 +341,10 @@ class _Call:
         if not truncated and isinstance(completion, int):
             self.plan.learn(len(items) if per_item else 1, completion, per_item=per_item)
         outcome = "truncated" if truncated else "ok"
-        self._record(kind, items, kwargs, started, started_ns, attempts, outcome, response, ticket)
+        self.record(kind, items, kwargs, started, started_ns, attempts, outcome, response, ticket)
         return Answer(choice.message.content or "", truncated=truncated)
 
-    def _record(
+    def record(
         self,
         kind: str,
         items: Sequence[LadderItem],

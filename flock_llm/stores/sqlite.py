@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -31,6 +31,9 @@ from ..artifact import Artifact
 from ..errors import ConfigurationError, StoreError
 from .codec import artifact_from_row, artifact_to_row
 from .memory import InMemoryStore
+
+if TYPE_CHECKING:
+    from ..engines._journal import SQLiteJournal
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
 
@@ -254,6 +257,7 @@ class SQLiteStore(InMemoryStore):
                 "crash; use Flock() without a store for in-memory runs"
             )
         self.path = Path(path)
+        self._journal: SQLiteJournal | None = None
         self.ack = ack
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = open_database(self.path, busy_timeout=min(1.0, float(lock_timeout)))
@@ -346,9 +350,19 @@ class SQLiteStore(InMemoryStore):
     def consumed_ids(self, agent: str) -> set[str]:
         return {r[0] for r in self._connection.execute("SELECT artifact_id FROM consumed WHERE agent=?", (agent,))}
 
+    def job_journal(self) -> SQLiteJournal:
+        """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in this file before they are submitted."""
+        if self._journal is None:
+            from ..engines._journal import SQLiteJournal
+
+            self._journal = SQLiteJournal(self.path)
+        return self._journal
+
     def close(self) -> None:
         """Commit what is queued and close the file."""
         if self._writer.is_alive():
             self._writer.units.put(None)
             self._writer.join()
         self._connection.close()
+        if self._journal is not None:
+            self._journal.close()

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..engines._placeholder import placeholder_answer
+from .fake_batches import FakeBatches
 
 __all__ = ["FakeOpenAIServer"]
 
@@ -54,6 +55,10 @@ class FakeOpenAIServer:
     tokens_per_minute: int | None = None
     """Prompt + completion tokens per sliding 60 s; None: no limit."""
     cache_min_tokens: int = 1024
+    flex_unavailable_until: float = 0.0
+    """`time.monotonic()` until which flex-tier requests get 429 "resource unavailable"."""
+    flex_requests: int = 0
+    flex_refused: int = 0
     context_rejected: int = 0
     truncated_sent: int = 0
     tpm_rejected: int = 0
@@ -64,6 +69,8 @@ class FakeOpenAIServer:
     token_log: list[tuple[float, int]] = field(default_factory=list)
     """(monotonic time, tokens) of every answered request: the measured load."""
     _window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+    batches: FakeBatches = field(default=None, repr=False)  # type: ignore[assignment]
+    """The Batch API (`/v1/files`, `/v1/batches`): see `flock_llm.testing.fake_batches`."""
     requests: int = 0
     malformed_sent: int = 0
     rate_limited_sent: int = 0
@@ -73,6 +80,8 @@ class FakeOpenAIServer:
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
+        if self.batches is None:
+            self.batches = FakeBatches(self)
 
     @property
     def api_base(self) -> str:
@@ -190,6 +199,51 @@ class FakeOpenAIServer:
             best = max(best, total)
         return best
 
+    def complete(self, request: dict[str, Any], content: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The HTTP answer (status, body, headers) to a chat request whose answer text is `content`: the
+        context limit, cutting off at the room left, the tokens-per-minute limit, cached tokens."""
+        prompt_tokens = self.count(request.get("messages", []))
+        asked = request.get("max_tokens") or request.get("max_completion_tokens")
+        room = self.context_limit - prompt_tokens if self.context_limit is not None else None
+        if room is not None and (room <= 0 or (isinstance(asked, int) and asked > room)):
+            self.tally(context_rejected=1)
+            message = (
+                f"This model's maximum context length is {self.context_limit} tokens. However, you requested "
+                f"{prompt_tokens + (asked or 0)} tokens ({prompt_tokens} in the messages, {asked or 0} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+            error = {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}
+            return 400, {"error": error}, {}
+        limits = [x for x in (asked if isinstance(asked, int) else None, room) if x is not None]
+        limit = min(limits) if limits else None
+        completion_tokens, finish = self.count(text=content), "stop"
+        if limit is not None and completion_tokens > limit:
+            content = _cut(content, limit)
+            completion_tokens, finish = limit, "length"
+            self.tally(truncated_sent=1)
+        charged = prompt_tokens + completion_tokens  # (OpenAI also counts max_tokens; this fake counts real use)
+        wait = self.admit(charged)
+        if wait:
+            error = {"message": "Rate limit reached for tokens per min", "type": "tokens"}
+            return 429, {"error": error}, {"retry-after": f"{wait:.2f}"}
+        cached = self.cached(request)
+        self.settle(charged, prompt_tokens + completion_tokens)
+        self.tally(prompt_tokens_total=prompt_tokens, cached_tokens_total=cached)
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+            },
+        }
+        return 200, body, {}
+
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         """The answer text and how many items it answers."""
         answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
@@ -206,7 +260,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
         length = int(self.headers.get("content-length", 0))
-        request = json.loads(self.rfile.read(length) or b"{}")
+        raw = self.rfile.read(length)
+        path = self.path.split("?")[0].rstrip("/")
+        if not path.endswith("/chat/completions"):
+            self._send(*self.fake.batches.post(path, raw, self.headers.get("content-type", "")))
+            return
+        request = json.loads(raw or b"{}")
+        if request.get("service_tier") == "flex":
+            self.fake.tally(flex_requests=1)
+            if time.monotonic() < self.fake.flex_unavailable_until:
+                self.fake.tally(flex_refused=1)
+                error = {"message": "Resource unavailable: flex capacity", "code": "resource_unavailable"}
+                self._send(429, {"error": {**error, "type": "rate_limit"}}, {"retry-after": "0.05"})
+                return
         fault = self.fake.fault(is_repair=len(request.get("messages", [])) > 2)
         if request.get("max_tokens") == 1:  # a circuit breaker's probe: a tiny request, answered at once
             self.fake.count_probe()
@@ -224,61 +290,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "malformed":
             content = content[: len(content) // 2]
-        self._answer(request, content)
+        self._send(*self.fake.complete(request, content))
 
-    def _answer(self, request: dict[str, Any], content: str) -> None:
-        fake = self.fake
-        prompt_tokens = fake.count(request.get("messages", []))
-        asked = request.get("max_tokens") or request.get("max_completion_tokens")
-        room = fake.context_limit - prompt_tokens if fake.context_limit is not None else None
-        if room is not None and (room <= 0 or (isinstance(asked, int) and asked > room)):
-            fake.tally(context_rejected=1)
-            message = (
-                f"This model's maximum context length is {fake.context_limit} tokens. However, you requested "
-                f"{prompt_tokens + (asked or 0)} tokens ({prompt_tokens} in the messages, {asked or 0} in the "
-                "completion). Please reduce the length of the messages or completion."
-            )
-            error = {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded"}
-            self._send(400, {"error": error})
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+        status, payload, headers = self.fake.batches.get(self.path.split("?")[0].rstrip("/"))
+        if isinstance(payload, bytes):
+            self.send_response(status)
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
             return
-        limits = [x for x in (asked if isinstance(asked, int) else None, room) if x is not None]
-        limit = min(limits) if limits else None
-        completion_tokens, finish = fake.count(text=content), "stop"
-        if limit is not None and completion_tokens > limit:
-            content = _cut(content, limit)
-            completion_tokens, finish = limit, "length"
-            fake.tally(truncated_sent=1)
-        charged = prompt_tokens + completion_tokens  # (OpenAI also counts max_tokens; this fake counts real use)
-        wait = fake.admit(charged)
-        if wait:
-            self._send(
-                429, {"error": {"message": "Rate limit reached for tokens per min", "type": "tokens"}},
-                {"retry-after": f"{wait:.2f}"},
-            )  # fmt: skip
-            return
-        cached = fake.cached(request)
-        fake.settle(charged, prompt_tokens + completion_tokens)
-        fake.tally(prompt_tokens_total=prompt_tokens, cached_tokens_total=cached)
-        self._send(
-            200,
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": request.get("model", "fake"),
-                "choices": [
-                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                    "prompt_tokens_details": {"cached_tokens": cached},
-                },
-            },
-        )
+        self._send(status, payload, headers)
 
-    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")

@@ -1,0 +1,116 @@
+"""Where deferred (provider batch) jobs are recorded before they are submitted, so a process killed between
+submission and retrieval polls the same job after a restart instead of paying again.
+
+A request is known by its custom id (a hash of its body: the same batch asks the same request again after a
+restart). `begin()` records a job's requests before anything is sent; `submitted()` its input file and then its
+batch id as the provider returns them. `MemoryJournal` lives as long as the process; `SQLiteJournal` is a table
+in the SQLite store's file (its own connection; each write is committed at once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["JobJournal", "JobRecord", "MemoryJournal", "SQLiteJournal"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    key: str
+    """Ours, chosen before submission (sent as the job's metadata)."""
+    file_id: str | None = None
+    batch_id: str | None = None
+
+
+class JobJournal(Protocol):
+    def job_of(self, custom_id: str) -> JobRecord | None:
+        """The job a request was put in, if any."""
+        ...
+
+    def begin(self, key: str, custom_ids: list[str]) -> None:
+        """Record a job's requests before it is submitted."""
+        ...
+
+    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None: ...
+
+    def forget(self, custom_ids: list[str]) -> None:
+        """These requests go to another job (their first one failed or expired)."""
+        ...
+
+
+class MemoryJournal:
+    def __init__(self) -> None:
+        self._requests: dict[str, str] = {}
+        self._jobs: dict[str, JobRecord] = {}
+
+    def job_of(self, custom_id: str) -> JobRecord | None:
+        key = self._requests.get(custom_id)
+        return None if key is None else self._jobs.get(key)
+
+    def begin(self, key: str, custom_ids: list[str]) -> None:
+        self._jobs[key] = JobRecord(key)
+        for custom_id in custom_ids:
+            self._requests[custom_id] = key
+
+    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
+        old = self._jobs.get(key, JobRecord(key))
+        self._jobs[key] = JobRecord(key, file_id or old.file_id, batch_id or old.batch_id)
+
+    def forget(self, custom_ids: list[str]) -> None:
+        for custom_id in custom_ids:
+            self._requests.pop(custom_id, None)
+
+
+class SQLiteJournal:
+    """Deferred jobs in a SQLite file (the SQLite store's)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS deferred_jobs (key TEXT PRIMARY KEY, file_id TEXT, batch_id TEXT)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS deferred_requests (custom_id TEXT PRIMARY KEY, job TEXT NOT NULL)"
+            )
+
+    def job_of(self, custom_id: str) -> JobRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT j.key, j.file_id, j.batch_id FROM deferred_requests r JOIN deferred_jobs j ON j.key = r.job "
+                "WHERE r.custom_id = ?",
+                (custom_id,),
+            ).fetchone()
+        return None if row is None else JobRecord(row[0], row[1], row[2])
+
+    def begin(self, key: str, custom_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR REPLACE INTO deferred_jobs (key) VALUES (?)", (key,))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO deferred_requests (custom_id, job) VALUES (?, ?)",
+                [(c, key) for c in custom_ids],
+            )
+            self._db.execute("COMMIT")
+
+    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE deferred_jobs SET file_id = COALESCE(?, file_id), batch_id = COALESCE(?, batch_id) "
+                "WHERE key = ?",
+                (file_id, batch_id, key),
+            )
+
+    def forget(self, custom_ids: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM deferred_requests WHERE custom_id = ?", [(c,) for c in custom_ids])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

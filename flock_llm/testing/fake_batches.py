@@ -1,0 +1,183 @@
+"""The fake server's Batch API (OpenAI-compatible): `POST /v1/files` (a JSONL of requests), `POST /v1/batches`,
+`GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, `GET /v1/batches` and `GET /v1/files/{id}/content`.
+
+A job completes `completion_delay_s` after it was created (checked when it is retrieved): each line is answered
+like a chat request (same answers, limits and token counts), except `failed_line_rate` of the lines (seeded),
+which go to the error file with a 500; `expire_next` jobs expire instead (every line to the error file with
+code "batch_expired"). `line_submissions` counts how many jobs carried each custom_id.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import itertools
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fake_openai import FakeOpenAIServer
+
+__all__ = ["FakeBatches"]
+
+Reply = tuple[int, Any, dict[str, str]]
+
+
+@dataclass
+class _Job:
+    id: str
+    input_file_id: str
+    created: float
+    metadata: dict[str, Any]
+    status: str = "in_progress"
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "completed": 0, "failed": 0})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": None,
+            "input_file_id": self.input_file_id,
+            "completion_window": "24h",
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": int(self.created),
+            "request_counts": self.counts,
+            "metadata": self.metadata,
+        }
+
+
+class FakeBatches:
+    """The Batch API of one FakeOpenAIServer."""
+
+    def __init__(self, server: FakeOpenAIServer) -> None:
+        self.server = server
+        self.completion_delay_s = 0.2
+        self.failed_line_rate = 0.0
+        self.expire_next = 0
+        """The next this many jobs expire (nothing answered)."""
+        self.jobs_created = 0
+        self.files_uploaded = 0
+        self.line_submissions: Counter[str] = Counter()
+        self.lines_failed = 0
+        self.lines_expired = 0
+        self._files: dict[str, bytes] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._ids = itertools.count(1)
+        self._random = random.Random(17)
+        self._lock = threading.Lock()
+
+    # -- HTTP ---------------------------------------------------------------------------------------------
+
+    def post(self, path: str, raw: bytes, content_type: str) -> Reply:
+        if path.endswith("/files"):
+            return self._upload(raw, content_type)
+        if path.endswith("/batches"):
+            return self._create(json.loads(raw or b"{}"))
+        if path.endswith("/cancel"):
+            job = self._jobs.get(path.split("/")[-2])
+            if job is None:
+                return 404, {"error": {"message": "no such batch"}}, {}
+            if job.status == "in_progress":
+                job.status = "cancelled"
+            return 200, job.as_dict(), {}
+        return 404, {"error": {"message": f"no route {path}"}}, {}
+
+    def get(self, path: str) -> Reply:
+        parts = path.split("/")
+        if path.endswith("/content") and len(parts) >= 2:
+            data = self._files.get(parts[-2])
+            return (200, data, {}) if data is not None else (404, {"error": {"message": "no such file"}}, {})
+        if path.endswith("/batches"):
+            return 200, {"object": "list", "data": [j.as_dict() for j in self._jobs.values()], "has_more": False}, {}
+        job = self._jobs.get(parts[-1])
+        if job is None:
+            return 404, {"error": {"message": "no such batch"}}, {}
+        self._finish_if_due(job)
+        return 200, job.as_dict(), {}
+
+    # -- work ---------------------------------------------------------------------------------------------
+
+    def _upload(self, raw: bytes, content_type: str) -> Reply:
+        message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+        )
+        data = b""
+        for part in message.iter_parts():
+            if part.get_filename() is not None or part.get_param("name", header="content-disposition") == "file":
+                payload = part.get_payload(decode=True)
+                data = payload if isinstance(payload, bytes) else b""
+        file_id = f"file-{next(self._ids)}"
+        with self._lock:
+            self._files[file_id] = data
+            self.files_uploaded += 1
+        body = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": "requests.jsonl", "purpose": "batch", "status": "processed"}  # fmt: skip
+        return 200, body, {}
+
+    def _create(self, request: dict[str, Any]) -> Reply:
+        file_id = str(request.get("input_file_id", ""))
+        if file_id not in self._files:
+            return 400, {"error": {"message": f"no such file {file_id}"}}, {}
+        job = _Job(f"batch_{next(self._ids)}", file_id, time.time(), dict(request.get("metadata") or {}))
+        lines = [json.loads(line) for line in self._files[file_id].splitlines() if line.strip()]
+        job.counts["total"] = len(lines)
+        with self._lock:
+            self._jobs[job.id] = job
+            self.jobs_created += 1
+            for line in lines:
+                self.line_submissions[str(line.get("custom_id"))] += 1
+            if self.expire_next > 0:
+                self.expire_next -= 1
+                job.metadata["_expire"] = "1"
+        return 200, job.as_dict(), {}
+
+    def _finish_if_due(self, job: _Job) -> None:
+        with self._lock:
+            if job.status != "in_progress" or time.time() < job.created + self.completion_delay_s:
+                return
+            job.status = "finalizing"
+        lines = [json.loads(line) for line in self._files[job.input_file_id].splitlines() if line.strip()]
+        expire = job.metadata.pop("_expire", None) is not None
+        outputs: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for line in lines:
+            custom_id = line.get("custom_id")
+            if expire:
+                errors.append({"id": f"req_{next(self._ids)}", "custom_id": custom_id, "response": None,
+                               "error": {"code": "batch_expired", "message": "the batch expired"}})  # fmt: skip
+                continue
+            if self._random.random() < self.failed_line_rate:
+                errors.append({"id": f"req_{next(self._ids)}", "custom_id": custom_id,
+                               "response": {"status_code": 500, "body": {"error": {"message": "line failed"}}},
+                               "error": None})  # fmt: skip
+                continue
+            request = line.get("body") or {}
+            content, _ = self.server.answer(request)
+            status, body, _ = self.server.complete(request, content)
+            entry = {"id": f"req_{next(self._ids)}", "custom_id": custom_id,
+                     "response": {"status_code": status, "body": body}, "error": None}  # fmt: skip
+            (outputs if status == 200 else errors).append(entry)
+        with self._lock:
+            if outputs:
+                job.output_file_id = self._store("\n".join(json.dumps(o) for o in outputs) + "\n")
+            if errors:
+                job.error_file_id = self._store("\n".join(json.dumps(e) for e in errors) + "\n")
+            job.counts.update(completed=len(outputs), failed=len(errors))
+            job.status = "expired" if expire else "completed"
+            self.lines_failed += 0 if expire else len(errors)
+            self.lines_expired += len(errors) if expire else 0
+
+    def _store(self, text: str) -> str:
+        file_id = f"file-{next(self._ids)}"
+        self._files[file_id] = text.encode()
+        return file_id
