@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
-from ._journal import JobJournal
+from ._journal import JobJournal, MemoryJournal
 
 __all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
 
@@ -60,9 +60,12 @@ class LineResult:
     """Why it was not: the line's error, "expired", or the job's final status."""
 
 
-def custom_id_of(body: dict[str, Any], attempt: int = 0) -> str:
-    """A request's id: a hash of its body (the same batch asks the same request again after a restart)."""
-    text = json.dumps({"body": body, "attempt": attempt}, sort_keys=True, ensure_ascii=False, default=str)
+def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
+    """A request's id: a hash of its body and where it goes (the same batch asks the same request again after a
+    restart; attempt 1 is the same request asked again in a later job)."""
+    text = json.dumps(
+        {"body": body, "attempt": attempt, "to": endpoint}, sort_keys=True, ensure_ascii=False, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -80,6 +83,10 @@ class DeferredQueue:
         self.litellm = litellm
         self.settings = {"custom_llm_provider": "openai", **settings}
         self.jobs_submitted = 0
+        self.jobs_done = 0
+        self.memory_journal = MemoryJournal()
+        """The journal when the Flock's store keeps none (in memory: jobs are not resumed after a restart)."""
+        self.endpoint = str(settings.get("api_base") or "")
         self._pending = _Pending()
         self._journal: JobJournal | None = None
         self._waiters: dict[str, dict[str, list[asyncio.Future[LineResult]]]] = {}
@@ -175,6 +182,10 @@ class DeferredQueue:
                 return str(batch.id)
         return None
 
+    @property
+    def jobs_running(self) -> int:
+        return len(self._pollers)
+
     def _wait(self, batch_id: str, custom_id: str, future: asyncio.Future[LineResult]) -> None:
         self._waiters.setdefault(batch_id, {}).setdefault(custom_id, []).append(future)
         if batch_id not in self._pollers:
@@ -190,12 +201,16 @@ class DeferredQueue:
                 interval = min(self.policy.max_poll_interval, interval * 1.5)
                 try:
                     batch = await self.litellm.aretrieve_batch(batch_id=batch_id, **self.settings)
+                except self.litellm.NotFoundError:
+                    final = "lost (the provider does not know it)"
+                    break
                 except Exception as exc:  # noqa: BLE001 - a failed poll is tried again at the next interval
                     log.info("polling batch job %s failed (%s); trying again", batch_id, type(exc).__name__)
                     continue
                 if batch.status in _DONE:
                     final = str(batch.status)
                     results = await self._read(batch)
+                    self.jobs_done += 1
                     break
         finally:
             self._pollers.pop(batch_id, None)

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ._deferred import custom_id_of
-from ._journal import MemoryJournal
 from ._ladder import Answer, LadderItem
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ log = logging.getLogger("flock_llm.engines")
 
 TIERS = ("standard", "flex", "batch")
 _BODY_KEYS = ("messages", "response_format", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed")
-_PROCESS_JOURNAL = MemoryJournal()
 
 
 def deferrable(model: str, litellm: Any) -> str | None:
@@ -56,10 +54,10 @@ async def ask_deferred(
     expected = call.plan.expected(len(items) if per_item else 1, per_item=per_item)
     ticket = engine.costs.reserve(call.ctx, call.model, call.litellm, prompt_tokens, expected, tier="batch")
     queue = engine.deferred_queue(call.litellm)
-    journal = call.ctx.jobs or _PROCESS_JOURNAL
+    journal = call.ctx.jobs or queue.memory_journal
     for attempt in (0, 1):
         started, started_ns = time.perf_counter(), time.time_ns()
-        result = await queue.ask(journal, custom_id_of(body, attempt), body)
+        result = await queue.ask(journal, custom_id_of(body, attempt, queue.endpoint), body)
         call.usage.deferred_requests += 1
         if result.body is not None:
             call.usage.llm_calls += 1

@@ -1,0 +1,57 @@
+"""A process for the deferred-tier durability test: labels reviews through provider batch jobs with a SQLite
+store; killed by the test between the job's submission and its retrieval, then started again.
+
+usage: deferred_worker.py DB API_BASE publish COUNT | DB API_BASE recover
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import timedelta
+
+from domain import CustomerReview, ReviewSentiment
+
+from flock_llm import FailureRecord, Flock
+from flock_llm.engines.llm import DeferredPolicy, LLMEngine
+from flock_llm.subscription import BatchSpec
+
+
+def define(db: str, api_base: str) -> Flock:
+    flock = Flock(store=f"sqlite:///{db}", env={})
+    engine = LLMEngine(
+        "openai/fake-model",
+        per_item=True,
+        tier="batch",
+        api_base=api_base,
+        api_key="sk-local-fake",
+        structured_output=True,
+        deferred=DeferredPolicy(job_size=40, job_wait=30.0, poll_interval=0.1, max_poll_interval=0.3),
+    )
+    (
+        flock.agent("sentiment")
+        .consumes(CustomerReview, batch=BatchSpec(size=25, timeout=timedelta(minutes=10)))
+        .publishes(ReviewSentiment)
+        .with_engines(engine)
+        .max_concurrency(50)
+    )
+    return flock
+
+
+async def main(db: str, api_base: str, command: str, count: int) -> None:
+    flock = define(db, api_base)
+    await flock.start()
+    if command == "publish":
+        await flock.publish_many(
+            CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle") for i in range(count)
+        )
+        print("published", flush=True)
+    await flock.run_until_idle()
+    await flock.shutdown()
+    labels = await flock.store.get_by_type(ReviewSentiment)
+    failures = await flock.store.get_by_type(FailureRecord)
+    print(f"done labels={len(labels)} failed={sum(len(f.input_ids) for f in failures)}", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0))

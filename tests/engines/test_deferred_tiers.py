@@ -1,0 +1,135 @@
+"""The deferred tiers against the fake server's Batch API and flex capacity: half price, nothing lost, no job
+paid twice after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import references
+from domain import CustomerReview, ReviewSentiment
+
+from flock_llm import ConfigurationError, FailureRecord, Flock
+from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines.llm import DeferredPolicy, LLMEngine
+from flock_llm.subscription import BatchSpec
+from flock_llm.testing import FakeOpenAIServer
+
+TESTS = Path(__file__).resolve().parents[1]
+PRICES = {"input": 100.0, "output": 200.0}
+QUICK_JOBS = DeferredPolicy(job_size=6, job_wait=0.2, poll_interval=0.05, max_poll_interval=0.2)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+        fake.batches.completion_delay_s = 0.1
+        yield fake
+
+
+def labeller(server: FakeOpenAIServer, **kwargs: object) -> Flock:
+    engine = LLMEngine(
+        "openai/fake-model",
+        per_item=True,
+        api_base=server.api_base,
+        api_key="sk-local-fake",
+        structured_output=True,
+        prices=PRICES,
+        retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05),
+        **kwargs,
+    )
+    flock = Flock(env={})
+    (
+        flock.agent("sentiment")
+        .consumes(CustomerReview, batch=BatchSpec(size=5, timeout=timedelta(seconds=5)))
+        .publishes(ReviewSentiment)
+        .with_engines(engine)
+        .max_concurrency(20)
+    )
+    return flock
+
+
+def reviews(n: int) -> list[CustomerReview]:
+    return [CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle") for i in range(n)]
+
+
+async def run(flock: Flock, n: int) -> tuple[dict[str, object], list[object]]:
+    published = await flock.publish_many(reviews(n))
+    await flock.run_until_idle()
+    await flock.shutdown()
+    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
+    return flock.metrics().usage["sentiment"], published
+
+
+async def test_batch_tier_goes_through_jobs_at_half_price_and_failed_and_expired_lines_recover(
+    server: FakeOpenAIServer,
+) -> None:
+    standard_usage, _ = await run(labeller(server), 30)
+    server.batches.failed_line_rate = 0.3
+    server.batches.expire_next = 1  # the first job expires: all its lines come back "batch_expired"
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    usage, _ = await run(flock, 30)
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 30
+    assert await flock.store.get_by_type(FailureRecord) == []
+    assert server.batches.jobs_created >= 2 and server.batches.lines_expired > 0
+    assert usage["deferred_failed_lines"] > 0  # and they were asked again, then answered somewhere
+    assert usage["deferred_requests"] >= 6 + usage["deferred_failed_lines"] - usage["deferred_fallbacks"]
+    per_call = usage["cost_usd"] / usage["llm_calls"], standard_usage["cost_usd"] / standard_usage["llm_calls"]
+    # lines that went synchronous cost full price; a line answered in a job costs half
+    assert per_call[0] < per_call[1]
+
+
+async def test_an_all_deferred_run_costs_half_of_the_standard_one(server: FakeOpenAIServer) -> None:
+    standard, _ = await run(labeller(server), 30)
+    batch, _ = await run(labeller(server, tier="batch", deferred=QUICK_JOBS), 30)
+    assert batch["deferred_fallbacks"] == 0 and batch["llm_calls"] == standard["llm_calls"] == 6
+    assert batch["cost_usd"] == pytest.approx(standard["cost_usd"] / 2, rel=0.05)
+    assert max(server.batches.line_submissions.values()) == 1
+
+
+async def test_flex_falls_back_to_the_standard_tier_after_its_wait(server: FakeOpenAIServer) -> None:
+    server.flex_unavailable_until = time.monotonic() + 60
+    flock = labeller(server, tier="flex", flex_wait=0.3)
+    usage, _ = await run(flock, 10)
+    assert server.flex_refused >= 2 and usage["flex_fallbacks"] == 2 and usage["flex_requests"] == 0
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 10
+    server.flex_unavailable_until = 0.0
+    standard, _ = await run(labeller(server), 10)
+    flexed, _ = await run(labeller(server, tier="flex", flex_wait=0.3), 10)
+    assert flexed["flex_requests"] == 2 and flexed["cost_usd"] == pytest.approx(standard["cost_usd"] / 2, rel=0.05)
+
+
+def test_tier_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="`tier` must be one of standard, flex, batch"):
+        LLMEngine(tier="cheap")
+    with pytest.raises(ConfigurationError, match="job_size"):
+        DeferredPolicy(job_size=0)
+
+
+def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "run.db"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
+        server.batches.completion_delay_s = 4.0  # long enough to kill the worker while the job runs
+        first = subprocess.Popen([*worker, server.api_base, "publish", "1000"], stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while server.batches.jobs_created < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert server.batches.jobs_created == 1, "the job was never submitted"
+        first.send_signal(signal.SIGKILL)  # between submission and retrieval
+        first.wait(timeout=30)
+        second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
+                                timeout=120)  # fmt: skip
+        assert second.returncode == 0, second.stderr
+    assert "done labels=1000 failed=0" in second.stdout
+    assert server.batches.jobs_created == 1  # the restarted process polled the job it had submitted
+    assert len(server.batches.line_submissions) == 40 and set(server.batches.line_submissions.values()) == {1}
+    assert server.requests == 0  # nothing went the synchronous way either
