@@ -26,7 +26,7 @@ def define(db: str, api_base: str) -> Flock:
         api_base=api_base,
         api_key="sk-local-fake",
         structured_output=True,
-        deferred=DeferredPolicy(job_size=40, job_wait=30.0, poll_interval=0.1, max_poll_interval=0.3),
+        deferred=DeferredPolicy(job_size=40, job_wait=30.0, quiet=30.0, poll_interval=0.1, max_poll_interval=0.3),
     )
     (
         flock.agent("sentiment")

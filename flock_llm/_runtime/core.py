@@ -64,7 +64,8 @@ class Runtime:
         )
         self.runner.shared = self.shared_store is not None
         self.runner.rate_windows = self.shared_store.rate_windows() if self.shared_store is not None else None
-        self.runner.jobs = self.local_store.job_journal() if self.local_store is not None else None
+        durable = self.local_store if self.local_store is not None else self.shared_store  # (a store may be empty)
+        self.runner.jobs = durable.job_journal() if durable is not None else None
         self.intake = LocalIntake(
             agents=agents,
             clock=clock,

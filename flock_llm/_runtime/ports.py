@@ -70,3 +70,7 @@ class SharedStore(Protocol):
     def rate_windows(self) -> RateWindows:
         """Per-minute limits shared by every worker process using the store."""
         ...
+
+    def job_journal(self) -> JobJournal:
+        """Where provider batch jobs are recorded before submission, shared by every worker process."""
+        ...

@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cap what the run's LLM calls cost; reviews whose calls would pass it end as failures (stage "
         '"budget"; with --store they stay pending for the next run)',
     )
+    reviews.add_argument(
+        "--tier",
+        choices=("standard", "flex", "batch"),
+        default="standard",
+        help="standard: answers in seconds; flex: half price, slower, falls back to standard; batch: provider "
+        "batch jobs at half price (results within 24 h, usually minutes)",
+    )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
     traces = commands.add_parser(
@@ -172,7 +179,17 @@ async def _reviews(args: argparse.Namespace) -> int:
     with OutputFile(target, keep=target is None and args.report is not None) as output:
         sink = _Sink(output, console, stop)
         try:
-            summary = await _run(args, reviews, sink, stop, abort, lambda n: progress.advance(task, n))
+            summary = await _run(
+                args,
+                reviews,
+                sink,
+                stop,
+                abort,
+                lambda n: progress.advance(task, n),
+                lambda submitted, running, done: progress.update(
+                    task, description=f"reviews (batch jobs: {submitted} submitted, {running} running, {done} done)"
+                ),
+            )
         finally:
             progress.stop()
             loop.remove_signal_handler(signal.SIGINT)
@@ -195,7 +212,13 @@ async def _reviews(args: argparse.Namespace) -> int:
 
 
 async def _run(
-    args: argparse.Namespace, reviews: Any, sink: _Sink, stop: asyncio.Event, abort: asyncio.Event, advance: Any
+    args: argparse.Namespace,
+    reviews: Any,
+    sink: _Sink,
+    stop: asyncio.Event,
+    abort: asyncio.Event,
+    advance: Any,
+    on_jobs: Any,
 ) -> Any:
     from .reviews import run_reviews
 
@@ -213,6 +236,8 @@ async def _run(
         abort=abort,
         store=args.store,
         budget_usd=args.budget,
+        tier=args.tier,
+        on_jobs=on_jobs,
     )
 
 
@@ -281,7 +306,7 @@ def _progress(console: Any, total: int, *, disabled: bool) -> tuple[Any, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("reviews"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -329,6 +354,7 @@ def _print_summary(console: Any, summary: Any) -> None:
         ("cached prompt tokens", f"{summary.cached_prompt_tokens:,}"),
         ("cost", cost + ("" if summary.budget_usd is None else f" (budget ${summary.budget_usd:g})")),
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
+        ("tier", summary.tier + (f" ({summary.jobs_submitted} batch jobs)" if summary.tier == "batch" else "")),
         ("wall time", f"{summary.wall_s:.2f} s"),
     ]
     for name, value in rows:

@@ -21,7 +21,7 @@ from .._runtime.runner import FinishedRun
 from ..artifact import Artifact, FailureRecord
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..engines._models import OFFLINE_MODEL, resolve_model
-from ..engines.llm import LLMEngine
+from ..engines.llm import DeferredPolicy, LLMEngine
 from ..orchestrator import Flock
 from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
@@ -65,6 +65,9 @@ class RunSummary:
     cached_prompt_tokens: int = 0
     cost_usd: float | None = None
     budget_usd: float | None = None
+    tier: str = "standard"
+    jobs_submitted: int = 0
+    """Provider batch jobs (tier "batch")."""
     per_item_prompt_tokens: int = 0
     calls_saved: int = 0
     prompt_tokens_saved: int = 0
@@ -92,6 +95,8 @@ class RunSummary:
 
 CONCURRENCY = 4
 """Batches the review agent runs at once."""
+BATCH_TIER_CONCURRENCY = 100
+"""With --tier batch: batches waiting for their provider batch jobs at once (a run waits, it does not work)."""
 
 
 class _InFlight:
@@ -118,16 +123,20 @@ def describe(per_item: bool) -> str:
     )
 
 
-def _add_agent(flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight) -> None:
-    engine = LLMEngine(per_item=per_item, timeout=request_timeout)
+def _add_agent(
+    flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight, tier: str
+) -> LLMEngine:
+    deferred = DeferredPolicy(poll_interval=float(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
+    engine = LLMEngine(per_item=per_item, timeout=request_timeout, tier=tier, deferred=deferred)
     (
         flock.agent(AGENT)
         .description(describe(per_item))
         .consumes(Review, batch=batch)
         .publishes(ReviewLabel if per_item else ReviewTrend)
         .with_engines(_Counting(engine, in_flight))
-        .max_concurrency(CONCURRENCY)
+        .max_concurrency(BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY)
     )
+    return engine
 
 
 async def _feed(
@@ -199,6 +208,8 @@ async def run_reviews(
     grace_s: float = INTERRUPT_GRACE_S,
     store: str | None = None,
     budget_usd: float | None = None,
+    tier: str = "standard",
+    on_jobs: Callable[[int, int, int], None] = lambda submitted, running, done: None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -223,7 +234,7 @@ async def run_reviews(
     flock = Flock(model=model, env=env, store=memory if memory is not None else store, budget_usd=budget_usd)
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
-    _add_agent(flock, per_item, batch, request_timeout, in_flight)
+    engine = _add_agent(flock, per_item, batch, request_timeout, in_flight, tier)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
 
@@ -247,7 +258,9 @@ async def run_reviews(
     flock.on_finished_run(finished_run)
     # Backpressure: keep at most `window` reviews in flight (whole batches for every worker and one more), so
     # memory stays bounded and an interrupt stops at the next review instead of after the whole file.
-    await _feed(flock, reviews, summary, known, batch_size * (CONCURRENCY + 1), stop, in_flight)
+    ticker = loop.create_task(_report_jobs(engine, on_jobs)) if tier == "batch" else None
+    concurrency = BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY
+    await _feed(flock, reviews, summary, known, batch_size * (concurrency + 1), stop, in_flight)
     aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
     limit = None if deadline is None else max(0.0, deadline - loop.time())
     if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
@@ -262,8 +275,20 @@ async def run_reviews(
     summary.wall_s = time.perf_counter() - started
     summary.deadline_reached = deadline is not None and loop.time() >= deadline
     summary.interrupted = stop.is_set() and not summary.deadline_reached
+    if ticker is not None:
+        ticker.cancel()
+        summary.jobs_submitted = engine.deferred_queue().jobs_submitted
+    summary.tier = tier
     _fill_summary(summary, flock)
     return summary
+
+
+async def _report_jobs(engine: LLMEngine, on_jobs: Callable[[int, int, int], None]) -> None:
+    """Tell the progress display how the provider batch jobs stand, twice a second."""
+    queue = engine.deferred_queue()
+    while True:
+        on_jobs(queue.jobs_submitted, queue.jobs_running, queue.jobs_done)
+        await asyncio.sleep(0.5)
 
 
 def review_artifact_id(review: Review) -> str:

@@ -1,9 +1,10 @@
-"""The deferred tier (`LLMEngine(tier="batch")`): requests go into provider batch jobs (the Batch API, half price)
-instead of being sent one by one. A second level of batching: a job closes at `job_size` requests or `job_wait`
-seconds after its first one, is uploaded (litellm `acreate_file`, `acreate_batch`), polled with backoff
-(`aretrieve_batch`) and its output and error files read (`afile_content`). Each request gets its line back: the
-chat completion, or why it failed or expired. Jobs are recorded in a journal before they are submitted (see
-`_journal`), so a restarted process polls the job it had submitted instead of paying again.
+"""The deferred tier (`LLMEngine(tier="batch")`): requests go into provider batch jobs (the Batch API, half
+price) instead of being sent one by one. A second level of batching: a job closes at `job_size` requests,
+`job_wait` seconds after its first one, or `quiet` seconds after its last one; it is uploaded (litellm
+`acreate_file`, `acreate_batch`), polled with backoff (`aretrieve_batch`) and its output and error files read
+(`afile_content`). Each request gets its line back: the chat completion, or why it failed or expired. Jobs are
+recorded in a journal before they are submitted (see `_journal`), so a restarted process polls the job it had
+submitted instead of paying again.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class DeferredPolicy:
     job_size: int = 500
     """A job closes when it holds this many requests..."""
     job_wait: float = 30.0
-    """...or this many seconds after its first request arrived."""
+    """...or this many seconds after its first request arrived..."""
+    quiet: float = 2.0
+    """...or this many seconds after the last one, when no more came (the end of a stream)."""
     poll_interval: float = 5.0
     """The first poll of a job; each next one waits 1.5 times longer, up to `max_poll_interval`."""
     max_poll_interval: float = 120.0
@@ -44,7 +47,7 @@ class DeferredPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.job_size, int) or isinstance(self.job_size, bool) or self.job_size < 1:
             raise ConfigurationError(f"`job_size` must be a positive integer, got {self.job_size!r}")
-        for name in ("job_wait", "poll_interval", "max_poll_interval", "deadline"):
+        for name in ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
@@ -73,6 +76,7 @@ def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> 
 class _Pending:
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    quiet: asyncio.TimerHandle | None = None
 
 
 class DeferredQueue:
@@ -98,32 +102,38 @@ class DeferredQueue:
         self._journal = journal
         loop = asyncio.get_running_loop()
         future: asyncio.Future[LineResult] = loop.create_future()
-        record = journal.job_of(custom_id)
+        record = await journal.job_of(custom_id)
         if record is not None and record.batch_id is None and record.file_id is not None:
             batch_id = await self._batch_for_file(record.file_id)
             if batch_id is None:  # uploaded, never submitted: submit that same file now
                 batch_id = await self._create(record.key, record.file_id)
-            journal.submitted(record.key, batch_id=batch_id)
-            record = journal.job_of(custom_id)
+            await journal.submitted(record.key, batch_id=batch_id)
+            record = await journal.job_of(custom_id)
         if record is not None and record.batch_id is not None:
             self._wait(record.batch_id, custom_id, future)
             return await future
         if record is not None:
-            journal.forget([custom_id])  # recorded, but the process died before the upload: a new job
+            await journal.forget([custom_id])  # recorded, but the process died before the upload: a new job
         self._pending.requests.append((custom_id, body))
         self._waiters.setdefault(f"pending:{custom_id}", {}).setdefault(custom_id, []).append(future)
-        if len(self._pending.requests) >= self.policy.job_size:
+        pending = self._pending
+        if len(pending.requests) >= self.policy.job_size:
             self._close_now()
-        elif self._pending.timer is None:
-            self._pending.timer = loop.call_later(self.policy.job_wait, self._close_now)
+        else:
+            if pending.timer is None:
+                pending.timer = loop.call_later(self.policy.job_wait, self._close_now)
+            if pending.quiet is not None:
+                pending.quiet.cancel()
+            pending.quiet = loop.call_later(self.policy.quiet, self._close_now)
         return await future
 
     # -- jobs -------------------------------------------------------------------------------------------------
 
     def _close_now(self) -> None:
         pending, self._pending = self._pending, _Pending()
-        if pending.timer is not None:
-            pending.timer.cancel()
+        for timer in (pending.timer, pending.quiet):
+            if timer is not None:
+                timer.cancel()
         if pending.requests:
             task = asyncio.get_running_loop().create_task(self._submit(pending.requests))
             self._closing.add(task)
@@ -135,7 +145,7 @@ class DeferredQueue:
         futures = {c: self._waiters.pop(f"pending:{c}", {}).get(c, []) for c, _ in requests}
         key = uuid.uuid4().hex
         try:
-            journal.begin(key, [c for c, _ in requests])
+            await journal.begin(key, [c for c, _ in requests])
             lines = "".join(
                 json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
                 for c, b in requests
@@ -143,14 +153,14 @@ class DeferredQueue:
             uploaded = await self.litellm.acreate_file(
                 file=("requests.jsonl", lines.encode(), "application/jsonl"), purpose="batch", **self.settings
             )
-            journal.submitted(key, file_id=uploaded.id)
+            await journal.submitted(key, file_id=uploaded.id)
             batch_id = await self._create(key, uploaded.id)
-            journal.submitted(key, batch_id=batch_id)
+            await journal.submitted(key, batch_id=batch_id)
         except Exception as exc:  # noqa: BLE001 - upload or creation failed: those requests go synchronous
             log.warning(
                 "a batch job could not be submitted (%s); its requests go the synchronous way", type(exc).__name__
             )
-            journal.forget([c for c, _ in requests])
+            await journal.forget([c for c, _ in requests])
             for waiting in futures.values():
                 for future in waiting:
                     if not future.done():

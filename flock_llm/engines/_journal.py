@@ -1,10 +1,11 @@
 """Where deferred (provider batch) jobs are recorded before they are submitted, so a process killed between
 submission and retrieval polls the same job after a restart instead of paying again.
 
-A request is known by its custom id (a hash of its body: the same batch asks the same request again after a
-restart). `begin()` records a job's requests before anything is sent; `submitted()` its input file and then its
-batch id as the provider returns them. `MemoryJournal` lives as long as the process; `SQLiteJournal` is a table
-in the SQLite store's file (its own connection; each write is committed at once).
+Every method is a coroutine (the Redis journal talks to Redis). A request is known by its custom id (a hash of
+its body: the same batch asks the same request again after a restart). `begin()` records a job's requests
+before anything is sent; `submitted()` its input file and then its batch id as the provider returns them.
+`MemoryJournal` lives as long as the process; `SQLiteJournal` is a table in the SQLite store's file (its own
+connection; each write is committed at once); the Redis store's journal is in `flock_llm.stores.redis_rate`.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ class JobRecord:
 
 
 class JobJournal(Protocol):
-    def job_of(self, custom_id: str) -> JobRecord | None:
+    async def job_of(self, custom_id: str) -> JobRecord | None:
         """The job a request was put in, if any."""
         ...
 
-    def begin(self, key: str, custom_ids: list[str]) -> None:
+    async def begin(self, key: str, custom_ids: list[str]) -> None:
         """Record a job's requests before it is submitted."""
         ...
 
-    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None: ...
+    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None: ...
 
-    def forget(self, custom_ids: list[str]) -> None:
+    async def forget(self, custom_ids: list[str]) -> None:
         """These requests go to another job (their first one failed or expired)."""
         ...
 
@@ -47,20 +48,20 @@ class MemoryJournal:
         self._requests: dict[str, str] = {}
         self._jobs: dict[str, JobRecord] = {}
 
-    def job_of(self, custom_id: str) -> JobRecord | None:
+    async def job_of(self, custom_id: str) -> JobRecord | None:
         key = self._requests.get(custom_id)
         return None if key is None else self._jobs.get(key)
 
-    def begin(self, key: str, custom_ids: list[str]) -> None:
+    async def begin(self, key: str, custom_ids: list[str]) -> None:
         self._jobs[key] = JobRecord(key)
         for custom_id in custom_ids:
             self._requests[custom_id] = key
 
-    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
+    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
         old = self._jobs.get(key, JobRecord(key))
         self._jobs[key] = JobRecord(key, file_id or old.file_id, batch_id or old.batch_id)
 
-    def forget(self, custom_ids: list[str]) -> None:
+    async def forget(self, custom_ids: list[str]) -> None:
         for custom_id in custom_ids:
             self._requests.pop(custom_id, None)
 
@@ -80,7 +81,7 @@ class SQLiteJournal:
                 "CREATE TABLE IF NOT EXISTS deferred_requests (custom_id TEXT PRIMARY KEY, job TEXT NOT NULL)"
             )
 
-    def job_of(self, custom_id: str) -> JobRecord | None:
+    async def job_of(self, custom_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT j.key, j.file_id, j.batch_id FROM deferred_requests r JOIN deferred_jobs j ON j.key = r.job "
@@ -89,7 +90,7 @@ class SQLiteJournal:
             ).fetchone()
         return None if row is None else JobRecord(row[0], row[1], row[2])
 
-    def begin(self, key: str, custom_ids: list[str]) -> None:
+    async def begin(self, key: str, custom_ids: list[str]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR REPLACE INTO deferred_jobs (key) VALUES (?)", (key,))
@@ -99,7 +100,7 @@ class SQLiteJournal:
             )
             self._db.execute("COMMIT")
 
-    def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
+    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
         with self._lock:
             self._db.execute(
                 "UPDATE deferred_jobs SET file_id = COALESCE(?, file_id), batch_id = COALESCE(?, batch_id) "
@@ -107,7 +108,7 @@ class SQLiteJournal:
                 (file_id, batch_id, key),
             )
 
-    def forget(self, custom_ids: list[str]) -> None:
+    async def forget(self, custom_ids: list[str]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM deferred_requests WHERE custom_id = ?", [(c,) for c in custom_ids])
 

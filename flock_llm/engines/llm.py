@@ -131,11 +131,11 @@ class LLMEngine(LadderEngine):
         self.structured_output = structured_output
         self.litellm_kwargs = litellm_kwargs
 
-    def deferred_queue(self, litellm: Any) -> DeferredQueue:
-        """This engine's provider batch jobs (tier "batch")."""
+    def deferred_queue(self, litellm: Any = None) -> DeferredQueue:
+        """This engine's provider batch jobs (tier "batch"): `jobs_submitted`, `jobs_running`, `jobs_done`."""
         if self._queue is None:
             settings: dict[str, Any] = {k: v for k, v in self.litellm_kwargs.items() if k in ("api_base", "api_key")}
-            self._queue = DeferredQueue(self.deferred, litellm, settings)
+            self._queue = DeferredQueue(self.deferred, litellm or load_litellm(), settings)
         return self._queue
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:

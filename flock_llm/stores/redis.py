@@ -46,7 +46,7 @@ from .redis_support import (
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
     from .redis_intake import RedisWorker
-    from .redis_rate import RedisWindows
+    from .redis_rate import RedisJournal, RedisWindows
 
 __all__ = ["READY_GROUP", "Receipt", "RedisStore", "connection_errors", "glob_escape", "redact_url"]
 
@@ -164,6 +164,12 @@ class RedisStore(RedisConnection):
         from .redis_intake import RedisWorker
 
         return RedisWorker(runtime, self)
+
+    def job_journal(self) -> RedisJournal:
+        """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in Redis before they are submitted."""
+        from .redis_rate import RedisJournal
+
+        return RedisJournal(self)
 
     def rate_windows(self) -> RedisWindows:
         """Per-minute limits (`LLMEngine(tokens_per_minute=)`) shared by every worker process of this store."""

@@ -51,3 +51,18 @@ def test_a_budget_caps_the_run_and_the_rest_is_recorded_not_lost(tmp_path: Path)
     covered = sorted(i for r in records for i in r["review_ids"])  # type: ignore[union-attr]
     assert len(covered) == len(set(covered)) == 300  # every review answered or recorded, once
     assert server.requests == summary["llm_calls"] < 12
+
+
+def test_the_batch_tier_from_the_command_line_labels_everything_at_half_price(tmp_path: Path) -> None:
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
+        server.batches.completion_delay_s = 0.2
+        env = cli_env(OPENAI_API_BASE=server.api_base, OPENAI_API_KEY="sk-fake-local", FLOCK_BATCH_POLL_S="0.1")
+        common = ["--model", "openai/gpt-4.1-mini", "--per-item", "--json", "--no-progress", "--timeout", "2"]
+        standard = cli(*common, "-o", str(tmp_path / "a.jsonl"), env=env)
+        batch = cli(*common, "--tier", "batch", "-o", str(tmp_path / "b.jsonl"), env=env)
+    assert standard.returncode == 0 and batch.returncode == 0, batch.stderr
+    plain, deferred = json.loads(standard.stdout), json.loads(batch.stdout)
+    assert deferred["tier"] == "batch" and deferred["jobs_submitted"] >= 1 and deferred["failed_items"] == 0
+    assert deferred["cost_usd"] < 0.55 * plain["cost_usd"]
+    labels = [r for r in read_jsonl(tmp_path / "b.jsonl") if r["type"] == "ReviewLabel"]
+    assert len(labels) == 300 and server.batches.jobs_created == deferred["jobs_submitted"]

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, StoreUnavailableError, flock_type
 from flock_llm.engines import EvalResult
+from flock_llm.engines._journal import JobRecord
 from flock_llm.stores.redis import RedisStore
 from flock_llm.subscription import BatchSpec, JoinSpec
 from flock_llm.testing import FunctionEngine
@@ -606,5 +607,22 @@ async def test_a_token_window_in_redis_is_shared_by_worker_processes(redis_url: 
     await asyncio.wait_for(windows[1].acquire(600), timeout=2.0)  # 900 fits
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(windows[0].acquire(200), timeout=0.3)
+    for flock in workers:
+        await flock.shutdown()
+
+
+async def test_the_batch_job_journal_in_redis_is_seen_by_every_worker(redis_url: str) -> None:
+    """A job recorded by one worker before submission is found by another (a restarted process) by request id."""
+    workers = [Flock(store=redis_url, env={}), Flock(store=redis_url, env={})]
+    for flock in workers:
+        await flock.start()
+    first, second = (flock.store.job_journal() for flock in workers)  # type: ignore[attr-defined]
+    await first.begin("job-1", ["req-a", "req-b"])
+    assert await second.job_of("req-a") == JobRecord("job-1")
+    await first.submitted("job-1", file_id="file-9")
+    await first.submitted("job-1", batch_id="batch_7")
+    assert await second.job_of("req-b") == JobRecord("job-1", "file-9", "batch_7")
+    await second.forget(["req-a"])
+    assert await first.job_of("req-a") is None and await first.job_of("nope") is None
     for flock in workers:
         await flock.shutdown()
