@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -271,23 +271,15 @@ class Runner:
         if self.tracer is not None:
             name = "flock.engine.evaluate_batch" if flush is not None else "flock.agent.run"
             span = self.tracer.start(name, parent=work.span, agent=agent.name, items=len(inputs))
-        ctx = EngineContext(
-            agent_name=agent.name,
-            subscription_index=work.subscription.index,
-            description=agent.description_text,
-            publishes=agent.output_types,
+        ctx = replace(
+            self._static_context(agent, work.subscription),
             is_batch=flush is not None,
             flush_reason=None if flush is None else flush.reason,
             batch_size=len(work.items),
             configured_size=None if flush is None else flush.configured_size,
             batch_id=None if flush is None else flush.batch_id,
-            model=self.model,
-            env=self.env,
             tracer=self.tracer,
             trace_parent=span,
-            budget=self.budget,
-            rate_windows=self.rate_windows,
-            jobs=self.jobs,
         )
         self.metrics.counters.engine_runs += 1
         if span is None:
