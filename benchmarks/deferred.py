@@ -105,10 +105,12 @@ async def main() -> None:
         print(f"  {name:<10}{'$' + format(r['cost'] / args.n, '.7f'):>14}{r['labels']:>10.0f}{r['failed_items']:>8.0f}"
               f"{r['sync_requests']:>12.0f}{r['jobs']:>6.0f}{r['wall']:>8.2f}")  # fmt: skip
     print(f"  batch tier cost: {deferred['cost'] / standard['cost']:.1%} of standard (goal: at most 52%)")
-    print(f"  lines: {deferred['deferred']:.0f} deferred requests; {expired} lines expired (one job) and {failed} "
-          f"failed at the server; {deferred['failed_lines']:.0f} came back without an answer, "
-          f"{deferred['failed_lines'] - deferred['fallbacks']:.0f} recovered in a later job, "
-          f"{deferred['fallbacks']:.0f} went synchronous; nothing lost: {deferred['labels']:.0f}/{args.n} labelled")
+    print(
+        f"  lines: {deferred['deferred']:.0f} deferred requests; {expired} lines expired (one job) and {failed} "
+        f"failed at the server; {deferred['failed_lines']:.0f} came back without an answer, "
+        f"{deferred['failed_lines'] - deferred['fallbacks']:.0f} recovered in a later job, "
+        f"{deferred['fallbacks']:.0f} went synchronous; nothing lost: {deferred['labels']:.0f}/{args.n} labelled"
+    )
 
 
 if __name__ == "__main__":

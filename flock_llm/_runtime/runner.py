@@ -128,6 +128,8 @@ class Runner:
         """Per-minute limits: shared through the store (Redis), else this process's."""
         self.jobs: JobJournal | None = None
         """Where provider batch jobs are recorded (a SQLite store's file), for engines with tier="batch"."""
+        self.release: Callable[[Receipt], None] | None = None
+        """Set by a shared intake: give back a run's slot and claim without acknowledging its entry."""
         self.listeners: list[Callable[[FinishedRun], None]] = []
         """Told of each finished run once its unit is committed (`Flock.on_finished_run`)."""
         self.forget: Callable[[tuple[Artifact, ...]], None] | None = None
@@ -334,15 +336,20 @@ class Runner:
             return {"outcome": "error", "error_type": type(exc).__name__, "outputs": 0, "failures": 1}
         if result.usage:
             self.metrics.record_usage(agent.name, result.usage)
-        if self.ledger.durable and not self.shared and _stopped_by_budget(result):
-            # nothing was answered before the budget stopped the calls: the inputs stay pending in the store
-            # (with Redis they become failure records, stage "budget": a held batch entry would block the slot)
-            self.metrics.counters.budget_stopped_runs += 1
-            log.warning("agent %r: the budget stopped this run; its %d inputs stay pending", agent.name, len(inputs))
-            return {"outcome": "budget", "outputs": 0, "failures": 0}
+        if self.ledger.durable and _stopped_by_budget(result):
+            return self._left_pending(agent, inputs, receipt)
         self.finish(agent, sub, inputs, partial(self.outcomes.result, agent, inputs, result, flush), receipt)
         usage = {k: v for k, v in result.usage.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         return {**usage, "outcome": "ok", "outputs": len(result.outputs), "failures": len(result.failures)}
+
+    def _left_pending(self, agent: Agent, inputs: EvalInputs, receipt: Receipt | None) -> dict[str, Any]:
+        """The budget stopped the calls before any answer: the inputs stay pending in the store (a shared store's
+        entry is released unacknowledged: a worker takes it again after `claim_timeout`)."""
+        self.metrics.counters.budget_stopped_runs += 1
+        log.warning("agent %r: the budget stopped this run; its %d inputs stay pending", agent.name, len(inputs))
+        if receipt is not None and self.release is not None:
+            self.release(receipt)
+        return {"outcome": "budget", "outputs": 0, "failures": 0}
 
     def _cancelled(
         self, agent: Agent, sub: Subscription, inputs: EvalInputs, flush: Flush | None, receipt: Receipt | None

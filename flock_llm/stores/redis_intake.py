@@ -87,6 +87,7 @@ class RedisWorker:
                 )
         await self.store.connect()
         self.store.on_committed = self._committed
+        self.runtime.runner.release = self._committed  # a run the budget stopped: released, not acknowledged
         await self.store.retrying(self._create_groups, limit=self.store.reconnect_timeout)
         await self.store.retrying(self._peers.exchange, limit=self.store.reconnect_timeout)
         loop = asyncio.get_running_loop()

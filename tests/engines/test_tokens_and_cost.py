@@ -3,7 +3,9 @@ cached-token accounting, budgets, and per-minute token limits."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -243,3 +245,27 @@ def test_anthropic_requests_carry_a_cache_breakpoint_after_the_system_prompt(mon
     assert isinstance(system, list) and system[-1]["cache_control"] == {"type": "ephemeral"}
     usage = flock.metrics().usage["sentiment"]
     assert usage["cached_prompt_tokens"] == 700
+
+
+async def test_with_a_redis_store_batches_over_budget_stay_pending_for_another_worker(
+    server: FakeOpenAIServer, redis_url: str
+) -> None:
+    url = f"{redis_url}{'&' if '?' in redis_url else '?'}claim_timeout=1"
+    spec = BatchSpec(size=5, timeout=timedelta(seconds=5))
+    poor = sentiment_flock(engine(server, prices=PRICES, budget_usd=2.0), spec, concurrency=1, store=url)
+    await poor.start()
+    await poor.publish_many(reviews(20))
+    deadline = time.monotonic() + 20
+    while poor.metrics().counters.get("budget_stopped_runs", 0) < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert poor.metrics().counters["budget_stopped_runs"] >= 1
+    labelled = len(await poor.store.get_by_type(ReviewSentiment))
+    assert 0 < labelled < 20 and await poor.store.get_by_type(FailureRecord) == []
+    await poor.shutdown()
+    rich = sentiment_flock(engine(server, prices=PRICES, budget_usd=100.0), spec, store=url)
+    await rich.start()  # takes over the released batches once their claims lapse
+    while len(await rich.store.get_by_type(ReviewSentiment)) < 20 and time.monotonic() < deadline + 20:
+        await asyncio.sleep(0.1)
+    assert len(await rich.store.get_by_type(ReviewSentiment)) == 20
+    assert await rich.store.get_by_type(FailureRecord) == []
+    await rich.shutdown()
