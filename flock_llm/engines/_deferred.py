@@ -2,9 +2,9 @@
 price) instead of being sent one by one. A second level of batching: a job closes at `job_size` requests,
 `job_wait` seconds after its first one, or `quiet` seconds after its last one; it is uploaded (litellm
 `acreate_file`, `acreate_batch`), polled with backoff (`aretrieve_batch`) and its output and error files read
-(`afile_content`). Each request gets its line back: the chat completion, or why it failed or expired. Jobs are
-recorded in a journal before they are submitted (see `_journal`), so a restarted process polls the job it had
-submitted instead of paying again.
+(`afile_content`). Each request gets its line back: the chat completion, or why it failed or
+expired. Jobs are recorded in a journal before they are submitted (see `_journal`), so a restarted process polls
+the job it had submitted instead of paying again.
 """
 
 from __future__ import annotations

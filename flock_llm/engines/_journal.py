@@ -10,6 +10,7 @@ connection; each write is committed at once); the Redis store's journal is in `f
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -69,8 +70,8 @@ class MemoryJournal:
 class SQLiteJournal:
     """Deferred jobs in a SQLite file (the SQLite store's)."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+    def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
+        self._db = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -81,34 +82,51 @@ class SQLiteJournal:
                 "CREATE TABLE IF NOT EXISTS deferred_requests (custom_id TEXT PRIMARY KEY, job TEXT NOT NULL)"
             )
 
+    # Each call runs in a worker thread: a write lock held by another connection (the store's writer, another
+    # process) makes it wait up to the busy timeout without stalling the event loop.
+
     async def job_of(self, custom_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT j.key, j.file_id, j.batch_id FROM deferred_requests r JOIN deferred_jobs j ON j.key = r.job "
-                "WHERE r.custom_id = ?",
-                (custom_id,),
-            ).fetchone()
+        row = await asyncio.to_thread(
+            self._run,
+            "SELECT j.key, j.file_id, j.batch_id FROM deferred_requests r JOIN deferred_jobs j ON j.key = r.job "
+            "WHERE r.custom_id = ?",
+            (custom_id,),
+        )
         return None if row is None else JobRecord(row[0], row[1], row[2])
 
     async def begin(self, key: str, custom_ids: list[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR REPLACE INTO deferred_jobs (key) VALUES (?)", (key,))
-            self._db.executemany(
-                "INSERT OR REPLACE INTO deferred_requests (custom_id, job) VALUES (?, ?)",
-                [(c, key) for c in custom_ids],
-            )
-            self._db.execute("COMMIT")
+        await asyncio.to_thread(self._begin, key, custom_ids)
 
     async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE deferred_jobs SET file_id = COALESCE(?, file_id), batch_id = COALESCE(?, batch_id) "
-                "WHERE key = ?",
-                (file_id, batch_id, key),
-            )
+        await asyncio.to_thread(
+            self._run,
+            "UPDATE deferred_jobs SET file_id = COALESCE(?, file_id), batch_id = COALESCE(?, batch_id) WHERE key = ?",
+            (file_id, batch_id, key),
+        )
 
     async def forget(self, custom_ids: list[str]) -> None:
+        await asyncio.to_thread(self._forget, custom_ids)
+
+    def _run(self, sql: str, parameters: tuple[str | None, ...]) -> tuple[str, str | None, str | None] | None:
+        with self._lock:
+            row: tuple[str, str | None, str | None] | None = self._db.execute(sql, parameters).fetchone()
+            return row
+
+    def _begin(self, key: str, custom_ids: list[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO deferred_jobs (key) VALUES (?)", (key,))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO deferred_requests (custom_id, job) VALUES (?, ?)",
+                    [(c, key) for c in custom_ids],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _forget(self, custom_ids: list[str]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM deferred_requests WHERE custom_id = ?", [(c,) for c in custom_ids])
 

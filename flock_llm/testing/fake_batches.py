@@ -4,7 +4,8 @@
 A job completes `completion_delay_s` after it was created (checked when it is retrieved): each line is answered
 like a chat request (same answers, limits and token counts), except `failed_line_rate` of the lines (seeded),
 which go to the error file with a 500; `expire_next` jobs expire instead (every line to the error file with
-code "batch_expired"). `line_submissions` counts how many jobs carried each custom_id.
+code "batch_expired"). While the server fails every request (`fail_status`, `outage()`), its Batch API fails
+too. `line_submissions` counts how many jobs carried each custom_id.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class FakeBatches:
         self.line_submissions: Counter[str] = Counter()
         self.lines_failed = 0
         self.lines_expired = 0
+        self.failed_calls = 0
+        """Batch API calls answered with an error because the provider was down."""
         self._files: dict[str, bytes] = {}
         self._jobs: dict[str, _Job] = {}
         self._ids = itertools.count(1)
@@ -79,6 +82,10 @@ class FakeBatches:
     # -- HTTP ---------------------------------------------------------------------------------------------
 
     def post(self, path: str, raw: bytes, content_type: str) -> Reply:
+        status = self.server.failing()
+        if status is not None:  # a provider that is down fails its Batch API too
+            self.failed_calls += 1
+            return status, {"error": {"message": "the fake provider fails", "type": "server_error"}}, {}
         if path.endswith("/files"):
             return self._upload(raw, content_type)
         if path.endswith("/batches"):
@@ -93,6 +100,10 @@ class FakeBatches:
         return 404, {"error": {"message": f"no route {path}"}}, {}
 
     def get(self, path: str) -> Reply:
+        status = self.server.failing()
+        if status is not None:
+            self.failed_calls += 1
+            return status, {"error": {"message": "the fake provider fails", "type": "server_error"}}, {}
         parts = path.split("/")
         if path.endswith("/content") and len(parts) >= 2:
             data = self._files.get(parts[-2])

@@ -111,6 +111,12 @@ class FakeOpenAIServer:
         with self._lock:
             self.probes += 1
 
+    def failing(self) -> int | None:
+        """The error status every request gets now (`fail_status`, or 503 during an outage), else None."""
+        if self.fail_status is not None:
+            return self.fail_status
+        return 503 if time.monotonic() < self.down_until else None
+
     def outage(self, seconds: float) -> None:
         """Answer 503 to every request for the next `seconds`."""
         self.down_until = time.monotonic() + seconds

@@ -3,8 +3,10 @@ paid twice after a SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,8 +19,9 @@ from conftest import references
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
+from flock_llm.engines._journal import JobRecord, SQLiteJournal
 from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines.llm import DeferredPolicy, LLMEngine
+from flock_llm.engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
 
@@ -133,3 +136,70 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
     assert server.batches.jobs_created == 1  # the restarted process polled the job it had submitted
     assert len(server.batches.line_submissions) == 40 and set(server.batches.line_submissions.values()) == {1}
     assert server.requests == 0  # nothing went the synchronous way either
+
+
+async def test_a_job_polled_through_an_outage_is_still_answered(server: FakeOpenAIServer) -> None:
+    """Polls that fail while the provider is down are tried again; the job's answers arrive after it."""
+    server.batches.completion_delay_s = 0.3
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    published = await flock.publish_many(reviews(10))
+    deadline = time.monotonic() + 10
+    while server.batches.jobs_created < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    server.outage(0.6)  # the job was submitted; now every poll fails for a while
+    await flock.run_until_idle()
+    await flock.shutdown()
+    assert server.batches.failed_calls >= 1 and server.batches.jobs_created == 1
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 10 and server.requests == 0
+    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
+
+
+async def test_a_dead_provider_fails_the_batch_tier_into_failure_records_not_losses(server: FakeOpenAIServer) -> None:
+    """Jobs cannot even be uploaded: the requests go the synchronous way, where the circuit breaker gives up
+    after `max_outage` and every review gets a failure record."""
+    server.fail_status = 500
+    flock = labeller(
+        server, tier="batch", deferred=QUICK_JOBS, breaker=BreakerPolicy(max_outage=0.5, probe_interval=0.1)
+    )
+    published = await flock.publish_many(reviews(10))
+    await flock.run_until_idle()
+    await flock.shutdown()
+    failures = await flock.store.get_by_type(FailureRecord)
+    assert {f.stage for f in failures} == {"provider_unavailable"}
+    assert sorted(i for f in failures for i in f.input_ids) == sorted(a.id for a in published)
+    assert server.batches.jobs_created == 0 and server.batches.failed_calls >= 1
+    assert flock.metrics().usage["sentiment"]["deferred_fallbacks"] == 2
+
+
+async def test_the_sqlite_job_journal_waits_for_a_held_lock_without_stalling_the_loop(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    journal = SQLiteJournal(db)
+    holder = sqlite3.connect(str(db), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(ticker())
+    writing = asyncio.create_task(journal.begin("job-1", ["req-a"]))
+    await asyncio.sleep(0.3)
+    assert not writing.done() and ticks >= 10  # waiting for the lock; the event loop goes on
+    holder.execute("COMMIT")
+    await asyncio.wait_for(writing, timeout=5)
+    running.cancel()
+    assert await journal.job_of("req-a") == JobRecord("job-1")
+    short = SQLiteJournal(db, busy_timeout=0.2)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # held too long: a clear error (requests go sync)
+        await short.begin("job-2", ["req-b"])
+    holder.execute("ROLLBACK")
+    assert await short.job_of("req-b") is None  # nothing half-written
+    await short.begin("job-2", ["req-b"])
+    assert await journal.job_of("req-b") == JobRecord("job-2")
+    holder.close()
+    journal.close()
+    short.close()
