@@ -156,3 +156,15 @@ def openai(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[respx.Mo
     monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:
         yield router
+
+
+@pytest.fixture
+async def litellm_clients_closed() -> AsyncIterator[None]:
+    """litellm caches its HTTP clients across event loops; close them at the end of the test's loop, so no socket
+    of this test is left for the garbage collector to report (as an unraisable ResourceWarning) in a later one."""
+    yield
+    from flock_llm.engines._models import load_litellm
+
+    litellm = load_litellm()
+    await litellm.close_litellm_async_clients()
+    litellm.in_memory_llm_clients_cache.flush_cache()

@@ -30,6 +30,9 @@ PRICES = {"input": 100.0, "output": 200.0}
 QUICK_JOBS = DeferredPolicy(job_size=6, job_wait=0.2, poll_interval=0.05, max_poll_interval=0.2)
 
 
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+
+
 @pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:

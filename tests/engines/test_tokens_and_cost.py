@@ -28,6 +28,9 @@ FAST = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.
 PRICES = {"input": 1000.0, "output": 2000.0, "cached_input": 250.0}  # USD per million: a call costs ~ $0.5
 
 
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+
+
 @pytest.fixture
 def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
