@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import subprocess
 import time
@@ -51,6 +53,8 @@ def redis_or_skip(url: str = REDIS_URL, *, cluster: bool = False) -> None:
         client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url, socket_connect_timeout=1)
         client.ping()
         client.close()
+        if cluster:
+            client.disconnect_connection_pools()
     except (redis.ConnectionError, redis.exceptions.RedisClusterException):
         message = f"no Redis{' Cluster' if cluster else ''} at {url}: run tests/start_redis.sh (`make test` does)"
         if os.environ.get("CI"):
@@ -70,6 +74,8 @@ def _redis_namespace(url: str, *, cluster: bool) -> Iterator[str]:
     if keys:  # one hash tag: one slot, so one DEL also works on a cluster
         client.delete(*keys)
     client.close()
+    if cluster:  # a sync cluster's close() gives its nodes' connections back to their pools, open
+        client.disconnect_connection_pools()
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -160,11 +166,23 @@ def openai(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[respx.Mo
 
 @pytest.fixture
 async def litellm_clients_closed() -> AsyncIterator[None]:
-    """litellm caches its HTTP clients across event loops; close them at the end of the test's loop, so no socket
-    of this test is left for the garbage collector to report (as an unraisable ResourceWarning) in a later one."""
+    """Sweep up this test's litellm HTTP clients inside the test's own event loop.
+
+    litellm caches completion clients across loops, its files and batches calls build a new OpenAI client per call
+    that nobody closes, and httpx leaves a socket to the garbage collector when a request is cancelled (a flex
+    attempt, a provider that is down). Whatever is left would be collected during a later test, whose loop cannot
+    close it: an unraisable ResourceWarning there, failing a test that did nothing wrong. So at the end of each
+    test that talks to a local fake provider: close the cached clients, collect this test's garbage now and wait
+    for the closes the collected clients scheduled, while this loop still runs (see also the warning filters in
+    pyproject.toml)."""
     yield
     from flock_llm.engines._models import load_litellm
 
     litellm = load_litellm()
     await litellm.close_litellm_async_clients()
     litellm.in_memory_llm_clients_cache.flush_cache()
+    gc.collect()
+    me = asyncio.current_task()
+    closing = [t for t in asyncio.all_tasks() if t is not me and t.get_coro().__qualname__.endswith("aclose")]
+    if closing:
+        await asyncio.wait(closing, timeout=5)

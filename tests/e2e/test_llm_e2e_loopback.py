@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from conftest import references
 from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 
@@ -12,6 +13,8 @@ from flock_llm.engines._limits import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
+
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
 
 async def test_batches_over_loopback_http_with_injected_faults_lose_nothing() -> None:
