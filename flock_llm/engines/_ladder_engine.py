@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
@@ -16,6 +16,7 @@ from ._base import Engine, EngineContext, EvalInputs, EvalResult
 from ._breaker import BreakerPolicy, ProviderGuard
 from ._budget import AnswerPlan, auto_budget
 from ._calls import CallRecord, Usage
+from ._cost import TokenPrices
 from ._ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
     Backend,
@@ -25,6 +26,7 @@ from ._ladder import (
 )
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import is_offline, load_litellm, redact, secrets_from
+from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
 
@@ -153,6 +155,9 @@ class LadderEngine(Engine):
         max_calls_per_item: float = DEFAULT_MAX_CALLS_PER_ITEM,
         passthrough: dict[str, Any],
         reserved: Sequence[str],
+        tokens_per_minute: int | None = None,
+        prices: TokenPrices | Mapping[str, float] | None = None,
+        budget_usd: float | None = None,
     ) -> None:
         for name in reserved:
             if name in passthrough:
@@ -182,6 +187,13 @@ class LadderEngine(Engine):
         """This engine's circuit breaker and shared back-off (every agent using the engine shares them)."""
         self.timeout = float(timeout)
         self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
+        self.costs = CallCosts(
+            prices=prices,
+            budget_usd=budget_usd,
+            tokens_per_minute=tokens_per_minute,
+            requests_per_minute=requests_per_minute,
+        )
+        """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
         self._secrets = secrets_from(passthrough)
         self._passthrough = dict(passthrough)
         self.calls: deque[CallRecord] = deque(maxlen=1000)

@@ -23,10 +23,12 @@ from ..errors import ConfigurationError
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
 from ._calls import Usage, prompt_text, record_call
+from ._cost import CachedTokens, TokenPrices
 from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
+from ._spend import Ticket
 
 __all__ = ["DSPyEngine"]
 
@@ -56,6 +58,11 @@ class DSPyEngine(LadderEngine):
         module: your own DSPy module (e.g. `dspy.ChainOfThought(sig)`), used like `signature`.
         output_type: the type to produce; default: the first type the agent publishes.
         max_input_tokens, max_concurrent_requests, requests_per_minute, retry, breaker, timeout: as for LLMEngine.
+        tokens_per_minute, prices, budget_usd: as for LLMEngine. Each DSPy call holds its estimate (the prompt
+            DSPy's adapter builds, counted, plus the expected answer) in the budgets and the sliding minute and
+            is settled with what DSPy's usage tracker reports; `Flock(budget_usd=)` caps this engine too.
+            A module of yours that calls the LM several times per step is held to one call's estimate and
+            settled with all of them.
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
 
@@ -76,6 +83,9 @@ class DSPyEngine(LadderEngine):
         breaker: BreakerPolicy | None = None,
         timeout: float = 60.0,
         max_calls_per_item: float = 2.0,
+        tokens_per_minute: int | None = None,
+        prices: TokenPrices | Mapping[str, float] | None = None,
+        budget_usd: float | None = None,
         **lm_kwargs: Any,
     ) -> None:
         if signature is not None and module is not None:
@@ -93,6 +103,9 @@ class DSPyEngine(LadderEngine):
             max_calls_per_item=max_calls_per_item,
             passthrough=lm_kwargs,
             reserved=("cache", "num_retries", "engine"),
+            tokens_per_minute=tokens_per_minute,
+            prices=prices,
+            budget_usd=budget_usd,
         )
         self.signature = signature
         self.module = module
@@ -147,6 +160,8 @@ class _DSPyCall:
         self.module = self._module()
         self.budget = self.context = context_window(self.model, engine.max_input_tokens)
         self.max_output = output_limit(self.model, engine.max_output_tokens)
+        self.litellm = load_litellm()
+        self.plan = engine.plan_for(self.output_type, self.text_tokens)
 
     # -- signatures --------------------------------------------------------------------
 
@@ -217,14 +232,7 @@ class _DSPyCall:
         return kwargs
 
     def count_tokens(self, items: Sequence[LadderItem]) -> int:
-        module = self.module
-        predictor = getattr(module, "predict", module)
-        signature = getattr(predictor, "signature", None)
-        if signature is None:
-            text = "".join(i.data for i in items)
-            return int(load_litellm().token_counter(model=counting_model(self.model), text=text))
-        messages = self.adapter.format(signature, demos=[], inputs=self._kwargs(module, items, None, False))
-        return int(load_litellm().token_counter(model=counting_model(self.model), messages=messages))
+        return self._prompt_tokens(self.module, self._kwargs(self.module, items, None, False))
 
     def text_tokens(self, text: str) -> int:
         return int(load_litellm().token_counter(model=counting_model(self.model), text=text))
@@ -245,21 +253,29 @@ class _DSPyCall:
         module = self.dspy.Predict(self._signature(reduce=True)) if reduce else self.module
         kwargs = self._kwargs(module, items, repair, reduce)
         _, output_field, _ = self._fields(module)
-
+        answers = len(items) if per_item and not reduce else 1
+        costs = self.engine.costs
+        expected = self.plan.expected(answers, per_item=per_item and not reduce)
+        ticket = costs.reserve(self.ctx, self.model, self.litellm, self._prompt_tokens(module, kwargs), expected)
         spent = _Spent()
 
         async def attempt() -> Any:
             from dspy.utils.usage_tracker import track_usage
 
             spent.attempts += 1
-            with self.dspy.context(lm=self.lm, adapter=self.adapter), track_usage() as tracker:
-                try:
-                    return await self.engine.limiter.run(lambda: module.acall(**kwargs))
-                except Exception:
-                    self.usage.llm_calls += 1  # the call that failed (DSPy records usage only for answers)
-                    raise
-                finally:
-                    self._account(tracker.usage_data, spent)
+            await costs.admit(self.ctx, self.model, ticket)
+            used = 0
+            try:
+                with self.dspy.context(lm=self.lm, adapter=self.adapter), track_usage() as tracker:
+                    try:
+                        return await self.engine.limiter.run(lambda: module.acall(**kwargs))
+                    except Exception:
+                        self.usage.llm_calls += 1  # the call that failed (DSPy records usage only for answers)
+                        raise
+                    finally:
+                        used = self._account(tracker.usage_data, spent)
+            finally:
+                await costs.attempt_done(ticket, used)
 
         def on_retry(exc: BaseException) -> None:
             self.usage.retries += 1
@@ -294,11 +310,37 @@ class _DSPyCall:
                 outcome=outcome,
                 prompt_tokens=spent.prompt_tokens,
                 completion_tokens=spent.completion_tokens,
-                cost=spent.cost,
+                cost=self._settle(ticket, spent),
                 prompt=prompt_text(kwargs, self.engine.redact),
                 engine="dspy",
             )
+        if spent.completion_tokens:
+            self.plan.learn(answers, spent.completion_tokens, per_item=per_item and not reduce)
         return Answer(content=self._content(getattr(prediction, output_field, None), items, per_item and not reduce))
+
+    def _prompt_tokens(self, module: Any, kwargs: Mapping[str, Any]) -> int:
+        """The prompt DSPy's adapter builds for this call, counted (its inputs as JSON when it cannot tell)."""
+        predictor = getattr(module, "predict", module)
+        signature = getattr(predictor, "signature", None)
+        if signature is None:
+            return self.text_tokens(json.dumps(kwargs, default=str))
+        messages = self.adapter.format(signature, demos=[], inputs=dict(kwargs))
+        return int(self.litellm.token_counter(model=counting_model(self.model), messages=messages))
+
+    def _settle(self, ticket: Ticket, spent: _Spent) -> float | None:
+        """Settle the budgets with what the call's answers cost (nothing when no answer came)."""
+        if not (spent.prompt_tokens or spent.completion_tokens):
+            self.engine.costs.release(ticket)
+            return spent.cost
+        return self.engine.costs.settle(
+            ticket,
+            self.model,
+            self.litellm,
+            prompt=spent.prompt_tokens,
+            completion=spent.completion_tokens,
+            cached=CachedTokens(),
+            litellm_cost=spent.cost,
+        )
 
     def _content(self, output: Any, items: Sequence[LadderItem], per_item: bool) -> Any:
         if not per_item:
@@ -312,9 +354,10 @@ class _DSPyCall:
             return {"results": []}
         return {"results": [{"item_id": i.id, "output": o} for i, o in zip(items, dumped, strict=True)]}
 
-    def _account(self, usage_data: Mapping[str, list[dict[str, Any]]], spent: _Spent) -> None:
-        """Calls, tokens and cost of the LM calls one DSPy call made (DSPy may re-call on its own)."""
-        litellm = load_litellm()
+    def _account(self, usage_data: Mapping[str, list[dict[str, Any]]], spent: _Spent) -> int:
+        """Calls, tokens and cost of the LM calls one DSPy attempt made (DSPy may re-call on its own); returns
+        the attempt's tokens."""
+        used = 0
         for model, entries in usage_data.items():
             for entry in entries:
                 prompt = int(entry.get("prompt_tokens", 0) or 0)
@@ -322,11 +365,13 @@ class _DSPyCall:
                 self.usage.llm_calls += 1
                 spent.prompt_tokens += prompt
                 spent.completion_tokens += completion
+                used += prompt + completion
                 try:
-                    costs = litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+                    costs = self.litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
                 except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
                     continue
                 spent.cost = (spent.cost or 0.0) + float(sum(costs))
+        return used
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._spend import CallCosts, Ticket, total_tokens
+from ._spend import Ticket, total_tokens
 from ._tiers import TIERS, ask_deferred, ask_flex
 
 __all__ = ["BreakerPolicy", "CallRecord", "DeferredPolicy", "LLMEngine", "RetryPolicy", "TokenPrices"]
@@ -109,14 +109,10 @@ class LLMEngine(LadderEngine):
             max_calls_per_item=max_calls_per_item,
             passthrough=litellm_kwargs,
             reserved=("messages", "response_format", "num_retries", "max_retries", "stream"),
-        )
-        self.costs = CallCosts(
+            tokens_per_minute=tokens_per_minute,
             prices=prices,
             budget_usd=budget_usd,
-            tokens_per_minute=tokens_per_minute,
-            requests_per_minute=requests_per_minute,
         )
-        """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
         self.prompt_caching = prompt_caching
         if tier not in TIERS:
             raise ConfigurationError(f"`tier` must be one of {', '.join(TIERS)}, got {tier!r}")

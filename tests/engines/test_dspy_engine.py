@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import pytest
 import respx
 from conftest import references
 from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from llm_fakes import OPENAI_URL, body, chat
 
-from flock_llm import Artifact, Flock
+from flock_llm import Artifact, FailureRecord, Flock
 from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._rate import PROCESS_WINDOWS
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.subscription import BatchSpec
 
@@ -157,3 +161,94 @@ async def test_dspy_engine_offline_end_to_end() -> None:
     assert len(await flock.store.get_by_type(ReviewSentiment)) == 6
     assert await references(flock, "sentiment") == {a.id: 1 for a in published}
     assert json.loads(json.dumps(flock.metrics().usage["sentiment"]))["model"] == "flock-offline/placeholder"
+
+
+PRICES = {"input": 1000.0, "output": 2000.0}  # USD per million tokens: an answered call (100 + 20 tokens) is $0.14
+
+
+async def test_a_flock_budget_stops_dspy_calls_and_the_rest_become_budget_failure_records(
+    openai: respx.MockRouter,
+) -> None:
+    report = {"review_count": 2, "average_rating": 3.0, "summary": "fine"}
+    route = openai.post(OPENAI_URL).mock(return_value=chat({"report": report}))
+    flock = Flock(env={}, budget_usd=1.5)
+    engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, prices=PRICES, max_concurrent_requests=1)
+    (
+        flock.agent("sentiment")
+        .consumes(CustomerReview, batch=BatchSpec(size=2, timeout=timedelta(seconds=30)))
+        .publishes(SentimentTrendReport)
+        .with_engines(engine)
+        .max_concurrency(1)
+    )
+    published = await flock.publish_many(reviews(20))
+    await flock.run_until_idle()
+    budget = flock.budget
+    assert budget is not None and budget.refused_calls >= 1 and 1 <= route.call_count == budget.calls < 10
+    assert budget.spent_usd == pytest.approx(0.14 * route.call_count)  # settled with the real usage
+    assert budget.spent_usd <= 1.5 and engine.costs.ledger.spent_usd == budget.spent_usd
+    failures = await flock.store.get_by_type(FailureRecord)
+    assert {f.stage for f in failures} == {"budget"} and "would pass the budget" in failures[0].error
+    reports = await flock.store.get_by_type(SentimentTrendReport)
+    assert len(reports) == route.call_count and sum(len(f.input_ids) for f in failures) == 20 - 2 * len(reports)
+    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
+    await flock.shutdown()
+
+
+async def test_an_engine_budget_without_a_known_price_refuses_before_calling(openai: respx.MockRouter) -> None:
+    route = openai.post(OPENAI_URL).mock(return_value=chat({"report": {"summary": "x"}}))
+    flock, published = await run(
+        DSPyEngine("openai/my-private-model", api_key=KEY, retry=FAST_RETRY, budget_usd=1.0), reviews(3)
+    )
+    (failure,) = await flock.store.get_by_type(FailureRecord)
+    assert failure.stage == "budget" and "price of openai/my-private-model is unknown" in failure.error
+    assert route.call_count == 0 and sorted(failure.input_ids) == sorted(a.id for a in published)
+
+
+async def test_a_dspy_call_waits_while_the_tokens_per_minute_window_is_full(openai: respx.MockRouter) -> None:
+    route = openai.post(OPENAI_URL).mock(
+        return_value=chat({"report": {"review_count": 2, "average_rating": 3.0, "summary": "ok"}})
+    )
+    limit = 4_321  # a limit no other test uses: the window is this process's for model + limit
+    window = PROCESS_WINDOWS.window("openai/gpt-4.1-mini:tokens", limit)
+    held = await window.acquire(limit)  # another engine of this process has used the whole minute
+    engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, tokens_per_minute=limit)
+    running = asyncio.create_task(run(engine, reviews(2)))
+    await asyncio.sleep(0.3)
+    assert route.call_count == 0 and not running.done()  # waiting for room, not failed
+    await window.settle(held, 0)  # that call's real tokens: none; the minute has room again
+    flock, _ = await asyncio.wait_for(running, timeout=10)
+    assert route.call_count == 1 and len(await flock.store.get_by_type(SentimentTrendReport)) == 1
+    follow_up = await asyncio.wait_for(window.acquire(limit - 120), timeout=1)  # the call holds its real 120
+    await window.settle(follow_up, 0)
+
+
+async def test_with_a_sqlite_store_dspy_items_over_budget_stay_pending_for_the_next_run(
+    openai: respx.MockRouter, tmp_path: Path
+) -> None:
+    route = openai.post(OPENAI_URL).mock(
+        return_value=chat({"report": {"review_count": 2, "average_rating": 3.0, "summary": "fine"}})
+    )
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+
+    def budgeted(budget_usd: float) -> Flock:
+        flock = Flock(env={}, store=url, budget_usd=budget_usd)
+        engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, prices=PRICES)
+        spec = BatchSpec(size=2, timeout=timedelta(seconds=30))
+        flock.agent("sentiment").consumes(CustomerReview, batch=spec).publishes(SentimentTrendReport).with_engines(
+            engine
+        ).max_concurrency(1)
+        return flock
+
+    first = budgeted(1.0)
+    await first.publish_many(reviews(12))
+    await first.run_until_idle()
+    await first.shutdown()
+    paid_first = route.call_count
+    assert 1 <= paid_first < 6 and await first.store.get_by_type(FailureRecord) == []
+    assert first.metrics().counters["budget_stopped_runs"] >= 1
+    second = budgeted(100.0)
+    await second.start()
+    await second.run_until_idle()
+    assert len(await second.store.get_by_type(SentimentTrendReport)) == 6  # the rest, continued
+    assert route.call_count == 6  # no batch paid for twice
+    await second.shutdown()
