@@ -41,6 +41,20 @@ def deferrable(model: str, litellm: Any) -> str | None:
     return str(name) if provider == "openai" else None
 
 
+_TOLD: set[str] = set()
+
+
+def _say_not_deferrable(model: str) -> None:
+    """Say once per model that its tier="batch" requests go the standard way (at the list price)."""
+    if model not in _TOLD:
+        _TOLD.add(model)
+        log.warning(
+            'tier="batch" sends OpenAI-compatible models to batch jobs only; %s goes the standard way at the list '
+            "price",
+            model,
+        )
+
+
 async def ask_deferred(
     call: Any, items: Sequence[LadderItem], *, per_item: bool, kwargs: dict[str, Any], prompt_tokens: int
 ) -> Answer | None:
@@ -49,6 +63,7 @@ async def ask_deferred(
     engine: LLMEngine = call.engine
     name = deferrable(call.model, call.litellm)
     if name is None:
+        _say_not_deferrable(call.model)
         return None
     body = {"model": name, **{k: kwargs[k] for k in _BODY_KEYS if k in kwargs}}
     expected = call.plan.expected(len(items) if per_item else 1, per_item=per_item)

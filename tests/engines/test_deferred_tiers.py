@@ -112,6 +112,21 @@ async def test_flex_falls_back_to_the_standard_tier_after_its_wait(server: FakeO
     assert flexed["flex_requests"] == 2 and flexed["cost_usd"] == pytest.approx(standard["cost_usd"] / 2, rel=0.05)
 
 
+async def test_a_model_that_cannot_go_into_batch_jobs_says_so_once_and_goes_the_standard_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = LLMEngine(per_item=True, tier="batch")  # the offline model: not an OpenAI-compatible provider
+    flock = Flock(env={})
+    spec = BatchSpec(size=5, timeout=timedelta(seconds=5))
+    flock.agent("sentiment").consumes(CustomerReview, batch=spec).publishes(ReviewSentiment).with_engines(engine)
+    with caplog.at_level("WARNING", logger="flock_llm.engines"):
+        usage, _ = await run(flock, 10)
+    said = [r.getMessage() for r in caplog.records if "batch jobs only" in r.getMessage()]
+    assert said == ['tier="batch" sends OpenAI-compatible models to batch jobs only; flock-offline/placeholder goes '
+                    "the standard way at the list price"]  # fmt: skip
+    assert usage["llm_calls"] == 2 and usage["deferred_requests"] == 0
+
+
 def test_tier_settings_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="`tier` must be one of standard, flex, batch"):
         LLMEngine(tier="cheap")
