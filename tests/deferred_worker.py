@@ -1,7 +1,10 @@
 """A process for the deferred-tier durability test: labels reviews through provider batch jobs with a SQLite
 store; killed by the test between the job's submission and its retrieval, then started again.
 
-usage: deferred_worker.py DB API_BASE publish COUNT | DB API_BASE recover
+usage: deferred_worker.py DB API_BASE publish COUNT [FIRST] | DB API_BASE recover
+
+With FIRST, the first FIRST reviews are published alone and flush by timeout (0.5 s) before the rest come: a
+restart must re-form that batch as it was, or it would ask different requests than the job it submitted.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ def define(db: str, api_base: str) -> Flock:
         api_base=api_base,
         api_key="sk-local-fake",
         structured_output=True,
-        deferred=DeferredPolicy(job_size=40, job_wait=30.0, quiet=30.0, poll_interval=0.1, max_poll_interval=0.3),
+        deferred=DeferredPolicy(job_size=40, job_wait=30.0, quiet=1.0, poll_interval=0.1, max_poll_interval=0.3),
     )
     (
         flock.agent("sentiment")
-        .consumes(CustomerReview, batch=BatchSpec(size=25, timeout=timedelta(minutes=10)))
+        .consumes(CustomerReview, batch=BatchSpec(size=25, timeout=timedelta(seconds=0.5)))
         .publishes(ReviewSentiment)
         .with_engines(engine)
         .max_concurrency(50)
@@ -38,13 +41,21 @@ def define(db: str, api_base: str) -> Flock:
     return flock
 
 
-async def main(db: str, api_base: str, command: str, count: int) -> None:
+def reviews(start: int, stop: int) -> list[CustomerReview]:
+    return [
+        CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle")
+        for i in range(start, stop)
+    ]
+
+
+async def main(db: str, api_base: str, command: str, count: int, first: int) -> None:
     flock = define(db, api_base)
     await flock.start()
     if command == "publish":
-        await flock.publish_many(
-            CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle") for i in range(count)
-        )
+        if first:
+            await flock.publish_many(reviews(0, first))
+            await asyncio.sleep(1.0)  # their batch flushes by timeout meanwhile
+        await flock.publish_many(reviews(first, count))
         print("published", flush=True)
     await flock.run_until_idle()
     await flock.shutdown()
@@ -54,4 +65,5 @@ async def main(db: str, api_base: str, command: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0))
+    numbers = [int(arg) for arg in sys.argv[4:]] + [0, 0]
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], numbers[0], numbers[1]))

@@ -92,7 +92,7 @@ class BatchBuffer:
         return self.opened_at + timeout
 
     def add(self, item: Item, *, now: float, wall: datetime | None = None) -> Flush | None:
-        """Add one item; return the flush when the batch reached its size."""
+        """Add one item; return the flush it caused (the batch reached its size, or its deadline had passed)."""
         flushes, _ = self.add_counted(item, 0, None, now=now, wall=wall)
         return flushes[0] if flushes else None
 
@@ -102,9 +102,16 @@ class BatchBuffer:
         """Add one item of `tokens` prompt tokens under a token `budget` (None: no budget). Returns the flushes it
         caused, in order (the batch so far, reason "tokens", when the item would take it over the budget; then
         the batch with the item, when that reached its size or budget: an item alone over the budget goes
-        alone), and whether the item opened a new batch (schedule its deadline)."""
+        alone), and whether the item opened a new batch (schedule its deadline).
+
+        An item that comes at or after the batch's deadline (its timer is late, or the item is a restored one
+        that entered then) first flushes the batch, reason "timeout": it never belonged to it. So batches
+        restored from a durable store re-form as they first flushed."""
         flushes: list[Flush] = []
-        if budget is not None and self.items and self.tokens + tokens > budget:
+        deadline = self.deadline
+        if deadline is not None and self.items and now >= deadline:
+            flushes.append(self._take("timeout", now=now))
+        elif budget is not None and self.items and self.tokens + tokens > budget:
             flushes.append(self._take("tokens", now=now))
         opened = self.opened_at is None
         if opened:

@@ -135,12 +135,17 @@ def test_tier_settings_are_checked() -> None:
 
 
 def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tmp_path: Path) -> None:
+    """1,000 reviews: 10 published first (their batch flushes by timeout), then 990 (39 full batches and one of
+    15): 41 requests, the first 40 in one job. Killed while that job runs; the restart re-forms the same batches
+    from the store (the 10 alone again), finds their requests in the journal and polls the same job."""
     db = tmp_path / "run.db"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
         server.batches.completion_delay_s = 4.0  # long enough to kill the worker while the job runs
-        first = subprocess.Popen([*worker, server.api_base, "publish", "1000"], stdout=subprocess.DEVNULL, env=env)
+        first = subprocess.Popen(
+            [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
+        )
         deadline = time.monotonic() + 60
         while server.batches.jobs_created < 1 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.05)
@@ -151,8 +156,10 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
                                 timeout=120)  # fmt: skip
         assert second.returncode == 0, second.stderr
     assert "done labels=1000 failed=0" in second.stdout
-    assert server.batches.jobs_created == 1  # the restarted process polled the job it had submitted
-    assert len(server.batches.line_submissions) == 40 and set(server.batches.line_submissions.values()) == {1}
+    # the restarted process polled the job it had submitted; the 41st request went into a second job (before
+    # or after the kill), and no request was submitted twice
+    assert server.batches.jobs_created == 2
+    assert len(server.batches.line_submissions) == 41 and set(server.batches.line_submissions.values()) == {1}
     assert server.requests == 0  # nothing went the synchronous way either
 
 

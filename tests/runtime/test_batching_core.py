@@ -93,3 +93,17 @@ def test_batch_ids_are_unique_per_batch() -> None:
     buf = BatchBuffer(BatchSpec(size=1, timeout=timedelta(seconds=1)))
     ids = {flush.batch_id for i in range(5) if (flush := buf.add(_item(i), now=0.0)) is not None}
     assert len(ids) == 5
+
+
+def test_an_item_at_or_after_the_deadline_flushes_the_batch_it_never_belonged_to() -> None:
+    """A late timer, or restored items that entered at their old times: the batch re-forms as it first flushed
+    (what lets a restarted process ask the same requests, e.g. find its provider batch job again)."""
+    engine = BatchEngine()
+    spec = BatchSpec(size=10, timeout=timedelta(seconds=30))
+    for n, at in enumerate((0.0, 5.0, 29.9)):
+        assert engine.add(("a", 0), spec, _item(n), now=at).flushes == ()
+    late = engine.add(("a", 0), spec, _item(3), now=30.0)  # the timer has not fired yet
+    (flush,) = late.flushes
+    assert flush.reason == "timeout" and flush.size == 3 and flush.waited_s == 30.0
+    assert late.opened_deadline == 60.0  # the item opened the next batch, with its own timer
+    assert [a.payload.transaction_id for a in engine.batches[("a", 0)].artifacts] == ["t3"]
