@@ -16,6 +16,7 @@ from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from llm_fakes import OPENAI_URL, body, chat
 
 from flock_llm import Artifact, FailureRecord, Flock
+from flock_llm.engines._breaker import BreakerPolicy
 from flock_llm.engines._limits import RetryPolicy
 from flock_llm.engines._rate import PROCESS_WINDOWS
 from flock_llm.engines.dspy import DSPyEngine
@@ -252,3 +253,18 @@ async def test_with_a_sqlite_store_dspy_items_over_budget_stay_pending_for_the_n
     assert len(await second.store.get_by_type(SentimentTrendReport)) == 6  # the rest, continued
     assert route.call_count == 6  # no batch paid for twice
     await second.shutdown()
+
+
+async def test_dspy_calls_that_get_no_answer_give_their_budget_back(openai: respx.MockRouter) -> None:
+    """A dead provider: every attempt fails. The inputs end in failure records, and nothing stays held against
+    the budget (a held estimate would starve the calls after the outage)."""
+    route = openai.post(OPENAI_URL).mock(return_value=httpx.Response(500, json={"error": {"message": "down"}}))
+    flock = Flock(env={}, budget_usd=5.0)
+    breaker = BreakerPolicy(max_outage=0.5, probe_interval=0.1)
+    engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, prices=PRICES, breaker=breaker)
+    flock, published = await run(engine, reviews(4), flock=flock)
+    failures = await flock.store.get_by_type(FailureRecord)
+    assert route.call_count >= 1 and sorted(i for f in failures for i in f.input_ids) == sorted(a.id for a in published)
+    budget = flock.budget
+    assert budget is not None and budget.spent_usd == 0.0 and budget.in_flight_usd == 0.0
+    assert engine.costs.ledger.in_flight_usd == 0.0 and budget.calls >= 1
