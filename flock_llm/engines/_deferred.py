@@ -41,6 +41,7 @@ class DeferredPolicy:
     poll_interval: float = 5.0
     """The first poll of a job; each next one waits 1.5 times longer, up to `max_poll_interval`."""
     max_poll_interval: float = 120.0
+    """The longest wait between two polls of a job."""
     deadline: float = 24 * 3600.0
     """A request not answered this long after its job was submitted goes the synchronous way."""
 
