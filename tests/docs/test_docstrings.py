@@ -107,7 +107,8 @@ def _problems_of_class(cls: griffe.Class, where: str) -> list[str]:
         problems += _problems_of_function(init, f"{where}.__init__", owner=cls)
     elif "dataclass" in cls.labels or any("BaseModel" in str(base) for base in cls.bases):
         fields = [m for m in cls.members.values() if m.is_attribute and not m.name.startswith("_") and not m.is_alias]
-        undocumented = [f.name for f in fields if not _field_documented(cls, f.name) and f.name not in _documented_names(cls)]
+        named = _documented_names(cls)
+        undocumented = [f.name for f in fields if not _field_documented(cls, f.name) and f.name not in named]
         if undocumented:
             problems.append(f"{where}: fields not documented: {', '.join(undocumented)}")
     for name, member in cls.members.items():

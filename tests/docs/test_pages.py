@@ -19,7 +19,7 @@ def _table_column(page: Path, header: str) -> list[str]:
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        cells.append(line.split("|")[1].strip().strip("`\""))
+        cells.append(line.split("|")[1].strip().strip('`"'))
     return cells
 
 
