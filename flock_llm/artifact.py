@@ -71,7 +71,9 @@ class FailureRecord(BaseModel):
     agent: str
     """The agent whose inputs failed."""
     input_ids: list[str] = Field(description="ids of the input artifacts that were not processed")
+    """The ids of the input artifacts that were not processed."""
     stage: str = Field(description="where it failed: engine, output, where, join, ...")
+    """Where it failed: one of the failure stages (`flock_llm._runtime.vocabulary.FailureStage`)."""
     error_type: str
     """The exception's class name."""
     error: str

@@ -119,6 +119,41 @@ def test_the_site_search_finds_max_tokens(browser: Browser, served: str) -> None
     assert browser.errors() == []
 
 
+REFERENCE_PAGES = {
+    "flock_llm": "flock_llm",
+    "flock_llm.subscription": "subscription",
+    "flock_llm.visibility": "visibility",
+    "flock_llm.engines": "engines",
+    "flock_llm.engines.llm": "llm",
+    "flock_llm.engines.dspy": "dspy",
+    "flock_llm.engines.examples": "examples",
+    "flock_llm.stores": "stores",
+    "flock_llm.testing": "testing",
+    "flock_llm.tracing": "tracing",
+    "flock_llm.metrics": "metrics",
+    "flock_llm.errors": "errors",
+}
+
+
+def test_every_public_name_has_an_entry_in_the_reference(site: Path) -> None:
+    import importlib
+    import re
+
+    def ids(page: str) -> set[str]:
+        html = (site / "reference" / page / "index.html").read_text(encoding="utf-8")
+        return set(re.findall(r'id="(flock_llm[^"]*)"', html))
+
+    missing = []
+    for module_name, page in REFERENCE_PAGES.items():
+        found = ids(page)
+        if module_name == "flock_llm":  # the errors and metrics types are re-exported: documented on their pages
+            found |= {i.replace("flock_llm.errors.", "flock_llm.").replace("flock_llm.metrics.", "flock_llm.")
+                      for i in ids("errors") | ids("metrics")}  # fmt: skip
+        module = importlib.import_module(module_name)
+        missing += [f"{module_name}.{name}" for name in module.__all__ if f"{module_name}.{name}" not in found]
+    assert not missing, f"public names without a reference entry: {missing}"
+
+
 def test_make_docs_builds_from_the_makefile() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "mkdocs build --strict" in makefile and "docs-serve:" in makefile
