@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import gc
 import inspect
 import sys
 import types
@@ -21,6 +20,8 @@ from pathlib import Path
 import pytest
 
 pytest_examples = pytest.importorskip("pytest_examples", reason="the dev extra installs pytest-examples")
+
+from conftest import close_litellm_clients  # noqa: E402
 
 from flock_llm.testing import FakeOpenAIServer  # noqa: E402
 
@@ -86,16 +87,8 @@ def _module() -> types.ModuleType:
 
 async def _close_litellm_clients() -> None:
     """litellm caches HTTP clients across event loops; close them here, while a loop runs (see conftest)."""
-    if "litellm" not in sys.modules:
-        return
-    litellm = sys.modules["litellm"]
-    await litellm.close_litellm_async_clients()
-    litellm.in_memory_llm_clients_cache.flush_cache()
-    gc.collect()
-    me = asyncio.current_task()
-    closing = [t for t in asyncio.all_tasks() if t is not me and t.get_coro().__qualname__.endswith("aclose")]
-    if closing:
-        await asyncio.wait(closing, timeout=5)
+    if "litellm" in sys.modules:
+        await close_litellm_clients()
 
 
 async def _evaluate(code: types.CodeType, namespace: dict[str, object]) -> None:
