@@ -120,6 +120,31 @@ def run_page(page: str) -> int:
 
 
 @pytest.fixture
+def registry_of_a_fresh_process() -> Iterator[None]:
+    """The type registry as a reader's own process has it: flock_llm's core types only.
+
+    The docs' blocks are scripts, each meant for a process of its own; in the suite's process other tests have
+    registered types of the same names (tests/domain.py's `Transaction`, the CLI's `Review`), which a block's
+    `@flock_type class Transaction` would rightly be refused to shadow. Restored afterwards.
+    """
+    from flock_llm import registry
+
+    by_name, by_type = dict(registry._by_name), dict(registry._by_type)
+    core = {"flock_llm.artifact", "flock_llm.engines.examples"}
+    for name, cls in by_name.items():
+        if cls.__module__ not in core:
+            del registry._by_name[name]
+            registry._by_type.pop(cls, None)
+    yield
+    for name, cls in list(registry._by_name.items()):
+        if cls.__module__ == "docs_example":  # the page's own; what modules it imported registered stays
+            del registry._by_name[name]
+            registry._by_type.pop(cls, None)
+    registry._by_name.update(by_name)
+    registry._by_type.update(by_type)
+
+
+@pytest.fixture
 def page_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     page = request.node.callspec.params["page"]
     monkeypatch.chdir(tmp_path)
@@ -141,5 +166,5 @@ def page_env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_the_code_blocks_of_a_page_run(page: str, page_env: None) -> None:
+def test_the_code_blocks_of_a_page_run(page: str, registry_of_a_fresh_process: None, page_env: None) -> None:
     assert run_page(page) > 0 or all(_not_run_reason(e) for e in _examples() if _page(e) == page)
