@@ -89,11 +89,11 @@ def estimate_reviews(
     litellm = load_litellm()
     if tier == "batch" and deferrable(resolved, litellm) is None:
         tier = "standard"  # the run sends it the standard way, at the list price
+    estimate.tier = tier
     prices = engine.costs.prices_for(resolved, litellm, tier)
     if prices is None:
         estimate.prices = f"unknown: litellm has no price for {resolved}"
     else:
         estimate.cost_usd = prices.cost(prompt=estimate.prompt_tokens, completion=estimate.completion_tokens)
-        estimate.tier = tier
         estimate.prices = f"{prices.source}: input ${prices.input:g}, output ${prices.output:g} per million tokens"
     return estimate

@@ -136,24 +136,33 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.estimate:
             return _estimate(args)
-        return asyncio.run(_reviews(args, resuming))
+        return _start(args, resuming)
     except (ConfigurationError, StoreError) as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
-async def _reviews(args: argparse.Namespace, resuming: bool) -> int:
-    from rich.console import Console
-
+def _start(args: argparse.Namespace, resuming: bool) -> int:
+    """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
+    writing yet), then run it."""
     from ..engines._models import load_litellm
-    from .output import OutputFile
-    from .report import Figures
     from .resume import fingerprint
     from .rows import count_rows, iter_reviews
-    from .terminal import Sink, interrupt_handler, print_summary, progress_bar, say
 
     load_litellm()  # needed by every run; loaded now so that
     gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
+    current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
+    return asyncio.run(_reviews(args, current, count_rows(args.file)))
+
+
+async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:
+    from rich.console import Console
+
+    from .output import OutputFile
+    from .report import Figures
+    from .rows import iter_reviews
+    from .terminal import Sink, interrupt_handler, print_summary, progress_bar, say
+
     console = Console(stderr=True)
     bad_rows = 0
 
@@ -162,8 +171,6 @@ async def _reviews(args: argparse.Namespace, resuming: bool) -> int:
         bad_rows += 1
         say(console, f"{args.file}:{bad.line}: skipped: {bad.error}", "yellow")
 
-    current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
-    total = count_rows(args.file)
     reviews = iter_reviews(args.file, skipped)
     stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

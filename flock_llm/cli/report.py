@@ -75,7 +75,8 @@ def render_report(summary: Any, figures_of: Figures) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigurationError("--report needs matplotlib: pip install 'flock_llm[report]'") from None
-    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # labels are text, not TeX
+    # labels are text, not TeX; kept as SVG text (not glyph paths): smaller, and searchable in the page
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False, "svg.fonttype": "none"}):
         charts = _charts(plt, summary, figures_of)
     failures = figures_of.failures
     cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
