@@ -8,11 +8,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .resume import RunSettings, store_path, store_problem
 from .rows import input_problem
 
-__all__ = ["batch_size", "output_problem", "positive_seconds", "positive_usd", "usage_problem"]
+__all__ = ["batch_size", "finite", "output_problem", "positive_seconds", "positive_usd", "usage_problem"]
 
 
 def _number(text: str, unit: str) -> float:
@@ -42,6 +43,11 @@ def batch_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 review per call, got {text!r}")
     return value
+
+
+def finite(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` for strict JSON: a float that is not finite (a provider's cost, say) becomes null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
 
 def usage_problem(args: argparse.Namespace, settings: RunSettings) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engines._models import resolve_model
 from ..errors import ConfigurationError, StoreError
-from .checks import batch_size, positive_seconds, positive_usd
+from .checks import batch_size, finite, positive_seconds, positive_usd
 from .rows import is_pipe
 
 __all__ = ["main"]
@@ -193,7 +193,7 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
 
         write_report(args.report, summary, figures)
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2, allow_nan=False))
+        print(json.dumps(finite(summary.as_dict()), indent=2, allow_nan=False))
     else:
         print_summary(console, summary)
     if summary.interrupted:
@@ -256,7 +256,7 @@ def _estimate(args: argparse.Namespace) -> int:
         reviews, batch_size=args.batch_size, per_item=args.per_item, model=args.model, env=env, tier=args.tier
     )
     if args.json:
-        print(json.dumps({**found.as_dict(), "bad_rows": len(bad)}, indent=2, allow_nan=False))
+        print(json.dumps(finite({**found.as_dict(), "bad_rows": len(bad)}), indent=2, allow_nan=False))
         return EXIT_OK
     cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
     say(
@@ -271,6 +271,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 def _traces(path: Path, limit: int) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ..tracing.reader import recent_flushes, recent_llm_calls
@@ -285,12 +286,12 @@ def _traces(path: Path, limit: int) -> int:
     for column in ("time", "agent", "size", "configured", "reason", "efficiency", "wait ms", "duration ms"):
         flushes.add_column(column)
     for row in recent_flushes(path, limit):
-        flushes.add_row(*row)
+        flushes.add_row(*(escape(str(cell)) for cell in row))  # agent names are user text, not markup
     calls = Table(title="recent LLM calls")
     for column in ("time", "agent", "model", "kind", "items", "prompt tok", "completion tok", "cost", "outcome"):
         calls.add_column(column)
     for row in recent_llm_calls(path, limit):
-        calls.add_row(*row)
+        calls.add_row(*(escape(str(cell)) for cell in row))
     console.print(flushes)
     console.print(calls)
     return 0

@@ -10,7 +10,6 @@ from pathlib import Path
 from test_cli import FakeOpenAIServer, cli_env, read_jsonl, run_cli
 
 from flock_llm.artifact import Artifact, FailureRecord
-from flock_llm.cli.resume import fingerprint, plan_resume
 from flock_llm.cli.review_types import Review, ReviewLabel, ReviewTrend
 from flock_llm.stores.sqlite import open_database
 
@@ -137,6 +136,8 @@ def _output(kind: str, inputs: list[Artifact]) -> Artifact:
 
 
 def test_a_report_over_a_review_that_changed_is_not_written_and_its_other_reviews_run_again() -> None:
+    from flock_llm.cli.resume import fingerprint, plan_resume
+
     stored = [_review(n) for n in range(6)]
     trend_1, trend_2 = _output("ReviewTrend", stored[:3]), _output("ReviewTrend", stored[3:])
     current = {fingerprint(a.as_type(Review)) for a in stored[:5]}  # r5 left the input
@@ -148,6 +149,8 @@ def test_a_report_over_a_review_that_changed_is_not_written_and_its_other_review
 
 
 def test_pending_reviews_count_as_done_and_failure_records_are_never_written() -> None:
+    from flock_llm.cli.resume import fingerprint, plan_resume
+
     stored = [_review(n) for n in range(4)]
     failed = _output("FailureRecord", stored[:2])
     labelled = _output("ReviewLabel", stored[2:3])

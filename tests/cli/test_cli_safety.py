@@ -60,6 +60,13 @@ def test_numbers_that_are_not_positive_and_finite_are_refused(tmp_path: Path, ar
     assert not out.exists()
 
 
+def test_the_json_summary_is_strict_json_even_for_a_cost_that_is_not_a_number() -> None:
+    from flock_llm.cli.checks import finite
+
+    values = finite({"cost_usd": float("nan"), "budget_usd": float("inf"), "wall_s": 1.5, "items": 3})
+    assert json.dumps(values, allow_nan=False) == '{"cost_usd": null, "budget_usd": null, "wall_s": 1.5, "items": 3}'
+
+
 def test_the_estimate_refuses_what_a_run_refuses_and_prices_the_batch_tier_at_its_price() -> None:
     from flock_llm.cli.estimate import estimate_reviews
     from flock_llm.cli.rows import read_reviews
