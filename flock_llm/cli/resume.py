@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -95,6 +96,9 @@ def store_problem(url: str, settings: RunSettings) -> tuple[str, bool]:
     path = store_path(url)
     if path.is_dir():
         return f"--store {url!r} is a directory; give a file, e.g. sqlite:///run.db", False
+    directory = path.parent
+    if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+        return f"--store {url!r}: the directory {str(directory)!r} is not writable (SQLite keeps its WAL there)", False
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
         return "", False
     if not path.is_file():
