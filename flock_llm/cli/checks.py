@@ -8,10 +8,10 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .resume import RunSettings, store_path, store_problem
-from .rows import input_problem
+if TYPE_CHECKING:
+    from .resume import RunSettings
 
 __all__ = ["batch_size", "finite", "output_problem", "positive_seconds", "positive_usd", "usage_problem"]
 
@@ -52,6 +52,9 @@ def finite(values: dict[str, Any]) -> dict[str, Any]:
 
 def usage_problem(args: argparse.Namespace, settings: RunSettings) -> tuple[str, bool]:
     """(what is wrong with the `reviews` arguments or "", whether --store holds an earlier run of them)."""
+    from .resume import store_problem  # (with the review types: only when the command runs)
+    from .rows import input_problem
+
     problem = input_problem(args.file)
     if problem or args.estimate:
         return problem, False
@@ -75,6 +78,8 @@ def usage_problem(args: argparse.Namespace, settings: RunSettings) -> tuple[str,
 
 def _collision(args: argparse.Namespace) -> str:
     """Two roles given the same file (it would be overwritten by the other), or ""."""
+    from .resume import store_path
+
     if args.store is not None and not args.store.startswith("sqlite:///"):
         return f"--store must be a SQLite URL such as sqlite:///run.db, got {args.store!r}"
     named = [("the input", args.file)]

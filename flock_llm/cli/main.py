@@ -17,7 +17,6 @@ from typing import Any
 from ..engines._models import resolve_model
 from ..errors import ConfigurationError, StoreError
 from .checks import batch_size, finite, positive_seconds, positive_usd
-from .rows import is_pipe
 
 __all__ = ["main"]
 
@@ -121,6 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _traces(Path(args.path), args.limit)
     from .checks import usage_problem
     from .resume import RunSettings
+    from .rows import is_pipe
 
     model = resolve_model(None, args.model, os.environ)
     settings = RunSettings("per-item" if args.per_item else "report", model, args.batch_size)
