@@ -41,6 +41,9 @@ log = logging.getLogger("flock_llm.engines")
 _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
 _CHUNK = 256 * 1024
 """Bytes per chunk of a streamed output file."""
+_QUIET = {"batch_ignore_default_logging": True}
+"""Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
+that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +333,7 @@ class DeferredQueue:
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
             try:
-                batch = await self.litellm.aretrieve_batch(batch_id=batch_id, **self.settings)
+                batch = await self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
                 if batch.status not in _DONE:
                     continue
                 await self._read(batch_id, batch, job)

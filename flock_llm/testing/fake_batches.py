@@ -79,6 +79,8 @@ class FakeBatches:
         self.lines_failed = 0
         self.lines_expired = 0
         self.lines_billed = 0
+        self.duplicated_ids = 0
+        """Request ids that came more than once in one job's input file."""
         self.failed_calls = 0
         """Batch API calls answered with an error because the provider was down."""
         self.line_bills: Counter[str] = Counter()
@@ -195,8 +197,9 @@ class FakeBatches:
         with self._lock:
             self._jobs[job.id] = job
             self.jobs_created += 1
-            for line in lines:
-                self.line_submissions[str(line.get("custom_id"))] += 1
+            ids = Counter(str(line.get("custom_id")) for line in lines)
+            self.line_submissions.update(ids)
+            self.duplicated_ids += sum(n - 1 for n in ids.values())
             if self.expire_next > 0:
                 self.expire_next -= 1
                 job.metadata["_expire"] = "1"

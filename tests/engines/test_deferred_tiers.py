@@ -16,18 +16,16 @@ from pathlib import Path
 
 import pytest
 from conftest import references
+from deferred_support import QUICK_JOBS, labeller, reviews, run
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
 from flock_llm.engines._journal import JobRecord, SQLiteJournal
-from flock_llm.engines._limits import RetryPolicy
 from flock_llm.engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
 
 TESTS = Path(__file__).resolve().parents[1]
-PRICES = {"input": 100.0, "output": 200.0}
-QUICK_JOBS = DeferredPolicy(job_size=6, job_wait=0.2, poll_interval=0.05, max_poll_interval=0.2)
 
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
@@ -38,40 +36,6 @@ def server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
         fake.batches.completion_delay_s = 0.1
         yield fake
-
-
-def labeller(server: FakeOpenAIServer, **kwargs: object) -> Flock:
-    engine = LLMEngine(
-        "openai/fake-model",
-        per_item=True,
-        api_base=server.api_base,
-        api_key="sk-local-fake",
-        structured_output=True,
-        prices=PRICES,
-        retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05),
-        **kwargs,
-    )
-    flock = Flock(env={})
-    (
-        flock.agent("sentiment")
-        .consumes(CustomerReview, batch=BatchSpec(size=5, timeout=timedelta(seconds=5)))
-        .publishes(ReviewSentiment)
-        .with_engines(engine)
-        .max_concurrency(20)
-    )
-    return flock
-
-
-def reviews(n: int) -> list[CustomerReview]:
-    return [CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle") for i in range(n)]
-
-
-async def run(flock: Flock, n: int) -> tuple[dict[str, object], list[object]]:
-    published = await flock.publish_many(reviews(n))
-    await flock.run_until_idle()
-    await flock.shutdown()
-    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
-    return flock.metrics().usage["sentiment"], published
 
 
 async def test_batch_tier_goes_through_jobs_at_half_price_and_failed_and_expired_lines_recover(

@@ -1,0 +1,209 @@
+"""The batch tier's promises on its side paths, against the fake server's Batch API: identical requests share a
+line, a lost job ends at once, a malformed line costs one line, the deadline cancels the job first, an answer
+wins over an error for the same line, output files stream in bounded memory, finished jobs are pruned."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import tracemalloc
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import references
+from deferred_support import QUICK_JOBS, labeller, reviews, run
+from domain import ReviewSentiment
+
+from flock_llm.engines._deferred import DeferredQueue, custom_id_of
+from flock_llm.engines._journal import JobJournal, MemoryJournal, SQLiteJournal
+from flock_llm.engines._models import load_litellm
+from flock_llm.testing import FakeOpenAIServer
+
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+        fake.batches.completion_delay_s = 0.1
+        yield fake
+
+
+def queue(server: FakeOpenAIServer, **policy: float) -> DeferredQueue:
+    settings = {"api_base": server.api_base, "api_key": "sk-local-fake"}
+    return DeferredQueue(replace(QUICK_JOBS, **policy), load_litellm(), settings)
+
+
+def body(n: int) -> dict[str, object]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": f"request {n}"}]}
+
+
+async def test_identical_items_in_two_batches_share_one_line_and_both_are_answered(server: FakeOpenAIServer) -> None:
+    """Two batches with the same items make the same request (the same id): one line in one job answers both."""
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    first = await flock.publish_many(reviews(5))
+    second = await flock.publish_many(reviews(5))  # the same payloads: a second, identical batch
+    await asyncio.wait_for(flock.run_until_idle(), timeout=20)
+    await flock.shutdown()
+    assert await references(flock, "sentiment") == {a.id: 1 for a in first + second}
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 10
+    assert server.batches.duplicated_ids == 0 and set(server.batches.line_bills.values()) == {1}
+    assert len(server.batches.line_bills) == 1 and server.requests == 0
+
+
+async def test_every_waiter_of_a_shared_request_is_answered_even_when_one_gives_up(server: FakeOpenAIServer) -> None:
+    jobs = queue(server)
+    journal = MemoryJournal()
+    first = asyncio.create_task(jobs.ask(journal, "same", body(1)))
+    second = asyncio.create_task(jobs.ask(journal, "same", body(1)))
+    third = asyncio.create_task(jobs.ask(journal, "other", body(2)))
+    await asyncio.sleep(0)
+    first.cancel()  # the caller that started the request leaves; the others still get the line
+    answers = await asyncio.wait_for(asyncio.gather(second, third), timeout=10)
+    assert all(a.body is not None for a in answers)
+    assert server.batches.duplicated_ids == 0 and sorted(server.batches.line_bills.values()) == [1, 1]
+
+
+async def test_a_job_the_provider_does_not_know_ends_its_lines_at_once(server: FakeOpenAIServer) -> None:
+    """A 404 for the job (litellm raises openai's NotFoundError here) ends it at the first poll: its lines are
+    asked again in a later job, not polled for the 24 h deadline."""
+    server.batches.lose_next = 1
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    usage, _ = await asyncio.wait_for(run(flock, 10), timeout=20)
+    lost = "batch_2"  # file-1, then the first job
+    assert server.batches.retrievals[lost] == 0  # a lost job answers 404: never a successful poll
+    assert server.batches.jobs_created == 2 and usage["deferred_failed_lines"] == 2
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 10 and server.requests == 0
+
+
+async def test_a_malformed_output_line_retries_only_its_own_request(
+    server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.batches.malformed_next = 1
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    with caplog.at_level("WARNING"):
+        usage, _ = await run(flock, 30)  # 6 requests, one job
+        gc.collect()
+    assert server.batches.lines_billed == 7  # the 6 requests, and the malformed one again
+    assert usage["deferred_failed_lines"] == 1 and len(await flock.store.get_by_type(ReviewSentiment)) == 30
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "never retrieved" in m]
+    assert any("1 line(s) of the output file" in m for m in said)
+
+
+async def test_at_the_deadline_the_job_is_cancelled_and_answers_that_arrive_anyway_are_used(
+    server: FakeOpenAIServer,
+) -> None:
+    server.batches.completion_delay_s = 0.6
+    server.batches.ignore_cancel = True  # too far along: the job completes although it was cancelled
+    policy = replace(QUICK_JOBS, deadline=0.2, cancel_wait=5.0)
+    flock = labeller(server, tier="batch", deferred=policy)
+    usage, _ = await run(flock, 30)
+    assert server.batches.cancels == 1 and server.requests == 0  # nothing went the synchronous way
+    assert set(server.batches.line_bills.values()) == {1} and usage["deferred_fallbacks"] == 0
+    assert len(await flock.store.get_by_type(ReviewSentiment)) == 30
+
+
+async def test_a_job_cancelled_at_its_deadline_bills_each_line_once(server: FakeOpenAIServer) -> None:
+    """The job answered 2 lines before it was cancelled: those are used, the other 4 go synchronous."""
+    server.batches.completion_delay_s = 60.0
+    server.batches.answered_before_cancel = 2
+    policy = replace(QUICK_JOBS, deadline=0.2, cancel_wait=5.0)
+    flock = labeller(server, tier="batch", deferred=policy)
+    usage, _ = await run(flock, 30)
+    assert server.batches.cancels == 1 and server.batches.lines_billed == 2 and server.requests == 4
+    assert usage["deferred_fallbacks"] == 4 and len(await flock.store.get_by_type(ReviewSentiment)) == 30
+
+
+async def test_a_line_in_both_the_output_and_the_error_file_counts_as_answered(server: FakeOpenAIServer) -> None:
+    server.batches.duplicate_in_errors = 3
+    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
+    usage, _ = await run(flock, 30)
+    assert usage["deferred_failed_lines"] == 0 and server.requests == 0
+    assert set(server.batches.line_submissions.values()) == {1} and server.batches.lines_billed == 6
+
+
+async def test_a_large_output_file_is_read_in_bounded_memory(server: FakeOpenAIServer) -> None:
+    """2,000 lines of 5 KB (a 10 MB output file): reading it and answering every request holds at most a few
+    chunks at a time, not the file, its lines and their parsed answers at once (not timing-based: traced bytes)."""
+    n, padding = 2_000, 5_000
+    server.batches.output_padding = padding
+    jobs = queue(server, job_size=n, poll_interval=0.3, max_poll_interval=0.3)
+    journal = MemoryJournal()
+    answered = 0
+
+    async def ask(i: int) -> None:
+        nonlocal answered
+        result = await jobs.ask(journal, f"req-{i}", body(i))
+        answered += result.body is not None
+
+    asking = [asyncio.create_task(ask(i)) for i in range(n)]
+    deadline = time.monotonic() + 20
+    while server.batches.jobs_created < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    server.batches.completion_delay_s = 0.0
+    assert server.batches.get("/v1/batches/batch_2")[0] == 200  # the fake builds its output file now, untraced
+    tracemalloc.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*asking), timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = n * padding
+    assert answered == n
+    assert peak < size / 3, f"reading a {size / 1e6:.0f} MB output file peaked at {peak / 1e6:.1f} MB"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobJournal]:
+    if request.param == "memory":
+        yield MemoryJournal()
+        return
+    sqlite = SQLiteJournal(tmp_path / "jobs.db")
+    yield sqlite
+    sqlite.close()
+
+
+async def prune_checks(journal: JobJournal) -> None:
+    """What every journal does: only jobs finished before the cutoff go, with their requests."""
+    await journal.begin("old", ["a", "b"])
+    await journal.submitted("old", file_id="file-1")
+    await journal.submitted("old", batch_id="batch_1")
+    await journal.begin("recent", ["c"])
+    await journal.begin("running", ["d"])
+    await journal.finished("old", 1_000.0)
+    await journal.finished("recent", 2_000.0)
+    assert await journal.prune(1_500.0) == 1
+    assert await journal.job_of("a") is None and await journal.job_of("b") is None
+    assert (await journal.job_of("c")) is not None and (await journal.job_of("d")) is not None
+    assert await journal.prune(1_500.0) == 0
+    assert await journal.prune(3_000.0) == 1 and await journal.job_of("c") is None
+    assert await journal.job_of("d") is not None  # never finished: kept
+
+
+async def test_finished_jobs_are_pruned_from_the_journal(journal: JobJournal) -> None:
+    await prune_checks(journal)
+
+
+async def test_finished_jobs_are_pruned_from_the_redis_journal(redis_url: str) -> None:
+    from flock_llm import Flock
+
+    flock = Flock(store=redis_url, env={})
+    await flock.start()
+    await prune_checks(flock.store.job_journal())  # type: ignore[attr-defined]
+    await flock.shutdown()
+
+
+async def test_the_queue_prunes_jobs_finished_longer_than_keep_finished_ago(server: FakeOpenAIServer) -> None:
+    jobs = queue(server, job_size=1, keep_finished=0.05)
+    journal = MemoryJournal()
+    assert (await jobs.ask(journal, custom_id_of(body(1)), body(1))).body is not None
+    assert await journal.job_of(custom_id_of(body(1))) is not None  # finished, kept for keep_finished
+    await asyncio.sleep(0.1)
+    assert (await jobs.ask(journal, custom_id_of(body(2)), body(2))).body is not None
+    await asyncio.sleep(0.05)  # the poller prunes after it answered
+    assert await journal.job_of(custom_id_of(body(1))) is None
+    assert await journal.job_of(custom_id_of(body(2))) is not None
