@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -99,7 +100,7 @@ async def test_at_the_deadline_the_job_is_cancelled_and_answers_that_arrive_anyw
 ) -> None:
     server.batches.completion_delay_s = 0.6
     server.batches.ignore_cancel = True  # too far along: the job completes although it was cancelled
-    policy = replace(QUICK_JOBS, deadline=0.2, cancel_wait=5.0)
+    policy = replace(QUICK_JOBS, deadline=0.2)
     flock = labeller(server, tier="batch", deferred=policy)
     usage, _ = await run(flock, 30)
     assert server.batches.cancels == 1 and server.requests == 0  # nothing went the synchronous way
@@ -111,7 +112,7 @@ async def test_a_job_cancelled_at_its_deadline_bills_each_line_once(server: Fake
     """The job answered 2 lines before it was cancelled: those are used, the other 4 go synchronous."""
     server.batches.completion_delay_s = 60.0
     server.batches.answered_before_cancel = 2
-    policy = replace(QUICK_JOBS, deadline=0.2, cancel_wait=5.0)
+    policy = replace(QUICK_JOBS, deadline=0.2)
     flock = labeller(server, tier="batch", deferred=policy)
     usage, _ = await run(flock, 30)
     assert server.batches.cancels == 1 and server.batches.lines_billed == 2 and server.requests == 4
@@ -207,3 +208,38 @@ async def test_the_queue_prunes_jobs_finished_longer_than_keep_finished_ago(serv
     await asyncio.sleep(0.05)  # the poller prunes after it answered
     assert await journal.job_of(custom_id_of(body(1))) is None
     assert await journal.job_of(custom_id_of(body(2))) is not None
+
+
+async def test_the_requests_of_a_file_uploaded_before_a_restart_go_into_one_job(server: FakeOpenAIServer) -> None:
+    """The journal says: uploaded, no job yet (the process died in between). Every request of that file asks at
+    once after the restart; the file gets one job, each line is billed once."""
+    bodies = [body(i) for i in range(8)]
+    ids = [custom_id_of(b) for b in bodies]
+    lines = "".join(
+        json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
+        for c, b in zip(ids, bodies, strict=True)
+    )
+    uploaded = await load_litellm().acreate_file(
+        file=("requests.jsonl", lines.encode(), "application/jsonl"),
+        purpose="batch",
+        custom_llm_provider="openai",
+        api_base=server.api_base,
+        api_key="sk-local-fake",
+    )
+    journal = MemoryJournal()
+    await journal.begin("job-1", ids)
+    await journal.submitted("job-1", file_id=uploaded.id)
+    await journal.begin("job-2", ["gone"])
+    await journal.submitted("job-2", file_id="file-the-provider-forgot")
+    jobs = queue(server)
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(jobs.ask(journal, c, b) for c, b in zip(ids, bodies, strict=True)), jobs.ask(journal, "gone", body(9))
+        ),
+        timeout=20,
+    )
+    assert all(a.body is not None for a in answers)
+    # one job for the uploaded file; the request whose file is gone was uploaded anew into a job of its own
+    assert server.batches.jobs_created == 2 and server.batches.files_uploaded == 2
+    assert server.batches.lines_billed == 9 and set(server.batches.line_bills.values()) == {1}
+    assert (await journal.job_of(ids[0])) is not None and (await journal.job_of(ids[0])).batch_id is not None  # type: ignore[union-attr]

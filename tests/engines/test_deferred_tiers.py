@@ -127,6 +127,38 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
     assert server.requests == 0  # nothing went the synchronous way either
 
 
+def test_a_process_killed_between_upload_and_job_creation_bills_each_line_once_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Killed after it uploaded the job's input file, before the provider created the job: the restart creates
+    the one job for that file (or uploads anew), never one job per request of it (K requests were billed K x K
+    times). Every one of the 41 requests is billed once."""
+    db = tmp_path / "run.db"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
+        server.batches.completion_delay_s = 0.3
+        server.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
+        first = subprocess.Popen(
+            [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
+        )
+        deadline = time.monotonic() + 60
+        while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
+        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation
+        first.wait(timeout=30)
+        server.batches.release_creation()  # the held creation fails: the provider never created that job
+        assert server.batches.jobs_created == 0
+        second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
+                                timeout=120)  # fmt: skip
+        assert second.returncode == 0, second.stderr
+    assert "done labels=1000 failed=0" in second.stdout
+    assert len(server.batches.line_bills) == 41 and set(server.batches.line_bills.values()) == {1}
+    assert server.batches.lines_billed == 41 and server.batches.duplicated_ids == 0
+    assert server.requests == 0  # nothing went the synchronous way either
+
+
 async def test_a_job_polled_through_an_outage_is_still_answered(server: FakeOpenAIServer) -> None:
     """Polls that fail while the provider is down are tried again; the job's answers arrive after it."""
     server.batches.completion_delay_s = 0.3
