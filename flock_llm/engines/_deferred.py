@@ -4,18 +4,10 @@ price) instead of being sent one by one. A second level of batching: a job close
 `acreate_file`, `acreate_batch`), polled with backoff (`aretrieve_batch`) and its output and error files streamed
 (`afile_content`). Each request gets its line back: the chat completion, or why it failed or expired.
 
-What is promised, and where it stops:
-- one line per request id: a request already on its way in this process (identical items in two batches) waits
-  for the same line instead of being sent again, so a job file never carries an id twice;
-- jobs are recorded step by step in a journal (see `_journal`): a restarted process polls the job it had
-  created, creates the one job for a file it had uploaded (never one per request), or uploads anew;
-- a job the provider does not know (404) ends its lines at once (they are asked again); a malformed line ends
-  only its own request; a line in both the output and the error file counts as answered;
-- at the deadline the job is cancelled first and polled up to `cancel_wait` more seconds: lines answered
-  meanwhile are used, the others go the synchronous way (a provider that never confirms the cancellation may
-  still bill them: logged);
-- the provider's request ids are trusted: a provider that swaps two lines' ids gives each request the other's
-  answer.
+The promises (README, "Choosing a tier"): one line per request id (a request already on its way in this process
+is waited for, never sent twice); jobs journaled step by step, so a restart polls the job it created or creates
+the one job of a file it uploaded; a 404 job, a malformed line, a line in both files cost only their own lines;
+the deadline cancels the job first and uses what it still answers. The provider's request ids are trusted.
 """
 
 from __future__ import annotations
@@ -26,12 +18,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
-from ._job_lines import LineResult, line_result, lines_of
+from ._job_lines import LineResult, file_lines, line_result
 from ._journal import JobJournal, JobRecord, MemoryJournal
 
 __all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
@@ -39,8 +31,6 @@ __all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
 log = logging.getLogger("flock_llm.engines")
 
 _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
-_CHUNK = 256 * 1024
-"""Bytes per chunk of a streamed output file."""
 _QUIET = {"batch_ignore_default_logging": True}
 """Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
 that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
@@ -244,7 +234,12 @@ class DeferredQueue:
         if task is None:
             task = asyncio.get_running_loop().create_task(self._create_for(journal, record))
             self._resumes[record.key] = task
-        return await task
+        try:
+            return await task
+        except Exception:
+            if self._resumes.get(record.key) is task:  # the journal failed: the next request tries again
+                del self._resumes[record.key]
+            raise
 
     async def _create_for(self, journal: JobJournal, record: JobRecord) -> str | None:
         assert record.file_id is not None
@@ -364,7 +359,7 @@ class DeferredQueue:
             if not file_id or not job.waiting:
                 continue
             malformed = 0
-            async for raw in self._stream(str(file_id)):
+            async for raw in file_lines(self.litellm, str(file_id), self.settings):
                 parsed = line_result(raw)
                 if parsed is None:
                     malformed += 1
@@ -379,21 +374,6 @@ class DeferredQueue:
                     kind,
                     batch_id,
                 )
-
-    async def _stream(self, file_id: str) -> AsyncIterator[bytes]:
-        content = await self.litellm.afile_content(file_id=file_id, stream=True, chunk_size=_CHUNK, **self.settings)
-        chunks = getattr(content, "stream_iterator", None)
-        if chunks is None:  # a litellm without streamed file content: the whole file at once
-            for raw in bytes(getattr(content, "content", b"")).splitlines():
-                if raw.strip():
-                    yield raw
-            return
-        try:
-            async for raw in lines_of(chunks):
-                yield raw
-        finally:
-            if hasattr(chunks, "aclose"):
-                await chunks.aclose()
 
     async def _housekeeping(self, job: _Job) -> None:
         """Mark the job finished and prune the journal's finished jobs older than `keep_finished`."""

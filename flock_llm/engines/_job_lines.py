@@ -1,6 +1,6 @@
 """The lines of a provider batch job's output and error files, read as they stream in: each line's request id
-and what it brought (the chat completion, or why there is none). Memory stays at one chunk and one line,
-whatever the size of the file."""
+and what it brought (the chat completion, or why there is none). Memory stays at about one chunk, whatever the
+size of the file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LineResult", "line_result", "lines_of"]
+__all__ = ["LineResult", "file_lines", "line_result", "lines_of"]
+
+_CHUNK = 256 * 1024
+"""Bytes per chunk of a streamed file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +57,20 @@ async def lines_of(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         await asyncio.sleep(0)
     if rest.strip():
         yield rest
+
+
+async def file_lines(litellm: Any, file_id: str, settings: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The non-blank lines of a job's output or error file, streamed (litellm `afile_content(stream=True)`)."""
+    content = await litellm.afile_content(file_id=file_id, stream=True, chunk_size=_CHUNK, **settings)
+    chunks = getattr(content, "stream_iterator", None)
+    if chunks is None:  # a litellm without streamed file content: the whole file at once
+        for raw in bytes(getattr(content, "content", b"")).splitlines():
+            if raw.strip():
+                yield raw
+        return
+    try:
+        async for raw in lines_of(chunks):
+            yield raw
+    finally:
+        if hasattr(chunks, "aclose"):
+            await chunks.aclose()

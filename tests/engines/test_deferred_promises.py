@@ -9,7 +9,7 @@ import gc
 import json
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from deferred_support import QUICK_JOBS, labeller, reviews, run
 from domain import ReviewSentiment
 
 from flock_llm.engines._deferred import DeferredQueue, custom_id_of
+from flock_llm.engines._job_lines import LineResult, line_result, lines_of
 from flock_llm.engines._journal import JobJournal, MemoryJournal, SQLiteJournal
 from flock_llm.engines._models import load_litellm
 from flock_llm.testing import FakeOpenAIServer
@@ -243,3 +244,22 @@ async def test_the_requests_of_a_file_uploaded_before_a_restart_go_into_one_job(
     assert server.batches.jobs_created == 2 and server.batches.files_uploaded == 2
     assert server.batches.lines_billed == 9 and set(server.batches.line_bills.values()) == {1}
     assert (await journal.job_of(ids[0])) is not None and (await journal.job_of(ids[0])).batch_id is not None  # type: ignore[union-attr]
+
+
+async def test_lines_are_split_across_chunks_and_each_line_is_read_alone() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (
+            b'{"custom_id": "a", "response": {"status_code": 200, "body": {"x"',
+            b": 1}}}\n\n{not json\n",
+            b"[1]",
+        ):
+            yield chunk
+
+    lines = [line async for line in lines_of(chunks())]
+    assert lines == [b'{"custom_id": "a", "response": {"status_code": 200, "body": {"x": 1}}}', b"{not json", b"[1]"]
+    assert line_result(lines[0]) == ("a", LineResult(body={"x": 1}))
+    assert line_result(lines[1]) is None and line_result(lines[2]) is None
+    expired = b'{"custom_id": "b", "response": null, "error": {"code": "batch_expired"}}'
+    assert line_result(expired) == ("b", LineResult(problem="batch_expired"))
+    failed = b'{"custom_id": "c", "response": {"status_code": 500, "body": {"error": {}}}, "error": null}'
+    assert line_result(failed) == ("c", LineResult(problem="HTTP 500"))
