@@ -86,7 +86,7 @@ class FakeBatches:
         self.line_bills: Counter[str] = Counter()
         """How many times each custom_id was answered in a job (billed)."""
         self.retrievals: Counter[str] = Counter()
-        """How many times each job was retrieved (polled)."""
+        """How many times each job id was retrieved (polled), known to the provider or not."""
         self.lose_next = 0
         """The next this many jobs are created, then unknown to the provider (404 on retrieve and cancel)."""
         self.malformed_next = 0
@@ -137,10 +137,10 @@ class FakeBatches:
         if path.endswith("/batches"):
             return 200, {"object": "list", "data": [j.as_dict() for j in self._jobs.values()], "has_more": False}, {}
         job = self._known(parts[-1])
+        with self._lock:
+            self.retrievals[parts[-1]] += 1
         if job is None:
             return 404, {"error": {"message": "no such batch", "code": "batch_not_found"}}, {}
-        with self._lock:
-            self.retrievals[job.id] += 1
         self._finish_if_due(job)
         return 200, job.as_dict(), {}
 

@@ -48,7 +48,7 @@ async def test_identical_items_in_two_batches_share_one_line_and_both_are_answer
     flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
     first = await flock.publish_many(reviews(5))
     second = await flock.publish_many(reviews(5))  # the same payloads: a second, identical batch
-    await asyncio.wait_for(flock.run_until_idle(), timeout=20)
+    await asyncio.wait_for(flock.run_until_idle(), timeout=120)  # a hang fails, not a slow machine
     await flock.shutdown()
     assert await references(flock, "sentiment") == {a.id: 1 for a in first + second}
     assert len(await flock.store.get_by_type(ReviewSentiment)) == 10
@@ -64,7 +64,7 @@ async def test_every_waiter_of_a_shared_request_is_answered_even_when_one_gives_
     third = asyncio.create_task(jobs.ask(journal, "other", body(2)))
     await asyncio.sleep(0)
     first.cancel()  # the caller that started the request leaves; the others still get the line
-    answers = await asyncio.wait_for(asyncio.gather(second, third), timeout=10)
+    answers = await asyncio.wait_for(asyncio.gather(second, third), timeout=120)
     assert all(a.body is not None for a in answers)
     assert server.batches.duplicated_ids == 0 and sorted(server.batches.line_bills.values()) == [1, 1]
 
@@ -73,11 +73,12 @@ async def test_a_job_the_provider_does_not_know_ends_its_lines_at_once(server: F
     """A 404 for the job (litellm raises openai's NotFoundError here) ends it at the first poll: its lines are
     asked again in a later job, not polled for the 24 h deadline."""
     server.batches.lose_next = 1
-    flock = labeller(server, tier="batch", deferred=QUICK_JOBS)
-    usage, _ = await asyncio.wait_for(run(flock, 10), timeout=20)
+    flock = labeller(server, tier="batch", deferred=replace(QUICK_JOBS, deadline=3.0))
+    usage, _ = await run(flock, 10)
     lost = "batch_2"  # file-1, then the first job
-    assert server.batches.retrievals[lost] == 0  # a lost job answers 404: never a successful poll
+    assert server.batches.retrievals[lost] == 1  # its first poll got the 404; no second one
     assert server.batches.jobs_created == 2 and usage["deferred_failed_lines"] == 2
+    # asked again in a later job, not sent the synchronous way at the deadline
     assert len(await flock.store.get_by_type(ReviewSentiment)) == 10 and server.requests == 0
 
 
@@ -99,7 +100,7 @@ async def test_a_malformed_output_line_retries_only_its_own_request(
 async def test_at_the_deadline_the_job_is_cancelled_and_answers_that_arrive_anyway_are_used(
     server: FakeOpenAIServer,
 ) -> None:
-    server.batches.completion_delay_s = 0.6
+    server.batches.completion_delay_s = 2.0  # well after the deadline, even on a slow machine
     server.batches.ignore_cancel = True  # too far along: the job completes although it was cancelled
     policy = replace(QUICK_JOBS, deadline=0.2)
     flock = labeller(server, tier="batch", deferred=policy)
@@ -143,14 +144,14 @@ async def test_a_large_output_file_is_read_in_bounded_memory(server: FakeOpenAIS
         answered += result.body is not None
 
     asking = [asyncio.create_task(ask(i)) for i in range(n)]
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while server.batches.jobs_created < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     server.batches.completion_delay_s = 0.0
     assert server.batches.get("/v1/batches/batch_2")[0] == 200  # the fake builds its output file now, untraced
     tracemalloc.start()
     try:
-        await asyncio.wait_for(asyncio.gather(*asking), timeout=60)
+        await asyncio.wait_for(asyncio.gather(*asking), timeout=300)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -237,7 +238,7 @@ async def test_the_requests_of_a_file_uploaded_before_a_restart_go_into_one_job(
         asyncio.gather(
             *(jobs.ask(journal, c, b) for c, b in zip(ids, bodies, strict=True)), jobs.ask(journal, "gone", body(9))
         ),
-        timeout=20,
+        timeout=120,
     )
     assert all(a.body is not None for a in answers)
     # one job for the uploaded file; the request whose file is gone was uploaded anew into a job of its own
