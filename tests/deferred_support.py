@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 from conftest import references
@@ -15,6 +16,13 @@ from flock_llm.testing import FakeOpenAIServer
 
 PRICES = {"input": 100.0, "output": 200.0}
 QUICK_JOBS = DeferredPolicy(job_size=6, job_wait=0.2, poll_interval=0.05, max_poll_interval=0.2)
+
+
+def quick_batch_server() -> Iterator[FakeOpenAIServer]:
+    """The fake server answering at once, its batch jobs done 0.1 s after creation (the tests' `server`)."""
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+        fake.batches.completion_delay_s = 0.1
+        yield fake
 
 
 def labeller(server: FakeOpenAIServer, **kwargs: object) -> Flock:

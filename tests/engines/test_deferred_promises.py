@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import references
-from deferred_support import QUICK_JOBS, labeller, reviews, run
+from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
 from domain import ReviewSentiment
 
 from flock_llm.engines._deferred import DeferredQueue, custom_id_of
@@ -27,11 +27,7 @@ from flock_llm.testing import FakeOpenAIServer
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
 
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
-        fake.batches.completion_delay_s = 0.1
-        yield fake
+server = pytest.fixture(quick_batch_server, name="server")
 
 
 def queue(server: FakeOpenAIServer, **policy: float) -> DeferredQueue:

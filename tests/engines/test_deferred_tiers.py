@@ -10,13 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from conftest import references
-from deferred_support import QUICK_JOBS, labeller, reviews, run
+from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
@@ -31,11 +30,7 @@ TESTS = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
 
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
-        fake.batches.completion_delay_s = 0.1
-        yield fake
+server = pytest.fixture(quick_batch_server, name="server")
 
 
 async def test_batch_tier_goes_through_jobs_at_half_price_and_failed_and_expired_lines_recover(
