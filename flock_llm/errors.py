@@ -65,7 +65,13 @@ class EngineError(FlockError):
 
 
 class ModelCallError(EngineError):
-    """The provider refused or failed the call, after any retries."""
+    """The provider refused or failed the call, after any retries.
+
+    Args:
+        message: what happened (with the endpoint, never a key).
+        retryable: whether the same call may succeed later (429, 5xx, timeouts, connection errors).
+        status_code: the HTTP status, when there was one.
+    """
 
     def __init__(self, message: str, *, retryable: bool = False, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -74,7 +80,12 @@ class ModelCallError(EngineError):
 
 
 class ProviderUnavailableError(ModelCallError):
-    """The provider failed every call (5xx, timeouts, refused connections) for longer than `max_outage`."""
+    """The provider failed every call (5xx, timeouts, refused connections) for longer than `max_outage`.
+
+    Args:
+        message: what happened (with the endpoint, never a key).
+        status_code: the HTTP status of the last failure, when there was one.
+    """
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message, retryable=True, status_code=status_code)
@@ -87,6 +98,11 @@ class BudgetExceededError(ModelCallError):
 
 class ModelOutputError(EngineError):
     """The model's answer could not be parsed or validated.
+
+    Args:
+        message: what was wrong with the answer.
+        raw: the answer text (kept truncated to 2,000 characters).
+        item_ids: the engine item ids the answer was meant to cover.
 
     Attributes:
         raw: the answer text (possibly truncated to 2,000 characters).

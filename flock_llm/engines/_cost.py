@@ -37,9 +37,13 @@ class TokenPrices:
     """US dollars per million tokens. `cached_input` defaults to `input` (no discount), `cache_write` too."""
 
     input: float
+    """Per million prompt tokens that were not cached."""
     output: float
+    """Per million completion tokens."""
     cached_input: float | None = None
+    """Per million prompt tokens read from the provider's prompt cache (None: `input`)."""
     cache_write: float | None = None
+    """Per million prompt tokens written to the provider's prompt cache (None: `input`)."""
     source: str = "given"
     """Where the prices come from: "given" (`prices=`) or "litellm" (its price map)."""
 
@@ -50,6 +54,14 @@ class TokenPrices:
                 raise ConfigurationError(f"prices: `{name}` must be a number >= 0 (USD per million tokens)")
 
     def cost(self, *, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> float:
+        """What a call with these token counts costs, in US dollars.
+
+        Args:
+            prompt: all prompt tokens, cached and cache writes included.
+            completion: completion tokens.
+            cached: prompt tokens read from the cache.
+            cache_write: prompt tokens written to the cache.
+        """
         plain = max(0, prompt - cached - cache_write)
         cached_price = self.input if self.cached_input is None else self.cached_input
         write_price = self.input if self.cache_write is None else self.cache_write

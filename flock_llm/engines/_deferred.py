@@ -49,6 +49,7 @@ class DeferredPolicy:
     poll_interval: float = 5.0
     """The first poll of a job; each next one waits 1.5 times longer, up to `max_poll_interval`."""
     max_poll_interval: float = 120.0
+    """The longest wait between two polls of a job."""
     deadline: float = 24 * 3600.0
     """A job not finished this long after this process began polling it is cancelled."""
     cancel_wait: float = 600.0
@@ -131,6 +132,7 @@ class DeferredQueue:
 
     @property
     def jobs_running(self) -> int:
+        """Jobs this process is polling now."""
         return len(self._jobs)
 
     # -- requests -------------------------------------------------------------------------------------------

@@ -116,6 +116,7 @@ class RetryPolicy:
     base_delay: float = 0.5
     """Exponential backoff start, in seconds (with jitter), when the provider names no wait."""
     max_delay: float = 8.0
+    """Cap on the exponential backoff, in seconds."""
     max_retry_after: float = 30.0
     """Cap on a provider's Retry-After."""
 
@@ -126,6 +127,12 @@ class RetryPolicy:
             raise ConfigurationError("retry delays must be >= 0")
 
     def delay(self, attempt: int, exc: BaseException | None) -> float:
+        """Seconds to wait before the next attempt: the provider's Retry-After (capped), else jittered backoff.
+
+        Args:
+            attempt: the attempt that failed, from 1.
+            exc: its error, whose Retry-After header (if any) is honoured.
+        """
         asked = retry_after_seconds(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.max_retry_after)
@@ -133,7 +140,12 @@ class RetryPolicy:
         return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
 
     async def run(self, call: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]) -> T:
-        """Run `call`, retrying transient errors; anything else (or the last error) is raised."""
+        """Run `call`, retrying transient errors; anything else (or the last error) is raised.
+
+        Args:
+            call: makes one attempt.
+            on_retry: told of each transient error before its retry (the engine counts retries).
+        """
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
         def wait(state: object) -> float:

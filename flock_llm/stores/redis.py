@@ -235,6 +235,7 @@ class RedisStore(RedisConnection):
         return n
 
     async def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact with this id, read from Redis, or None (never published, or past the retention)."""
         where = await self.retrying(
             lambda: self.client.hget(self.key("ids"), artifact_id), limit=self.reconnect_timeout
         )
