@@ -262,12 +262,12 @@ async def run_reviews(
     concurrency = BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY
     await _feed(flock, reviews, summary, known, batch_size * (concurrency + 1), stop, in_flight)
     aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
+    graced = loop.create_task(_cancel_after_grace(stop, grace_s, flock))  # also a Ctrl-C during the shutdown
     limit = None if deadline is None else max(0.0, deadline - loop.time())
-    if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
-        limit = grace_s if limit is None else min(limit, grace_s)  # interrupted: finish within a bounded time
     try:
         await flock.shutdown(timeout=limit)
     finally:
+        graced.cancel()
         if aborter is not None:
             aborter.cancel()
     if timer is not None:
@@ -294,6 +294,14 @@ async def _report_jobs(engine: LLMEngine, on_jobs: Callable[[int, int, int], Non
 def review_artifact_id(review: Review) -> str:
     """The artifact id of a review: derived from its review id, so a resumed run recognises it."""
     return uuid.uuid5(uuid.NAMESPACE_URL, f"flock-llm-review:{review.review_id}").hex
+
+
+async def _cancel_after_grace(stop: asyncio.Event, grace_s: float, flock: Flock) -> None:
+    """Once interrupted (before or after the input was read), the batches in flight get `grace_s`, then they are
+    cancelled: a hung request is not waited for into its timeout."""
+    await stop.wait()
+    await asyncio.sleep(grace_s)
+    flock.cancel_running()
 
 
 async def _cancel_on(abort: asyncio.Event, flock: Flock) -> None:

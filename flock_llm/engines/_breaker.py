@@ -336,9 +336,11 @@ class ProviderGuard:
         try:
             result = await attempt()
         except Exception as exc:  # noqa: BLE001 - classified and re-raised: a 429's wait is shared first
+            answered = provider_answered(exc)  # an HTTP status: the provider is reachable
+            self.answered = self.answered or answered
             if classify_error(exc) != "transient":
-                if provider_answered(exc):
-                    self._succeeded()  # an answer, if a refusal: the provider is reachable
+                if answered:
+                    self._succeeded()  # a refusal of this request (auth, bad request, ...), not an outage
                 raise
             if not self.answered and connect_failure(exc):
                 raise _Stop(exc) from exc  # never answered and nothing listens: configuration, not an outage

@@ -26,7 +26,7 @@ from ._ladder import (
     LadderItem,
 )
 from ._limits import RequestLimiter, RetryPolicy
-from ._models import is_offline, load_litellm, redact, secrets_from
+from ._models import engine_secrets, is_offline, load_litellm, redact
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
@@ -194,7 +194,7 @@ class LadderEngine(Engine):
             requests_per_minute=requests_per_minute,
         )
         """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
-        self._secrets = secrets_from(passthrough)
+        self._secrets = engine_secrets(self, passthrough)
         self._passthrough = dict(passthrough)
         self.calls: deque[CallRecord] = deque(maxlen=1000)
         """The most recent model calls (both LLM engines record them the same way)."""
