@@ -144,6 +144,9 @@ class ProviderGuard:
 
     # -- the outage clock and the breaker -------------------------------------------------------------
 
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
     def _give_up_at(self) -> float:
         start = self.now() if self.failing_since is None else self.failing_since
         return start + self.policy.max_outage
@@ -218,7 +221,7 @@ class ProviderGuard:
             return
         self._waiting += 1
         try:
-            while self.state != "closed":
+            while not self.is_closed():  # (a method: the state changes while this waits)
                 deadline = self._give_up_at() if give_up_at is None else min(give_up_at, self._give_up_at())
                 if self.state == "open" and self.now() >= self._give_up_at():
                     self._go_down()

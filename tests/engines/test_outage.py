@@ -114,7 +114,7 @@ async def test_once_the_clock_ran_out_later_calls_fail_at_once_until_a_probe_get
     with contextlib.suppress(ProviderUnavailableError):
         await guard.call(FAST_RETRY, attempt, lambda exc: None, probe)
     await asyncio.sleep(0.05)
-    assert guard.state == "closed" and guard.recoveries == 1
+    assert guard.is_closed() and guard.recoveries == 1
     assert await guard.call(FAST_RETRY, attempt, lambda exc: None, probe) == "answer"
     assert guard.stats().failing_for_s is None  # a real answer stops the clock
 
