@@ -360,9 +360,7 @@ class FallbackLadder:
         self._fail(group, self.fatal or exc)
         return []
 
-    async def _last_resort(
-        self, item: LadderItem, feedback: Sequence[str], raw: Any, error: BaseException | None = None
-    ) -> None:
+    async def _last_resort(self, item: LadderItem, feedback: Sequence[str], raw: Any) -> None:
         self._check_budget()
         if self.fallback is not None and self.fatal is None:
             self.usage.fallbacks += 1
@@ -373,13 +371,12 @@ class FallbackLadder:
             self.failures.extend(result.failures)
             self.usage.failed_items += len(result.failures)
             return
-        if error is None:
-            error = self.fatal or ModelOutputError(
-                f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
-                + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
-                raw=raw if isinstance(raw, str) else repr(raw),
-                item_ids=[item.id],
-            )
+        error = self.fatal or ModelOutputError(
+            f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
+            + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
+            raw=raw if isinstance(raw, str) else repr(raw),
+            item_ids=[item.id],
+        )
         self._fail([item], error)
 
     def _fail(self, group: Sequence[LadderItem], error: BaseException) -> None:
