@@ -91,3 +91,17 @@ def test_a_secret_filter_masks_a_handler_of_your_own() -> None:
     assert SecretFilter().filter(record) and record.getMessage() == "key=***"
     del owner
     gc.collect()
+
+
+def test_a_redis_store_registers_its_password_for_as_long_as_it_lives(caplog: pytest.LogCaptureFixture) -> None:
+    from flock_llm._redaction import registered_secrets
+    from flock_llm.stores.redis import RedisStore
+
+    store = RedisStore("redis://worker:pw-redis-4c2e1@127.0.0.1:6390/0?namespace=redaction")  # not connected
+    assert "pw-redis-4c2e1" in registered_secrets()
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("redis.connection").debug("AUTH worker pw-redis-4c2e1")
+    assert caplog.records[0].getMessage() == "AUTH worker ***"
+    del store
+    gc.collect()
+    assert "pw-redis-4c2e1" not in registered_secrets()
