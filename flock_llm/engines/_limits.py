@@ -195,7 +195,7 @@ class RequestLimiter:
     def __init__(self, max_concurrent: int | None, per_minute: float | None) -> None:
         optional_number("max_concurrent_requests", max_concurrent, integer=True, fix="e.g. 8, or None for no cap")
         optional_number("requests_per_minute", per_minute, fix="e.g. 60, or None for no limit")
-        self.max_concurrent = max_concurrent
+        self.max_concurrent = None if max_concurrent is None else int(max_concurrent)
         self.interval = None if per_minute is None else 60.0 / per_minute
         self._semaphore: asyncio.Semaphore | None = None
         self._next_start = 0.0
