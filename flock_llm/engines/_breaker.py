@@ -13,8 +13,8 @@
   `max_tokens`), so a failure then opens the breaker again without retries;
 - when the outage clock reaches `max_outage`, every waiting call fails at once with
   ProviderUnavailableError (its items become failure records with stage "provider_unavailable"), and so
-  does every later call, without sending anything, until a probe gets through (a later call starts one
-  when none ran for a probe interval);
+  does every later call, without sending anything, until a probe gets through (a later call that comes
+  when no probe ran for a probe interval sends one itself first, and goes on if it is answered);
 - a provider that has never answered this guard and refuses the connection (nothing listens there, the
   host name does not resolve, no network) is a configuration problem, not an outage: the first such call
   fails at once with ProviderUnreachableError, which says what to set. A provider that answered once and
@@ -102,6 +102,7 @@ class ProviderGuard:
         self._prober: asyncio.Task[None] | None = None
         self._interval = policy.probe_interval
         self._next_probe_at = 0.0
+        self._probing = False
         self.failing_since: float | None = None
         """Loop time of the first transport failure since the provider last answered a real call."""
         self.recovering = False
@@ -225,8 +226,9 @@ class ProviderGuard:
                 deadline = self._give_up_at() if give_up_at is None else min(give_up_at, self._give_up_at())
                 if self.state == "open" and self.now() >= self._give_up_at():
                     self._go_down()
+                if self.state == "down" and await self._probe_when_due():
+                    continue  # the provider answers again
                 if self.state == "down" or self.now() >= deadline:
-                    self._ensure_prober()
                     raise self._unavailable(sent=False)
                 self._ensure_prober()
                 await self._wait(deadline - self.now())
@@ -234,26 +236,37 @@ class ProviderGuard:
             self._waiting -= 1
             self._notify()
 
+    async def _probe_when_due(self) -> bool:
+        """Once the clock ran out: this call probes, if no probe ran for a probe interval and none is under way
+        (calls meanwhile fail at once); whether it got through. The call itself probes, so that no probe task
+        outlives the calls that wanted it."""
+        if self._probe is None or self._probing or self.now() < self._next_probe_at:
+            return False
+        self._probing = True
+        try:
+            return await self._probe_once(self._probe)
+        finally:
+            self._probing = False
+
     def _ensure_prober(self) -> None:
-        if self._prober is not None or self._probe is None or self.state == "closed":
-            return
-        if self.state == "down" and self.now() < self._next_probe_at:
-            return  # probed recently; the calls that come meanwhile fail at once
-        self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed(self._probe))
+        if self._prober is None and self._probe is not None and self.state == "open":
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed(self._probe))
 
     async def _probe_until_closed(self, probe: Probe) -> None:
-        """While calls wait: probe with doubling waits, release the calls on the first answer. Once the clock
-        ran out (state "down"): one probe now; the next only when a later call comes after the next interval."""
+        """While calls wait: probe with doubling waits, release the calls on the first answer."""
         try:
-            while self.state != "closed":
-                if self.state == "open":
-                    deadline = self.now() + self._interval
-                    while self.state == "open" and self._waiting > 0 and self.now() < deadline:
-                        await self._wait(deadline - self.now())
-                    if self.state != "open" or self._waiting == 0:
-                        return  # closed, gone down, or nobody waits: the next waiting call starts probing again
-                if await self._probe_once(probe) or self.state != "open":
-                    return
+            while self.state == "open":
+                deadline = self.now() + self._interval
+                while self.state == "open" and self._waiting > 0 and self.now() < deadline:
+                    await self._wait(deadline - self.now())
+                if self.state != "open" or self._waiting == 0:
+                    return  # closed, gone down, or nobody waits: the next waiting call starts probing again
+                self._probing = True
+                try:
+                    if await self._probe_once(probe):
+                        return
+                finally:
+                    self._probing = False
         finally:
             self._prober = None
 
@@ -264,8 +277,8 @@ class ProviderGuard:
             await probe()
         except Exception as exc:  # noqa: BLE001 - any provider or transport error; classified here
             if classify_error(exc) == "transient":
-                self._interval = min(self._interval * 2, self.policy.max_probe_interval)
                 self._next_probe_at = self.now() + self._interval
+                self._interval = min(self._interval * 2, self.policy.max_probe_interval)
                 log.info("probe failed (%s); next in %.1f s", describe_call_error(exc), self._interval)
                 return False
         self.answered = True

@@ -3,6 +3,7 @@ loggers litellm, DSPy, httpx and httpcore write to, with logging at DEBUG, while
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from datetime import timedelta
@@ -32,7 +33,8 @@ async def test_litellm_debug_logs_do_not_show_extra_headers_secrets_or_keys(
         flock.agent("sentiment").consumes(CustomerReview, batch=batch).publishes(SentimentTrendReport).with_engines(
             engine
         )
-        with caplog.at_level(logging.DEBUG):  # the root logger at DEBUG, as when one is looking for a problem
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="LiteLLM"):
+            # the root logger at DEBUG, as when one is looking for a problem (and litellm's, which may have its own)
             await flock.publish_many(reviews(2))
             await flock.run_until_idle()
             await flock.shutdown()
@@ -57,7 +59,10 @@ def test_records_of_child_loggers_and_tracebacks_are_masked_and_only_while_regis
     owner = Owner()
     register_secrets(owner, ["dspy-secret-77aa", "x"])
     assert "x" not in registered_secrets()  # too short to mask without mangling text
-    with caplog.at_level(logging.DEBUG):
+    names = ("dspy.clients.lm", "httpcore.http11", "LiteLLM Router", "my_app")
+    with contextlib.ExitStack() as levels:
+        for name in names:  # (libraries set their own loggers' levels when imported)
+            levels.enter_context(caplog.at_level(logging.DEBUG, logger=name))
         logging.getLogger("dspy.clients.lm").debug("calling with key %s", "dspy-secret-77aa")
         logging.getLogger("httpcore.http11").debug("connect redis://:s3cret-pass@127.0.0.1:6390/0")
         try:
@@ -65,13 +70,14 @@ def test_records_of_child_loggers_and_tracebacks_are_masked_and_only_while_regis
         except RuntimeError:
             logging.getLogger("LiteLLM Router").exception("router error")
         logging.getLogger("my_app").debug("mine: dspy-secret-77aa")  # not a library flock_llm drives
+    assert [r.name for r in caplog.records] == list(names)
     text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records[:3])
     assert "dspy-secret-77aa" not in text and "s3cret-pass" not in text and text.count("***") >= 3
     assert "dspy-secret-77aa" in caplog.records[3].getMessage()
     del owner
     gc.collect()
     caplog.clear()
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="dspy"):
         logging.getLogger("dspy").debug("after: %s", "dspy-secret-77aa")
     assert "dspy-secret-77aa" in caplog.records[0].getMessage()  # the owner is gone: no longer registered
     assert "dspy-secret-77aa" not in registered_secrets()
@@ -99,7 +105,7 @@ def test_a_redis_store_registers_its_password_for_as_long_as_it_lives(caplog: py
 
     store = RedisStore("redis://worker:pw-redis-4c2e1@127.0.0.1:6390/0?namespace=redaction")  # not connected
     assert "pw-redis-4c2e1" in registered_secrets()
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="redis.connection"):
         logging.getLogger("redis.connection").debug("AUTH worker pw-redis-4c2e1")
     assert caplog.records[0].getMessage() == "AUTH worker ***"
     del store
