@@ -11,6 +11,8 @@
     └── EngineError                 a model call or its output failed at run time
         ├── ModelCallError          the provider refused or failed the call (after retries)
         │   └── ProviderUnavailableError  the provider stayed down longer than `max_outage`
+        │       └── ProviderUnreachableError  it never answered and refuses connections: fix the model,
+        │                                     its endpoint or key (a configuration problem, not an outage)
         └── ModelOutputError        the answer could not be parsed/validated; carries `raw`
                                     and `item_ids`, so no input is lost
 
@@ -34,6 +36,7 @@ __all__ = [
     "ModelCallError",
     "ModelOutputError",
     "ProviderUnavailableError",
+    "ProviderUnreachableError",
     "StoreError",
     "StoreUnavailableError",
 ]
@@ -89,6 +92,16 @@ class ProviderUnavailableError(ModelCallError):
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message, retryable=True, status_code=status_code)
+
+
+class ProviderUnreachableError(ProviderUnavailableError):
+    """The provider has not answered since the engine was created and its first call found nothing to connect to
+    (connection refused, unknown host, no network): the model, its endpoint or its key is wrong. Reported at
+    the first failure, without retries or the breaker's outage wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=None)
+        self.retryable = False
 
 
 class BudgetExceededError(ModelCallError):

@@ -10,6 +10,7 @@ from types import TracebackType
 
 from pydantic import BaseModel
 
+from ._numbers import optional_number
 from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
 from ._runtime.runner import FinishedRun
@@ -59,6 +60,7 @@ class Flock:
     ) -> None:
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigurationError(f"`model` must be a litellm model string, got {model!r}")
+        optional_number("budget_usd", budget_usd, unit="US dollars", fix="e.g. budget_usd=5.0, or None for no cap")
         self.model = model
         source = os.environ if env is None else env
         if isinstance(store, str):

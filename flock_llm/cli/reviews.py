@@ -315,12 +315,14 @@ async def _shut_down(
     """Finish what was published: by the deadline; within `grace_s` once interrupted; at once on `abort`."""
     loop = asyncio.get_running_loop()
     aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
+    graced = loop.create_task(_cancel_after_grace(stop, grace_s, flock))  # also a Ctrl-C during the shutdown
     limit = None if deadline is None else max(0.0, deadline - loop.time())
     if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
         limit = grace_s if limit is None else min(limit, grace_s)  # interrupted: finish within a bounded time
     try:
         await flock.shutdown(timeout=limit)
     finally:
+        graced.cancel()
         if aborter is not None:
             aborter.cancel()
 
@@ -337,6 +339,14 @@ def review_artifact_id(review: Review) -> str:
     """A new artifact id for a review (a resumed run recognises reviews by their fingerprints, not by ids: a
     review that runs again gets a fresh artifact, and the store keeps the old one's history)."""
     return uuid.uuid4().hex
+
+
+async def _cancel_after_grace(stop: asyncio.Event, grace_s: float, flock: Flock) -> None:
+    """Once interrupted (before or after the input was read), the batches in flight get `grace_s`, then they are
+    cancelled: a hung request is not waited for into its timeout."""
+    await stop.wait()
+    await asyncio.sleep(grace_s)
+    flock.cancel_running()
 
 
 async def _cancel_on(abort: asyncio.Event, flock: Flock) -> None:

@@ -49,6 +49,10 @@ class FakeOpenAIServer:
     """The share of requests answered 429 with a Retry-After."""
     fail_status: int | None = None
     """Answer every request with this HTTP error status (e.g. 500 for a provider that is down, 401)."""
+    refuse_calls_status: int | None = None
+    """Answer every request but a one-token probe with this status (429: a quota that refuses real calls while a
+    circuit breaker's probe still fits); counted in `requests` and `refused_calls`."""
+    refused_calls: int = 0
     seed: int = 7
     """Seeds the random choice of malformed and rate-limited answers (runs repeat exactly)."""
     down_until: float = 0.0
@@ -319,6 +323,12 @@ class _Handler(BaseHTTPRequestHandler):
                 error = {"message": "Resource unavailable: flex capacity", "code": "resource_unavailable"}
                 self._send(429, {"error": {**error, "type": "rate_limit"}}, {"retry-after": "0.05"})
                 return
+        refuse = self.fake.refuse_calls_status
+        if refuse is not None and request.get("max_tokens") != 1:
+            self.fake.tally(requests=1, refused_calls=1)
+            error = {"message": "the fake provider refuses this call", "type": "rate_limit", "code": str(refuse)}
+            self._send(refuse, {"error": error}, {"retry-after-ms": "20"})
+            return
         fault = self.fake.fault(is_repair=len(request.get("messages", [])) > 2)
         if request.get("max_tokens") == 1:  # a circuit breaker's probe: a tiny request, answered at once
             self.fake.count_probe()
