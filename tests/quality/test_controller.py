@@ -1,0 +1,100 @@
+"""The batch-size controller: shrinks when the lower bound of agreement falls below the target, grows back
+slowly while it holds, says why, and its state survives a JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from flock_llm.errors import ConfigurationError
+from flock_llm.quality import ControllerState, QualityTarget, observe
+
+
+def test_a_clearly_failing_size_halves_after_min_audits() -> None:
+    target = QualityTarget(0.95, min_audits=8)
+    state = target.start(40)
+    state, change = observe(target, state, agreed=5, n=7)
+    assert change is None and state.size == 40  # too few audits to judge
+    state, change = observe(target, state, agreed=0, n=1)  # 5 of 8: upper bound far below 95%
+    assert change is not None and (change.old, change.new, change.direction) == (40, 20, "shrink")
+    assert "clearly below 95%" in change.reason and change.high < 0.95
+    assert state.size == 20 and state.n == 0 and state.changes == 1 and state.reason == change.reason
+
+
+def test_a_perfect_record_holds_and_too_little_evidence_never_shrinks() -> None:
+    target = QualityTarget(0.95)
+    state = target.start(25)
+    for _ in range(target.audits_to_hold - 1):
+        state, change = observe(target, state, agreed=1, n=1)
+        assert change is None
+    assert state.size == 25
+
+
+def test_the_lower_bound_falling_below_the_target_shrinks_an_established_size() -> None:
+    target = QualityTarget(0.95, confidence=0.9)
+    state = target.start(20)
+    state, change = observe(target, state, agreed=100, n=100)
+    assert change is None  # at the configured maximum: nothing to grow to
+    state, change = observe(target, state, agreed=2, n=4)  # 102 of 104 (decayed): the lower bound drops
+    assert change is not None and change.new == 10
+    assert "lower bound" in change.reason and change.low < 0.95 <= change.high
+
+
+def test_it_grows_back_slowly_while_agreement_holds() -> None:
+    target = QualityTarget(0.95, confidence=0.9, grow=0.25)
+    state = ControllerState(size=8, max_size=32)
+    state, change = observe(target, state, agreed=target.audits_to_grow - 1, n=target.audits_to_grow - 1)
+    assert change is None  # not enough audits since the last change yet
+    state, change = observe(target, state, agreed=1, n=1)
+    assert change is not None and (change.old, change.new) == (8, 10) and "holds 95%" in change.reason
+    sizes = [state.size]
+    for _ in range(20):
+        state, _ = observe(target, state, agreed=target.audits_to_grow, n=target.audits_to_grow)
+        sizes.append(state.size)
+    assert sizes[:4] == [10, 12, 15, 18] and max(sizes) == 32 and sizes[-1] == 32
+
+
+def test_it_never_goes_below_the_minimum_size() -> None:
+    target = QualityTarget(0.95, min_size=4)
+    state = target.start(5)
+    state, change = observe(target, state, agreed=0, n=10)
+    assert change is not None and change.new == 4
+    state, change = observe(target, state, agreed=0, n=10)
+    assert change is None and state.size == 4
+
+
+def test_old_evidence_decays_so_drift_is_noticed() -> None:
+    target = QualityTarget(0.95, confidence=0.9, memory=100)
+    state = target.start(10)
+    state, _ = observe(target, state, agreed=300, n=300)
+    assert 90 < state.n < 100  # 300 audits weigh about as much as `memory`
+    changed = None
+    audits = 0
+    while changed is None and audits < 20:
+        state, changed = observe(target, state, agreed=0, n=1)
+        audits += 1
+    assert changed is not None and audits <= 3 and "lower bound" in changed.reason
+
+
+def test_state_round_trips_through_json() -> None:
+    target = QualityTarget()
+    state, _ = observe(target, target.start(12), agreed=3, n=4)
+    assert ControllerState.from_json(state.to_json()) == state
+    with pytest.raises(ConfigurationError, match="not a saved"):
+        ControllerState.from_json('{"size": 3, "what": 1}')
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"target": 1.0}, {"target": 0}, {"confidence": 1.5}, {"shrink": 1}, {"min_size": 0}, {"grow_after": 0}],
+)
+def test_target_is_validated(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        QualityTarget(**bad)  # type: ignore[arg-type]
+
+
+def test_bad_counts_are_refused() -> None:
+    target = QualityTarget()
+    with pytest.raises(ConfigurationError):
+        observe(target, target.start(3), agreed=3, n=2)
+    with pytest.raises(ConfigurationError):
+        target.start(0)
