@@ -10,12 +10,15 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..quality.stats import Interval
 
 __all__ = ["render_report"]
 
@@ -51,8 +54,11 @@ class _Figures:
         return found
 
 
-def render_report(summary: Any, records: Iterable[dict[str, Any]]) -> str:
-    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records, read once).
+def render_report(
+    summary: Any, records: Iterable[dict[str, Any]], agreement: Mapping[str, Interval] | None = None
+) -> str:
+    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records, read once;
+    `agreement`, from `Metrics.agreement()`, adds the audited agreement with its intervals).
 
     Raises:
         ConfigurationError: matplotlib is not installed (pip install 'flock_llm[report]').
@@ -102,8 +108,26 @@ cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s,
         "" if figures_of.failure_count == len(failures) else f", the first {len(failures)} listed"
     })</h2>
 <table><tr><th>review ids</th><th>stage</th><th>error</th></tr>{rows}</table>
+{_agreement_section(agreement)}
 </body></html>
 """
+
+
+def _agreement_section(agreement: Mapping[str, Interval] | None) -> str:
+    """Audited agreement with one-item answers: overall, per field, batch size and position (95% intervals)."""
+    if not agreement:
+        return ""
+    from ..quality.summary import agreement_line, agreement_rows
+
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in agreement_rows(agreement)
+    )
+    return (
+        f"<h2>Agreement with one-item answers</h2><p>{html.escape(agreement_line(agreement))}.</p>"
+        "<table><tr><th>by</th><th>value</th><th>agreement</th><th>95% interval</th><th>audited</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _svg(plt: Any, draw: Callable[[Any], None]) -> str:
@@ -147,8 +171,10 @@ def _trend(plt: Any, found: _Figures) -> str:
     return _svg(plt, draw)
 
 
-def write_report(path: Path, summary: Any, records: Iterable[dict[str, Any]]) -> None:
+def write_report(
+    path: Path, summary: Any, records: Iterable[dict[str, Any]], agreement: Mapping[str, Interval] | None = None
+) -> None:
     """Render the report and write it to `path` (atomically)."""
     from .output import write_atomically
 
-    write_atomically(path, render_report(summary, records))
+    write_atomically(path, render_report(summary, records, agreement))

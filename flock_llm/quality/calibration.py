@@ -1,9 +1,10 @@
 """Calibration: ask a sample one item at a time and at each batch size, and measure what batching costs in
 agreement (and accuracy against a gold column), by position, calls, tokens and cost.
 
-The recommendation is the largest size whose agreement with the one-item answers is at least `1 - tolerance`
-(point estimate), provided every smaller size measured also is (so one lucky size is not picked past a failing
-one); size 1 always qualifies. The interval shows how sure the figure is: widen `--sample` when it is wide.
+The recommendation is the largest size whose agreement with the one-item answers has a 95% lower confidence
+bound of at least `1 - tolerance`, provided every smaller size measured also has (so one lucky size is not
+picked past a failing one); size 1 always qualifies. A small sample gives wide intervals and so a cautious
+recommendation: 100 agreeing items have a lower bound of 96.3%, 40 of 91.2%.
 """
 
 from __future__ import annotations
@@ -98,16 +99,18 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def recommend(rows: Sequence[SizeRow], tolerance: float) -> tuple[int, str]:
-    """The largest size whose agreement (and every smaller size's) is >= 1 - tolerance, and why."""
+    """The largest size whose agreement's lower bound (and every smaller size's) is >= 1 - tolerance, and why."""
     best, why = 1, "one item per call is the reference"
     for row in sorted(rows, key=lambda r: r.size):
         if row.size == 1:
             continue
-        rate = row.agreement.rate
-        if rate is None or rate < 1 - tolerance:
-            shown = "nothing compared" if rate is None else f"{rate:.1%}"
-            return best, f"size {row.size} agrees {shown} with one-item answers, below {1 - tolerance:.0%}"
-        best, why = row.size, f"agreement {row.agreement} is within {tolerance:.0%} of one-item answers"
+        if not row.agreement.n or row.agreement.low < 1 - tolerance:
+            shown = "nothing compared" if not row.agreement.n else str(row.agreement)
+            return best, (
+                f"the lower bound of size {row.size}'s agreement {shown} is below {1 - tolerance:.0%}; "
+                "a larger --sample narrows the interval"
+            )
+        best, why = row.size, f"agreement {row.agreement} stays within {tolerance:.0%} of one-item answers"
     return best, why
 
 

@@ -6,7 +6,8 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
 - shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
   there are enough audits for a perfect record to clear the target, when the LOWER bound falls below it;
 - grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound is at or above the target
-  and at least `grow_after` audits were seen since the last change;
+  and at least `grow_after` audits were seen since the last change; half of the evidence is kept after a
+  growth (so a size that turns out worse is given back after a few disagreements), none after a shrink;
 - every change carries its reason; the state is a small JSON-able value (stores keep and share it).
 """
 
@@ -174,8 +175,19 @@ def observe(
     if new == state.size:
         return state, None
     change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
+    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep half of it, so
+    # a few disagreements at the new size bring the lower bound under the target again quickly
+    keep_share = 0.5 if new > state.size else 0.0
     return (
-        replace(state, size=new, agreed=0.0, n=0.0, since_change=0, changes=state.changes + 1, reason=reason),
+        replace(
+            state,
+            size=new,
+            agreed=state.agreed * keep_share,
+            n=state.n * keep_share,
+            since_change=0,
+            changes=state.changes + 1,
+            reason=reason,
+        ),
         change,
     )
 

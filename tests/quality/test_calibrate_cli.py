@@ -50,13 +50,25 @@ def test_calibrate_recommends_the_largest_size_that_agrees(
     server: FakeOpenAIServer, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "calibrate.html"
-    args = ["calibrate", str(reviews), "--model", "openai/gpt-4.1-mini", "--sizes", "4,8,20", "--sample", "40"]
+    args = [
+        "calibrate",
+        str(reviews),
+        "--model",
+        "openai/gpt-4.1-mini",
+        "--sizes",
+        "4,8,20",
+        "--sample",
+        "40",
+        "--tolerance",
+        "0.1",
+    ]
     assert main([*args, "--gold", "gold", "--json", "--report", str(report)]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {row["size"]: row for row in result["sizes"]}
     assert sorted(rows) == [1, 4, 8, 20]
     assert rows[1]["agreement"]["rate"] == 1.0 and rows[1]["calls"] == 40
     assert rows[4]["agreement"]["rate"] >= 0.95 > rows[20]["agreement"]["rate"]
+    assert rows[4]["agreement"]["low"] >= 0.9  # 40 of 40 agree: the lower bound is 91.2%
     assert rows[20]["agreement"]["low"] < rows[20]["agreement"]["rate"] < rows[20]["agreement"]["high"]
     assert result["recommended_size"] in (4, 8) and result["reason"]
     assert rows[20]["calls_per_item"] < rows[4]["calls_per_item"] < rows[1]["calls_per_item"] == 1.0
