@@ -173,6 +173,7 @@ async def stream(data: Snippets, n: int, size: int, *, audit: Audit | None, targ
         "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
         "audit_tokens": usage.get("audit_prompt_tokens", 0) + usage.get("audit_completion_tokens", 0),
         "size_changes": sizes, "wall_s": round(wall, 1),
+        "below": [f"{k}:{w:.2f}" for k, w in enumerate(windows) if w < TARGET][:12],
         "reasons": [e.change.reason for e in llm.quality.events][:6] if llm.quality else [],
     }  # fmt: skip
 
@@ -190,22 +191,31 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-async def main(n: int, sample: int, rate: float) -> None:
+async def main(n: int, sample: int, rate: float, only: str) -> None:
     data = Snippets(load())
     print(f"{len(data.rows)} snippets from {DATA.name}; simulated provider (flock_llm.testing.degrade)")
 
+    if only in ("", "a"):
+        await part_a(data, sample)
+    if only in ("", "b", "c"):
+        await parts_bc(data, n, rate)
+
+
+async def part_a(data: Snippets, sample: int) -> None:
     cal = await bench_calibrate(data, sample)
     show(f"(a) calibrate, sample {sample}, tolerance 5%", cal,
          ["collapse_at", "recommended", "true_best", "steps_below", "ok"])  # fmt: skip
     for row in cal:
         print(f"    collapse {row['collapse_at']}: agreement {row['agreement']} gold accuracy {row['accuracy']}")
 
+
+async def parts_bc(data: Snippets, n: int, rate: float) -> None:
     fixed = [await stream(data, n, size, audit=None, target=None) for size in (5, 10, 25, 50)]
     target = QualityTarget(TARGET, min_audits=5)
     adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=1), target=target)
     show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100", [*fixed, adaptive],
          ["size", "audit", "windows_at_target", "agreement", "cost_per_item", "calls", "wall_s"])  # fmt: skip
-    print(f"    adaptive size changes: {adaptive['size_changes']}")
+    print(f"    adaptive size changes: {adaptive['size_changes']}; windows below target: {adaptive['below']}")
     for reason in adaptive["reasons"]:
         print(f"      - {reason}")
     holding = [f for f in fixed if f["windows_at_target"] >= 0.95]
@@ -233,5 +243,6 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--sample", type=int, default=200)
     parser.add_argument("--rate", type=float, default=0.05, help="audit rate of the adaptive run in (b)")
+    parser.add_argument("--only", choices=("a", "b", "c", "d"), default="", help="run one part")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.sample, args.rate))
+    asyncio.run(main(args.n, args.sample, args.rate, args.only))

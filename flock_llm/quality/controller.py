@@ -6,8 +6,9 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
 - shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
   there are enough audits for a perfect record to clear the target, when the LOWER bound falls below it;
 - grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound is at or above the target
-  and at least `grow_after` audits were seen since the last change; half of the evidence is kept after a
-  growth (so a size that turns out worse is given back after a few disagreements), none after a shrink;
+  and at least `grow_after` audits were seen since the last change; the evidence is kept after a
+  growth (so a size that turns out worse is given back after a few disagreements: back to the size before
+  the growth), none after a shrink;
 - every change carries its reason; the state is a small JSON-able value (stores keep and share it).
 """
 
@@ -107,6 +108,8 @@ class ControllerState:
     since_change: int = 0
     """Audits since the last change."""
     changes: int = 0
+    before_growth: int | None = None
+    """The size before the last growth: a growth that does not hold goes back there, not below it."""
     reason: str = ""
     """Why the size is what it is (the last change's reason)."""
 
@@ -163,11 +166,11 @@ def observe(
     shown = f"{interval.rate:.1%} [{interval.low:.1%}, {interval.high:.1%}] over {state.n:.0f} audits"
     new, reason = state.size, ""
     if state.since_change >= target.min_audits and interval.high < target.target:
-        new, reason = _smaller(target, state.size), f"agreement {shown} is clearly below {target.target:.0%}"
+        new, reason = _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
     elif state.n >= target.audits_to_hold and interval.low < target.target:
         new, reason = (
-            _smaller(target, state.size),
-            (f"the lower bound of agreement {shown} fell below {target.target:.0%}"),
+            _smaller(target, state),
+            f"the lower bound of agreement {shown} fell below {target.target:.0%}",
         )
     elif interval.low >= target.target and state.since_change >= target.audits_to_grow:
         new = min(state.max_size, state.size + max(1, math.floor(state.size * target.grow)))
@@ -175,9 +178,9 @@ def observe(
     if new == state.size:
         return state, None
     change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
-    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep half of it, so
+    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep it, so
     # a few disagreements at the new size bring the lower bound under the target again quickly
-    keep_share = 0.5 if new > state.size else 0.0
+    keep_share = 1.0 if new > state.size else 0.0
     return (
         replace(
             state,
@@ -186,11 +189,17 @@ def observe(
             n=state.n * keep_share,
             since_change=0,
             changes=state.changes + 1,
+            before_growth=state.size if new > state.size else None,
             reason=reason,
         ),
         change,
     )
 
 
-def _smaller(target: QualityTarget, size: int) -> int:
-    return max(target.min_size, min(size - 1, math.floor(size * target.shrink))) if size > target.min_size else size
+def _smaller(target: QualityTarget, state: ControllerState) -> int:
+    size = state.size
+    if size <= target.min_size:
+        return size
+    if state.before_growth is not None and state.before_growth < size:
+        return state.before_growth
+    return max(target.min_size, min(size - 1, math.floor(size * target.shrink)))

@@ -19,6 +19,8 @@ from ..errors import ConfigurationError
 from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, sampled, shuffled_order
 from .compare import Comparison, compare_answers
 from .controller import ControllerState, QualityTarget, SizeChange, observe
+from .facts import ReportFacts
+from .report_check import checked_report
 from .stats import AgreementTally, position_bucket
 
 if TYPE_CHECKING:
@@ -45,7 +47,15 @@ class SizeEvent:
 class QualityGuard:
     """Audits, the position-bias guard and the batch-size controller of one engine."""
 
-    def __init__(self, audit: Audit | None, target: QualityTarget | None, shuffle: Shuffle | None) -> None:
+    def __init__(
+        self,
+        audit: Audit | None,
+        target: QualityTarget | None,
+        shuffle: Shuffle | None,
+        facts: ReportFacts | None = None,
+    ) -> None:
+        self.facts = facts
+        """Report fields computed from the items (report output only; see `flock_llm.quality.facts`)."""
         self.audit = audit
         self.target = target
         self.shuffle = shuffle
@@ -57,12 +67,19 @@ class QualityGuard:
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> QualityGuard | None:
-        """Take `audit=`, `quality=` and `shuffle=` out of an engine's keyword arguments (None: none given)."""
+        """Take `audit=`, `quality=`, `shuffle=` and `report_facts=` out of an engine's keyword arguments (None:
+        none given)."""
         audit, target, shuffle = (
             arguments.pop("audit", None),
             arguments.pop("quality", None),
             arguments.pop("shuffle", None),
         )
+        facts = arguments.pop("report_facts", None)
+        if facts is True:
+            facts = ReportFacts()
+        if facts is not None and facts is not False and not isinstance(facts, ReportFacts):
+            raise ConfigurationError(f"`report_facts` must be True or a ReportFacts(...), got {facts!r}")
+        facts = facts or None
         if audit is not None and not isinstance(audit, Audit):
             raise ConfigurationError(f"`audit` must be an Audit, got {audit!r}; e.g. audit=Audit(rate=0.02)")
         if target is not None and not isinstance(target, QualityTarget):
@@ -74,9 +91,9 @@ class QualityGuard:
         if shuffle is not None and shuffle is not False and not isinstance(shuffle, Shuffle):
             raise ConfigurationError(f"`shuffle` must be True, False or a Shuffle(seed=...), got {shuffle!r}")
         shuffle = shuffle or None
-        if audit is None and target is None and shuffle is None:
+        if audit is None and target is None and shuffle is None and facts is None:
             return None
-        return cls(audit, target, shuffle)
+        return cls(audit, target, shuffle, facts)
 
     def size_for(self, agent: str, subscription_index: int = 0) -> int | None:
         """The agent's effective batch size (None until its first batch, or without a target)."""
@@ -114,6 +131,8 @@ class QualityGuard:
     async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         result = await ladder(chunk_ctx, chunk)
+        if self.facts is not None and not getattr(engine, "per_item", False):
+            return await checked_report(chunk_ctx, chunk, result, self.facts, ladder)
         if self.audit is None or not getattr(engine, "per_item", False):
             return result
         audited = [n for n, item in enumerate(chunk.items) if sampled(self.audit, (a.id for a in item))]

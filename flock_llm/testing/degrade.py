@@ -67,6 +67,8 @@ class DegradingModel:
     drifted: Degradation | None = None
     answered: int = 0
     wrong: int = 0
+    wrong_numbers_sent: int = 0
+    foreign_ids_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def drift(self, curve: Degradation | None = None, **changes: Any) -> None:
@@ -130,9 +132,11 @@ class DegradingModel:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if self._draw("number", key, name) < min(1.0, curve.wrong_numbers * scale):
                     answer[name] = _other(value, self._draw("by", key, name))
+                    self.wrong_numbers_sent += 1
             elif isinstance(value, list) and all(isinstance(v, str) for v in value) and ids:
                 if self._draw("ids", key, name) < min(1.0, curve.foreign_ids * scale):
                     answer[name] = [*value, f"i{len(ids) + 7}"]
+                    self.foreign_ids_sent += 1
         return answer
 
 

@@ -98,3 +98,15 @@ def test_bad_counts_are_refused() -> None:
         observe(target, target.start(3), agreed=3, n=2)
     with pytest.raises(ConfigurationError):
         target.start(0)
+
+
+def test_a_growth_that_does_not_hold_goes_back_to_the_size_before_it() -> None:
+    target = QualityTarget(0.95, confidence=0.9)
+    state = ControllerState(size=12, max_size=50)
+    state, change = observe(target, state, agreed=target.audits_to_grow, n=target.audits_to_grow)
+    assert change is not None and change.new == 15 and state.before_growth == 12
+    assert state.n > target.audits_to_hold  # the evidence is kept: the lower-bound rule applies at once
+    state, change = observe(target, state, agreed=2, n=5)
+    assert change is not None and (change.old, change.new) == (15, 12) and "lower bound" in change.reason
+    state, change = observe(target, state, agreed=0, n=target.min_audits)
+    assert change is not None and change.new == 6  # no growth to undo: halve
