@@ -14,7 +14,8 @@ grow with the batch size past a collapse point and peak mid-batch.
       audit + QualityTarget(0.95) vs every fixed size without audit: share of 100-item windows whose agreement
       with the one-item answers is >= 95%, and cost per item against the best fixed size chosen in hindsight;
   (c) the audit's overhead at a 2% rate: its calls and tokens as a share of the run's, and of per-item calls;
-  (d) report mode: see benchmarks/report_facts.py (not built yet, see the README).
+  (d) report mode with a provider that puts wrong numbers and foreign ids in 30% of its answers' fields:
+      published reports' computed numbers exact, injected wrong numbers and foreign ids caught.
 
 Run: python benchmarks/quality.py [--n 6000] [--sample 200]
 """
@@ -29,7 +30,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from flock_llm import Flock
+from pydantic import BaseModel
+
+from flock_llm import Flock, flock_type
 from flock_llm.artifact import Artifact
 from flock_llm.cli.review_types import Review, ReviewLabel
 from flock_llm.engines._base import EngineContext
@@ -38,6 +41,7 @@ from flock_llm.engines.llm import LLMEngine
 from flock_llm.quality import QualityTarget, Tolerance, compare_answers
 from flock_llm.quality.audit import Audit
 from flock_llm.quality.calibration import calibrate
+from flock_llm.quality.facts import ReportFacts, check_report, compute_facts, valid_ids
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer
 
@@ -199,6 +203,54 @@ async def main(n: int, sample: int, rate: float, only: str) -> None:
         await part_a(data, sample)
     if only in ("", "b", "c"):
         await parts_bc(data, n, rate)
+    if only in ("", "d"):
+        await part_d(data, min(n, 2000))
+
+
+@flock_type(name="QualitySnippetReport")
+class SnippetReport(BaseModel):
+    review_count: int
+    average_rating: float
+    min_rating: int
+    max_rating: int
+    cited_review_ids: list[str]
+    summary: str
+
+
+async def part_d(data: Snippets, n: int) -> None:
+    reviews = data.reviews(n)
+    model = DegradingModel(Degradation(wrong_numbers=0.3, foreign_ids=0.3), seed=9)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as server:
+        llm = LLMEngine(MODEL, api_base=server.api_base, api_key="sk-fake-local", retry=FAST, structured_output=True,
+                        report_facts=ReportFacts())  # fmt: skip
+        flock = Flock(env={})
+        batch = BatchSpec(size=25, timeout=timedelta(seconds=60))
+        flock.agent("report").consumes(Review, batch=batch).publishes(SnippetReport).with_engines(llm)
+        await flock.publish_many(reviews)
+        await flock.run_until_idle()
+        await flock.shutdown()
+        published = [a for a in await flock.store.list() if a.type_name == "QualitySnippetReport"]
+        payloads = {a.id: a.payload for a in await flock.store.list() if a.type_name == "Review"}
+        usage = flock.metrics().usage.get("report", {})
+    exact = wrong_left = foreign_left = 0
+    for artifact in published:
+        items = [payloads[i] for i in artifact.derived_from if i in payloads]
+        report = artifact.as_type(SnippetReport)
+        computed = compute_facts(SnippetReport, items, ReportFacts())
+        ids = valid_ids(items, len(items))
+        problems = check_report(report, computed, ids, ReportFacts())
+        exact += all(getattr(report, k) == v for k, v in computed.items())
+        wrong_left += sum("the items give" in p for p in problems)
+        foreign_left += sum("not in the batch" in p for p in problems)
+    injected = model.wrong_numbers_sent + model.foreign_ids_sent
+    caught = 1 - (wrong_left + foreign_left) / injected if injected else 1.0
+    print(f"\n(d) report mode, {n} snippets in batches of 25, provider tampering with 30% of numbers and id lists: "
+          f"{len(published)} reports, computed numbers exact in {exact}/{len(published)}; injected "
+          f"{model.wrong_numbers_sent} wrong numbers and {model.foreign_ids_sent} foreign ids; "
+          f"{usage.get('report_rejected', 0)} answers rejected and asked again, "
+          f"{usage.get('report_facts_filled', 0)} values filled in, {usage.get('report_foreign_ids_dropped', 0)} id "
+          f"lists cleaned; left in published reports: {wrong_left} wrong numbers, {foreign_left} foreign ids "
+          f"(caught {caught:.0%}); calls {usage.get('llm_calls', 0)} for {len(published)} batches")  # fmt: skip
 
 
 async def part_a(data: Snippets, sample: int) -> None:

@@ -37,13 +37,16 @@ class Audit:
     """Fields never compared (ids, timestamps, ...)."""
     confidence: float = 0.95
     """Of the reported intervals."""
-    reask: bool = False
-    """Ask a batch whose audit disagrees once more in another order and keep each audited item's majority
-    answer (batched, alone, re-asked)."""
+    warmup: float = 4.0
+    """With `quality=QualityTarget(...)`: while the controller has fewer audits at the current size than it needs
+    to hold the target (at the start and after each change), audit at `rate x warmup`, so a bad size is found
+    within a few batches. 1.0 turns it off."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
             raise ConfigurationError(f"`rate` must be a share in (0, 1], got {self.rate!r}; e.g. Audit(rate=0.02)")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or self.warmup < 1:
+            raise ConfigurationError(f"`warmup` must be a number >= 1, got {self.warmup!r}")
         if not isinstance(self.tolerance, Tolerance):
             raise ConfigurationError(f"`tolerance` must be a Tolerance, got {self.tolerance!r}")
         if not 0 < self.confidence < 1:
@@ -63,9 +66,11 @@ def _unit(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def sampled(audit: Audit, artifact_ids: Iterable[str]) -> bool:
-    """Whether the item made of `artifact_ids` is audited: the same answer on every worker and every run."""
-    return _unit(audit.seed, "|".join(artifact_ids)) < audit.rate
+def sampled(audit: Audit, artifact_ids: Iterable[str], *, warming: bool = False) -> bool:
+    """Whether the item made of `artifact_ids` is audited: the same answer on every worker and every run
+    (`warming`: at `rate x warmup`, while a batch-size controller lacks evidence)."""
+    rate = min(1.0, audit.rate * audit.warmup) if warming else audit.rate
+    return _unit(audit.seed, "|".join(artifact_ids)) < rate
 
 
 def shuffled_order(seed: int, keys: list[str]) -> list[int]:

@@ -135,7 +135,10 @@ class QualityGuard:
             return await checked_report(chunk_ctx, chunk, result, self.facts, ladder)
         if self.audit is None or not getattr(engine, "per_item", False):
             return result
-        audited = [n for n, item in enumerate(chunk.items) if sampled(self.audit, (a.id for a in item))]
+        warming = self._warming(ctx)
+        audited = [
+            n for n, item in enumerate(chunk.items) if sampled(self.audit, (a.id for a in item), warming=warming)
+        ]
         if not audited:
             return result
         usage = dict(result.usage)
@@ -203,6 +206,11 @@ class QualityGuard:
             fields_agreed=sum(f.agreed for f in comparison.fields),
             disagreeing=",".join(comparison.disagreeing),
         )
+
+    def _warming(self, ctx: EngineContext) -> bool:
+        """Whether the controller still lacks the audits it needs at the current size."""
+        state = self.states.get((ctx.agent_name, ctx.subscription_index))
+        return self.target is not None and state is not None and state.n < self.target.audits_to_hold
 
     def _steer(self, ctx: EngineContext, size: int, comparisons: list[Comparison], usage: dict[str, Any]) -> None:
         key = (ctx.agent_name, ctx.subscription_index)

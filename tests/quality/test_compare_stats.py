@@ -181,3 +181,17 @@ def test_tally_merges_counts_kept_elsewhere() -> None:
     second.add("a", compare_answers(review(), review(urgent=True)), position=2, batch_size=5)
     first.merge(second.counts())
     assert first.overall().n == 2 and first.overall().agreed == 1
+
+
+def test_audit_sampling_is_seeded_and_warms_up() -> None:
+    from flock_llm.quality.audit import Audit, sampled
+
+    audit = Audit(rate=0.05, seed=3, warmup=4.0)
+    ids = [f"artifact-{k}" for k in range(4000)]
+    normal = [i for i in ids if sampled(audit, [i])]
+    warm = [i for i in ids if sampled(audit, [i], warming=True)]
+    assert 150 <= len(normal) <= 250 and 700 <= len(warm) <= 900
+    assert set(normal) <= set(warm)  # the warm-up sample contains the normal one
+    assert normal == [i for i in ids if sampled(Audit(rate=0.05, seed=3), [i])]
+    with pytest.raises(ConfigurationError, match="warmup"):
+        Audit(warmup=0.5)
