@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engines._calls import _CALL_COUNTERS as CALL_COUNTERS  # what a call adds: one list for every path
 from ..errors import ConfigurationError
 from .compare import Comparison, Tolerance
 from .stats import ALL_FIELDS, position_bucket
@@ -41,6 +42,10 @@ class Audit:
     """With `quality=QualityTarget(...)`: while the controller has fewer audits at the current size than it needs
     to hold the target (at the start and after each change), audit at `rate x warmup`, so a bad size is found
     within a few batches. 1.0 turns it off."""
+    reask: bool = False
+    """Position-bias guard: a batch whose audit disagrees is asked once more in another order (rotated by half,
+    so middle items move to the ends), and each disagreeing audited item keeps its majority answer (batched,
+    alone, re-asked; the one-item answer when all three differ). The re-ask is one more counted call."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
@@ -78,24 +83,11 @@ def shuffled_order(seed: int, keys: list[str]) -> list[int]:
     return sorted(range(len(keys)), key=lambda n: (_unit(seed, keys[n]), n))
 
 
-_CALL_FIGURES = (
-    "llm_calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_prompt_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "cost_known_calls",
-    "retries",
-    "probes",
-)
-
-
 def audit_call_usage(usage: Mapping[str, Any]) -> dict[str, float]:
     """What an audit call's usage adds to its batch's: its calls, tokens and cost (under their own names, so
     totals and budgets include them) and the same figures again as `audit_*` (so the overhead is visible)."""
     added: dict[str, float] = {}
-    for name in _CALL_FIGURES:
+    for name in CALL_COUNTERS:
         value = usage.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             added[name] = added.get(name, 0) + value

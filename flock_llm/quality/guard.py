@@ -20,6 +20,7 @@ from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage,
 from .compare import Comparison, compare_answers
 from .controller import ControllerState, QualityTarget, SizeChange, observe
 from .facts import ReportFacts
+from .reask import reask_majority
 from .report_check import checked_report
 from .stats import AgreementTally, position_bucket
 
@@ -143,9 +144,12 @@ class QualityGuard:
             return result
         usage = dict(result.usage)
         checks = await asyncio.gather(*(self._audit(engine, chunk_ctx, chunk, n, result, usage) for n in audited))
-        comparisons = [c for c in checks if c is not None]
-        self._steer(ctx, len(chunk), comparisons, usage)
-        return replace(result, usage=usage)
+        self._steer(ctx, len(chunk), [c[0] for c in checks if c is not None], usage)
+        result = replace(result, usage=usage)
+        disagreeing = [(n, c[1]) for n, c in zip(audited, checks, strict=True) if c is not None and not c[0].agreed]
+        if self.audit.reask and disagreeing:
+            return await reask_majority(chunk_ctx, chunk, result, disagreeing, ladder, self.audit)
+        return result
 
     async def _audit(
         self,
@@ -155,7 +159,8 @@ class QualityGuard:
         position: int,
         result: EvalResult,
         usage: dict[str, Any],
-    ) -> Comparison | None:
+    ) -> tuple[Comparison, BaseModel] | None:
+        """Ask the item at `position` alone and compare; (comparison, the one-item answer) or None."""
         from ..engines._base import EvalInputs
 
         assert self.audit is not None
@@ -186,7 +191,7 @@ class QualityGuard:
         self.tally.add(ctx.agent_name, comparison, position=position, batch_size=len(chunk))
         add_usage(usage, agreement_usage(comparison, position=position, batch_size=len(chunk)))
         self._span(ctx, comparison, position, len(chunk), started_ns)
-        return comparison
+        return comparison, reference
 
     def _span(self, ctx: EngineContext, comparison: Comparison, position: int, size: int, started_ns: int) -> None:
         if ctx.tracer is None:

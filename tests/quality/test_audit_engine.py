@@ -189,3 +189,28 @@ def test_quality_arguments_are_checked(kwargs: dict[str, Any], message: str) -> 
 def test_audit_rate_is_checked() -> None:
     with pytest.raises(ConfigurationError, match="rate"):
         Audit(rate=0)
+
+
+async def test_reask_keeps_the_majority_answer_of_disagreeing_items(degrading: FakeOpenAIServer) -> None:
+    llm = engine(degrading, audit=Audit(rate=1.0, reask=True))
+    flock = labeller(llm, size=12)
+    items = snippets(12)
+    await run(flock, items)
+    usage = flock.metrics().usage["labels"]
+    assert usage["audit_agreed"] < usage["audit_compared"] == 12
+    assert usage["reask_calls"] == 1 and usage["reask_replaced"] >= 1
+    assert usage["llm_calls"] == 1 + 12 + 1 == degrading.requests  # batch, audits, one re-ask: all counted
+    stored = {a.id: a for a in await flock.store.list()}
+    outputs = [a for a in stored.values() if a.type_name == "SnippetLabel"]
+    wrong = 0
+    for output in outputs:
+        source = stored[output.derived_from[0]].as_type(Snippet)
+        expected = SnippetLabel(snippet_id=source.snippet_id, **truth({"text": source.text}))
+        wrong += output.as_type(SnippetLabel) != expected
+    assert len(outputs) == 12 and wrong == 12 - usage["audit_agreed"] - usage["reask_replaced"]
+
+
+def test_rotation_moves_the_middle_to_the_ends() -> None:
+    from flock_llm.quality.reask import rotated
+
+    assert rotated(6) == [3, 4, 5, 0, 1, 2] and rotated(1) == [0]
