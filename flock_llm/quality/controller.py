@@ -4,9 +4,11 @@ Evidence is the audited agreement at the current size, as decayed counts (`memor
 all older ones), so a drifting provider is noticed. With `z` the normal quantile of `confidence`:
 
 - shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
-  there are enough audits for a perfect record to clear the target, when the LOWER bound falls below it;
-- grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound is at or above the target
-  and at least `grow_after` audits were seen since the last change; the evidence is kept after a
+  there are enough audits for a perfect record to clear the target, when the LOWER bound of the
+  `shrink_confidence` interval (default 50%) falls below it;
+- grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound of the `confidence` interval
+  (default 90%: growing needs more evidence than shrinking) is at or above the target
+  and at least `grow_after` audits were seen since the last change; half of the evidence is kept after a
   growth (so a size that turns out worse is given back after a few disagreements: back to the size before
   the growth), none after a shrink;
 - every change carries its reason; the state is a small JSON-able value (stores keep and share it).
@@ -40,7 +42,12 @@ class QualityTarget:
     target: float = 0.95
     """The agreement the effective batch size must hold (its lower confidence bound, not the point estimate)."""
     confidence: float = 0.9
-    """Two-sided confidence of the Wilson interval the decisions use."""
+    """Two-sided confidence of the Wilson interval for growing (its lower bound must hold the target) and for
+    "clearly below" (its upper bound under the target)."""
+    shrink_confidence: float = 0.5
+    """Two-sided confidence of the interval whose lower bound falling below the target shrinks the size. Lower
+    than `confidence`, so a size is given up on less evidence than it takes to grow (hysteresis): one
+    disagreement in the first ~10 audits shrinks, one in 50 does not."""
     min_size: int = 1
     shrink: float = 0.5
     """The size is multiplied by this when agreement falls below the target."""
@@ -58,6 +65,7 @@ class QualityTarget:
     def __post_init__(self) -> None:
         _share("target", self.target)
         _share("confidence", self.confidence)
+        _share("shrink_confidence", self.shrink_confidence)
         _share("shrink", self.shrink)
         _share("grow", self.grow, high=10.0)
         for name in ("min_size", "min_audits"):
@@ -78,6 +86,13 @@ class QualityTarget:
     def audits_to_hold(self) -> int:
         """How many audits, all agreeing, a lower bound needs to reach the target."""
         z = z_for(self.confidence)
+        return math.ceil(z * z * self.target / (1 - self.target))
+
+    @property
+    def audits_to_judge(self) -> int:
+        """How many audits the shrink rule waits for (a perfect record's lower bound at `shrink_confidence`
+        reaches the target)."""
+        z = z_for(self.shrink_confidence)
         return math.ceil(z * z * self.target / (1 - self.target))
 
     @property
@@ -167,10 +182,11 @@ def observe(
     new, reason = state.size, ""
     if state.since_change >= target.min_audits and interval.high < target.target:
         new, reason = _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
-    elif state.n >= target.audits_to_hold and interval.low < target.target:
+    elif state.n >= target.audits_to_judge and (judged := _low(target, state)) < target.target:
         new, reason = (
             _smaller(target, state),
-            f"the lower bound of agreement {shown} fell below {target.target:.0%}",
+            f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "
+            f"{state.n:.0f} audits, {judged:.1%}, fell below {target.target:.0%}",
         )
     elif interval.low >= target.target and state.since_change >= target.audits_to_grow:
         new = min(state.max_size, state.size + max(1, math.floor(state.size * target.grow)))
@@ -178,9 +194,9 @@ def observe(
     if new == state.size:
         return state, None
     change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
-    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep it, so
+    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep half of it, so
     # a few disagreements at the new size bring the lower bound under the target again quickly
-    keep_share = 1.0 if new > state.size else 0.0
+    keep_share = 0.5 if new > state.size else 0.0
     return (
         replace(
             state,
@@ -194,6 +210,10 @@ def observe(
         ),
         change,
     )
+
+
+def _low(target: QualityTarget, state: ControllerState) -> float:
+    return wilson(state.agreed, state.n, confidence=target.shrink_confidence).low
 
 
 def _smaller(target: QualityTarget, state: ControllerState) -> int:

@@ -34,9 +34,20 @@ def test_the_lower_bound_falling_below_the_target_shrinks_an_established_size() 
     state = target.start(20)
     state, change = observe(target, state, agreed=100, n=100)
     assert change is None  # at the configured maximum: nothing to grow to
-    state, change = observe(target, state, agreed=2, n=4)  # 102 of 104 (decayed): the lower bound drops
+    state, change = observe(target, state, agreed=1, n=2)  # one disagreement in ~100: holds
+    assert change is None
+    state, change = observe(target, state, agreed=0, n=4)  # 5 of ~105 disagree: the lower bound drops
     assert change is not None and change.new == 10
-    assert "lower bound" in change.reason and change.low < 0.95 <= change.high
+    assert "lower bound (50% interval)" in change.reason and change.low < 0.95 <= change.high
+
+
+def test_one_disagreement_early_shrinks_but_one_in_fifty_does_not() -> None:
+    target = QualityTarget(0.95)
+    assert target.audits_to_judge == 9 and target.audits_to_hold == 52
+    state, change = observe(target, target.start(20), agreed=49, n=50)
+    assert change is None
+    state, change = observe(target, target.start(20), agreed=9, n=10)
+    assert change is not None and change.new == 10
 
 
 def test_it_grows_back_slowly_while_agreement_holds() -> None:
@@ -72,7 +83,7 @@ def test_old_evidence_decays_so_drift_is_noticed() -> None:
     while changed is None and audits < 20:
         state, changed = observe(target, state, agreed=0, n=1)
         audits += 1
-    assert changed is not None and audits <= 3 and "lower bound" in changed.reason
+    assert changed is not None and audits <= 4 and "lower bound" in changed.reason
 
 
 def test_state_round_trips_through_json() -> None:
@@ -105,7 +116,7 @@ def test_a_growth_that_does_not_hold_goes_back_to_the_size_before_it() -> None:
     state = ControllerState(size=12, max_size=50)
     state, change = observe(target, state, agreed=target.audits_to_grow, n=target.audits_to_grow)
     assert change is not None and change.new == 15 and state.before_growth == 12
-    assert state.n > target.audits_to_hold  # the evidence is kept: the lower-bound rule applies at once
+    assert state.n > target.audits_to_judge  # half the evidence is kept: the lower-bound rule applies at once
     state, change = observe(target, state, agreed=2, n=5)
     assert change is not None and (change.old, change.new) == (15, 12) and "lower bound" in change.reason
     state, change = observe(target, state, agreed=0, n=target.min_audits)
