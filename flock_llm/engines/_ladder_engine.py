@@ -161,8 +161,8 @@ class LadderEngine(Engine):
     ) -> None:
         from ..quality.guard import QualityGuard
 
-        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle= out
-        """Audits, the shuffle guard and the batch-size controller (`flock_llm.quality`), when configured."""
+        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
+        """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
         for name in reserved:
             if name in passthrough:
                 raise ConfigurationError(f"`{name}` is set by {self.engine_name} itself; remove it from the arguments")
