@@ -8,9 +8,10 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
   `shrink_confidence` interval (default 50%) falls below it;
 - grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound of the `confidence` interval
   (default 90%: growing needs more evidence than shrinking) is at or above the target
-  and at least `grow_after` audits were seen since the last change; half of the evidence is kept after a
-  growth (so a size that turns out worse is given back after a few disagreements: back to the size before
-  the growth), none after a shrink;
+  and at least `grow_after` audits were seen since the last change; a growth that turns out worse is given
+  back (to the size before it);
+- the "clearly below" rule also looks at the latest `recent` audits alone, so a sudden drop (a provider that
+  drifts) shows within a few audits; the evidence starts afresh after every change;
 - every change carries its reason; the state is a small JSON-able value (stores keep and share it).
 """
 
@@ -58,6 +59,8 @@ class QualityTarget:
     target)."""
     min_audits: int = 8
     """Audits before a clearly failing size is shrunk."""
+    recent: int = 20
+    """How many of the latest audits the "clearly below" rule looks at (besides all the evidence)."""
     memory: int | None = None
     """About how many recent audits the evidence keeps (older ones decay); default: four times
     `audits_to_hold`. It must exceed `audits_to_hold`, else no evidence could ever hold the target."""
@@ -68,7 +71,7 @@ class QualityTarget:
         _share("shrink_confidence", self.shrink_confidence)
         _share("shrink", self.shrink)
         _share("grow", self.grow, high=10.0)
-        for name in ("min_size", "min_audits"):
+        for name in ("min_size", "min_audits", "recent"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
@@ -123,6 +126,9 @@ class ControllerState:
     since_change: int = 0
     """Audits since the last change."""
     changes: int = 0
+    recent: str = ""
+    """The last `recent` audit outcomes at this size, oldest first ("1" agreed, "0" not): a sudden drop shows
+    here before it moves the long evidence."""
     before_growth: int | None = None
     """The size before the last growth: a growth that does not hold goes back there, not below it."""
     reason: str = ""
@@ -176,12 +182,22 @@ def observe(
         n=state.n * weight + added,
         agreed=state.agreed * weight + added * agreed / n,
         since_change=state.since_change + n,
+        recent=(state.recent + "1" * agreed + "0" * (n - agreed))[-target.recent :],
     )
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
+    latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
     shown = f"{interval.rate:.1%} [{interval.low:.1%}, {interval.high:.1%}] over {state.n:.0f} audits"
     new, reason = state.size, ""
     if state.since_change >= target.min_audits and interval.high < target.target:
         new, reason = _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
+    elif len(state.recent) >= target.min_audits and latest.high < target.target:
+        new, reason = (
+            _smaller(target, state),
+            (
+                f"agreement in the latest {latest.n:.0f} audits, {latest.rate:.1%} [{latest.low:.1%}, "
+                f"{latest.high:.1%}], is clearly below {target.target:.0%}"
+            ),
+        )
     elif state.n >= target.audits_to_judge and (judged := _low(target, state)) < target.target:
         new, reason = (
             _smaller(target, state),
@@ -194,9 +210,8 @@ def observe(
     if new == state.size:
         return state, None
     change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
-    # after a shrink the old evidence is about a worse size: start afresh; after a growth keep half of it, so
-    # a few disagreements at the new size bring the lower bound under the target again quickly
-    keep_share = 0.5 if new > state.size else 0.0
+    # the old evidence is about another size: start afresh (audits warm up meanwhile, see Audit.warmup)
+    keep_share = 0.0
     return (
         replace(
             state,
@@ -204,6 +219,7 @@ def observe(
             agreed=state.agreed * keep_share,
             n=state.n * keep_share,
             since_change=0,
+            recent="",
             changes=state.changes + 1,
             before_growth=state.size if new > state.size else None,
             reason=reason,
