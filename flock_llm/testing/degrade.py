@@ -99,7 +99,7 @@ class DegradingModel:
             return answer
         if isinstance(answer, dict):
             curve = self._current(1)
-            return self._report(answer, list(items), curve, len(items))
+            return self._report(answer, items, curve, len(items))
         return answer
 
     def _item(self, result: dict[str, Any], data: str, curve: Degradation, n: int, pos: int) -> None:
@@ -125,9 +125,10 @@ class DegradingModel:
         key = keys[int(self._draw("field", data) * len(keys))]
         output[key] = _other(output[key], self._draw("value", data))
 
-    def _report(self, answer: dict[str, Any], ids: list[str], curve: Degradation, n: int) -> dict[str, Any]:
+    def _report(self, answer: dict[str, Any], items: dict[str, str], curve: Degradation, n: int) -> dict[str, Any]:
         scale = 1 + curve.error(n, n // 2) * 10 if n > 1 else 1.0
-        key = json.dumps(ids)
+        ids = list(items)
+        key = json.dumps(sorted(items.items()))  # the batch's items: each batch draws its own faults
         for name, value in sorted(answer.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if self._draw("number", key, name) < min(1.0, curve.wrong_numbers * scale):
