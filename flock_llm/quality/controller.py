@@ -59,6 +59,9 @@ class QualityTarget:
     target)."""
     min_audits: int = 8
     """Audits before a clearly failing size is shrunk."""
+    min_disagreements: int = 2
+    """The lower-bound rule needs at least this many disagreements in the evidence: one stray disagreement
+    among the first audits at a size does not shrink it (a systematic failure is caught by "clearly below")."""
     recent: int = 20
     """How many of the latest audits the "clearly below" rule looks at (besides all the evidence)."""
     memory: int | None = None
@@ -71,7 +74,7 @@ class QualityTarget:
         _share("shrink_confidence", self.shrink_confidence)
         _share("shrink", self.shrink)
         _share("grow", self.grow, high=10.0)
-        for name in ("min_size", "min_audits", "recent"):
+        for name in ("min_size", "min_audits", "recent", "min_disagreements"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
@@ -180,7 +183,7 @@ def observe(
     state = replace(
         state,
         n=state.n * weight + added,
-        agreed=state.agreed * weight + added * agreed / n,
+        agreed=min(state.n * weight + added, state.agreed * weight + added * agreed / n),  # no rounding above n
         since_change=state.since_change + n,
         recent=(state.recent + "1" * agreed + "0" * (n - agreed))[-target.recent :],
     )
@@ -198,7 +201,11 @@ def observe(
                 f"{latest.high:.1%}], is clearly below {target.target:.0%}"
             ),
         )
-    elif state.n >= target.audits_to_judge and (judged := _low(target, state)) < target.target:
+    elif (
+        state.n >= target.audits_to_judge
+        and state.n - state.agreed >= target.min_disagreements - 0.5  # decayed counts: about that many
+        and (judged := _low(target, state)) < target.target
+    ):
         new, reason = (
             _smaller(target, state),
             f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "

@@ -50,12 +50,12 @@ def wilson(agreed: float, n: float, *, confidence: float = 0.95) -> Interval:
 
     With n == 0 the interval is [0, 1]: nothing is known.
     """
-    if n < 0 or agreed < 0 or agreed > n:
+    if n < 0 or agreed < 0 or agreed > n * (1 + 1e-9):
         raise ConfigurationError(f"need 0 <= agreed <= n, got agreed={agreed!r}, n={n!r}")
     if n == 0:
         return Interval(0.0, 0.0, 0.0, 1.0)
     z = z_for(confidence)
-    p = agreed / n
+    p = min(1.0, agreed / n)
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
