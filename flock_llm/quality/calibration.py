@@ -100,17 +100,22 @@ def parse_sizes(text: str) -> list[int]:
 
 def recommend(rows: Sequence[SizeRow], tolerance: float) -> tuple[int, str]:
     """The largest size whose agreement's lower bound (and every smaller size's) is >= 1 - tolerance, and why."""
+    floor = 1 - tolerance
     best, why = 1, "one item per call is the reference"
     for row in sorted(rows, key=lambda r: r.size):
         if row.size == 1:
             continue
-        if not row.agreement.n or row.agreement.low < 1 - tolerance:
-            shown = "nothing compared" if not row.agreement.n else str(row.agreement)
+        agreement = row.agreement
+        if not agreement.n:
+            return best, f"{why}; size {row.size}: nothing compared"
+        if agreement.low < floor:
+            if agreement.rate is not None and agreement.rate < floor:
+                return best, f"{why}; size {row.size} agrees {agreement}, below {floor:.0%}"
             return best, (
-                f"the lower bound of size {row.size}'s agreement {shown} is below {1 - tolerance:.0%}; "
-                "a larger --sample narrows the interval"
+                f"{why}; size {row.size} agrees {agreement}: its lower bound is below {floor:.0%} "
+                "(a larger --sample narrows the interval)"
             )
-        best, why = row.size, f"agreement {row.agreement} stays within {tolerance:.0%} of one-item answers"
+        best, why = row.size, f"size {row.size} agrees {agreement}"
     return best, why
 
 
