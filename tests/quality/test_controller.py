@@ -143,7 +143,7 @@ def test_long_runs_of_decayed_counts_never_round_agreement_above_the_audits() ->
     target = QualityTarget(0.95)
     state = target.start(50)
     draw = random.Random(1)
-    for _ in range(20_000):
+    for _ in range(6_000):  # it raised after 5,142 of these
         n = draw.randint(1, 7)
         state, _ = observe(target, state, n if draw.random() < 0.97 else n - 1, n)
         assert state.agreed <= state.n
