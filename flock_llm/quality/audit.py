@@ -39,8 +39,8 @@ class Audit:
     confidence: float = 0.95
     """Of the reported intervals."""
     warmup: float = 4.0
-    """With `quality=QualityTarget(...)`: while the controller has fewer audits at the current size than it needs
-    to hold the target (at the start and after each change), audit at `rate x warmup`, so a bad size is found
+    """With `quality=QualityTarget(...)`: while the controller has fewer than twice `audits_to_judge` audits at
+    the current size (at the start and after each change), audit at `rate x warmup`, so a bad size is found
     within a few batches. 1.0 turns it off."""
     reask: bool = False
     """Position-bias guard: a batch whose audit disagrees is asked once more in another order (rotated by half,

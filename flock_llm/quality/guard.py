@@ -215,14 +215,15 @@ class QualityGuard:
     def _warming(self, ctx: EngineContext) -> bool:
         """Whether the controller still lacks the audits it needs at the current size."""
         state = self.states.get((ctx.agent_name, ctx.subscription_index))
-        return self.target is not None and state is not None and state.n < self.target.audits_to_hold
+        return self.target is not None and state is not None and state.n < 2 * self.target.audits_to_judge
 
     def _steer(self, ctx: EngineContext, size: int, comparisons: list[Comparison], usage: dict[str, Any]) -> None:
         key = (ctx.agent_name, ctx.subscription_index)
         if self.target is None or not comparisons or key not in self.states:
             return
-        if size > self.states[key].size:  # answered before the size last shrank: evidence about an older size
-            add_usage(usage, {"audit_stale": len(comparisons)})
+        current = self.states[key].size
+        if size > current or size < 0.75 * current:  # another size's evidence: before a change, or a remainder chunk
+            add_usage(usage, {"audit_other_size": len(comparisons)})
             return
         agreed = sum(c.agreed for c in comparisons)
         state, change = observe(self.target, self.states[key], agreed, len(comparisons))

@@ -147,3 +147,20 @@ def test_long_runs_of_decayed_counts_never_round_agreement_above_the_audits() ->
         n = draw.randint(1, 7)
         state, _ = observe(target, state, n if draw.random() < 0.97 else n - 1, n)
         assert state.agreed <= state.n
+
+
+def test_a_remainder_chunk_is_no_evidence_about_the_effective_size() -> None:
+    from flock_llm.engines._base import EngineContext
+    from flock_llm.quality import Comparison, FieldAgreement
+    from flock_llm.quality.audit import Audit
+    from flock_llm.quality.guard import QualityGuard
+
+    guard = QualityGuard(Audit(), QualityTarget(0.95), None)
+    guard.states[("a", 0)] = ControllerState(size=38, max_size=50)
+    ctx = EngineContext(agent_name="a")
+    agree = Comparison((FieldAgreement("label", "exact", True, 1.0),))
+    usage: dict[str, object] = {}
+    guard._steer(ctx, 12, [agree] * 5, usage)  # 50 at size 38 goes out as 38 + 12
+    assert usage == {"audit_other_size": 5} and guard.states[("a", 0)].n == 0
+    guard._steer(ctx, 38, [agree] * 5, usage)
+    assert guard.states[("a", 0)].n > 4
