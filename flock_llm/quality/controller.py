@@ -6,7 +6,7 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
 - shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
   there are enough audits for a perfect record to clear the target, when the LOWER bound of the
   `shrink_confidence` interval (default 50%) falls below it;
-- grow (by `grow`, e.g. +25%, at most to the configured size) when the lower bound of the `confidence` interval
+- grow (by `grow`, default +10% and at least 1, at most to the configured size) when the lower bound of the `confidence` interval
   (default 90%: growing needs more evidence than shrinking) is at or above the target
   and at least `grow_after` audits were seen since the last change; a growth that turns out worse is given
   back (to the size before it);
@@ -52,8 +52,9 @@ class QualityTarget:
     min_size: int = 1
     shrink: float = 0.5
     """The size is multiplied by this when agreement falls below the target."""
-    grow: float = 0.25
-    """The size grows by this share (at least 1) when agreement holds."""
+    grow: float = 0.1
+    """The size grows by this share (at least 1) when agreement holds: slowly, since a size past the collapse
+    point costs bad answers until it is noticed."""
     grow_after: int | None = None
     """Audits at a size before it may grow (default: twice the audits a perfect record needs to clear the
     target)."""

@@ -55,6 +55,14 @@ def test_two_disagreements_early_shrink_but_one_does_not() -> None:
     assert change is not None and change.new == 10  # 2 of 13 disagree
 
 
+def test_by_default_it_grows_by_a_tenth_at_least_one() -> None:
+    target = QualityTarget(0.95)
+    state, change = observe(target, ControllerState(size=8, max_size=50), target.audits_to_grow, target.audits_to_grow)
+    assert change is not None and change.new == 9
+    state, change = observe(target, ControllerState(size=30, max_size=50), target.audits_to_grow, target.audits_to_grow)
+    assert change is not None and change.new == 33
+
+
 def test_it_grows_back_slowly_while_agreement_holds() -> None:
     target = QualityTarget(0.95, confidence=0.9, grow=0.25)
     state = ControllerState(size=8, max_size=32)
@@ -124,7 +132,7 @@ def test_bad_counts_are_refused() -> None:
 
 
 def test_a_growth_that_does_not_hold_goes_back_to_the_size_before_it() -> None:
-    target = QualityTarget(0.95, confidence=0.9)
+    target = QualityTarget(0.95, confidence=0.9, grow=0.25)
     state = ControllerState(size=12, max_size=50)
     state, change = observe(target, state, agreed=target.audits_to_grow, n=target.audits_to_grow)
     assert change is not None and change.new == 15 and state.before_growth == 12
