@@ -11,7 +11,8 @@ grow with the batch size past a collapse point and peak mid-batch.
   (a) calibrate on a sample, for three collapse points: recommendation vs the true best size (the largest size
       whose expected agreement is >= 1 - tolerance);
   (b) a stream of snippets with drift injected halfway (collapse point 40 -> 12): BatchSpec(size=50) with
-      audit + QualityTarget(0.95) vs every fixed size without audit: share of 100-item windows whose agreement
+      Audit(rate=0.05) + QualityTarget(0.95, min_audits=5), one batch at a time, vs every fixed size without
+      audit: share of 100-item windows whose agreement
       with the one-item answers is >= 95%, and cost per item against the best fixed size chosen in hindsight;
   (c) the audit's overhead at a 2% rate: its calls and tokens as a share of the run's, and of per-item calls;
   (d) report mode with a provider that puts wrong numbers and foreign ids in 30% of its answers' fields:
