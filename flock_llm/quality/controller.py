@@ -5,14 +5,15 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
 
 - shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
   there are enough audits for a perfect record to clear the target, when the LOWER bound of the
-  `shrink_confidence` interval (default 50%) falls below it;
+  `shrink_confidence` interval (default 50%) falls below it with at least `min_disagreements` disagreements;
 - grow (by `grow`, default +10% and at least 1, at most to the configured size) when the lower bound of the
   `confidence` interval (default 90%: growing needs more evidence than shrinking) is at or above the target and
   at least `grow_after` audits were seen since the last change; a growth that turns out worse is given
   back (to the size before it);
 - the "clearly below" rule also looks at the latest `recent` audits alone, so a sudden drop (a provider that
   drifts) shows within a few audits; the evidence starts afresh after every change;
-- every change carries its reason; the state is a small JSON-able value (stores keep and share it).
+- every change carries its reason; the state is a small JSON-able value (for a store to keep and share; the
+  stores do not do that yet: each process steers its own size).
 """
 
 from __future__ import annotations
