@@ -4,8 +4,10 @@ interval, and a batch size that holds a quality target.
 The pure parts (`compare`, `stats`, `controller`) do no I/O; `audit` hooks them into the LLM engines.
 """
 
+from .audit import Audit, Shuffle
 from .compare import Comparison, FieldAgreement, Tolerance, compare_answers, field_kinds
 from .controller import ControllerState, QualityTarget, SizeChange, observe
+from .facts import ReportFacts
 from .stats import ALL_FIELDS, AgreementKey, AgreementRow, AgreementTally, Interval, position_bucket, wilson
 
 __all__ = [
@@ -13,11 +15,14 @@ __all__ = [
     "AgreementKey",
     "AgreementRow",
     "AgreementTally",
+    "Audit",
     "Comparison",
     "ControllerState",
     "FieldAgreement",
     "Interval",
     "QualityTarget",
+    "ReportFacts",
+    "Shuffle",
     "SizeChange",
     "Tolerance",
     "compare_answers",

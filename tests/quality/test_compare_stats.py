@@ -195,3 +195,13 @@ def test_audit_sampling_is_seeded_and_warms_up() -> None:
     assert normal == [i for i in ids if sampled(Audit(rate=0.05, seed=3), [i])]
     with pytest.raises(ConfigurationError, match="warmup"):
         Audit(warmup=0.5)
+
+
+def test_the_public_names_of_flock_llm_quality() -> None:
+    import flock_llm.quality
+
+    assert set(flock_llm.quality.__all__) == {
+        "ALL_FIELDS", "AgreementKey", "AgreementRow", "AgreementTally", "Audit", "Comparison", "ControllerState",
+        "FieldAgreement", "Interval", "QualityTarget", "ReportFacts", "Shuffle", "SizeChange", "Tolerance",
+        "compare_answers", "field_kinds", "observe", "position_bucket", "wilson",
+    }  # fmt: skip
