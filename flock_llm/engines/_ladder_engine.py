@@ -160,6 +160,10 @@ class LadderEngine(Engine):
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
     ) -> None:
+        from ..quality.guard import QualityGuard
+
+        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
+        """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
         for name in reserved:
             if name in passthrough:
                 raise ConfigurationError(f"`{name}` is set by {self.engine_name} itself; remove it from the arguments")
@@ -303,6 +307,11 @@ class LadderEngine(Engine):
         return await self._run(ctx, inputs, fallback=True)
 
     async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
+        if fallback and self.quality is not None:  # a flushed batch: shuffled, chunked, audited (flock_llm.quality)
+            return await self.quality.run(self, ctx, inputs, self._ladder)
+        return await self._ladder(ctx, inputs, fallback=fallback)
+
+    async def _ladder(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool = True) -> EvalResult:
         backend = self._backend(ctx, inputs)
         items = ladder_items(inputs)
         backend.usage.items = len(items)
