@@ -301,7 +301,7 @@ async def _stream_len(client, stream: str, n: int, *, exact: bool = False) -> bo
 
 
 def test_public_visibility_is_still_the_default_for_undecodable_visibility() -> None:
-    from flock_llm.stores.redis_support import visibility_of as _visibility_of
+    from flock_llm.stores.redis.support import visibility_of as _visibility_of
 
     row = json.loads(json.dumps(["id", "T", "{}", None, "[]", None, "[]", json.dumps({"kind": "public"}), 0]))
     assert _visibility_of(json.dumps(row), "agent") == PublicVisibility()

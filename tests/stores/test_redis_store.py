@@ -371,7 +371,7 @@ async def test_a_batch_held_by_a_silent_worker_is_run_by_another_and_published_o
     await stalled.start()
     await stalled.publish_many([RPay(n=n) for n in range(3)])
     await until(lambda: _truthy(stalled_engine.calls))
-    stalled._runtime.shared._housekeeping.cancel()  # type: ignore[union-attr, attr-defined]  # silent: no claim renewal
+    stalled._runtime.intake._housekeeping.cancel()  # type: ignore[attr-defined]  # silent: no claim renewal
     started = time.monotonic()
     rescuer = worker(redis_url, size=3)
     await rescuer.start()
