@@ -20,29 +20,22 @@ def _is_package(name: str) -> bool:
     return (PACKAGE.parent / Path(*name.split(".")) / "__init__.py").exists()
 
 
-def _import_nodes(tree: ast.Module, *, inside_functions: bool) -> list[ast.stmt]:
-    """The import statements of a module that run when it (or, with `inside_functions`, any of its functions)
-    runs; never those under `if TYPE_CHECKING:`."""
-    found: list[ast.stmt] = []
+def _import_nodes(tree: ast.Module, *, inside_functions: bool) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run when a module is imported (or, with `inside_functions`, also when any of
+    its functions runs); never those under `if TYPE_CHECKING:`."""
+    found: list[ast.Import | ast.ImportFrom] = []
 
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                visit(node.orelse)
-                continue
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found.append(node)
-                continue
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not inside_functions:
-                continue
-            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-                children = getattr(node, field, None)
-                if isinstance(children, list):
-                    visit([c for c in children if isinstance(c, ast.stmt)] + [
-                        s for c in children if not isinstance(c, ast.stmt) for s in getattr(c, "body", [])
-                    ])
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for other in node.orelse:
+                visit(other)
+        elif inside_functions or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for child in ast.iter_child_nodes(node):
+                visit(child)
 
-    visit(tree.body)
+    visit(tree)
     return found
 
 

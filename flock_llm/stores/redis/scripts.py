@@ -330,8 +330,12 @@ return expired
 RATE_TAKE = (
     _NOW
     + """
--- KEYS: window zset (entry -> time ms), amounts hash (entry -> amount), entry counter; ARGV: limit, amount
+-- KEYS: window zset (entry -> time ms), amounts hash (entry -> amount), entry counter, the window's limit
+-- ARGV: limit, amount
 local limit, amount = tonumber(ARGV[1]), tonumber(ARGV[2])
+local agreed = redis.call('GET', KEYS[4])
+if agreed and tonumber(agreed) ~= limit then return {-1, agreed} end
+redis.call('SET', KEYS[4], limit, 'PX', 120000)
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)) do
   redis.call('HDEL', KEYS[2], old)
 end
@@ -355,7 +359,8 @@ return {0, 60000}
 """
 )
 """Take `amount` from a sliding-minute window when it fits (or the window is empty): {1, entry id}; else
-{0, milliseconds until it would fit}. By the server's clock, so every worker process agrees."""
+{0, milliseconds until it would fit}; {-1, limit} when the window has another limit (a worker configured
+otherwise: refused, not mixed). By the server's clock, so every worker process agrees."""
 
 RATE_SETTLE = (
     _NOW
