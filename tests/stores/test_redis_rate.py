@@ -13,6 +13,7 @@ from test_redis_store import until
 
 from flock_llm import ConfigurationError, Flock
 from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._rate import account_of, window_name
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.stores import RedisStore
 from flock_llm.testing import FakeOpenAIServer
@@ -45,15 +46,15 @@ def labeller(server: FakeOpenAIServer, api_key: str, store: str | None) -> Flock
     return flock
 
 
-async def label_one(flock: Flock, review_id: str) -> None:
+async def label_one(flock: Flock, review_id: str, labelled_before: int = 0) -> None:
     await flock.publish(CustomerReview(review_id=review_id, rating=4, text="a solid kettle, quick delivery"))
     if isinstance(flock.store, RedisStore):
         store = flock.store
 
         async def labelled() -> bool:
-            return await store.count(ReviewSentiment) >= 1
+            return await store.count(ReviewSentiment) > labelled_before
 
-        await until(labelled)
+        await until(labelled, timeout=60)
     else:
         await flock.run_until_idle()
         assert len(await flock.store.get_by_type(ReviewSentiment)) == 1
@@ -64,25 +65,32 @@ async def test_two_accounts_on_one_model_have_their_own_redis_window(server: Fak
     is not held back by it (before: one window per model name, and B waited the whole minute)."""
     first = labeller(server, "sk-account-a-0123456789", redis_url)
     await first.start()
-    await asyncio.wait_for(label_one(first, "a1"), timeout=20)
+    await asyncio.wait_for(label_one(first, "a1"), timeout=60)  # (litellm loads on first use)
     await first.shutdown()
     second = labeller(server, "sk-account-b-0123456789", redis_url)
     await second.start()
-    await asyncio.wait_for(label_one(second, "b1"), timeout=20)  # not a minute behind account A's tokens
-    store = second.store
-    assert isinstance(store, RedisStore)
-    windows = [key for key in await store.keys_under(store.key("rate:")) if key.endswith(":tokens")]
-    assert len(windows) == 2 and all("fake-model" in key for key in windows)
-    assert not any("sk-account" in key for key in await store.keys_under(store.key("")))  # never the key itself
-    await second.shutdown()
+    try:
+        await asyncio.wait_for(label_one(second, "b1", 1), timeout=30)  # not a minute behind account A's tokens
+        store = second.store
+        assert isinstance(store, RedisStore)
+        names = [
+            window_name(account_of({"api_base": server.api_base, "api_key": key}), "openai/fake-model", "tokens")
+            for key in ("sk-account-a-0123456789", "sk-account-b-0123456789")
+        ]
+        assert names[0] != names[1] and not any("sk-account" in name for name in names)  # never the key itself
+        assert [await store.client.exists(store.key(f"rate:{name}")) for name in names] == [1, 1]
+    finally:
+        await second.shutdown(timeout=1)
 
 
 async def test_two_accounts_on_one_model_have_their_own_window_in_one_process(server: FakeOpenAIServer) -> None:
     first, second = labeller(server, "sk-local-a-0123456789", None), labeller(server, "sk-local-b-0123456789", None)
-    await asyncio.wait_for(label_one(first, "a1"), timeout=20)
-    await asyncio.wait_for(label_one(second, "b1"), timeout=20)  # before: the same window, a minute's wait
-    for flock in (first, second):
-        await flock.shutdown()
+    try:
+        await asyncio.wait_for(label_one(first, "a1"), timeout=60)  # (litellm loads on first use)
+        await asyncio.wait_for(label_one(second, "b1"), timeout=30)  # before: the same window, a minute's wait
+    finally:
+        for flock in (first, second):
+            await flock.shutdown(timeout=1)
 
 
 async def test_a_worker_with_another_limit_for_a_shared_window_is_refused(redis_url: str) -> None:
