@@ -46,8 +46,9 @@ class LLMEngine(LadderEngine):
         max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request
             asks for `max_tokens` = what the prompt leaves of the context, at most this; the answer expected for a
             batch (learned from real answers) must fit it, else the batch is split before sending.
-        max_concurrent_requests, requests_per_minute: limits for this engine's calls (requests are paced evenly;
-            with a Redis store the per-minute limit is also shared by every worker process).
+        max_concurrent_requests: how many of this engine's requests may be in flight at once.
+        requests_per_minute: a limit on this engine's requests, paced evenly; with a Redis store it is shared by
+            every worker process.
         tokens_per_minute: a provider's tokens-per-minute limit: each call waits until its estimate (counted
             prompt + expected answer) fits a sliding minute, which then holds its real tokens; with a Redis
             store the minute is shared by every worker process.
@@ -64,6 +65,12 @@ class LLMEngine(LadderEngine):
         max_calls_per_item: the fallback ladder's call budget per batch is 2 + ceil(items x this) answered calls
             (default 2.0: a batch never costs more than twice per-item processing, plus two); past it,
             and after 3 answers in a row without usable JSON, the batch's remaining items fail instead.
+        tier: "standard" (answers in seconds, list price), "flex" (OpenAI flex processing: the batch price,
+            slower answers, falling back to standard after `flex_wait`) or "batch" (provider batch jobs: half
+            price, results within 24 h; see DeferredPolicy).
+        deferred: how batch-tier jobs are filled, polled and given up on (`tier="batch"` only).
+        flex_wait: seconds a flex-tier batch waits out "resource unavailable" answers before it goes the
+            standard way.
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
 

@@ -21,7 +21,8 @@ from ...registry import resolve_type, type_name_of
 from ..codec import artifact_from_json, artifact_to_json
 from .connection import RedisConnection
 from .intake import RedisWorker
-from .rate import RedisJournal, RedisWindows
+from .journal import RedisJournal
+from .rate import RedisWindows
 from .retention import trim
 from .support import (
     READY_GROUP,
@@ -185,6 +186,7 @@ class RedisStore(RedisConnection):
         return n
 
     async def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact with this id, read from Redis, or None (never published, or past the retention)."""
         where = await self.retrying(
             lambda: self.client.hget(self.key("ids"), artifact_id), limit=self.reconnect_timeout
         )
