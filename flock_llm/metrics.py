@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._runtime.vocabulary import CounterName
+    from ._vocabulary import CounterName
     from .quality.stats import Interval
 
 __all__ = ["BatchStats", "Counters", "FlushRecord", "JoinExpiry", "Metrics", "MetricsRecorder"]

@@ -27,6 +27,7 @@ from ._ladder import (
 )
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import engine_secrets, is_offline, load_litellm, redact
+from ._rate import account_of
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
@@ -196,6 +197,7 @@ class LadderEngine(Engine):
             budget_usd=budget_usd,
             tokens_per_minute=tokens_per_minute,
             requests_per_minute=requests_per_minute,
+            account=account_of(passthrough),
         )
         """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
         self._secrets = engine_secrets(self, passthrough)
