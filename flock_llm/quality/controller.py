@@ -178,7 +178,7 @@ class SizeChange:
 
     @property
     def direction(self) -> str:
-        """"shrink" or "grow"."""
+        """The direction: "shrink" or "grow"."""
         return "shrink" if self.new < self.old else "grow"
 
 
