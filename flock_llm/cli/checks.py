@@ -27,8 +27,17 @@ def _number(text: str, unit: str) -> float:
     return value
 
 
+MIN_SECONDS = 0.001
+MAX_SECONDS = 1e9
+"""Seconds a time option takes: from a millisecond (less rounds to no time at all) to about 31 years (more
+overflows the clocks and timers the run sets)."""
+
+
 def positive_seconds(text: str) -> float:
-    return _number(text, "seconds")
+    value = _number(text, "seconds")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, got {text!r}")
+    return value
 
 
 def positive_usd(text: str) -> float:

@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         print("flock-llm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
