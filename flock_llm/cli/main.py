@@ -134,13 +134,44 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem:
         print(f"flock-llm: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if args.estimate:
+    if args.estimate:
+        try:
             return _estimate(args)
+        except (ConfigurationError, StoreError) as exc:
+            print(f"flock-llm: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return _locked(args, settings, resuming)
+
+
+def _locked(args: argparse.Namespace, settings: Any, resuming: bool) -> int:
+    """Run holding --store (a second run on it at once is refused: it would pay for every review again)."""
+    from .resume import StoreLock, store_problem
+    from .rows import is_pipe
+
+    lock = StoreLock(args.store) if args.store is not None else None
+    if lock is not None:
+        if not lock.acquire():
+            print(
+                f"flock-llm: --store {args.store!r} is in use by another run; wait for it to finish, or give a new "
+                "--store file",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        problem, resuming = store_problem(args.store, settings)  # as it is now that no other run can change it
+        if not problem and resuming and is_pipe(args.file):
+            problem = "--store holds an earlier run: resuming reads the input twice, which a named pipe cannot do"
+        if problem:
+            lock.release(refused=True)
+            print(f"flock-llm: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
         return _start(args, resuming)
     except (ConfigurationError, StoreError) as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _start(args: argparse.Namespace, resuming: bool) -> int:
