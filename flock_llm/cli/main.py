@@ -209,11 +209,11 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
     loop.add_signal_handler(signal.SIGINT, interrupt_handler(console, stop, abort))
     figures = Figures() if args.report is not None else None
     target = None if args.output == "-" else Path(args.output)
-    with OutputFile(target) as output:  # opened (and started afresh) only now, when the run starts
+    with OutputFile(target) as output:  # started afresh only when the run is set up (a refused run leaves it)
         sink = Sink(output, console, stop, figures)
         progress, task = progress_bar(console, total, disabled=args.no_progress)
         try:
-            summary = await _run(args, reviews, sink, stop, abort, progress, task, current)
+            summary = await _run(args, reviews, sink, stop, abort, progress, task, current, output.start)
         finally:
             progress.stop()
             loop.remove_signal_handler(signal.SIGINT)
@@ -244,6 +244,7 @@ async def _run(
     progress: Any,
     task: Any,
     current: set[bytes] | None,
+    on_start: Any,
 ) -> Any:
     from .reviews import run_reviews
 
@@ -269,6 +270,7 @@ async def _run(
         on_jobs=on_jobs,
         resume=current,
         max_outage=args.max_outage,
+        on_start=on_start,
     )
 
 

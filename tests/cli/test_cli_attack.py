@@ -99,3 +99,23 @@ def test_a_second_ctrl_c_while_the_command_exits_changes_neither_the_status_nor_
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
     assert "interrupted" in done.stderr
+
+
+@pytest.mark.parametrize("poll", ["abc", "-1", "nan"])
+def test_a_bad_batch_poll_interval_is_refused_before_the_output_is_touched(tmp_path: Path, poll: str) -> None:
+    reviews = write_reviews(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    out.write_text("earlier outputs\n", encoding="utf-8")
+    done = run_cli(
+        "reviews",
+        str(reviews),
+        "--tier",
+        "batch",
+        "-o",
+        str(out),
+        "--no-progress",
+        env=cli_env(FLOCK_BATCH_POLL_S=poll),
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "FLOCK_BATCH_POLL_S" in done.stderr and repr(poll) in done.stderr
+    assert out.read_text(encoding="utf-8") == "earlier outputs\n"
