@@ -119,3 +119,10 @@ def test_a_bad_batch_poll_interval_is_refused_before_the_output_is_touched(tmp_p
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "FLOCK_BATCH_POLL_S" in done.stderr and repr(poll) in done.stderr
     assert out.read_text(encoding="utf-8") == "earlier outputs\n"
+
+
+def test_json_with_outputs_to_the_same_stdout_is_refused_so_stdout_stays_strict_json(tmp_path: Path) -> None:
+    reviews = write_reviews(tmp_path / "in.jsonl", 5)
+    done = run_cli("reviews", str(reviews), "--json", "-o", "/dev/stdout", "--no-progress")  # stdout is a pipe
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "--json" in done.stderr and "/dev/stdout" in done.stderr
