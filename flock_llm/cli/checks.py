@@ -27,8 +27,17 @@ def _number(text: str, unit: str) -> float:
     return value
 
 
+MIN_SECONDS = 0.001
+MAX_SECONDS = 1e9
+"""Seconds a time option takes: from a millisecond (less rounds to no time at all) to about 31 years (more
+overflows the clocks and timers the run sets)."""
+
+
 def positive_seconds(text: str) -> float:
-    return _number(text, "seconds")
+    value = _number(text, "seconds")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, got {text!r}")
+    return value
 
 
 def positive_usd(text: str) -> float:
@@ -60,6 +69,11 @@ def usage_problem(args: argparse.Namespace, settings: RunSettings) -> tuple[str,
         return problem, False
     if args.json and args.output == "-":
         return "--json prints the summary on stdout; give --output FILE for the outputs", False
+    if args.json and args.output != "-" and _is_stdout(Path(args.output)):
+        return (
+            f"--json prints the summary on stdout, and --output {args.output!r} is stdout too; give --output a file "
+            "of its own"
+        ), False
     problem = _collision(args)
     if problem:
         return problem, False
@@ -95,6 +109,16 @@ def _collision(args: argparse.Namespace) -> str:
                 what = "the input file" if other == "the input" else f"the same file as {other}"
                 return f"{role} {str(path)!r} is {what}; give each its own file"
     return ""
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether `path` is the file this process's stdout writes to (/dev/stdout, /proc/self/fd/1, the file stdout
+    was redirected to)."""
+    try:
+        here, there = os.fstat(1), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino) and os.path.realpath(path) != os.devnull
 
 
 def _same_file(a: Path, b: Path) -> bool:

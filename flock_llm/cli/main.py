@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         print("flock-llm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -140,13 +141,44 @@ def _main(argv: Sequence[str] | None) -> int:
     if problem:
         print(f"flock-llm: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if args.estimate:
+    if args.estimate:
+        try:
             return _estimate(args)
+        except (ConfigurationError, StoreError) as exc:
+            print(f"flock-llm: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return _locked(args, settings, resuming)
+
+
+def _locked(args: argparse.Namespace, settings: Any, resuming: bool) -> int:
+    """Run holding --store (a second run on it at once is refused: it would pay for every review again)."""
+    from .resume import StoreLock, store_problem
+    from .rows import is_pipe
+
+    lock = StoreLock(args.store) if args.store is not None else None
+    if lock is not None:
+        if not lock.acquire():
+            print(
+                f"flock-llm: --store {args.store!r} is in use by another run; wait for it to finish, or give a new "
+                "--store file",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        problem, resuming = store_problem(args.store, settings)  # as it is now that no other run can change it
+        if not problem and resuming and is_pipe(args.file):
+            problem = "--store holds an earlier run: resuming reads the input twice, which a named pipe cannot do"
+        if problem:
+            lock.release(refused=True)
+            print(f"flock-llm: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
         return _start(args, resuming)
     except (ConfigurationError, StoreError) as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _start(args: argparse.Namespace, resuming: bool) -> int:
@@ -184,11 +216,11 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
     loop.add_signal_handler(signal.SIGINT, interrupt_handler(console, stop, abort))
     figures = Figures() if args.report is not None else None
     target = None if args.output == "-" else Path(args.output)
-    with OutputFile(target) as output:  # opened (and started afresh) only now, when the run starts
+    with OutputFile(target) as output:  # started afresh only when the run is set up (a refused run leaves it)
         sink = Sink(output, console, stop, figures)
         progress, task = progress_bar(console, total, disabled=args.no_progress)
         try:
-            summary = await _run(args, reviews, sink, stop, abort, progress, task, current)
+            summary = await _run(args, reviews, sink, stop, abort, progress, task, current, output.start)
         finally:
             progress.stop()
             loop.remove_signal_handler(signal.SIGINT)
@@ -219,6 +251,7 @@ async def _run(
     progress: Any,
     task: Any,
     current: set[bytes] | None,
+    on_start: Any,
 ) -> Any:
     from .reviews import run_reviews
 
@@ -244,6 +277,7 @@ async def _run(
         on_jobs=on_jobs,
         resume=current,
         max_outage=args.max_outage,
+        on_start=on_start,
     )
 
 

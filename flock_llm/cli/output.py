@@ -22,8 +22,9 @@ class OutputFile:
     full disk, a file size limit) is cut back to the end of the last whole batch before the error is raised, so
     the file never ends in the middle of a line.
 
-    The file is started afresh (truncated) when opened: open it when the run starts, not before. An existing
-    file keeps its mode, a new one gets the umask's. `target=None` writes to stdout.
+    The file is started afresh (truncated) by `start()` (or the first write), not before: a run that is refused
+    while it sets up leaves it as it was. An existing file keeps its mode, a new one gets the umask's.
+    `target=None` writes to stdout.
     """
 
     def __init__(self, target: Path | None) -> None:
@@ -31,8 +32,13 @@ class OutputFile:
         self.records = 0
         self._fd = -1
         self._size = 0
-        if target is not None:
-            self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
+        self._started = False
+
+    def start(self) -> None:
+        """Create or truncate the file (once): call it when the run starts."""
+        if self.target is not None and not self._started:
+            self._started = True
+            self._fd = os.open(self.target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         """Append one batch's records (all of them, or none).
@@ -48,7 +54,8 @@ class OutputFile:
         except UnicodeEncodeError:  # text UTF-8 cannot carry (a lone surrogate): JSON escapes, not a lost batch
             text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
             data = text.encode("ascii")
-        if self._fd < 0:
+        self.start()
+        if self.target is None:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:

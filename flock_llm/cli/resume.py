@@ -15,6 +15,8 @@ copy. A resumed run compares that with the input:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -34,6 +36,7 @@ from .review_types import Review
 __all__ = [
     "Plan",
     "RunSettings",
+    "StoreLock",
     "accepts",
     "fingerprint",
     "plan_from_store",
@@ -137,6 +140,49 @@ def _check(path: Path, url: str, settings: RunSettings) -> tuple[str, bool]:
 
 
 _STORE_TABLES = {"artifacts", "deliveries", "consumed"}
+
+
+class StoreLock:
+    """One run at a time on a store file: two runs at once would each run (and pay for) every review and write
+    the other's outputs too. An exclusive `flock` on the file itself (SQLite's own locks are `fcntl` locks, which
+    Linux keeps apart), held until `release`, so the kernel drops it with a killed process."""
+
+    def __init__(self, url: str) -> None:
+        self.path = store_path(url)
+        self._fd = -1
+        self._created = False
+
+    def acquire(self) -> bool:
+        """Take the store; False when another run holds it (a file that cannot be opened is left to the store's
+        own checks)."""
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            self._created = True
+        except FileExistsError:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR)
+            except OSError:
+                return True
+        except OSError:
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            self.release(refused=True)
+            return False
+        return True
+
+    def release(self, *, refused: bool = False) -> None:
+        """Let the store go (after the run closed it); a file this run created and never used is removed."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if refused and self._created and os.fstat(self._fd).st_size == 0:
+                self.path.unlink()
+        os.close(self._fd)
+        self._fd = -1
 
 
 class _read_only:  # noqa: N801 - used as a context manager, like a function

@@ -9,6 +9,7 @@ in-memory store forgets what was consumed, and outputs leave as soon as they are
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
@@ -22,6 +23,7 @@ from ..artifact import Artifact, FailureRecord
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..engines._models import OFFLINE_MODEL, resolve_model
 from ..engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
+from ..errors import ConfigurationError
 from ..orchestrator import Flock
 from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
@@ -148,7 +150,7 @@ class _AgentSpec:
 
 
 def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
-    deferred = DeferredPolicy(poll_interval=float(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
+    deferred = DeferredPolicy(poll_interval=_poll_interval(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
     breaker = None if spec.max_outage is None else BreakerPolicy(max_outage=spec.max_outage)
     engine = LLMEngine(
         per_item=spec.per_item, timeout=spec.request_timeout, tier=spec.tier, deferred=deferred, breaker=breaker
@@ -163,6 +165,17 @@ def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngin
         .max_concurrency(BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY)
     )
     return engine
+
+
+def _poll_interval(text: str) -> float:
+    """FLOCK_BATCH_POLL_S: the first poll interval of provider batch jobs, in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"FLOCK_BATCH_POLL_S must be a positive number of seconds, got {text!r}")
+    return value
 
 
 async def _feed(
@@ -237,6 +250,7 @@ async def run_reviews(
     on_jobs: Callable[[int, int, int], None] = lambda submitted, running, done: None,
     resume: set[bytes] | None = None,
     max_outage: float | None = None,
+    on_start: Callable[[], None] = lambda: None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -253,7 +267,8 @@ async def run_reviews(
     store holds an earlier run: its outputs for reviews still in the input, unchanged, are handed to
     `on_records` first, those reviews (finished, or restored pending) are not published again, and the rest
     (changed, new, failed) are. Without a store, the in-memory store forgets each review once its batch ran and
-    each output once `on_records` took it, so memory does not grow with the file.
+    each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
+    run is set up (its settings checked), before anything is restored or published.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -281,6 +296,7 @@ async def run_reviews(
         if run.agent == AGENT:
             hand_on(run.published, {a.id: a.payload.review_id for a in run.inputs if isinstance(a.payload, Review)})
 
+    on_start()
     started = time.perf_counter()
     with quiet_refused_restores():
         await flock.start()  # with a store: restore what an earlier run left pending (and still in the input)
