@@ -253,7 +253,7 @@ class FakeOpenAIServer:
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         """The answer text and how many items it answers."""
         answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
-        if isinstance(answer, dict) and isinstance(answer.get("results"), list):
+        if isinstance(answer, dict) and isinstance(answer.get("results"), (list, dict)):
             return json.dumps(answer), len(answer["results"])
         return json.dumps(answer), 1
 
