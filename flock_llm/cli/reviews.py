@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -124,10 +124,16 @@ def describe(per_item: bool) -> str:
 
 
 def _add_agent(
-    flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight, tier: str
+    flock: Flock,
+    per_item: bool,
+    batch: BatchSpec,
+    request_timeout: float,
+    in_flight: _InFlight,
+    tier: str,
+    llm_settings: Mapping[str, Any],
 ) -> LLMEngine:
     deferred = DeferredPolicy(poll_interval=float(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
-    engine = LLMEngine(per_item=per_item, timeout=request_timeout, tier=tier, deferred=deferred)
+    engine = LLMEngine(per_item=per_item, timeout=request_timeout, tier=tier, deferred=deferred, **llm_settings)
     (
         flock.agent(AGENT)
         .description(describe(per_item))
@@ -210,6 +216,7 @@ async def run_reviews(
     budget_usd: float | None = None,
     tier: str = "standard",
     on_jobs: Callable[[int, int, int], None] = lambda submitted, running, done: None,
+    llm_settings: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -234,7 +241,7 @@ async def run_reviews(
     flock = Flock(model=model, env=env, store=memory if memory is not None else store, budget_usd=budget_usd)
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
-    engine = _add_agent(flock, per_item, batch, request_timeout, in_flight, tier)
+    engine = _add_agent(flock, per_item, batch, request_timeout, in_flight, tier, llm_settings or {})
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
 

@@ -63,7 +63,7 @@ LOCAL_PROVIDERS: dict[str, tuple[str, Mode]] = {
 }
 """litellm provider prefixes of servers that run on your own machines, and the mode each takes."""
 
-STRING_LIMIT = 400
+STRING_LIMIT = 160
 """The longest string a grammar lets a model write into a field without its own limit: a small model that
 never closes its quote would otherwise write until the token limit, and every other item of the call is lost."""
 

@@ -126,10 +126,10 @@ def _entries(data: Any, ids: Sequence[str]) -> list[tuple[Any, Any]] | None:
 
 
 def _claim(entry: Any) -> tuple[Any, Any]:
-    if not isinstance(entry, dict) or "item_id" not in entry:
+    if not isinstance(entry, dict):
         return _NO_ID, entry
     payload = entry.get("output", {k: v for k, v in entry.items() if k != "item_id"})
-    return entry["item_id"], payload
+    return entry.get("item_id", _NO_ID), payload
 
 
 _DECORATION = re.compile(r"[\s`*\"'<>\[\]#:.()]+")
