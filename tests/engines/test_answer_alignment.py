@@ -79,12 +79,16 @@ async def test_fewer_results_keep_the_matched_and_ask_again_only_for_the_rest(op
         ids = item_ids(request)  # type: ignore[arg-type]
         messages = body(request)["messages"]  # type: ignore[arg-type]
         if len(messages) == 2:  # the first ask: 2 of 4, one under a position number
-            return chat({"results": [{"item_id": "i1", "output": out("one")}, {"item_id": "3", "output": out("three")}]})
+            return chat(
+                {"results": [{"item_id": "i1", "output": out("one")}, {"item_id": "3", "output": out("three")}]}
+            )
         assert "no result for item ids: i2, i4" in messages[-1]["content"] and len(ids) == 4
         return chat({"results": [{"item_id": "i2", "output": out("two")}, {"item_id": "i4", "output": out("four")}]})
 
     route = openai.post(OPENAI_URL).mock(side_effect=answer)
-    flock, published = await run_batch(LLMEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY), reviews(4), per_item=True)
+    flock, published = await run_batch(
+        LLMEngine("openai/gpt-4.1-mini", per_item=True, api_key=KEY, retry=FAST_RETRY), reviews(4), per_item=True
+    )
     assert route.call_count == 2
     outputs = await flock.store.artifacts_by_type(ReviewSentiment)
     by_input = {o.derived_from[0]: o.as_type(ReviewSentiment).label for o in outputs}

@@ -29,7 +29,12 @@ OUTPUT = ReviewSentiment.model_json_schema()
 
 
 def test_settings_and_their_aliases() -> None:
-    assert [as_setting(v) for v in (None, True, False, "json_object")] == ["auto", "json_schema", "prompt", "json_object"]
+    assert [as_setting(v) for v in (None, True, False, "json_object")] == [
+        "auto",
+        "json_schema",
+        "prompt",
+        "json_object",
+    ]
     with pytest.raises(ConfigurationError, match=r"`structured_output` must be one of .*got 'grammar'"):
         as_setting("grammar")
     with pytest.raises(ConfigurationError):
@@ -47,7 +52,13 @@ def test_settings_and_their_aliases() -> None:
         ("auto", "hosted_vllm/qwen", "http://gpu:8000/v1", False, ("json_schema", True, "vLLM")),
         ("auto", "lm_studio/phi", None, False, ("json_schema", True, "LM Studio")),
         ("auto", "llamafile/x", None, False, ("json_object", True, "llama.cpp")),
-        ("json_object", "openai/smollm2", "http://127.0.0.1:8080/v1", False, ("json_object", True, "OpenAI-compatible")),
+        (
+            "json_object",
+            "openai/smollm2",
+            "http://127.0.0.1:8080/v1",
+            False,
+            ("json_object", True, "OpenAI-compatible"),
+        ),
         ("json_schema", "openai/fake", "http://127.0.0.1:8080/v1", False, ("json_schema", False, "OpenAI-compatible")),
         ("prompt", "ollama/llama3.2", None, False, ("prompt", False, "Ollama")),
         ("auto", "flock-offline/placeholder", None, False, ("json_schema", False, "offline")),
@@ -56,7 +67,13 @@ def test_settings_and_their_aliases() -> None:
 def test_the_documented_rule(
     setting: str, model: str, api_base: str | None, known: bool, expected: tuple[str, bool, str]
 ) -> None:
-    found = resolve_format(as_setting(setting), model, api_base=api_base, litellm_takes_schema=known, offline=model.startswith("flock-offline"))
+    found = resolve_format(
+        as_setting(setting),
+        model,
+        api_base=api_base,
+        litellm_takes_schema=known,
+        offline=model.startswith("flock-offline"),
+    )
     assert (found.mode, found.pinned, found.server) == expected
 
 
