@@ -26,6 +26,8 @@ EXIT_FAILURES = 3
 """The run finished, but some reviews ended in failure records (or were not processed before --deadline), or
 the outputs could not all be written."""
 EXIT_INTERRUPTED = 130
+LOCAL_REQUEST_TIMEOUT_S = 600.0
+"""The least --request-timeout with --model local."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
     reviews.add_argument(
-        "--request-timeout", type=float, default=60.0, help="seconds one LLM request may take (default 60)"
+        "--request-timeout",
+        type=float,
+        default=60.0,
+        help="seconds one LLM request may take (default 60; at least 600 with --model local)",
     )
     reviews.add_argument(
         "--deadline",
@@ -113,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .local import serve_local
 
         with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+            if args.llm_settings:  # a small model on a CPU: a request may take minutes
+                args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
             return asyncio.run(_reviews(args))
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
@@ -364,6 +371,7 @@ def _print_summary(console: Any, summary: Any) -> None:
         ("cached prompt tokens", f"{summary.cached_prompt_tokens:,}"),
         ("cost", cost + ("" if summary.budget_usd is None else f" (budget ${summary.budget_usd:g})")),
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
+        ("answers aligned", ", ".join(f"{n.replace('_', ' ')} {v}" for n, v in summary.answer_fixes.items()) or "-"),
         ("tier", summary.tier + (f" ({summary.jobs_submitted} batch jobs)" if summary.tier == "batch" else "")),
         ("wall time", f"{summary.wall_s:.2f} s"),
     ]

@@ -73,6 +73,8 @@ class RunSummary:
     prompt_tokens_saved: int = 0
     retries: int = 0
     fallbacks: int = 0
+    answer_fixes: dict[str, int] = field(default_factory=dict)
+    """How answers were aligned: ids mapped, missing (asked again), unknown, repeated; format fallbacks."""
     wall_s: float = 0.0
     resumed: int = 0
     """Reviews a resumed run found in its store already (not published, not paid for again)."""
@@ -334,6 +336,8 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
     summary.prompt_tokens_saved = summary.per_item_prompt_tokens - summary.prompt_tokens
     summary.retries = int(usage.get("retries", 0))
     summary.fallbacks = int(usage.get("fallbacks", 0))
+    fixes = ("mapped_ids", "missing_ids", "unknown_ids", "duplicate_ids", "format_fallbacks")
+    summary.answer_fixes = {name: int(usage.get(name, 0)) for name in fixes}
 
 
 def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:
