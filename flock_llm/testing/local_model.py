@@ -155,9 +155,9 @@ def local_model(
         ConfigurationError: llama-cpp-python or the model is not installed, or the server did not start (its
             log's last lines say why).
     """
+    path = gguf_path(model)
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigurationError(f"a local model needs llama-cpp-python[server]; {_INSTALL}")
-    path = gguf_path(model)
     name = path.stem if model.endswith(".gguf") else model
     port = _free_port()
     threads = threads or max(1, min((os.cpu_count() or 1) // 2, 4))
