@@ -6,7 +6,7 @@ loopback port, for trying things out and for tests. Install with `pip install 'f
 
 The server is stopped when the block ends, on Ctrl-C (it runs in its own session, so the terminal's Ctrl-C
 reaches only us, and we stop it after the batches in flight), and when this process dies (Linux: the kernel
-sends it SIGTERM when its parent goes).
+kills it when its parent goes).
 """
 
 from __future__ import annotations
@@ -123,14 +123,15 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook that has the kernel send the server SIGTERM when we die (Linux), else None."""
+    """A pre-exec hook that has the kernel kill the server when we die (Linux), else None. SIGKILL, because the
+    server's graceful shutdown on SIGTERM waits for the request in flight, which may take minutes."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()
 
     def hook() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 

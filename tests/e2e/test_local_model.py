@@ -23,7 +23,7 @@ from conftest import references
 from domain import CustomerReview
 from pydantic import BaseModel
 
-from flock_llm import FailureRecord, Flock
+from flock_llm import FailureRecord, Flock, flock_type
 from flock_llm.cli.review_types import ReviewTrend
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
@@ -43,10 +43,12 @@ pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 TEXTS = ["Great kettle, boils fast and looks lovely.", "Broke after a week. Refund took a month.", "It is fine."]
 
 
+@flock_type(name="LocalMood")
 class Mood(BaseModel):
     label: Literal["positive", "neutral", "negative"]
 
 
+@flock_type(name="LocalTally")
 class Tally(BaseModel):
     review_count: int
     overall: Literal["positive", "mixed", "negative"]
