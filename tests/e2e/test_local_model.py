@@ -106,7 +106,8 @@ async def test_dspy_engine_on_a_real_model(server: LocalModel) -> None:
         max_concurrent_requests=1,
         max_input_tokens=8192,
         timeout=300.0,
-        max_calls_per_item=1.0,
+        max_calls_per_item=0.5,  # at most 3 calls: a small model may not manage DSPy's format at all
+        max_tokens=256,  # no schema for the grammar: an answer that never ends stops here
     )
     flock, published = await run(engine, Mood, 2)
     usage = flock.metrics().usage["local"]
@@ -174,7 +175,7 @@ def _wait_for_server(parent: int, timeout: float = 120.0) -> int:
 
 
 def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_along(tmp_path: Path) -> None:
-    process, out = _cli(tmp_path, 6, "--per-item", "--batch-size", "3", "--request-timeout", "300")
+    process, out = _cli(tmp_path, 4, "--per-item", "--batch-size", "2", "--request-timeout", "300")
     server_pid = _wait_for_server(process.pid)
     while (not out.exists() or not out.stat().st_size) and process.poll() is None:  # a first batch is written
         time.sleep(0.05)
@@ -183,7 +184,7 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     assert process.returncode == 130, stderr.decode()[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     covered = [i for r in records for i in r["review_ids"]]
-    assert len(covered) == len(set(covered)) and set(covered) <= {f"R{i}" for i in range(6)} and covered
+    assert len(covered) == len(set(covered)) and set(covered) <= {f"R{i}" for i in range(4)} and covered
     assert _gone(server_pid)
 
     # a parent that dies without cleaning up (SIGKILL) takes its server along
@@ -196,6 +197,7 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     orphan = _servers_of(holder.pid)[0]
     holder.kill()
     holder.wait()
+    holder.stdout.close()
     deadline = time.monotonic() + 30
     while not _gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
