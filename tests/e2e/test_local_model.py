@@ -107,7 +107,7 @@ async def test_dspy_engine_on_a_real_model(server: LocalModel) -> None:
         max_input_tokens=8192,
         timeout=300.0,
         max_calls_per_item=0.5,  # at most 3 calls: a small model may not manage DSPy's format at all
-        max_tokens=256,  # no schema for the grammar: an answer that never ends stops here
+        max_tokens=128,  # no schema for the grammar: an answer that never ends stops here
     )
     flock, published = await run(engine, Mood, 2)
     usage = flock.metrics().usage["local"]
