@@ -94,8 +94,7 @@ def as_setting(value: object) -> StructuredOutput:
     if isinstance(value, str) and value in MODES:
         return value
     raise ConfigurationError(
-        f"`structured_output` must be one of {', '.join(repr(m) for m in MODES)} (or True/False/None), got "
-        f"{value!r}"
+        f"`structured_output` must be one of {', '.join(repr(m) for m in MODES)} (or True/False/None), got {value!r}"
     )
 
 

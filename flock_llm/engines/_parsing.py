@@ -141,9 +141,7 @@ def _name(value: Any) -> str:
     return _DECORATION.sub("", str(value)).lower()
 
 
-def _mapping(
-    claimed: Any, ids: Sequence[str], shown: Sequence[str], aliases: Mapping[str, Sequence[str]]
-) -> list[str]:
+def _mapping(claimed: Any, ids: Sequence[str], shown: Sequence[str], aliases: Mapping[str, Sequence[str]]) -> list[str]:
     """The asked ids a claimed id could name: exact, decorated, a position in the prompt, or an item's own id."""
     if claimed is _NO_ID:
         return list(ids) if len(ids) == 1 else []
