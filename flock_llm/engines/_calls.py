@@ -79,7 +79,15 @@ class Usage:
     """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
     failed_items: int = 0
     unknown_ids: int = 0
+    """Results under an id that was not asked for, or that could name several items (ignored)."""
     duplicate_ids: int = 0
+    mapped_ids: int = 0
+    """Results whose id was not the one asked for but named one item unambiguously (a position number, the
+    item's own id, an id in backticks, the one result of a one-item request): kept."""
+    missing_ids: int = 0
+    """Items an answer gave no result for (asked again)."""
+    format_fallbacks: int = 0
+    """Requests a server rejected for their `response_format`, asked again at once in the next mode."""
     per_item_prompt_tokens: int = 0
     """Prompt tokens the same items would have needed one call each (rendered and counted)."""
     extra: dict[str, Any] = field(default_factory=dict)

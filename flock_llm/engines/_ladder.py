@@ -35,7 +35,7 @@ from ..errors import BudgetExceededError, ModelCallError, ModelOutputError, Prov
 from ._base import EvalResult, ItemFailure, Output
 from ._calls import Usage
 from ._limits import classify_error, describe_call_error
-from ._parsing import extract_json, parse_per_item, parse_report
+from ._parsing import extract_json, own_ids, parse_per_item, parse_report
 
 __all__ = ["Answer", "Backend", "FallbackLadder", "Fallback", "LadderItem", "Repair", "Usage"]
 
@@ -194,7 +194,7 @@ class FallbackLadder:
             if repaired is None:
                 await self._recover(pending, per_item=True)
                 return
-            pending, feedback = self._accept_items(pending, repaired)
+            pending, feedback = self._accept_items(pending, repaired, shown=group)
         if not pending or self._stopped(pending):
             return
         if len(pending) > 1:
@@ -207,10 +207,21 @@ class FallbackLadder:
         for half in _halves(group):
             await self._items(half, repair_allowed=repair_allowed)
 
-    def _accept_items(self, group: list[LadderItem], answer: Answer) -> tuple[list[LadderItem], list[str]]:
-        results = parse_per_item(answer.content, [i.id for i in group], self.output_type)
-        self.usage.unknown_ids += len(results.unknown)
+    def _accept_items(
+        self, group: list[LadderItem], answer: Answer, shown: Sequence[LadderItem] | None = None
+    ) -> tuple[list[LadderItem], list[str]]:
+        """Keep the valid results of `group` in an answer (to a prompt that showed `shown`, default `group`)."""
+        results = parse_per_item(
+            answer.content,
+            [i.id for i in group],
+            self.output_type,
+            shown=[i.id for i in shown or group],
+            aliases={i.id: own_ids(i.data) for i in group},
+        )
+        self.usage.unknown_ids += len(results.unknown) + len(results.ambiguous)
         self.usage.duplicate_ids += len(results.duplicates)
+        self.usage.mapped_ids += results.mapped
+        self.usage.missing_ids += len(results.missing)
         self._judge_format(
             usable=bool(results.valid) or results.problem is None, problem=results.problem, asked=len(group)
         )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ItemResults", "extract_json", "parse_per_item", "parse_report", "validation_messages"]
+__all__ = ["ItemResults", "extract_json", "own_ids", "parse_per_item", "parse_report", "validation_messages"]
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
@@ -81,9 +81,14 @@ class ItemResults:
     """Ids whose entry was present but invalid, with what was wrong."""
     missing: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
-    """Ids in the answer that were not asked for (ignored)."""
+    """Ids in the answer that were not asked for and could not be mapped to one that was (ignored)."""
     duplicates: list[str] = field(default_factory=list)
     """Ids answered more than once (the first valid entry wins)."""
+    mapped: int = 0
+    """Entries whose id was not the one asked for but named one item unambiguously (a position number, the
+    item's own id from its data, the id in backticks or another case, the one entry of a one-item answer)."""
+    ambiguous: list[str] = field(default_factory=list)
+    """Ids in the answer that could name more than one item, or an item already answered (ignored: asked again)."""
     problem: str | None = None
     """Why the answer as a whole was unusable, if it was."""
 
@@ -95,20 +100,85 @@ class ItemResults:
             lines.append(f"no result for item ids: {', '.join(self.missing)}")
         if self.unknown:
             lines.append(f"results for ids that do not exist: {', '.join(self.unknown)}")
+        if self.ambiguous:
+            lines.append(f"results whose id names no single item: {', '.join(self.ambiguous)}")
         return lines
 
 
-def _entries(data: Any) -> list[Any] | None:
+_NO_ID = object()
+"""An entry that carries no item id at all."""
+
+
+def _entries(data: Any, ids: Sequence[str]) -> list[tuple[Any, Any]] | None:
+    """(claimed id, payload) of each result: from `{"results": [{"item_id", "output"}]}`, the keyed
+    `{"results": {"<id>": output}}`, a bare list, or (asked for ids) a bare object keyed by them."""
     if isinstance(data, dict):
         for key in ("results", "items", "outputs"):
-            if isinstance(data.get(key), list):
-                return list(data[key])
-        return None
-    return list(data) if isinstance(data, list) else None
+            value = data.get(key)
+            if isinstance(value, list):
+                return [_claim(entry) for entry in value]
+            if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+                return list(value.items())
+        if data and set(data) & set(ids) and all(isinstance(v, dict) for v in data.values()):
+            return list(data.items())
+        return [(_NO_ID, data)] if len(ids) == 1 else None
+    return [_claim(entry) for entry in data] if isinstance(data, list) else None
 
 
-def parse_per_item(answer: str | Any, ids: Sequence[str], output_type: type[BaseModel]) -> ItemResults:
-    """Align `{"results": [{"item_id": ..., "output": {...}}]}` to `ids`, in any order."""
+def _claim(entry: Any) -> tuple[Any, Any]:
+    if not isinstance(entry, dict):
+        return _NO_ID, entry
+    payload = entry.get("output", {k: v for k, v in entry.items() if k != "item_id"})
+    return entry.get("item_id", _NO_ID), payload
+
+
+_DECORATION = re.compile(r"[\s`*\"'<>\[\]#:.()]+")
+_POSITION = re.compile(r"(?:item|result|review|no|number|n)?[_\-]?(\d+)")
+
+
+def _name(value: Any) -> str:
+    """An id as written, without markdown and quoting, lower-case."""
+    return _DECORATION.sub("", str(value)).lower()
+
+
+def _mapping(claimed: Any, ids: Sequence[str], shown: Sequence[str], aliases: Mapping[str, Sequence[str]]) -> list[str]:
+    """The asked ids a claimed id could name: exact, decorated, a position in the prompt, or an item's own id."""
+    if claimed is _NO_ID:
+        return list(ids) if len(ids) == 1 else []
+    if isinstance(claimed, str) and claimed in ids:
+        return [claimed]
+    name = _name(claimed)
+    if not name:
+        return list(ids) if len(ids) == 1 else []
+    found = {i for i in ids if _name(i) == name}
+    position = _POSITION.fullmatch(name)
+    if position is not None:
+        n = int(position.group(1))
+        if 1 <= n <= len(shown) and shown[n - 1] in ids:
+            found.add(shown[n - 1])
+        found |= {i for i in ids if re.fullmatch(rf"[a-z]*0*{n}", _name(i))}  # "3" for the id "i3"
+    found |= {i for i in ids if any(_name(a) == name for a in aliases.get(i, ()))}
+    if not found and len(ids) == 1:
+        return list(ids)  # a one-item request: whatever id it gave, the answer is that item's
+    return sorted(found)
+
+
+def parse_per_item(
+    answer: str | Any,
+    ids: Sequence[str],
+    output_type: type[BaseModel],
+    *,
+    shown: Sequence[str] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> ItemResults:
+    """Align a per-item answer to `ids`, in any order.
+
+    Takes `{"results": [{"item_id": ..., "output": {...}}]}`, the keyed `{"results": {"<id>": {...}}}`, and what
+    small models make of them: ids in backticks or another case, position numbers (in `shown`, the prompt's
+    order; default `ids`), an item's own id (`aliases`: other names of each id, e.g. its data's id fields), and
+    for a one-item request, one result with a missing or wrong id. An entry that could name several items, or
+    names by another name an item that is answered under its own id, is ignored (the item is asked again).
+    """
     results = ItemResults()
     try:
         data = extract_json(answer) if isinstance(answer, str) else answer
@@ -116,27 +186,48 @@ def parse_per_item(answer: str | Any, ids: Sequence[str], output_type: type[Base
         results.problem = str(exc)
         results.missing = list(ids)
         return results
-    entries = _entries(data)
+    entries = _entries(data, ids)
     if entries is None:
         results.problem = 'the answer must be an object {"results": [{"item_id": ..., "output": {...}}, ...]}'
         results.missing = list(ids)
         return results
-    wanted = set(ids)
-    for entry in entries:
-        item_id = str(entry.get("item_id", "")) if isinstance(entry, dict) else ""
-        if item_id not in wanted:
-            results.unknown.append(item_id or repr(entry)[:40])
+    exact = {c for c, _ in entries if isinstance(c, str) and c in ids}
+    for claimed, payload in entries:
+        targets = _mapping(claimed, ids, shown or ids, aliases or {})
+        label = "(none)" if claimed is _NO_ID else str(claimed)[:40]
+        if not targets:
+            results.unknown.append(label)
             continue
+        is_exact = claimed in exact
+        if len(targets) > 1 or (not is_exact and targets[0] in exact):
+            results.ambiguous.append(label)
+            continue
+        item_id = targets[0]
         if item_id in results.valid:
             results.duplicates.append(item_id)
             continue
-        payload = entry.get("output", {k: v for k, v in entry.items() if k != "item_id"})
         try:
             results.valid[item_id] = output_type.model_validate(payload)
             results.errors.pop(item_id, None)
+            results.mapped += not is_exact
         except ValidationError as exc:
             if item_id in results.errors:
                 results.duplicates.append(item_id)
             results.errors.setdefault(item_id, validation_messages(exc))
     results.missing = [i for i in ids if i not in results.valid and i not in results.errors]
     return results
+
+
+def own_ids(data: str) -> list[str]:
+    """An item's own ids: the values of its top-level fields named `id` or `*_id` (models quote them back)."""
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, RecursionError):
+        return []
+    if not isinstance(value, dict):
+        return []
+    return [
+        str(v)
+        for k, v in value.items()
+        if (k == "id" or k.endswith("_id")) and isinstance(v, (str, int)) and not isinstance(v, bool)
+    ]

@@ -127,6 +127,15 @@ def placeholder_answer(messages: list[dict[str, Any]], response_format: Any) -> 
     if '{"results": [' in system and "results" not in schema.get("properties", {}):
         return {"results": [{"item_id": i, "output": _filled(schema, [data], per_item=True)} for i, data in items]}
     results = schema.get("properties", {}).get("results")
+    if results is not None and results.get("type") == "object" and results.get("required"):  # keyed by item id
+        data_of = dict(items)
+        defs = schema.get("$defs", {})
+        return {
+            "results": {
+                i: _filled({**_deref(sub, defs), "$defs": defs}, [data_of.get(i, {})], per_item=True)
+                for i, sub in results.get("properties", {}).items()
+            }
+        }
     if results is not None and "output" in results.get("items", {}).get("properties", {}):
         output = {**results["items"]["properties"]["output"], "$defs": schema.get("$defs", {})}
         return {"results": [{"item_id": i, "output": _filled(output, [data], per_item=True)} for i, data in items]}
@@ -135,7 +144,7 @@ def placeholder_answer(messages: list[dict[str, Any]], response_format: Any) -> 
 
 def _requested_schema(response_format: Any) -> dict[str, Any] | None:
     if isinstance(response_format, dict):
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
         if isinstance(schema, dict):
             return schema
     return None

@@ -18,6 +18,19 @@ from ._breaker import BreakerPolicy
 from ._calls import CallRecord, Usage, prompt_text, record_call
 from ._cost import TokenPrices, cache_points, cached_tokens_of
 from ._deferred import DeferredPolicy, DeferredQueue
+from ._formats import (
+    Format,
+    FormatMemory,
+    Mode,
+    StructuredOutput,
+    as_setting,
+    bounded_strings,
+    downgraded,
+    format_rejected,
+    per_item_schema,
+    request_format,
+    resolve_format,
+)
 from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
@@ -40,7 +53,13 @@ class LLMEngine(LadderEngine):
         output_type: the type to produce; default: the first type the agent publishes.
         instructions: extra task text appended to the agent's description.
         prompts: template overrides by name ("system", "items", "repair").
-        structured_output: send the JSON schema as `response_format` (default: when litellm says the model can).
+        structured_output: how the answer's JSON schema is sent: "json_schema" (OpenAI's `response_format`),
+            "json_object" (llama.cpp's `{"type": "json_object", "schema": ...}`), "prompt" (in the prompt only)
+            or "auto" (default; True, False and None are "json_schema", "prompt" and "auto"): hosted models as
+            litellm knows them, local servers (`ollama/`, `hosted_vllm/`, `lm_studio/`, `llamafile/`, or an
+            `api_base` serving a model litellm does not know) in their own form, with the ids of a per-item
+            answer pinned by the schema. A server that rejects the format gets the next one (json_schema ->
+            json_object -> prompt), once, with a warning. See `flock_llm.engines._formats`.
         max_input_tokens: the context window: tokens per call, prompt and answer (default: litellm's figure for
             the model, else 16,000). A batch whose prompt and expected answer do not fit is split before sending.
         max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request
@@ -84,7 +103,7 @@ class LLMEngine(LadderEngine):
         output_type: type[BaseModel] | None = None,
         instructions: str = "",
         prompts: Mapping[str, str] | None = None,
-        structured_output: bool | None = None,
+        structured_output: StructuredOutput | bool | None = None,
         max_input_tokens: int | None = None,
         max_output_tokens: int | None = None,
         max_concurrent_requests: int | None = 8,
@@ -131,7 +150,9 @@ class LLMEngine(LadderEngine):
         self._queue: DeferredQueue | None = None
         self.instructions = instructions
         self.prompts = Prompts(prompts)
-        self.structured_output = structured_output
+        self.structured_output = as_setting(structured_output)
+        self.formats = FormatMemory()
+        """The mode each endpoint was left with after rejecting one."""
         self.litellm_kwargs = litellm_kwargs
 
     def deferred_queue(self, litellm: Any = None) -> DeferredQueue:
@@ -158,14 +179,30 @@ class _Call:
         self.output_type: type[BaseModel] = engine.resolve_output_type(ctx)
         self.schema = self.output_type.model_json_schema()
         self.usage = Usage(extra={"model": self.model})
-        self.structured = engine.structured_output
-        if self.structured is None:
-            self.structured = is_offline(self.model) or self._supports_schema()
+        self.format: Format = resolve_format(
+            engine.structured_output,
+            self.model,
+            api_base=self._api_base(),
+            litellm_takes_schema=engine.structured_output == "auto" and self._supports_schema(),
+            offline=is_offline(self.model),
+        )
         self.context = context_window(self.model, engine.max_input_tokens)
         self.max_output = output_limit(self.model, engine.max_output_tokens)
         self.plan = engine.plan_for(self.output_type, self.text_tokens)
         self.cache_points = cache_points(self.model, self.litellm) if engine.prompt_caching else None
         self._item_frame: int | None = None
+
+    @property
+    def mode(self) -> Mode:
+        """The structured-output mode of the next request (after any rejection by this endpoint)."""
+        return self.engine.formats.mode(self._format_key(), self.format.mode)
+
+    @property
+    def structured(self) -> bool:
+        return self.mode != "prompt"
+
+    def _format_key(self) -> str:
+        return f"{self.model.split('/', 1)[0]} at {self._endpoint()}"
 
     def _supports_schema(self) -> bool:
         try:
@@ -203,34 +240,46 @@ class _Call:
             )
         return messages
 
-    def response_format(self, items: Sequence[LadderItem], *, per_item: bool) -> dict[str, Any]:
+    def response_format(self, items: Sequence[LadderItem], *, per_item: bool) -> dict[str, Any] | None:
+        """The request's `response_format` in this endpoint's mode (see `_formats`); None in "prompt" mode."""
+        pinned = self.format.pinned
         if per_item:
-            output = {k: v for k, v in self.schema.items() if k != "$defs"}
-            schema: dict[str, Any] = {
-                "type": "object",
-                "properties": {
-                    "results": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "item_id": {"type": "string"},
-                                "output": output,
-                            },
-                            "required": ["item_id", "output"],
-                            "additionalProperties": False,
-                        },
-                    }
-                },
-                "required": ["results"],
-                "additionalProperties": False,
-            }
-            if "$defs" in self.schema:
-                schema["$defs"] = self.schema["$defs"]
+            schema = per_item_schema(self.schema, [i.id for i in items] if pinned else None)
             name = f"{self.output_type.__name__}_per_item"
         else:
-            schema, name = self.schema, self.output_type.__name__
-        return {"type": "json_schema", "json_schema": {"name": name[:64], "schema": schema, "strict": False}}
+            schema = bounded_strings(self.schema) if pinned else self.schema
+            name = self.output_type.__name__
+        return request_format(self.mode, name, schema)
+
+    async def complete(self, kwargs: dict[str, Any]) -> Any:
+        """`litellm.acompletion`; a server that rejects the requested format is asked again at once in the next
+        mode, which this endpoint keeps (said once, in a warning)."""
+        while True:
+            try:
+                return await self.litellm.acompletion(**kwargs)
+            except Exception as exc:
+                sent = kwargs.get("response_format")
+                if not isinstance(sent, dict) or not format_rejected(getattr(exc, "status_code", None), str(exc)):
+                    raise
+                rejected: Mode = "json_object" if sent.get("type") == "json_object" else "json_schema"
+                key = self._format_key()
+                moved = self.engine.formats.mode(key, self.format.mode) == rejected
+                following = self.engine.formats.reject(key, rejected)
+                if following is None:
+                    raise
+                if moved:
+                    log.warning(
+                        "%s rejected response_format %r (%s); using %r for it from now on",
+                        key,
+                        rejected,
+                        self.engine.redact(f"{type(exc).__name__}: {str(exc)[:160]}"),
+                        following,
+                    )
+                self.usage.llm_calls += 1  # the rejected request; the attempt counts the one that follows
+                self.usage.format_fallbacks += 1
+                kwargs["response_format"] = downgraded(sent, following)
+                if kwargs["response_format"] is None:
+                    del kwargs["response_format"]
 
     def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool | None = None) -> int:
         messages = self.messages(items, per_item=self.engine.per_item if per_item is None else per_item)
@@ -313,7 +362,7 @@ class _Call:
             self.usage.llm_calls += 1
             used = 0
             try:
-                response = await self.engine.limiter.run(lambda: self.litellm.acompletion(**kwargs))
+                response = await self.engine.limiter.run(lambda: self.complete(kwargs))
                 used = total_tokens(response)
                 return response
             except Exception as exc:
@@ -394,14 +443,18 @@ class _Call:
             cache_write_tokens=cached.written,
         )
 
-    def _endpoint(self) -> str:
-        """Where calls go: scheme, host, port and path of the API base (never its credentials)."""
+    def _api_base(self) -> str | None:
         kwargs = self.engine.litellm_kwargs
         base = kwargs.get("api_base") or kwargs.get("base_url")
         if not base and self.model.startswith("openai/"):
             base = os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+        return str(base) if base else None
+
+    def _endpoint(self) -> str:
+        """Where calls go: scheme, host, port and path of the API base (never its credentials)."""
+        base = self._api_base()
         if not base:
             return "the provider's default endpoint"
-        parts = urlsplit(str(base))
+        parts = urlsplit(base)
         host = parts.hostname or "?"
         return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path

@@ -1,4 +1,5 @@
-"""Fakes for tests: a clock moved by hand, an engine backed by plain functions, and a fake OpenAI server."""
+"""Fakes for tests: a clock moved by hand, an engine backed by plain functions, a fake OpenAI server; and a real
+small model served on this machine (`local_model()`, the `local` extra)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from .._runtime.timers import ManualClock
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from .degrade import Degradation, DegradingModel
 from .fake_openai import FakeOpenAIServer
+from .local_model import LocalModel, local_model
 
-__all__ = ["Degradation", "DegradingModel", "EngineCall", "FakeOpenAIServer", "FunctionEngine", "ManualClock"]
+__all__ = [
+    "Degradation",
+    "DegradingModel",
+    "EngineCall",
+    "FakeOpenAIServer",
+    "FunctionEngine",
+    "LocalModel",
+    "ManualClock",
+    "local_model",
+]
 
 _Answer = EvalResult | BaseModel | Sequence[BaseModel] | None
 _Fn = Callable[[EngineContext, EvalInputs], _Answer | Awaitable[_Answer]]

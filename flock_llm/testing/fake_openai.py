@@ -304,7 +304,7 @@ class FakeOpenAIServer:
         answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
         if self.degrade is not None:
             answer = self.degrade.apply(answer, request.get("messages", []))
-        if isinstance(answer, dict) and isinstance(answer.get("results"), list):
+        if isinstance(answer, dict) and isinstance(answer.get("results"), (list, dict)):
             return json.dumps(answer), len(answer["results"])
         return json.dumps(answer), 1
 

