@@ -139,7 +139,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from .resume import RunSettings
     from .rows import is_pipe
 
-    model = resolve_model(None, args.model, os.environ)
+    try:
+        model = _model_named(args.model)
+    except ConfigurationError as exc:
+        print(f"flock-llm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     settings = RunSettings("per-item" if args.per_item else "report", model, args.batch_size)
     problem, resuming = usage_problem(args, settings)
     if not problem and resuming and is_pipe(args.file):
@@ -157,6 +161,20 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"flock-llm: {exc}", file=sys.stderr)
             return EXIT_USAGE
     return _locked(args, settings, resuming)
+
+
+def _model_named(model: str | None) -> str:
+    """The model a run's arguments name: a litellm model string, or `local[:NAME]` (checked, not started)."""
+    from .local import local_name
+
+    name = local_name(model)
+    if name is None:
+        return resolve_model(None, model, os.environ)
+    from ..testing.local_model import LOCAL_MODELS
+
+    if name not in LOCAL_MODELS and not name.endswith(".gguf"):
+        raise ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")
+    return f"local:{name}"
 
 
 def _locked(args: argparse.Namespace, settings: Any, resuming: bool) -> int:
