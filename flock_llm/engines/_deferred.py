@@ -224,6 +224,7 @@ class DeferredQueue:
                 "a batch job could not be submitted (%s); its requests go the synchronous way", type(exc).__name__
             )
             await journal.forget(ids)
+            await journal.finished(key, time.time())  # a dead record: pruned like a finished job
             for custom_id in ids:
                 self._answer(custom_id, LineResult(problem=f"job not submitted: {type(exc).__name__}"))
             return
@@ -255,6 +256,7 @@ class DeferredQueue:
                 "requests go into a new job",
                 type(exc).__name__,
             )
+            await journal.finished(record.key, time.time())  # a dead record: pruned like a finished job
             return None
         await journal.submitted(record.key, batch_id=batch_id)
         return batch_id
