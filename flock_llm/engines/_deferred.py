@@ -22,6 +22,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._numbers import number
 from ..errors import ConfigurationError
 from ._job_lines import LineResult, file_lines, line_result
 from ._journal import JobJournal, JobRecord, MemoryJournal
@@ -59,13 +60,12 @@ class DeferredPolicy:
     of paying again); older finished jobs are pruned whenever a job finishes."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.job_size, int) or isinstance(self.job_size, bool) or self.job_size < 1:
-            raise ConfigurationError(f"`job_size` must be a positive integer, got {self.job_size!r}")
+        number("job_size", self.job_size, integer=True, fix="the requests per job, e.g. job_size=500")
+        if not isinstance(self.job_size, int):
+            raise ConfigurationError(f"`job_size` must be a whole number > 0, got {self.job_size!r}; e.g. job_size=500")
         names = ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline", "cancel_wait", "keep_finished")
         for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
+            number(name, getattr(self, name), unit="seconds", fix=f"e.g. DeferredPolicy({name}=30)")
 
 
 def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:

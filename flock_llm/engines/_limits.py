@@ -168,7 +168,7 @@ class RetryPolicy:
         asked = retry_after_seconds(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.max_retry_after)
-        backoff = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))  # 2.0**1024 overflows
         return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
 
     async def run(self, call: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]) -> T:
