@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from .._error_text import describe_transport, missing_key
+from .._error_text import describe_transport, local_failure, missing_key
 from .._numbers import number, optional_number
 from ..errors import BudgetExceededError, ProviderUnavailableError
 
@@ -49,8 +49,8 @@ def classify_error(exc: BaseException) -> ErrorKind:
         ),
     ):
         return "fatal"
-    if missing_key(exc):
-        return "fatal"  # surfaces as a 500, but retrying cannot help
+    if missing_key(exc) or local_failure(exc):
+        return "fatal"  # surfaces as a 500, but nothing was sent and retrying cannot help
     if isinstance(
         exc,
         (
@@ -75,6 +75,11 @@ _CLASS_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]+(?:Error|Exception|Timeout)
 NO_KEY_HINT = (
     "set the provider's API key (e.g. OPENAI_API_KEY, or `api_key=`; a local OpenAI-compatible server takes any "
     "key), or choose another model (`model=`, the CLI's `--model`, or FLOCK_LLM_MODEL)"
+)
+
+LOCAL_HINT = (
+    "a configuration problem, not an outage (not retried): check the engine's `api_base=` (credentials in its URL "
+    "cannot be combined with an `api_key=`: pass one of them), `api_key=` and `extra_headers=`"
 )
 
 UNREACHABLE_HINT = (
@@ -103,6 +108,8 @@ def describe_call_error(exc: BaseException) -> str:
     text = text.strip() or "no message"
     if missing_key(exc):
         return f"no API key, nothing was sent ({text[:200]}); {NO_KEY_HINT}" + tail
+    if local_failure(exc):
+        return f"the HTTP client refused the request, nothing was sent ({text[:300]}); {LOCAL_HINT}" + tail
     name = type(exc).__name__
     status = getattr(exc, "status_code", None)
     head = f"{name} (HTTP {status})" if isinstance(status, int) else name
