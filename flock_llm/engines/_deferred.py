@@ -117,6 +117,7 @@ class DeferredQueue:
         self._jobs: dict[str, _Job] = {}
         self._resumes: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._owner = uuid.uuid4().hex  # this queue's name in the journal's claims (`JobJournal.claim`)
 
     async def ask(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> LineResult:
         """The line for one request: from the job it is already in (in this process or, by the journal, before a
@@ -156,7 +157,7 @@ class DeferredQueue:
     async def _route(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
         record = await journal.job_of(custom_id)
         if record is not None and record.batch_id is None and record.file_id is not None:
-            batch_id = await self._resume(journal, record)
+            batch_id = await self._resume(journal, record, custom_id)
             record = None if batch_id is None else JobRecord(record.key, record.file_id, batch_id)
             if record is None:
                 await journal.forget([custom_id])
@@ -230,12 +231,12 @@ class DeferredQueue:
             return
         self._follow(batch_id, key, journal, ids)
 
-    async def _resume(self, journal: JobJournal, record: JobRecord) -> str | None:
+    async def _resume(self, journal: JobJournal, record: JobRecord, custom_id: str) -> str | None:
         """The one job for a file uploaded before a restart (found, or created now), shared by every request of
         that file; None: the file cannot be used, its requests go into a new job."""
         task = self._resumes.get(record.key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._create_for(journal, record))
+            task = asyncio.get_running_loop().create_task(self._create_for(journal, record, custom_id))
             self._resumes[record.key] = task
         try:
             return await task
@@ -244,8 +245,17 @@ class DeferredQueue:
                 del self._resumes[record.key]
             raise
 
-    async def _create_for(self, journal: JobJournal, record: JobRecord) -> str | None:
+    async def _create_for(self, journal: JobJournal, record: JobRecord, custom_id: str) -> str | None:
         assert record.file_id is not None
+        claim = max(60.0, 4 * self.policy.poll_interval)
+        while not await journal.claim(record.key, self._owner, time.time() + claim):
+            await asyncio.sleep(self.policy.poll_interval)  # another process creates this job: wait for its id
+            if (now := await journal.job_of(custom_id)) is None or now.key != record.key:
+                return None  # its requests moved on to a new job
+            if now.batch_id is not None:
+                return now.batch_id
+        if (now := await journal.job_of(custom_id)) is not None and now.key == record.key and now.batch_id:
+            return now.batch_id  # created by the process that held the claim before this one
         try:
             batch_id = await self._batch_for_file(record.key, record.file_id) or await self._create(
                 record.key, record.file_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ from deferred_support import QUICK_JOBS, quick_batch_server
 
 from flock_llm.engines._deferred import DeferredQueue
 from flock_llm.engines._job_lines import line_result
-from flock_llm.engines._journal import MemoryJournal, SQLiteJournal
+from flock_llm.engines._journal import JobJournal, MemoryJournal, SQLiteJournal
 from flock_llm.engines._models import load_litellm
 from flock_llm.testing import FakeOpenAIServer
 
@@ -66,3 +67,92 @@ async def test_a_journaled_file_the_provider_forgot_is_pruned_after_its_requests
     await asyncio.sleep(0.05)  # the poller marks its job finished after it answered
     assert await journal.prune(time.time() + 1) == 2  # the new job and the dead one
     assert await journal.job_of("req-1") is None
+
+
+async def upload(server: FakeOpenAIServer, ids: list[str], bodies: list[dict[str, object]]) -> str:
+    import json
+
+    lines = "".join(
+        json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
+        for c, b in zip(ids, bodies, strict=True)
+    )
+    uploaded = await load_litellm().acreate_file(
+        file=("requests.jsonl", lines.encode(), "application/jsonl"),
+        purpose="batch",
+        custom_llm_provider="openai",
+        api_base=server.api_base,
+        api_key="sk-local-fake",
+    )
+    return str(uploaded.id)
+
+
+async def test_two_processes_resuming_one_uploaded_file_create_one_job(
+    server: FakeOpenAIServer, tmp_path: object
+) -> None:
+    """A worker died between upload and job creation; its requests were taken over by two workers at once (a
+    shared store reclaims them). Each resumes the journaled file: one job must be created, not one per worker
+    (every line of the file billed twice)."""
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "journal.db"
+    bodies = [body(i) for i in range(4)]
+    ids = [f"req-{i}" for i in range(4)]
+    first, second = SQLiteJournal(path), SQLiteJournal(path)  # two processes' connections to one file
+    await first.begin("died", ids)
+    await first.submitted("died", file_id=await upload(server, ids, bodies))
+    settings = {"api_base": server.api_base, "api_key": "sk-local-fake"}
+    a = DeferredQueue(QUICK_JOBS, load_litellm(), settings)
+    b = DeferredQueue(QUICK_JOBS, load_litellm(), settings)
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            a.ask(first, ids[0], bodies[0]), a.ask(first, ids[1], bodies[1]),
+            b.ask(second, ids[2], bodies[2]), b.ask(second, ids[3], bodies[3]),
+        ),
+        timeout=60,
+    )  # fmt: skip
+    assert all(x.body is not None for x in answers)
+    assert server.batches.jobs_created == 1 and set(server.batches.line_bills.values()) == {1}
+    first.close()
+    second.close()
+
+
+async def claim_checks(journal: JobJournal) -> None:
+    await journal.begin("k", ["r1"])
+    await journal.submitted("k", file_id="file-1")
+    later = time.time() + 60
+    assert await journal.claim("k", "a", later)
+    assert not await journal.claim("k", "b", later)  # held by a
+    assert await journal.claim("k", "a", later)  # a again: extended
+    assert await journal.claim("k", "a", time.time() - 1)  # a's claim lapses at once
+    await asyncio.sleep(1.1 if not isinstance(journal, (MemoryJournal, SQLiteJournal)) else 0.01)
+    assert await journal.claim("k", "b", later)  # lapsed: b takes it over (a died)
+    await journal.finished("k", 1.0)
+    assert await journal.prune(2.0) == 1
+    await journal.begin("k", ["r1"])  # the same key again (a test's choice): no claim survived the prune
+    await journal.submitted("k", file_id="file-1")
+    assert await journal.claim("k", "c", later)
+
+
+async def test_a_resumed_job_is_claimed_by_one_process_at_a_time(journal: JobJournal) -> None:
+    await claim_checks(journal)
+
+
+async def test_a_resumed_job_is_claimed_by_one_process_at_a_time_in_redis(redis_url: str) -> None:
+    from flock_llm import Flock
+
+    flock = Flock(store=redis_url, env={})
+    await flock.start()
+    await claim_checks(flock.store.job_journal())  # type: ignore[attr-defined]
+    await flock.shutdown()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def journal(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[JobJournal]:
+    from pathlib import Path
+
+    if request.param == "memory":
+        yield MemoryJournal()
+        return
+    sqlite = SQLiteJournal(Path(str(tmp_path)) / "jobs.db")
+    yield sqlite
+    sqlite.close()
