@@ -61,7 +61,7 @@ class DeferredPolicy:
 
     def __post_init__(self) -> None:
         number("job_size", self.job_size, integer=True, fix="the requests per job, e.g. job_size=500")
-        if not isinstance(self.job_size, int):
+        if not isinstance(self.job_size, int):  # 2.0 is whole, but a count of requests is an int
             raise ConfigurationError(f"`job_size` must be a whole number > 0, got {self.job_size!r}; e.g. job_size=500")
         names = ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline", "cancel_wait", "keep_finished")
         for name in names:
@@ -184,15 +184,12 @@ class DeferredQueue:
         pending.quiet = loop.call_later(self.policy.quiet, self._close_now)
 
     def _answer(self, custom_id: str, result: LineResult) -> None:
-        for future in self._lines.pop(custom_id, []):
-            if not future.done():
-                future.set_result(result)
+        for future in (f for f in self._lines.pop(custom_id, []) if not f.done()):
+            future.set_result(result)
 
     def _fail(self, custom_ids: list[str], exc: BaseException) -> None:
-        for custom_id in custom_ids:
-            for future in self._lines.pop(custom_id, []):
-                if not future.done():
-                    future.set_exception(exc)
+        for future in (f for c in custom_ids for f in self._lines.pop(c, []) if not f.done()):
+            future.set_exception(exc)
 
     # -- jobs -----------------------------------------------------------------------------------------------
 
@@ -341,8 +338,9 @@ class DeferredQueue:
                     return "deadline: lost (the provider does not know it)"
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
-            try:
-                batch = await self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes)
+                polling = self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                batch = await asyncio.wait_for(polling, max(until - now, policy.poll_interval))
                 if batch.status not in _DONE:
                     continue
                 await self._read(batch_id, batch, job)
@@ -359,7 +357,8 @@ class DeferredQueue:
         """Cancel a job past its deadline; False when the provider does not know it."""
         log.info("batch job %s passed its deadline; cancelling it", batch_id)
         try:
-            await self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+            cancelling = self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+            await asyncio.wait_for(cancelling, self.policy.cancel_wait)
         except Exception as exc:  # noqa: BLE001 - cancellation failed: the job is still polled until cancel_wait
             if _unknown(exc):
                 return False

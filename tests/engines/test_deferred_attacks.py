@@ -156,3 +156,19 @@ def journal(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[JobJou
     sqlite = SQLiteJournal(Path(str(tmp_path)) / "jobs.db")
     yield sqlite
     sqlite.close()
+
+
+async def test_a_provider_that_stops_answering_polls_does_not_hold_the_job_past_its_deadline(
+    server: FakeOpenAIServer,
+) -> None:
+    """Every poll hangs without a byte (litellm's own timeout for the Batch API is 10 minutes): the deadline
+    still cancels the job and its requests go the synchronous way soon after it, not after the hang."""
+    server.batches.hang_retrievals = 30.0
+    settings = {"api_base": server.api_base, "api_key": "sk-local-fake"}
+    policy = replace(QUICK_JOBS, job_size=1, deadline=0.5, cancel_wait=0.5)
+    jobs = DeferredQueue(policy, load_litellm(), settings)
+    started = time.monotonic()
+    answer = await asyncio.wait_for(jobs.ask(MemoryJournal(), "req-1", body(1)), timeout=60)
+    assert answer.body is None and answer.problem.startswith("no line: the job ended deadline")
+    assert server.batches.cancels == 1
+    assert time.monotonic() - started < 20  # bounded by the deadline, not by the 30 s hang
