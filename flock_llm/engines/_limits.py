@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 
 from .._error_text import describe_transport, local_failure, missing_key
 from .._numbers import number, optional_number
+from .._redaction import mask
 from ..errors import BudgetExceededError, ProviderUnavailableError
 
 __all__ = [
@@ -99,7 +100,7 @@ def describe_call_error(exc: BaseException) -> str:
     transport = describe_transport(exc)
     if transport is not None:
         return transport + tail
-    text = str(exc)
+    text = mask(str(exc))  # registered secrets and URL passwords (httpx quotes the URL it failed for)
     while True:
         shorter = _CLASS_PREFIX.sub("", text, count=1)
         if shorter == text:

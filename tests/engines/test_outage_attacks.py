@@ -33,3 +33,18 @@ async def test_a_request_the_http_client_refuses_to_send_fails_at_once_as_a_conf
     assert all(URL_PASSWORD not in r.error for r in records)
     assert engine.guard.opened == 0 and engine.guard.probes == 0
     assert flock.metrics().usage["sentiment"]["retries"] == 0
+
+
+def test_a_provider_error_quoting_the_request_url_does_not_carry_its_password_into_error_texts() -> None:
+    """httpx's status errors quote the URL they were raised for ("... for url 'http://user:pw@host/...'"): the
+    text failure records and ProviderUnavailableError are built from must not carry the URL's password."""
+    from flock_llm.engines._limits import describe_call_error
+    from flock_llm.engines._models import load_litellm
+
+    error = load_litellm().ServiceUnavailableError(
+        message=f"Server error '503' for url 'https://gateway:{URL_PASSWORD}@llm.example/v1/chat/completions'",
+        llm_provider="openai",
+        model="m",
+    )
+    text = describe_call_error(error)
+    assert URL_PASSWORD not in text and "https://gateway:***@llm.example/v1" in text, text
