@@ -172,3 +172,37 @@ async def test_a_provider_that_stops_answering_polls_does_not_hold_the_job_past_
     assert answer.body is None and answer.problem.startswith("no line: the job ended deadline")
     assert server.batches.cancels == 1
     assert time.monotonic() - started < 20  # bounded by the deadline, not by the 30 s hang
+
+
+def test_a_process_killed_between_upload_and_job_creation_with_a_redis_journal_bills_each_line_once(
+    redis_single_url: str,
+) -> None:
+    """The SQLite test of this path (test_deferred_tiers), with the Redis store's journal: after the kill the
+    restarted worker reclaims the dead one's items, resumes the journaled file and bills each line once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(tests), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    worker = [sys.executable, str(tests / "deferred_worker.py"), redis_single_url]
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+        fake.batches.completion_delay_s = 0.3
+        fake.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
+        first = subprocess.Popen([*worker, fake.api_base, "publish", "100", "10"], stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 60
+        while fake.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert fake.batches.files_uploaded >= 1 and fake.batches.creations_held >= 1
+        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation
+        first.wait(timeout=30)
+        fake.batches.release_creation()  # the held creation fails: the provider never created that job
+        second = subprocess.run(
+            [*worker, fake.api_base, "recover"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert second.returncode == 0, second.stderr
+    assert "done labels=100 failed=0" in second.stdout
+    assert set(fake.batches.line_bills.values()) == {1} and fake.batches.duplicated_ids == 0
+    assert fake.requests == 0  # nothing went the synchronous way either
