@@ -367,26 +367,27 @@ class DeferredQueue:
 
     async def _read(self, batch_id: str, batch: Any, job: _Job) -> None:
         """Answer the job's waiting requests from its output file, then its error file: an answer wins over an
-        error for the same request. Lines of requests nobody waits for are skipped."""
+        error for the same request, in either file and in any order. Lines of requests nobody waits for are
+        skipped."""
+        problems: dict[str, LineResult] = {}  # errors of waiting requests, settled once no answer came
         for file_id, kind in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             if not file_id or not job.waiting:
                 continue
             malformed = 0
             async for raw in file_lines(self.litellm, str(file_id), self.settings):
-                parsed = line_result(raw)
-                if parsed is None:
+                if (parsed := line_result(raw)) is None:
                     malformed += 1
+                elif parsed[0] in job.waiting and parsed[1].body is None:
+                    problems.setdefault(parsed[0], parsed[1])
                 elif parsed[0] in job.waiting:
                     job.waiting.discard(parsed[0])
                     self._answer(*parsed)
             if malformed:
-                log.warning(
-                    "%d line(s) of the %s file of batch job %s are not JSON lines with a request id; those requests "
-                    "are asked again",
-                    malformed,
-                    kind,
-                    batch_id,
-                )
+                message = "%d line(s) of the %s file of batch job %s are not JSON lines with a request id; asked again"
+                log.warning(message, malformed, kind, batch_id)
+        for custom_id in problems.keys() & job.waiting:
+            job.waiting.discard(custom_id)
+            self._answer(custom_id, problems[custom_id])
 
     async def _housekeeping(self, job: _Job) -> None:
         """Mark the job finished and prune the journal's finished jobs older than `keep_finished`."""

@@ -206,3 +206,29 @@ def test_a_process_killed_between_upload_and_job_creation_with_a_redis_journal_b
     assert "done labels=100 failed=0" in second.stdout
     assert set(fake.batches.line_bills.values()) == {1} and fake.batches.duplicated_ids == 0
     assert fake.requests == 0  # nothing went the synchronous way either
+
+
+async def test_an_id_listed_twice_in_the_output_file_gets_its_answer_not_its_error() -> None:
+    """A provider lists one request twice (a retried line): first with a 500, then answered. The answer was
+    billed and is used; before, the first line settled the request with its error and it was paid again."""
+    from types import SimpleNamespace
+
+    from flock_llm.engines._deferred import _Job
+
+    answered = {"custom_id": "a", "response": {"status_code": 200, "body": {"choices": []}}}
+    failed = {"custom_id": "a", "response": {"status_code": 500, "body": {}}}
+    stranger = {"custom_id": "never-sent", "response": {"status_code": 200, "body": {"choices": []}}}
+    import json
+
+    output = "\n".join(json.dumps(line) for line in (failed, stranger, answered)).encode()
+
+    async def afile_content(**_: object) -> SimpleNamespace:
+        return SimpleNamespace(content=output)
+
+    jobs = DeferredQueue(QUICK_JOBS, SimpleNamespace(afile_content=afile_content), {})
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    jobs._lines["a"] = [future]  # type: ignore[list-item]
+    job = _Job("k", MemoryJournal(), {"a"})
+    await jobs._read("batch_1", SimpleNamespace(output_file_id="out", error_file_id=None), job)
+    assert future.done() and future.result().body == {"choices": []}  # type: ignore[attr-defined]
+    assert job.waiting == set()
