@@ -4,6 +4,7 @@ and journals that must not grow without bound while the provider refuses jobs.""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -70,8 +71,6 @@ async def test_a_journaled_file_the_provider_forgot_is_pruned_after_its_requests
 
 
 async def upload(server: FakeOpenAIServer, ids: list[str], bodies: list[dict[str, object]]) -> str:
-    import json
-
     lines = "".join(
         json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
         for c, b in zip(ids, bodies, strict=True)
@@ -218,8 +217,6 @@ async def test_an_id_listed_twice_in_the_output_file_gets_its_answer_not_its_err
     answered = {"custom_id": "a", "response": {"status_code": 200, "body": {"choices": []}}}
     failed = {"custom_id": "a", "response": {"status_code": 500, "body": {}}}
     stranger = {"custom_id": "never-sent", "response": {"status_code": 200, "body": {"choices": []}}}
-    import json
-
     output = "\n".join(json.dumps(line) for line in (failed, stranger, answered)).encode()
 
     async def afile_content(**_: object) -> SimpleNamespace:
