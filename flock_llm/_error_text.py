@@ -18,7 +18,15 @@ import socket
 
 from pydantic import ValidationError
 
-__all__ = ["causes", "connect_failure", "describe_error", "describe_transport", "missing_key", "provider_answered"]
+__all__ = [
+    "causes",
+    "connect_failure",
+    "describe_error",
+    "describe_transport",
+    "local_failure",
+    "missing_key",
+    "provider_answered",
+]
 
 _MAX = 1000
 
@@ -86,10 +94,20 @@ def missing_key(exc: BaseException) -> bool:
     return any(marker in str(exc) for marker in _MISSING_KEY)
 
 
+def local_failure(exc: BaseException) -> bool:
+    """Whether the call failed on this side before anything was sent: the chain starts with a plain ValueError or
+    TypeError of the HTTP client (aiohttp's "Cannot combine AUTHORIZATION header with ... credentials encoded in
+    URL"), which litellm reports as an InternalServerError with status 500. A configuration problem: retrying
+    cannot help."""
+    return type(causes(exc)[-1]) in (ValueError, TypeError)
+
+
 def provider_answered(exc: BaseException) -> bool:
     """Whether `exc` carries the provider's answer (an HTTP status it sent), not a failure to reach it."""
     status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and not missing_key(exc) and describe_transport(exc) is None
+    return (
+        isinstance(status, int) and not missing_key(exc) and not local_failure(exc) and describe_transport(exc) is None
+    )
 
 
 def _where(chain: list[BaseException]) -> str | None:

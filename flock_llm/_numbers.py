@@ -43,9 +43,13 @@ def number(
     hint = f"; {fix}" if fix else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"`{name}` must be {what} {limit}, got {value!r} ({type(value).__name__}){hint}")
-    as_float = float(value)
+    try:
+        as_float = float(value)
+    except OverflowError:  # a whole number too large for a float (10**400)
+        as_float = math.inf
     if not math.isfinite(as_float):
-        raise ConfigurationError(f"`{name}` must be a finite number {limit}, got {value!r}{hint}")
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:20]}... ({len(repr(value))} digits)"
+        raise ConfigurationError(f"`{name}` must be a finite number {limit}, got {shown}{hint}")
     if as_float < 0 or (bound == "positive" and as_float == 0):
         raise ConfigurationError(f"`{name}` must be {what} {limit}, got {value!r}{hint}")
     if integer and not as_float.is_integer():

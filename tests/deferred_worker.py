@@ -1,7 +1,7 @@
 """A process for the deferred-tier durability test: labels reviews through provider batch jobs with a SQLite
 store; killed by the test between the job's submission and its retrieval, then started again.
 
-usage: deferred_worker.py DB API_BASE publish COUNT [FIRST] | DB API_BASE recover
+usage (DB: a SQLite path or a store URL): deferred_worker.py DB API_BASE publish COUNT [FIRST] | DB API_BASE recover
 
 With FIRST, the first FIRST reviews are published alone and flush by timeout (0.5 s) before the rest come: a
 restart must re-form that batch as it was, or it would ask different requests than the job it submitted.
@@ -21,7 +21,7 @@ from flock_llm.subscription import BatchSpec
 
 
 def define(db: str, api_base: str) -> Flock:
-    flock = Flock(store=f"sqlite:///{db}", env={})
+    flock = Flock(store=db if "://" in db else f"sqlite:///{db}", env={})  # a path, or a store URL
     engine = LLMEngine(
         "openai/fake-model",
         per_item=True,
@@ -57,10 +57,12 @@ async def main(db: str, api_base: str, command: str, count: int, first: int) -> 
             await asyncio.sleep(1.0)  # their batch flushes by timeout meanwhile
         await flock.publish_many(reviews(first, count))
         print("published", flush=True)
+    if command == "recover" and "://" in db:  # a shared store: the dead worker's items are reclaimed after its
+        await asyncio.sleep(1.5)  # claim times out (the tests' Redis URLs set claim_timeout=1)
     await flock.run_until_idle()
-    await flock.shutdown()
-    labels = await flock.store.get_by_type(ReviewSentiment)
+    labels = await flock.store.get_by_type(ReviewSentiment)  # before the shutdown: a Redis store disconnects
     failures = await flock.store.get_by_type(FailureRecord)
+    await flock.shutdown()
     print(f"done labels={len(labels)} failed={sum(len(f.input_ids) for f in failures)}", flush=True)
 
 

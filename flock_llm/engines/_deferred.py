@@ -22,6 +22,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._numbers import number
 from ..errors import ConfigurationError
 from ._job_lines import LineResult, file_lines, line_result
 from ._journal import JobJournal, JobRecord, MemoryJournal
@@ -59,13 +60,12 @@ class DeferredPolicy:
     of paying again); older finished jobs are pruned whenever a job finishes."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.job_size, int) or isinstance(self.job_size, bool) or self.job_size < 1:
-            raise ConfigurationError(f"`job_size` must be a positive integer, got {self.job_size!r}")
+        number("job_size", self.job_size, integer=True, fix="the requests per job, e.g. job_size=500")
+        if not isinstance(self.job_size, int):  # 2.0 is whole, but a count of requests is an int
+            raise ConfigurationError(f"`job_size` must be a whole number > 0, got {self.job_size!r}; e.g. job_size=500")
         names = ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline", "cancel_wait", "keep_finished")
         for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
+            number(name, getattr(self, name), unit="seconds", fix=f"e.g. DeferredPolicy({name}=30)")
 
 
 def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
@@ -117,6 +117,7 @@ class DeferredQueue:
         self._jobs: dict[str, _Job] = {}
         self._resumes: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._owner = uuid.uuid4().hex  # this queue's name in the journal's claims (`JobJournal.claim`)
 
     async def ask(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> LineResult:
         """The line for one request: from the job it is already in (in this process or, by the journal, before a
@@ -156,7 +157,7 @@ class DeferredQueue:
     async def _route(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
         record = await journal.job_of(custom_id)
         if record is not None and record.batch_id is None and record.file_id is not None:
-            batch_id = await self._resume(journal, record)
+            batch_id = await self._resume(journal, record, custom_id)
             record = None if batch_id is None else JobRecord(record.key, record.file_id, batch_id)
             if record is None:
                 await journal.forget([custom_id])
@@ -183,15 +184,12 @@ class DeferredQueue:
         pending.quiet = loop.call_later(self.policy.quiet, self._close_now)
 
     def _answer(self, custom_id: str, result: LineResult) -> None:
-        for future in self._lines.pop(custom_id, []):
-            if not future.done():
-                future.set_result(result)
+        for future in (f for f in self._lines.pop(custom_id, []) if not f.done()):
+            future.set_result(result)
 
     def _fail(self, custom_ids: list[str], exc: BaseException) -> None:
-        for custom_id in custom_ids:
-            for future in self._lines.pop(custom_id, []):
-                if not future.done():
-                    future.set_exception(exc)
+        for future in (f for c in custom_ids for f in self._lines.pop(c, []) if not f.done()):
+            future.set_exception(exc)
 
     # -- jobs -----------------------------------------------------------------------------------------------
 
@@ -224,17 +222,18 @@ class DeferredQueue:
                 "a batch job could not be submitted (%s); its requests go the synchronous way", type(exc).__name__
             )
             await journal.forget(ids)
+            await journal.finished(key, time.time())  # a dead record: pruned like a finished job
             for custom_id in ids:
                 self._answer(custom_id, LineResult(problem=f"job not submitted: {type(exc).__name__}"))
             return
         self._follow(batch_id, key, journal, ids)
 
-    async def _resume(self, journal: JobJournal, record: JobRecord) -> str | None:
+    async def _resume(self, journal: JobJournal, record: JobRecord, custom_id: str) -> str | None:
         """The one job for a file uploaded before a restart (found, or created now), shared by every request of
         that file; None: the file cannot be used, its requests go into a new job."""
         task = self._resumes.get(record.key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._create_for(journal, record))
+            task = asyncio.get_running_loop().create_task(self._create_for(journal, record, custom_id))
             self._resumes[record.key] = task
         try:
             return await task
@@ -243,8 +242,17 @@ class DeferredQueue:
                 del self._resumes[record.key]
             raise
 
-    async def _create_for(self, journal: JobJournal, record: JobRecord) -> str | None:
+    async def _create_for(self, journal: JobJournal, record: JobRecord, custom_id: str) -> str | None:
         assert record.file_id is not None
+        claim = max(60.0, 4 * self.policy.poll_interval)
+        while not await journal.claim(record.key, self._owner, time.time() + claim):
+            await asyncio.sleep(self.policy.poll_interval)  # another process creates this job: wait for its id
+            if (now := await journal.job_of(custom_id)) is None or now.key != record.key:
+                return None  # its requests moved on to a new job
+            if now.batch_id is not None:
+                return now.batch_id
+        if (now := await journal.job_of(custom_id)) is not None and now.key == record.key and now.batch_id:
+            return now.batch_id  # created by the process that held the claim before this one
         try:
             batch_id = await self._batch_for_file(record.key, record.file_id) or await self._create(
                 record.key, record.file_id
@@ -255,6 +263,7 @@ class DeferredQueue:
                 "requests go into a new job",
                 type(exc).__name__,
             )
+            await journal.finished(record.key, time.time())  # a dead record: pruned like a finished job
             return None
         await journal.submitted(record.key, batch_id=batch_id)
         return batch_id
@@ -329,8 +338,9 @@ class DeferredQueue:
                     return "deadline: lost (the provider does not know it)"
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
-            try:
-                batch = await self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes)
+                polling = self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                batch = await asyncio.wait_for(polling, max(until - now, policy.poll_interval))
                 if batch.status not in _DONE:
                     continue
                 await self._read(batch_id, batch, job)
@@ -347,7 +357,8 @@ class DeferredQueue:
         """Cancel a job past its deadline; False when the provider does not know it."""
         log.info("batch job %s passed its deadline; cancelling it", batch_id)
         try:
-            await self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+            cancelling = self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+            await asyncio.wait_for(cancelling, self.policy.cancel_wait)
         except Exception as exc:  # noqa: BLE001 - cancellation failed: the job is still polled until cancel_wait
             if _unknown(exc):
                 return False
@@ -356,26 +367,27 @@ class DeferredQueue:
 
     async def _read(self, batch_id: str, batch: Any, job: _Job) -> None:
         """Answer the job's waiting requests from its output file, then its error file: an answer wins over an
-        error for the same request. Lines of requests nobody waits for are skipped."""
+        error for the same request, in either file and in any order. Lines of requests nobody waits for are
+        skipped."""
+        problems: dict[str, LineResult] = {}  # errors of waiting requests, settled once no answer came
         for file_id, kind in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
             if not file_id or not job.waiting:
                 continue
             malformed = 0
             async for raw in file_lines(self.litellm, str(file_id), self.settings):
-                parsed = line_result(raw)
-                if parsed is None:
+                if (parsed := line_result(raw)) is None:
                     malformed += 1
+                elif parsed[0] in job.waiting and parsed[1].body is None:
+                    problems.setdefault(parsed[0], parsed[1])
                 elif parsed[0] in job.waiting:
                     job.waiting.discard(parsed[0])
                     self._answer(*parsed)
             if malformed:
-                log.warning(
-                    "%d line(s) of the %s file of batch job %s are not JSON lines with a request id; those requests "
-                    "are asked again",
-                    malformed,
-                    kind,
-                    batch_id,
-                )
+                message = "%d line(s) of the %s file of batch job %s are not JSON lines with a request id; asked again"
+                log.warning(message, malformed, kind, batch_id)
+        for custom_id in problems.keys() & job.waiting:
+            job.waiting.discard(custom_id)
+            self._answer(custom_id, problems[custom_id])
 
     async def _housekeeping(self, job: _Job) -> None:
         """Mark the job finished and prune the journal's finished jobs older than `keep_finished`."""

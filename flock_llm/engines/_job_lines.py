@@ -31,7 +31,7 @@ def line_result(raw: bytes) -> tuple[str, LineResult] | None:
     (a malformed line: its request gets no line and is asked again)."""
     try:
         line = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse: that line alone is lost
         return None
     if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
         return None

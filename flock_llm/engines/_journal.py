@@ -6,7 +6,8 @@ its body: the same batch asks the same request again after a restart). A job's s
 `begin()` its requests before anything is sent, `submitted(file_id=)` its uploaded input file, then
 `submitted(batch_id=)` the job the provider created from that file, and `finished()` once its lines were read.
 A restart therefore knows which step a job reached: nothing uploaded (the requests go into a new job), uploaded
-but not created (the one job is created from that file), or created (it is polled). `prune()` forgets jobs that
+but not created (the one job is created from that file, by one process at a time: `claim()`), or created (it
+is polled). `prune()` forgets jobs that
 finished before a time, with their requests.
 
 `MemoryJournal` lives as long as the process; `SQLiteJournal` is a table in the SQLite store's file (its own
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +50,12 @@ class JobJournal(Protocol):
         """These requests go to another job (their first one failed or expired)."""
         ...
 
+    async def claim(self, key: str, owner: str, until: float) -> bool:
+        """Take the creation of job `key` (from its uploaded file, after a restart) for `owner` until `until`
+        (seconds since the epoch); False while another owner holds it. Two processes resuming one file create
+        one job: the other waits for the job's id in the journal, or for the claim to lapse (its owner died)."""
+        ...
+
     async def finished(self, key: str, at: float) -> None:
         """The job ended at `at` (seconds since the epoch) and its lines were read."""
         ...
@@ -63,6 +71,7 @@ class MemoryJournal:
         self._jobs: dict[str, JobRecord] = {}
         self._members: dict[str, set[str]] = {}
         self._finished: dict[str, float] = {}
+        self._claims: dict[str, tuple[str, float]] = {}
 
     async def job_of(self, custom_id: str) -> JobRecord | None:
         key = self._requests.get(custom_id)
@@ -82,6 +91,13 @@ class MemoryJournal:
         for custom_id in custom_ids:
             self._requests.pop(custom_id, None)
 
+    async def claim(self, key: str, owner: str, until: float) -> bool:
+        holder, held_until = self._claims.get(key, (owner, 0.0))
+        if holder != owner and held_until > time.time():
+            return False
+        self._claims[key] = (owner, until)
+        return True
+
     async def finished(self, key: str, at: float) -> None:
         if key in self._jobs:
             self._finished[key] = at
@@ -91,6 +107,7 @@ class MemoryJournal:
         for key in done:
             del self._finished[key]
             self._jobs.pop(key, None)
+            self._claims.pop(key, None)
             for custom_id in self._members.pop(key, set()):
                 if self._requests.get(custom_id) == key:
                     del self._requests[custom_id]
@@ -112,6 +129,9 @@ class SQLiteJournal:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(deferred_jobs)")}
             if "finished_at" not in columns:  # a file written before jobs were pruned
                 self._db.execute("ALTER TABLE deferred_jobs ADD COLUMN finished_at REAL")
+            for column, kind in (("claimed_by", "TEXT"), ("claimed_until", "REAL")):
+                if column not in columns:  # a file written before resumed jobs were claimed
+                    self._db.execute(f"ALTER TABLE deferred_jobs ADD COLUMN {column} {kind}")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS deferred_requests (custom_id TEXT PRIMARY KEY, job TEXT NOT NULL)"
             )
@@ -142,6 +162,9 @@ class SQLiteJournal:
     async def forget(self, custom_ids: list[str]) -> None:
         await asyncio.to_thread(self._forget, custom_ids)
 
+    async def claim(self, key: str, owner: str, until: float) -> bool:
+        return await asyncio.to_thread(self._claim, key, owner, until)
+
     async def finished(self, key: str, at: float) -> None:
         await asyncio.to_thread(self._run, "UPDATE deferred_jobs SET finished_at = ? WHERE key = ?", (at, key))
 
@@ -166,6 +189,15 @@ class SQLiteJournal:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _claim(self, key: str, owner: str, until: float) -> bool:
+        with self._lock:
+            taken = self._db.execute(
+                "UPDATE deferred_jobs SET claimed_by = ?, claimed_until = ? WHERE key = ? AND (claimed_by IS NULL "
+                "OR claimed_by = ? OR claimed_until < ?)",
+                (owner, until, key, owner, time.time()),
+            ).rowcount
+            return bool(taken)
 
     def _forget(self, custom_ids: list[str]) -> None:
         with self._lock:

@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from .._error_text import describe_transport, missing_key
+from .._error_text import describe_transport, local_failure, missing_key
 from .._numbers import number, optional_number
+from .._redaction import mask
 from ..errors import BudgetExceededError, ProviderUnavailableError
 
 __all__ = [
@@ -49,8 +50,8 @@ def classify_error(exc: BaseException) -> ErrorKind:
         ),
     ):
         return "fatal"
-    if missing_key(exc):
-        return "fatal"  # surfaces as a 500, but retrying cannot help
+    if missing_key(exc) or local_failure(exc):
+        return "fatal"  # surfaces as a 500, but nothing was sent and retrying cannot help
     if isinstance(
         exc,
         (
@@ -77,6 +78,11 @@ NO_KEY_HINT = (
     "key), or choose another model (`model=`, the CLI's `--model`, or FLOCK_LLM_MODEL)"
 )
 
+LOCAL_HINT = (
+    "a configuration problem, not an outage (not retried): check the engine's `api_base=` (credentials in its URL "
+    "cannot be combined with an `api_key=`: pass one of them), `api_key=` and `extra_headers=`"
+)
+
 UNREACHABLE_HINT = (
     "the provider has not answered once since this engine was created, so this is taken for a configuration "
     "problem, not an outage (not retried): check the model (`model=`, the CLI's `--model`, FLOCK_LLM_MODEL), "
@@ -94,7 +100,7 @@ def describe_call_error(exc: BaseException) -> str:
     transport = describe_transport(exc)
     if transport is not None:
         return transport + tail
-    text = str(exc)
+    text = mask(str(exc))  # registered secrets and URL passwords (httpx quotes the URL it failed for)
     while True:
         shorter = _CLASS_PREFIX.sub("", text, count=1)
         if shorter == text:
@@ -103,6 +109,8 @@ def describe_call_error(exc: BaseException) -> str:
     text = text.strip() or "no message"
     if missing_key(exc):
         return f"no API key, nothing was sent ({text[:200]}); {NO_KEY_HINT}" + tail
+    if local_failure(exc):
+        return f"the HTTP client refused the request, nothing was sent ({text[:300]}); {LOCAL_HINT}" + tail
     name = type(exc).__name__
     status = getattr(exc, "status_code", None)
     head = f"{name} (HTTP {status})" if isinstance(status, int) else name
@@ -168,7 +176,7 @@ class RetryPolicy:
         asked = retry_after_seconds(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.max_retry_after)
-        backoff = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** min(attempt - 1, 1000))  # 2.0**1024 overflows
         return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
 
     async def run(self, call: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]) -> T:

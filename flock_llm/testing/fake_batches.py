@@ -101,6 +101,8 @@ class FakeBatches:
         self.answered_before_cancel = 0
         """How many lines of a cancelled job were answered before the cancellation (they are billed)."""
         self.cancels = 0
+        self.hang_retrievals = 0.0
+        """Seconds each job retrieval (poll) hangs without sending a byte: a provider that stops answering."""
         self.output_padding = 0
         """Bytes added to each answer line (`system_fingerprint`): large output files for memory tests."""
         self._release = threading.Event()
@@ -139,6 +141,8 @@ class FakeBatches:
         job = self._known(parts[-1])
         with self._lock:
             self.retrievals[parts[-1]] += 1
+        if self.hang_retrievals:
+            time.sleep(self.hang_retrievals)
         if job is None:
             return 404, {"error": {"message": "no such batch", "code": "batch_not_found"}}, {}
         self._finish_if_due(job)

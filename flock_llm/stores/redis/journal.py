@@ -1,10 +1,12 @@
 """The journal of provider batch jobs in a Redis store (see `flock_llm.engines._journal`), shared by every
 worker process: `deferred:requests` maps each request id to its job, `deferred:job:<key>` holds the job's input
-file and batch id, `deferred:job:<key>:ids` its request ids, and `deferred:finished` (a sorted set) the jobs whose
+file and batch id, `deferred:job:<key>:ids` its request ids, `deferred:job:<key>:claim` the process creating it
+from its file after a restart (expiring), and `deferred:finished` (a sorted set) the jobs whose
 lines were read, by the time they finished, for `prune()`."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ...engines._journal import JobRecord
@@ -23,7 +25,7 @@ for _, key in ipairs(done) do
   for _, id in ipairs(redis.call('SMEMBERS', job .. ':ids')) do
     if redis.call('HGET', KEYS[1], id) == key then redis.call('HDEL', KEYS[1], id) end
   end
-  redis.call('DEL', job, job .. ':ids')
+  redis.call('DEL', job, job .. ':ids', job .. ':claim')
   redis.call('ZREM', KEYS[2], key)
 end
 return #done
@@ -77,6 +79,20 @@ class RedisJournal:
         if custom_ids:
             client = self.store.client
             await self.store.retrying(lambda: client.hdel(self._requests, *custom_ids), limit=None)
+
+    async def claim(self, key: str, owner: str, until: float) -> bool:
+        client, name = self.store.client, self._job(key) + ":claim"
+        seconds = max(1, int(until - time.time()) + 1)
+
+        async def take() -> bool:
+            if await client.set(name, owner, nx=True, ex=seconds):
+                return True
+            if _text(await client.get(name) or b"") != owner:
+                return False
+            await client.expire(name, seconds)  # ours already: extended
+            return True
+
+        return bool(await self.store.retrying(take, limit=None))
 
     async def finished(self, key: str, at: float) -> None:
         client = self.store.client
