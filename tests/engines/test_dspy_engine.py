@@ -219,7 +219,10 @@ async def test_a_dspy_call_waits_while_the_tokens_per_minute_window_is_full(open
     await window.settle(held, 0)  # that call's real tokens: none; the minute has room again
     flock, _ = await asyncio.wait_for(running, timeout=10)
     assert route.call_count == 1 and len(await flock.store.get_by_type(SentimentTrendReport)) == 1
-    follow_up = await asyncio.wait_for(window.acquire(limit - 120), timeout=1)  # the call holds its real 120
+    asked = body(route.calls[0].request)["max_tokens"]
+    assert 16 <= asked < 4_096  # the answer expected for the call, with head-room: not the model's whole limit
+    # the call holds what a provider counts for it: its real prompt (100) and the max_tokens it allowed
+    follow_up = await asyncio.wait_for(window.acquire(limit - 100 - asked), timeout=1)
     await window.settle(follow_up, 0)
 
 
@@ -240,7 +243,7 @@ async def test_with_a_sqlite_store_dspy_items_over_budget_stay_pending_for_the_n
         ).max_concurrency(1)
         return flock
 
-    first = budgeted(1.0)
+    first = budgeted(1.6)  # a call reserves its worst case (prompt + max_tokens: about $1.3), pays $0.14
     await first.publish_many(reviews(12))
     await first.run_until_idle()
     await first.shutdown()
