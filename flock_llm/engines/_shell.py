@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._base import EngineContext
 from ._breaker import ProviderGuard
@@ -149,6 +149,18 @@ class _Spent:
             self.cost_usd += cost
 
 
+@dataclass
+class _OneCall(Generic[R]):
+    """One call in progress: what to send, how to read its reply, and what it holds and has spent."""
+
+    ask: Ask
+    send: Callable[[], Awaitable[R]]
+    settled: Callable[[R], Settled | None]
+    again: Again | None
+    ticket: Ticket
+    spent: _Spent = field(default_factory=_Spent)
+
+
 class CallShell:
     """One engine run's way to the model: every call of the run goes through `call`."""
 
@@ -190,17 +202,16 @@ class CallShell:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
             Exception: the call's last error (after its retries).
         """
-        costs = self.engine.costs
-        ticket = costs.reserve(self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier)
-        spent = _Spent()
+        ticket = self.engine.costs.reserve(
+            self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
+        )
+        call = _OneCall(ask, send, settled, again, ticket)
+        spent = call.spent
         started, started_ns = time.perf_counter(), time.time_ns()
-        outcome: str | None = "ok"
+        outcome: str | None = None
         try:
-            if ask.deferred:
-                reply, outcome = await self._request(ask, ticket, spent, send, settled, again, paced=False)
-            else:
-                reply, outcome = await self._guarded(ask, ticket, spent, send, settled, again)
-        except Exception as exc:
+            reply, outcome = await (self._request(call, paced=False) if ask.deferred else self._guarded(call))
+        except BaseException as exc:  # recorded (a cancelled call too: its request may have been paid), re-raised
             outcome = type(exc).__name__
             raise
         finally:
@@ -227,15 +238,7 @@ class CallShell:
                 )
         return reply
 
-    async def _guarded(
-        self,
-        ask: Ask,
-        ticket: Ticket,
-        spent: _Spent,
-        send: Callable[[], Awaitable[R]],
-        settled: Callable[[R], Settled | None],
-        again: Again | None,
-    ) -> tuple[R, str | None]:
+    async def _guarded(self, call: _OneCall[R]) -> tuple[R, str | None]:
         engine = self.engine
 
         def on_retry(exc: BaseException) -> None:
@@ -244,7 +247,7 @@ class CallShell:
             log.info("agent %r: retrying after %s", self.ctx.agent_name, text)
 
         async def attempt() -> tuple[R, str | None]:
-            return await self._request(ask, ticket, spent, send, settled, again, paced=True)
+            return await self._request(call, paced=True)
 
         try:
             return await engine.guard.call(engine.retry, attempt, on_retry, engine.probe_for(self.model))
@@ -253,19 +256,10 @@ class CallShell:
             self.usage.llm_calls += probes
             self.usage.probes += probes
 
-    async def _request(
-        self,
-        ask: Ask,
-        ticket: Ticket,
-        spent: _Spent,
-        send: Callable[[], Awaitable[R]],
-        settled: Callable[[R], Settled | None],
-        again: Again | None,
-        *,
-        paced: bool,
-    ) -> tuple[R, str | None]:
+    async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
         costs = self.engine.costs
+        ask, ticket, spent, send = call.ask, call.ticket, call.spent, call.send
         spent.attempts += 1
         while True:
             if paced:
@@ -282,13 +276,13 @@ class CallShell:
                 await costs.attempt_done(ticket, counted)
                 if self.note:
                     exc.add_note(self.note)
-                wait = again(exc) if again is not None else None
+                wait = call.again(exc) if call.again is not None else None
                 if wait is None:
                     raise
                 self.usage.retries += 1
                 await asyncio.sleep(wait)
                 continue
-            used = settled(reply)
+            used = call.settled(reply)
             if used is None:
                 await costs.attempt_done(ticket, 0)
                 return reply, None

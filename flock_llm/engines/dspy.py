@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, create_model
@@ -277,7 +277,8 @@ class _DSPyCall:
                 try:
                     prediction = await module.acall(**kwargs)
                 except parse_error as exc:  # answered, but not in the signature's shape: the ladder repairs it
-                    return _Reply(None, str(getattr(exc, "lm_response", "") or ""), self._settled(tracker.usage_data))
+                    unparsed = replace(self._settled(tracker.usage_data), outcome="unparsed")
+                    return _Reply(None, str(getattr(exc, "lm_response", "") or ""), unparsed)
             return _Reply(prediction, None, self._settled(tracker.usage_data))
 
         reply = await self.shell.call(ask, send, lambda r: r.settled)

@@ -42,6 +42,8 @@ class Provider(FakeOpenAIServer):
     leave_one_out: bool = False
     long_answers: int = 0
     """Answer with this many tokens of padding (cut off at the request's max_tokens)."""
+    flex_busy_s: float = 0.0
+    """The flex tier is "resource unavailable" for this long from the first chat request on."""
     chat_requests: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -71,6 +73,8 @@ class Provider(FakeOpenAIServer):
     def begin(self) -> None:
         with self._lock:
             self.chat_requests += 1
+            if self.chat_requests == 1 and self.flex_busy_s:
+                self.flex_unavailable_until = time.monotonic() + self.flex_busy_s
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.starts.append(time.monotonic())
@@ -103,7 +107,7 @@ def provider(path: str) -> Iterator[Provider]:
     with Provider(latency_s=0.0, per_item_latency_s=0.0, leave_one_out=path in ("repair_and_rung", "batch")) as fake:
         fake.batches.completion_delay_s = 0.05
         if path == "flex":
-            fake.flex_unavailable_until = time.monotonic() + 0.15  # a few refusals, waited out
+            fake.flex_busy_s = 0.15  # a few refusals, waited out
         yield fake
 
 

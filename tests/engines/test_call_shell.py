@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,6 @@ from flock_llm.engines._ladder_engine import LadderEngine
 from flock_llm.engines._models import load_litellm
 from flock_llm.engines._rate import PROCESS_WINDOWS, LocalWindows
 from flock_llm.engines._shell import Ask, CallShell, Settled
-from flock_llm.engines.llm import LLMEngine
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 _limits = itertools.count(70_001)
@@ -126,7 +124,7 @@ async def test_an_open_breaker_holds_every_path_until_its_probe_is_answered(path
 
 async def test_flex_sends_one_request_at_a_time_with_max_concurrent_requests_1() -> None:
     with provider("flex") as fake:
-        fake.flex_unavailable_until = time.monotonic() + 0.3
+        fake.flex_busy_s = 0.3
         engine = engine_for("flex", fake, max_concurrent_requests=1)
         results = await run_batches(engine, context(), batches=6, size=2)
     assert_all_answered(results, 12)
@@ -139,16 +137,7 @@ async def test_a_budget_under_8_concurrent_calls_with_long_answers_is_passed_by_
     worst case (prompt + max_tokens), so answers can never cost more than was held."""
     budget = CostLedger(0.01)
     with Provider(latency_s=0.05, per_item_latency_s=0.0, long_answers=20_000) as fake:
-        engine = LLMEngine(
-            MODEL,
-            per_item=True,
-            structured_output=True,
-            api_base=fake.api_base,
-            api_key="sk-local-fake",
-            retry=FAST,
-            prices={"input": 1.0, "output": 4.0},
-            max_concurrent_requests=8,
-        )
+        engine = engine_for("standard", fake, prices={"input": 1.0, "output": 4.0}, max_concurrent_requests=8)
         results = await run_batches(engine, context(budget=budget), batches=8, size=3)
     assert budget.refused_calls >= 1 and 0 < budget.spent_usd <= 0.01
     assert budget.in_flight_usd == 0.0
@@ -171,17 +160,8 @@ async def test_requests_carry_max_tokens_from_the_expected_answer_and_answers_st
 async def test_a_timed_out_call_is_charged_its_prompt() -> None:
     """Issue 26.13: the provider read the prompt of a request we stopped waiting for; it is paid."""
     with Provider(latency_s=0.0, per_item_latency_s=0.0, stall_after=0, stall_s=1.0) as fake:
-        engine = LLMEngine(
-            MODEL,
-            per_item=True,
-            structured_output=True,
-            api_base=fake.api_base,
-            api_key="sk-local-fake",
-            retry=FAST,
-            timeout=0.2,
-            prices={"input": 1000.0, "output": 2000.0},
-            breaker=BreakerPolicy(probe_interval=0.05, max_outage=0.5),
-        )
+        breaker = BreakerPolicy(probe_interval=0.05, max_outage=0.5)
+        engine = engine_for("standard", fake, timeout=0.2, prices={"input": 1000.0, "output": 2000.0}, breaker=breaker)
         (result,) = await run_batches(engine, context(), batches=1, size=2)
     assert result.failures and not result.outputs
     records = [r for r in engine.calls if r.kind == "batch"]
