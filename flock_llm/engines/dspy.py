@@ -151,7 +151,6 @@ class _DSPyCall:
         self.model = resolve_model(engine.model, ctx.model, ctx.env)
         if is_offline(self.model):
             announce_offline()
-        self.lm = engine.lm_for(self.model)
         self.adapter = self.dspy.JSONAdapter()
         self.output_type: type[BaseModel] = engine.resolve_output_type(ctx)
         self.payloads = {f"i{n}": item for n, item in enumerate(inputs.items, 1)}

@@ -266,3 +266,34 @@ async def test_a_third_engine_gets_limits_breaker_budget_and_records_by_calling_
     assert len(engine.calls) == len(answered)  # one record per call, its retry inside it
     assert engine.costs.ledger.spent_usd == pytest.approx(0.11 * len(answered) + 0.1)  # + the timed-out prompt
     assert engine.costs.ledger.spent_usd <= 0.5
+
+
+async def test_a_third_engine_waits_behind_its_breaker_and_a_full_tokens_minute() -> None:
+    sent = 0
+
+    async def transport(items: int) -> int:
+        nonlocal sent
+        sent += 1
+        return items
+
+    limit = next(_limits)
+    engine = CountingEngine(transport, tokens_per_minute=limit, breaker=BreakerPolicy(probe_interval=0.05))
+    full = PROCESS_WINDOWS.window("custom/counter:tokens", limit)
+    held = await full.acquire(limit)  # another engine of this process used the whole minute
+    released = asyncio.Event()
+
+    async def probe() -> object:
+        await released.wait()
+        return "ok"
+
+    engine.guard.open(probe)
+    running = asyncio.create_task(run_batches(engine, context(publishes=(Tally,)), batches=3, size=1))
+    await asyncio.sleep(0.3)
+    assert sent == 0 and not running.done()  # the breaker holds every call
+    released.set()
+    await asyncio.sleep(0.3)
+    assert sent == 0 and not running.done()  # the breaker closed; the minute is still full
+    await full.settle(held, 0)
+    results = await asyncio.wait_for(running, timeout=10)
+    assert sent == 3 and [o.obj for r in results for o in r.outputs] == [Tally(count=1)] * 3
+    assert len(engine.calls) == 3
