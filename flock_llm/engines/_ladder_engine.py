@@ -6,7 +6,7 @@ import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -29,8 +29,6 @@ from ._models import is_offline, load_litellm, redact, secrets_from
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
-
-T = TypeVar("T")
 
 _PROBE_SETTINGS = frozenset(
     {

@@ -226,7 +226,7 @@ class CallShell:
                     items=ask.items,
                     started=started,
                     started_ns=started_ns,
-                    attempts=max(1, spent.attempts),
+                    attempts=spent.attempts,
                     outcome=outcome,
                     prompt_tokens=spent.prompt_tokens,
                     completion_tokens=spent.completion_tokens,
