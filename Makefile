@@ -1,16 +1,24 @@
 # Two commands do all the set-up on a fresh machine with python3 and pip:
 #   make demo   - the main job (offline model unless FLOCK_LLM_MODEL / an API key is set)
 #   make test   - the whole test suite
+#   make docs   - the documentation site, into site/ (make docs-serve serves it on 127.0.0.1:8000)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-flock-core lint bench clean
+.PHONY: demo test test-flock-core lint bench clean docs docs-serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# the docs site's own dependencies (the `docs` extra; `make test` has them through the dev extra)
+$(VENV)/.installed-docs: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -20,6 +28,13 @@ test: $(VENV)/.installed
 	tests/start_redis.sh
 	tests/install_chromium.sh
 	tests/run_all.sh
+
+# the documentation site, into site/: --strict makes a broken link or a missing reference an error
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 test-flock-core:
 	tests_flock_core/run.sh
@@ -35,4 +50,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/redis_workers.py
 
 clean:
-	rm -rf $(VENV) .venv-flock-core
+	rm -rf $(VENV) .venv-flock-core site

@@ -8,21 +8,30 @@ standard $0.40/$1.60, batch $0.20/$0.80 per million input/output tokens), both r
             come back and are asked again (once in a later job, then synchronously)
 Prints cost per review, jobs submitted, lines failed and how they were recovered, and wall time.
 
-Run: python benchmarks/deferred.py [--n 1000]
+Then the memory of reading one large output file (--output-mb, default 100: 20,000 lines of 5 KB): the peak of
+traced Python allocations (tracemalloc) while DeferredQueue streams it and answers every request, against the
+same file read whole the way the tier read it before (content, its lines, every parsed line at once).
+
+Run: python benchmarks/deferred.py [--n 1000] [--output-mb 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
+import tracemalloc
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from flock_llm import FailureRecord, Flock, flock_type
+from flock_llm.engines._deferred import DeferredQueue
+from flock_llm.engines._journal import MemoryJournal
 from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._models import load_litellm
 from flock_llm.engines.llm import DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
@@ -87,9 +96,50 @@ async def run(server: FakeOpenAIServer, n: int, **tier: Any) -> dict[str, float]
     }
 
 
+async def output_memory(server: FakeOpenAIServer, megabytes: int) -> tuple[float, float, float]:
+    """(file MB, peak MB streaming it through DeferredQueue, peak MB reading it whole) for one job's output."""
+    n, padding = megabytes * 200, 5_000
+    server.batches.output_padding, server.batches.completion_delay_s = padding, 3600.0
+    settings = {"api_base": server.api_base, "api_key": "sk-local-fake"}
+    policy = DeferredPolicy(job_size=n, job_wait=60.0, poll_interval=0.5, max_poll_interval=0.5)
+    queue = DeferredQueue(policy, load_litellm(), settings)
+    journal = MemoryJournal()
+    answered = 0
+
+    async def ask(i: int) -> None:
+        nonlocal answered
+        result = await queue.ask(
+            journal, f"line-{i}", {"model": "fake", "messages": [{"role": "user", "content": f"{i}"}]}
+        )
+        answered += result.body is not None
+
+    jobs_before = server.batches.jobs_created
+    asking = [asyncio.create_task(ask(i)) for i in range(n)]
+    while server.batches.jobs_created == jobs_before:
+        await asyncio.sleep(0.05)
+    batch_id = max(server.batches._jobs, key=lambda j: int(j.split("_")[1]))  # noqa: SLF001 - the fake's own record
+    server.batches.completion_delay_s = 0.0
+    _, job, _ = server.batches.get(f"/v1/batches/{batch_id}")  # the fake writes the output file now, untraced
+    size = len(server.batches.get(f"/v1/files/{job['output_file_id']}/content")[1]) / 1e6
+    tracemalloc.start()
+    await asyncio.gather(*asking)
+    streamed = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    assert answered == n, f"{answered} of {n} answered"
+    litellm = load_litellm()
+    tracemalloc.start()
+    content = await litellm.afile_content(file_id=job["output_file_id"], custom_llm_provider="openai", **settings)
+    lines = {str(line.get("custom_id")): line for line in map(json.loads, content.content.splitlines())}
+    whole = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    del lines, content
+    return size, streamed, whole
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=1_000)
+    parser.add_argument("--output-mb", type=int, default=100)
     args = parser.parse_args()
     with FakeOpenAIServer(latency_s=0.1, per_item_latency_s=0.002) as server:
         standard = await run(server, args.n)
@@ -99,6 +149,8 @@ async def main() -> None:
         policy = DeferredPolicy(job_size=20, job_wait=2.0, poll_interval=0.2, max_poll_interval=1.0)
         deferred = await run(server, args.n, tier="batch", deferred=policy)
         expired, failed = server.batches.lines_expired, server.batches.lines_failed
+        server.batches.failed_line_rate = 0.0
+        size, streamed, whole = await output_memory(server, args.output_mb)
     print(f"{args.n:,} reviews, per-item, BatchSpec(size=25), {MODEL} prices, fake server:")
     print(f"  {'tier':<10}{'cost/review':>14}{'labelled':>10}{'failed':>8}{'sync calls':>12}{'jobs':>6}{'wall s':>8}")
     for name, r in (("standard", standard), ("batch", deferred)):
@@ -110,6 +162,10 @@ async def main() -> None:
         f"failed at the server; {deferred['failed_lines']:.0f} came back without an answer, "
         f"{deferred['failed_lines'] - deferred['fallbacks']:.0f} recovered in a later job, "
         f"{deferred['fallbacks']:.0f} went synchronous; nothing lost: {deferred['labels']:.0f}/{args.n} labelled"
+    )
+    print(
+        f"  a {size:.0f} MB output file ({args.output_mb * 200:,} lines): streamed and answered at a {streamed:.1f} MB "
+        f"traced peak; read whole (content, lines, parsed) {whole:.0f} MB ({whole / streamed:.0f}x)"
     )
 
 

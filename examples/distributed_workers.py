@@ -8,6 +8,10 @@ Needs a Redis >= 6.2 (e.g. `apt-get install redis-server`, or `tests/start_redis
 Run: python examples/distributed_workers.py [--redis redis://127.0.0.1:6379/0 | --embedded] [--workers 3]
                                              [--payments 1000]
 
+The demo's processes (workers, producer, embedded redis-server) run in sessions of their own and die with it:
+SIGTERM, SIGKILL or Ctrl-C of the demo stops them too (on Linux a killed parent is noticed through
+PR_SET_PDEATHSIG); Ctrl-C stops the demo with exit status 130, without tracebacks.
+
 In production each role is its own command on its own machine, pointed at the same Redis:
     python examples/distributed_workers.py worker  --redis redis://redis.internal:6379/0 --namespace payments
     python examples/distributed_workers.py produce --redis redis://redis.internal:6379/0 --namespace payments
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -76,6 +82,28 @@ class BulkPaymentAPI(Engine):
         )
 
 
+def child(command: list[str], *, stdout: int | None = None, quiet: bool = False) -> subprocess.Popen[str]:
+    """A process of the demo: in a session of its own (a Ctrl-C reaches the demo only, which stops its
+    processes in order), and dying with the demo."""
+    parent = os.getpid()
+
+    def die_with_parent() -> None:  # in the child, before it runs
+        if sys.platform.startswith("linux"):  # SIGTERM when the demo dies, whatever kills it
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before that took effect
+            os._exit(1)
+
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL if quiet else stdout,
+        stderr=subprocess.DEVNULL if quiet else None,
+        text=True,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
 def blackboard(redis_url: str, namespace: str) -> Flock:
     """The same application in every process: a store URL, and the agents (producers may define none)."""
     return Flock(store=RedisStore(redis_url, namespace=namespace, claim_timeout=10), env={})
@@ -90,7 +118,8 @@ async def worker(redis_url: str, namespace: str) -> None:
         .with_engines(BulkPaymentAPI())
     )
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     async with flock:  # start: join the consumer groups; exit: finish the batches taken, leave the rest
         print("ready", flush=True)
         await stop.wait()
@@ -161,11 +190,7 @@ def embedded_redis() -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = child([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], quiet=True)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         deadline = time.monotonic() + 10
@@ -175,33 +200,59 @@ def embedded_redis() -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop(server)
 
 
 def run_all(args: argparse.Namespace) -> None:
     namespace = args.namespace or f"demo-{uuid.uuid4().hex[:8]}"
     me = [sys.executable, __file__, "--redis", args.redis, "--namespace", namespace]
-    workers = [subprocess.Popen([*me, "worker"], stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+    workers: list[subprocess.Popen[str]] = []
     try:
+        workers.extend(child([*me, "worker"], stdout=subprocess.PIPE) for _ in range(args.workers))
         for w in workers:
             assert w.stdout is not None
             if w.stdout.readline().strip() != "ready":
                 raise SystemExit(f"a worker could not start (is Redis running at {args.redis}?)")
-        subprocess.run([*me, "produce", "--payments", str(args.payments)], check=True)
+        producer = child([*me, "produce", "--payments", str(args.payments)])
+        try:
+            if producer.wait() != 0:
+                raise SystemExit("distributed_workers: the producer failed")
+        finally:
+            stop(producer)
         asyncio.run(report(args.redis, namespace, args.payments, [w.pid for w in workers]))
     finally:
         for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=30)
-            if w.stdout is not None:
-                w.stdout.close()
+            stop(w)
         if not args.namespace:
             asyncio.run(clean_up(args.redis, namespace))
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM (a worker finishes the batches it took), then SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks that stop the demo's processes
+
+
 def main() -> None:
+    try:
+        _main()
+    except KeyboardInterrupt:
+        print("distributed_workers: interrupted; its processes were stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("role", nargs="?", choices=["worker", "produce"], help="omit to run the whole demo")
     parser.add_argument("--redis", default=os.environ.get("FLOCK_REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -210,6 +261,8 @@ def main() -> None:
     parser.add_argument("--payments", type=int, default=1000)
     parser.add_argument("--embedded", action="store_true", help="start a private redis-server for this run")
     args = parser.parse_args()
+    if args.role is None:
+        signal.signal(signal.SIGTERM, _terminated)
     if args.embedded and args.role is None:
         with embedded_redis() as url:
             args.redis = url

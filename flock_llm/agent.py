@@ -41,6 +41,10 @@ class Agent:
     """An agent on a Flock, configured with chained builder calls.
 
     Created by `flock.agent(name)`; every builder method returns the agent.
+
+    Args:
+        name: the agent's name, unique in its Flock (outputs record it as `produced_by`).
+        on_change: called when a subscription or the concurrency changes (the Flock rebuilds its routing).
     """
 
     def __init__(self, name: str, on_change: Callable[[], None]) -> None:
@@ -59,6 +63,7 @@ class Agent:
 
     @property
     def description_text(self) -> str:
+        """What `.description(...)` set ("" when nothing)."""
         return self._description
 
     def description(self, text: str) -> Agent:
@@ -80,6 +85,7 @@ class Agent:
         """Subscribe to artifacts of `types`. Each call adds one subscription.
 
         Args:
+            *types: the registered types to consume; several make an AND gate, or a join with `join=`.
             where: predicate(s) on the payload; all must return True. Applied before batching.
             batch: accumulate items and process them together (see BatchSpec).
             join: correlate one artifact per slot by key within a window (two or more slots; a repeated type
@@ -122,7 +128,12 @@ class Agent:
         return self
 
     def publishes(self, *types: type[BaseModel], visibility: Visibility | None = None) -> Agent:
-        """Declare the output types. Without `visibility`, outputs inherit their inputs' visibility."""
+        """Declare the output types. Without `visibility`, outputs inherit their inputs' visibility.
+
+        Args:
+            *types: the registered types the engine may publish (another type becomes a failure record).
+            visibility: the visibility of every output; default: the inputs' (the most restrictive combination).
+        """
         for t in types:
             type_name_of(t)
         if visibility is not None and not isinstance(visibility, Visibility):

@@ -35,13 +35,17 @@ class Artifact:
     payload: BaseModel
     """The published pydantic object."""
     id: str = field(default_factory=new_artifact_id)
+    """A unique id (a fresh uuid4 hex unless given)."""
     produced_by: str | None = None
     """The agent that published it, or None when published from outside."""
     derived_from: tuple[str, ...] = ()
     """Ids of the artifacts this one was computed from."""
     correlation_id: str | None = None
+    """The flow it belongs to: given at publish, or fresh; outputs inherit their inputs' when they share one."""
     tags: frozenset[str] = _NO_TAGS
+    """Tags given at publish, matched by `consumes(..., tags=)`."""
     visibility: Visibility = _PUBLIC
+    """Which agents may see it."""
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     """Wall-clock publication time, for display and lineage (timers use a monotonic clock)."""
 
@@ -53,6 +57,7 @@ class Artifact:
 
     @property
     def payload_type(self) -> type[BaseModel]:
+        """The registered class of the payload."""
         return resolve_type(self.type_name)
 
 
@@ -64,12 +69,19 @@ class FailureRecord(BaseModel):
     """
 
     agent: str
+    """The agent whose inputs failed."""
     input_ids: list[str] = Field(description="ids of the input artifacts that were not processed")
+    """The ids of the input artifacts that were not processed."""
     stage: str = Field(description="where it failed: engine, output, where, join, ...")
+    """Where it failed: one of the failure stages (`flock_llm._runtime.vocabulary.FailureStage`)."""
     error_type: str
+    """The exception's class name."""
     error: str
+    """What went wrong: never the payload's values, never a key."""
     flush_reason: str | None = None
+    """The flush reason of the batch the inputs were in (None outside a batch)."""
     batch_id: str | None = None
+    """The id of that batch."""
 
     @classmethod
     def from_exception(
@@ -82,6 +94,16 @@ class FailureRecord(BaseModel):
         flush_reason: str | None = None,
         batch_id: str | None = None,
     ) -> FailureRecord:
+        """The failure record of `input_ids`, described by `exc` (its type and a redacted message).
+
+        Args:
+            exc: the error that stopped these inputs.
+            agent: the agent whose inputs they were.
+            input_ids: the ids of the input artifacts.
+            stage: where it failed (see the failure stages).
+            flush_reason: the flush reason of their batch, if any.
+            batch_id: the id of their batch, if any.
+        """
         return cls(
             agent=agent,
             input_ids=list(input_ids),

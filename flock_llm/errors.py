@@ -11,6 +11,8 @@
     └── EngineError                 a model call or its output failed at run time
         ├── ModelCallError          the provider refused or failed the call (after retries)
         │   └── ProviderUnavailableError  the provider stayed down longer than `max_outage`
+        │       └── ProviderUnreachableError  it never answered and refuses connections: fix the model,
+        │                                     its endpoint or key (a configuration problem, not an outage)
         └── ModelOutputError        the answer could not be parsed/validated; carries `raw`
                                     and `item_ids`, so no input is lost
 
@@ -34,6 +36,7 @@ __all__ = [
     "ModelCallError",
     "ModelOutputError",
     "ProviderUnavailableError",
+    "ProviderUnreachableError",
     "StoreError",
     "StoreUnavailableError",
 ]
@@ -65,7 +68,13 @@ class EngineError(FlockError):
 
 
 class ModelCallError(EngineError):
-    """The provider refused or failed the call, after any retries."""
+    """The provider refused or failed the call, after any retries.
+
+    Args:
+        message: what happened (with the endpoint, never a key).
+        retryable: whether the same call may succeed later (429, 5xx, timeouts, connection errors).
+        status_code: the HTTP status, when there was one.
+    """
 
     def __init__(self, message: str, *, retryable: bool = False, status_code: int | None = None) -> None:
         super().__init__(message)
@@ -74,10 +83,25 @@ class ModelCallError(EngineError):
 
 
 class ProviderUnavailableError(ModelCallError):
-    """The provider failed every call (5xx, timeouts, refused connections) for longer than `max_outage`."""
+    """The provider failed every call (5xx, timeouts, refused connections) for longer than `max_outage`.
+
+    Args:
+        message: what happened (with the endpoint, never a key).
+        status_code: the HTTP status of the last failure, when there was one.
+    """
 
     def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message, retryable=True, status_code=status_code)
+
+
+class ProviderUnreachableError(ProviderUnavailableError):
+    """The provider has not answered since the engine was created and its first call found nothing to connect to
+    (connection refused, unknown host, no network): the model, its endpoint or its key is wrong. Reported at
+    the first failure, without retries or the breaker's outage wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status_code=None)
+        self.retryable = False
 
 
 class BudgetExceededError(ModelCallError):
@@ -87,6 +111,11 @@ class BudgetExceededError(ModelCallError):
 
 class ModelOutputError(EngineError):
     """The model's answer could not be parsed or validated.
+
+    Args:
+        message: what was wrong with the answer.
+        raw: the answer text (kept truncated to 2,000 characters).
+        item_ids: the engine item ids the answer was meant to cover.
 
     Attributes:
         raw: the answer text (possibly truncated to 2,000 characters).

@@ -10,6 +10,7 @@ from types import TracebackType
 
 from pydantic import BaseModel
 
+from ._numbers import optional_number
 from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
 from ._runtime.runner import FinishedRun
@@ -59,6 +60,7 @@ class Flock:
     ) -> None:
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigurationError(f"`model` must be a litellm model string, got {model!r}")
+        optional_number("budget_usd", budget_usd, unit="US dollars", fix="e.g. budget_usd=5.0, or None for no cap")
         self.model = model
         source = os.environ if env is None else env
         if isinstance(store, str):
@@ -95,6 +97,7 @@ class Flock:
 
     @property
     def agents(self) -> list[Agent]:
+        """The agents defined so far, in definition order."""
         return list(self._agents.values())
 
     # -- publishing -------------------------------------------------------------------------------------
@@ -108,6 +111,15 @@ class Flock:
         correlation_id: str | None = None,
     ) -> Artifact:
         """Put one object (or a ready Artifact) on the blackboard and route it to its subscribers.
+
+        Args:
+            obj: a registered pydantic object, or an Artifact built elsewhere.
+            visibility: who may see it (default: public).
+            tags: tags for `consumes(..., tags=)` filters.
+            correlation_id: the flow it belongs to (default: a fresh id).
+
+        Returns:
+            The published artifact (its id, correlation id and visibility).
 
         Raises:
             ConfigurationError: the object's type is not registered with @flock_type, or a bad visibility.
@@ -136,7 +148,17 @@ class Flock:
         tags: Iterable[str] | None = None,
         correlation_id: str | None = None,
     ) -> list[Artifact]:
-        """Publish several objects, in order, with the same options (one commit with a durable store)."""
+        """Publish several objects, in order, with the same options (one commit with a durable store).
+
+        Args:
+            objs: registered pydantic objects (or Artifacts); any iterable, read once.
+            visibility: who may see them (default: public).
+            tags: tags for `consumes(..., tags=)` filters.
+            correlation_id: one flow for all of them (default: a fresh id each).
+
+        Returns:
+            The published artifacts, in order.
+        """
         if not self._started:
             await self.start()
         runtime = self._runtime

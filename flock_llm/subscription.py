@@ -78,6 +78,7 @@ class BatchSpec:
 
     @property
     def timeout_seconds(self) -> float | None:
+        """`timeout` in seconds (None without one)."""
         return None if self.timeout is None else self.timeout.total_seconds()
 
 
@@ -113,16 +114,24 @@ class JoinSpec:
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
-    """One `consumes(...)` call of an agent."""
+    """One `consumes(...)` call of an agent (built by `Agent.consumes`)."""
 
     index: int
+    """Its position among the agent's subscriptions (0 for the first `consumes()`)."""
     types: tuple[type[BaseModel], ...]
+    """The consumed types, one per slot."""
     type_names: tuple[str, ...]
+    """Their registered names."""
     where: tuple[Callable[[Any], bool], ...] = ()
+    """Predicates an artifact must pass (all of them) before it is delivered."""
     batch: BatchSpec | None = None
+    """How items are batched (None: one run per item)."""
     join: JoinSpec | None = None
+    """How slots are correlated (None: a single type, or an AND gate)."""
     from_agents: frozenset[str] | None = None
+    """Only artifacts published by these agents (None: from anyone)."""
     tags: frozenset[str] | None = None
+    """Only artifacts carrying at least one of these tags (None: any)."""
 
     @property
     def is_gate(self) -> bool:
@@ -135,6 +144,12 @@ class Subscription:
         return self.join is not None or len(self.type_names) > 1
 
     def accepts_origin(self, produced_by: str | None, tags: frozenset[str]) -> bool:
+        """Whether an artifact from `produced_by` with `tags` passes `from_agents=` and `tags=`.
+
+        Args:
+            produced_by: the agent that published it (None: published from outside).
+            tags: its tags.
+        """
         if self.from_agents is not None and produced_by not in self.from_agents:
             return False
         return not (self.tags and not (tags & self.tags))

@@ -34,8 +34,11 @@ class AgentIdentity:
     """What visibility checks know about an agent."""
 
     name: str
+    """The agent's name (PrivateVisibility)."""
     labels: frozenset[str] = frozenset()
+    """The labels it carries, from `.labels(...)` (LabelledVisibility)."""
     tenant_id: str | None = None
+    """The tenant it acts for, from `.tenant(...)` (TenantVisibility)."""
 
 
 class Visibility:
@@ -44,6 +47,7 @@ class Visibility:
     __slots__ = ()
 
     def allows(self, agent: AgentIdentity) -> bool:
+        """Whether `agent` may see an artifact of this visibility (and take it into a batch)."""
         raise NotImplementedError
 
     def resolve(self, obj: BaseModel) -> Visibility:
@@ -70,7 +74,14 @@ def _string_set(value: Iterable[str] | str, argument: str) -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True, init=False)
 class PrivateVisibility(Visibility):
-    """Only the named agents may see the artifact."""
+    """Only the named agents may see the artifact.
+
+    Args:
+        agents: the agents' names (one name, or several).
+
+    Raises:
+        ConfigurationError: no name, or a name that is not a non-empty string.
+    """
 
     agents: frozenset[str]
 
@@ -85,7 +96,14 @@ class PrivateVisibility(Visibility):
 
 @dataclass(frozen=True, slots=True, init=False)
 class LabelledVisibility(Visibility):
-    """Only agents carrying every one of `required_labels` may see the artifact."""
+    """Only agents carrying every one of `required_labels` may see the artifact.
+
+    Args:
+        required_labels: the labels an agent must all carry (`.labels(...)`).
+
+    Raises:
+        ConfigurationError: no label, or a label that is not a non-empty string.
+    """
 
     required_labels: frozenset[str]
 
@@ -107,6 +125,13 @@ class TenantVisibility(Visibility):
 
     Give a fixed `tenant_id=`, or a `tenant_id_extractor=` that computes the
     tenant from the published object when it is published.
+
+    Args:
+        tenant_id: the tenant whose agents (`.tenant(...)`) may see the artifact.
+        tenant_id_extractor: computes the tenant id (a non-empty string) from the published object.
+
+    Raises:
+        ConfigurationError: neither or both given, an empty tenant id, or an extractor that is not callable.
     """
 
     tenant_id: str | None
@@ -150,6 +175,7 @@ class AllOfVisibility(Visibility):
     """Visible only to agents every part allows (what outputs of mixed inputs inherit)."""
 
     parts: tuple[Visibility, ...]
+    """The visibilities an agent must all pass."""
 
     def allows(self, agent: AgentIdentity) -> bool:
         return all(part.allows(agent) for part in self.parts)
@@ -189,6 +215,11 @@ def visibility_to_dict(visibility: Visibility) -> dict[str, object]:
 
 
 def visibility_from_dict(data: dict[str, object]) -> Visibility:
+    """The visibility `visibility_to_dict` described (as a durable store read it back).
+
+    Raises:
+        ConfigurationError: a description of no known kind.
+    """
     kind = data.get("kind")
     if kind == "public":
         return _PUBLIC

@@ -176,6 +176,11 @@ async def litellm_clients_closed() -> AsyncIterator[None]:
     for the closes the collected clients scheduled, while this loop still runs (see also the warning filters in
     pyproject.toml)."""
     yield
+    await close_litellm_clients()
+
+
+async def close_litellm_clients() -> None:
+    """Close litellm's cached clients and wait for the closes they schedule, in the running loop (see above)."""
     from flock_llm.engines._models import load_litellm
 
     litellm = load_litellm()

@@ -40,6 +40,7 @@ class FinishedRun:
     """One finished agent run, reported to `Flock.on_finished_run` listeners once it is committed."""
 
     agent: str
+    """The agent that ran."""
     inputs: tuple[Artifact, ...]
     """The artifacts the run consumed."""
     published: tuple[Artifact, ...]

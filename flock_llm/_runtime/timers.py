@@ -62,6 +62,10 @@ class ManualClock:
     With `auto_advance=True`, time jumps to each deadline as soon as the event loop gets to it (after the
     step that set it), so tests that just want a timeout to pass need not move the clock themselves:
     `await flock.run_until_idle()` sees the timeout flush.
+
+    Args:
+        start: the time the clock starts at, in seconds.
+        auto_advance: jump to each deadline as soon as the event loop gets to it.
     """
 
     def __init__(self, start: float = 0.0, *, auto_advance: bool = False) -> None:
@@ -71,9 +75,16 @@ class ManualClock:
         self.auto_advance = auto_advance
 
     def now(self) -> float:
+        """The clock's time, in seconds."""
         return self._now
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Call `callback` when the clock reaches `when` (as `loop.call_at` does); the handle cancels it.
+
+        Args:
+            when: the deadline, in the clock's seconds.
+            callback: what to call then.
+        """
         timer = _ManualTimer(when, callback)
         heapq.heappush(self._timers, (when, next(self._serial), timer))
         if self.auto_advance:
@@ -97,4 +108,5 @@ class ManualClock:
 
     @property
     def pending_timers(self) -> int:
+        """How many deadlines are set and not yet due or cancelled."""
         return sum(1 for _, _, t in self._timers if not t.cancelled)

@@ -15,7 +15,9 @@ from typing import Any
 from ..artifact import Artifact
 from ..engines._base import EngineContext, EvalInputs
 from ..engines._models import load_litellm, resolve_model
+from ..engines._tiers import deferrable
 from ..engines.llm import LLMEngine
+from ..errors import ConfigurationError
 from .review_types import Review, ReviewLabel, ReviewTrend
 from .reviews import AGENT, describe, review_artifact_id
 
@@ -26,6 +28,8 @@ __all__ = ["Estimate", "estimate_reviews"]
 class Estimate:
     model: str
     mode: str
+    tier: str = "standard"
+    """The tier the cost is priced in (a model that cannot go into batch jobs: "standard")."""
     reviews: int = 0
     calls: int = 0
     prompt_tokens: int = 0
@@ -39,9 +43,22 @@ class Estimate:
 
 
 def estimate_reviews(
-    reviews: Iterable[Review], *, batch_size: int, per_item: bool, model: str | None, env: dict[str, str]
+    reviews: Iterable[Review],
+    *,
+    batch_size: int,
+    per_item: bool,
+    model: str | None,
+    env: dict[str, str],
+    tier: str = "standard",
 ) -> Estimate:
-    """Count what a run over `reviews` would send (see the module's note); no model is called."""
+    """Count what a run over `reviews` would send (see the module's note) and price it in `tier` (a model that
+    cannot go into batch jobs is priced at the standard price, as a run pays it); no model is called.
+
+    Raises:
+        ConfigurationError: `batch_size` is not a positive integer.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"`batch_size` must be a positive integer, got {batch_size!r}")
     engine = LLMEngine(per_item=per_item)
     resolved = resolve_model(None, model, env)
     ctx = EngineContext(
@@ -52,7 +69,7 @@ def estimate_reviews(
         model=model,
         env=env,
     )
-    estimate = Estimate(model=resolved, mode="per-item" if per_item else "report")
+    estimate = Estimate(model=resolved, mode="per-item" if per_item else "report", tier=tier)
     batch: list[Artifact] = []
 
     def count() -> None:
@@ -69,7 +86,11 @@ def estimate_reviews(
             count()
     if batch:
         count()
-    prices = engine.costs.prices_for(resolved, load_litellm())
+    litellm = load_litellm()
+    if tier == "batch" and deferrable(resolved, litellm) is None:
+        tier = "standard"  # the run sends it the standard way, at the list price
+    estimate.tier = tier
+    prices = engine.costs.prices_for(resolved, litellm, tier)
     if prices is None:
         estimate.prices = f"unknown: litellm has no price for {resolved}"
     else:

@@ -10,12 +10,13 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..engines._models import resolve_model
+from ..errors import ConfigurationError, StoreError
+from .checks import batch_size, finite, positive_seconds, positive_usd
 
 __all__ = ["main"]
 
@@ -41,23 +42,33 @@ def _parser() -> argparse.ArgumentParser:
         "not processed before --deadline, or their outputs could not be written; 130 interrupted.",
     )
     reviews.add_argument("file", type=Path, help="reviews as .jsonl or .csv")
-    reviews.add_argument("--batch-size", type=int, default=25, help="reviews per LLM call (default 25)")
-    reviews.add_argument("--timeout", type=float, default=30.0, help="seconds before a partial batch flushes")
+    reviews.add_argument("--batch-size", type=batch_size, default=25, help="reviews per LLM call (default 25)")
+    reviews.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, help="seconds before a partial batch flushes"
+    )
     reviews.add_argument("--model", help="litellm model string, e.g. openai/gpt-4.1-mini")
     reviews.add_argument("--per-item", action="store_true", help="one sentiment label per review, not a trend report")
     reviews.add_argument("--output", "-o", default="-", help="where to write outputs as JSONL (default: stdout)")
     reviews.add_argument(
-        "--request-timeout", type=float, default=60.0, help="seconds one LLM request may take (default 60)"
+        "--request-timeout", type=positive_seconds, default=60.0, help="seconds one LLM request may take (default 60)"
+    )
+    reviews.add_argument(
+        "--max-outage",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="how long calls wait for a provider that is down (circuit breaker open) before their reviews fail "
+        "with stage provider_unavailable (default 300)",
     )
     reviews.add_argument(
         "--deadline",
-        type=float,
+        type=positive_seconds,
         help="seconds the whole run may take; then reading stops and unfinished reviews are recorded as failed",
     )
     reviews.add_argument(
         "--store",
         help="a SQLite file to keep the run in (sqlite:///run.db): a run killed and started again with the same "
-        "--store skips the reviews it already has and pays for no finished batch twice",
+        "--store skips the reviews it finished (same id and content), runs changed and failed ones again, and "
+        "pays for no finished batch twice; a store of another mode, model or command is refused",
     )
     reviews.add_argument(
         "--report", type=Path, help="also write a self-contained HTML report with charts (needs matplotlib)"
@@ -69,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reviews.add_argument(
         "--budget",
-        type=float,
+        type=positive_usd,
         metavar="USD",
         help="cap what the run's LLM calls cost; reviews whose calls would pass it end as failures (stage "
         '"budget"; with --store they stay pending for the next run)',
@@ -95,115 +106,96 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
+        print("flock-llm: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "traces":
         return _traces(Path(args.path), args.limit)
-    problem = _usage_problem(args)
+    from .checks import usage_problem
+    from .resume import RunSettings
+    from .rows import is_pipe
+
+    model = resolve_model(None, args.model, os.environ)
+    settings = RunSettings("per-item" if args.per_item else "report", model, args.batch_size)
+    problem, resuming = usage_problem(args, settings)
+    if not problem and resuming and is_pipe(args.file):
+        problem = (
+            f"--store {args.store!r} holds an earlier run: resuming compares the input with it and reads the input "
+            "twice, which a named pipe cannot do; save the input to a file first"
+        )
     if problem:
         print(f"flock-llm: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.estimate:
             return _estimate(args)
-        return asyncio.run(_reviews(args))
-    except ConfigurationError as exc:
+        return _start(args, resuming)
+    except (ConfigurationError, StoreError) as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _usage_problem(args: argparse.Namespace) -> str:
-    """What is wrong with the `reviews` arguments (checked before any work, so no call is paid for), or ""."""
-    if args.budget is not None and args.budget <= 0:
-        return "--budget must be a positive number of US dollars"
-    if args.estimate:
-        return ""
-    if args.json and args.output == "-":
-        return "--json prints the summary on stdout; give --output FILE for the outputs"
-    if args.batch_size < 1 or args.timeout <= 0:
-        return "--batch-size must be >= 1 and --timeout > 0"
-    if args.request_timeout <= 0 or (args.deadline is not None and args.deadline <= 0):
-        return "--request-timeout and --deadline must be positive numbers of seconds"
-    if args.store is not None and not args.store.startswith("sqlite:///"):
-        return f"--store must be a SQLite URL such as sqlite:///run.db, got {args.store!r}"
-    if args.report is not None:
-        problem = _output_problem(args.report, args.file)
-        if problem:
-            return problem.replace("--output", "--report")
-    return "" if args.output == "-" else _output_problem(Path(args.output), args.file)
-
-
-def _output_problem(target: Path, source: Path) -> str:
-    """Why outputs could not be written to `target` (tried now: a temporary file in its directory), or ""."""
-    if target.is_dir():
-        return f"--output {str(target)!r} is a directory; give a file path"
-    if target.exists() and source.exists() and os.path.samefile(target, source):
-        return f"--output {str(target)!r} is the input file; write the outputs elsewhere"
-    directory = target.parent
-    if not directory.is_dir():
-        return f"--output {str(target)!r}: the directory {str(directory)!r} does not exist"
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{target.name}.", suffix=".check"):
-            pass
-        if target.exists():
-            with target.open("ab"):
-                pass
-    except OSError as exc:
-        return f"--output {str(target)!r} cannot be written: {exc.strerror or exc}"
-    return ""
-
-
-async def _reviews(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+def _start(args: argparse.Namespace, resuming: bool) -> int:
+    """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
+    writing yet), then run it."""
     from ..engines._models import load_litellm
-    from .output import OutputFile
+    from .resume import fingerprint
     from .rows import count_rows, iter_reviews
 
     load_litellm()  # needed by every run; loaded now so that
     gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
+    current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
+    return asyncio.run(_reviews(args, current, count_rows(args.file)))
+
+
+async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:
+    from rich.console import Console
+
+    from .output import OutputFile
+    from .report import Figures
+    from .rows import iter_reviews
+    from .terminal import Sink, interrupt_handler, print_summary, progress_bar, say
+
     console = Console(stderr=True)
     bad_rows = 0
 
     def skipped(bad: Any) -> None:
         nonlocal bad_rows
         bad_rows += 1
-        console.print(f"[yellow]{args.file}:{bad.line}: skipped: {bad.error}[/yellow]", highlight=False, soft_wrap=True)
+        say(console, f"{args.file}:{bad.line}: skipped: {bad.error}", "yellow")
 
     reviews = iter_reviews(args.file, skipped)
     stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, _interrupt(console, stop, abort))
-    progress, task = _progress(console, count_rows(args.file), disabled=args.no_progress)
+    loop.add_signal_handler(signal.SIGINT, interrupt_handler(console, stop, abort))
+    figures = Figures() if args.report is not None else None
     target = None if args.output == "-" else Path(args.output)
-    with OutputFile(target, keep=target is None and args.report is not None) as output:
-        sink = _Sink(output, console, stop)
+    with OutputFile(target) as output:  # opened (and started afresh) only now, when the run starts
+        sink = Sink(output, console, stop, figures)
+        progress, task = progress_bar(console, total, disabled=args.no_progress)
         try:
-            summary = await _run(
-                args,
-                reviews,
-                sink,
-                stop,
-                abort,
-                lambda n: progress.advance(task, n),
-                lambda submitted, running, done: progress.update(
-                    task, description=f"reviews (batch jobs: {submitted} submitted, {running} running, {done} done)"
-                ),
-            )
+            summary = await _run(args, reviews, sink, stop, abort, progress, task, current)
         finally:
             progress.stop()
             loop.remove_signal_handler(signal.SIGINT)
-        summary.bad_rows = bad_rows
-        if sink.unwritten:  # the sink stopped the run, not a Ctrl-C
-            summary.unwritten, summary.interrupted = sink.unwritten, False
-        if args.report is not None:
-            from .report import write_report
+    summary.bad_rows = bad_rows
+    if sink.unwritten:  # the sink stopped the run, not a Ctrl-C
+        summary.unwritten, summary.interrupted = sink.unwritten, False
+    if figures is not None:
+        from .report import write_report
 
-            write_report(args.report, summary, output.read_back())
+        write_report(args.report, summary, figures)
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
+        print(json.dumps(finite(summary.as_dict()), indent=2, allow_nan=False))
     else:
-        _print_summary(console, summary)
+        print_summary(console, summary)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.failed_items or summary.deadline_reached or summary.unwritten:
@@ -214,13 +206,18 @@ async def _reviews(args: argparse.Namespace) -> int:
 async def _run(
     args: argparse.Namespace,
     reviews: Any,
-    sink: _Sink,
+    sink: Any,
     stop: asyncio.Event,
     abort: asyncio.Event,
-    advance: Any,
-    on_jobs: Any,
+    progress: Any,
+    task: Any,
+    current: set[bytes] | None,
 ) -> Any:
     from .reviews import run_reviews
+
+    def on_jobs(submitted: int, running: int, done: int) -> None:
+        description = f"reviews (batch jobs: {submitted} submitted, {running} running, {done} done)"
+        progress.update(task, description=description)
 
     return await run_reviews(
         reviews,
@@ -229,7 +226,7 @@ async def _run(
         timeout_s=args.timeout,
         model=args.model,
         per_item=args.per_item,
-        on_progress=advance,
+        on_progress=lambda n: progress.advance(task, n),
         stop=stop,
         request_timeout=args.request_timeout,
         deadline_s=args.deadline,
@@ -238,28 +235,9 @@ async def _run(
         budget_usd=args.budget,
         tier=args.tier,
         on_jobs=on_jobs,
+        resume=current,
+        max_outage=args.max_outage,
     )
-
-
-class _Sink:
-    """Writes each finished batch's records; when the output cannot be written (disk full, say), says so once,
-    stops reading (the batches in flight finish) and counts what could not be written (exit status 3)."""
-
-    def __init__(self, output: Any, console: Any, stop: asyncio.Event) -> None:
-        self.output = output
-        self.console = console
-        self.stop = stop
-        self.unwritten = 0
-
-    def __call__(self, records: list[dict[str, Any]]) -> None:
-        if not self.unwritten:
-            try:
-                self.output.write(records)
-                return
-            except OSError as exc:
-                self.console.print(f"[red]flock-llm: cannot write the outputs: {exc.strerror or exc}; stopping[/red]")
-                self.stop.set()
-        self.unwritten += len(records)
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -268,102 +246,32 @@ def _estimate(args: argparse.Namespace) -> int:
 
     from .estimate import estimate_reviews
     from .rows import iter_reviews
+    from .terminal import say
 
     console = Console(stderr=True)
     bad: list[Any] = []
     reviews = iter_reviews(args.file, bad.append)
     env = {k: v for k, v in os.environ.items() if k.startswith("FLOCK_")}
-    found = estimate_reviews(reviews, batch_size=args.batch_size, per_item=args.per_item, model=args.model, env=env)
+    found = estimate_reviews(
+        reviews, batch_size=args.batch_size, per_item=args.per_item, model=args.model, env=env, tier=args.tier
+    )
     if args.json:
-        print(json.dumps({**found.as_dict(), "bad_rows": len(bad)}, indent=2))
+        print(json.dumps(finite({**found.as_dict(), "bad_rows": len(bad)}), indent=2, allow_nan=False))
         return EXIT_OK
     cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
-    console.print(
-        f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}): "
-        f"{found.calls} calls, {found.prompt_tokens:,} prompt tokens, about {found.completion_tokens:,} "
-        f"completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows skipped. No model was called.",
-        highlight=False,
+    say(
+        console,
+        f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}, "
+        f"tier {found.tier}): {found.calls} calls, {found.prompt_tokens:,} prompt tokens, about "
+        f"{found.completion_tokens:,} completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows "
+        "skipped. No model was called.",
     )
     return EXIT_OK
 
 
-def _interrupt(console: Any, stop: asyncio.Event, abort: asyncio.Event) -> Any:
-    """First Ctrl-C: stop reading and finish what is in flight (bounded); second: cancel it. Either way the
-    finished outputs are written and the exit status is 130, without a traceback."""
-
-    def handler() -> None:
-        if not stop.is_set():
-            console.print("[red]interrupted: finishing the batches in flight (Ctrl-C again to cancel them)[/red]")
-            stop.set()
-        elif not abort.is_set():
-            console.print("[red]cancelling the batches in flight; writing what is finished[/red]")
-            abort.set()
-
-    return handler
-
-
-def _progress(console: Any, total: int, *, disabled: bool) -> tuple[Any, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=disabled,
-        transient=False,
-    )
-    task = progress.add_task("reviews", total=total)
-    progress.start()
-    return progress, task
-
-
-def _print_summary(console: Any, summary: Any) -> None:
-    from rich.table import Table
-
-    if summary.offline:
-        console.print(
-            "[bold yellow]Offline model: outputs are derived from the reviews by rules (averages, lexicon "
-            "sentiment, keywords, extracted sentences), not real LLM answers. Set FLOCK_LLM_MODEL and an API key "
-            "for real ones.[/bold yellow]"
-        )
-    table = Table(title=f"flock-llm reviews ({summary.mode}, model {summary.model})", show_header=False)
-    cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
-    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.flush_reasons.items())) or "-"
-    per_item_calls = summary.items
-    rows = [
-        ("resumed (already in the store)", str(summary.resumed)),
-        (
-            "reviews processed",
-            f"{summary.items}"
-            + (" (interrupted)" if summary.interrupted else "")
-            + (" (deadline reached)" if summary.deadline_reached else ""),
-        ),
-        ("bad rows skipped", str(summary.bad_rows)),
-        ("batches (flush reasons)", f"{summary.batches} ({reasons})"),
-        ("outputs", f"{summary.outputs}" + (f" ({summary.unwritten} NOT written)" if summary.unwritten else "")),
-        ("failed reviews", str(summary.failed_items)),
-        ("LLM calls", f"{summary.llm_calls} (per-item processing: {per_item_calls}; saved {summary.calls_saved})"),
-        (
-            "prompt tokens",
-            f"{summary.prompt_tokens:,} (per-item processing: {summary.per_item_prompt_tokens:,}; "
-            f"saved {summary.prompt_tokens_saved:,})",
-        ),
-        ("completion tokens", f"{summary.completion_tokens:,}"),
-        ("cached prompt tokens", f"{summary.cached_prompt_tokens:,}"),
-        ("cost", cost + ("" if summary.budget_usd is None else f" (budget ${summary.budget_usd:g})")),
-        ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
-        ("tier", summary.tier + (f" ({summary.jobs_submitted} batch jobs)" if summary.tier == "batch" else "")),
-        ("wall time", f"{summary.wall_s:.2f} s"),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
-
-
 def _traces(path: Path, limit: int) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from ..tracing.reader import recent_flushes, recent_llm_calls
@@ -378,12 +286,12 @@ def _traces(path: Path, limit: int) -> int:
     for column in ("time", "agent", "size", "configured", "reason", "efficiency", "wait ms", "duration ms"):
         flushes.add_column(column)
     for row in recent_flushes(path, limit):
-        flushes.add_row(*row)
+        flushes.add_row(*(escape(str(cell)) for cell in row))  # agent names are user text, not markup
     calls = Table(title="recent LLM calls")
     for column in ("time", "agent", "model", "kind", "items", "prompt tok", "completion tok", "cost", "outcome"):
         calls.add_column(column)
     for row in recent_llm_calls(path, limit):
-        calls.add_row(*row)
+        calls.add_row(*(escape(str(cell)) for cell in row))
     console.print(flushes)
     console.print(calls)
     return 0

@@ -3,12 +3,13 @@ write, so an interrupted run keeps every batch that finished and never half of o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +18,53 @@ __all__ = ["OutputFile", "write_atomically"]
 
 class OutputFile:
     """A JSONL output written batch by batch: each batch's lines go out in one `write()` on a file opened for
-    appending, so a reader (or a run killed mid-way) sees whole batches only.
+    appending, so a reader (or a run killed mid-way) sees whole batches only. A write that fails part-way (a
+    full disk, a file size limit) is cut back to the end of the last whole batch before the error is raised, so
+    the file never ends in the middle of a line.
 
-    The file is started afresh (truncated) when opened; an existing file keeps its mode, a new one gets the
-    umask's. `target=None` writes to stdout.
-
-    Args:
-        keep: also keep the records in memory (for a report when writing to stdout).
+    The file is started afresh (truncated) when opened: open it when the run starts, not before. An existing
+    file keeps its mode, a new one gets the umask's. `target=None` writes to stdout.
     """
 
-    def __init__(self, target: Path | None, *, keep: bool = False) -> None:
+    def __init__(self, target: Path | None) -> None:
         self.target = target
         self.records = 0
-        self._kept: list[dict[str, Any]] | None = [] if keep else None
         self._fd = -1
+        self._size = 0
         if target is not None:
             self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o666)
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
-        """Append one batch's records."""
+        """Append one batch's records (all of them, or none).
+
+        Raises:
+            OSError: the batch could not be written (the file was cut back to the batch before).
+        """
         if not records:
             return
-        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # text UTF-8 cannot carry (a lone surrogate): JSON escapes, not a lost batch
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in records)
+            data = text.encode("ascii")
         if self._fd < 0:
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            data = memoryview(text.encode("utf-8"))
-            while data:  # a regular file takes it in one write; a short write (disk nearly full) goes on
-                data = data[os.write(self._fd, data) :]
+            self._append(data)
         self.records += len(records)
-        if self._kept is not None:
-            self._kept.extend(records)
 
-    def read_back(self) -> Iterator[dict[str, Any]]:
-        """Every record written so far (from the file, or from memory with keep=True)."""
-        if self._kept is not None:
-            yield from self._kept
-            return
-        if self.target is None:
-            return
-        with self.target.open(encoding="utf-8") as handle:
-            for line in handle:
-                yield json.loads(line)
+    def _append(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:  # a regular file takes it in one write; a short write (disk nearly full) goes on
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be truncated; a file can
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -17,42 +17,53 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["render_report"]
+__all__ = ["Figures", "render_report", "write_report"]
 
 _SENTIMENT_SCORE = {"positive": 1.0, "mixed": 0.0, "neutral": 0.0, "negative": -1.0}
 
 
 MAX_FAILURE_ROWS = 1000
 """Failures listed in the report; the count above the table says how many there were in all."""
+MAX_CATEGORIES = 20
+"""Bars in a chart of labels: the most frequent ones, the rest summed up as "other"."""
 
 
 @dataclass
-class _Figures:
-    """What the charts need from the records, gathered in one pass (the records may be a file of millions)."""
+class Figures:
+    """What the report needs from a run's records, gathered as each batch is handed on (`add`): aggregates, not
+    the records (a run may write millions; its output may be a pipe or /dev/null)."""
 
-    trends: list[dict[str, Any]] = field(default_factory=list)
+    trends: list[tuple[float, float]] = field(default_factory=list)
+    """Per report (batch): its average rating and its sentiment score (-1 to 1)."""
     labels: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
     failure_count: int = 0
 
-    @classmethod
-    def of(cls, records: Iterable[dict[str, Any]]) -> _Figures:
-        found = cls()
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
         for record in records:
-            kind = record.get("type")
+            kind, data = record.get("type"), record.get("data", {})
             if kind == "ReviewTrend":
-                found.trends.append(record["data"])
+                sentiment = _SENTIMENT_SCORE.get(str(data.get("overall_sentiment", "")).lower(), 0.0)
+                self.trends.append((float(data.get("average_rating", 0) or 0), sentiment))
             elif kind == "ReviewLabel":
-                found.labels[str(record["data"].get("label", ""))] += 1
+                self.labels[str(data.get("label", ""))] += 1
             elif kind == "FailureRecord":
-                found.failure_count += 1
-                if len(found.failures) < MAX_FAILURE_ROWS:
-                    found.failures.append(record)
-        return found
+                self.failure_count += 1
+                if len(self.failures) < MAX_FAILURE_ROWS:
+                    self.failures.append(record)
+
+    def label_bars(self) -> dict[str, float]:
+        """The label counts to draw: the MAX_CATEGORIES most frequent, and "other" for the rest."""
+        top = self.labels.most_common(MAX_CATEGORIES)
+        bars: dict[str, float] = dict(top)
+        rest = sum(self.labels.values()) - sum(bars.values())
+        if rest:
+            bars[f"other ({len(self.labels) - len(top)} labels)"] = rest
+        return bars
 
 
-def render_report(summary: Any, records: Iterable[dict[str, Any]]) -> str:
-    """The report as one HTML document (`summary` is a RunSummary; `records` the run's JSONL records, read once).
+def render_report(summary: Any, figures_of: Figures) -> str:
+    """The report as one HTML document (`summary` is a RunSummary; `figures_of` what its records showed).
 
     Raises:
         ConfigurationError: matplotlib is not installed (pip install 'flock_llm[report]').
@@ -64,19 +75,9 @@ def render_report(summary: Any, records: Iterable[dict[str, Any]]) -> str:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigurationError("--report needs matplotlib: pip install 'flock_llm[report]'") from None
-    figures_of = _Figures.of(records)
-    charts = [
-        ("Rating and sentiment per batch", _trend(plt, figures_of)),
-        ("Flush reasons", _bars(plt, dict(summary.flush_reasons) or {"none": 0}, "batches")),
-        (
-            "LLM calls: batched vs one per review",
-            _bars(plt, {"batched": summary.llm_calls, "per review": summary.items}, "calls"),
-        ),
-        (
-            "Prompt tokens: batched vs one per review",
-            _bars(plt, {"batched": summary.prompt_tokens, "per review": summary.per_item_prompt_tokens}, "tokens"),
-        ),
-    ]
+    # labels are text, not TeX; kept as SVG text (not glyph paths): smaller, and searchable in the page
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False, "svg.fonttype": "none"}):
+        charts = _charts(plt, summary, figures_of)
     failures = figures_of.failures
     cost = "unknown" if summary.cost_usd is None else f"${summary.cost_usd:.4f}"
     rows = "".join(
@@ -106,6 +107,21 @@ cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s,
 """
 
 
+def _charts(plt: Any, summary: Any, figures_of: Figures) -> list[tuple[str, str]]:
+    return [
+        ("Rating and sentiment per batch", _trend(plt, figures_of)),
+        ("Flush reasons", _bars(plt, dict(summary.flush_reasons) or {"none": 0}, "batches")),
+        (
+            "LLM calls: batched vs one per review",
+            _bars(plt, {"batched": summary.llm_calls, "per review": summary.items}, "calls"),
+        ),
+        (
+            "Prompt tokens: batched vs one per review",
+            _bars(plt, {"batched": summary.prompt_tokens, "per review": summary.per_item_prompt_tokens}, "tokens"),
+        ),
+    ]
+
+
 def _svg(plt: Any, draw: Callable[[Any], None]) -> str:
     figure, axes = plt.subplots(figsize=(5.2, 3.2))
     try:
@@ -127,28 +143,29 @@ def _bars(plt: Any, values: dict[str, float], unit: str) -> str:
     return _svg(plt, draw)
 
 
-def _trend(plt: Any, found: _Figures) -> str:
+def _trend(plt: Any, found: Figures) -> str:
     """Report mode: each batch's average rating and sentiment; per-item mode: the labels' counts."""
-    trends, labels = found.trends, found.labels
+    trends, labels = found.trends, found.label_bars()
 
     def draw(axes: Any) -> None:
         if trends:
             batches = range(1, len(trends) + 1)
-            axes.plot(batches, [t.get("average_rating", 0) for t in trends], marker="o", label="average rating")
-            sentiment = [_SENTIMENT_SCORE.get(str(t.get("overall_sentiment", "")).lower(), 0.0) for t in trends]
-            axes.plot(batches, [3 + 2 * s for s in sentiment], marker="s", linestyle="--", label="sentiment (1-5)")
+            axes.plot(batches, [rating for rating, _ in trends], marker="o", label="average rating")
+            axes.plot(batches, [3 + 2 * s for _, s in trends], marker="s", linestyle="--", label="sentiment (1-5)")
             axes.set_xlabel("batch")
             axes.set_ylim(0.5, 5.5)
             axes.legend(loc="lower right")
         else:
-            axes.bar(list(labels) or ["none"], list(labels.values()) or [0], color="#4a7ab8")
+            names = list(labels) or ["none"]
+            axes.bar(range(len(names)), list(labels.values()) or [0], color="#4a7ab8")
+            axes.set_xticks(range(len(names)), [name[:30] for name in names], rotation=45 if len(names) > 4 else 0)
             axes.set_ylabel("reviews")
 
     return _svg(plt, draw)
 
 
-def write_report(path: Path, summary: Any, records: Iterable[dict[str, Any]]) -> None:
+def write_report(path: Path, summary: Any, figures: Figures) -> None:
     """Render the report and write it to `path` (atomically)."""
     from .output import write_atomically
 
-    write_atomically(path, render_report(summary, records))
+    write_atomically(path, render_report(summary, figures))

@@ -21,10 +21,19 @@ from .._runtime.runner import FinishedRun
 from ..artifact import Artifact, FailureRecord
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
 from ..engines._models import OFFLINE_MODEL, resolve_model
-from ..engines.llm import DeferredPolicy, LLMEngine
+from ..engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from ..orchestrator import Flock
 from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
+from .resume import (
+    RunSettings,
+    accepts,
+    fingerprint,
+    plan_from_store,
+    quiet_refused_restores,
+    store_path,
+    write_settings,
+)
 from .review_types import Review, ReviewLabel, ReviewTrend
 from .rows import BadRow, iter_reviews, read_reviews
 
@@ -76,6 +85,11 @@ class RunSummary:
     wall_s: float = 0.0
     resumed: int = 0
     """Reviews a resumed run found in its store already (not published, not paid for again)."""
+    retried: int = 0
+    """Reviews of a resumed run's input that the store held as failed (or whose report covered a review that
+    changed): run again."""
+    stale: int = 0
+    """Reviews a resumed run's store holds that are not in the input, or changed: not written, not run."""
     unwritten: int = 0
     """Records (outputs, failure records) that could not be written to the output (a full disk, say)."""
     interrupted: bool = False
@@ -123,15 +137,27 @@ def describe(per_item: bool) -> str:
     )
 
 
-def _add_agent(
-    flock: Flock, per_item: bool, batch: BatchSpec, request_timeout: float, in_flight: _InFlight, tier: str
-) -> LLMEngine:
+@dataclass(frozen=True, slots=True)
+class _AgentSpec:
+    per_item: bool
+    batch: BatchSpec
+    request_timeout: float
+    tier: str
+    max_outage: float | None
+    where: Callable[[Review], bool] | None
+
+
+def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
     deferred = DeferredPolicy(poll_interval=float(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
-    engine = LLMEngine(per_item=per_item, timeout=request_timeout, tier=tier, deferred=deferred)
+    breaker = None if spec.max_outage is None else BreakerPolicy(max_outage=spec.max_outage)
+    engine = LLMEngine(
+        per_item=spec.per_item, timeout=spec.request_timeout, tier=spec.tier, deferred=deferred, breaker=breaker
+    )
+    per_item, tier = spec.per_item, spec.tier
     (
         flock.agent(AGENT)
         .description(describe(per_item))
-        .consumes(Review, batch=batch)
+        .consumes(Review, batch=spec.batch, where=spec.where)
         .publishes(ReviewLabel if per_item else ReviewTrend)
         .with_engines(_Counting(engine, in_flight))
         .max_concurrency(BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY)
@@ -143,7 +169,7 @@ async def _feed(
     flock: Flock,
     reviews: Iterable[Review],
     summary: RunSummary,
-    known: set[str],
+    done: set[bytes] | None,
     window: int,
     stop: asyncio.Event,
     in_flight: _InFlight,
@@ -155,12 +181,11 @@ async def _feed(
             await _first(in_flight.progressed.wait(), stop.wait())
         if stop.is_set():
             break
-        artifact_id = review_artifact_id(review)
-        if artifact_id in known:
-            summary.resumed += 1  # published by an earlier run of this store: done, or restored and pending
+        if done is not None and fingerprint(review) in done:
+            summary.resumed += 1  # an earlier run of this store finished it, or it is restored and pending
             in_flight.on_progress(1)
             continue
-        await flock.publish(Artifact(type_name="Review", payload=review, id=artifact_id))
+        await flock.publish(Artifact(type_name="Review", payload=review, id=review_artifact_id(review)))
         summary.items += 1
         await asyncio.sleep(0)  # let timers and finished runs through between rows
 
@@ -210,6 +235,8 @@ async def run_reviews(
     budget_usd: float | None = None,
     tier: str = "standard",
     on_jobs: Callable[[int, int, int], None] = lambda submitted, running, done: None,
+    resume: set[bytes] | None = None,
+    max_outage: float | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -220,11 +247,13 @@ async def run_reviews(
     still running is cancelled at once (its reviews become failure records with stage "cancelled").
     `request_timeout` bounds each LLM request; `deadline_s` the whole run: at the deadline, reading stops and
     what is still running is cancelled. `budget_usd` caps what the calls cost (the reviews of calls not made
-    end in failure records with stage "budget"; with a store they stay pending). With `store` ("sqlite:///run.db")
-    the run resumes: the outputs an earlier
-    run committed are handed to `on_records` first, reviews already in the store (by review id) are not published
-    again, and pending ones are restored. Without a store, the in-memory store forgets each review once its batch
-    ran and each output once `on_records` took it, so memory does not grow with the file.
+    end in failure records with stage "budget"; with a store they stay pending). `max_outage` bounds how long
+    calls wait for a provider that is down (BreakerPolicy). With `store` ("sqlite:///run.db") the run is kept
+    in a reviews store (see `resume.py`); `resume` is then the fingerprints of every review of the input when the
+    store holds an earlier run: its outputs for reviews still in the input, unchanged, are handed to
+    `on_records` first, those reviews (finished, or restored pending) are not published again, and the rest
+    (changed, new, failed) are. Without a store, the in-memory store forgets each review once its batch ran and
+    each output once `on_records` took it, so memory does not grow with the file.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -234,9 +263,13 @@ async def run_reviews(
     flock = Flock(model=model, env=env, store=memory if memory is not None else store, budget_usd=budget_usd)
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
-    engine = _add_agent(flock, per_item, batch, request_timeout, in_flight, tier)
+    where = None if resume is None else accepts(resume)
+    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where)
+    engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
+    if store is not None:
+        write_settings(store_path(store), RunSettings(summary.mode, resolved, batch_size))
 
     def hand_on(published: Sequence[Artifact], review_ids: dict[str, str]) -> None:
         summary.count(published)
@@ -249,27 +282,20 @@ async def run_reviews(
             hand_on(run.published, {a.id: a.payload.review_id for a in run.inputs if isinstance(a.payload, Review)})
 
     started = time.perf_counter()
-    await flock.start()  # with a store: restore what an earlier run left pending
-    known: set[str] = set()
-    if memory is None:  # a resumed run: what the store holds already
-        reviews_in_store = {a.id: a.as_type(Review).review_id for a in await flock.store.artifacts_by_type(Review)}
-        known = set(reviews_in_store)
-        hand_on([a for a in await flock.store.list() if a.produced_by == AGENT], reviews_in_store)
+    with quiet_refused_restores():
+        await flock.start()  # with a store: restore what an earlier run left pending (and still in the input)
+    done: set[bytes] | None = None
+    if resume is not None:
+        plan = await plan_from_store(flock.store, AGENT, resume)
+        summary.stale, summary.retried, done = plan.stale, plan.retried, plan.done
+        hand_on(plan.outputs, plan.review_ids)
     flock.on_finished_run(finished_run)
     # Backpressure: keep at most `window` reviews in flight (whole batches for every worker and one more), so
     # memory stays bounded and an interrupt stops at the next review instead of after the whole file.
     ticker = loop.create_task(_report_jobs(engine, on_jobs)) if tier == "batch" else None
     concurrency = BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY
-    await _feed(flock, reviews, summary, known, batch_size * (concurrency + 1), stop, in_flight)
-    aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
-    limit = None if deadline is None else max(0.0, deadline - loop.time())
-    if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
-        limit = grace_s if limit is None else min(limit, grace_s)  # interrupted: finish within a bounded time
-    try:
-        await flock.shutdown(timeout=limit)
-    finally:
-        if aborter is not None:
-            aborter.cancel()
+    await _feed(flock, reviews, summary, done, batch_size * (concurrency + 1), stop, in_flight)
+    await _shut_down(flock, stop, abort, deadline, grace_s)
     if timer is not None:
         timer.cancel()
     summary.wall_s = time.perf_counter() - started
@@ -283,6 +309,24 @@ async def run_reviews(
     return summary
 
 
+async def _shut_down(
+    flock: Flock, stop: asyncio.Event, abort: asyncio.Event | None, deadline: float | None, grace_s: float
+) -> None:
+    """Finish what was published: by the deadline; within `grace_s` once interrupted; at once on `abort`."""
+    loop = asyncio.get_running_loop()
+    aborter = loop.create_task(_cancel_on(abort, flock)) if abort is not None else None
+    graced = loop.create_task(_cancel_after_grace(stop, grace_s, flock))  # also a Ctrl-C during the shutdown
+    limit = None if deadline is None else max(0.0, deadline - loop.time())
+    if stop.is_set() and not (deadline is not None and loop.time() >= deadline):
+        limit = grace_s if limit is None else min(limit, grace_s)  # interrupted: finish within a bounded time
+    try:
+        await flock.shutdown(timeout=limit)
+    finally:
+        graced.cancel()
+        if aborter is not None:
+            aborter.cancel()
+
+
 async def _report_jobs(engine: LLMEngine, on_jobs: Callable[[int, int, int], None]) -> None:
     """Tell the progress display how the provider batch jobs stand, twice a second."""
     queue = engine.deferred_queue()
@@ -292,8 +336,17 @@ async def _report_jobs(engine: LLMEngine, on_jobs: Callable[[int, int, int], Non
 
 
 def review_artifact_id(review: Review) -> str:
-    """The artifact id of a review: derived from its review id, so a resumed run recognises it."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"flock-llm-review:{review.review_id}").hex
+    """A new artifact id for a review (a resumed run recognises reviews by their fingerprints, not by ids: a
+    review that runs again gets a fresh artifact, and the store keeps the old one's history)."""
+    return uuid.uuid4().hex
+
+
+async def _cancel_after_grace(stop: asyncio.Event, grace_s: float, flock: Flock) -> None:
+    """Once interrupted (before or after the input was read), the batches in flight get `grace_s`, then they are
+    cancelled: a hung request is not waited for into its timeout."""
+    await stop.wait()
+    await asyncio.sleep(grace_s)
+    flock.cancel_running()
 
 
 async def _cancel_on(abort: asyncio.Event, flock: Flock) -> None:

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import re
+import stat
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ from pydantic import ValidationError
 from ..errors import ConfigurationError
 from .review_types import Review
 
-__all__ = ["MAX_FIELD_CHARS", "BadRow", "SeenIds", "count_rows", "iter_reviews", "read_reviews"]
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "BadRow",
+    "SeenIds",
+    "count_rows",
+    "input_problem",
+    "is_pipe",
+    "iter_reviews",
+    "read_reviews",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,8 @@ MAX_FIELD_CHARS = 128 * 1024
 """A row with a field longer than this is reported, not read (csv's own limit; JSONL follows it)."""
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 """Bytes that are not UTF-8, as decoded with errors="surrogateescape"."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate: valid JSON (`"\\ud800"`), but not a character; it cannot be written as UTF-8 or sent."""
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
@@ -100,6 +112,14 @@ def _review_problem(row: dict[str, Any]) -> str:
     text = row.get("text")
     if isinstance(text, str) and len(text) > MAX_FIELD_CHARS:
         return f"text: longer than {MAX_FIELD_CHARS:,} characters"
+    for name in ("review_id", "text"):
+        value = row.get(name)
+        found = _SURROGATE.search(value) if isinstance(value, str) else None
+        if found:
+            return (
+                f"{'id' if name == 'review_id' else name}: a lone surrogate \\u{ord(found.group()):04x} at character "
+                f"{found.start() + 1} is not text (not valid Unicode); fix the escape in the file"
+            )
     return ""
 
 
@@ -150,16 +170,40 @@ class SeenIds:
         return self._count
 
 
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise ConfigurationError(f"no such file: {str(path)!r}")
+def input_problem(path: Path) -> str:
+    """Why `path` cannot be read as reviews (a regular file or a named pipe, .jsonl/.json/.ndjson/.csv), or ""."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"no such file: {str(path)!r}"
+    except OSError as exc:
+        return f"{str(path)!r} cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return f"{str(path)!r} is a directory; give a .jsonl or .csv file"
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        return f"{str(path)!r} is not a regular file or a named pipe; give a .jsonl or .csv file"
     if path.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):
-        raise ConfigurationError(f"{str(path)!r}: expected a .jsonl or .csv file")
+        return f"{str(path)!r}: expected a .jsonl or .csv file"
+    return ""
 
 
-def count_rows(path: Path) -> int:
-    """About how many rows `path` holds (its lines; minus the header for CSV), counted without parsing."""
+def is_pipe(path: Path) -> bool:
+    """`path` is a named pipe (FIFO): it can be read once, and its length is not known in advance."""
+    return stat.S_ISFIFO(path.stat().st_mode)
+
+
+def _check_file(path: Path) -> None:
+    problem = input_problem(path)
+    if problem:
+        raise ConfigurationError(problem)
+
+
+def count_rows(path: Path) -> int | None:
+    """About how many rows `path` holds (its lines; minus the header for CSV), counted without parsing; None for
+    a named pipe (reading it would consume it)."""
     _check_file(path)
+    if is_pipe(path):
+        return None
     lines = 0
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -182,8 +226,8 @@ def iter_reviews(path: Path, on_bad: Callable[[BadRow], None]) -> Iterator[Revie
     a boolean or not a whole number from 1 to 5.
 
     Raises:
-        ConfigurationError: the file does not exist or is not .jsonl/.json/.csv (raised at once, not on the
-            first `next()`).
+        ConfigurationError: the file does not exist, is neither a regular file nor a named pipe, or is not
+            .jsonl/.json/.csv (raised at once, not on the first `next()`).
     """
     _check_file(path)
     return _reviews(path, on_bad)

@@ -33,16 +33,23 @@ class EngineContext:
     """What an engine knows about the run it serves. It holds no blackboard."""
 
     agent_name: str
+    """The agent this run belongs to."""
     subscription_index: int = 0
+    """Which of the agent's `consumes()` subscriptions delivered the inputs (0 for the first)."""
     description: str = ""
+    """The agent's `.description(...)`; LLM engines put it in the prompt."""
     publishes: tuple[type[BaseModel], ...] = ()
     """The output types the agent declared."""
     is_batch: bool = False
+    """True when the run is a flushed batch (`evaluate_batch`), False for one item."""
     flush_reason: FlushReason | None = None
-    """"size", "timeout", "shutdown" or "manual" for a batch; None otherwise."""
+    """"size", "timeout", "tokens", "shutdown" or "manual" for a batch; None otherwise."""
     batch_size: int = 1
+    """How many items the run holds."""
     configured_size: int | None = None
+    """The BatchSpec's `size` (None for a spec without one, or outside a batch)."""
     batch_id: str | None = None
+    """The flushed batch's id: stable across a restart, so side effects can be keyed on it."""
     model: str | None = None
     """`Flock(model=...)`, for engines that resolve a model."""
     env: dict[str, str] = field(default_factory=dict, repr=False)
@@ -60,6 +67,7 @@ class EngineContext:
 
     @property
     def efficiency(self) -> float | None:
+        """`batch_size / configured_size`: how full the batch flushed (None without a configured size)."""
         return None if not self.configured_size else self.batch_size / self.configured_size
 
 
@@ -71,6 +79,7 @@ class EvalInputs:
     """
 
     items: tuple[tuple[Artifact, ...], ...]
+    """The items, in arrival order: each a tuple of one artifact, or of a join group's artifacts."""
 
     @classmethod
     def of(cls, *artifacts: Artifact) -> EvalInputs:
@@ -89,6 +98,7 @@ class EvalInputs:
 
     @property
     def artifact_ids(self) -> list[str]:
+        """The ids of every artifact, in order."""
         return [a.id for a in self.artifacts]
 
     def first_as(self, cls: type[T]) -> T | None:
@@ -112,7 +122,9 @@ class Output:
     """One object to publish, and the input artifact ids it derives from (None: the whole run's inputs)."""
 
     obj: BaseModel
+    """The object to publish; its type must be one the agent publishes."""
     derived_from: tuple[str, ...] | None = None
+    """The ids of the input artifacts it was computed from; None: every input of the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +132,25 @@ class ItemFailure:
     """Inputs an engine could not process; the agent publishes a FailureRecord for them."""
 
     artifact_ids: tuple[str, ...]
+    """The input artifacts that failed."""
     error_type: str
+    """The exception's class name."""
     error: str
+    """What went wrong (never the payload's values, never a key)."""
     stage: FailureStage = "engine"
+    """Where it failed: see the failure stages in `flock_llm.errors`' reference."""
 
     @classmethod
     def from_exception(
         cls, exc: BaseException, artifact_ids: Iterable[str], *, stage: FailureStage = "engine"
     ) -> ItemFailure:
+        """The failure of `artifact_ids`, described by `exc` (its type and a redacted message).
+
+        Args:
+            exc: the error that stopped these inputs.
+            artifact_ids: the ids of the input artifacts it stopped.
+            stage: where it happened.
+        """
         return cls(tuple(artifact_ids), type(exc).__name__, describe_error(exc), stage)
 
 
@@ -136,24 +159,39 @@ class EvalResult:
     """What an engine returns: outputs to publish, failures to record, and usage figures."""
 
     outputs: tuple[Output, ...] = ()
+    """What to publish."""
     failures: tuple[ItemFailure, ...] = ()
+    """Inputs that could not be processed: each becomes a FailureRecord."""
     usage: dict[str, Any] = field(default_factory=dict)
     """Engine-specific figures (tokens, calls, cost, ...) merged into the agent's metrics."""
 
     @classmethod
     def from_object(cls, obj: BaseModel, *, derived_from: Sequence[str] | None = None) -> EvalResult:
+        """A result that publishes one object.
+
+        Args:
+            obj: the object to publish.
+            derived_from: the ids of the inputs it comes from, when only some of the run's; default: all of them.
+        """
         return cls(outputs=(Output(obj, None if derived_from is None else tuple(derived_from)),))
 
     @classmethod
     def from_objects(cls, *objs: BaseModel) -> EvalResult:
+        """A result that publishes `objs`, each derived from the whole run's inputs.
+
+        Args:
+            *objs: the objects to publish.
+        """
         return cls(outputs=tuple(Output(obj) for obj in objs))
 
     @classmethod
     def empty(cls) -> EvalResult:
+        """A result that publishes nothing (the inputs still count as consumed)."""
         return cls()
 
     @property
     def objects(self) -> list[BaseModel]:
+        """The objects to publish, without their lineage."""
         return [out.obj for out in self.outputs]
 
     def with_lineage(self, artifact_ids: Sequence[str]) -> EvalResult:
@@ -166,6 +204,7 @@ class EvalResult:
 
     @staticmethod
     def merge(results: Iterable[EvalResult]) -> EvalResult:
+        """One result holding every output and failure of `results`; numeric usage figures are added up."""
         outputs: list[Output] = []
         failures: list[ItemFailure] = []
         usage: dict[str, Any] = {}
@@ -191,18 +230,46 @@ class Engine:
     def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
         """The prompt tokens `artifact` adds to a batch, for `BatchSpec(max_tokens=)`; counted once, as it enters.
         The default estimate is one token per 4 characters of its JSON (at least 1); LLM engines count with their
-        model's tokenizer."""
+        model's tokenizer.
+
+        Args:
+            ctx: the run's context (agent, model).
+            artifact: the item entering a batch.
+        """
         return max(1, len(artifact.payload.model_dump_json()) // 4)
 
     def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
         """The item tokens one batch may hold, for `BatchSpec(max_tokens="auto")` (`size`: the spec's size, if
-        any), or None when the engine cannot tell (then "auto" is refused when the agent is defined)."""
+        any), or None when the engine cannot tell (then "auto" is refused when the agent is defined).
+
+        Args:
+            ctx: the agent's context (its model and output types).
+            size: the BatchSpec's `size`, if any.
+        """
         return None
 
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        """Process one item (one artifact, or one join group) and say what to publish.
+
+        Args:
+            ctx: what the engine knows about the run (agent, flush reason, batch size, ...).
+            inputs: the item.
+
+        Returns:
+            The outputs to publish and any failures; an exception raised here becomes a failure record.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")
 
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        """Process a flushed batch. The default runs `evaluate()` per item, `max_item_concurrency` at a time.
+
+        Args:
+            ctx: what the engine knows about the run (`flush_reason`, `batch_size`, `efficiency`, `batch_id`).
+            inputs: the batch's items, in arrival order.
+
+        Returns:
+            The outputs to publish and the failures to record; every input should end up in one or the other.
+        """
         if self.max_item_concurrency < 1:
             raise ConfigurationError(f"`max_item_concurrency` must be >= 1, got {self.max_item_concurrency!r}")
         gate = asyncio.Semaphore(self.max_item_concurrency)

@@ -3,16 +3,26 @@
 `ProviderGuard` is one engine's view of its provider:
 - a shared back-off: a 429 that names a wait (Retry-After) pauses every call of the engine, not just the
   one retried;
-- a circuit breaker: when a call has used up its retries on transient errors (5xx, timeouts, refused
-  connections), the breaker opens. While it is open, calls wait (their batches stay pending; durable
-  stores keep them) and the guard probes the provider with a tiny request (one token), first after
-  `probe_interval`, then twice as long after each failed probe (up to `max_probe_interval`). The first
-  probe that gets through closes the breaker and the waiting calls go on. A call that has waited
-  `max_outage` in all gives up with ProviderUnavailableError and its items become failure records with
-  stage "provider_unavailable" (the ladder does not fan out into per-item calls for transport failures).
+- one outage clock: it starts at the first transport failure (429, 5xx, timeout, refused connection) after the
+  provider last answered a real call, and only a real answer stops it (a probe's answer does not);
+- a circuit breaker: when a call has used up its retries on transport failures, the breaker opens. While it
+  is open, calls wait (their batches stay pending; durable stores keep them) and the guard probes the
+  provider with a tiny request (one token), first after `probe_interval`, then twice as long after each
+  failed probe (up to `max_probe_interval`). A probe that gets through releases the waiting calls, and
+  each sends ONE attempt: a probe can be answered while real calls are still refused (a quota that counts
+  `max_tokens`), so a failure then opens the breaker again without retries;
+- when the outage clock reaches `max_outage`, every waiting call fails at once with
+  ProviderUnavailableError (its items become failure records with stage "provider_unavailable"), and so
+  does every later call, without sending anything, until a probe gets through (a later call that comes
+  when no probe ran for a probe interval sends one itself first, and goes on if it is answered);
+- a provider that has never answered this guard and refuses the connection (nothing listens there, the
+  host name does not resolve, no network) is a configuration problem, not an outage: the first such call
+  fails at once with ProviderUnreachableError, which says what to set. A provider that answered once and
+  then refuses connections is an outage (the breaker waits).
 
-So a batch costs at most `retry.attempts` calls before the breaker opens and one more once it closes;
-the probes are the breaker's own (one at a time, a few tokens each, shared by every waiting batch).
+So a batch costs at most `retry.attempts` calls before the breaker opens and one more per recovery; the
+probes are the breaker's own (one at a time, a few tokens each, shared by every waiting batch). Transport
+failures never reach the ladder's per-item rung (see `_ladder`).
 """
 
 from __future__ import annotations
@@ -23,15 +33,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from ..errors import ConfigurationError, ProviderUnavailableError
-from ._limits import RetryPolicy, classify_error, describe_call_error, retry_after_seconds
+from .._error_text import connect_failure, describe_transport, provider_answered
+from .._numbers import number
+from ..errors import ProviderUnavailableError, ProviderUnreachableError
+from ._limits import UNREACHABLE_HINT, RetryPolicy, cancelling, classify_error, describe_call_error, retry_after_seconds
 
-__all__ = ["BreakerPolicy", "ProviderGuard"]
+__all__ = ["BreakerPolicy", "BreakerStats", "ProviderGuard"]
 
 log = logging.getLogger("flock_llm.engines")
 
 T = TypeVar("T")
-State = Literal["closed", "open"]
+State = Literal["closed", "open", "down"]
+"""closed: calls go; open: calls wait for a probe; down: the outage clock ran out, calls fail at once."""
 Probe = Callable[[], Awaitable[object]]
 
 
@@ -40,7 +53,8 @@ class BreakerPolicy:
     """How long calls wait for a provider that is down, and how often it is probed meanwhile."""
 
     max_outage: float = 300.0
-    """Seconds a call waits in all for the provider to come back; then its items fail ("provider_unavailable")."""
+    """Seconds the provider may fail every call (one clock per engine, shared by every call) before the waiting
+    calls' items fail ("provider_unavailable"); later calls then fail at once until a probe gets through."""
     probe_interval: float = 2.0
     """Seconds after the breaker opens until the first probe."""
     max_probe_interval: float = 15.0
@@ -48,13 +62,34 @@ class BreakerPolicy:
 
     def __post_init__(self) -> None:
         for name in ("max_outage", "probe_interval", "max_probe_interval"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
+            number(name, getattr(self, name), unit="seconds", fix=f"e.g. BreakerPolicy({name}=30)")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """A snapshot of one guard (`ProviderGuard.stats()`)."""
+
+    state: State
+    opened: int
+    """How many times the breaker opened."""
+    probes: int
+    """Probe requests sent (a few tokens each)."""
+    recoveries: int
+    """Probes that got through (each lets every waiting call send one attempt)."""
+    failing_for_s: float | None
+    """How long the outage clock has been running (None: the provider answers)."""
+
+
+class _Stop(Exception):  # noqa: N818 - internal signal, never leaves this module
+    """Raised inside an attempt to end `RetryPolicy.run` early (not a provider error: never retried)."""
+
+    def __init__(self, cause: BaseException | None = None) -> None:
+        super().__init__("stopped")
+        self.cause = cause
 
 
 class ProviderGuard:
-    """The circuit breaker and shared back-off of one engine (see the module docstring)."""
+    """The circuit breaker, outage clock and shared back-off of one engine (see the module docstring)."""
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
@@ -65,15 +100,30 @@ class ProviderGuard:
         self._waiting = 0
         self._probe: Probe | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._interval = policy.probe_interval
+        self._next_probe_at = 0.0
+        self._probing = False
+        self.failing_since: float | None = None
+        """Loop time of the first transport failure since the provider last answered a real call."""
+        self.recovering = False
+        """A probe got through but no real call has since: each call sends one attempt."""
+        self.answered = False
+        """The provider answered (anything, errors included) at least once."""
+        self.last_error: BaseException | None = None
         self.opened = 0
         """How many times the breaker opened."""
         self.probes = 0
         """Probe requests sent (a few tokens each)."""
+        self.recoveries = 0
         self._unclaimed = 0
 
     @staticmethod
     def now() -> float:
         return asyncio.get_running_loop().time()
+
+    def stats(self) -> BreakerStats:
+        failing = None if self.failing_since is None else max(0.0, self.now() - self.failing_since)
+        return BreakerStats(self.state, self.opened, self.probes, self.recoveries, failing)
 
     def take_probes(self) -> int:
         """Probes sent since the last call took them: each probe is counted once, in the usage of a run that
@@ -93,76 +143,149 @@ class ProviderGuard:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    # -- the breaker ------------------------------------------------------------------------------
+    # -- the outage clock and the breaker -------------------------------------------------------------
+
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
+    def _give_up_at(self) -> float:
+        start = self.now() if self.failing_since is None else self.failing_since
+        return start + self.policy.max_outage
+
+    def _failed(self, exc: BaseException) -> None:
+        """A real call got a transport failure: the outage clock runs (from now, if it was not running)."""
+        self.last_error = exc
+        if self.failing_since is None:
+            self.failing_since = self.now()
+
+    def _succeeded(self) -> None:
+        """A real call got an answer: the provider is back; the clock stops."""
+        self.answered = True
+        self.failing_since = None
+        self.recovering = False
+        self._interval = self.policy.probe_interval
+        if self.state != "closed":
+            self.close()
 
     def open(self, probe: Probe) -> None:
-        """A call used up its retries on transient errors: open the breaker and start probing."""
+        """A call used up its retries on transport failures: open the breaker and start probing."""
         self._probe = probe
+        self.recovering = False
+        if self.failing_since is None:
+            self.failing_since = self.now()
         if self.state == "closed":
             self.state = "open"
             self.opened += 1
             log.warning(
-                "the provider keeps failing: circuit breaker open; calls wait (up to %g s), probing from %g s on",
+                "the provider keeps failing: circuit breaker open; calls wait (the provider has failed for %.1f s of "
+                "at most %g s), probing from %g s on",
+                self.now() - self.failing_since,
                 self.policy.max_outage,
-                self.policy.probe_interval,
+                self._interval,
             )
+            self._notify()
         self._ensure_prober()
 
     def close(self) -> None:
-        if self.state == "open":
+        """A probe or a call got through: calls go again."""
+        if self.state != "closed":
             log.warning("the provider answers again: circuit breaker closed")
         self.state = "closed"
         self._notify()
 
-    async def admit(self, give_up_at: float) -> None:
-        """Wait while the breaker is open.
+    def _go_down(self) -> None:
+        if self.state != "down":
+            self.state = "down"
+            log.warning(
+                "the provider failed every call for %g s (`max_outage`): waiting calls fail now, and later ones at "
+                "once until a probe gets through",
+                self.policy.max_outage,
+            )
+            self._notify()
+
+    def _unavailable(self, *, sent: bool) -> ProviderUnavailableError:
+        last = self.last_error
+        detail = f"; last error: {describe_call_error(last)}" if last is not None else ""
+        what = "" if sent else "; no further request was sent for these items"
+        return ProviderUnavailableError(
+            f"the provider failed every call for {self.policy.max_outage:g} s (`max_outage`){what}{detail}",
+            status_code=None if last is None or describe_transport(last) else getattr(last, "status_code", None),
+        )
+
+    async def admit(self, give_up_at: float | None = None) -> None:
+        """Return when calls may go; wait while the breaker is open.
 
         Raises:
-            ProviderUnavailableError: it stayed open until `give_up_at`.
+            ProviderUnavailableError: the outage clock ran out (or `give_up_at`, loop time, passed) first.
         """
         if self.state == "closed":
             return
         self._waiting += 1
         try:
-            while self.state == "open":
-                remaining = give_up_at - self.now()
-                if remaining <= 0:
-                    raise ProviderUnavailableError(
-                        f"the provider failed every call for {self.policy.max_outage:g} s (`max_outage`); "
-                        "these items were not sent again"
-                    )
+            while not self.is_closed():  # (a method: the state changes while this waits)
+                deadline = self._give_up_at() if give_up_at is None else min(give_up_at, self._give_up_at())
+                if self.state == "open" and self.now() >= self._give_up_at():
+                    self._go_down()
+                if self.state == "down" and await self._probe_when_due():
+                    continue  # the provider answers again
+                if self.state == "down" or self.now() >= deadline:
+                    raise self._unavailable(sent=False)
                 self._ensure_prober()
-                await self._wait(remaining)
+                await self._wait(deadline - self.now())
         finally:
             self._waiting -= 1
             self._notify()
+
+    async def _probe_when_due(self) -> bool:
+        """Once the clock ran out: this call probes, if no probe ran for a probe interval and none is under way
+        (calls meanwhile fail at once); whether it got through. The call itself probes, so that no probe task
+        outlives the calls that wanted it."""
+        if self._probe is None or self._probing or self.now() < self._next_probe_at:
+            return False
+        self._probing = True
+        try:
+            return await self._probe_once(self._probe)
+        finally:
+            self._probing = False
 
     def _ensure_prober(self) -> None:
         if self._prober is None and self._probe is not None and self.state == "open":
             self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed(self._probe))
 
     async def _probe_until_closed(self, probe: Probe) -> None:
-        """Probe with doubling waits while somebody waits; close the breaker on the first answer."""
-        interval = self.policy.probe_interval
+        """While calls wait: probe with doubling waits, release the calls on the first answer."""
         try:
             while self.state == "open":
-                deadline = self.now() + interval
+                deadline = self.now() + self._interval
                 while self.state == "open" and self._waiting > 0 and self.now() < deadline:
                     await self._wait(deadline - self.now())
                 if self.state != "open" or self._waiting == 0:
-                    return  # closed by a call, or nobody waits: the next waiting call starts probing again
-                self.probes += 1
-                self._unclaimed += 1
+                    return  # closed, gone down, or nobody waits: the next waiting call starts probing again
+                self._probing = True
                 try:
-                    await probe()
-                except Exception as exc:  # noqa: BLE001 - any provider or transport error; classified here
-                    if classify_error(exc) == "transient":
-                        interval = min(interval * 2, self.policy.max_probe_interval)
-                        log.info("probe failed (%s); next in %.1f s", type(exc).__name__, interval)
-                        continue
-                self.close()  # any answer, even a refusal, shows the provider is reachable again
+                    if await self._probe_once(probe):
+                        return
+                finally:
+                    self._probing = False
         finally:
             self._prober = None
+
+    async def _probe_once(self, probe: Probe) -> bool:
+        self.probes += 1
+        self._unclaimed += 1
+        try:
+            await probe()
+        except Exception as exc:  # noqa: BLE001 - any provider or transport error; classified here
+            if classify_error(exc) == "transient":
+                self._next_probe_at = self.now() + self._interval
+                self._interval = min(self._interval * 2, self.policy.max_probe_interval)
+                log.info("probe failed (%s); next in %.1f s", describe_call_error(exc), self._interval)
+                return False
+        self.answered = True
+        self.recoveries += 1
+        self.recovering = True  # any answer, even a refusal, shows the provider is reachable again
+        self.close()
+        return True
 
     async def _wait(self, seconds: float) -> None:
         if self._changed is None:
@@ -187,48 +310,62 @@ class ProviderGuard:
         on_retry: Callable[[BaseException], None],
         probe: Probe,
     ) -> T:
-        """Run `attempt` with `retry`'s retries, behind the shared back-off and the breaker; `probe` makes a
-        tiny request to the same provider (used while the breaker is open).
+        """Run `attempt` with `retry`'s retries, behind the shared back-off, the outage clock and the breaker;
+        `probe` makes a tiny request to the same provider (used while the breaker is open).
 
         Raises:
-            ProviderUnavailableError: the provider stayed down for `max_outage`.
-            Exception: a non-transient error of the call (auth, bad request, context, ...); or a transient one
-                when the call failed again after the provider had come back (not an outage: the ladder decides).
+            ProviderUnavailableError: the provider failed every call for `max_outage`.
+            ProviderUnreachableError: the provider never answered and refuses connections (configuration).
+            Exception: a non-transient error of the call (auth, bad request, context, ...).
         """
-        give_up_at = self.now() + self.policy.max_outage
+        self._probe = probe
 
         async def paced() -> T:
-            await self.pause()
-            try:
-                return await attempt()
-            except Exception as exc:  # noqa: BLE001 - classified and re-raised: a 429's wait is shared first
-                asked = retry_after_seconds(exc)
-                if asked is not None and classify_error(exc) == "transient":
-                    self.back_off(min(asked, retry.max_retry_after))
-                raise
+            return await self._paced(retry, attempt)
 
-        last: BaseException | None = None
         while True:
+            await self.admit()
             try:
-                await self.admit(give_up_at)
-            except ProviderUnavailableError as exc:
-                raise (exc if last is None else self._gave_up(last)) from last
-            try:
-                result = await retry.run(paced, on_retry)
-            except Exception as exc:
-                if classify_error(exc) != "transient" or last is not None and self.state == "closed":
+                return await retry.run(paced, on_retry)
+            except _Stop as stop:
+                if stop.cause is None:
+                    continue
+                exc = stop.cause
+            except Exception as error:
+                if cancelling() or classify_error(error) != "transient":
                     raise
-                last = exc
-                self.open(probe)
-                if self.now() >= give_up_at:
-                    raise self._gave_up(exc) from exc
-                continue
-            self.close()
-            return result
+                exc = error
+            if not self.answered and connect_failure(exc):
+                raise ProviderUnreachableError(f"{describe_call_error(exc)}: {UNREACHABLE_HINT}") from exc
+            self.open(probe)
+            if self.now() >= self._give_up_at():
+                self._go_down()
+                raise self._unavailable(sent=True) from exc
 
-    def _gave_up(self, last: BaseException) -> ProviderUnavailableError:
-        return ProviderUnavailableError(
-            f"the provider failed every call for {self.policy.max_outage:g} s (`max_outage`); last error: "
-            f"{describe_call_error(last)}",
-            status_code=getattr(last, "status_code", None),
-        )
+    async def _paced(self, retry: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One attempt behind the breaker and the shared back-off; its outcome moves the outage clock."""
+        if self.state != "closed":
+            raise _Stop  # another call opened the breaker: wait with the others instead of retrying
+        await self.pause()
+        if self.state != "closed":
+            raise _Stop
+        try:
+            result = await attempt()
+        except Exception as exc:  # noqa: BLE001 - classified and re-raised: a 429's wait is shared first
+            answered = provider_answered(exc)  # an HTTP status: the provider is reachable
+            self.answered = self.answered or answered
+            if classify_error(exc) != "transient":
+                if answered:
+                    self._succeeded()  # a refusal of this request (auth, bad request, ...), not an outage
+                raise
+            if not self.answered and connect_failure(exc):
+                raise _Stop(exc) from exc  # never answered and nothing listens: configuration, not an outage
+            self._failed(exc)
+            asked = retry_after_seconds(exc)
+            if asked is not None:
+                self.back_off(min(asked, retry.max_retry_after))
+            if self.recovering:
+                raise _Stop(exc) from exc  # one attempt per recovery
+            raise
+        self._succeeded()
+        return result

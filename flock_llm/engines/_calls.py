@@ -21,15 +21,23 @@ class CallRecord:
     """One model call (retried attempts included in `attempts`)."""
 
     agent: str
+    """The agent the call served."""
     model: str
+    """The litellm model string."""
     kind: str
     """"batch", "repair" or "reduce"."""
     items: int
+    """How many items the request carried."""
     prompt_tokens: int
+    """Prompt tokens, as the provider reported them."""
     completion_tokens: int
+    """Completion tokens, as the provider reported them."""
     cost_usd: float | None
+    """What the call cost (None when no price is known)."""
     latency_s: float
+    """Seconds from the first attempt to the answer."""
     attempts: int
+    """HTTP attempts, retries included."""
     outcome: str
     """"ok", "truncated", "unparsed" or the error type."""
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BudgetExceededError, ConfigurationError
+from .._numbers import optional_number
+from ..errors import BudgetExceededError
 
 __all__ = [
     "TIER_DISCOUNT",
@@ -38,19 +39,35 @@ class TokenPrices:
     """US dollars per million tokens. `cached_input` defaults to `input` (no discount), `cache_write` too."""
 
     input: float
+    """Per million prompt tokens that were not cached."""
     output: float
+    """Per million completion tokens."""
     cached_input: float | None = None
+    """Per million prompt tokens read from the provider's prompt cache (None: `input`)."""
     cache_write: float | None = None
+    """Per million prompt tokens written to the provider's prompt cache (None: `input`)."""
     source: str = "given"
     """Where the prices come from: "given" (`prices=`) or "litellm" (its price map)."""
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input", "cache_write"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-                raise ConfigurationError(f"prices: `{name}` must be a number >= 0 (USD per million tokens)")
+            optional_number(
+                f"prices[{name!r}]",
+                getattr(self, name),
+                bound="non_negative",
+                unit="US dollars per million tokens",
+                fix="e.g. prices={'input': 0.4, 'output': 1.6}",
+            )
 
     def cost(self, *, prompt: int, completion: int, cached: int = 0, cache_write: int = 0) -> float:
+        """What a call with these token counts costs, in US dollars.
+
+        Args:
+            prompt: all prompt tokens, cached and cache writes included.
+            completion: completion tokens.
+            cached: prompt tokens read from the cache.
+            cache_write: prompt tokens written to the cache.
+        """
         plain = max(0, prompt - cached - cache_write)
         cached_price = self.input if self.cached_input is None else self.cached_input
         write_price = self.input if self.cache_write is None else self.cache_write
@@ -146,9 +163,7 @@ class CostLedger:
     calls: int = field(default=0)
 
     def __post_init__(self) -> None:
-        budget = self.budget_usd
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-            raise ConfigurationError(f"`budget_usd` must be a positive number of US dollars, got {budget!r}")
+        optional_number("budget_usd", self.budget_usd, unit="US dollars", fix="e.g. budget_usd=5.0, or None for no cap")
 
     def reserve(self, estimate_usd: float) -> None:
         """Hold `estimate_usd` for a call about to be made.

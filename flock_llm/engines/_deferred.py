@@ -1,10 +1,13 @@
 """The deferred tier (`LLMEngine(tier="batch")`): requests go into provider batch jobs (the Batch API, half
 price) instead of being sent one by one. A second level of batching: a job closes at `job_size` requests,
 `job_wait` seconds after its first one, or `quiet` seconds after its last one; it is uploaded (litellm
-`acreate_file`, `acreate_batch`), polled with backoff (`aretrieve_batch`) and its output and error files read
-(`afile_content`). Each request gets its line back: the chat completion, or why it failed or
-expired. Jobs are recorded in a journal before they are submitted (see `_journal`), so a restarted process polls
-the job it had submitted instead of paying again.
+`acreate_file`, `acreate_batch`), polled with backoff (`aretrieve_batch`) and its output and error files streamed
+(`afile_content`). Each request gets its line back: the chat completion, or why it failed or expired.
+
+The promises (README, "Choosing a tier"): one line per request id (a request already on its way in this process
+is waited for, never sent twice); jobs journaled step by step, so a restart polls the job it created or creates
+the one job of a file it uploaded; a 404 job, a malformed line, a line in both files cost only their own lines;
+the deadline cancels the job first and uses what it still answers. The provider's request ids are trusted.
 """
 
 from __future__ import annotations
@@ -15,17 +18,22 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
-from ._journal import JobJournal, MemoryJournal
+from ._job_lines import LineResult, file_lines, line_result
+from ._journal import JobJournal, JobRecord, MemoryJournal
 
 __all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
 
 log = logging.getLogger("flock_llm.engines")
 
 _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
+_QUIET = {"batch_ignore_default_logging": True}
+"""Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
+that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,26 +49,23 @@ class DeferredPolicy:
     poll_interval: float = 5.0
     """The first poll of a job; each next one waits 1.5 times longer, up to `max_poll_interval`."""
     max_poll_interval: float = 120.0
+    """The longest wait between two polls of a job."""
     deadline: float = 24 * 3600.0
-    """A request not answered this long after its job was submitted goes the synchronous way."""
+    """A job not finished this long after this process began polling it is cancelled."""
+    cancel_wait: float = 600.0
+    """How long a cancelled job is still polled: lines it answers meanwhile are used; the rest go synchronous."""
+    keep_finished: float = 3600.0
+    """How long a finished job stays in the journal (a process restarted meanwhile reads its answers again instead
+    of paying again); older finished jobs are pruned whenever a job finishes."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.job_size, int) or isinstance(self.job_size, bool) or self.job_size < 1:
             raise ConfigurationError(f"`job_size` must be a positive integer, got {self.job_size!r}")
-        for name in ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline"):
+        names = ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline", "cancel_wait", "keep_finished")
+        for name in names:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class LineResult:
-    """One request's line of a finished job."""
-
-    body: dict[str, Any] | None = None
-    """The chat completion (when the line was answered)."""
-    problem: str = ""
-    """Why it was not: the line's error, "expired", or the job's final status."""
 
 
 def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
@@ -72,11 +77,26 @@ def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> 
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+def _unknown(exc: BaseException) -> bool:
+    """The provider answered 404: it does not know the job or file (litellm passes openai's NotFoundError
+    through for the Batch API, not its own)."""
+    return getattr(exc, "status_code", None) == 404
+
+
 @dataclass
 class _Pending:
-    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    journal: JobJournal
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
     quiet: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _Job:
+    key: str
+    journal: JobJournal
+    waiting: set[str] = field(default_factory=set)
+    """Request ids of this job that still wait for their line."""
 
 
 class DeferredQueue:
@@ -91,64 +111,107 @@ class DeferredQueue:
         self.memory_journal = MemoryJournal()
         """The journal when the Flock's store keeps none (in memory: jobs are not resumed after a restart)."""
         self.endpoint = str(settings.get("api_base") or "")
-        self._pending = _Pending()
-        self._journal: JobJournal | None = None
-        self._waiters: dict[str, dict[str, list[asyncio.Future[LineResult]]]] = {}
-        self._pollers: dict[str, asyncio.Task[None]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._pending: _Pending | None = None
+        self._lines: dict[str, list[asyncio.Future[LineResult]]] = {}
+        """Every request on its way in this process, with everyone waiting for its line."""
+        self._jobs: dict[str, _Job] = {}
+        self._resumes: dict[str, asyncio.Task[str | None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def ask(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> LineResult:
-        """The line for one request: from the job the journal knows it was in, else from a new job."""
-        self._journal = journal
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[LineResult] = loop.create_future()
-        record = await journal.job_of(custom_id)
-        if record is not None and record.batch_id is None and record.file_id is not None:
-            batch_id = await self._batch_for_file(record.file_id)
-            if batch_id is None:  # uploaded, never submitted: submit that same file now
-                batch_id = await self._create(record.key, record.file_id)
-            await journal.submitted(record.key, batch_id=batch_id)
-            record = await journal.job_of(custom_id)
-        if record is not None and record.batch_id is not None:
-            self._wait(record.batch_id, custom_id, future)
-            return await future
-        if record is not None:
-            await journal.forget([custom_id])  # recorded, but the process died before the upload: a new job
-        self._pending.requests.append((custom_id, body))
-        self._waiters.setdefault(f"pending:{custom_id}", {}).setdefault(custom_id, []).append(future)
-        pending = self._pending
-        if len(pending.requests) >= self.policy.job_size:
-            self._close_now()
+        """The line for one request: from the job it is already in (in this process or, by the journal, before a
+        restart), else from a new job."""
+        future: asyncio.Future[LineResult] = asyncio.get_running_loop().create_future()
+        waiting = self._lines.get(custom_id)
+        if waiting is not None:  # the same request is on its way: its one line answers both
+            waiting.append(future)
         else:
-            if pending.timer is None:
-                pending.timer = loop.call_later(self.policy.job_wait, self._close_now)
-            if pending.quiet is not None:
-                pending.quiet.cancel()
-            pending.quiet = loop.call_later(self.policy.quiet, self._close_now)
+            self._lines[custom_id] = [future]
+            self._spawn(self._route(journal, custom_id, body), [custom_id])
         return await future
 
-    # -- jobs -------------------------------------------------------------------------------------------------
+    @property
+    def jobs_running(self) -> int:
+        """Jobs this process is polling now."""
+        return len(self._jobs)
+
+    # -- requests -------------------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None], custom_ids: list[str]) -> None:
+        """Run `work` apart from the callers (a caller cancelled never strands the others who wait for the same
+        lines); if it fails, everyone waiting for `custom_ids` gets its error."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and custom_ids:
+                self._fail(custom_ids, exc)
+            elif exc is not None:
+                log.error("a batch job's poller failed (%s)", type(exc).__name__, exc_info=exc)
+
+        task.add_done_callback(done)
+
+    async def _route(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
+        record = await journal.job_of(custom_id)
+        if record is not None and record.batch_id is None and record.file_id is not None:
+            batch_id = await self._resume(journal, record)
+            record = None if batch_id is None else JobRecord(record.key, record.file_id, batch_id)
+            if record is None:
+                await journal.forget([custom_id])
+        if record is not None and record.batch_id is not None:
+            self._follow(record.batch_id, record.key, journal, [custom_id])
+            return
+        if record is not None:
+            await journal.forget([custom_id])  # recorded, but the process died before the upload: a new job
+        self._enqueue(journal, custom_id, body)
+
+    def _enqueue(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._pending is None:
+            self._pending = _Pending(journal)
+        pending = self._pending
+        pending.requests[custom_id] = body
+        if len(pending.requests) >= self.policy.job_size:
+            self._close_now()
+            return
+        if pending.timer is None:
+            pending.timer = loop.call_later(self.policy.job_wait, self._close_now)
+        if pending.quiet is not None:
+            pending.quiet.cancel()
+        pending.quiet = loop.call_later(self.policy.quiet, self._close_now)
+
+    def _answer(self, custom_id: str, result: LineResult) -> None:
+        for future in self._lines.pop(custom_id, []):
+            if not future.done():
+                future.set_result(result)
+
+    def _fail(self, custom_ids: list[str], exc: BaseException) -> None:
+        for custom_id in custom_ids:
+            for future in self._lines.pop(custom_id, []):
+                if not future.done():
+                    future.set_exception(exc)
+
+    # -- jobs -----------------------------------------------------------------------------------------------
 
     def _close_now(self) -> None:
-        pending, self._pending = self._pending, _Pending()
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
         for timer in (pending.timer, pending.quiet):
             if timer is not None:
                 timer.cancel()
         if pending.requests:
-            task = asyncio.get_running_loop().create_task(self._submit(pending.requests))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._spawn(self._submit(pending.journal, pending.requests), list(pending.requests))
 
-    async def _submit(self, requests: list[tuple[str, dict[str, Any]]]) -> None:
-        journal = self._journal
-        assert journal is not None
-        futures = {c: self._waiters.pop(f"pending:{c}", {}).get(c, []) for c, _ in requests}
-        key = uuid.uuid4().hex
+    async def _submit(self, journal: JobJournal, requests: dict[str, dict[str, Any]]) -> None:
+        ids, key = list(requests), uuid.uuid4().hex
         try:
-            await journal.begin(key, [c for c, _ in requests])
+            await journal.begin(key, ids)
             lines = "".join(
                 json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
-                for c, b in requests
+                for c, b in requests.items()
             )
             uploaded = await self.litellm.acreate_file(
                 file=("requests.jsonl", lines.encode(), "application/jsonl"), purpose="batch", **self.settings
@@ -156,94 +219,169 @@ class DeferredQueue:
             await journal.submitted(key, file_id=uploaded.id)
             batch_id = await self._create(key, uploaded.id)
             await journal.submitted(key, batch_id=batch_id)
-        except Exception as exc:  # noqa: BLE001 - upload or creation failed: those requests go synchronous
+        except Exception as exc:  # noqa: BLE001 - provider or journal failed: those requests go synchronous
             log.warning(
                 "a batch job could not be submitted (%s); its requests go the synchronous way", type(exc).__name__
             )
-            await journal.forget([c for c, _ in requests])
-            for waiting in futures.values():
-                for future in waiting:
-                    if not future.done():
-                        future.set_result(LineResult(problem=f"job not submitted: {type(exc).__name__}"))
+            await journal.forget(ids)
+            for custom_id in ids:
+                self._answer(custom_id, LineResult(problem=f"job not submitted: {type(exc).__name__}"))
             return
-        for custom_id, waiting in futures.items():
-            for future in waiting:
-                self._wait(batch_id, custom_id, future)
+        self._follow(batch_id, key, journal, ids)
+
+    async def _resume(self, journal: JobJournal, record: JobRecord) -> str | None:
+        """The one job for a file uploaded before a restart (found, or created now), shared by every request of
+        that file; None: the file cannot be used, its requests go into a new job."""
+        task = self._resumes.get(record.key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._create_for(journal, record))
+            self._resumes[record.key] = task
+        try:
+            return await task
+        except Exception:
+            if self._resumes.get(record.key) is task:  # the journal failed: the next request tries again
+                del self._resumes[record.key]
+            raise
+
+    async def _create_for(self, journal: JobJournal, record: JobRecord) -> str | None:
+        assert record.file_id is not None
+        try:
+            batch_id = await self._batch_for_file(record.key, record.file_id) or await self._create(
+                record.key, record.file_id
+            )
+        except Exception as exc:  # noqa: BLE001 - the provider refused the file (gone, expired): upload anew
+            log.warning(
+                "the input file of an unfinished batch job could not be submitted after a restart (%s); its "
+                "requests go into a new job",
+                type(exc).__name__,
+            )
+            return None
+        await journal.submitted(record.key, batch_id=batch_id)
+        return batch_id
 
     async def _create(self, key: str, file_id: str) -> str:
-        batch = await self.litellm.acreate_batch(
-            completion_window="24h",
-            endpoint="/v1/chat/completions",
-            input_file_id=file_id,
-            metadata={"flock_job": key},
-            **self.settings,
-        )
+        """Create the job for an uploaded file. A creation that failed is looked for before giving up (the
+        provider may have created the job and lost only its answer)."""
+        try:
+            batch = await self.litellm.acreate_batch(
+                completion_window="24h",
+                endpoint="/v1/chat/completions",
+                input_file_id=file_id,
+                metadata={"flock_job": key},
+                **self.settings,
+            )
+        except Exception:
+            found = await self._batch_for_file(key, file_id)
+            if found is None:
+                raise
+            return found
         self.jobs_submitted += 1
         return str(batch.id)
 
-    async def _batch_for_file(self, file_id: str) -> str | None:
+    async def _batch_for_file(self, key: str, file_id: str) -> str | None:
         """A job already created from `file_id` (the process died before it recorded the job's id)."""
         try:
-            listed = await self.litellm.alist_batches(**self.settings)
+            listed = await self.litellm.alist_batches(limit=100, **self.settings)
         except Exception:  # noqa: BLE001 - listing is a best effort; a new job is created otherwise
             return None
         for batch in getattr(listed, "data", None) or []:
-            if getattr(batch, "input_file_id", None) == file_id:
+            metadata = getattr(batch, "metadata", None) or {}
+            if getattr(batch, "input_file_id", None) == file_id or metadata.get("flock_job") == key:
                 return str(batch.id)
         return None
 
-    @property
-    def jobs_running(self) -> int:
-        return len(self._pollers)
+    def _follow(self, batch_id: str, key: str, journal: JobJournal, custom_ids: list[str]) -> None:
+        job = self._jobs.get(batch_id)
+        if job is None:
+            job = self._jobs[batch_id] = _Job(key, journal)
+            self._spawn(self._poll(batch_id, job), [])
+        job.waiting.update(custom_ids)
 
-    def _wait(self, batch_id: str, custom_id: str, future: asyncio.Future[LineResult]) -> None:
-        self._waiters.setdefault(batch_id, {}).setdefault(custom_id, []).append(future)
-        if batch_id not in self._pollers:
-            self._pollers[batch_id] = asyncio.get_running_loop().create_task(self._poll(batch_id))
+    # -- polling --------------------------------------------------------------------------------------------
 
-    async def _poll(self, batch_id: str) -> None:
-        interval, started = self.policy.poll_interval, time.monotonic()
-        results: dict[str, LineResult] = {}
-        final = "deadline"
+    async def _poll(self, batch_id: str, job: _Job) -> None:
+        status = "unpolled"
         try:
-            while time.monotonic() - started < self.policy.deadline:
-                await asyncio.sleep(interval)
-                interval = min(self.policy.max_poll_interval, interval * 1.5)
-                try:
-                    batch = await self.litellm.aretrieve_batch(batch_id=batch_id, **self.settings)
-                except self.litellm.NotFoundError:
-                    final = "lost (the provider does not know it)"
-                    break
-                except Exception as exc:  # noqa: BLE001 - a failed poll is tried again at the next interval
-                    log.info("polling batch job %s failed (%s); trying again", batch_id, type(exc).__name__)
-                    continue
-                if batch.status in _DONE:
-                    final = str(batch.status)
-                    results = await self._read(batch)
-                    self.jobs_done += 1
-                    break
+            status = await self._watch(batch_id, job)
         finally:
-            self._pollers.pop(batch_id, None)
-            for custom_id, waiting in self._waiters.pop(batch_id, {}).items():
-                result = results.get(custom_id) or LineResult(problem=f"no line: the job ended {final}")
-                for future in waiting:
-                    if not future.done():
-                        future.set_result(result)
+            self._jobs.pop(batch_id, None)
+            for custom_id in job.waiting:
+                self._answer(custom_id, LineResult(problem=f"no line: the job ended {status}"))
+        await self._housekeeping(job)
 
-    async def _read(self, batch: Any) -> dict[str, LineResult]:
-        results: dict[str, LineResult] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await self.litellm.afile_content(file_id=file_id, **self.settings)
-            for raw in getattr(content, "content", b"").splitlines():
-                if not raw.strip():
+    async def _watch(self, batch_id: str, job: _Job) -> str:
+        """Poll until the job ends and its lines are read, or it is lost; its final status for the lines
+        without an answer ("deadline..." sends them the synchronous way at once)."""
+        policy = self.policy
+        interval, now = policy.poll_interval, time.monotonic()
+        until, cancelled = now + policy.deadline, False
+        while True:
+            if now >= until:
+                if cancelled:
+                    log.warning(
+                        "batch job %s did not end within `cancel_wait` after its cancellation; its unanswered "
+                        "requests go the synchronous way (the provider may still bill them)",
+                        batch_id,
+                    )
+                    return "deadline: not cancelled in time"
+                cancelled, until = True, now + policy.cancel_wait
+                if not await self._cancel(batch_id):
+                    return "deadline: lost (the provider does not know it)"
+            await asyncio.sleep(max(0.0, min(interval, until - now)))
+            interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
+            try:
+                batch = await self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                if batch.status not in _DONE:
                     continue
-                line = json.loads(raw)
-                response, error = line.get("response") or {}, line.get("error")
-                if error or response.get("status_code") != 200:
-                    code = (error or {}).get("code") or f"HTTP {response.get('status_code')}"
-                    results[str(line.get("custom_id"))] = LineResult(problem=str(code))
-                else:
-                    results[str(line.get("custom_id"))] = LineResult(body=response.get("body"))
-        return results
+                await self._read(batch_id, batch, job)
+            except Exception as exc:  # noqa: BLE001 - a failed poll or read is tried again at the next interval
+                if _unknown(exc):
+                    return "lost (the provider does not know it)"
+                log.info("polling batch job %s failed (%s); trying again", batch_id, type(exc).__name__)
+                now = time.monotonic()
+                continue
+            self.jobs_done += 1
+            return f"deadline: {batch.status} after its cancellation" if cancelled else str(batch.status)
+
+    async def _cancel(self, batch_id: str) -> bool:
+        """Cancel a job past its deadline; False when the provider does not know it."""
+        log.info("batch job %s passed its deadline; cancelling it", batch_id)
+        try:
+            await self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+        except Exception as exc:  # noqa: BLE001 - cancellation failed: the job is still polled until cancel_wait
+            if _unknown(exc):
+                return False
+            log.warning("cancelling batch job %s failed (%s)", batch_id, type(exc).__name__)
+        return True
+
+    async def _read(self, batch_id: str, batch: Any, job: _Job) -> None:
+        """Answer the job's waiting requests from its output file, then its error file: an answer wins over an
+        error for the same request. Lines of requests nobody waits for are skipped."""
+        for file_id, kind in ((batch.output_file_id, "output"), (batch.error_file_id, "error")):
+            if not file_id or not job.waiting:
+                continue
+            malformed = 0
+            async for raw in file_lines(self.litellm, str(file_id), self.settings):
+                parsed = line_result(raw)
+                if parsed is None:
+                    malformed += 1
+                elif parsed[0] in job.waiting:
+                    job.waiting.discard(parsed[0])
+                    self._answer(*parsed)
+            if malformed:
+                log.warning(
+                    "%d line(s) of the %s file of batch job %s are not JSON lines with a request id; those requests "
+                    "are asked again",
+                    malformed,
+                    kind,
+                    batch_id,
+                )
+
+    async def _housekeeping(self, job: _Job) -> None:
+        """Mark the job finished and prune the journal's finished jobs older than `keep_finished`."""
+        now = time.time()
+        try:
+            await job.journal.finished(job.key, now)
+            await job.journal.prune(now - self.policy.keep_finished)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: a failure leaves records for the next prune
+            log.warning("the batch job journal could not be pruned (%s)", type(exc).__name__)

@@ -11,8 +11,12 @@ item ends up in an output or a failure:
       -> failure records for what still fails
 
 Auth, bad-request and other fatal errors stop the ladder at once: no more
-calls, every unsolved item fails with that error. The ladder does no I/O of
-its own; the backend makes the calls.
+calls, every unsolved item fails with that error. So do transport failures
+(429, 5xx, timeouts, refused connections) that reach the ladder: the
+backend's circuit breaker already waited for the provider, and per-item calls
+to a provider that fails would only multiply the requests (stage
+"provider_unavailable"). The ladder does no I/O of its own; the backend makes
+the calls.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ class UnusableAnswersError(ModelOutputError):
 
 
 def _stage_of(error: BaseException) -> FailureStage:
-    if isinstance(error, ProviderUnavailableError):
+    if isinstance(error, ProviderUnavailableError) or isinstance(error, ModelCallError) and error.retryable:
         return "provider_unavailable"
     if isinstance(error, CallBudgetError):
         return "call_budget"
@@ -335,7 +339,7 @@ class FallbackLadder:
             answer = await self.backend.ask(group, per_item=per_item, repair=repair, reduce_total=reduce_total)
         except Exception as exc:  # noqa: BLE001 - provider and transport errors of any kind; classified here
             self._last_error = exc
-            if classify_error(exc) == "fatal":
+            if classify_error(exc) != "context":  # fatal, or a transport failure: never fanned out per item
                 self.fatal = exc
             return None
         self.answered += 1
@@ -344,30 +348,19 @@ class FallbackLadder:
         return answer
 
     async def _recover(self, group: list[LadderItem], *, per_item: bool) -> list[Output]:
-        """After a failed call: split on context overflow, per-item fallback after transient errors."""
+        """After a failed call: split on context overflow; any other error stopped the ladder (see `_ask`)."""
         exc = self._last_error
         assert exc is not None
-        if self.fatal is not None:
-            self._fail(group, self.fatal)
-            return []
-        if classify_error(exc) == "context" and len(group) > 1:
+        if self.fatal is None and len(group) > 1:  # the prompt did not fit the provider's context
             self.usage.overflow_splits += 1
             if per_item:
                 await self._split_items(group, repair_allowed=True)
                 return []
             return await self._split_report(group, repair_allowed=True)
-        outputs: list[Output] = []
-        for item in group:
-            before = len(self.outputs)
-            await self._last_resort(item, [describe_call_error(exc)], None, error=exc)
-            if not per_item:  # report mode: the fallback's report is a partial report to reduce
-                outputs += self.outputs[before:]
-                del self.outputs[before:]
-        return outputs
+        self._fail(group, self.fatal or exc)
+        return []
 
-    async def _last_resort(
-        self, item: LadderItem, feedback: Sequence[str], raw: Any, error: BaseException | None = None
-    ) -> None:
+    async def _last_resort(self, item: LadderItem, feedback: Sequence[str], raw: Any) -> None:
         self._check_budget()
         if self.fallback is not None and self.fatal is None:
             self.usage.fallbacks += 1
@@ -378,13 +371,12 @@ class FallbackLadder:
             self.failures.extend(result.failures)
             self.usage.failed_items += len(result.failures)
             return
-        if error is None:
-            error = self.fatal or ModelOutputError(
-                f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
-                + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
-                raw=raw if isinstance(raw, str) else repr(raw),
-                item_ids=[item.id],
-            )
+        error = self.fatal or ModelOutputError(
+            f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
+            + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
+            raw=raw if isinstance(raw, str) else repr(raw),
+            item_ids=[item.id],
+        )
         self._fail([item], error)
 
     def _fail(self, group: Sequence[LadderItem], error: BaseException) -> None:

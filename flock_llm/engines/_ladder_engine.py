@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from .._numbers import number
 from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ._base import Engine, EngineContext, EvalInputs, EvalResult
@@ -25,7 +26,7 @@ from ._ladder import (
     LadderItem,
 )
 from ._limits import RequestLimiter, RetryPolicy
-from ._models import is_offline, load_litellm, redact, secrets_from
+from ._models import engine_secrets, is_offline, load_litellm, redact
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
@@ -162,8 +163,7 @@ class LadderEngine(Engine):
                 raise ConfigurationError(f"`{name}` is set by {self.engine_name} itself; remove it from the arguments")
         if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 100):
             raise ConfigurationError(f"`max_input_tokens` must be an integer >= 100, got {max_input_tokens!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigurationError(f"`timeout` must be a positive number of seconds, got {timeout!r}")
+        number("timeout", timeout, unit="seconds", fix="the seconds one request may take, e.g. timeout=60")
         self.model = model
         self.per_item = per_item
         self.output_type = output_type
@@ -192,7 +192,7 @@ class LadderEngine(Engine):
             requests_per_minute=requests_per_minute,
         )
         """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
-        self._secrets = secrets_from(passthrough)
+        self._secrets = engine_secrets(self, passthrough)
         self._passthrough = dict(passthrough)
         self.calls: deque[CallRecord] = deque(maxlen=1000)
         """The most recent model calls (both LLM engines record them the same way)."""

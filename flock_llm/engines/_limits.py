@@ -11,12 +11,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from ..errors import BudgetExceededError, ConfigurationError, ProviderUnavailableError
+from .._error_text import describe_transport, missing_key
+from .._numbers import number, optional_number
+from ..errors import BudgetExceededError, ProviderUnavailableError
 
 __all__ = [
     "ErrorKind",
     "RequestLimiter",
     "RetryPolicy",
+    "cancelling",
+    "UNREACHABLE_HINT",
     "classify_error",
     "describe_call_error",
     "retry_after_seconds",
@@ -45,7 +49,7 @@ def classify_error(exc: BaseException) -> ErrorKind:
         ),
     ):
         return "fatal"
-    if "Missing credentials" in str(exc) or "api_key client option must be set" in str(exc):
+    if missing_key(exc):
         return "fatal"  # surfaces as a 500, but retrying cannot help
     if isinstance(
         exc,
@@ -68,11 +72,28 @@ def classify_error(exc: BaseException) -> ErrorKind:
 
 _CLASS_PREFIX = re.compile(r"^(?:litellm\.)?[A-Za-z]+(?:Error|Exception|Timeout)\s*[:\-]\s*")
 
+NO_KEY_HINT = (
+    "set the provider's API key (e.g. OPENAI_API_KEY, or `api_key=`; a local OpenAI-compatible server takes any "
+    "key), or choose another model (`model=`, the CLI's `--model`, or FLOCK_LLM_MODEL)"
+)
+
+UNREACHABLE_HINT = (
+    "the provider has not answered once since this engine was created, so this is taken for a configuration "
+    "problem, not an outage (not retried): check the model (`model=`, the CLI's `--model`, FLOCK_LLM_MODEL), "
+    "its endpoint (`api_base=`, or OPENAI_API_BASE for openai/ models; is the server running?) and its API key "
+    "(`api_key=`, or the provider's variable such as OPENAI_API_KEY)"
+)
+
 
 def describe_call_error(exc: BaseException) -> str:
-    """What a failed call says, once: the error kind, the HTTP status, where the call went (when known) and
-    the provider's message, without litellm's repeated class-name prefixes."""
-    name = type(exc).__name__
+    """What a failed call says, once: what happened (a refused connection or a timeout by name, else the error
+    kind and the HTTP status the provider sent), where the call went (when known) and the provider's message,
+    without litellm's repeated class-name prefixes."""
+    notes = "; ".join(getattr(exc, "__notes__", ()) or ())
+    tail = f" [{notes}]" if notes else ""
+    transport = describe_transport(exc)
+    if transport is not None:
+        return transport + tail
     text = str(exc)
     while True:
         shorter = _CLASS_PREFIX.sub("", text, count=1)
@@ -80,10 +101,22 @@ def describe_call_error(exc: BaseException) -> str:
             break
         text = shorter
     text = text.strip() or "no message"
+    if missing_key(exc):
+        return f"no API key, nothing was sent ({text[:200]}); {NO_KEY_HINT}" + tail
+    name = type(exc).__name__
     status = getattr(exc, "status_code", None)
     head = f"{name} (HTTP {status})" if isinstance(status, int) else name
-    notes = "; ".join(getattr(exc, "__notes__", ()) or ())
-    return f"{head}: {text}" + (f" [{notes}]" if notes else "")
+    return f"{head}: {text}" + tail
+
+
+def cancelling() -> bool:
+    """Whether the current task is being cancelled (a shutdown's timeout, a second Ctrl-C): then nothing is
+    retried, whatever error the cancelled request raised on its way out."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return False
+    return task is not None and task.cancelling() > 0
 
 
 def retry_after_seconds(exc: BaseException) -> float | None:
@@ -116,16 +149,22 @@ class RetryPolicy:
     base_delay: float = 0.5
     """Exponential backoff start, in seconds (with jitter), when the provider names no wait."""
     max_delay: float = 8.0
+    """Cap on the exponential backoff, in seconds."""
     max_retry_after: float = 30.0
     """Cap on a provider's Retry-After."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigurationError(f"`attempts` must be an integer >= 1, got {self.attempts!r}")
-        if self.base_delay < 0 or self.max_delay < 0 or self.max_retry_after < 0:
-            raise ConfigurationError("retry delays must be >= 0")
+        number("attempts", self.attempts, integer=True, fix="the calls in all, the first included, e.g. attempts=4")
+        for name in ("base_delay", "max_delay", "max_retry_after"):
+            number(name, getattr(self, name), bound="non_negative", unit="seconds", fix=f"e.g. {name}=1.0")
 
     def delay(self, attempt: int, exc: BaseException | None) -> float:
+        """Seconds to wait before the next attempt: the provider's Retry-After (capped), else jittered backoff.
+
+        Args:
+            attempt: the attempt that failed, from 1.
+            exc: its error, whose Retry-After header (if any) is honoured.
+        """
         asked = retry_after_seconds(exc) if exc is not None else None
         if asked is not None:
             return min(asked, self.max_retry_after)
@@ -133,7 +172,12 @@ class RetryPolicy:
         return backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
 
     async def run(self, call: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]) -> T:
-        """Run `call`, retrying transient errors; anything else (or the last error) is raised."""
+        """Run `call`, retrying transient errors; anything else (or the last error) is raised.
+
+        Args:
+            call: makes one attempt.
+            on_retry: told of each transient error before its retry (the engine counts retries).
+        """
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
         def wait(state: object) -> float:
@@ -144,11 +188,16 @@ class RetryPolicy:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait,
-            retry=retry_if_exception(lambda e: classify_error(e) == "transient"),
+            retry=retry_if_exception(lambda e: classify_error(e) == "transient" and not cancelling()),
             before_sleep=lambda state: on_retry(state.outcome.exception()),
             reraise=True,
         )
-        result: T = await retrying(call)
+        try:
+            result: T = await retrying(call)
+        except Exception:
+            if cancelling():  # the request ended because its task is cancelled: cancellation wins, not its error
+                raise asyncio.CancelledError from None
+            raise
         return result
 
 
@@ -156,11 +205,9 @@ class RequestLimiter:
     """At most `max_concurrent` requests in flight and `per_minute` started per minute (evenly spaced)."""
 
     def __init__(self, max_concurrent: int | None, per_minute: float | None) -> None:
-        if max_concurrent is not None and (not isinstance(max_concurrent, int) or max_concurrent < 1):
-            raise ConfigurationError(f"`max_concurrent_requests` must be a positive integer, got {max_concurrent!r}")
-        if per_minute is not None and (not isinstance(per_minute, (int, float)) or per_minute <= 0):
-            raise ConfigurationError(f"`requests_per_minute` must be positive, got {per_minute!r}")
-        self.max_concurrent = max_concurrent
+        optional_number("max_concurrent_requests", max_concurrent, integer=True, fix="e.g. 8, or None for no cap")
+        optional_number("requests_per_minute", per_minute, fix="e.g. 60, or None for no limit")
+        self.max_concurrent = None if max_concurrent is None else int(max_concurrent)
         self.interval = None if per_minute is None else 60.0 / per_minute
         self._semaphore: asyncio.Semaphore | None = None
         self._next_start = 0.0

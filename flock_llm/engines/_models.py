@@ -10,12 +10,14 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
+from .._redaction import register_secrets
 from ..errors import ConfigurationError
 
 __all__ = [
     "OFFLINE_MODEL",
     "announce_offline",
     "counting_model",
+    "engine_secrets",
     "is_offline",
     "load_litellm",
     "redact",
@@ -103,6 +105,14 @@ def secrets_from(kwargs: Mapping[str, Any], env: Mapping[str, str] | None = None
     source = os.environ if env is None else env
     found += [v for k, v in source.items() if _SECRET_NAME.search(k) and len(v) >= 8]
     return sorted(set(found), key=len, reverse=True)
+
+
+def engine_secrets(owner: object, kwargs: Mapping[str, Any], env: Mapping[str, str] | None = None) -> list[str]:
+    """`secrets_from(kwargs, env)`, registered so that the logs of litellm, DSPy, httpx, ... mask them for as long
+    as `owner` (the engine) lives (see `flock_llm._redaction`)."""
+    found = secrets_from(kwargs, env)
+    register_secrets(owner, found)
+    return found
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

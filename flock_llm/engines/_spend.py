@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._numbers import optional_number
 from ..errors import BudgetExceededError, ConfigurationError
 from ._base import EngineContext
 from ._cost import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
@@ -24,7 +25,7 @@ def parse_prices(prices: TokenPrices | Mapping[str, float] | None) -> TokenPrice
     """`prices=` as given: a TokenPrices or a mapping with its fields (USD per million tokens)."""
     if prices is None or isinstance(prices, TokenPrices):
         return prices
-    if isinstance(prices, Mapping):
+    if isinstance(prices, Mapping):  # the values are checked by TokenPrices
         unknown = set(prices) - {"input", "output", "cached_input", "cache_write"}
         if unknown or not {"input", "output"} <= set(prices):
             raise ConfigurationError(
@@ -40,9 +41,9 @@ def parse_prices(prices: TokenPrices | Mapping[str, float] | None) -> TokenPrice
     raise ConfigurationError(f"`prices` must be a TokenPrices or a mapping, got {type(prices).__name__}")
 
 
-def _positive(name: str, value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigurationError(f"`{name}` must be a positive number, got {value!r}")
+def _positive(name: str, value: object, *, integer: bool = False) -> None:
+    kind = "positive whole" if integer else "positive"
+    optional_number(name, value, integer=integer, fix=f"pass a {kind} number, or None for no limit")
 
 
 @dataclass
@@ -69,7 +70,8 @@ class CallCosts:
         tokens_per_minute: int | None,
         requests_per_minute: float | None,
     ) -> None:
-        _positive("tokens_per_minute", tokens_per_minute)
+        _positive("tokens_per_minute", tokens_per_minute, integer=True)
+        _positive("requests_per_minute", requests_per_minute)
         self.prices = parse_prices(prices)
         self.ledger = CostLedger(budget_usd)
         self.tokens_per_minute = None if tokens_per_minute is None else int(tokens_per_minute)

@@ -57,13 +57,21 @@ class DSPyEngine(LadderEngine):
             its first output field (other than `reasoning`) is the report, or the per-item list aligned by position.
         module: your own DSPy module (e.g. `dspy.ChainOfThought(sig)`), used like `signature`.
         output_type: the type to produce; default: the first type the agent publishes.
-        max_input_tokens, max_concurrent_requests, requests_per_minute, retry, breaker, timeout: as for LLMEngine.
-        tokens_per_minute, prices, budget_usd: as for LLMEngine. Each DSPy call holds its worst case (the
-            prompt DSPy's adapter builds, counted, plus the LM's `max_tokens`: twice the expected answer, rounded
-            up to a power of two, unless you pass `max_tokens=`) in the budgets and the sliding minute and is
-            settled with what DSPy's usage tracker reports; `Flock(budget_usd=)` caps this engine too.
-            A module of yours that calls the LM several times per step is held to one call's worst case and
-            settled with all of them.
+        max_input_tokens: the context window, as for LLMEngine.
+        max_concurrent_requests: how many requests may be in flight at once, as for LLMEngine.
+        requests_per_minute: a limit on requests, as for LLMEngine.
+        retry: how transient errors are retried, as for LLMEngine.
+        breaker: how long calls wait for a provider that is down, as for LLMEngine.
+        timeout: seconds per request.
+        max_calls_per_item: the fallback ladder's call budget per batch, as for LLMEngine.
+        tokens_per_minute: a provider's tokens-per-minute limit, as for LLMEngine. Each DSPy call holds its
+            worst case (the prompt DSPy's adapter builds, counted, plus the LM's `max_tokens`: twice the expected
+            answer, rounded up to a power of two, unless you pass `max_tokens=`) in the budgets and the sliding
+            minute and is settled with what DSPy's usage tracker reports.
+        prices: USD per million tokens, as for LLMEngine.
+        budget_usd: a cap on what this engine's calls cost, as for LLMEngine; `Flock(budget_usd=)` caps this
+            engine too. A module of yours that calls the LM several times per step is held to one call's worst
+            case and settled with all of them.
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
 

@@ -15,6 +15,7 @@ class BatchItem(BaseModel):
     """One value to be summarised."""
 
     value: int
+    """The number to summarise."""
 
 
 @flock_type(name="BatchSummary")
@@ -23,6 +24,7 @@ class BatchSummary(BaseModel):
 
     batch_size: int = Field(description="number of items in the run")
     values: list[int] = Field(default_factory=list)
+    """The items' values, in arrival order."""
 
 
 class SimpleBatchEngine(Engine):

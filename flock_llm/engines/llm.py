@@ -47,8 +47,9 @@ class LLMEngine(LadderEngine):
             asks for `max_tokens` = twice the answer expected for it (learned from real answers; at least 256
             tokens more), within what the prompt leaves of the context and this; the expected answer must fit
             this, else the batch is split before sending. A `max_tokens=` of yours is sent as it is.
-        max_concurrent_requests, requests_per_minute: limits for this engine's calls (requests are paced evenly;
-            with a Redis store the per-minute limit is also shared by every worker process).
+        max_concurrent_requests: how many of this engine's requests may be in flight at once.
+        requests_per_minute: a limit on this engine's requests, paced evenly; with a Redis store it is shared by
+            every worker process.
         tokens_per_minute: a provider's tokens-per-minute limit: each request waits until what the provider
             counts for it (counted prompt + its `max_tokens`) fits a sliding minute; with a Redis store the
             minute is shared by every worker process.
@@ -67,6 +68,12 @@ class LLMEngine(LadderEngine):
         max_calls_per_item: the fallback ladder's call budget per batch is 2 + ceil(items x this) answered calls
             (default 2.0: a batch never costs more than twice per-item processing, plus two); past it,
             and after 3 answers in a row without usable JSON, the batch's remaining items fail instead.
+        tier: "standard" (answers in seconds, list price), "flex" (OpenAI flex processing: the batch price,
+            slower answers, falling back to standard after `flex_wait`) or "batch" (provider batch jobs: half
+            price, results within 24 h; see DeferredPolicy).
+        deferred: how batch-tier jobs are filled, polled and given up on (`tier="batch"` only).
+        flex_wait: seconds a flex-tier batch waits out "resource unavailable" answers before it goes the
+            standard way.
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
 

@@ -18,15 +18,25 @@ T = TypeVar("T", bound=BaseModel)
 class ArtifactStore(Protocol):
     """What the orchestrator needs from a store."""
 
-    def add(self, artifact: Artifact) -> None: ...
+    def add(self, artifact: Artifact) -> None:
+        """Keep a published artifact (the runtime calls this; a durable store commits it in the same unit)."""
+        ...
 
-    async def get(self, artifact_id: str) -> Artifact | None: ...
+    async def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact with this id, or None when the store does not have it (any more)."""
+        ...
 
-    async def get_by_type(self, cls: type[T]) -> list[T]: ...
+    async def get_by_type(self, cls: type[T]) -> list[T]:
+        """Every published object of type `cls`, as model instances, oldest first."""
+        ...
 
-    async def artifacts_by_type(self, cls: type[BaseModel]) -> list[Artifact]: ...
+    async def artifacts_by_type(self, cls: type[BaseModel]) -> list[Artifact]:
+        """Every artifact of type `cls`, with lineage and visibility, oldest first."""
+        ...
 
-    async def list(self) -> list[Artifact]: ...
+    async def list(self) -> list[Artifact]:
+        """Every artifact the store has, oldest first."""
+        ...
 
 
 class InMemoryStore:
@@ -45,6 +55,7 @@ class InMemoryStore:
         self._awaiting: dict[str, int] = {}
 
     def add(self, artifact: Artifact) -> None:
+        """Keep a published artifact."""
         self._by_id[artifact.id] = artifact
         bucket = self._by_type.get(artifact.type_name)
         if bucket is None:
@@ -62,7 +73,12 @@ class InMemoryStore:
                 self._awaiting.pop(artifact_id, None)
 
     def delivered(self, artifact_id: str, subscriptions: int) -> None:
-        """(Runtime, with keep_consumed=False:) `artifact_id` went to this many subscriptions."""
+        """(Runtime, with keep_consumed=False:) `artifact_id` went to this many subscriptions.
+
+        Args:
+            artifact_id: the delivered artifact.
+            subscriptions: how many subscriptions it went to (it is forgotten once each consumed it).
+        """
         if subscriptions:
             self._awaiting[artifact_id] = self._awaiting.get(artifact_id, 0) + subscriptions
 
@@ -78,10 +94,12 @@ class InMemoryStore:
         self.discard(gone)
 
     def add_many(self, artifacts: Iterable[Artifact]) -> None:
+        """Keep several artifacts, in order."""
         for artifact in artifacts:
             self.add(artifact)
 
     async def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact with this id, or None (never published, or forgotten)."""
         return self._by_id.get(artifact_id)
 
     async def get_by_type(self, cls: type[T]) -> list[T]:
@@ -94,6 +112,7 @@ class InMemoryStore:
         return list(self._by_type.get(type_name_of(cls), {}).values())
 
     async def list(self) -> list[Artifact]:
+        """Every artifact kept, oldest first."""
         return list(self._by_id.values())
 
     def __len__(self) -> int:

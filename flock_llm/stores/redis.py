@@ -46,7 +46,8 @@ from .redis_support import (
 if TYPE_CHECKING:
     from .._runtime.core import Runtime
     from .redis_intake import RedisWorker
-    from .redis_rate import RedisJournal, RedisWindows
+    from .redis_journal import RedisJournal
+    from .redis_rate import RedisWindows
 
 __all__ = ["READY_GROUP", "Receipt", "RedisStore", "connection_errors", "glob_escape", "redact_url"]
 
@@ -167,7 +168,7 @@ class RedisStore(RedisConnection):
 
     def job_journal(self) -> RedisJournal:
         """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in Redis before they are submitted."""
-        from .redis_rate import RedisJournal
+        from .redis_journal import RedisJournal
 
         return RedisJournal(self)
 
@@ -234,6 +235,7 @@ class RedisStore(RedisConnection):
         return n
 
     async def get(self, artifact_id: str) -> Artifact | None:
+        """The artifact with this id, read from Redis, or None (never published, or past the retention)."""
         where = await self.retrying(
             lambda: self.client.hget(self.key("ids"), artifact_id), limit=self.reconnect_timeout
         )

@@ -23,6 +23,7 @@ from tenacity import (
     wait_random,
 )
 
+from .._redaction import register_secrets
 from .._runtime.ledger import Receipt
 from ..errors import ConfigurationError, StoreUnavailableError
 from . import redis_scripts as scripts
@@ -81,6 +82,7 @@ class RedisConnection:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigurationError(f"`{name}` must be a positive number of seconds, got {value!r}")
         self.url = url
+        register_secrets(self, self._secrets())  # masked in the logs of redis-py, litellm, ... while this lives
         self.namespace = namespace
         self.claim_timeout = float(claim_timeout)
         self.sweep_interval = float(sweep_interval)
@@ -123,11 +125,14 @@ class RedisConnection:
 
     def _redact(self, text: str) -> str:
         """`text` without any credential of this store's URL (a client error may quote the URL)."""
-        parts = urlsplit(self.url)
-        secrets = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if _SECRET_PARAMETER.search(k)]
-        for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        for secret in sorted(filter(None, self._secrets()), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text.replace(self.url, redact_url(self.url))
+
+    def _secrets(self) -> list[str]:
+        """The credentials in this store's URL: its password and query parameters such as `password=`."""
+        parts = urlsplit(self.url)
+        return [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if _SECRET_PARAMETER.search(k)]
 
     # -- keys ----------------------------------------------------------------------------
 

@@ -1,18 +1,16 @@
 """Engine state shared by every worker process of a Redis store: rate windows (see `flock_llm.engines._rate`:
-one sliding minute per name, changed only by the RATE_TAKE and RATE_SETTLE scripts, by the server's clock) and
-the journal of provider batch jobs (see `flock_llm.engines._journal`)."""
+one sliding minute per name, changed only by the RATE_TAKE and RATE_SETTLE scripts, by the server's clock). The
+journal of provider batch jobs is in `redis_journal`."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..engines._journal import JobRecord
-
 if TYPE_CHECKING:
     from .redis_connection import RedisConnection
 
-__all__ = ["RedisJournal", "RedisWindow", "RedisWindows"]
+__all__ = ["RedisWindow", "RedisWindows"]
 
 
 class RedisWindow:
@@ -51,45 +49,3 @@ class RedisWindows:
 
     def window(self, name: str, limit: int) -> RedisWindow:
         return RedisWindow(self.store, name, limit)
-
-
-class RedisJournal:
-    """Provider batch jobs recorded in Redis before submission (any worker that restarts finds them)."""
-
-    def __init__(self, store: RedisConnection) -> None:
-        self.store = store
-        self._requests = store.key("deferred:requests")
-
-    def _job(self, key: str) -> str:
-        return self.store.key(f"deferred:job:{key}")
-
-    async def job_of(self, custom_id: str) -> JobRecord | None:
-        client = self.store.client
-        key = await self.store.retrying(lambda: client.hget(self._requests, custom_id), limit=None)
-        if key is None:
-            return None
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        fields = await self.store.retrying(lambda: client.hgetall(self._job(key)), limit=None)
-        found = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in fields.items()}  # fmt: skip
-        return JobRecord(key, found.get("file_id") or None, found.get("batch_id") or None)
-
-    async def begin(self, key: str, custom_ids: list[str]) -> None:
-        client = self.store.client
-
-        async def write() -> None:
-            await client.hset(self._job(key), mapping={"created": "1"})
-            await client.hset(self._requests, mapping=dict.fromkeys(custom_ids, key))
-
-        await self.store.retrying(write, limit=None)
-
-    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
-        values = {k: v for k, v in (("file_id", file_id), ("batch_id", batch_id)) if v}
-        if values:
-            client = self.store.client
-            await self.store.retrying(lambda: client.hset(self._job(key), mapping=values), limit=None)
-
-    async def forget(self, custom_ids: list[str]) -> None:
-        if custom_ids:
-            client = self.store.client
-            await self.store.retrying(lambda: client.hdel(self._requests, *custom_ids), limit=None)

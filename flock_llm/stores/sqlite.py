@@ -348,6 +348,7 @@ class SQLiteStore(InMemoryStore):
         return Recovered(len(by_id), pending, unknown)
 
     def consumed_ids(self, agent: str) -> set[str]:
+        """The ids of the artifacts `agent` has finished with (committed as consumed)."""
         return {r[0] for r in self._connection.execute("SELECT artifact_id FROM consumed WHERE agent=?", (agent,))}
 
     def job_journal(self) -> SQLiteJournal:

@@ -24,7 +24,9 @@ class EngineCall:
     kind: str
     """"item" or "batch"."""
     ctx: EngineContext
+    """The context the engine was called with (flush reason, batch size, ...)."""
     inputs: EvalInputs
+    """The items it got."""
 
 
 def _as_result(answer: _Answer) -> EvalResult:
@@ -47,8 +49,11 @@ class FunctionEngine(Engine):
     """
 
     item: _Fn | None = None
+    """`(ctx, inputs) -> answer` for one item; None: publish nothing."""
     batch: _Fn | None = None
+    """`(ctx, inputs) -> answer` for a flushed batch; None: `item` per item."""
     calls: list[EngineCall] = field(default_factory=list)
+    """Every call received, in order."""
 
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         self.calls.append(EngineCall("item", ctx, inputs))
@@ -71,4 +76,5 @@ class FunctionEngine(Engine):
 
     @property
     def batch_calls(self) -> list[EngineCall]:
+        """The `evaluate_batch()` calls handled by `batch`."""
         return [c for c in self.calls if c.kind == "batch"]

@@ -33,21 +33,36 @@ __all__ = ["FakeOpenAIServer"]
 
 @dataclass
 class FakeOpenAIServer:
-    """Start with `with FakeOpenAIServer(latency_s=0.1) as server:`; point litellm at `server.api_base`."""
+    """An OpenAI-compatible server on 127.0.0.1 that answers flock_llm's prompts, with injectable faults.
+
+    Start it with `with FakeOpenAIServer(latency_s=0.1) as server:` and point litellm at `server.api_base`
+    (any `api_key`). The fields below configure it (pass them as keyword arguments) or count what it saw.
+    """
 
     latency_s: float = 0.05
+    """Seconds every answer waits."""
     per_item_latency_s: float = 0.002
+    """Extra seconds per item the request carries."""
     malformed_rate: float = 0.0
+    """The share of (non-repair) requests answered with JSON that does not parse."""
     rate_limit_rate: float = 0.0
+    """The share of requests answered 429 with a Retry-After."""
     fail_status: int | None = None
     """Answer every request with this HTTP error status (e.g. 500 for a provider that is down, 401)."""
+    refuse_calls_status: int | None = None
+    """Answer every request but a one-token probe with this status (429: a quota that refuses real calls while a
+    circuit breaker's probe still fits); counted in `requests` and `refused_calls`."""
+    refused_calls: int = 0
     seed: int = 7
+    """Seeds the random choice of malformed and rate-limited answers (runs repeat exactly)."""
     down_until: float = 0.0
     """`time.monotonic()` until which every request gets a 503 (see `outage()`)."""
     failed_sent: int = 0
+    """Requests answered with `fail_status` or 503 (counted)."""
     stall_after: int | None = None
     """Requests after this many hang for `stall_s` before answering (a provider that stops responding)."""
     stall_s: float = 60.0
+    """How long a stalled request hangs."""
     probes: int = 0
     """Requests of one token (circuit breaker probes), also counted in `requests`."""
     context_limit: int | None = None
@@ -55,15 +70,23 @@ class FakeOpenAIServer:
     tokens_per_minute: int | None = None
     """Prompt + completion tokens per sliding 60 s; None: no limit."""
     cache_min_tokens: int = 1024
+    """The shortest repeated prompt prefix reported as cached (OpenAI's rule: 1,024 tokens)."""
     flex_unavailable_until: float = 0.0
     """`time.monotonic()` until which flex-tier requests get 429 "resource unavailable"."""
     flex_requests: int = 0
+    """Flex-tier requests received (counted)."""
     flex_refused: int = 0
+    """Flex-tier requests refused as "resource unavailable" (counted)."""
     context_rejected: int = 0
+    """Requests refused with 400 `context_length_exceeded` (counted)."""
     truncated_sent: int = 0
+    """Answers cut off at the room the context left (`finish_reason` "length"; counted)."""
     tpm_rejected: int = 0
+    """Requests refused with 429 by the tokens-per-minute limit (counted)."""
     prompt_tokens_total: int = 0
+    """Prompt tokens of every answered request (counted)."""
     cached_tokens_total: int = 0
+    """Of those, the tokens reported as cached (counted)."""
     prefixes: Counter[str] = field(default_factory=Counter)
     """How many requests carried each (system message, response schema) prefix, by hash."""
     token_log: list[tuple[float, int]] = field(default_factory=list)
@@ -72,8 +95,11 @@ class FakeOpenAIServer:
     batches: FakeBatches = field(default=None, repr=False)  # type: ignore[assignment]
     """The Batch API (`/v1/files`, `/v1/batches`): see `flock_llm.testing.fake_batches`."""
     requests: int = 0
+    """Chat requests received, probes included (counted)."""
     malformed_sent: int = 0
+    """Malformed answers sent (counted)."""
     rate_limited_sent: int = 0
+    """429 answers sent by `rate_limit_rate` (counted)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _answered_requests: int = field(default=0, repr=False)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
@@ -85,6 +111,7 @@ class FakeOpenAIServer:
 
     @property
     def api_base(self) -> str:
+        """The base URL to give litellm (`api_base=` or `OPENAI_API_BASE`): `http://127.0.0.1:PORT/v1`."""
         assert self._server is not None, "start the server first"
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
@@ -108,6 +135,7 @@ class FakeOpenAIServer:
         return self.stall_s if stalls and answered else 0.0
 
     def count_probe(self) -> None:
+        """Count a one-token request (a circuit breaker's probe)."""
         with self._lock:
             self.probes += 1
 
@@ -147,6 +175,12 @@ class FakeOpenAIServer:
 
     @staticmethod
     def count(messages: list[dict[str, Any]] | None = None, text: str | None = None) -> int:
+        """Tokens of chat `messages` or of a `text`, as the server counts them (the offline model's tokenizer).
+
+        Args:
+            messages: the request's chat messages.
+            text: a text, counted instead of `messages` when given.
+        """
         from ..engines._models import OFFLINE_TOKEN_MODEL, load_litellm
 
         litellm = load_litellm()
@@ -187,7 +221,12 @@ class FakeOpenAIServer:
             return max(0.05, wait)
 
     def settle(self, charged: int, actual: int) -> None:
-        """Replace a request's charge with its real tokens, and log them."""
+        """Replace a request's charge with its real tokens, and log them.
+
+        Args:
+            charged: the tokens the request was charged in the sliding minute when it came in.
+            actual: the tokens it really used (prompt + answer).
+        """
         with self._lock:
             if self.tokens_per_minute is not None and charged != actual:
                 self._window.append((time.monotonic(), actual - charged))
@@ -207,7 +246,12 @@ class FakeOpenAIServer:
 
     def complete(self, request: dict[str, Any], content: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         """The HTTP answer (status, body, headers) to a chat request whose answer text is `content`: the
-        context limit, cutting off at the room left, the tokens-per-minute limit, cached tokens."""
+        context limit, cutting off at the room left, the tokens-per-minute limit, cached tokens.
+
+        Args:
+            request: the chat request's JSON body.
+            content: the answer text the server would give with no limits.
+        """
         prompt_tokens = self.count(request.get("messages", []))
         asked = request.get("max_tokens") or request.get("max_completion_tokens")
         room = self.context_limit - prompt_tokens if self.context_limit is not None else None
@@ -279,6 +323,12 @@ class _Handler(BaseHTTPRequestHandler):
                 error = {"message": "Resource unavailable: flex capacity", "code": "resource_unavailable"}
                 self._send(429, {"error": {**error, "type": "rate_limit"}}, {"retry-after": "0.05"})
                 return
+        refuse = self.fake.refuse_calls_status
+        if refuse is not None and request.get("max_tokens") != 1:
+            self.fake.tally(requests=1, refused_calls=1)
+            error = {"message": "the fake provider refuses this call", "type": "rate_limit", "code": str(refuse)}
+            self._send(refuse, {"error": error}, {"retry-after-ms": "20"})
+            return
         fault = self.fake.fault(is_repair=len(request.get("messages", [])) > 2)
         if request.get("max_tokens") == 1:  # a circuit breaker's probe: a tiny request, answered at once
             self.fake.count_probe()

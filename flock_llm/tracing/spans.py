@@ -29,7 +29,15 @@ class TracingConfig:
 
 
 def tracing_config(arg: bool | TracingConfig | None, env: Mapping[str, str]) -> TracingConfig | None:
-    """`Flock(tracing=)` wins; else FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE / FLOCK_TRACE_PATH."""
+    """The tracing settings: `Flock(tracing=)` wins; else FLOCK_AUTO_TRACE / FLOCK_TRACE_FILE / FLOCK_TRACE_PATH.
+
+    Args:
+        arg: `Flock(tracing=)`: True, False, a TracingConfig, or None to follow the environment.
+        env: the environment the Flock read.
+
+    Returns:
+        The settings, or None when tracing is off.
+    """
     if isinstance(arg, TracingConfig):
         return arg
     if arg is True:
@@ -58,7 +66,15 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SpanHandle:
-    """An open span: set attributes, then `end()` (once)."""
+    """An open span: set attributes, then `end()` (once). Made by `Tracer.start()`.
+
+    Args:
+        tracer: the tracer that finishes it.
+        name: the span's name (e.g. "flock.batch.flush").
+        parent: the enclosing span (its trace is this span's), or None for a new trace.
+        attributes: the span's attributes so far.
+        start_ns: when it started (wall clock, ns); default: now.
+    """
 
     __slots__ = ("_attributes", "_error", "_parent", "_tracer", "name", "span_id", "start_ns", "trace_id")
 
@@ -80,29 +96,46 @@ class SpanHandle:
         self._error: str | None = None
 
     def set(self, **attributes: Any) -> None:
+        """Add or replace attributes.
+
+        Args:
+            **attributes: attribute names and values (never keys or prompt text).
+        """
         self._attributes.update(attributes)
 
     def fail(self, exc: BaseException | str) -> None:
+        """Mark the span as failed, with the error's type name (or the text given)."""
         self._error = exc if isinstance(exc, str) else type(exc).__name__
 
     def end(self, end_ns: int | None = None) -> None:
+        """Finish the span (at `end_ns`, default now) and hand it to the span processors."""
         self._tracer._finish(self, time.time_ns() if end_ns is None else end_ns)  # noqa: SLF001 - its own tracer
 
     @property
     def attributes(self) -> dict[str, Any]:
+        """The attributes set so far."""
         return self._attributes
 
     @property
     def parent(self) -> SpanHandle | None:
+        """The enclosing span, or None."""
         return self._parent
 
     @property
     def error(self) -> str | None:
+        """The failure's error type, or None while the span is not failed."""
         return self._error
 
 
 class Tracer:
-    """Builds spans and hands them to OpenTelemetry span processors (DuckDB and/or yours)."""
+    """Builds spans and hands them to OpenTelemetry span processors (DuckDB and/or yours).
+
+    Args:
+        config: where spans go (the DuckDB file, your processors) and whether prompts are recorded.
+
+    Raises:
+        ConfigurationError: the `tracing` extra (opentelemetry-sdk, duckdb) is not installed.
+    """
 
     def __init__(self, config: TracingConfig) -> None:
         try:
@@ -141,6 +174,13 @@ class Tracer:
             self._processor.add_span_processor(processor)
 
     def start(self, name: str, parent: SpanHandle | None = None, **attributes: Any) -> SpanHandle:
+        """Open a span now; `end()` it when the work is done.
+
+        Args:
+            name: the span's name.
+            parent: the enclosing span, or None for a new trace.
+            **attributes: its first attributes.
+        """
         return SpanHandle(self, name, parent, attributes)
 
     def record(
@@ -153,7 +193,16 @@ class Tracer:
         error: str | None = None,
         **attributes: Any,
     ) -> None:
-        """A finished span, e.g. one LLM call timed by its caller (a child of `parent`, when given)."""
+        """Record a finished span, e.g. one LLM call timed by its caller (a child of `parent`, when given).
+
+        Args:
+            name: the span's name.
+            start_ns: when it started (wall clock, ns).
+            end_ns: when it ended.
+            parent: the enclosing span, or None.
+            error: the failure's error type, if it failed.
+            **attributes: its attributes.
+        """
         span = SpanHandle(self, name, parent, attributes, start_ns=start_ns)
         if error:
             span.fail(error)
@@ -179,9 +228,11 @@ class Tracer:
         )
 
     def flush(self) -> None:
+        """Export every span ended so far (e.g. write them to the DuckDB file) now."""
         self._processor.force_flush()
 
     def shutdown(self) -> None:
+        """Flush and close the span processors (the Flock's shutdown does this)."""
         self._processor.shutdown()
 
 
@@ -190,6 +241,9 @@ class PublishSpans:
 
     A span per artifact would cost more than the publish itself; a burst span keeps the count, the
     types and the first and last artifact ids.
+
+    Args:
+        tracer: where the spans go.
     """
 
     def __init__(self, tracer: Tracer) -> None:
@@ -200,6 +254,7 @@ class PublishSpans:
         self._types: set[str] = set()
 
     def add(self, artifact: Any) -> None:
+        """Count a published artifact into this turn's span (opened by the first one, closed at the turn's end)."""
         if self._count == 0:
             import asyncio
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,85 @@ def test_distributed_workers_embedded_start_and_stop_their_own_redis() -> None:
         pytest.skip("redis-server is not installed (tests/start_redis.sh installs it)")
     out = run_example("distributed_workers.py", "--embedded", "--workers", "2", "--payments", "200")
     assert "200 payments -> 8 batches" in out and "every payment settled exactly once: True" in out
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live processes below `pid` (from /proc; zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            found.add(kid)
+            todo.append(kid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_embedded_demo() -> tuple[subprocess.Popen[str], set[int]]:
+    """The demo with its own redis-server, 2 workers and a long producer, started as a terminal would start it
+    (its own process group); returns once all 4 processes run."""
+    if shutil.which("redis-server") is None or not Path("/proc/self/stat").exists():
+        pytest.skip("needs redis-server and Linux's /proc")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOCK_", "OPENAI_"))}
+    demo = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "distributed_workers.py"), "--embedded", "--workers", "2",
+         "--payments", "1000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, process_group=0,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while len(_descendants(demo.pid)) < 4 and time.monotonic() < deadline and demo.poll() is None:
+        time.sleep(0.05)  # redis-server, 2 workers, then the producer once the workers are ready
+    processes = _descendants(demo.pid)
+    assert len(processes) == 4, demo.stderr.read() if demo.poll() is not None and demo.stderr else processes
+    return demo, processes
+
+
+def _all_gone(pids: set[int], within: float) -> set[int]:
+    deadline = time.monotonic() + within
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {p for p in pids if _alive(p)}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_the_embedded_demo_takes_its_redis_and_workers_with_it_when_it_is_killed(signum: int) -> None:
+    demo, processes = _start_embedded_demo()
+    try:
+        demo.send_signal(signum)
+        demo.communicate(timeout=60)
+        assert not _all_gone(processes, within=40)  # redis-server, the workers and the producer all stopped
+    finally:
+        for pid in processes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert demo.returncode == (143 if signum == signal.SIGTERM else -signal.SIGKILL)
+
+
+def test_ctrl_c_stops_the_embedded_demo_cleanly_with_status_130() -> None:
+    demo, processes = _start_embedded_demo()
+    try:
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        _, stderr = demo.communicate(timeout=60)
+        assert not _all_gone(processes, within=40)
+    finally:
+        for pid in processes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert demo.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")))

@@ -10,68 +10,27 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from conftest import references
+from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
 from flock_llm.engines._journal import JobRecord, SQLiteJournal
-from flock_llm.engines._limits import RetryPolicy
 from flock_llm.engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
 
 TESTS = Path(__file__).resolve().parents[1]
-PRICES = {"input": 100.0, "output": 200.0}
-QUICK_JOBS = DeferredPolicy(job_size=6, job_wait=0.2, poll_interval=0.05, max_poll_interval=0.2)
 
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
 
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
-        fake.batches.completion_delay_s = 0.1
-        yield fake
-
-
-def labeller(server: FakeOpenAIServer, **kwargs: object) -> Flock:
-    engine = LLMEngine(
-        "openai/fake-model",
-        per_item=True,
-        api_base=server.api_base,
-        api_key="sk-local-fake",
-        structured_output=True,
-        prices=PRICES,
-        retry=RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05),
-        **kwargs,
-    )
-    flock = Flock(env={})
-    (
-        flock.agent("sentiment")
-        .consumes(CustomerReview, batch=BatchSpec(size=5, timeout=timedelta(seconds=5)))
-        .publishes(ReviewSentiment)
-        .with_engines(engine)
-        .max_concurrency(20)
-    )
-    return flock
-
-
-def reviews(n: int) -> list[CustomerReview]:
-    return [CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle") for i in range(n)]
-
-
-async def run(flock: Flock, n: int) -> tuple[dict[str, object], list[object]]:
-    published = await flock.publish_many(reviews(n))
-    await flock.run_until_idle()
-    await flock.shutdown()
-    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
-    return flock.metrics().usage["sentiment"], published
+server = pytest.fixture(quick_batch_server, name="server")
 
 
 async def test_batch_tier_goes_through_jobs_at_half_price_and_failed_and_expired_lines_recover(
@@ -160,6 +119,38 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
     # or after the kill), and no request was submitted twice
     assert server.batches.jobs_created == 2
     assert len(server.batches.line_submissions) == 41 and set(server.batches.line_submissions.values()) == {1}
+    assert server.requests == 0  # nothing went the synchronous way either
+
+
+def test_a_process_killed_between_upload_and_job_creation_bills_each_line_once_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Killed after it uploaded the job's input file, before the provider created the job: the restart creates
+    the one job for that file (or uploads anew), never one job per request of it (K requests were billed K x K
+    times). Every one of the 41 requests is billed once."""
+    db = tmp_path / "run.db"
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
+        server.batches.completion_delay_s = 0.3
+        server.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
+        first = subprocess.Popen(
+            [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
+        )
+        deadline = time.monotonic() + 60
+        while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
+        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation
+        first.wait(timeout=30)
+        server.batches.release_creation()  # the held creation fails: the provider never created that job
+        assert server.batches.jobs_created == 0
+        second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
+                                timeout=120)  # fmt: skip
+        assert second.returncode == 0, second.stderr
+    assert "done labels=1000 failed=0" in second.stdout
+    assert len(server.batches.line_bills) == 41 and set(server.batches.line_bills.values()) == {1}
+    assert server.batches.lines_billed == 41 and server.batches.duplicated_ids == 0
     assert server.requests == 0  # nothing went the synchronous way either
 
 

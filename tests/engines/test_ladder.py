@@ -149,3 +149,22 @@ async def test_report_mode_reduces_partial_reports_into_one() -> None:
     (report,) = result.outputs
     assert report.obj == Summary(count=6) and sorted(report.derived_from or ()) == [f"a{k}" for k in range(1, 7)]
     assert backend.asked[-1][3] == 6  # the reduce call
+
+
+async def test_transport_failures_that_reach_the_ladder_are_never_asked_per_item() -> None:
+    import litellm
+
+    fallen: list[str] = []
+
+    async def fallback(item: LadderItem) -> EvalResult:
+        fallen.append(item.id)
+        return EvalResult(outputs=(Output(Label(label="fallback"), item.artifact_ids),))
+
+    refused = litellm.RateLimitError(message="tokens per minute", llm_provider="openai", model="m")
+    for mode in ("per_item", "report"):
+        backend = FakeBackend(lambda *_: refused)
+        run = ladder(backend, Label if mode == "per_item" else Summary, fallback)
+        result = await (run.per_item(items(6)) if mode == "per_item" else run.report(items(6)))
+        assert fallen == [] and len(backend.asked) == 1  # no split, no per-item fallback
+        (failure,) = result.failures
+        assert failure.stage == "provider_unavailable" and len(failure.artifact_ids) == 6

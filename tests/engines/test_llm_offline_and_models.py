@@ -72,9 +72,9 @@ async def test_llm_engine_without_an_output_type_fails_clearly() -> None:
 def test_engine_arguments_are_validated() -> None:
     with pytest.raises(ConfigurationError, match="`num_retries` is set by LLMEngine itself"):
         LLMEngine(num_retries=3)
-    with pytest.raises(ConfigurationError, match="`max_concurrent_requests` must be a positive integer"):
+    with pytest.raises(ConfigurationError, match="`max_concurrent_requests` must be a whole number > 0, got 0"):
         LLMEngine(max_concurrent_requests=0)
-    with pytest.raises(ConfigurationError, match="`requests_per_minute` must be positive"):
+    with pytest.raises(ConfigurationError, match="`requests_per_minute` must be a number > 0, got -1"):
         LLMEngine(requests_per_minute=-1)
     with pytest.raises(ConfigurationError, match="unknown prompt template"):
         LLMEngine(prompts={"sytem": "typo"})
