@@ -110,6 +110,7 @@ async def test_an_open_breaker_holds_every_path_until_its_probe_is_answered(path
 
     with provider(path) as fake:
         engine = engine_for(path, fake, breaker=BreakerPolicy(probe_interval=0.05, max_outage=30.0))
+        engine.probe_for = lambda model: probe  # type: ignore[method-assign]  # the provider is down until released
         engine.guard.open(probe)  # the provider failed a moment ago
         running = asyncio.create_task(run_batches(engine, context(), batches=2))
         await asyncio.sleep(0.4)
@@ -286,6 +287,7 @@ async def test_a_third_engine_waits_behind_its_breaker_and_a_full_tokens_minute(
         await released.wait()
         return "ok"
 
+    engine.probe_for = lambda model: probe  # type: ignore[method-assign]  # the provider is down until released
     engine.guard.open(probe)
     running = asyncio.create_task(run_batches(engine, context(publishes=(Tally,)), batches=3, size=1))
     await asyncio.sleep(0.3)
