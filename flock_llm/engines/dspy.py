@@ -122,7 +122,12 @@ class DSPyEngine(LadderEngine):
         self._lms: dict[str, Any] = {}
 
     def lm_for(self, model: str, max_tokens: int | None = None) -> Any:
-        """One `dspy.LM` per model and answer limit, cache off, no retries of its own (ours wrap it)."""
+        """One `dspy.LM` per model and answer limit, cache off, no retries of its own (ours wrap it).
+
+        Args:
+            model: the litellm model string.
+            max_tokens: the LM's answer limit (None: yours from `max_tokens=`, else DSPy's default).
+        """
         key = f"{model}/{max_tokens}"
         lm = self._lms.get(key)
         if lm is None:
