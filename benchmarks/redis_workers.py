@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from redis_app import Job, JobBatchDone  # noqa: E402 - the worker app lives with the tests
 
 from flock_llm import Flock  # noqa: E402
-from flock_llm.stores.redis import RedisStore  # noqa: E402
+from flock_llm.stores import RedisStore  # noqa: E402
 
 
 def start_workers(url: str, count: int, delay_ms: int, concurrency: int) -> list[subprocess.Popen[str]]:

@@ -73,7 +73,7 @@ class FailureRecord(BaseModel):
     input_ids: list[str] = Field(description="ids of the input artifacts that were not processed")
     """The ids of the input artifacts that were not processed."""
     stage: str = Field(description="where it failed: engine, output, where, join, ...")
-    """Where it failed: one of the failure stages (`flock_llm._runtime.vocabulary.FailureStage`)."""
+    """Where it failed: one of the failure stages (`flock_llm._vocabulary.FailureStage`)."""
     error_type: str
     """The exception's class name."""
     error: str

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._runtime.vocabulary import CounterName
+    from ._vocabulary import CounterName
+    from .quality.stats import Interval
 
 __all__ = ["BatchStats", "Counters", "FlushRecord", "JoinExpiry", "Metrics", "MetricsRecorder"]
 
@@ -113,6 +114,24 @@ class Metrics:
     def count(self, name: str) -> int:
         """The counter `name` (a field of `Counters`, e.g. "predicate_errors"); 0 when it never counted."""
         return self.counters.get(name, 0)
+
+    def agreement(self, agent: str | None = None, *, confidence: float = 0.95) -> dict[str, Interval]:
+        """Audited agreement of batched with one-item answers (`LLMEngine(audit=Audit(...))`), with Wilson
+        intervals: "all" (whole answers), "field=<name>", "size=<batch size>", "position=<bucket>"; summed over
+        every agent unless `agent` is given. Empty when nothing was audited."""
+        from .quality.stats import wilson
+
+        sums: dict[str, list[float]] = {}
+        for name, values in self.usage.items():
+            if agent is not None and name != agent:
+                continue
+            for key, value in values.items():
+                kind, _, label = key.partition(":")
+                if kind not in ("audit_compared", "audit_agreed") or not isinstance(value, (int, float)):
+                    continue
+                pair = sums.setdefault(label or "all", [0.0, 0.0])
+                pair[0 if kind == "audit_agreed" else 1] += value
+        return {label: wilson(agreed, n, confidence=confidence) for label, (agreed, n) in sums.items() if n}
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from ._numbers import optional_number
 from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
+from ._runtime.intake import LocalIntake
 from ._runtime.runner import FinishedRun
 from ._runtime.timers import Clock, LoopClock
 from .agent import Agent
@@ -70,6 +71,8 @@ class Flock:
         config = tracing_config(tracing, source)
         self._tracer: Tracer | None = None if config is None else Tracer(config)
         self._publish_spans = None if self._tracer is None else PublishSpans(self._tracer)
+        self.budget = None if budget_usd is None else CostLedger(budget_usd)
+        """Spending of every LLM call of this Flock against `budget_usd` (`budget.spent_usd`), or None."""
         self._runtime = Runtime(
             agents=self._agents,
             clock=clock or LoopClock(),
@@ -77,10 +80,8 @@ class Flock:
             model=model,
             env={k: v for k, v in source.items() if k.startswith("FLOCK_")},
             tracer=self._tracer,
+            budget=self.budget,
         )
-        self.budget = None if budget_usd is None else CostLedger(budget_usd)
-        """Spending of every LLM call of this Flock against `budget_usd` (`budget.spent_usd`), or None."""
-        self._runtime.runner.budget = self.budget
         self._started = not self._runtime.ledger.durable
         self._closed = False
 
@@ -207,7 +208,8 @@ class Flock:
     def _batch_engine(self) -> BatchEngine:
         """The batches accumulating in this process: `flock._batch_engine.batches` maps (agent, subscription
         index[, partition]) to an accumulator with `.artifacts`, `.created_at` and `.batch_spec` (the guide's hook)."""
-        return self._runtime.intake.batch_engine
+        intake = self._runtime.intake
+        return intake.batch_engine if isinstance(intake, LocalIntake) else BatchEngine()  # (shared: in the store)
 
     async def _check_batch_timeouts(self) -> int:
         """Flush every batch whose timeout has passed, now. Returns how many flushed.

@@ -11,9 +11,9 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from .._vocabulary import FlushReason
 from ..artifact import Artifact
 from ..subscription import BatchSpec
-from .vocabulary import FlushReason
 
 __all__ = ["BatchBuffer", "BatchEngine", "BatchKey", "Flush", "FlushReason", "Item"]
 

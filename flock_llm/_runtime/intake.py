@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .._vocabulary import FlushReason
 from ..agent import Agent
 from ..artifact import Artifact
-from ..metrics import BatchStats, JoinExpiry, MetricsRecorder
+from ..metrics import BatchStats, JoinExpiry
 from ..subscription import Subscription
-from ..tracing import Tracer
-from .batching import BatchEngine, BatchKey, Flush, FlushReason, Item
+from .batching import BatchEngine, BatchKey, Flush, Item
 from .correlation import ExpiredGroup, JoinBuffer
-from .ledger import Ledger
-from .outcomes import Outcomes
-from .router import Router
-from .runner import Runner, Work
-from .timers import Clock, TimerHandle
+from .ledger import Receipt
+from .ports import Held, IntakeServices, LocalDurableStore
+from .runner import Work
+from .timers import TimerHandle
 
 if TYPE_CHECKING:
+    from ..stores.memory import InMemoryStore
     from ..stores.sqlite import Recovered
 
 __all__ = ["LocalIntake"]
@@ -35,33 +35,88 @@ log = logging.getLogger("flock_llm")
 
 
 class LocalIntake:
-    """Joins and batches of one process, timers included."""
+    """Joins and batches of one process, timers included.
+
+    Args:
+        services: the runtime's parts it works through.
+        durable: a local durable store: a publish's deliveries wait for its commit, and what the store holds
+            pending is restored on start.
+        forgetting: an in-memory store that forgets consumed artifacts: told how many deliveries each got.
+    """
 
     def __init__(
-        self,
-        *,
-        agents: Mapping[str, Agent],
-        clock: Clock,
-        router: Router,
-        ledger: Ledger,
-        outcomes: Outcomes,
-        runner: Runner,
-        metrics: MetricsRecorder,
-        tracer: Tracer | None,
+        self, services: IntakeServices, *, durable: LocalDurableStore | None, forgetting: InMemoryStore | None
     ) -> None:
-        self._agents = agents
-        self._clock = clock
-        self._router = router
-        self._ledger = ledger
-        self._outcomes = outcomes
-        self._runner = runner
-        self._metrics = metrics
-        self._tracer = tracer
+        self._agents = services.agents
+        self._clock = services.clock
+        self._router = services.router
+        self._ledger = services.ledger
+        self._outcomes = services.outcomes
+        self._runner = services.runner
+        self._metrics = services.metrics
+        self._tracer = services.tracer
+        self._durable = durable
+        self._forgetting = forgetting
         self.batch_engine = BatchEngine()
         """The batches accumulating now (the guide's `flock._batch_engine`)."""
         self._batch_timers: dict[BatchKey, TimerHandle] = {}
         self._joins: dict[tuple[str, int], JoinBuffer] = {}
         self._join_timers: list[TimerHandle] = []
+
+    # -- the Intake port --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore what a local durable store holds pending, then flush what expired meanwhile."""
+        if self._durable is not None:
+            self.restore(self._durable.load())
+            self.flush_expired()
+
+    def hold(self) -> Held | None:
+        """With a local durable store, a publish's deliveries wait for its commit (a failed write is not run)."""
+        return [] if self._durable is not None else None
+
+    def accept(self, artifact: Artifact, held: Held | None) -> None:
+        """Deliver a stored artifact to every subscription the router lets take it (to `held`, recorded but
+        not yet handed over, when given)."""
+        router = self._router
+        accepted = [(a, s) for a, s in router.routes(artifact.type_name) if router.accepts(a, s, artifact)]
+        if self._forgetting is not None:
+            self._forgetting.delivered(artifact.id, len(accepted))
+        for agent, sub in accepted:
+            if held is None:
+                self.deliver(agent, sub, artifact)
+            else:
+                self.record_delivery(agent, sub, artifact)
+                held.append((agent, sub, artifact))
+
+    def release(self, held: Held | None) -> None:
+        for agent, sub, artifact in held or ():
+            self.deliver(agent, sub, artifact, recorded=True)
+
+    def release_run(self, receipt: Receipt) -> None:
+        """Local runs hold no receipts: nothing to give back."""
+
+    async def flush_due(self) -> int:
+        return self.flush_expired()
+
+    async def flush_all(self, reason: FlushReason, *, agent: str | None = None) -> int:
+        return self.flush_now(reason, agent=agent)
+
+    async def settle(self) -> bool:
+        return True  # (a local durable store's commits are awaited by their publishers and runs)
+
+    async def finish(self, deadline: float | None) -> None:
+        """Flush partial batches (reason "shutdown") and close join groups until nothing is left; at `deadline`
+        (loop time) the runner cancels what is still running."""
+        while True:
+            await self._runner.idle_by(deadline)
+            flushed = self.flush_now("shutdown")
+            closed = self.close_joins()
+            if not flushed and not closed and not self._runner.tasks:
+                return
+
+    async def close(self) -> None:
+        self.cancel_timers()
 
     # -- deliveries -----------------------------------------------------------------------------------
 
@@ -180,7 +235,7 @@ class LocalIntake:
             self._start(flush)
         return len(flushes)
 
-    def flush_all(self, reason: FlushReason, *, agent: str | None = None) -> int:
+    def flush_now(self, reason: FlushReason, *, agent: str | None = None) -> int:
         """Flush every batch (of one agent, or all) now, with `reason`."""
         now = self._clock.now()
         count = 0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from .._vocabulary import CounterName, FailureStage
 from ..agent import Agent
 from ..artifact import Artifact, FailureRecord, new_artifact_id
 from ..errors import EngineError
@@ -22,7 +23,6 @@ from ..metrics import MetricsRecorder
 from ..registry import type_name_of
 from ..subscription import Subscription
 from ..visibility import Visibility, combine_visibilities
-from .vocabulary import CounterName, FailureStage
 
 if TYPE_CHECKING:
     from ..engines._base import EvalInputs, EvalResult

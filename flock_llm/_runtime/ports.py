@@ -1,29 +1,42 @@
-"""What a store or a shared intake must provide. A store's capabilities are declared by the Protocols it
-implements (checked with isinstance against these), never discovered attribute by attribute.
+"""What a store or an intake must provide, and what an intake is given. A store's capabilities are declared by
+the Protocols it implements (checked with isinstance against these), never discovered attribute by attribute.
 
     ArtifactStore        every store: add/get/list (stores/memory.py)
     LocalDurableStore    commits units and restores pending deliveries on start (SQLite)
     SharedStore          commits units and brings its own intake (Redis: routing and batching happen in the
                          store, shared by every worker process)
-    SharedIntake         what the Flock asks of that intake
+    Intake               where stored artifacts go: routing, joins, batches, flushes; this process's own
+                         (`LocalIntake`) or a shared store's. The runtime holds one and never asks which.
+    IntakeServices       what an intake works through (the runtime's parts), and nothing more
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..metrics import BatchStats
-from .batching import FlushReason
-from .ledger import Unit
+from .._vocabulary import FlushReason
+from ..metrics import BatchStats, MetricsRecorder
+from .ledger import Ledger, Receipt, Unit
+from .timers import Clock
 
 if TYPE_CHECKING:
+    from ..agent import Agent
+    from ..artifact import Artifact
     from ..engines._journal import JobJournal
     from ..engines._rate import RateWindows
     from ..stores.sqlite import Recovered
-    from .core import Runtime
+    from ..subscription import Subscription
+    from ..tracing import Tracer
+    from .outcomes import Outcomes
+    from .router import Router
+    from .runner import Runner
 
-__all__ = ["LocalDurableStore", "SharedIntake", "SharedStore"]
+__all__ = ["Held", "Intake", "IntakeServices", "LocalDurableStore", "SharedStore"]
+
+Held = list[tuple["Agent", "Subscription", "Artifact"]]
+"""Deliveries of a publish that wait for its commit."""
 
 
 @runtime_checkable
@@ -41,22 +54,76 @@ class LocalDurableStore(Protocol):
         ...
 
 
-class SharedIntake(Protocol):
-    """Routing, batching and runs of a store shared by worker processes."""
+class IntakeServices(Protocol):
+    """The parts of the runtime an intake works through (read-only)."""
 
-    async def start(self) -> None: ...
+    @property
+    def agents(self) -> Mapping[str, Agent]:
+        """The Flock's agents by name (read live)."""
+        ...
 
-    async def stop(self) -> None: ...
+    @property
+    def clock(self) -> Clock:
+        """The Flock's clock: batch deadlines and sweeps are scheduled on it."""
+        ...
 
-    async def close(self) -> None: ...
+    @property
+    def router(self) -> Router: ...
 
-    async def settle(self) -> bool: ...
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def outcomes(self) -> Outcomes: ...
+
+    @property
+    def runner(self) -> Runner: ...
+
+    @property
+    def metrics(self) -> MetricsRecorder: ...
+
+    @property
+    def tracer(self) -> Tracer | None: ...
+
+
+class Intake(Protocol):
+    """Where stored artifacts go: routing, joins, batches and flushes, of this process or of a shared store."""
+
+    async def start(self) -> None:
+        """Begin taking work (restore what a durable store holds, or join the shared store's workers)."""
+        ...
+
+    def hold(self) -> Held | None:
+        """A list for a publish's deliveries to wait in until its commit, when they must; else None."""
+        ...
+
+    def accept(self, artifact: Artifact, held: Held | None) -> None:
+        """A stored artifact: deliver it to every subscription that takes it (to `held` when given)."""
+        ...
+
+    def release(self, held: Held | None) -> None:
+        """Hand over the deliveries a publish held, once its unit is committed."""
+        ...
+
+    def release_run(self, receipt: Receipt) -> None:
+        """A run that stopped before its commit (the budget): give back its slot, leave its entry to others."""
+        ...
 
     async def flush_due(self) -> int: ...
 
     async def flush_all(self, reason: FlushReason, *, agent: str | None = None) -> int: ...
 
     def stats(self) -> list[BatchStats]: ...
+
+    async def settle(self) -> bool:
+        """Wait until this process's commits in flight are applied; False if some still retry."""
+        ...
+
+    async def finish(self, deadline: float | None) -> None:
+        """Stop at shutdown: finish what is open (local) or stop taking work (shared), by `deadline`."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -65,7 +132,7 @@ class SharedStore(Protocol):
 
     def write(self, unit: Unit) -> asyncio.Future[None]: ...
 
-    def intake(self, runtime: Runtime) -> SharedIntake: ...
+    def intake(self, services: IntakeServices) -> Intake: ...
 
     def rate_windows(self) -> RateWindows:
         """Per-minute limits shared by every worker process using the store."""

@@ -29,6 +29,7 @@ from ..tracing import SpanHandle, Tracer
 from .batching import Flush, Item
 from .ledger import Ledger, Receipt
 from .outcomes import Outcomes
+from .slots import Slots
 
 __all__ = ["FinishedRun", "Runner", "Slots", "Work"]
 
@@ -60,33 +61,6 @@ class Work:
     """For a shared store: the delivery the run finishes."""
 
 
-class Slots:
-    """How many more runs an agent may start in this process (its max_concurrency), for a shared intake."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._freed = asyncio.Event()
-
-    async def take(self, timeout: float) -> bool:
-        while self.free <= 0:
-            self._freed.clear()
-            try:
-                await asyncio.wait_for(self._freed.wait(), timeout)
-            except TimeoutError:
-                return False
-        self.free -= 1
-        return True
-
-    def take_up_to(self, n: int) -> int:
-        taken = max(0, min(n, self.free))
-        self.free -= taken
-        return taken
-
-    def give(self, n: int = 1) -> None:
-        self.free += n
-        self._freed.set()
-
-
 @dataclass(slots=True)
 class _Queue:
     pending: deque[Work] = field(default_factory=deque)
@@ -105,6 +79,12 @@ class Runner:
         tracer: Tracer | None,
         model: str | None,
         env: Mapping[str, str],
+        shared: bool = False,
+        budget: CostLedger | None = None,
+        rate_windows: RateWindows | None = None,
+        jobs: JobJournal | None = None,
+        release: Callable[[Receipt], None] | None = None,
+        forget: Callable[[tuple[Artifact, ...]], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.outcomes = outcomes
@@ -117,24 +97,24 @@ class Runner:
         """Set when shutdown's timeout passed: runs still going are cancelled, queued ones are not started."""
         self.write_failures: list[StoreError] = []
         """Commits of runs that failed (nobody awaits them): reported by shutdown()."""
-        self.shared = False
+        self.shared = shared
         """A shared store acknowledges runs itself; failed commits there are retried elsewhere, not counted."""
         self._queues: dict[str, _Queue] = {}
         self._slots: dict[str, Slots] = {}
         self._default_engines: dict[str, Engine] = {}
         self._budgets: dict[tuple[str, int], int | None] = {}
-        self.budget: CostLedger | None = None
+        self.budget = budget
         """`Flock(budget_usd=)`: handed to engines in their context."""
-        self.rate_windows: RateWindows | None = None
+        self.rate_windows = rate_windows
         """Per-minute limits: shared through the store (Redis), else this process's."""
-        self.jobs: JobJournal | None = None
+        self.jobs = jobs
         """Where provider batch jobs are recorded (a SQLite store's file), for engines with tier="batch"."""
-        self.release: Callable[[Receipt], None] | None = None
-        """Set by a shared intake: give back a run's slot and claim without acknowledging its entry."""
+        self.release = release
+        """Give back a run's slot and claim without acknowledging its entry (a shared intake's receipts)."""
         self.listeners: list[Callable[[FinishedRun], None]] = []
         """Told of each finished run once its unit is committed (`Flock.on_finished_run`)."""
-        self.forget: Callable[[tuple[Artifact, ...]], None] | None = None
-        """Set when the in-memory store forgets consumed artifacts: called with each run's inputs."""
+        self.forget = forget
+        """When the in-memory store forgets consumed artifacts: called with each run's inputs."""
 
     # -- queueing -----------------------------------------------------------------------------------
 

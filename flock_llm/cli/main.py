@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    from .calibrate import add_parser as add_calibrate
+
+    add_calibrate(commands)
     traces = commands.add_parser(
         "traces",
         help="recent batch flushes and LLM calls from a trace file",
@@ -118,6 +121,10 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "traces":
         return _traces(Path(args.path), args.limit)
+    if args.command == "calibrate":
+        from .calibrate import run as calibrate
+
+        return calibrate(args)
     from .checks import usage_problem
     from .resume import RunSettings
     from .rows import is_pipe

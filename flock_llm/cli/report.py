@@ -10,12 +10,15 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ..quality.stats import Interval
 
 __all__ = ["Figures", "render_report", "write_report"]
 
@@ -62,8 +65,9 @@ class Figures:
         return bars
 
 
-def render_report(summary: Any, figures_of: Figures) -> str:
-    """The report as one HTML document (`summary` is a RunSummary; `figures_of` what its records showed).
+def render_report(summary: Any, figures_of: Figures, agreement: Mapping[str, Interval] | None = None) -> str:
+    """The report as one HTML document (`summary` is a RunSummary; `figures_of` what its records showed;
+    `agreement`, from `Metrics.agreement()`, adds the audited agreement with its intervals).
 
     Raises:
         ConfigurationError: matplotlib is not installed (pip install 'flock_llm[report]').
@@ -103,6 +107,7 @@ cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s,
         "" if figures_of.failure_count == len(failures) else f", the first {len(failures)} listed"
     })</h2>
 <table><tr><th>review ids</th><th>stage</th><th>error</th></tr>{rows}</table>
+{_agreement_section(agreement)}
 </body></html>
 """
 
@@ -120,6 +125,23 @@ def _charts(plt: Any, summary: Any, figures_of: Figures) -> list[tuple[str, str]
             _bars(plt, {"batched": summary.prompt_tokens, "per review": summary.per_item_prompt_tokens}, "tokens"),
         ),
     ]
+
+
+def _agreement_section(agreement: Mapping[str, Interval] | None) -> str:
+    """Audited agreement with one-item answers: overall, per field, batch size and position (95% intervals)."""
+    if not agreement:
+        return ""
+    from ..quality.summary import agreement_line, agreement_rows
+
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in agreement_rows(agreement)
+    )
+    return (
+        f"<h2>Agreement with one-item answers</h2><p>{html.escape(agreement_line(agreement))}.</p>"
+        "<table><tr><th>by</th><th>value</th><th>agreement</th><th>95% interval</th><th>audited</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _svg(plt: Any, draw: Callable[[Any], None]) -> str:
@@ -164,8 +186,8 @@ def _trend(plt: Any, found: Figures) -> str:
     return _svg(plt, draw)
 
 
-def write_report(path: Path, summary: Any, figures: Figures) -> None:
+def write_report(path: Path, summary: Any, figures: Figures, agreement: Mapping[str, Interval] | None = None) -> None:
     """Render the report and write it to `path` (atomically)."""
     from .output import write_atomically
 
-    write_atomically(path, render_report(summary, figures))
+    write_atomically(path, render_report(summary, figures, agreement))

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from .._error_text import describe_error
-from .._runtime.vocabulary import FailureStage, FlushReason
+from .._vocabulary import FailureStage, FlushReason
 from ..artifact import Artifact
 from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer

@@ -10,7 +10,7 @@ but not created (the one job is created from that file), or created (it is polle
 finished before a time, with their requests.
 
 `MemoryJournal` lives as long as the process; `SQLiteJournal` is a table in the SQLite store's file (its own
-connection; each write is committed at once); the Redis store's journal is in `flock_llm.stores.redis_journal`.
+connection; each write is committed at once); the Redis store's journal is in `flock_llm.stores.redis.journal`.
 """
 
 from __future__ import annotations

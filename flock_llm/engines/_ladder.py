@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .._runtime.vocabulary import FailureStage
+from .._vocabulary import FailureStage
 from ..errors import BudgetExceededError, ModelCallError, ModelOutputError, ProviderUnavailableError
 from ._base import EvalResult, ItemFailure, Output
 from ._calls import Usage

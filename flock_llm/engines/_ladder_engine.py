@@ -27,6 +27,7 @@ from ._ladder import (
 )
 from ._limits import RequestLimiter, RetryPolicy
 from ._models import engine_secrets, is_offline, load_litellm, redact
+from ._rate import account_of
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
@@ -158,6 +159,10 @@ class LadderEngine(Engine):
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
     ) -> None:
+        from ..quality.guard import QualityGuard
+
+        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
+        """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
         for name in reserved:
             if name in passthrough:
                 raise ConfigurationError(f"`{name}` is set by {self.engine_name} itself; remove it from the arguments")
@@ -190,6 +195,7 @@ class LadderEngine(Engine):
             budget_usd=budget_usd,
             tokens_per_minute=tokens_per_minute,
             requests_per_minute=requests_per_minute,
+            account=account_of(passthrough),
         )
         """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
         self._secrets = engine_secrets(self, passthrough)
@@ -289,6 +295,11 @@ class LadderEngine(Engine):
         return await self._run(ctx, inputs, fallback=True)
 
     async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
+        if fallback and self.quality is not None:  # a flushed batch: shuffled, chunked, audited (flock_llm.quality)
+            return await self.quality.run(self, ctx, inputs, self._ladder)
+        return await self._ladder(ctx, inputs, fallback=fallback)
+
+    async def _ladder(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool = True) -> EvalResult:
         backend = self._backend(ctx, inputs)
         items = ladder_items(inputs)
         backend.usage.items = len(items)

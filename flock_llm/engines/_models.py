@@ -12,9 +12,11 @@ from typing import Any
 
 from .._redaction import register_secrets
 from ..errors import ConfigurationError
+from ._offline_tokens import OFFLINE_TOKEN_MODEL
 
 __all__ = [
     "OFFLINE_MODEL",
+    "OFFLINE_TOKEN_MODEL",
     "announce_offline",
     "counting_model",
     "engine_secrets",
@@ -48,11 +50,6 @@ def resolve_model(engine_model: str | None, flock_model: str | None, env: Mappin
 
 def is_offline(model: str) -> bool:
     return model.startswith(OFFLINE_PROVIDER + "/")
-
-
-OFFLINE_TOKEN_MODEL = "gpt-3.5-turbo"
-"""Whose tokenizer counts the offline model's tokens: cl100k_base, the encoding litellm loads anyway (a second
-one, o200k_base, would add ~55 MB of resident memory for no better estimate)."""
 
 
 def counting_model(model: str) -> str:

@@ -6,19 +6,20 @@ prompt + `max_tokens` at that time, and a refused request's by nothing (the call
 request that alone exceeds the limit waits for an empty window and then goes alone.
 
 `LocalWindow` serves one process; the Redis store gives every worker process the same window (one Lua script
-decides atomically, by the server's clock: `flock_llm.stores.redis_rate`). Why not `limits` or `pyrate-limiter`:
+decides atomically, by the server's clock: `flock_llm.stores.redis.rate`). Why not `limits` or `pyrate-limiter`:
 both take a fixed cost per hit and cannot replace it afterwards with what was really counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-__all__ = ["LocalWindow", "LocalWindows", "RateWindow", "RateWindows", "WINDOW_S"]
+__all__ = ["LocalWindow", "LocalWindows", "RateWindow", "RateWindows", "WINDOW_S", "account_of", "window_name"]
 
 WINDOW_S = 60.0
 _ids = itertools.count(1)
@@ -102,3 +103,18 @@ class LocalWindows:
 
 PROCESS_WINDOWS = LocalWindows()
 """The default: windows shared within this process."""
+
+
+def account_of(settings: Mapping[str, Any]) -> str:
+    """Whose quota an engine's calls count against: a short hash of its endpoint (`api_base`/`base_url`) and
+    API key, never the key itself ("default": the provider's default endpoint and the environment's key)."""
+    base = settings.get("api_base") or settings.get("base_url") or ""
+    key = settings.get("api_key") or ""
+    if not base and not key:
+        return "default"
+    return hashlib.sha256(f"{base}\n{key}".encode()).hexdigest()[:16]
+
+
+def window_name(account: str, model: str, kind: str) -> str:
+    """The window of one provider quota: an account's `kind` ("tokens" or "requests") per minute on `model`."""
+    return f"{account}/{model}:{kind}"

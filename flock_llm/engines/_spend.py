@@ -14,7 +14,7 @@ from ..errors import BudgetExceededError, ConfigurationError
 from ._base import EngineContext
 from ._cost import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
 from ._models import is_offline
-from ._rate import PROCESS_WINDOWS, RateWindow
+from ._rate import PROCESS_WINDOWS, RateWindow, window_name
 
 __all__ = ["CallCosts", "Ticket", "parse_prices"]
 
@@ -69,9 +69,12 @@ class CallCosts:
         budget_usd: float | None,
         tokens_per_minute: int | None,
         requests_per_minute: float | None,
+        account: str = "default",
     ) -> None:
         _positive("tokens_per_minute", tokens_per_minute, integer=True)
         _positive("requests_per_minute", requests_per_minute)
+        self.account = account
+        """Whose quota the windows are (`_rate.account_of`): windows are per (account, model)."""
         self.prices = parse_prices(prices)
         self.ledger = CostLedger(budget_usd)
         self.tokens_per_minute = None if tokens_per_minute is None else int(tokens_per_minute)
@@ -123,10 +126,10 @@ class CallCosts:
         """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
         windows = ctx.rate_windows or PROCESS_WINDOWS
         if self.tokens_per_minute is not None:
-            window = windows.window(f"{model}:tokens", self.tokens_per_minute)
+            window = windows.window(window_name(self.account, model, "tokens"), self.tokens_per_minute)
             ticket.entries.append((window, await window.acquire(ticket.tokens), True))
         if self.requests_per_minute is not None and ctx.rate_windows is not None:
-            window = windows.window(f"{model}:requests", self.requests_per_minute)
+            window = windows.window(window_name(self.account, model, "requests"), self.requests_per_minute)
             ticket.entries.append((window, await window.acquire(1), False))
 
     async def attempt_done(self, ticket: Ticket, tokens: int) -> None:

@@ -19,7 +19,7 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
-from ._models import OFFLINE_TOKEN_MODEL
+from ._offline_tokens import OFFLINE_TOKEN_MODEL
 from ._placeholder import placeholder_answer
 
 __all__ = ["OfflineLLM"]

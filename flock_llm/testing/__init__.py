@@ -9,9 +9,10 @@ from pydantic import BaseModel
 
 from .._runtime.timers import ManualClock
 from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from .degrade import Degradation, DegradingModel
 from .fake_openai import FakeOpenAIServer
 
-__all__ = ["EngineCall", "FakeOpenAIServer", "FunctionEngine", "ManualClock"]
+__all__ = ["Degradation", "DegradingModel", "EngineCall", "FakeOpenAIServer", "FunctionEngine", "ManualClock"]
 
 _Answer = EvalResult | BaseModel | Sequence[BaseModel] | None
 _Fn = Callable[[EngineContext, EvalInputs], _Answer | Awaitable[_Answer]]

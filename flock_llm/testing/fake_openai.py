@@ -3,7 +3,8 @@
 It understands flock_llm's prompts: it finds the `<item id=...>` blocks,
 answers in the requested shape (one report, or one result per item id),
 takes a configurable time per request, and can inject malformed answers
-and 429s at fixed rates (seeded, so runs are repeatable).
+and 429s at fixed rates (seeded, so runs are repeatable); with `degrade=DegradingModel(...)` its answers go
+wrong with batch size and position like real models' (`flock_llm.testing.degrade`).
 
 Tokens are counted with litellm's tokenizer (cl100k_base, as flock_llm counts for models litellm does not know).
 It can enforce a context window (400 `context_length_exceeded` when the prompt and the requested `max_tokens` do
@@ -26,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..engines._placeholder import placeholder_answer
+from .degrade import DegradingModel
 from .fake_batches import FakeBatches
 
 __all__ = ["FakeOpenAIServer"]
@@ -94,6 +96,8 @@ class FakeOpenAIServer:
     _window: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
     batches: FakeBatches = field(default=None, repr=False)  # type: ignore[assignment]
     """The Batch API (`/v1/files`, `/v1/batches`): see `flock_llm.testing.fake_batches`."""
+    degrade: DegradingModel | None = None
+    """Answers that go wrong with batch size and position, and can drift (see `flock_llm.testing.degrade`)."""
     requests: int = 0
     """Chat requests received, probes included (counted)."""
     malformed_sent: int = 0
@@ -297,6 +301,8 @@ class FakeOpenAIServer:
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         """The answer text and how many items it answers."""
         answer = placeholder_answer(request.get("messages", []), request.get("response_format"))
+        if self.degrade is not None:
+            answer = self.degrade.apply(answer, request.get("messages", []))
         if isinstance(answer, dict) and isinstance(answer.get("results"), list):
             return json.dumps(answer), len(answer["results"])
         return json.dumps(answer), 1

@@ -95,7 +95,7 @@ def test_max_outage_bounds_the_wait_for_a_provider_that_is_down(tmp_path: Path) 
                        "--timeout", "0.1", "-o", str(tmp_path / "out.jsonl"), "--json", "--no-progress",
                        env=env)  # fmt: skip
     assert done.returncode == 3, done.stderr
-    assert "calls wait (up to 1.5 s)" in done.stderr  # not the default 300 s
+    assert "failed every call for 1.5 s (`max_outage`)" in done.stderr  # not the default 300 s
     records = read_jsonl(tmp_path / "out.jsonl")
     assert {r["data"]["stage"] for r in records} == {"provider_unavailable"}  # type: ignore[index]
     assert strict_json(done.stdout)["failed_items"] == 4

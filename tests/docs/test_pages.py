@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import get_args
 
-from flock_llm._runtime.vocabulary import FailureStage, FlushReason
+from flock_llm._vocabulary import FailureStage, FlushReason
 
 ROOT = Path(__file__).resolve().parents[2]
 

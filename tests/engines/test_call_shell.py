@@ -22,7 +22,7 @@ from flock_llm.engines._cost import CostLedger
 from flock_llm.engines._ladder import Answer, LadderItem, Repair
 from flock_llm.engines._ladder_engine import LadderEngine
 from flock_llm.engines._models import load_litellm
-from flock_llm.engines._rate import PROCESS_WINDOWS, LocalWindows
+from flock_llm.engines._rate import PROCESS_WINDOWS, LocalWindows, window_name
 from flock_llm.engines._shell import Ask, CallShell, Settled
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
@@ -85,11 +85,11 @@ async def test_a_full_minute_window_holds_every_path_until_it_has_room(path: str
     shared = LocalWindows() if window.startswith("shared") else None  # what the Redis store's windows stand for
     windows = shared or PROCESS_WINDOWS
     kind = "requests" if window.endswith("requests") else "tokens"
-    full = windows.window(f"{MODEL}:{kind}", limit)
-    held = await full.acquire(limit)  # another worker used the whole minute
     limits = {"requests_per_minute": limit} if kind == "requests" else {"tokens_per_minute": limit}
     with provider(path) as fake:
         engine = engine_for(path, fake, **limits)
+        full = windows.window(window_name(engine.costs.account, MODEL, kind), limit)
+        held = await full.acquire(limit)  # another worker used the whole minute
         running = asyncio.create_task(run_batches(engine, context(rate_windows=shared), batches=2))
         await asyncio.sleep(0.4)
         assert fake.chat_requests == 0 and not running.done()  # waiting for room, not failed
@@ -279,7 +279,7 @@ async def test_a_third_engine_waits_behind_its_breaker_and_a_full_tokens_minute(
 
     limit = next(_limits)
     engine = CountingEngine(transport, tokens_per_minute=limit, breaker=BreakerPolicy(probe_interval=0.05))
-    full = PROCESS_WINDOWS.window("custom/counter:tokens", limit)
+    full = PROCESS_WINDOWS.window(window_name(engine.costs.account, "custom/counter", "tokens"), limit)
     held = await full.acquire(limit)  # another engine of this process used the whole minute
     released = asyncio.Event()
 

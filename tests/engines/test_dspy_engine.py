@@ -18,7 +18,7 @@ from llm_fakes import OPENAI_URL, body, chat
 from flock_llm import Artifact, FailureRecord, Flock
 from flock_llm.engines._breaker import BreakerPolicy
 from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._rate import PROCESS_WINDOWS
+from flock_llm.engines._rate import PROCESS_WINDOWS, window_name
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.subscription import BatchSpec
 
@@ -210,9 +210,9 @@ async def test_a_dspy_call_waits_while_the_tokens_per_minute_window_is_full(open
         return_value=chat({"report": {"review_count": 2, "average_rating": 3.0, "summary": "ok"}})
     )
     limit = 4_321  # a limit no other test uses: the window is this process's for model + limit
-    window = PROCESS_WINDOWS.window("openai/gpt-4.1-mini:tokens", limit)
-    held = await window.acquire(limit)  # another engine of this process has used the whole minute
     engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, tokens_per_minute=limit)
+    window = PROCESS_WINDOWS.window(window_name(engine.costs.account, "openai/gpt-4.1-mini", "tokens"), limit)
+    held = await window.acquire(limit)  # another engine of this process has used the whole minute
     running = asyncio.create_task(run(engine, reviews(2)))
     await asyncio.sleep(0.3)
     assert route.call_count == 0 and not running.done()  # waiting for room, not failed

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import BaseModel
+from test_redis_store import taken
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, flock_type
 from flock_llm.engines import EvalResult
-from flock_llm.stores.redis import RedisStore
+from flock_llm.stores import RedisStore
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FunctionEngine
 from flock_llm.visibility import LabelledVisibility, PublicVisibility, TenantVisibility
@@ -194,7 +195,7 @@ async def test_an_undecodable_entry_becomes_a_failure_record_as_private_as_the_e
     assert record_artifact.visibility == TenantVisibility(tenant_id="tenant-a")
     assert "secret" not in record.error and "4111" not in record.error
     assert "input_value" not in record.error and "amount" in record.error
-    await asyncio.sleep(0.5)  # the monitor (no tenant) had time to read it
+    await until(lambda: taken(store, FailureRecord, "monitor"))  # the monitor (no tenant) read it and refused it
     assert seen == []
     await worker.shutdown()
     await monitor.shutdown()
@@ -301,7 +302,7 @@ async def _stream_len(client, stream: str, n: int, *, exact: bool = False) -> bo
 
 
 def test_public_visibility_is_still_the_default_for_undecodable_visibility() -> None:
-    from flock_llm.stores.redis_support import visibility_of as _visibility_of
+    from flock_llm.stores.redis.support import visibility_of as _visibility_of
 
     row = json.loads(json.dumps(["id", "T", "{}", None, "[]", None, "[]", json.dumps({"kind": "public"}), 0]))
     assert _visibility_of(json.dumps(row), "agent") == PublicVisibility()

@@ -18,9 +18,10 @@ from pydantic import BaseModel
 from flock_llm import ConfigurationError, FailureRecord, Flock, StoreUnavailableError, flock_type
 from flock_llm.engines import EvalResult
 from flock_llm.engines._journal import JobRecord
-from flock_llm.stores.redis import RedisStore
+from flock_llm.registry import type_name_of
+from flock_llm.stores import RedisStore
 from flock_llm.subscription import BatchSpec, JoinSpec
-from flock_llm.testing import FunctionEngine
+from flock_llm.testing import FunctionEngine, ManualClock
 
 
 @flock_type
@@ -46,9 +47,14 @@ def summarize(ctx, inputs):  # noqa: ANN001 - FunctionEngine callback
 
 
 def worker(
-    url: str, *, size: int | None = 5, timeout: timedelta | None = timedelta(seconds=30), **consumes: object
+    url: str,
+    *,
+    size: int | None = 5,
+    timeout: timedelta | None = timedelta(seconds=30),
+    clock: ManualClock | None = None,
+    **consumes: object,
 ) -> Flock:
-    flock = Flock(store=url, env={})
+    flock = Flock(store=url, env={}, clock=clock)
     (
         flock.agent("payments")
         .consumes(RPay, batch=BatchSpec(size=size, timeout=timeout), **consumes)  # type: ignore[arg-type]
@@ -75,6 +81,27 @@ async def outputs(flock: Flock, cls: type[BaseModel], n: int) -> list:
 
 async def _at_least(store: RedisStore, cls: type[BaseModel], n: int) -> bool:
     return await store.count(cls) >= n
+
+
+async def taken(store: RedisStore, cls: type[BaseModel], agent: str, sub: int = 0) -> bool:
+    """Every `cls` published so far was read by the agent subscription's consumer group and acknowledged there
+    (added to a shared batch or set, refused, or, unbatched, its run committed): nothing of it is still coming."""
+    stream = store.type_stream(type_name_of(cls))
+    groups = {g["name"]: g for g in await store.client.xinfo_groups(stream)}
+    group = groups.get(RedisStore.intake_group(agent, sub))
+    last = await store.client.xrevrange(stream, count=1)
+    return group is not None and group["pending"] == 0 and (not last or group["last-delivered-id"] == last[0][0])
+
+
+async def settled(store: RedisStore, cls: type[BaseModel], agent: str, sub: int = 0, identity: str = "") -> bool:
+    """`taken`, and no flushed batch of the subscription is waiting or running: no more runs can come."""
+    if not await taken(store, cls, agent, sub):
+        return False
+    ready = store.ready_stream(agent, sub, identity)
+    if not await store.client.exists(ready):
+        return True
+    groups = await store.client.xinfo_groups(ready)
+    return all(g["pending"] == 0 and g.get("lag", 0) == 0 for g in groups)
 
 
 # -- configuration and connection ------------------------------------------------------------
@@ -138,13 +165,17 @@ async def test_a_gate_across_two_workers_fires_each_set_once(redis_url: str) -> 
     store = workers[0].store
     assert isinstance(store, RedisStore)
     await outputs(workers[0], RPayBatch, 2)
-    await asyncio.sleep(0.3)
+    await until(lambda: _settled_gate(store))  # every arrival placed, every completed set run: nothing more comes
     assert sorted(runs) == [["RPay1", "RPayGate1"], ["RPay2", "RPayGate2"]]  # RPayGate3 waits
     await workers[0].publish(RPay(n=3))
     await outputs(workers[0], RPayBatch, 3)
     assert sorted(runs)[-1] == ["RPay3", "RPayGate3"]
     for flock in workers:
         await flock.shutdown()
+
+
+async def _settled_gate(store: RedisStore) -> bool:
+    return await settled(store, RPay, "gate") and await settled(store, RPayGate, "gate")
 
 
 async def test_a_join_over_one_type_with_a_batch_on_the_shared_store(redis_url: str) -> None:
@@ -207,7 +238,7 @@ async def test_size_flushes_are_decided_once_across_workers_and_every_item_lands
     producer = Flock(store=redis_url, env={})
     await producer.publish_many([RPay(n=n) for n in range(200)])
     done = await outputs(producer, RPayBatch, 20)
-    await asyncio.sleep(0.3)  # nothing more arrives
+    await until(lambda: settled(producer.store, RPay, "payments"))  # type: ignore[arg-type]  # nothing more comes
     for w in workers:
         await w.shutdown()
     done = await producer.store.get_by_type(RPayBatch)
@@ -220,34 +251,42 @@ async def test_size_flushes_are_decided_once_across_workers_and_every_item_lands
 
 
 async def test_a_timeout_flush_takes_a_partial_batch_fed_by_two_processes(redis_url: str) -> None:
-    a = worker(redis_url, size=25, timeout=timedelta(milliseconds=400))
-    b = worker(redis_url, size=25, timeout=timedelta(milliseconds=400))
+    """On the Flock's clock (shared by the workers here): the batch flushes when that clock passes its timeout,
+    not a moment before, and says how long it waited by that clock."""
+    clock = ManualClock(start=1_000.0)
+    a = worker(redis_url, size=25, timeout=timedelta(milliseconds=400), clock=clock)
+    b = worker(redis_url, size=25, timeout=timedelta(milliseconds=400), clock=clock)
     await a.start()
     await b.start()
-    producer_1, producer_2 = Flock(store=redis_url, env={}), Flock(store=redis_url, env={})
-    started = time.monotonic()
+    producer_1, producer_2 = (Flock(store=redis_url, env={}, clock=clock) for _ in range(2))
     await producer_1.publish_many([RPay(n=n) for n in range(3)])
     await producer_2.publish_many([RPay(n=n) for n in range(3, 6)])
+    store = a.store
+    assert isinstance(store, RedisStore)
+    await until(lambda: _batch_len(store, 6))
+    clock.advance(0.399)
+    assert await a._check_batch_timeouts() == 0  # not due yet by the Flock's clock (the sweep asks the same)
+    assert await _batch_len(store, 6)
+    clock.advance(0.001)  # the deadline timer of the worker that opened the batch fires
     (done,) = await outputs(producer_1, RPayBatch, 1)
-    waited = time.monotonic() - started
     assert sorted(done.ns) == [0, 1, 2, 3, 4, 5] and done.reason == "timeout"
-    assert 0.35 <= waited < 2.0
     (flush,) = [f for w in (a, b) for f in w.metrics().flushes]
-    assert flush.reason == "timeout" and flush.batch_size == 6 and 0.35 <= flush.waited_s < 1.0
+    assert flush.reason == "timeout" and flush.batch_size == 6 and flush.waited_s == pytest.approx(0.4)
     for f in (a, b, producer_1, producer_2):
         await f.shutdown()
 
 
 async def test_an_expired_batch_opened_by_a_worker_that_left_is_flushed_by_the_sweep(redis_url: str) -> None:
-    leaver = worker(redis_url, size=25, timeout=timedelta(milliseconds=200))
+    clock = ManualClock()
+    leaver = worker(redis_url, size=25, timeout=timedelta(milliseconds=200), clock=clock)
     await leaver.start()
     await leaver.publish_many([RPay(n=n) for n in range(4)])
     store = leaver.store
     assert isinstance(store, RedisStore)
     await until(lambda: _batch_len(store, 4))
     await leaver.shutdown()  # leaves the shared batch (and its deadline) behind
-    await asyncio.sleep(0.3)
-    stayer = worker(redis_url, size=25, timeout=timedelta(milliseconds=200))  # never saw that batch open
+    clock.advance(0.3)  # its deadline passes while no worker is there
+    stayer = worker(redis_url, size=25, timeout=timedelta(milliseconds=200), clock=clock)  # never saw it open
     await stayer.start()
     (done,) = await outputs(stayer, RPayBatch, 1)
     assert sorted(done.ns) == [0, 1, 2, 3] and done.reason == "timeout"
@@ -297,12 +336,14 @@ async def test_a_raising_predicate_records_a_failure_and_filtered_items_are_not_
 
     w = worker(redis_url, size=2, where=picky)
     await w.start()
+    store = w.store
+    assert isinstance(store, RedisStore)
     published = await w.publish_many([RPay(n=n) for n in range(6)])
     done = await outputs(w, RPayBatch, 1)
     (failure,) = await outputs(w, FailureRecord, 1)
     assert failure.stage == "where" and failure.input_ids == [published[3].id] and "cannot judge 3" in failure.error
-    await asyncio.sleep(0.2)
-    await w.flush_batches()
+    await until(lambda: taken(store, RPay, "payments"))  # 4 waits in the open batch
+    assert await w.flush_batches() == 1
     done = await outputs(w, RPayBatch, 2)
     assert sorted(n for d in done for n in d.ns) == [0, 2, 4]
     await w.shutdown()
@@ -336,7 +377,7 @@ async def test_unbatched_subscriptions_run_each_item_once_across_workers(redis_u
         workers.append(w)
     await workers[0].publish_many([RPay(n=n) for n in range(30)])
     done = await outputs(workers[0], RPayBatch, 30)
-    await asyncio.sleep(0.2)
+    await until(lambda: taken(workers[0].store, RPay, "each"))  # type: ignore[arg-type]  # every run committed
     assert sorted(n for d in await workers[0].store.get_by_type(RPayBatch) for n in d.ns) == list(range(30))
     for w in workers:
         await w.shutdown()
@@ -371,7 +412,7 @@ async def test_a_batch_held_by_a_silent_worker_is_run_by_another_and_published_o
     await stalled.start()
     await stalled.publish_many([RPay(n=n) for n in range(3)])
     await until(lambda: _truthy(stalled_engine.calls))
-    stalled._runtime.shared._housekeeping.cancel()  # type: ignore[union-attr, attr-defined]  # silent: no claim renewal
+    stalled._runtime.intake._housekeeping.cancel()  # type: ignore[attr-defined]  # silent: no claim renewal
     started = time.monotonic()
     rescuer = worker(redis_url, size=3)
     await rescuer.start()
@@ -449,7 +490,7 @@ async def test_retention_forgets_processed_artifacts_and_never_unprocessed_ones(
     published = await producer.publish_many([RPay(n=n) for n in range(4)])
     store = producer.store
     assert isinstance(store, RedisStore)
-    await asyncio.sleep(1.0)  # several trims, all past the retention: the items were never delivered
+    assert await store.trim(0.001) == 0  # all past any retention, but never delivered: kept
     assert await store.count(RPay) == 4
     second = worker(url, size=2)
     await second.start()
@@ -547,9 +588,11 @@ async def test_token_budgets_are_kept_atomically_in_redis_across_workers(redis_u
         workers.append(flock)
     producer = Flock(store=redis_url, env={})
     sizes = [40, 50, 20, 250, 30, 70, 1]
-    for n in sizes:  # one at a time, so the order (and so the sums) is fixed
+    store = producer.store
+    assert isinstance(store, RedisStore)
+    for n in sizes:  # one at a time, each added before the next, so the order (and so the sums) is fixed
         await producer.publish(RPay(n=n))
-        await asyncio.sleep(0.05)
+        await until(lambda: taken(store, RPay, "payments"))
     done = await outputs(producer, RPayBatch, 4)
     batches = sorted((d.ns for d in done), key=lambda ns: sizes.index(ns[0]))
     assert batches == [[40, 50], [20], [250], [30, 70]] and {d.reason for d in done} == {"tokens"}
@@ -572,10 +615,12 @@ async def test_a_gate_sets_tokens_count_against_the_shared_batch_budget(redis_ur
         .with_engines(_Weighed(batch=lambda ctx, inputs: RPayBatch(ns=[len(inputs)], reason="", batch_id="")))
     )
     await gate.start()
+    store = gate.store
+    assert isinstance(store, RedisStore)
     for n in (10, 15, 8):  # sets of 10+10, 15+15, 8+8 tokens (an RPayGate counts its n too)
         await gate.publish(RPay(n=n))
         await gate.publish(RPayGate(n=n))
-        await asyncio.sleep(0.05)
+        await until(lambda: _gate_taken(store))  # each set placed before the next one comes
     await until(lambda: _gate_flushes(gate, 2))
     # 20, then 30 would pass 30: the first set goes; 30 reaches the budget: it goes; the 8+8 set waits
     assert [(f.batch_size, f.tokens, f.reason) for f in gate.metrics().flushes] == [
@@ -583,6 +628,10 @@ async def test_a_gate_sets_tokens_count_against_the_shared_batch_budget(redis_ur
         (1, 30, "tokens"),
     ]
     await gate.shutdown()
+
+
+async def _gate_taken(store: RedisStore) -> bool:
+    return await taken(store, RPay, "gate") and await taken(store, RPayGate, "gate")
 
 
 async def _gate_flushes(flock: Flock, n: int) -> bool:

@@ -1,14 +1,17 @@
 """Engine state shared by every worker process of a Redis store: rate windows (see `flock_llm.engines._rate`:
-one sliding minute per name, changed only by the RATE_TAKE and RATE_SETTLE scripts, by the server's clock). The
-journal of provider batch jobs is in `redis_journal`."""
+one sliding minute per (account, model, kind), changed only by the RATE_TAKE and RATE_SETTLE scripts, by the
+server's clock; workers that disagree about a window's limit are refused). The journal of provider batch jobs is
+in `journal`."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
+from ...errors import ConfigurationError
+
 if TYPE_CHECKING:
-    from .redis_connection import RedisConnection
+    from .connection import RedisConnection
 
 __all__ = ["RedisWindow", "RedisWindows"]
 
@@ -19,16 +22,29 @@ class RedisWindow:
     def __init__(self, store: RedisConnection, name: str, limit: int) -> None:
         self.store = store
         self.limit = limit
+        self.name = name
         base = store.key(f"rate:{name}")
-        self._keys = [base, base + ":amounts", base + ":seq"]
+        self._keys = [base, base + ":amounts", base + ":seq", base + ":limit"]
 
     async def acquire(self, amount: int) -> str:
+        """Wait until `amount` fits the shared window, take it; returns the entry's id.
+
+        Raises:
+            ConfigurationError: another worker uses this window (the same account and model) with another limit.
+        """
         store = self.store
         while True:
             taken, value = await store.retrying(
                 lambda: store.script("RATE_TAKE")(keys=self._keys, args=[self.limit, amount]),
                 limit=store.reconnect_timeout,
             )
+            if int(taken) == -1:
+                kind = "tokens_per_minute" if self.name.endswith(":tokens") else "requests_per_minute"
+                raise ConfigurationError(
+                    f"rate window {self.name!r} (one account on one model) is shared through Redis with a limit of "
+                    f"{int(value):,} per minute, but this worker has `{kind}={self.limit:,}`: give every worker "
+                    "the same limit (the window expires 2 minutes after its last use)"
+                )
             if int(taken) == 1:
                 return value.decode() if isinstance(value, bytes) else str(value)
             await asyncio.sleep(min(max(int(value), 5), 60_000) / 1000)

@@ -13,26 +13,27 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .._runtime.batching import FlushReason
-from .._runtime.ledger import Receipt
-from .._runtime.router import may_see
-from .._runtime.runner import Work
-from ..agent import Agent
-from ..artifact import Artifact
-from ..errors import ConfigurationError
-from ..metrics import BatchStats
-from ..subscription import Subscription
-from .redis import READY_GROUP, RedisStore, connection_errors
-from .redis_entries import decode_entry, flush_of, recheck_groups
-from .redis_flushes import SharedFlushes
-from .redis_peers import Peers, identity_of
-from .redis_sets import SharedSets
-from .redis_support import finish_tasks, member_of, stream_entries
-
-if TYPE_CHECKING:
-    from .._runtime.core import Runtime
+from ..._runtime.ledger import Receipt
+from ..._runtime.ports import Held, IntakeServices
+from ..._runtime.router import may_see
+from ..._runtime.runner import Work
+from ..._vocabulary import FlushReason
+from ...agent import Agent
+from ...artifact import Artifact
+from ...errors import ConfigurationError
+from ...metrics import BatchStats
+from ...subscription import Subscription
+from .claims import Claims
+from .clock import SharedTime
+from .connection import RedisConnection
+from .entries import decode_entry, flush_of, recheck_groups
+from .flushes import SharedFlushes
+from .peers import Peers, identity_of
+from .retention import trim
+from .sets import SharedSets
+from .support import READY_GROUP, finish_tasks, member_of, stream_entries
 
 __all__ = ["RedisWorker"]
 
@@ -56,29 +57,42 @@ class _Plan:
 
 
 class RedisWorker:
-    def __init__(self, runtime: Runtime, store: RedisStore) -> None:
-        self.runtime = runtime
+    """The `Intake` of a Redis store in one process (see the module's docstring).
+
+    Args:
+        services: the runtime's parts it works through.
+        store: the Redis connection it reads and writes through.
+    """
+
+    def __init__(self, services: IntakeServices, store: RedisConnection) -> None:
+        self.services = services
         self.store = store
-        agents = list(runtime.agents.values())
-        self._subs = [(agent, sub) for agent in agents for sub in agent.subscriptions]
-        self._identity = {agent.name: identity_of(agent) for agent in agents}
-        self._members = {
-            (agent.name, sub.index): member_of(agent.name, sub.index, self._identity[agent.name], None, False)
-            for agent, sub in self._subs
-        }
-        self._peers = Peers(store, agents)
+        self._subs: list[tuple[Agent, Subscription]] = []
+        self._identity: dict[str, str] = {}
+        self._members: dict[tuple[str, int], str] = {}
+        self._peers = Peers(store, services.agents)
+        self._claims = Claims(store)
         self._running: dict[tuple[str, str], tuple[str, Receipt]] = {}
         """(stream, entry id) -> (agent name, receipt) of the runs holding a slot and a claim here."""
         self._stopping = False
         self._closing = False
         self._loops: list[asyncio.Task[None]] = []
         self._housekeeping: asyncio.Task[None] | None = None
-        self.flushes = SharedFlushes(store, runtime.agents)
-        self.sets = SharedSets(store, runtime)
+        self.time = SharedTime(services.clock)
+        self.flushes = SharedFlushes(store, services.agents, self.time)
+        self.sets = SharedSets(store, services, self.time)
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Join the shared blackboard with the agents defined now: create consumer groups, start the loops."""
+        agents = list(self.services.agents.values())
+        self._subs = [(agent, sub) for agent in agents for sub in agent.subscriptions]
+        self._identity = {agent.name: identity_of(agent) for agent in agents}
+        self._members = {
+            (agent.name, sub.index): member_of(agent.name, sub.index, self._identity[agent.name], None, False)
+            for agent, sub in self._subs
+        }
         for agent, sub in self._subs:
             if sub.groups and sub.batch is not None and sub.batch.by is not None:
                 raise ConfigurationError(
@@ -87,7 +101,6 @@ class RedisWorker:
                 )
         await self.store.connect()
         self.store.on_committed = self._committed
-        self.runtime.runner.release = self._committed  # a run the budget stopped: released, not acknowledged
         await self.store.retrying(self._create_groups, limit=self.store.reconnect_timeout)
         await self.store.retrying(self._peers.exchange, limit=self.store.reconnect_timeout)
         loop = asyncio.get_running_loop()
@@ -133,6 +146,24 @@ class RedisWorker:
         await self._peers.leave()
         await self.store.aclose()
 
+    async def finish(self, deadline: float | None) -> None:
+        """At shutdown: stop taking work; what is open stays in Redis for the other workers."""
+        await self.stop()
+
+    def hold(self) -> Held | None:
+        return None  # (a publish is delivered by whichever worker reads it, after Redis has it)
+
+    def accept(self, artifact: Artifact, held: Held | None) -> None:
+        """Nothing to do here: the shared store delivers a published artifact to whichever worker reads it."""
+
+    def release(self, held: Held | None) -> None:
+        """Nothing is held (see `hold`)."""
+
+    def release_run(self, receipt: Receipt) -> None:
+        """A run the budget stopped: its slot is given back, its entry is left unacknowledged (another worker
+        takes it after `claim_timeout`)."""
+        self._committed(receipt)
+
     def _ready_stream(self, agent: Agent, sub: Subscription) -> str:
         return self.store.ready_stream(agent.name, sub.index, self._identity[agent.name])
 
@@ -141,7 +172,7 @@ class RedisWorker:
     async def _intake_loop(self, agent: Agent, sub: Subscription) -> None:
         group = self.store.intake_group(agent.name, sub.index)
         streams = {self.store.type_stream(t): ">" for t in dict.fromkeys(sub.type_names)}
-        slots = self.runtime.runner.slots(agent)
+        slots = self.services.runner.slots(agent)
         direct = sub.batch is None and not sub.groups
         while not self._stopping:
             if direct and not await slots.take(_BLOCK_MS / 1000):
@@ -153,14 +184,14 @@ class RedisWorker:
             except Exception as exc:  # noqa: BLE001 - connection trouble, a deleted group...: log, wait, retry
                 if direct:
                     slots.give()
-                await self._recover(exc)
+                await self._claims.recover(exc, self._create_groups)
                 continue
             taken = 0
             try:
                 for stream, entries in stream_entries(replies):
                     taken += await self._take(agent, sub, stream, group, entries)
             except Exception as exc:  # noqa: BLE001 - keep the loop alive; what was not added stays pending
-                await self._recover(exc)  # (and is taken over after `claim_timeout`)
+                await self._claims.recover(exc, self._create_groups)  # (and is taken over after `claim_timeout`)
             if direct and not taken:
                 slots.give()
 
@@ -171,10 +202,10 @@ class RedisWorker:
             if (stream, entry_id) not in self._running:  # (else: read again from its own pending list mid-run)
                 await self._route(agent, sub, Receipt(stream, group, entry_id), fields, plan)
         for peer, ids in plan.handover.items():
-            self.runtime.metrics.counters.handed_to_peers += len(ids)
+            self.services.metrics.counters.handed_to_peers += len(ids)
             await self.store.client.xclaim(stream, group, peer, 0, ids, justid=True)
         if plan.adds:
-            budget = self.runtime.runner.token_budget(agent, sub)
+            budget = self.services.runner.token_budget(agent, sub)
             await self.flushes.add(sub, stream, group, self._ready_stream(agent, sub), plan.adds, budget)
         if plan.placed:
             member = self._members[(agent.name, sub.index)]
@@ -184,7 +215,7 @@ class RedisWorker:
 
     async def _route(self, agent: Agent, sub: Subscription, receipt: Receipt, fields: Any, plan: _Plan) -> None:
         """Where one delivered entry goes: a peer, a run, a shared batch or a gate/join set (or nowhere)."""
-        artifact = decode_entry(self.runtime, agent, receipt, [fields.get("a", "") if fields else ""])
+        artifact = decode_entry(self.services, agent, receipt, [fields.get("a", "") if fields else ""])
         if artifact is None:
             return
         peer = await self._peer_for(agent, artifact[0], plan.refreshed)
@@ -194,14 +225,14 @@ class RedisWorker:
         member = self._admit(agent, sub, artifact[0], receipt)
         if member is None:
             return
-        tokens = self.runtime.runner.item_tokens(agent, sub, tuple(artifact))
+        tokens = self.services.runner.item_tokens(agent, sub, tuple(artifact))
         if sub.groups:
             key = self.sets.key_of(agent, sub, artifact[0], receipt)
             if key is not None:
                 plan.placed.append((receipt.entry_id, fields["a"], artifact[0].type_name, key, tokens))
         elif sub.batch is None:
             self._running[(receipt.stream, receipt.entry_id)] = (agent.name, receipt)
-            self.runtime.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
+            self.services.runner.enqueue(Work(agent, sub, (tuple(artifact),), None, receipt=receipt))
             plan.runs += 1
         else:
             plan.adds.append((receipt.entry_id, fields["a"], member, tokens))
@@ -220,8 +251,8 @@ class RedisWorker:
         """The batch member for an accepted artifact ("" when unbatched); None when refused (acknowledged,
         with a failure record when user code raised)."""
         member: str | None = None
-        with self.runtime.ledger.unit(receipt) as commit:
-            if self.runtime.router.accepts(agent, sub, artifact):
+        with self.services.ledger.unit(receipt) as commit:
+            if self.services.router.accepts(agent, sub, artifact):
                 member = "" if sub.batch is None and not sub.groups else self._member(agent, sub, artifact)
             if member is not None:
                 commit.receipt = None  # accepted: acknowledged later, by its batch or its run
@@ -234,7 +265,7 @@ class RedisWorker:
             partition = sub.batch.by(artifact.payload)
             return member_of(agent.name, sub.index, self._identity[agent.name], partition, True)
         except Exception as exc:  # noqa: BLE001 - user code (or a key that is not JSON): record it, keep the artifact
-            self.runtime.outcomes.user_code_failed(
+            self.services.outcomes.user_code_failed(
                 agent, sub, artifact, exc, stage="batch_by", counter="batch_key_errors"
             )
             return None
@@ -261,7 +292,7 @@ class RedisWorker:
 
     async def _ready_loop(self, agent: Agent, sub: Subscription) -> None:
         stream = self._ready_stream(agent, sub)
-        slots = self.runtime.runner.slots(agent)
+        slots = self.services.runner.slots(agent)
         while not self._stopping:
             if not await slots.take(_BLOCK_MS / 1000):
                 continue
@@ -271,7 +302,7 @@ class RedisWorker:
                 )
             except Exception as exc:  # noqa: BLE001 - connection trouble, a deleted group...: log, wait, retry
                 slots.give()
-                await self._recover(exc)
+                await self._claims.recover(exc, self._create_groups)
                 continue
             entries = [entry for _, found in stream_entries(replies) for entry in found]
             if not entries:
@@ -292,22 +323,22 @@ class RedisWorker:
         lines = fields["items"].split("\n")
         # a gate's or join's items are whole sets: each line is a JSON array of artifact documents
         sets = [json.loads(line) for line in lines] if sub.groups else [[line] for line in lines]
-        decoded = decode_entry(self.runtime, agent, receipt, [doc for found in sets for doc in found])
+        decoded = decode_entry(self.services, agent, receipt, [doc for found in sets for doc in found])
         if decoded is None:
             return
-        items = recheck_groups(self.runtime, agent, sub, receipt, decoded, [len(found) for found in sets])
+        items = recheck_groups(self.services, agent, sub, receipt, decoded, [len(found) for found in sets])
         if not items:
             return
         if fields.get("direct") == "1":  # a completed set of an unbatched gate or join: one run of its own
-            self.runtime.runner.enqueue(Work(agent, sub, tuple(items), None, receipt=receipt))
+            self.services.runner.enqueue(Work(agent, sub, tuple(items), None, receipt=receipt))
             return
         flush = flush_of(self.store.namespace, agent, sub, fields, items)
-        self.runtime.runner.start_flush(agent, sub, flush, receipt)
+        self.services.runner.start_flush(agent, sub, flush, receipt)
 
     def _committed(self, receipt: Receipt) -> None:
         running = self._running.pop((receipt.stream, receipt.entry_id), None)
         if running is not None:
-            self.runtime.runner.slots(self.runtime.agents[running[0]]).give()
+            self.services.runner.slots(self.services.agents[running[0]]).give()
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -321,7 +352,7 @@ class RedisWorker:
             now = loop.time()
             try:
                 await self._peers.exchange()
-                await self._renew_claims()
+                await self._claims.renew(receipt for _, receipt in list(self._running.values()))
                 if now - last_sweep >= store.sweep_interval:
                     last_sweep = now
                     await self.flush_due()
@@ -331,89 +362,32 @@ class RedisWorker:
                             await self.sets.sweep(agent, sub, self._members[(agent.name, sub.index)])
                 if store.retention is not None and now - last_trim >= min(60.0, max(tick, store.retention / 2)):
                     last_trim = now
-                    await store.trim(store.retention)
+                    await trim(store, store.retention)
                 if not self._stopping and now - last_claim >= store.claim_timeout / 2:
                     last_claim = now
                     await self._claim_abandoned()
             except Exception as exc:  # noqa: BLE001 - keep housekeeping alive through outages; log and go on
-                await self._recover(exc)
-
-    async def _renew_claims(self) -> None:
-        """Reset the idle time of entries whose runs are in progress here, so nobody takes them over."""
-        if not self._running:
-            return
-        groups: dict[tuple[str, str], list[str]] = {}
-        for _, receipt in list(self._running.values()):
-            groups.setdefault((receipt.stream, receipt.group), []).append(receipt.entry_id)
-        async with self.store.client.pipeline(transaction=False) as pipe:
-            for (stream, group), ids in groups.items():
-                pipe.xclaim(stream, group, self.store.consumer, 0, ids, justid=True)
-            await pipe.execute()
+                await self._claims.recover(exc, self._create_groups)
 
     async def _claim_abandoned(self) -> None:
         """Take over entries that silent workers held longer than `claim_timeout`."""
         store = self.store
         for agent, sub in self._subs:
             group = store.intake_group(agent.name, sub.index)
-            slots = self.runtime.runner.slots(agent)
+            slots = self.services.runner.slots(agent)
             for t in dict.fromkeys(sub.type_names):
                 stream = store.type_stream(t)
                 count = store.read_count if sub.batch is not None else slots.take_up_to(store.read_count)
-                entries = await self._autoclaim(stream, group, count, "entries")
-                entries += await self._handed_over(stream, group, count - len(entries))
+                entries = await self._claims.take_over(stream, group, count, "entries")
+                running = {entry for held, entry in self._running if held == stream}
+                entries += await self._claims.handed_over(stream, group, count - len(entries), running)
                 runs = await self._take(agent, sub, stream, group, entries)
                 if sub.batch is None:
                     slots.give(count - runs)
             if sub.batch is not None:
                 stream = self._ready_stream(agent, sub)
                 count = slots.take_up_to(agent.concurrency)
-                entries = await self._autoclaim(stream, READY_GROUP, count, "batches")
+                entries = await self._claims.take_over(stream, READY_GROUP, count, "batches")
                 slots.give(count - len(entries))
                 for entry_id, fields in entries:
                     self._run_batch(agent, sub, stream, entry_id, fields)
-
-    async def _handed_over(self, stream: str, group: str, count: int) -> list[Any]:
-        """Entries pending for this worker that it did not read itself: handed over by a peer whose definition
-        of the agent may not see them (and ones whose intake failed here)."""
-        if count <= 0:
-            return []
-        summary = await self.store.client.xpending(stream, group)
-        mine = {str(c["name"]): int(c["pending"]) for c in summary.get("consumers") or ()}
-        if mine.get(self.store.consumer, 0) <= sum(1 for key in self._running if key[0] == stream):
-            return []  # (reading would also create this consumer in groups it never used)
-        replies = await self.store.client.xreadgroup(group, self.store.consumer, {stream: "0"}, count=count)
-        return [
-            e for _, found in stream_entries(replies) for e in found if e[1] and (stream, e[0]) not in self._running
-        ]
-
-    async def _autoclaim(self, stream: str, group: str, count: int, what: str) -> list[Any]:
-        """Claim up to `count` entries idle longer than `claim_timeout`; forget consumers long gone."""
-        idle_ms = int(self.store.claim_timeout * 1000)
-        gone = await self.store.script("FORGET_CONSUMERS")(
-            keys=[stream], args=[group, 3 * idle_ms, self.store.consumer]
-        )
-        if gone:
-            log.info("removed %d departed consumers from group %s of %s", gone, group, stream)
-        if not count:
-            return []
-        claimed = await self.store.client.xautoclaim(stream, group, self.store.consumer, idle_ms, "0-0", count=count)
-        entries = [entry for entry in claimed[1] if entry[1]]  # (deleted entries come back empty)
-        if entries:
-            log.warning("took over %d %s of %s from a silent worker", len(entries), what, stream)
-        return entries
-
-    async def _recover(self, exc: Exception) -> None:
-        """After a failed read: recreate lost groups (Redis restarted empty) or wait for the connection."""
-        from redis.exceptions import ResponseError
-
-        if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
-            log.warning("a consumer group is missing (was Redis emptied?); recreating it")
-            try:
-                await self._create_groups()
-            except Exception as again:  # noqa: BLE001 - logged; the loop retries
-                log.warning("recreating consumer groups failed: %s", again)
-        elif isinstance(exc, connection_errors()):
-            log.warning("Redis read failed (%s); retrying", type(exc).__name__)
-        else:
-            log.error("Redis worker step failed: %s: %s; retrying", type(exc).__name__, exc)
-        await asyncio.sleep(0.2)

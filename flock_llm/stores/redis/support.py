@@ -10,9 +10,9 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..artifact import Artifact
-from ..visibility import PrivateVisibility, Visibility, visibility_from_dict
-from .codec import artifact_to_json
+from ...artifact import Artifact
+from ...visibility import PrivateVisibility, Visibility, visibility_from_dict
+from ..codec import artifact_to_json
 
 log = logging.getLogger("flock_llm.store")
 

@@ -7,12 +7,13 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 
-from .._runtime.router import may_see
-from ..agent import Agent
-from ..artifact import Artifact
-from ..visibility import AgentIdentity
-from .redis import RedisStore
+from ..._runtime.router import may_see
+from ...agent import Agent
+from ...artifact import Artifact
+from ...visibility import AgentIdentity
+from .connection import RedisConnection
 
 __all__ = ["Peers", "identity_of"]
 
@@ -38,16 +39,17 @@ class Peers:
     process may not see, but a live peer's definition of the same agent may, is left for that peer.
     """
 
-    def __init__(self, store: RedisStore, agents: list[Agent]) -> None:
+    def __init__(self, store: RedisConnection, agents: Mapping[str, Agent]) -> None:
         self.store = store
-        self._mine = {a.name: [a.identity.tenant_id, sorted(a.identity.labels)] for a in agents}
+        self._agents = agents  # (read live: the agents are defined after the worker is built)
         self._known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
 
     async def exchange(self) -> None:
         """Announce this process's definitions and read the live ones of every process."""
         key = self.store.key("identities")
         client = self.store.client
-        await client.hset(key, self.store.consumer, json.dumps({"at": time.time(), "agents": self._mine}))
+        mine = {a.name: [a.identity.tenant_id, sorted(a.identity.labels)] for a in self._agents.values()}
+        await client.hset(key, self.store.consumer, json.dumps({"at": time.time(), "agents": mine}))
         known: dict[str, list[tuple[str, str, AgentIdentity]]] = {}
         horizon = time.time() - 3 * self.store.claim_timeout
         stale = []
@@ -58,7 +60,7 @@ class Peers:
                     stale.append(consumer)
                     continue
                 for name, (tenant, labels) in found["agents"].items():
-                    if name in self._mine:
+                    if name in mine:
                         identity = AgentIdentity(name, frozenset(labels), tenant)
                         known.setdefault(name, []).append((consumer, _identity_key(identity), identity))
             except (ValueError, KeyError, TypeError):

@@ -7,17 +7,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
-from .._runtime.batching import FlushReason
-from ..agent import Agent
-from ..errors import StoreUnavailableError
-from ..metrics import BatchStats
-from ..subscription import Subscription
-from .redis_support import hashable
-
-if TYPE_CHECKING:
-    from .redis import RedisStore
+from ..._runtime.timers import TimerHandle
+from ..._vocabulary import FlushReason
+from ...agent import Agent
+from ...errors import StoreUnavailableError
+from ...metrics import BatchStats
+from ...subscription import Subscription
+from .clock import SharedTime
+from .connection import RedisConnection
+from .support import hashable
 
 __all__ = ["SharedFlushes"]
 
@@ -30,10 +31,11 @@ _STATS_LIMIT = 200
 class SharedFlushes:
     """Deadline timers and flushes of the shared batches one worker process knows of."""
 
-    def __init__(self, store: RedisStore, agents: Mapping[str, Agent]) -> None:
+    def __init__(self, store: RedisConnection, agents: Mapping[str, Agent], time: SharedTime) -> None:
         self.store = store
         self._agents = agents
-        self._timers: dict[str, tuple[int, asyncio.TimerHandle]] = {}
+        self._time = time
+        self._timers: dict[str, tuple[int, TimerHandle]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats: list[BatchStats] = []
 
@@ -58,7 +60,7 @@ class SharedFlushes:
                 return
             armed[1].cancel()
         delay = max(0.0, (deadline_ms - now_ms) / 1000)
-        handle = asyncio.get_running_loop().call_later(delay, self._deadline_passed, member, deadline_ms)
+        handle = self._time.call_later(delay, partial(self._deadline_passed, member, deadline_ms))
         self._timers[member] = (deadline_ms, handle)
 
     def _deadline_passed(self, member: str, deadline_ms: int) -> None:
@@ -87,7 +89,8 @@ class SharedFlushes:
         size = 0 if spec is None or spec.size is None else spec.size
         try:
             result = await store.retrying(
-                lambda: store.script("FLUSH")(keys=keys, args=[member, size, reason]), limit=store.reconnect_timeout
+                lambda: store.script("FLUSH")(keys=keys, args=[self._time.now_arg(), member, size, reason]),
+                limit=store.reconnect_timeout,
             )
         except StoreUnavailableError as exc:
             log.warning("could not flush batch %s (%s); the next sweep tries again", member, exc)
@@ -103,7 +106,9 @@ class SharedFlushes:
     async def flush_due(self) -> int:
         """Flush every shared batch whose deadline passed (any process's). Returns how many flushed."""
         store = self.store
-        due = await store.retrying(lambda: store.script("DUE")(keys=[store.key("deadlines")]), limit=None)
+        due = await store.retrying(
+            lambda: store.script("DUE")(keys=[store.key("deadlines")], args=[self._time.now_arg()]), limit=None
+        )
         flushed = [await self._flush(member, "") for member in due]
         return sum(flushed)
 
@@ -125,8 +130,10 @@ class SharedFlushes:
         if not keys:
             self._stats = []
             return
-        seconds, micros = await client.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = int(self._time.now_arg() or 0)
+        if self._time.by_server:
+            seconds, micros = await client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         stats = []
         for key in keys:
             member = key[len(prefix) :]
@@ -174,7 +181,10 @@ class SharedFlushes:
 
         async def run() -> list[Any]:  # concurrent calls, not a pipeline: Redis Cluster pipelines refuse scripts
             calls = [
-                add(keys=[stream, store.batch_list(member), *shared], args=[group, member, *fixed, *triples])
+                add(
+                    keys=[stream, store.batch_list(member), *shared],
+                    args=[self._time.now_arg(), group, member, *fixed, *triples],
+                )
                 for member, triples in by_member.items()
             ]
             return list(await asyncio.gather(*calls))

@@ -11,16 +11,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .._runtime.ledger import Receipt
-from ..agent import Agent
-from ..artifact import Artifact
-from ..metrics import JoinExpiry
-from ..subscription import Subscription
-from .redis_support import id_of
+from ..._runtime.ledger import Receipt
+from ...agent import Agent
+from ...artifact import Artifact
+from ...metrics import JoinExpiry
+from ...subscription import Subscription
+from .clock import SharedTime
+from .connection import RedisConnection
+from .support import id_of
 
 if TYPE_CHECKING:
-    from .._runtime.core import Runtime
-    from .redis import RedisStore
+    from ..._runtime.ports import IntakeServices
 
 __all__ = ["SharedSets"]
 
@@ -30,9 +31,10 @@ log = logging.getLogger("flock_llm.redis")
 class SharedSets:
     """Gate and join sets of the subscriptions one worker process serves."""
 
-    def __init__(self, store: RedisStore, runtime: Runtime) -> None:
+    def __init__(self, store: RedisConnection, services: IntakeServices, time: SharedTime) -> None:
         self.store = store
-        self.runtime = runtime
+        self.services = services
+        self._time = time
 
     def sets_key(self, member: str) -> str:
         return self.store.key(f"sets:{member}")
@@ -45,9 +47,9 @@ class SharedSets:
         try:
             return json.dumps(sub.join.by(artifact.payload), separators=(",", ":"), sort_keys=True)
         except Exception as exc:  # noqa: BLE001 - user code (or a key that is not JSON): record it, keep the artifact
-            with self.runtime.ledger.unit(receipt):
-                self.runtime.ledger.consumed(agent.name, sub.index, (artifact,))
-                self.runtime.outcomes.user_code_failed(
+            with self.services.ledger.unit(receipt):
+                self.services.ledger.consumed(agent.name, sub.index, (artifact,))
+                self.services.outcomes.user_code_failed(
                     agent, sub, artifact, exc, stage="join_by", counter="join_key_errors"
                 )
             return None
@@ -67,7 +69,7 @@ class SharedSets:
         else:
             kind, window = "n", 0
         direct = "1" if batch is None else "0"
-        budget = self.runtime.runner.token_budget(agent, sub) or 0
+        budget = self.services.runner.token_budget(agent, sub) or 0
         return [group, member, size, timeout_ms, kind, window, json.dumps(list(sub.type_names)), direct, budget]
 
     async def add(
@@ -94,7 +96,8 @@ class SharedSets:
             self.sets_key(member),
             self.sets_key(member) + ":n",
         ]
-        args = self.arguments(agent, sub, group, member) + [part for quint in placed for part in quint]
+        args = [self._time.now_arg(), *self.arguments(agent, sub, group, member)]
+        args += [part for quint in placed for part in quint]
         result = await store.retrying(lambda: store.script("SLOTS")(keys=keys, args=args), limit=None)
         _, now_ms, deadline_ms, expired = result
         if int(deadline_ms) != -1:
@@ -105,12 +108,13 @@ class SharedSets:
         """Close the time-window sets whose window passed (by the server's clock) and report them."""
         store = self.store
         expired = await store.retrying(
-            lambda: store.script("SETS_DUE")(keys=[self.sets_key(member)]), limit=store.reconnect_timeout
+            lambda: store.script("SETS_DUE")(keys=[self.sets_key(member)], args=[self._time.now_arg()]),
+            limit=store.reconnect_timeout,
         )
         self.report(agent, sub, expired)
 
     def report(self, agent: Agent, sub: Subscription, expired: list[Any]) -> None:
-        metrics = self.runtime.metrics
+        metrics = self.services.metrics
         for key, docs in expired:
             ids = tuple(id_of(doc) for doc in docs)
             present = [_type_of(doc) for doc in docs]
@@ -120,7 +124,7 @@ class SharedSets:
                     missing.remove(name)
             metrics.counters.join_groups_expired += 1
             metrics.join_expiries.append(JoinExpiry(agent.name, sub.index, key, ids, tuple(missing), "window"))
-            tracer = self.runtime.tracer
+            tracer = self.services.tracer
             if tracer is not None:
                 tracer.start(
                     "flock.join.expired",

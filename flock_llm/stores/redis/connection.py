@@ -1,5 +1,5 @@
-"""The Redis store's settings, key layout and connection (with reconnecting retries); `RedisStore` adds
-writing and reading on top."""
+"""The Redis store's settings, key layout and connection (with reconnecting retries, and the writes in flight);
+`RedisStore` adds writing and reading on top, and every helper of the package works through this class."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from tenacity import (
     wait_random,
 )
 
-from .._redaction import register_secrets
-from .._runtime.ledger import Receipt
-from ..errors import ConfigurationError, StoreUnavailableError
-from . import redis_scripts as scripts
-from .redis_support import (
+from ..._redaction import register_secrets
+from ..._runtime.ledger import Receipt
+from ...errors import ConfigurationError, StoreUnavailableError
+from . import scripts
+from .support import (
     _NAMESPACE,
     _OUR_PARAMETERS,
     _SECRET_PARAMETER,
@@ -215,6 +215,37 @@ class RedisConnection:
         self._client = client
         for name in scripts.__all__:
             self._scripts[name] = client.register_script(getattr(scripts, name))
+
+    # -- writes in flight ---------------------------------------------------------------
+
+    async def settle(self) -> bool:
+        """Wait (up to `reconnect_timeout`) until the writes in flight are applied or failed; False if some
+        are still retrying (Redis unreachable): they go on in the background."""
+        deadline = asyncio.get_running_loop().time() + self.reconnect_timeout
+        while self._writes:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(list(self._writes), timeout=remaining)
+        return True
+
+    async def aclose(self) -> None:
+        """Wait (up to `reconnect_timeout`) for the writes in flight, then close the connection.
+
+        A run whose commit could not be applied stays unacknowledged in Redis: another worker runs it again.
+        """
+        if self._writes:
+            _, unfinished = await asyncio.wait(list(self._writes), timeout=self.reconnect_timeout)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                log.warning(
+                    "%d commits could not reach Redis; their batches will be run again elsewhere", len(unfinished)
+                )
+                await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def retrying(self, operation: Callable[[], Awaitable[T]], *, limit: float | None) -> T:
         """Run an idempotent operation, reconnecting with backoff for `limit` seconds (None: until cancelled).

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..engines._journal import JobRecord
+from ...engines._journal import JobRecord
 
 if TYPE_CHECKING:
-    from .redis_connection import RedisConnection
+    from .connection import RedisConnection
 
 __all__ = ["RedisJournal"]
 

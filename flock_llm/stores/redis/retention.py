@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .redis_support import entry_id
-
-if TYPE_CHECKING:
-    from .redis import RedisStore
+from .connection import RedisConnection
+from .support import entry_id
 
 __all__ = ["trim"]
 
 
-async def trim(store: RedisStore, retention: float) -> int:
+async def trim(store: RedisConnection, retention: float) -> int:
     """Forget artifacts older than `retention` seconds that every consumer group is done with.
 
     The bound for each type stream is the oldest of: the cut-off time, the entry after each group's

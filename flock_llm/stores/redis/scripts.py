@@ -3,7 +3,8 @@
 Each script runs atomically on the server, so two workers can never flush the same batch, an item can
 never land in two batches, and a redelivered message never does its work twice: every script that
 consumes a stream entry first XACKs it and does nothing when XACK says it was acknowledged already.
-Time comes from the server (`TIME`), so workers on machines with skewed clocks agree on deadlines.
+Time comes from the server (`TIME`), so workers on machines with skewed clocks agree on deadlines (unless the
+Flock was given a clock: see `clock`).
 
 Keys (all under one hash tag, so a script's keys share a Redis Cluster slot):
     t:<type>            stream of published artifacts of one type (field `a`: artifact JSON)
@@ -39,6 +40,16 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
+
+_CALLER_NOW = """
+local now = tonumber(table.remove(ARGV, 1))
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+"""The batch and set scripts take their time as a first argument (ms; "" for the server's `TIME`), so a clock
+injected into the Flock decides their deadlines (see `clock`); the remaining ARGV are numbered from 1."""
 
 _PUBLISH_ONE = """
 local function publish(ids, stream, id, doc)
@@ -104,7 +115,7 @@ end
 """
 
 ADD = (
-    _NOW
+    _CALLER_NOW
     + _FLUSH_ONE
     + _ADD_ITEM
     + """
@@ -130,7 +141,7 @@ take its running token sum (kept in `opened` under "<member>#tokens") over the b
 Returns {added, flushed, server now, open batch's deadline or -1}."""
 
 FLUSH = (
-    _NOW
+    _CALLER_NOW
     + _FLUSH_ONE
     + """
 -- KEYS: batch list, deadlines, opened, ready stream, seq; ARGV: member, size, reason ('' = only when due)
@@ -152,7 +163,7 @@ return {2, flush(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], 'timeout'
 {1, now, deadline} (not due yet) or {2, batch id}."""
 
 DUE = (
-    _NOW
+    _CALLER_NOW
     + """
 -- KEYS: deadlines
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
@@ -225,7 +236,7 @@ end
 """
 
 SLOTS = (
-    _NOW
+    _CALLER_NOW
     + _FLUSH_ONE
     + _ADD_ITEM
     + _SET_PARTS
@@ -303,7 +314,7 @@ Count windows expire here. Returns {completed, server now, open batch's deadline
 expired set being {key json, {artifact json, ...}}."""
 
 SETS_DUE = (
-    _NOW
+    _CALLER_NOW
     + _SET_PARTS
     + """
 -- KEYS: sets zset; expires the time-window sets whose deadline passed (server time)
@@ -319,8 +330,12 @@ return expired
 RATE_TAKE = (
     _NOW
     + """
--- KEYS: window zset (entry -> time ms), amounts hash (entry -> amount), entry counter; ARGV: limit, amount
+-- KEYS: window zset (entry -> time ms), amounts hash (entry -> amount), entry counter, the window's limit
+-- ARGV: limit, amount
 local limit, amount = tonumber(ARGV[1]), tonumber(ARGV[2])
+local agreed = redis.call('GET', KEYS[4])
+if agreed and tonumber(agreed) ~= limit then return {-1, agreed} end
+redis.call('SET', KEYS[4], limit, 'PX', 120000)
 for _, old in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)) do
   redis.call('HDEL', KEYS[2], old)
 end
@@ -344,7 +359,8 @@ return {0, 60000}
 """
 )
 """Take `amount` from a sliding-minute window when it fits (or the window is empty): {1, entry id}; else
-{0, milliseconds until it would fit}. By the server's clock, so every worker process agrees."""
+{0, milliseconds until it would fit}; {-1, limit} when the window has another limit (a worker configured
+otherwise: refused, not mixed). By the server's clock, so every worker process agrees."""
 
 RATE_SETTLE = (
     _NOW

@@ -1,4 +1,5 @@
-"""The runtime's fixed vocabularies, as Literal types used everywhere they travel."""
+"""The runtime's fixed vocabularies, as Literal types used everywhere they travel (the runtime, engines and
+metrics import them from here, none of them from another's internals)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""A blackboard shared by many processes, in Redis Streams.
-
-    Flock(store="redis://127.0.0.1:6379/0")                  # every worker process, same agents
-    Flock(store="redis://host:6379/0?namespace=reviews&claim_timeout=30")
-
-Published artifacts go to one stream per type; each (agent, subscription) reads them through its own
-consumer group, so every item reaches exactly one worker process at a time. Batches accumulate in
-Redis, shared by all processes, and the Lua scripts in `_redis_scripts` decide flushes atomically on
-the server. Flushed batches wait in a ready stream per (agent, subscription) until a worker with a
-free slot takes them; a worker that dies mid-run loses its claim after `claim_timeout` and another
-worker runs the batch again. A run's outputs are published in the same script that acknowledges its
-batch, so a batch run twice publishes once.
-
-Requires redis-py (`pip install 'flock_llm[redis]'`) and Redis >= 6.2. With `appendonly yes` and
-`appendfsync always`, whatever `publish()` acknowledged survives a crash of Redis itself.
-"""
+"""`RedisStore`: the Redis store's face. Writing (units, publishes) and reading (by type, by id) here; the
+connection, key layout and in-flight writes in `connection`; each worker process's part in `intake`."""
 
 from __future__ import annotations
 
@@ -27,15 +13,18 @@ from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
-from .._runtime.ledger import Receipt, Unit
-from .._runtime.outcomes import oversized_output
-from ..artifact import Artifact
-from ..errors import ConfigurationError, StoreError, StoreUnavailableError
-from ..registry import type_name_of
-from .codec import artifact_from_json, artifact_to_json
-from .redis_connection import RedisConnection
-from .redis_retention import trim
-from .redis_support import (
+from ..._runtime.ledger import Receipt, Unit
+from ..._runtime.outcomes import oversized_output
+from ...artifact import Artifact
+from ...errors import ConfigurationError, StoreError, StoreUnavailableError
+from ...registry import resolve_type, type_name_of
+from ..codec import artifact_from_json, artifact_to_json
+from .connection import RedisConnection
+from .intake import RedisWorker
+from .journal import RedisJournal
+from .rate import RedisWindows
+from .retention import trim
+from .support import (
     READY_GROUP,
     connection_errors,
     glob_escape,
@@ -44,10 +33,7 @@ from .redis_support import (
 )
 
 if TYPE_CHECKING:
-    from .._runtime.core import Runtime
-    from .redis_intake import RedisWorker
-    from .redis_journal import RedisJournal
-    from .redis_rate import RedisWindows
+    from ..._runtime.ports import IntakeServices
 
 __all__ = ["READY_GROUP", "Receipt", "RedisStore", "connection_errors", "glob_escape", "redact_url"]
 
@@ -160,52 +146,17 @@ class RedisStore(RedisConnection):
         """Unused: the Redis store is written in units (a publish, a run's end), never one artifact at a time."""
         raise StoreError("the Redis store is written in units (Flock.publish), not with add()")
 
-    def intake(self, runtime: Runtime) -> RedisWorker:
+    def intake(self, services: IntakeServices) -> RedisWorker:
         """This process's part in the shared blackboard: it reads deliveries, fills shared batches and runs them."""
-        from .redis_intake import RedisWorker
-
-        return RedisWorker(runtime, self)
+        return RedisWorker(services, self)
 
     def job_journal(self) -> RedisJournal:
         """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in Redis before they are submitted."""
-        from .redis_journal import RedisJournal
-
         return RedisJournal(self)
 
     def rate_windows(self) -> RedisWindows:
         """Per-minute limits (`LLMEngine(tokens_per_minute=)`) shared by every worker process of this store."""
-        from .redis_rate import RedisWindows
-
         return RedisWindows(self)
-
-    async def settle(self) -> bool:
-        """Wait (up to `reconnect_timeout`) until the writes in flight are applied or failed; False if some
-        are still retrying (Redis unreachable): they go on in the background."""
-        deadline = asyncio.get_running_loop().time() + self.reconnect_timeout
-        while self._writes:
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return False
-            await asyncio.wait(list(self._writes), timeout=remaining)
-        return True
-
-    async def aclose(self) -> None:
-        """Wait (up to `reconnect_timeout`) for the writes in flight, then close the connection.
-
-        A run whose commit could not be applied stays unacknowledged in Redis: another worker runs it again.
-        """
-        if self._writes:
-            _, unfinished = await asyncio.wait(list(self._writes), timeout=self.reconnect_timeout)
-            for task in unfinished:
-                task.cancel()
-            if unfinished:
-                log.warning(
-                    "%d commits could not reach Redis; their batches will be run again elsewhere", len(unfinished)
-                )
-                await asyncio.gather(*unfinished, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -247,8 +198,6 @@ class RedisStore(RedisConnection):
 
     async def list(self) -> list[Artifact]:
         """Every artifact of the registered types, type by type, oldest first within a type."""
-        from ..registry import resolve_type
-
         prefix = self.type_stream("")
         names = sorted(key[len(prefix) :] for key in await self.keys_under(prefix))
         found: list[Artifact] = []

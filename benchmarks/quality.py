@@ -1,0 +1,301 @@
+"""Quality benchmark: calibrate, a batch size that holds a target through drift, the audit's overhead, on
+human-labelled review snippets (VADER's ICWSM-2014 Amazon set, MIT; ../shared/data/vader-icwsm2014/) with the
+DEGRADING fake provider (flock_llm.testing.degrade). The provider is a simulation, not a model: the figures say
+how flock_llm's audit, controller and calibration react to a provider that degrades this way, nothing about any
+real model.
+
+The simulated model answers a snippet alone with its human label (3 classes from the mean rating: >= 0.25
+positive, <= -0.25 negative, else neutral) except for a seeded 10% it gets wrong alone too; in batches, errors
+grow with the batch size past a collapse point and peak mid-batch.
+
+  (a) calibrate on a sample, for three collapse points: recommendation vs the true best size (the largest size
+      whose expected agreement is >= 1 - tolerance);
+  (b) a stream of snippets with drift injected halfway (collapse point 40 -> 12): BatchSpec(size=50) with
+      Audit(rate=0.05) + QualityTarget(0.95, min_audits=5), one batch at a time, vs every fixed size without
+      audit: share of 100-item windows whose agreement
+      with the one-item answers is >= 95%, and cost per item against the best fixed size chosen in hindsight;
+  (c) the audit's overhead at a 2% rate: its calls and tokens as a share of the run's, and of per-item calls;
+  (d) report mode with a provider that puts wrong numbers and foreign ids in 30% of its answers' fields:
+      published reports' computed numbers exact, injected wrong numbers and foreign ids caught.
+
+Run: python benchmarks/quality.py [--n 6000] [--sample 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from flock_llm import Flock, flock_type
+from flock_llm.artifact import Artifact
+from flock_llm.cli.review_types import Review, ReviewLabel
+from flock_llm.engines._base import EngineContext
+from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines.llm import LLMEngine
+from flock_llm.quality import QualityTarget, Tolerance, compare_answers
+from flock_llm.quality.audit import Audit
+from flock_llm.quality.calibration import calibrate
+from flock_llm.quality.facts import ReportFacts, check_report, compute_facts, valid_ids
+from flock_llm.subscription import BatchSpec
+from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer
+
+_RELATIVE = Path("shared/data/vader-icwsm2014/amazonReviewSnippets_GroundTruth.txt")
+DATA = next(
+    (p / _RELATIVE for p in Path(__file__).resolve().parents if (p / _RELATIVE).exists()),
+    Path("..") / _RELATIVE,
+)
+"""`../shared/data/...` from the repository (or from any folder above it, e.g. a worktree's)."""
+MODEL = "openai/gpt-4.1-mini"  # litellm's price map prices the calls; the fake server answers them
+FAST = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05)
+SIZES = (1, 5, 10, 25, 50)
+TARGET = 0.95
+
+
+def load(path: Path = DATA) -> list[tuple[str, float, str]]:
+    rows = []
+    for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[2].strip():
+            rows.append((parts[0], float(parts[1]), parts[2].strip()))
+    return rows
+
+
+def label_of(mean: float) -> str:
+    return "positive" if mean >= 0.25 else "negative" if mean <= -0.25 else "neutral"
+
+
+def _unit(*parts: object) -> float:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") / 2**64
+
+
+class Snippets:
+    """The data set as reviews, the gold labels, and the simulated model's one-item answers."""
+
+    def __init__(self, rows: list[tuple[str, float, str]]) -> None:
+        self.rows = rows
+        self.gold = {text: label_of(mean) for _, mean, text in rows}
+
+    def reviews(self, n: int) -> list[Review]:
+        out = []
+        for k in range(n):
+            sid, mean, text = self.rows[k % len(self.rows)]
+            rating = min(5, max(1, round(3 + mean / 2)))
+            out.append(Review(review_id=f"{sid}#{k // len(self.rows)}", rating=rating, text=text))
+        return out
+
+    def alone(self, data: dict[str, Any]) -> dict[str, Any]:
+        """What the simulated model answers for an item asked alone (its human label, 10% seeded mistakes)."""
+        text = str(data.get("text", ""))
+        label = self.gold.get(text, "neutral")
+        if _unit("alone", text) < 0.10:
+            others = [x for x in ("positive", "negative", "neutral") if x != label]
+            label = others[int(_unit("which", text) * 2)]
+        return {"label": label, "reason": f"the snippet reads {label}"}
+
+    def expected(self, review: Review) -> ReviewLabel:
+        return ReviewLabel(review_id=review.review_id, **self.alone({"text": review.text}))
+
+
+def engine(server: FakeOpenAIServer, **kwargs: Any) -> LLMEngine:
+    return LLMEngine(MODEL, per_item=True, api_base=server.api_base, api_key="sk-fake-local", retry=FAST,
+                     structured_output=True, **kwargs)  # fmt: skip
+
+
+# -- (a) calibrate ---------------------------------------------------------------------------------------------
+
+
+def true_best(curve: Degradation, tolerance: float) -> int:
+    return max(s for s in SIZES if curve.agreement(s) >= 1 - tolerance)
+
+
+async def bench_calibrate(data: Snippets, sample: int) -> list[dict[str, Any]]:
+    results = []
+    for collapse in (8, 20, 40):
+        curve = Degradation(collapse_at=collapse, slope=0.0005, steep=0.02)
+        model = DegradingModel(curve, truth=data.alone, seed=collapse)
+        with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as server:
+            reviews = data.reviews(len(data.rows))[::7][:sample]
+            artifacts = [Artifact(type_name="Review", payload=r) for r in reviews]
+            ctx = EngineContext(agent_name="calibrate", publishes=(ReviewLabel,))
+            gold = {a.id: data.gold[r.text] for a, r in zip(artifacts, reviews, strict=True)}
+            result = await calibrate(engine(server), ctx, artifacts, SIZES, model=MODEL, tolerance=0.05, gold=gold)
+        best = true_best(curve, 0.05)
+        step = SIZES.index(best) - SIZES.index(result.recommended)
+        results.append({"collapse_at": collapse, "recommended": result.recommended, "true_best": best,
+                        "steps_below": step, "ok": step in (0, 1),
+                        "agreement": {r.size: round(r.agreement.rate or 0, 3) for r in result.rows},
+                        "accuracy": {r.size: round((r.accuracy.rate or 0) if r.accuracy else 0, 3)
+                                     for r in result.rows}})  # fmt: skip
+    return results
+
+
+# -- (b) drift, (c) overhead ------------------------------------------------------------------------------------
+
+BEFORE, AFTER = Degradation(collapse_at=40, steep=0.02), Degradation(collapse_at=12, steep=0.02)
+
+
+async def stream(data: Snippets, n: int, size: int, *, audit: Audit | None, target: QualityTarget | None,
+                 drift: bool = True) -> dict[str, Any]:  # fmt: skip
+    model = DegradingModel(BEFORE, truth=data.alone, seed=5)
+    reviews = data.reviews(n)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as server:
+        llm = engine(server, audit=audit, quality=target) if audit else engine(server)
+        flock = Flock(env={})
+        batch = BatchSpec(size=size, timeout=timedelta(seconds=60))
+        agent = flock.agent("labels").consumes(Review, batch=batch).publishes(ReviewLabel).with_engines(llm)
+        agent.max_concurrency(1)
+        started = time.perf_counter()
+        half = n // 2
+        await flock.publish_many(reviews[:half])
+        await flock.run_until_idle()
+        if drift:
+            model.drift(AFTER)
+        await flock.publish_many(reviews[half:])
+        await flock.run_until_idle()
+        await flock.shutdown()
+        outputs = {o.review_id: o for o in await flock.store.get_by_type(ReviewLabel)}
+        usage = dict(flock.metrics().usage.get("labels", {}))
+        wall = time.perf_counter() - started
+    agreed = [
+        r.review_id in outputs and compare_answers(outputs[r.review_id], data.expected(r), tolerance=Tolerance()).agreed
+        for r in reviews
+    ]  # fmt: skip
+    windows = [sum(agreed[k : k + 100]) / len(agreed[k : k + 100]) for k in range(0, n, 100)]
+    sizes = [e.change.new for e in llm.quality.events] if llm.quality else []
+    return {
+        "size": size, "audit": audit is not None, "windows": len(windows),
+        "windows_at_target": sum(w >= TARGET for w in windows) / len(windows),
+        "agreement": sum(agreed) / n, "cost_per_item": (usage.get("cost_usd") or 0.0) / n,
+        "tokens_per_item": (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)) / n,
+        "calls": usage.get("llm_calls", 0), "audit_calls": usage.get("audit_llm_calls", 0),
+        "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+        "audit_tokens": usage.get("audit_prompt_tokens", 0) + usage.get("audit_completion_tokens", 0),
+        "size_changes": sizes, "wall_s": round(wall, 1),
+        "below": [f"{k}:{w:.2f}" for k, w in enumerate(windows) if w < TARGET][:12],
+        "reasons": [e.change.reason for e in llm.quality.events][:6] if llm.quality else [],
+    }  # fmt: skip
+
+
+def show(title: str, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    print(f"\n{title}")
+    print("  ".join(f"{k:>16}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{_fmt(row.get(k)):>16}" for k in keys))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}" if value < 0.01 else f"{value:.3f}"
+    return str(value)
+
+
+async def main(n: int, sample: int, rate: float, only: str) -> None:
+    data = Snippets(load())
+    print(f"{len(data.rows)} snippets from {DATA.name}; simulated provider (flock_llm.testing.degrade)")
+
+    if only in ("", "a"):
+        await part_a(data, sample)
+    if only in ("", "b", "c"):
+        await parts_bc(data, n, rate)
+    if only in ("", "d"):
+        await part_d(data, min(n, 2000))
+
+
+@flock_type(name="QualitySnippetReport")
+class SnippetReport(BaseModel):
+    review_count: int
+    average_rating: float
+    min_rating: int
+    max_rating: int
+    cited_review_ids: list[str]
+    summary: str
+
+
+async def part_d(data: Snippets, n: int) -> None:
+    reviews = data.reviews(n)
+    model = DegradingModel(Degradation(wrong_numbers=0.3, foreign_ids=0.3), seed=9)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as server:
+        llm = LLMEngine(MODEL, api_base=server.api_base, api_key="sk-fake-local", retry=FAST, structured_output=True,
+                        report_facts=ReportFacts())  # fmt: skip
+        flock = Flock(env={})
+        batch = BatchSpec(size=25, timeout=timedelta(seconds=60))
+        flock.agent("report").consumes(Review, batch=batch).publishes(SnippetReport).with_engines(llm)
+        await flock.publish_many(reviews)
+        await flock.run_until_idle()
+        await flock.shutdown()
+        published = [a for a in await flock.store.list() if a.type_name == "QualitySnippetReport"]
+        payloads = {a.id: a.payload for a in await flock.store.list() if a.type_name == "Review"}
+        usage = flock.metrics().usage.get("report", {})
+    exact = wrong_left = foreign_left = 0
+    for artifact in published:
+        items = [payloads[i] for i in artifact.derived_from if i in payloads]
+        report = artifact.as_type(SnippetReport)
+        computed = compute_facts(SnippetReport, items, ReportFacts())
+        ids = valid_ids(items, len(items))
+        problems = check_report(report, computed, ids, ReportFacts())
+        exact += all(getattr(report, k) == v for k, v in computed.items())
+        wrong_left += sum("the items give" in p for p in problems)
+        foreign_left += sum("not in the batch" in p for p in problems)
+    injected = model.wrong_numbers_sent + model.foreign_ids_sent
+    caught = 1 - (wrong_left + foreign_left) / injected if injected else 1.0
+    print(f"\n(d) report mode, {n} snippets in batches of 25, provider tampering with 30% of numbers and id lists: "
+          f"{len(published)} reports, computed numbers exact in {exact}/{len(published)}; injected "
+          f"{model.wrong_numbers_sent} wrong numbers and {model.foreign_ids_sent} foreign ids; "
+          f"{usage.get('report_rejected', 0)} answers rejected and asked again, "
+          f"{usage.get('report_facts_filled', 0)} values filled in, {usage.get('report_foreign_ids_dropped', 0)} id "
+          f"lists cleaned; left in published reports: {wrong_left} wrong numbers, {foreign_left} foreign ids "
+          f"(caught {caught:.0%}); calls {usage.get('llm_calls', 0)} for {len(published)} batches")  # fmt: skip
+
+
+async def part_a(data: Snippets, sample: int) -> None:
+    cal = await bench_calibrate(data, sample)
+    show(f"(a) calibrate, sample {sample}, tolerance 5%", cal,
+         ["collapse_at", "recommended", "true_best", "steps_below", "ok"])  # fmt: skip
+    for row in cal:
+        print(f"    collapse {row['collapse_at']}: agreement {row['agreement']} gold accuracy {row['accuracy']}")
+
+
+async def parts_bc(data: Snippets, n: int, rate: float) -> None:
+    fixed = [await stream(data, n, size, audit=None, target=None) for size in (5, 10, 25, 50)]
+    target = QualityTarget(TARGET, min_audits=5)
+    adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=1), target=target)
+    show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100", [*fixed, adaptive],
+         ["size", "audit", "windows_at_target", "agreement", "cost_per_item", "calls", "wall_s"])  # fmt: skip
+    print(f"    adaptive size changes: {adaptive['size_changes']}; windows below target: {adaptive['below']}")
+    for reason in adaptive["reasons"]:
+        print(f"      - {reason}")
+    holding = [f for f in fixed if f["windows_at_target"] >= 0.95]
+    best = min(holding, key=lambda f: f["cost_per_item"]) if holding else None
+    if best:
+        ratio = adaptive["cost_per_item"] / best["cost_per_item"]
+        print(f"    best fixed size in hindsight: {best['size']} (cost/item ${best['cost_per_item']:.6f}); adaptive "
+              f"holds {adaptive['windows_at_target']:.0%} of windows at {ratio:.2f}x its cost per item "
+              f"(done-when: >= 95% of windows, <= 1.20x)")  # fmt: skip
+    else:
+        print("    no fixed size held 95% of windows")
+
+    audited = await stream(data, n, 25, audit=Audit(rate=0.02, seed=2), target=None, drift=False)
+    plain = next(f for f in fixed if f["size"] == 25)
+    calls_share = audited["audit_calls"] / audited["calls"]
+    tokens_share = audited["audit_tokens"] / audited["tokens"]
+    print(f"\n(c) audit at 2%, size 25, {n} snippets: {audited['audit_calls']} audit calls of {audited['calls']} "
+          f"({calls_share:.1%} of the run's calls, {audited['audit_calls'] / n:.1%} of per-item calls); "
+          f"{audited['audit_tokens']:,} of {audited['tokens']:,} tokens ({tokens_share:.1%}); cost/item "
+          f"{audited['cost_per_item'] / plain['cost_per_item']:.2f}x the unaudited run")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=6000)
+    parser.add_argument("--sample", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=0.05, help="audit rate of the adaptive run in (b)")
+    parser.add_argument("--only", choices=("a", "b", "c", "d"), default="", help="run one part")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.sample, args.rate, args.only))

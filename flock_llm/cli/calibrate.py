@@ -1,0 +1,213 @@
+"""`flock-llm calibrate FILE --model M`: what batching costs in answer quality, per batch size, on a sample.
+
+A sample of the reviews is asked one at a time (the reference) and at each `--sizes` batch size (per-item
+labels, as `flock-llm reviews --per-item` asks them). Per size it prints agreement with the one-item answers
+(with a 95% Wilson interval), accuracy against a gold column (`--gold`), agreement at the start/middle/end of a
+batch, and calls, tokens and cost per item; it recommends the largest size within `--tolerance`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import html
+import json
+import math
+import os
+import random
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..artifact import Artifact
+from ..engines._base import EngineContext, EvalInputs
+from ..engines._models import load_litellm, resolve_model
+from ..errors import ConfigurationError
+from ..quality.calibration import Calibration, calibrate, parse_sizes
+from .review_types import Review, ReviewLabel
+from .reviews import AGENT, describe, read_reviews
+
+__all__ = ["add_parser", "run"]
+
+_BUCKETS = ("first", "early", "middle", "late", "last")
+
+
+def add_parser(commands: Any) -> None:
+    """Register `calibrate` on the CLI's subcommands."""
+    parser = commands.add_parser(
+        "calibrate",
+        help="measure answer agreement and cost per batch size on a sample, and recommend a size",
+        description="Ask a sample of reviews one at a time and at each batch size; print per size the agreement "
+        "with the one-item answers (95%% interval), accuracy against a gold column, agreement by position, calls, "
+        "tokens and cost per item; recommend the largest size within --tolerance. Exit status: 0 done; 2 usage "
+        "error (nothing was sent).",
+    )
+    parser.add_argument("file", type=Path, help="reviews as .jsonl or .csv (id, rating, text, and any gold column)")
+    parser.add_argument("--model", help="litellm model string (default: FLOCK_LLM_MODEL, else the offline model)")
+    parser.add_argument("--sizes", default="1,5,10,25,50", help="batch sizes to measure (default 1,5,10,25,50)")
+    parser.add_argument("--sample", type=int, default=100, help="reviews to sample (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    parser.add_argument(
+        "--per-item", action="store_true", help="per-item labels (the default and only mode: a report has no "
+        "one-item answer to compare with)"
+    )  # fmt: skip
+    parser.add_argument("--gold", metavar="COLUMN[:FIELD]", help="a column of true labels, compared with the "
+                        "output field FIELD (default: label)")  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=0.05, help="agreement the recommendation may lose "
+                        "against one-item answers (default 0.05)")  # fmt: skip
+    parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--report", type=Path, help="also write the table as a self-contained HTML page")
+    parser.add_argument("--estimate", action="store_true", help="print what the calibration itself would send "
+                        "and cost, without calling a model, and exit")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `flock-llm calibrate`; returns the exit status."""
+    try:
+        sizes = parse_sizes(args.sizes)
+        if args.sample < 1:
+            raise ConfigurationError(f"--sample must be a positive number of reviews, got {args.sample}")
+        if not 0 < args.tolerance < 1:
+            raise ConfigurationError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+        reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
+    except (ConfigurationError, OSError) as exc:
+        sys.stderr.write(f"flock-llm calibrate: {exc}\n")
+        return 2
+    env = dict(os.environ)
+    ctx = EngineContext(agent_name=AGENT, description=describe(True), publishes=(ReviewLabel,), model=args.model,
+                        env=env)  # fmt: skip
+    from ..engines.llm import LLMEngine
+
+    engine = LLMEngine(per_item=True, timeout=args.request_timeout)
+    artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
+    model = resolve_model(None, args.model, env)
+    if args.estimate:
+        return _estimate(engine, ctx, artifacts, sizes, model, args.json)
+    field = (args.gold.split(":", 1)[1] if args.gold and ":" in args.gold else "label").strip()
+    result = asyncio.run(
+        calibrate(engine, ctx, artifacts, sizes, model=model, tolerance=args.tolerance, gold=gold, gold_field=field)
+    )
+    _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))
+    if args.report is not None:
+        args.report.write_text(page(result), encoding="utf-8")
+    return 0
+
+
+def _sample(path: Path, n: int, seed: int, gold: str | None) -> tuple[list[Review], dict[str, str] | None]:
+    reviews, _bad = read_reviews(path)
+    if not reviews:
+        raise ConfigurationError(f"no usable reviews in {str(path)!r}: rows need id, rating (1-5) and text")
+    chosen = sorted(random.Random(seed).sample(range(len(reviews)), min(n, len(reviews))))
+    sample = [reviews[k] for k in chosen]
+    if not gold:
+        return sample, None
+    column = gold.split(":", 1)[0].strip()
+    labels = _column(path, column)
+    if not labels:
+        raise ConfigurationError(f"--gold {column!r}: no row of {str(path)!r} has that column")
+    return sample, {_artifact_id(r): labels[r.review_id] for r in sample if r.review_id in labels}
+
+
+def _artifact_id(review: Review) -> str:
+    """A sampled review's artifact id, derived from its review id: the gold labels are keyed by it."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"flock-llm-calibrate:{review.review_id}").hex
+
+
+def _column(path: Path, column: str) -> dict[str, str]:
+    """review id -> the value of `column`, for the rows that have both."""
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        if path.suffix.lower() == ".csv":
+            rows = list(csv.DictReader(handle))
+        else:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    found: dict[str, str] = {}
+    for row in rows:
+        key = row.get("review_id", row.get("id"))
+        if isinstance(row, dict) and key is not None and row.get(column) not in (None, ""):
+            found[str(key)] = str(row[column])
+    return found
+
+
+def _estimate(engine: Any, ctx: EngineContext, artifacts: list[Artifact], sizes: list[int], model: str,
+              as_json: bool) -> int:  # fmt: skip
+    calls = prompt = answer = 0
+    for size in sizes:
+        batch_ctx = EngineContext(**{**_fields(ctx), "is_batch": size > 1, "batch_size": size})
+        for k in range(0, len(artifacts), size):
+            p, a = engine.estimate_call(batch_ctx, EvalInputs.of(*artifacts[k : k + size]))
+            calls, prompt, answer = calls + 1, prompt + p, answer + a
+    prices = engine.costs.prices_for(model, load_litellm())
+    cost = None if prices is None else prices.cost(prompt=prompt, completion=answer)
+    figures = {"model": model, "sample": len(artifacts), "sizes": sizes, "calls": calls, "prompt_tokens": prompt,
+               "completion_tokens": answer, "cost_usd": cost}  # fmt: skip
+    if as_json:
+        _say(json.dumps(figures, indent=2))
+    else:
+        shown = "unknown (no price for the model)" if cost is None else f"${cost:.4f}"
+        _say(f"calibrating {len(artifacts)} reviews at sizes {','.join(map(str, sizes))} with {model} would send "
+              f"{calls} calls, {prompt:,} prompt tokens, ~{answer:,} answer tokens; cost {shown}")  # fmt: skip
+    return 0
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _fields(ctx: EngineContext) -> dict[str, Any]:
+    return {name: getattr(ctx, name) for name in ctx.__dataclass_fields__}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
+
+
+def _rows(result: Calibration) -> list[list[str]]:
+    rows = []
+    for row in result.rows:
+        a = row.agreement
+        agreement = f"{_pct(a.rate)} [{_pct(a.low)}-{_pct(a.high)}]" if a.n else "-"
+        accuracy = "-" if row.accuracy is None or not row.accuracy.n else _pct(row.accuracy.rate)
+        positions = " ".join(_pct(row.by_position[b].rate) if b in row.by_position else "-" for b in _BUCKETS)
+        cost = row.per_item(row.cost_usd)
+        rows.append([
+            str(row.size), agreement, accuracy, positions, f"{row.per_item(row.calls) or 0:.3f}",
+            f"{row.per_item(row.prompt_tokens + row.completion_tokens) or 0:,.0f}",
+            "-" if cost is None else f"${cost:.6f}", str(row.failed),
+        ])  # fmt: skip
+    return rows
+
+
+_HEADER = ["size", "agreement [95% CI]", "accuracy", "first/early/middle/late/last", "calls/item", "tokens/item",
+           "cost/item", "failed"]  # fmt: skip
+
+
+def table(result: Calibration) -> str:
+    """The calibration as a text table with the recommendation under it."""
+    rows = [_HEADER, *_rows(result)]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(_HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([
+        f"calibration of {result.model} on {result.sample} sampled reviews (per-item labels)", *lines, "",
+        f"recommended batch size: {result.recommended} ({result.reason})",
+    ])  # fmt: skip
+
+
+def page(result: Calibration) -> str:
+    """The calibration as a self-contained HTML page."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in _rows(result))
+    title = f"Calibration of {html.escape(result.model)}"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>body{{font-family:sans-serif;"
+        "margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        f"</style></head><body><h1>{title}</h1><p>{result.sample} sampled reviews, per-item labels; agreement is "
+        "with the same model's one-item answers.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p><strong>Recommended batch size: {result.recommended}</strong> ({html.escape(result.reason)})</p>"
+        "</body></html>"
+    )

@@ -1,0 +1,127 @@
+"""Audit settings and the sampling and usage rules of audits (pure: no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engines._calls import _CALL_COUNTERS as CALL_COUNTERS  # what a call adds: one list for every path
+from ..errors import ConfigurationError
+from .compare import Comparison, Tolerance
+from .stats import ALL_FIELDS, position_bucket
+
+__all__ = ["AUDIT_PREFIX", "Audit", "Shuffle", "agreement_usage", "audit_call_usage", "sampled"]
+
+AUDIT_PREFIX = "audit_"
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """Ask a sampled share of batched items again alone and compare the answers field by field.
+
+    Per-item outputs only (a report has no one-item answer to compare with). An audit is an ordinary one-item
+    call of the engine: counted, priced and capped by the budget like any other.
+
+    Raises:
+        ConfigurationError: `rate` outside (0, 1], a bad tolerance or field list.
+    """
+
+    rate: float = 0.02
+    """The share of items audited (each item is sampled by a seeded hash of its artifact id)."""
+    seed: int = 0
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    fields: tuple[str, ...] | None = None
+    """Compare only these (dotted) fields; default: every field of the output type."""
+    ignore: tuple[str, ...] = ()
+    """Fields never compared (ids, timestamps, ...)."""
+    confidence: float = 0.95
+    """Of the reported intervals."""
+    warmup: float = 4.0
+    """With `quality=QualityTarget(...)`: while the controller has fewer than twice `audits_to_judge` audits at
+    the current size (at the start and after each change), audit at `rate x warmup`, so a bad size is found
+    within a few batches. 1.0 turns it off."""
+    reask: bool = False
+    """Position-bias guard: a batch whose audit disagrees is asked once more in another order (rotated by half,
+    so middle items move to the ends), and each disagreeing audited item keeps its majority answer (batched,
+    alone, re-asked; the one-item answer when all three differ). The re-ask is one more counted call."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
+            raise ConfigurationError(f"`rate` must be a share in (0, 1], got {self.rate!r}; e.g. Audit(rate=0.02)")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or self.warmup < 1:
+            raise ConfigurationError(f"`warmup` must be a number >= 1, got {self.warmup!r}")
+        if not isinstance(self.tolerance, Tolerance):
+            raise ConfigurationError(f"`tolerance` must be a Tolerance, got {self.tolerance!r}")
+        if not 0 < self.confidence < 1:
+            raise ConfigurationError(f"`confidence` must be between 0 and 1, got {self.confidence!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Shuffle:
+    """Shuffle the order of the items in each call (seeded by the batch's artifact ids); ids keep the
+    alignment of answers to items. Guards against answers that depend on position."""
+
+    seed: int = 0
+
+
+def _unit(seed: int, key: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sampled(audit: Audit, artifact_ids: Iterable[str], *, warming: bool = False) -> bool:
+    """Whether the item made of `artifact_ids` is audited: the same answer on every worker and every run
+    (`warming`: at `rate x warmup`, while a batch-size controller lacks evidence)."""
+    rate = min(1.0, audit.rate * audit.warmup) if warming else audit.rate
+    return _unit(audit.seed, "|".join(artifact_ids)) < rate
+
+
+def shuffled_order(seed: int, keys: list[str]) -> list[int]:
+    """A permutation of range(len(keys)), seeded by `seed` and the keys."""
+    return sorted(range(len(keys)), key=lambda n: (_unit(seed, keys[n]), n))
+
+
+def audit_call_usage(usage: Mapping[str, Any]) -> dict[str, float]:
+    """What an audit call's usage adds to its batch's: its calls, tokens and cost (under their own names, so
+    totals and budgets include them) and the same figures again as `audit_*` (so the overhead is visible)."""
+    added: dict[str, float] = {}
+    for name in CALL_COUNTERS:
+        value = usage.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            added[name] = added.get(name, 0) + value
+            added[AUDIT_PREFIX + name] = value
+    return added
+
+
+def agreement_usage(comparison: Comparison, *, position: int, batch_size: int) -> dict[str, int]:
+    """Usage counters for one audited item: compared/agreed overall, per field, per batch size and per position
+    bucket (`metrics.agreement()` reads them back as intervals)."""
+    bucket = position_bucket(position, batch_size)
+    agreed = int(comparison.agreed)
+    counts = {
+        "audit_compared": 1,
+        "audit_agreed": agreed,
+        f"audit_compared:size={batch_size}": 1,
+        f"audit_agreed:size={batch_size}": agreed,
+        f"audit_compared:position={bucket}": 1,
+        f"audit_agreed:position={bucket}": agreed,
+    }
+    for result in comparison.fields:
+        if result.field == ALL_FIELDS:
+            continue
+        counts[f"audit_compared:field={result.field}"] = 1
+        counts[f"audit_agreed:field={result.field}"] = int(result.agreed)
+    return counts
+
+
+def add_usage(total: dict[str, Any], more: Mapping[str, Any]) -> None:
+    """Sum numeric figures into `total` (a None cost stays unknown only while nothing known was added)."""
+    for name, value in more.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if name not in total:
+                total[name] = value
+            continue
+        previous = total.get(name)
+        total[name] = (previous if isinstance(previous, (int, float)) else 0) + value

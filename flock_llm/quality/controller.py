@@ -1,0 +1,250 @@
+"""The batch-size controller: an effective batch size that holds a quality target (pure: no I/O, no clock).
+
+Evidence is the audited agreement at the current size, as decayed counts (`memory` audits weigh about as much as
+all older ones), so a drifting provider is noticed. With `z` the normal quantile of `confidence`:
+
+- shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
+  there are enough audits for a perfect record to clear the target, when the LOWER bound of the
+  `shrink_confidence` interval (default 50%) falls below it with at least `min_disagreements` disagreements;
+- grow (by `grow`, default +10% and at least 1, at most to the configured size) when the lower bound of the
+  `confidence` interval (default 90%: growing needs more evidence than shrinking) is at or above the target and
+  at least `grow_after` audits were seen since the last change; a growth that turns out worse is given
+  back (to the size before it);
+- the "clearly below" rule also looks at the latest `recent` audits alone, so a sudden drop (a provider that
+  drifts) shows within a few audits; the evidence starts afresh after every change;
+- every change carries its reason; the state is a small JSON-able value (for a store to keep and share; the
+  stores do not do that yet: each process steers its own size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+
+from ..errors import ConfigurationError
+from .stats import wilson, z_for
+
+__all__ = ["ControllerState", "QualityTarget", "SizeChange", "observe"]
+
+
+def _share(name: str, value: object, *, low: float = 0.0, high: float = 1.0) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ConfigurationError(f"`{name}` must be a number between {low:g} and {high:g} (exclusive), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class QualityTarget:
+    """Keep audited agreement with one-item answers at or above `target` (e.g. 0.95).
+
+    Raises:
+        ConfigurationError: a share outside (0, 1), a non-positive size or count.
+    """
+
+    target: float = 0.95
+    """The agreement the effective batch size must hold (its lower confidence bound, not the point estimate)."""
+    confidence: float = 0.9
+    """Two-sided confidence of the Wilson interval for growing (its lower bound must hold the target) and for
+    "clearly below" (its upper bound under the target)."""
+    shrink_confidence: float = 0.5
+    """Two-sided confidence of the interval whose lower bound falling below the target shrinks the size. Lower
+    than `confidence`, so a size is given up on less evidence than it takes to grow (hysteresis): one
+    disagreement in the first ~10 audits shrinks, one in 50 does not."""
+    min_size: int = 1
+    shrink: float = 0.5
+    """The size is multiplied by this when agreement falls below the target."""
+    grow: float = 0.1
+    """The size grows by this share (at least 1) when agreement holds: slowly, since a size past the collapse
+    point costs bad answers until it is noticed."""
+    grow_after: int | None = None
+    """Audits at a size before it may grow (default: twice the audits a perfect record needs to clear the
+    target)."""
+    min_audits: int = 8
+    """Audits before a clearly failing size is shrunk."""
+    min_disagreements: int = 2
+    """The lower-bound rule needs at least this many disagreements in the evidence: one stray disagreement
+    among the first audits at a size does not shrink it (a systematic failure is caught by "clearly below")."""
+    recent: int = 20
+    """How many of the latest audits the "clearly below" rule looks at (besides all the evidence)."""
+    memory: int | None = None
+    """About how many recent audits the evidence keeps (older ones decay); default: four times
+    `audits_to_hold`. It must exceed `audits_to_hold`, else no evidence could ever hold the target."""
+
+    def __post_init__(self) -> None:
+        _share("target", self.target)
+        _share("confidence", self.confidence)
+        _share("shrink_confidence", self.shrink_confidence)
+        _share("shrink", self.shrink)
+        _share("grow", self.grow, high=10.0)
+        for name in ("min_size", "min_audits", "recent", "min_disagreements"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.grow_after is not None and (not isinstance(self.grow_after, int) or self.grow_after < 1):
+            raise ConfigurationError(f"`grow_after` must be a positive integer or None, got {self.grow_after!r}")
+        if self.memory is not None and (
+            isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory <= self.audits_to_hold
+        ):
+            raise ConfigurationError(
+                f"`memory` must be an integer above {self.audits_to_hold} (the audits a perfect record needs to hold "
+                f"{self.target:.0%} at {self.confidence:.0%} confidence), got {self.memory!r}; or leave it None"
+            )
+
+    @property
+    def audits_to_hold(self) -> int:
+        """How many audits, all agreeing, a lower bound needs to reach the target."""
+        z = z_for(self.confidence)
+        return math.ceil(z * z * self.target / (1 - self.target))
+
+    @property
+    def audits_to_judge(self) -> int:
+        """How many audits the shrink rule waits for (a perfect record's lower bound at `shrink_confidence`
+        reaches the target)."""
+        z = z_for(self.shrink_confidence)
+        return math.ceil(z * z * self.target / (1 - self.target))
+
+    @property
+    def evidence_memory(self) -> int:
+        return self.memory if self.memory is not None else 4 * self.audits_to_hold
+
+    @property
+    def audits_to_grow(self) -> int:
+        return self.grow_after if self.grow_after is not None else 2 * self.audits_to_hold
+
+    def start(self, size: int) -> ControllerState:
+        """The state of an agent whose configured batch size is `size` (it starts there)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigurationError(f"the configured batch size must be a positive integer, got {size!r}")
+        return ControllerState(size=size, max_size=size, reason=f"configured size {size}")
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    """Where one agent's controller stands; `to_json()`/`from_json()` for stores."""
+
+    size: int
+    """The effective batch size."""
+    max_size: int
+    agreed: float = 0.0
+    n: float = 0.0
+    """Decayed audited counts at the current size."""
+    since_change: int = 0
+    """Audits since the last change."""
+    changes: int = 0
+    recent: str = ""
+    """The last `recent` audit outcomes at this size, oldest first ("1" agreed, "0" not): a sudden drop shows
+    here before it moves the long evidence."""
+    before_growth: int | None = None
+    """The size before the last growth: a growth that does not hold goes back there, not below it."""
+    reason: str = ""
+    """Why the size is what it is (the last change's reason)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ControllerState:
+        """Raises ConfigurationError for text that is not a saved state."""
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"not a saved batch-size controller state: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class SizeChange:
+    """One change of the effective batch size."""
+
+    old: int
+    new: int
+    reason: str
+    low: float
+    high: float
+    audits: float
+
+    @property
+    def direction(self) -> str:
+        return "shrink" if self.new < self.old else "grow"
+
+
+def observe(
+    target: QualityTarget, state: ControllerState, agreed: int, n: int
+) -> tuple[ControllerState, SizeChange | None]:
+    """Add `agreed` of `n` audited items (answered at `state.size`) and decide whether the size changes.
+
+    Returns the new state and the change made (None: the size holds).
+    """
+    if n < 0 or not 0 <= agreed <= n:
+        raise ConfigurationError(f"need 0 <= agreed <= n, got agreed={agreed!r}, n={n!r}")
+    if n == 0:
+        return state, None
+    keep = 1 - 1 / target.evidence_memory
+    weight = keep**n
+    added = (1 - weight) / (1 - keep)  # n new audits, each decayed by the ones after it
+    state = replace(
+        state,
+        n=state.n * weight + added,
+        agreed=min(state.n * weight + added, state.agreed * weight + added * agreed / n),  # no rounding above n
+        since_change=state.since_change + n,
+        recent=(state.recent + "1" * agreed + "0" * (n - agreed))[-target.recent :],
+    )
+    interval = wilson(state.agreed, state.n, confidence=target.confidence)
+    latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
+    shown = f"{interval.rate:.1%} [{interval.low:.1%}, {interval.high:.1%}] over {state.n:.0f} audits"
+    new, reason = state.size, ""
+    if state.since_change >= target.min_audits and interval.high < target.target:
+        new, reason = _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
+    elif len(state.recent) >= target.min_audits and latest.high < target.target:
+        new, reason = (
+            _smaller(target, state),
+            (
+                f"agreement in the latest {latest.n:.0f} audits, {latest.rate:.1%} [{latest.low:.1%}, "
+                f"{latest.high:.1%}], is clearly below {target.target:.0%}"
+            ),
+        )
+    elif (
+        state.n >= target.audits_to_judge
+        and state.n - state.agreed >= target.min_disagreements - 0.5  # decayed counts: about that many
+        and (judged := _low(target, state)) < target.target
+    ):
+        new, reason = (
+            _smaller(target, state),
+            f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "
+            f"{state.n:.0f} audits, {judged:.1%}, fell below {target.target:.0%}",
+        )
+    elif interval.low >= target.target and state.since_change >= target.audits_to_grow:
+        new = min(state.max_size, state.size + max(1, math.floor(state.size * target.grow)))
+        reason = f"agreement {shown} holds {target.target:.0%}"
+    if new == state.size:
+        return state, None
+    change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
+    # the old evidence is about another size: start afresh (audits warm up meanwhile, see Audit.warmup)
+    keep_share = 0.0
+    return (
+        replace(
+            state,
+            size=new,
+            agreed=state.agreed * keep_share,
+            n=state.n * keep_share,
+            since_change=0,
+            recent="",
+            changes=state.changes + 1,
+            before_growth=state.size if new > state.size else None,
+            reason=reason,
+        ),
+        change,
+    )
+
+
+def _low(target: QualityTarget, state: ControllerState) -> float:
+    return wilson(state.agreed, state.n, confidence=target.shrink_confidence).low
+
+
+def _smaller(target: QualityTarget, state: ControllerState) -> int:
+    size = state.size
+    if size <= target.min_size:
+        return size
+    if state.before_growth is not None and state.before_growth < size:
+        return state.before_growth
+    return max(target.min_size, min(size - 1, math.floor(size * target.shrink)))

@@ -1,0 +1,116 @@
+"""`flock-llm calibrate` against the degrading fake provider: the table, the JSON, the recommendation, gold
+accuracy, the HTML page and --estimate (which sends nothing)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flock_llm.cli.main import main
+from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer
+
+WORDS = ("good", "bad", "plain")
+LABELS = {"good": "positive", "bad": "negative", "plain": "neutral"}
+
+
+def truth(data: dict[str, Any]) -> dict[str, Any]:
+    word = str(data.get("text", "")).rsplit(" ", 1)[-1]
+    return {"label": LABELS.get(word, "neutral"), "reason": f"it says {word}"}
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
+    model = DegradingModel(Degradation(collapse_at=6, steep=0.06), truth=truth, seed=11)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
+        monkeypatch.setenv("OPENAI_API_BASE", fake.api_base)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-local")
+        monkeypatch.delenv("FLOCK_LLM_MODEL", raising=False)
+        yield fake
+
+
+@pytest.fixture
+def reviews(tmp_path: Path) -> Path:
+    path = tmp_path / "reviews.jsonl"
+    rows = []
+    for k in range(80):
+        word = WORDS[k % 3]
+        # every 10th gold label disagrees with what the model says alone: accuracy is below agreement
+        gold = "neutral" if k % 10 == 0 and word != "plain" else LABELS[word]
+        rows.append(json.dumps({"id": f"r{k}", "rating": 3, "text": f"review {k} is {word}", "gold": gold}))
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_calibrate_recommends_the_largest_size_that_agrees(
+    server: FakeOpenAIServer, reviews: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "calibrate.html"
+    args = [
+        "calibrate",
+        str(reviews),
+        "--model",
+        "openai/gpt-4.1-mini",
+        "--sizes",
+        "4,8,20",
+        "--sample",
+        "40",
+        "--tolerance",
+        "0.1",
+    ]
+    assert main([*args, "--gold", "gold", "--json", "--report", str(report)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["size"]: row for row in result["sizes"]}
+    assert sorted(rows) == [1, 4, 8, 20]
+    assert rows[1]["agreement"]["rate"] == 1.0 and rows[1]["calls"] == 40
+    assert rows[4]["agreement"]["rate"] >= 0.95 > rows[20]["agreement"]["rate"]
+    assert rows[4]["agreement"]["low"] >= 0.9  # 40 of 40 agree: the lower bound is 91.2%
+    assert rows[20]["agreement"]["low"] < rows[20]["agreement"]["rate"] < rows[20]["agreement"]["high"]
+    assert result["recommended_size"] in (4, 8) and result["reason"]
+    assert rows[20]["calls_per_item"] < rows[4]["calls_per_item"] < rows[1]["calls_per_item"] == 1.0
+    assert rows[1]["cost_per_item_usd"] > rows[20]["cost_per_item_usd"] > 0
+    assert 0.8 <= rows[1]["accuracy"]["rate"] < 1.0  # the gold column disagrees on every 10th review
+    assert rows[20]["accuracy"]["rate"] < rows[1]["accuracy"]["rate"]
+    assert "middle" in rows[20]["by_position"]
+    assert server.requests == sum(row["calls"] for row in rows.values())
+    page = report.read_text(encoding="utf-8")
+    assert "Recommended batch size" in page and "<table>" in page
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_the_table_names_each_size_and_the_recommendation(
+    server: FakeOpenAIServer, reviews: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["calibrate", str(reviews), "--model", "openai/gpt-4.1-mini", "--sizes", "1,5", "--sample", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "agreement [95% CI]" in out and "recommended batch size:" in out
+    assert out.splitlines()[3].startswith("1 ") and out.splitlines()[4].startswith("5 ")
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_estimate_sends_nothing(server: FakeOpenAIServer, reviews: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["calibrate", str(reviews), "--model", "openai/gpt-4.1-mini", "--sizes", "1,10", "--sample", "30"]
+    assert main([*args, "--estimate", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["calls"] == 30 + 3 and figures["prompt_tokens"] > 0 and figures["cost_usd"] > 0
+    assert server.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--sizes", "0,5"], "positive"), (["--sizes", "a"], "whole numbers"), (["--sample", "0"], "--sample")],
+)
+def test_bad_arguments_exit_2(
+    reviews: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["calibrate", str(reviews), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_gold_column_is_named(reviews: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", str(reviews), "--gold", "truth"]) == 2
+    assert "'truth'" in capsys.readouterr().err
