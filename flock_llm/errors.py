@@ -97,7 +97,11 @@ class ProviderUnavailableError(ModelCallError):
 class ProviderUnreachableError(ProviderUnavailableError):
     """The provider has not answered since the engine was created and its first call found nothing to connect to
     (connection refused, unknown host, no network): the model, its endpoint or its key is wrong. Reported at
-    the first failure, without retries or the breaker's outage wait."""
+    the first failure, without retries or the breaker's outage wait.
+
+    Args:
+        message: the endpoint and what to check (`model=`/`--model`, `api_base=`, the API key), never a key.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status_code=None)

@@ -118,7 +118,12 @@ class Metrics:
     def agreement(self, agent: str | None = None, *, confidence: float = 0.95) -> dict[str, Interval]:
         """Audited agreement of batched with one-item answers (`LLMEngine(audit=Audit(...))`), with Wilson
         intervals: "all" (whole answers), "field=<name>", "size=<batch size>", "position=<bucket>"; summed over
-        every agent unless `agent` is given. Empty when nothing was audited."""
+        every agent unless `agent` is given. Empty when nothing was audited.
+
+        Args:
+            agent: only this agent's audits (default: every agent's).
+            confidence: two-sided confidence of the intervals.
+        """
         from .quality.stats import wilson
 
         sums: dict[str, list[float]] = {}

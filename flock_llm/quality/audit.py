@@ -31,7 +31,9 @@ class Audit:
     rate: float = 0.02
     """The share of items audited (each item is sampled by a seeded hash of its artifact id)."""
     seed: int = 0
+    """Seed of the sample: another seed audits other items."""
     tolerance: Tolerance = field(default_factory=Tolerance)
+    """How close numbers and free text must be to agree (default `Tolerance()`)."""
     fields: tuple[str, ...] | None = None
     """Compare only these (dotted) fields; default: every field of the output type."""
     ignore: tuple[str, ...] = ()
@@ -64,6 +66,7 @@ class Shuffle:
     alignment of answers to items. Guards against answers that depend on position."""
 
     seed: int = 0
+    """Seed of the order: the same batch is shuffled the same way under the same seed."""
 
 
 def _unit(seed: int, key: str) -> float:

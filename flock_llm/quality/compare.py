@@ -50,8 +50,11 @@ class FieldAgreement:
     """One field of one compared pair."""
 
     field: str
+    """The dotted field name."""
     kind: FieldKind
+    """How it was compared: "exact", "number" or "text"."""
     agreed: bool
+    """Whether the two values agree within the tolerance."""
     score: float
     """1.0 / 0.0 for exact fields and numbers; the similarity for text."""
 
@@ -61,13 +64,16 @@ class Comparison:
     """Two answers compared field by field; `agreed` when every compared field agrees."""
 
     fields: tuple[FieldAgreement, ...]
+    """One entry per compared field."""
 
     @property
     def agreed(self) -> bool:
+        """Every compared field agrees."""
         return all(f.agreed for f in self.fields)
 
     @property
     def disagreeing(self) -> tuple[str, ...]:
+        """The names of the fields that disagree."""
         return tuple(f.field for f in self.fields if not f.agreed)
 
 
@@ -100,7 +106,12 @@ def _kind(annotation: Any) -> FieldKind | type[BaseModel]:
 
 
 def field_kinds(model: type[BaseModel], prefix: str = "") -> dict[str, FieldKind]:
-    """How each (dotted) field of `model` is compared."""
+    """How each (dotted) field of `model` is compared.
+
+    Args:
+        model: the output type.
+        prefix: put before each name (for nested models, e.g. "address.").
+    """
     kinds: dict[str, FieldKind] = {}
     for name, info in model.model_fields.items():
         kind = _kind(info.annotation)
@@ -174,7 +185,8 @@ def compare_answers(
     """Compare two answers of one type field by field.
 
     Args:
-        a, b: the answers (e.g. the batched one and the one-item one).
+        a: one answer (e.g. the batched one).
+        b: the other answer, of the same type (e.g. the one-item one).
         tolerance: number and text tolerances (default `Tolerance()`).
         fields: compare only these (dotted) fields; default: every field of the type.
         ignore: fields never compared (ids, timestamps...).

@@ -51,6 +51,7 @@ class QualityTarget:
     than `confidence`, so a size is given up on less evidence than it takes to grow (hysteresis): one
     disagreement in the first ~10 audits shrinks, one in 50 does not."""
     min_size: int = 1
+    """The size never shrinks below this."""
     shrink: float = 0.5
     """The size is multiplied by this when agreement falls below the target."""
     grow: float = 0.1
@@ -105,10 +106,12 @@ class QualityTarget:
 
     @property
     def evidence_memory(self) -> int:
+        """About how many recent audits the evidence keeps (`memory`, or its default)."""
         return self.memory if self.memory is not None else 4 * self.audits_to_hold
 
     @property
     def audits_to_grow(self) -> int:
+        """Audits at a size before it may grow (`grow_after`, or its default)."""
         return self.grow_after if self.grow_after is not None else 2 * self.audits_to_hold
 
     def start(self, size: int) -> ControllerState:
@@ -125,12 +128,15 @@ class ControllerState:
     size: int
     """The effective batch size."""
     max_size: int
+    """The largest size the controller has used (the configured size at the start)."""
     agreed: float = 0.0
+    """Decayed count of agreeing audited items at the current size."""
     n: float = 0.0
-    """Decayed audited counts at the current size."""
+    """Decayed count of audited items at the current size."""
     since_change: int = 0
     """Audits since the last change."""
     changes: int = 0
+    """How many times the size changed."""
     recent: str = ""
     """The last `recent` audit outcomes at this size, oldest first ("1" agreed, "0" not): a sudden drop shows
     here before it moves the long evidence."""
@@ -140,6 +146,7 @@ class ControllerState:
     """Why the size is what it is (the last change's reason)."""
 
     def to_json(self) -> str:
+        """The state as a JSON text (`from_json()` reads it back)."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
@@ -157,14 +164,21 @@ class SizeChange:
     """One change of the effective batch size."""
 
     old: int
+    """The size before."""
     new: int
+    """The size after."""
     reason: str
+    """Why it changed, in words."""
     low: float
+    """The lower bound of the agreement interval that decided it."""
     high: float
+    """The upper bound of that interval."""
     audits: float
+    """The (decayed) audits the decision rested on."""
 
     @property
     def direction(self) -> str:
+        """The direction: "shrink" or "grow"."""
         return "shrink" if self.new < self.old else "grow"
 
 
@@ -172,6 +186,12 @@ def observe(
     target: QualityTarget, state: ControllerState, agreed: int, n: int
 ) -> tuple[ControllerState, SizeChange | None]:
     """Add `agreed` of `n` audited items (answered at `state.size`) and decide whether the size changes.
+
+    Args:
+        target: the quality target.
+        state: the agent's state before.
+        agreed: how many of the audited items agreed.
+        n: how many items were audited.
 
     Returns the new state and the change made (None: the size holds).
     """

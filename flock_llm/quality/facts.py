@@ -48,9 +48,11 @@ class ReportFacts:
     automatic: bool = True
     """Compute counts and aggregates by the field names listed in the module docstring."""
     rel_tol: float = 0.005
+    """Relative tolerance: a model's number agrees with a computed one within this share (or `abs_tol`)."""
     abs_tol: float = 0.01
     """A model's number agrees with a computed one within these (an average rounded to 2 decimals passes)."""
     check_ids: bool = True
+    """Reject `*ids` lists that cite an id that is not in the batch (then drop the foreign ids)."""
 
     def __post_init__(self) -> None:
         for name, function in self.declared.items():

@@ -22,12 +22,17 @@ class Interval:
     """A share with its Wilson score interval."""
 
     agreed: float
+    """How many agreed (a decayed count may be fractional)."""
     n: float
+    """How many were compared."""
     low: float
+    """The interval's lower bound."""
     high: float
+    """The interval's upper bound."""
 
     @property
     def rate(self) -> float | None:
+        """The point estimate `agreed / n`; None when nothing was compared."""
         return None if self.n == 0 else self.agreed / self.n
 
     def __str__(self) -> str:
@@ -49,6 +54,11 @@ def wilson(agreed: float, n: float, *, confidence: float = 0.95) -> Interval:
     """The Wilson score interval of `agreed` successes in `n` trials (fractional counts allowed).
 
     With n == 0 the interval is [0, 1]: nothing is known.
+
+    Args:
+        agreed: the successes.
+        n: the trials.
+        confidence: two-sided confidence of the interval.
     """
     if n < 0 or agreed < 0 or agreed > n * (1 + 1e-9):
         raise ConfigurationError(f"need 0 <= agreed <= n, got agreed={agreed!r}, n={n!r}")
@@ -64,7 +74,12 @@ def wilson(agreed: float, n: float, *, confidence: float = 0.95) -> Interval:
 
 def position_bucket(position: int, size: int) -> Bucket:
     """Where item `position` (0-based) sits in a batch of `size`: first, early, middle, late or last ("only" when
-    the batch holds one item). Middle positions are where batched answers go wrong first."""
+    the batch holds one item). Middle positions are where batched answers go wrong first.
+
+    Args:
+        position: the item's 0-based position.
+        size: the batch size.
+    """
     if size < 1 or not 0 <= position < size:
         raise ConfigurationError(f"position {position!r} is outside a batch of {size!r}")
     if size == 1:
@@ -79,21 +94,34 @@ def position_bucket(position: int, size: int) -> Bucket:
 
 @dataclass(frozen=True, slots=True, order=True)
 class AgreementKey:
+    """What one tally of audited comparisons counts: an agent's field at a batch size and position bucket."""
+
     agent: str
+    """The agent's name."""
     field: str
     """A dotted field name, or `ALL_FIELDS` for the whole answer."""
     batch_size: int
+    """The size of the batch the item was answered in."""
     bucket: str
+    """The position bucket (`position_bucket()`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AgreementRow:
+    """One tally with its Wilson interval."""
+
     key: AgreementKey
+    """What was counted."""
     interval: Interval
+    """Its agreement."""
 
 
 class AgreementTally:
-    """Counts of audited comparisons; `rows()` and `overall()` give Wilson intervals."""
+    """Counts of audited comparisons; `rows()` and `overall()` give Wilson intervals.
+
+    Args:
+        confidence: two-sided confidence of the intervals it gives.
+    """
 
     def __init__(self, confidence: float = 0.95) -> None:
         z_for(confidence)
@@ -101,7 +129,14 @@ class AgreementTally:
         self._counts: dict[AgreementKey, list[int]] = {}
 
     def add(self, agent: str, comparison: Comparison, *, position: int, batch_size: int) -> None:
-        """Count one audited item: each field and the whole answer, under its batch size and position bucket."""
+        """Count one audited item: each field and the whole answer, under its batch size and position bucket.
+
+        Args:
+            agent: the agent's name.
+            comparison: the item's batched answer compared with its one-item answer.
+            position: the item's 0-based position in its batch.
+            batch_size: the size of that batch.
+        """
         bucket = position_bucket(position, batch_size)
         outcomes = [(f.field, f.agreed) for f in comparison.fields] + [(ALL_FIELDS, comparison.agreed)]
         for name, agreed in outcomes:
@@ -110,13 +145,20 @@ class AgreementTally:
             counts[1] += 1
 
     def rows(self) -> list[AgreementRow]:
+        """Every tally with its interval, sorted by key."""
         return [
             AgreementRow(key, wilson(agreed, n, confidence=self.confidence))
             for key, (agreed, n) in sorted(self._counts.items())
         ]
 
     def overall(self, *, agent: str | None = None, field: str = ALL_FIELDS, batch_size: int | None = None) -> Interval:
-        """Agreement summed over the keys that match (default: whole answers, every agent, size and position)."""
+        """Agreement summed over the keys that match (default: whole answers, every agent, size and position).
+
+        Args:
+            agent: only this agent's audits.
+            field: a dotted field name, or `ALL_FIELDS` for whole answers.
+            batch_size: only audits at this batch size.
+        """
         agreed = n = 0
         for key, (a, count) in self._counts.items():
             if key.field != field or (agent is not None and key.agent != agent):
@@ -129,7 +171,12 @@ class AgreementTally:
     def by(
         self, dimension: Literal["field", "batch_size", "bucket"], *, agent: str | None = None
     ) -> dict[str, Interval]:
-        """Agreement per field, batch size or position bucket (whole answers, except per field)."""
+        """Agreement per field, batch size or position bucket (whole answers, except per field).
+
+        Args:
+            dimension: "field", "batch_size" or "bucket".
+            agent: only this agent's audits.
+        """
         sums: dict[str, list[int]] = {}
         for key, (a, count) in self._counts.items():
             if agent is not None and key.agent != agent:
@@ -150,4 +197,5 @@ class AgreementTally:
             pair[1] += n
 
     def counts(self) -> list[tuple[AgreementKey, int, int]]:
+        """The raw tallies as (key, agreed, n), for `merge()` elsewhere."""
         return [(key, a, n) for key, (a, n) in sorted(self._counts.items())]

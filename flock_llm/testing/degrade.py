@@ -33,16 +33,27 @@ class Degradation:
     """The shape of the error curve (see the module docstring)."""
 
     collapse_at: int = 40
+    """The batch size past which errors grow steeply."""
     slope: float = 0.0005
+    """Error chance added per item in the batch (n - 1), at every size."""
     steep: float = 0.02
+    """Error chance added per item past `collapse_at`."""
     middle: float = 1.0
+    """How much more often middle positions go wrong (x 1 + middle 4x(1-x), x the relative position)."""
     max_error: float = 0.9
+    """The error chance never exceeds this."""
     wrong_numbers: float = 0.0
     """Report answers: the chance that a numeric field is off (grows like `error` past the collapse point)."""
     foreign_ids: float = 0.0
     """Report answers: the chance that an id list cites an id that is not in the batch."""
 
     def error(self, n: int, pos: int) -> float:
+        """The chance that the item at position `pos` (0-based) of a batch of `n` is answered wrong.
+
+        Args:
+            n: the batch size.
+            pos: the item's position.
+        """
         if n <= 1:
             return 0.0
         x = pos / (n - 1)
@@ -59,20 +70,32 @@ class DegradingModel:
     """Rewrites the fake server's answers: the one-item truth from `truth`, errors by `Degradation`."""
 
     curve: Degradation = field(default_factory=Degradation)
+    """The error curve in use."""
     truth: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     """An item's data -> the output fields it gets when asked alone (default: the offline model's answer)."""
     seed: int = 7
+    """Seed of the hash that draws which answers go wrong."""
     drift_after: int | None = None
     """After this many answered items, `drifted` replaces `curve`."""
     drifted: Degradation | None = None
+    """The curve that replaces `curve` after `drift_after` items."""
     answered: int = 0
+    """Items answered so far (counted by the model)."""
     wrong: int = 0
+    """Per-item answers it made wrong."""
     wrong_numbers_sent: int = 0
+    """Wrong numbers it put into report answers."""
     foreign_ids_sent: int = 0
+    """Ids not in the batch it put into report answers."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def drift(self, curve: Degradation | None = None, **changes: Any) -> None:
-        """From now on answer with `curve` (or the current curve with `changes`)."""
+        """From now on answer with `curve` (or the current curve with `changes`).
+
+        Args:
+            curve: the new curve.
+            **changes: fields of the current curve to change instead (e.g. `collapse_at=12`).
+        """
         with self._lock:
             self.curve = curve or replace(self.curve, **changes)
 
@@ -88,7 +111,12 @@ class DegradingModel:
             return self.curve
 
     def apply(self, answer: Any, messages: list[dict[str, Any]]) -> Any:
-        """The degraded version of the fake server's `answer` to `messages`."""
+        """The degraded version of the fake server's `answer` to `messages`.
+
+        Args:
+            answer: the fake server's parsed answer.
+            messages: the chat messages it answered (the items are read from them).
+        """
         user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
         items = dict(_ITEM.findall(user))
         if isinstance(answer, dict) and isinstance(answer.get("results"), list):

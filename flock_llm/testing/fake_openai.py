@@ -55,6 +55,7 @@ class FakeOpenAIServer:
     """Answer every request but a one-token probe with this status (429: a quota that refuses real calls while a
     circuit breaker's probe still fits); counted in `requests` and `refused_calls`."""
     refused_calls: int = 0
+    """Real calls refused with `refuse_calls_status` so far."""
     seed: int = 7
     """Seeds the random choice of malformed and rate-limited answers (runs repeat exactly)."""
     down_until: float = 0.0

@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "flock_llm.visibility",
     "flock_llm.errors",
     "flock_llm.metrics",
+    "flock_llm.quality",
     "flock_llm.engines",
     "flock_llm.engines.llm",
     "flock_llm.engines.dspy",

@@ -131,6 +131,7 @@ REFERENCE_PAGES = {
     "flock_llm.testing": "testing",
     "flock_llm.tracing": "tracing",
     "flock_llm.metrics": "metrics",
+    "flock_llm.quality": "quality",
     "flock_llm.errors": "errors",
 }
 
