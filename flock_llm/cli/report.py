@@ -186,9 +186,7 @@ def _trend(plt: Any, found: Figures) -> str:
     return _svg(plt, draw)
 
 
-def write_report(
-    path: Path, summary: Any, figures: Figures, agreement: Mapping[str, Interval] | None = None
-) -> None:
+def write_report(path: Path, summary: Any, figures: Figures, agreement: Mapping[str, Interval] | None = None) -> None:
     """Render the report and write it to `path` (atomically)."""
     from .output import write_atomically
 

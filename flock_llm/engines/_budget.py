@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["AnswerPlan", "auto_budget"]
+__all__ = ["AnswerPlan", "answer_limit", "auto_budget"]
 SAFETY = 1.3
 """Expected answers are planned this much longer than the learned average (answers vary)."""
 LEARNING_RATE = 0.3
+HEADROOM = 2.0
+"""A request's `max_tokens` is this many times its expected answer..."""
+MIN_HEADROOM = 256
+"""...and at least this many tokens more."""
 
 
 @dataclass
@@ -60,6 +64,20 @@ class AnswerPlan:
         else:
             self.report += LEARNING_RATE * (completion_tokens - self.report)
         self.learned += 1
+
+    def learn_cut(self, items: int, limit: int, *, per_item: bool) -> None:
+        """An answer was cut off at `limit` tokens: the full one is longer; plan for twice the limit from now on."""
+        if per_item:
+            self.per_item = max(self.per_item, HEADROOM * limit / max(1, items))
+        else:
+            self.report = max(self.report, HEADROOM * limit)
+
+
+def answer_limit(expected: int, *, room: int, max_output: int) -> int:
+    """The `max_tokens` of a request whose answer is expected to take `expected` tokens, when the prompt leaves
+    `room` tokens of the context (see the module docstring); at least 16."""
+    wanted = max(math.ceil(HEADROOM * expected), expected + MIN_HEADROOM)
+    return max(16, min(wanted, room, max_output))
 
 
 def auto_budget(*, context: int, fixed: int, answer_room: int, max_output: int) -> int:

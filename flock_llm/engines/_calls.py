@@ -1,5 +1,6 @@
-"""What every model call records, the same way for LLMEngine and DSPyEngine: usage counters for the run,
-a CallRecord on the engine, and a `flock.llm.call` span with the same attributes."""
+"""What every model call records, the same way for every engine (the call shell, `_shell`, records each call
+once): usage counters for the run, a CallRecord on the engine, and a `flock.llm.call` span with the same
+attributes."""
 
 from __future__ import annotations
 

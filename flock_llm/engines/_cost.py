@@ -7,10 +7,11 @@ map names the model's per-token prices: then it is computed here from the usage:
     (prompt - cached - cache writes) x input + cached x cached input + cache writes x cache-write price
     + completion x output
 
-A budget (`LLMEngine(budget_usd=)`, `Flock(budget_usd=)`) is checked before every call with the call's estimate
-(its counted prompt and its expected answer at these prices) and settled with the real cost after it: a call
-that would take spending (settled, plus the estimates of calls in flight) over the budget is not made. So the
-budget is passed by no more than one call's estimation error.
+A budget (`LLMEngine(budget_usd=)`, `Flock(budget_usd=)`) is checked before every call with the call's worst case
+(its counted prompt and the `max_tokens` it allows, at these prices) and settled with the real cost after it: a
+call that would take spending (settled, plus the worst cases of calls in flight) over the budget is not made. So
+the budget is passed by no more than the prompt-counting error of the calls in flight, however many there are.
+A request that timed out is charged its counted prompt (see `_shell`).
 """
 
 from __future__ import annotations

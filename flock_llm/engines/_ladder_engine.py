@@ -6,7 +6,7 @@ import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -31,8 +31,6 @@ from ._rate import account_of
 from ._spend import CallCosts
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
-
-T = TypeVar("T")
 
 _PROBE_SETTINGS = frozenset(
     {
@@ -257,18 +255,6 @@ class LadderEngine(Engine):
 
     def __repr__(self) -> str:  # never shows the passthrough arguments: they may hold keys
         return f"{type(self).__name__}(model={self.model!r}, per_item={self.per_item!r})"
-
-    async def guarded(
-        self, usage: Usage, model: str, attempt: Callable[[], Awaitable[T]], on_retry: Callable[[BaseException], None]
-    ) -> T:
-        """One model call with retries, behind this engine's circuit breaker and shared back-off; breaker
-        probes sent while it waited are counted in `usage` (each probe once)."""
-        try:
-            return await self.guard.call(self.retry, attempt, on_retry, self.probe_for(model))
-        finally:
-            probes = self.guard.take_probes()
-            usage.llm_calls += probes
-            usage.probes += probes
 
     def probe_for(self, model: str) -> Callable[[], Awaitable[object]]:
         """A tiny request to `model`'s provider (one token), which the circuit breaker sends while it is open."""

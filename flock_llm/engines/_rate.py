@@ -1,12 +1,13 @@
 """Limits per minute in tokens (and requests) that a call waits for: a sliding 60-second log of what calls took.
 
-A call takes its *estimate* (counted prompt + expected answer) before it is sent and, once answered, the entry
-is replaced by its *real* tokens at the answer's time (so the log follows what the provider counted, and when).
-A call that alone exceeds the limit waits for an empty window and then goes alone.
+A request takes what the provider will count for it (the counted prompt + its `max_tokens`: OpenAI's quota counts
+the answer's limit, not the answer) before it is sent; once answered or timed out the entry is replaced by the real
+prompt + `max_tokens` at that time, and a refused request's by nothing (the call shell does this, `_shell`). A
+request that alone exceeds the limit waits for an empty window and then goes alone.
 
 `LocalWindow` serves one process; the Redis store gives every worker process the same window (one Lua script
 decides atomically, by the server's clock: `flock_llm.stores.redis.rate`). Why not `limits` or `pyrate-limiter`:
-both take a fixed cost per hit and cannot replace it afterwards with the real usage, which is the point here.
+both take a fixed cost per hit and cannot replace it afterwards with what was really counted.
 """
 
 from __future__ import annotations

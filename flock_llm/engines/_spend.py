@@ -1,5 +1,6 @@
-"""Around each LLM call: its cost against the budgets (the engine's and the Flock's) and its tokens and request
-against the per-minute limits. Before: estimate, reserve, wait for room. After: settle with the real figures."""
+"""Around each LLM call (used by the call shell, `_shell`): its cost against the budgets (the engine's and the
+Flock's) and its tokens and request against the per-minute limits. Before: reserve the worst case (the prompt and
+the `max_tokens` the request allows), wait for room. After: settle with the real figures."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ._cost import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
 from ._models import is_offline
 from ._rate import PROCESS_WINDOWS, RateWindow, window_name
 
-__all__ = ["CallCosts", "Ticket", "parse_prices", "total_tokens"]
+__all__ = ["CallCosts", "Ticket", "parse_prices"]
 
 OFFLINE_PRICES = TokenPrices(input=0.0, output=0.0, source="offline")
 
@@ -95,7 +96,8 @@ class CallCosts:
     def reserve(
         self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int, tier: str = "standard"
     ) -> Ticket:
-        """Hold the call's estimated cost in every ledger (the engine's, the Flock's).
+        """Hold the call's worst case (`prompt` tokens and an `answer` of the `max_tokens` it may take) in every
+        ledger (the engine's, the Flock's).
 
         Raises:
             BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
@@ -131,12 +133,13 @@ class CallCosts:
             ticket.entries.append((window, await window.acquire(1), False))
 
     async def attempt_done(self, ticket: Ticket, tokens: int) -> None:
-        """An attempt ended: its window entries now hold its real tokens (0 when it got no answer)."""
+        """An attempt ended: its window entries now hold `tokens`, what the provider counted for it (the prompt and
+        the `max_tokens` it allowed when it was answered or timed out; 0 when it was refused)."""
         entries, ticket.entries = ticket.entries, []
         for window, entry, counts_tokens in entries:
             await window.settle(entry, tokens if counts_tokens else 1)
 
-    def settle(
+    def price(
         self,
         ticket: Ticket,
         model: str,
@@ -147,23 +150,19 @@ class CallCosts:
         cached: CachedTokens,
         litellm_cost: float | None,
     ) -> float | None:
-        """Settle the ledgers with the call's real cost; returns it (None when unknown)."""
+        """What one answer (or a timed-out prompt) cost at the ticket's tier; None when unknown."""
         cost = None if ticket.tier != "standard" else litellm_cost  # litellm prices standard calls only
         prices = self.prices_for(model, litellm, ticket.tier)
         if prices is not None and (self.prices is not None or cost is None or prices.source == "offline"):
             cost = prices.cost(prompt=prompt, completion=completion, cached=cached.read, cache_write=cached.written)
-        for ledger in ticket.ledgers:
-            ledger.settle(ticket.estimate_usd, ticket.estimate_usd if cost is None else cost)
         return cost
 
+    def close(self, ticket: Ticket, cost: float | None) -> None:
+        """Settle the ledgers with the call's real cost (its estimate when the cost is unknown)."""
+        for ledger in ticket.ledgers:
+            ledger.settle(ticket.estimate_usd, ticket.estimate_usd if cost is None else cost)
+
     def release(self, ticket: Ticket) -> None:
-        """The call failed without an answer: it cost nothing."""
+        """The call got no answer (and did not time out): it cost nothing."""
         for ledger in ticket.ledgers:
             ledger.settle(ticket.estimate_usd, 0.0)
-
-
-def total_tokens(response: Any) -> int:
-    """A response's prompt + completion tokens (0 when it says nothing)."""
-    usage = getattr(response, "usage", None)
-    total = getattr(usage, "total_tokens", None)
-    return total if isinstance(total, int) else 0

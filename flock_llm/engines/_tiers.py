@@ -1,35 +1,189 @@
-"""The deferred tiers of LLMEngine: "batch" (provider batch jobs, see `_deferred`) and "flex" (OpenAI's
-`service_tier="flex"`: batch prices on the normal endpoint, slower, sometimes "resource unavailable").
+"""The tiers of LLMEngine, one object each, chosen once when the engine is built (`tier_for`). Every request of
+every tier is one call through the call shell (`_shell`): the same limits, breaker, budget and record.
 
-    batch   a batch's first request (and the first of each half the ladder splits it into) goes into a
-            provider batch job; repairs, reduces and per-item fallbacks go the synchronous (standard) way.
-            A line that failed or expired is asked once more in a later job, then synchronously; a line not
-            answered by the policy's deadline goes synchronously at once.
-    flex    requests carry service_tier="flex"; 429/503 answers (resource unavailable) are waited out with
-            backoff for `flex_wait` seconds, then the batch goes the standard way.
+    standard  the request as it is.
+    flex      requests carry service_tier="flex" (OpenAI's batch prices on the normal endpoint, slower,
+              sometimes "resource unavailable"): 429/5xx answers are waited out with backoff for `flex_wait`
+              seconds (each a request counted and paced like any other), then the batch goes the standard way.
+    batch     a batch's first request (and the first of each half the ladder splits it into, and of each
+              per-item fallback) goes into a provider batch job (see `_deferred`); repairs and reduces go the
+              standard way. A line that failed or expired is asked once more in a later job, then the standard way; a
+              line not answered by the policy's deadline goes the standard way at once. The line is reserved in
+              the budgets before it is queued and settled when it comes back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from ._deferred import custom_id_of
-from ._ladder import Answer, LadderItem
+from ._base import EngineContext
+from ._calls import Usage
+from ._deferred import DeferredQueue, custom_id_of
+from ._ladder import Answer
+from ._shell import Ask, CallShell, Settled
 
-if TYPE_CHECKING:
-    from .llm import LLMEngine
-
-__all__ = ["ask_deferred", "ask_flex", "deferrable", "TIERS"]
+__all__ = [
+    "BatchTier",
+    "ChatRequest",
+    "FlexTier",
+    "StandardTier",
+    "Tier",
+    "TierChat",
+    "TIERS",
+    "deferrable",
+    "tier_for",
+]
 
 log = logging.getLogger("flock_llm.engines")
 
 TIERS = ("standard", "flex", "batch")
 _BODY_KEYS = ("messages", "response_format", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat request of the ladder, ready to send."""
+
+    kwargs: dict[str, Any]
+    """The litellm arguments."""
+    ask: Ask
+    answers: int
+    """Answers it expects: its items in per-item mode, else 1 (for learning answer lengths)."""
+    per_item: bool
+    first: bool
+    """A batch's own request (not a repair or reduce): a batch job may take it."""
+
+
+class TierChat(Protocol):
+    """What a tier asks with: LLMEngine's backend for one run."""
+
+    shell: CallShell
+    ctx: EngineContext
+    model: str
+    litellm: Any
+    usage: Usage
+
+    def answer_of(self, request: ChatRequest, reply: Any) -> Answer:
+        """The ladder's answer from a chat completion (litellm's response or a JSON body); learns its length."""
+        ...
+
+    async def complete(self, kwargs: dict[str, Any]) -> Any:
+        """One chat request (`litellm.acompletion`), in a structured-output form the server takes."""
+        ...
+
+
+class Tier(Protocol):
+    name: str
+
+    async def ask(self, chat: TierChat, request: ChatRequest) -> Answer: ...
+
+
+class StandardTier:
+    name = "standard"
+
+    async def ask(self, chat: TierChat, request: ChatRequest) -> Answer:
+        reply = await chat.shell.call(
+            request.ask, lambda: chat.complete(request.kwargs), Settled.of_completion
+        )
+        return chat.answer_of(request, reply)
+
+
+STANDARD = StandardTier()
+
+
+class FlexUnavailableError(Exception):
+    """The flex tier stayed unavailable for `flex_wait` seconds (the standard tier answers instead)."""
+
+
+class FlexTier:
+    name = "flex"
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+    async def ask(self, chat: TierChat, request: ChatRequest) -> Answer:
+        litellm = chat.litellm
+        unavailable = (litellm.RateLimitError, litellm.ServiceUnavailableError, litellm.InternalServerError)
+        deadline, delay = time.monotonic() + self.wait, 0.5
+
+        def again(exc: BaseException) -> float | None:
+            nonlocal delay
+            if not isinstance(exc, unavailable):
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FlexUnavailableError(f"flex tier unavailable for {self.wait:g} s") from exc
+            wait, delay = min(delay, left), min(delay * 2, 30.0)
+            log.debug("flex tier unavailable (%s); waiting %.1fs", type(exc).__name__, wait)
+            return wait
+
+        try:
+            reply = await chat.shell.call(
+                replace(request.ask, tier="flex"),
+                lambda: chat.complete({**request.kwargs, "service_tier": "flex"}),
+                Settled.of_completion,
+                again=again,
+            )
+        except FlexUnavailableError:
+            log.info("agent %r: flex tier unavailable; the standard tier answers", chat.ctx.agent_name)
+            chat.usage.flex_fallbacks += 1
+            return await STANDARD.ask(chat, request)
+        chat.usage.flex_requests += 1
+        return chat.answer_of(request, reply)
+
+
+class BatchTier:
+    name = "batch"
+
+    def __init__(self, queue: Callable[[Any], DeferredQueue]) -> None:
+        self.queue = queue
+        """The engine's DeferredQueue, made on first use with litellm."""
+
+    async def ask(self, chat: TierChat, request: ChatRequest) -> Answer:
+        name = deferrable(chat.model, chat.litellm) if request.first else None
+        if request.first and name is None:
+            _say_not_deferrable(chat.model)
+        if name is not None:
+            body = {"model": name, **{k: request.kwargs[k] for k in _BODY_KEYS if k in request.kwargs}}
+            ask = replace(request.ask, kind="deferred", tier="batch", deferred=True)
+            line = await chat.shell.call(ask, lambda: self._line(chat, body), _settled_line)
+            if line is not None:
+                return chat.answer_of(request, line)
+            chat.usage.deferred_fallbacks += 1
+        return await STANDARD.ask(chat, request)
+
+    async def _line(self, chat: TierChat, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The line's chat completion from a batch job, or None: it failed or expired twice, or the deadline
+        passed (the request goes the standard way)."""
+        queue = self.queue(chat.litellm)
+        journal = chat.ctx.jobs or queue.memory_journal
+        for attempt in (0, 1):
+            result = await queue.ask(journal, custom_id_of(body, attempt, queue.endpoint), body)
+            chat.usage.deferred_requests += 1
+            if result.body is not None:
+                return result.body
+            chat.usage.deferred_failed_lines += 1
+            log.info("agent %r: a deferred line came back without an answer (%s)", chat.ctx.agent_name, result.problem)
+            if "deadline" in result.problem:
+                break
+        return None
+
+
+def _settled_line(line: dict[str, Any] | None) -> Settled | None:
+    return None if line is None else Settled.of_completion(line)
+
+
+def tier_for(name: str, *, flex_wait: float, queue: Callable[[Any], DeferredQueue]) -> Tier:
+    """The tier object for `LLMEngine(tier=name)` (validated by the engine)."""
+    if name == "flex":
+        return FlexTier(flex_wait)
+    if name == "batch":
+        return BatchTier(queue)
+    return STANDARD
 
 
 def deferrable(model: str, litellm: Any) -> str | None:
@@ -53,86 +207,3 @@ def _say_not_deferrable(model: str) -> None:
             "price",
             model,
         )
-
-
-async def ask_deferred(
-    call: Any, items: Sequence[LadderItem], *, per_item: bool, kwargs: dict[str, Any], prompt_tokens: int
-) -> Answer | None:
-    """The answer from a provider batch job, or None: the request goes the synchronous way (its line failed or
-    expired twice, the deadline passed, or the model cannot be deferred). `call` is LLMEngine's call backend."""
-    engine: LLMEngine = call.engine
-    name = deferrable(call.model, call.litellm)
-    if name is None:
-        _say_not_deferrable(call.model)
-        return None
-    body = {"model": name, **{k: kwargs[k] for k in _BODY_KEYS if k in kwargs}}
-    expected = call.plan.expected(len(items) if per_item else 1, per_item=per_item)
-    ticket = engine.costs.reserve(call.ctx, call.model, call.litellm, prompt_tokens, expected, tier="batch")
-    queue = engine.deferred_queue(call.litellm)
-    journal = call.ctx.jobs or queue.memory_journal
-    for attempt in (0, 1):
-        started, started_ns = time.perf_counter(), time.time_ns()
-        result = await queue.ask(journal, custom_id_of(body, attempt, queue.endpoint), body)
-        call.usage.deferred_requests += 1
-        if result.body is not None:
-            call.usage.llm_calls += 1
-            choice = (result.body.get("choices") or [{}])[0]
-            content = str((choice.get("message") or {}).get("content") or "")
-            truncated = choice.get("finish_reason") == "length"
-            line = LineResponse(result.body)
-            outcome = "truncated" if truncated else "ok"
-            call.record("deferred", items, kwargs, started, started_ns, 1, outcome, line, ticket)
-            if not truncated:
-                call.plan.learn(len(items) if per_item else 1, line.usage.completion_tokens, per_item=per_item)
-            return Answer(content, truncated=truncated)
-        call.usage.deferred_failed_lines += 1
-        log.info("agent %r: a deferred line came back without an answer (%s)", call.ctx.agent_name, result.problem)
-        if "deadline" in result.problem:
-            break
-    engine.costs.release(ticket)
-    call.usage.deferred_fallbacks += 1
-    return None
-
-
-async def ask_flex(call: Any, kwargs: dict[str, Any], items: int, per_item: bool, prompt_tokens: int) -> Any:
-    """A response from the flex tier, or None after `flex_wait` seconds of "resource unavailable"."""
-    engine: LLMEngine = call.engine
-    litellm = call.litellm
-    expected = call.plan.expected(items if per_item else 1, per_item=per_item)
-    ticket = engine.costs.reserve(call.ctx, call.model, litellm, prompt_tokens, expected, tier="flex")
-    deadline, delay = time.monotonic() + engine.flex_wait, 0.5
-    while True:
-        call.usage.llm_calls += 1
-        try:
-            response = await litellm.acompletion(**kwargs, service_tier="flex")
-        except (litellm.RateLimitError, litellm.ServiceUnavailableError, litellm.InternalServerError) as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.info("agent %r: flex tier unavailable; the standard tier answers", call.ctx.agent_name)
-                engine.costs.release(ticket)
-                call.usage.flex_fallbacks += 1
-                return None
-            call.usage.retries += 1
-            log.debug("flex tier unavailable (%s); waiting %.1fs", type(exc).__name__, min(delay, left))
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 30.0)
-            continue
-        except Exception:
-            engine.costs.release(ticket)
-            raise
-        call.usage.flex_requests += 1
-        return response, ticket
-
-
-class LineResponse:
-    """A batch job line's chat completion, shaped like litellm's response for the call record."""
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        usage = body.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
-        self.usage = SimpleNamespace(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            prompt_tokens_details=SimpleNamespace(cached_tokens=details.get("cached_tokens")),
-        )
-        self._hidden_params: dict[str, Any] = {}

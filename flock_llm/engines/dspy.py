@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel, create_model
@@ -22,13 +21,14 @@ from pydantic import BaseModel, create_model
 from ..errors import ConfigurationError
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
-from ._calls import Usage, prompt_text, record_call
-from ._cost import CachedTokens, TokenPrices
+from ._budget import answer_limit
+from ._calls import Usage, prompt_text
+from ._cost import TokenPrices
 from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._spend import Ticket
+from ._shell import Ask, CallShell, Settled
 
 __all__ = ["DSPyEngine"]
 
@@ -65,12 +65,13 @@ class DSPyEngine(LadderEngine):
         timeout: seconds per request.
         max_calls_per_item: the fallback ladder's call budget per batch, as for LLMEngine.
         tokens_per_minute: a provider's tokens-per-minute limit, as for LLMEngine. Each DSPy call holds its
-            estimate (the prompt DSPy's adapter builds, counted, plus the expected answer) in the budgets and
-            the sliding minute and is settled with what DSPy's usage tracker reports.
+            worst case (the prompt DSPy's adapter builds, counted, plus the LM's `max_tokens`: twice the expected
+            answer, rounded up to a power of two, unless you pass `max_tokens=`) in the budgets and the sliding
+            minute and is settled with what DSPy's usage tracker reports.
         prices: USD per million tokens, as for LLMEngine.
         budget_usd: a cap on what this engine's calls cost, as for LLMEngine; `Flock(budget_usd=)` caps this
-            engine too. A module of yours that calls the LM several times per step is held to one call's
-            estimate and settled with all of them.
+            engine too. A module of yours that calls the LM several times per step is held to one call's worst
+            case and settled with all of them.
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
 
@@ -120,21 +121,33 @@ class DSPyEngine(LadderEngine):
         self.lm_kwargs = lm_kwargs
         self._lms: dict[str, Any] = {}
 
-    def lm_for(self, model: str) -> Any:
-        """One `dspy.LM` per model, cache off, no retries of its own (ours wrap it)."""
-        lm = self._lms.get(model)
+    def lm_for(self, model: str, max_tokens: int | None = None) -> Any:
+        """One `dspy.LM` per model and answer limit, cache off, no retries of its own (ours wrap it).
+
+        Args:
+            model: the litellm model string.
+            max_tokens: the LM's answer limit (None: yours from `max_tokens=`, else DSPy's default).
+        """
+        key = f"{model}/{max_tokens}"
+        lm = self._lms.get(key)
         if lm is None:
             dspy = _load_dspy()
-            lm = dspy.LM(
-                model,
-                cache=False,
-                num_retries=0,
-                engine="litellm",
-                timeout=self.timeout,
-                max_retries=0,
-                **self.lm_kwargs,
-            )
-            self._lms[model] = lm
+            settings = dict(self.lm_kwargs)
+            if max_tokens is not None:
+                settings["max_tokens"] = max_tokens
+            try:
+                lm = dspy.LM(
+                    model, cache=False, num_retries=0, engine="litellm", timeout=self.timeout, max_retries=0, **settings
+                )
+            except ValueError:
+                if "max_tokens" in self.lm_kwargs:
+                    raise
+                # OpenAI's reasoning models take no `max_tokens` under 16,000 (DSPy refuses it)
+                settings["max_tokens"] = max(16_000, max_tokens or 0)
+                lm = dspy.LM(
+                    model, cache=False, num_retries=0, engine="litellm", timeout=self.timeout, max_retries=0, **settings
+                )
+            self._lms[key] = lm
         return lm
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _DSPyCall:
@@ -151,7 +164,6 @@ class _DSPyCall:
         self.model = resolve_model(engine.model, ctx.model, ctx.env)
         if is_offline(self.model):
             announce_offline()
-        self.lm = engine.lm_for(self.model)
         self.adapter = self.dspy.JSONAdapter()
         self.output_type: type[BaseModel] = engine.resolve_output_type(ctx)
         self.payloads = {f"i{n}": item for n, item in enumerate(inputs.items, 1)}
@@ -170,6 +182,7 @@ class _DSPyCall:
         self.max_output = output_limit(self.model, engine.max_output_tokens)
         self.litellm = load_litellm()
         self.plan = engine.plan_for(self.output_type, self.text_tokens)
+        self.shell = CallShell(engine, ctx, self.usage, self.model, self.litellm, label="dspy")
 
     # -- signatures --------------------------------------------------------------------
 
@@ -262,69 +275,41 @@ class _DSPyCall:
         kwargs = self._kwargs(module, items, repair, reduce)
         _, output_field, _ = self._fields(module)
         answers = len(items) if per_item and not reduce else 1
-        costs = self.engine.costs
-        expected = self.plan.expected(answers, per_item=per_item and not reduce)
-        ticket = costs.reserve(self.ctx, self.model, self.litellm, self._prompt_tokens(module, kwargs), expected)
-        spent = _Spent()
+        prompt_tokens = self._prompt_tokens(module, kwargs)
+        max_tokens = self._answer_limit(self.plan.expected(answers, per_item=per_item and not reduce), prompt_tokens)
+        lm = self.engine.lm_for(self.model, max_tokens)
+        kind = "repair" if repair else "reduce" if reduce else "batch"
+        ask = Ask(kind, len(items), prompt_tokens, max_tokens, prompt=prompt_text(kwargs, self.engine.redact))
+        parse_error = self.dspy.utils.exceptions.AdapterParseError
 
-        async def attempt() -> Any:
+        async def send() -> _Reply:
             from dspy.utils.usage_tracker import track_usage
 
-            spent.attempts += 1
-            await costs.admit(self.ctx, self.model, ticket)
-            used = 0
-            try:
-                with self.dspy.context(lm=self.lm, adapter=self.adapter), track_usage() as tracker:
-                    try:
-                        return await self.engine.limiter.run(lambda: module.acall(**kwargs))
-                    except Exception:
-                        self.usage.llm_calls += 1  # the call that failed (DSPy records usage only for answers)
-                        raise
-                    finally:
-                        used = self._account(tracker.usage_data, spent)
-            finally:
-                await costs.attempt_done(ticket, used)
+            with self.dspy.context(lm=lm, adapter=self.adapter), track_usage() as tracker:
+                try:
+                    prediction = await module.acall(**kwargs)
+                except parse_error as exc:  # answered, but not in the signature's shape: the ladder repairs it
+                    unparsed = replace(self._settled(tracker.usage_data), outcome="unparsed")
+                    return _Reply(None, str(getattr(exc, "lm_response", "") or ""), unparsed)
+            return _Reply(prediction, None, self._settled(tracker.usage_data))
 
-        def on_retry(exc: BaseException) -> None:
-            self.usage.retries += 1
-            log.info(
-                "agent %r: retrying after %s",
-                self.ctx.agent_name,
-                self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"),
-            )
+        reply = await self.shell.call(ask, send, lambda r: r.settled)
+        if reply.unparsed is not None:
+            return Answer(content=reply.unparsed)
+        if reply.settled.completion_tokens:
+            self.plan.learn(answers, reply.settled.completion_tokens, per_item=per_item and not reduce)
+        output = getattr(reply.prediction, output_field, None)
+        return Answer(content=self._content(output, items, per_item and not reduce))
 
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        outcome = "ok"
-        try:
-            prediction = await self.engine.guarded(self.usage, self.model, attempt, on_retry)
-        except self.dspy.utils.exceptions.AdapterParseError as exc:
-            outcome = "unparsed"
-            return Answer(content=str(getattr(exc, "lm_response", "") or ""))
-        except Exception as exc:
-            outcome = type(exc).__name__
-            raise
-        finally:
-            record_call(
-                usage=self.usage,
-                calls=self.engine.calls,
-                ctx=self.ctx,
-                model=self.model,
-                kind="repair" if repair else "reduce" if reduce else "batch",
-                items=len(items),
-                started=started,
-                started_ns=started_ns,
-                attempts=spent.attempts,
-                outcome=outcome,
-                prompt_tokens=spent.prompt_tokens,
-                completion_tokens=spent.completion_tokens,
-                cost=self._settle(ticket, spent),
-                prompt=prompt_text(kwargs, self.engine.redact),
-                engine="dspy",
-            )
-        if spent.completion_tokens:
-            self.plan.learn(answers, spent.completion_tokens, per_item=per_item and not reduce)
-        return Answer(content=self._content(getattr(prediction, output_field, None), items, per_item and not reduce))
+    def _answer_limit(self, expected: int, prompt_tokens: int) -> int:
+        """The `max_tokens` of this call's LM: yours (`max_tokens=`), else `answer_limit`, rounded up to a power of
+        two (one dspy.LM per value is kept) within the context and the model's output limit."""
+        given = self.engine.lm_kwargs.get("max_tokens")
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
+        room = self.context - prompt_tokens
+        limit = answer_limit(expected, room=room, max_output=self.max_output)
+        return max(16, min(1 << (limit - 1).bit_length(), room, self.max_output))
 
     def _prompt_tokens(self, module: Any, kwargs: Mapping[str, Any]) -> int:
         """The prompt DSPy's adapter builds for this call, counted (its inputs as JSON when it cannot tell)."""
@@ -334,21 +319,6 @@ class _DSPyCall:
             return self.text_tokens(json.dumps(kwargs, default=str))
         messages = self.adapter.format(signature, demos=[], inputs=dict(kwargs))
         return int(self.litellm.token_counter(model=counting_model(self.model), messages=messages))
-
-    def _settle(self, ticket: Ticket, spent: _Spent) -> float | None:
-        """Settle the budgets with what the call's answers cost (nothing when no answer came)."""
-        if not (spent.prompt_tokens or spent.completion_tokens):
-            self.engine.costs.release(ticket)
-            return spent.cost
-        return self.engine.costs.settle(
-            ticket,
-            self.model,
-            self.litellm,
-            prompt=spent.prompt_tokens,
-            completion=spent.completion_tokens,
-            cached=CachedTokens(),
-            litellm_cost=spent.cost,
-        )
 
     def _content(self, output: Any, items: Sequence[LadderItem], per_item: bool) -> Any:
         if not per_item:
@@ -362,31 +332,32 @@ class _DSPyCall:
             return {"results": []}
         return {"results": [{"item_id": i.id, "output": o} for i, o in zip(items, dumped, strict=True)]}
 
-    def _account(self, usage_data: Mapping[str, list[dict[str, Any]]], spent: _Spent) -> int:
-        """Calls, tokens and cost of the LM calls one DSPy attempt made (DSPy may re-call on its own); returns
-        the attempt's tokens."""
-        used = 0
+    def _settled(self, usage_data: Mapping[str, list[dict[str, Any]]]) -> Settled:
+        """What the LM calls of one DSPy attempt consumed (a module may call its LM several times)."""
+        prompt = completion = requests = 0
+        cost: float | None = 0.0
         for model, entries in usage_data.items():
             for entry in entries:
-                prompt = int(entry.get("prompt_tokens", 0) or 0)
-                completion = int(entry.get("completion_tokens", 0) or 0)
-                self.usage.llm_calls += 1
-                spent.prompt_tokens += prompt
-                spent.completion_tokens += completion
-                used += prompt + completion
+                used_prompt = int(entry.get("prompt_tokens", 0) or 0)
+                used_completion = int(entry.get("completion_tokens", 0) or 0)
+                requests += 1
+                prompt += used_prompt
+                completion += used_completion
                 try:
-                    costs = self.litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=completion)
+                    parts = self.litellm.cost_per_token(
+                        model=model, prompt_tokens=used_prompt, completion_tokens=used_completion
+                    )
                 except Exception:  # noqa: BLE001 - litellm raises for models it has no price for
+                    cost = None
                     continue
-                spent.cost = (spent.cost or 0.0) + float(sum(costs))
-        return used
+                cost = None if cost is None else cost + float(sum(parts))
+        return Settled(prompt, completion, cost_usd=cost if requests else None, requests=max(1, requests))
 
 
-@dataclass
-class _Spent:
-    """What the attempts of one ask cost, summed for its call record."""
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """One DSPy attempt: its prediction, or the raw answer DSPy could not parse, and what it consumed."""
 
-    attempts: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float | None = None
+    prediction: Any
+    unparsed: str | None
+    settled: Settled

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,8 +14,9 @@ from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._breaker import BreakerPolicy
-from ._calls import CallRecord, Usage, prompt_text, record_call
-from ._cost import TokenPrices, cache_points, cached_tokens_of
+from ._budget import answer_limit
+from ._calls import CallRecord, Usage, prompt_text
+from ._cost import TokenPrices, cache_points
 from ._deferred import DeferredPolicy, DeferredQueue
 from ._formats import (
     Format,
@@ -35,8 +35,8 @@ from ._ladder import Answer, LadderItem, Repair
 from ._ladder_engine import LadderEngine, context_window, output_limit
 from ._limits import RetryPolicy
 from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._spend import Ticket, total_tokens
-from ._tiers import TIERS, ask_deferred, ask_flex
+from ._shell import Ask, CallShell, Settled, completion_choice
+from ._tiers import TIERS, ChatRequest, Tier, tier_for
 
 __all__ = ["BreakerPolicy", "CallRecord", "DeferredPolicy", "LLMEngine", "RetryPolicy", "TokenPrices"]
 
@@ -63,18 +63,21 @@ class LLMEngine(LadderEngine):
         max_input_tokens: the context window: tokens per call, prompt and answer (default: litellm's figure for
             the model, else 16,000). A batch whose prompt and expected answer do not fit is split before sending.
         max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request
-            asks for `max_tokens` = what the prompt leaves of the context, at most this; the answer expected for a
-            batch (learned from real answers) must fit it, else the batch is split before sending.
+            asks for `max_tokens` = twice the answer expected for it (learned from real answers; at least 256
+            tokens more), within what the prompt leaves of the context and this; the expected answer must fit
+            this, else the batch is split before sending. A `max_tokens=` of yours is sent as it is.
         max_concurrent_requests: how many of this engine's requests may be in flight at once.
         requests_per_minute: a limit on this engine's requests, paced evenly; with a Redis store it is shared by
             every worker process.
-        tokens_per_minute: a provider's tokens-per-minute limit: each call waits until its estimate (counted
-            prompt + expected answer) fits a sliding minute, which then holds its real tokens; with a Redis
-            store the minute is shared by every worker process.
+        tokens_per_minute: a provider's tokens-per-minute limit: each request waits until what the provider
+            counts for it (counted prompt + its `max_tokens`) fits a sliding minute; with a Redis store the
+            minute is shared by every worker process.
         prices: USD per million tokens (`{"input": 0.4, "output": 1.6, "cached_input": 0.1}` or a
             TokenPrices); default: litellm's price map (its `response_cost`).
-        budget_usd: a cap on what this engine's calls cost: a call whose estimate would pass it is not made
-            (BudgetExceededError; stage "budget"). `Flock(budget_usd=)` caps all engines together.
+        budget_usd: a cap on what this engine's calls cost: each call reserves its worst case (counted prompt +
+            its `max_tokens`) and is not made when that would pass the budget (BudgetExceededError; stage
+            "budget"); it is settled with its real cost after. A request that timed out is charged its prompt.
+            `Flock(budget_usd=)` caps all engines together.
         prompt_caching: mark the static system prompt as a cache breakpoint (`cache_control`) for providers
             that take one (Anthropic, Bedrock, Vertex, Gemini, ...); OpenAI-style providers cache prefixes
             themselves. Cached prompt tokens are counted in usage either way.
@@ -148,6 +151,8 @@ class LLMEngine(LadderEngine):
         self.deferred = deferred or DeferredPolicy()
         self.flex_wait = float(flex_wait)
         self._queue: DeferredQueue | None = None
+        self.route: Tier = tier_for(tier, flex_wait=self.flex_wait, queue=self.deferred_queue)
+        """How this engine's requests go (the tier object; every tier calls through the call shell)."""
         self.instructions = instructions
         self.prompts = Prompts(prompts)
         self.structured_output = as_setting(structured_output)
@@ -191,6 +196,7 @@ class _Call:
         self.plan = engine.plan_for(self.output_type, self.text_tokens)
         self.cache_points = cache_points(self.model, self.litellm) if engine.prompt_caching else None
         self._item_frame: int | None = None
+        self.shell = CallShell(engine, ctx, self.usage, self.model, self.litellm, note=self._where())
 
     @property
     def mode(self) -> Mode:
@@ -308,8 +314,8 @@ class _Call:
 
     def _request(
         self, items: Sequence[LadderItem], per_item: bool, repair: Repair | None, reduce_total: int
-    ) -> tuple[dict[str, Any], int]:
-        """The litellm arguments of one call, and its prompt's tokens."""
+    ) -> ChatRequest:
+        """One call's litellm arguments, with `max_tokens` from the answer expected for it (see `answer_limit`)."""
         kwargs: dict[str, Any] = {
             **self.engine.litellm_kwargs,
             "model": self.model,
@@ -322,126 +328,30 @@ class _Call:
         if self.cache_points:
             kwargs["cache_control_injection_points"] = self.cache_points
         prompt_tokens = self.prompt_tokens(kwargs["messages"])
-        if not _ANSWER_LIMITS & kwargs.keys():  # the answer may take what the prompt leaves, up to the model's limit
-            kwargs["max_tokens"] = max(16, min(self.max_output, self.context - prompt_tokens))
-        return kwargs, prompt_tokens
+        answers = len(items) if per_item else 1
+        given = next((kwargs[k] for k in _ANSWER_LIMITS if isinstance(kwargs.get(k), int)), None)
+        if given is None:
+            expected = self.plan.expected(answers, per_item=per_item)
+            given = kwargs["max_tokens"] = answer_limit(
+                expected, room=self.context - prompt_tokens, max_output=self.max_output
+            )
+        kind = "repair" if repair else "reduce" if reduce_total else "batch"
+        ask = Ask(kind, len(items), prompt_tokens, given, prompt=prompt_text(kwargs["messages"], self.engine.redact))
+        return ChatRequest(kwargs, ask, answers, per_item, first=repair is None and not reduce_total)
 
     async def ask(
         self, items: Sequence[LadderItem], *, per_item: bool, repair: Repair | None = None, reduce_total: int = 0
     ) -> Answer:
-        kwargs, prompt_tokens = self._request(items, per_item, repair, reduce_total)
-        if self.engine.tier == "batch" and repair is None and not reduce_total:
-            deferred = await ask_deferred(self, items, per_item=per_item, kwargs=kwargs, prompt_tokens=prompt_tokens)
-            if deferred is not None:
-                return deferred
-        flexed = None
-        if self.engine.tier == "flex":
-            flexed = await ask_flex(self, kwargs, len(items), per_item, prompt_tokens)
-        kind = "repair" if repair else "reduce" if reduce_total else "batch"
-        return await self._call(items, per_item, kind, kwargs, prompt_tokens, flexed)
+        return await self.engine.route.ask(self, self._request(items, per_item, repair, reduce_total))
 
-    async def _call(
-        self,
-        items: Sequence[LadderItem],
-        per_item: bool,
-        kind: str,
-        kwargs: dict[str, Any],
-        prompt_tokens: int,
-        flexed: tuple[Any, Ticket] | None,
-    ) -> Answer:
-        """One synchronous call (or the flex tier's answer), with retries behind the breaker, counted."""
-        expected = self.plan.expected(len(items) if per_item else 1, per_item=per_item)
-        costs = self.engine.costs
-        ticket = flexed[1] if flexed else costs.reserve(self.ctx, self.model, self.litellm, prompt_tokens, expected)
-        attempts = 1 if flexed else 0
-
-        async def attempt() -> Any:
-            nonlocal attempts
-            attempts += 1
-            await costs.admit(self.ctx, self.model, ticket)
-            self.usage.llm_calls += 1
-            used = 0
-            try:
-                response = await self.engine.limiter.run(lambda: self.complete(kwargs))
-                used = total_tokens(response)
-                return response
-            except Exception as exc:
-                exc.add_note(f"model {self.model} at {self._endpoint()}")  # error texts say where the call went
-                raise
-            finally:
-                await costs.attempt_done(ticket, used)
-
-        def on_retry(exc: BaseException) -> None:
-            self.usage.retries += 1
-            log.info(
-                "agent %r: retrying after %s",
-                self.ctx.agent_name,
-                self.engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}"),
-            )
-
-        started = time.perf_counter()
-        started_ns = time.time_ns()
-        try:
-            response = flexed[0] if flexed else await self.engine.guarded(self.usage, self.model, attempt, on_retry)
-        except Exception as exc:
-            costs.release(ticket)
-            self.record(kind, items, kwargs, started, started_ns, attempts, type(exc).__name__, None, ticket)
-            raise
-        choice = response.choices[0]
-        truncated = choice.finish_reason == "length"
-        completion = getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0
-        if not truncated and isinstance(completion, int):
-            self.plan.learn(len(items) if per_item else 1, completion, per_item=per_item)
-        outcome = "truncated" if truncated else "ok"
-        self.record(kind, items, kwargs, started, started_ns, attempts, outcome, response, ticket)
-        return Answer(choice.message.content or "", truncated=truncated)
-
-    def record(
-        self,
-        kind: str,
-        items: Sequence[LadderItem],
-        kwargs: dict[str, Any],
-        started: float,
-        started_ns: int,
-        attempts: int,
-        outcome: str,
-        response: Any,
-        ticket: Ticket,
-    ) -> None:
-        usage = getattr(response, "usage", None)
-        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion = int(getattr(usage, "completion_tokens", 0) or 0)
-        cached = cached_tokens_of(usage)
-        cost = None
-        if response is not None:
-            litellm_cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-            cost = self.engine.costs.settle(
-                ticket,
-                self.model,
-                self.litellm,
-                prompt=prompt,
-                completion=completion,
-                cached=cached,
-                litellm_cost=None if litellm_cost is None else float(litellm_cost),
-            )
-        record_call(
-            usage=self.usage,
-            calls=self.engine.calls,
-            ctx=self.ctx,
-            model=self.model,
-            kind=kind,
-            items=len(items),
-            started=started,
-            started_ns=started_ns,
-            attempts=attempts,
-            outcome=outcome,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost=cost,
-            prompt=prompt_text(kwargs["messages"], self.engine.redact),
-            cached_tokens=cached.read,
-            cache_write_tokens=cached.written,
-        )
+    def answer_of(self, request: ChatRequest, reply: Any) -> Answer:
+        content, finish = completion_choice(reply)
+        completion = Settled.of_completion(reply).completion_tokens
+        if finish == "length":
+            self.plan.learn_cut(request.answers, completion, per_item=request.per_item)
+        else:
+            self.plan.learn(request.answers, completion, per_item=request.per_item)
+        return Answer(content, truncated=finish == "length")
 
     def _api_base(self) -> str | None:
         kwargs = self.engine.litellm_kwargs
@@ -458,3 +368,7 @@ class _Call:
         parts = urlsplit(base)
         host = parts.hostname or "?"
         return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path
+
+    def _where(self) -> str:
+        """Where calls go, for error texts: the model and its endpoint (never its credentials)."""
+        return f"model {self.model} at {self._endpoint()}"

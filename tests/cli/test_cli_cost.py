@@ -39,11 +39,11 @@ def test_a_budget_caps_the_run_and_the_rest_is_recorded_not_lost(tmp_path: Path)
     out = tmp_path / "out.jsonl"
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
         env = cli_env(OPENAI_API_BASE=server.api_base, OPENAI_API_KEY="sk-fake-local")
-        done = cli("--model", "openai/gpt-4.1-mini", "--per-item", "--budget", "0.004", "--json", "--no-progress",
+        done = cli("--model", "openai/gpt-4.1-mini", "--per-item", "--budget", "0.01", "--json", "--no-progress",
                    "-o", str(out), env=env)  # fmt: skip
     assert done.returncode == 3, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["budget_usd"] == 0.004 and 0 < summary["cost_usd"] <= 0.004 + summary["cost_usd"] / 2
+    assert summary["budget_usd"] == 0.01 and 0 < summary["cost_usd"] <= 0.01  # each call held its worst case
     records = read_jsonl(out)
     labels = [r for r in records if r["type"] == "ReviewLabel"]
     failed = [r for r in records if r["type"] == "FailureRecord"]

@@ -18,7 +18,7 @@ from llm_fakes import OPENAI_URL, body, chat
 from flock_llm import Artifact, FailureRecord, Flock
 from flock_llm.engines._breaker import BreakerPolicy
 from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._rate import PROCESS_WINDOWS
+from flock_llm.engines._rate import PROCESS_WINDOWS, window_name
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.subscription import BatchSpec
 
@@ -210,16 +210,19 @@ async def test_a_dspy_call_waits_while_the_tokens_per_minute_window_is_full(open
         return_value=chat({"report": {"review_count": 2, "average_rating": 3.0, "summary": "ok"}})
     )
     limit = 4_321  # a limit no other test uses: the window is this process's for model + limit
-    window = PROCESS_WINDOWS.window("openai/gpt-4.1-mini:tokens", limit)
-    held = await window.acquire(limit)  # another engine of this process has used the whole minute
     engine = DSPyEngine("openai/gpt-4.1-mini", api_key=KEY, retry=FAST_RETRY, tokens_per_minute=limit)
+    window = PROCESS_WINDOWS.window(window_name(engine.costs.account, "openai/gpt-4.1-mini", "tokens"), limit)
+    held = await window.acquire(limit)  # another engine of this process has used the whole minute
     running = asyncio.create_task(run(engine, reviews(2)))
     await asyncio.sleep(0.3)
     assert route.call_count == 0 and not running.done()  # waiting for room, not failed
     await window.settle(held, 0)  # that call's real tokens: none; the minute has room again
     flock, _ = await asyncio.wait_for(running, timeout=10)
     assert route.call_count == 1 and len(await flock.store.get_by_type(SentimentTrendReport)) == 1
-    follow_up = await asyncio.wait_for(window.acquire(limit - 120), timeout=1)  # the call holds its real 120
+    asked = body(route.calls[0].request)["max_tokens"]
+    assert 16 <= asked < 4_096  # the answer expected for the call, with head-room: not the model's whole limit
+    # the call holds what a provider counts for it: its real prompt (100) and the max_tokens it allowed
+    follow_up = await asyncio.wait_for(window.acquire(limit - 100 - asked), timeout=1)
     await window.settle(follow_up, 0)
 
 
@@ -240,7 +243,7 @@ async def test_with_a_sqlite_store_dspy_items_over_budget_stay_pending_for_the_n
         ).max_concurrency(1)
         return flock
 
-    first = budgeted(1.0)
+    first = budgeted(1.6)  # a call reserves its worst case (prompt + max_tokens: about $1.3), pays $0.14
     await first.publish_many(reviews(12))
     await first.run_until_idle()
     await first.shutdown()

@@ -118,15 +118,14 @@ async def test_the_budget_stops_calls_and_the_rest_become_budget_failure_records
         engine(server, prices=PRICES, max_concurrent_requests=1),
         BatchSpec(size=5, timeout=timedelta(seconds=5)),
         concurrency=1,
-        budget_usd=1.5,
+        budget_usd=4.0,
     )
     published = await flock.publish_many(reviews(40))
     await flock.run_until_idle()
     await flock.shutdown()
     budget = flock.budget
     assert budget is not None and budget.refused_calls >= 1
-    one_call = budget.spent_usd / max(1, budget.calls)
-    assert budget.spent_usd <= 1.5 + one_call  # never past the budget by more than one call
+    assert budget.spent_usd <= 4.0  # each call reserved its worst case (prompt + max_tokens): never past
     failures = await flock.store.get_by_type(FailureRecord)
     assert failures and {f.stage for f in failures} == {"budget"} and "would pass the budget" in failures[0].error
     labelled = len(await flock.store.get_by_type(ReviewSentiment))
@@ -139,7 +138,7 @@ async def test_with_a_sqlite_store_items_over_budget_stay_pending_for_the_next_r
 ) -> None:
     url = f"sqlite:///{tmp_path / 'run.db'}"
     spec = BatchSpec(size=5, timeout=timedelta(seconds=5))
-    first = sentiment_flock(engine(server, prices=PRICES, budget_usd=2.0), spec, concurrency=1, store=url)
+    first = sentiment_flock(engine(server, prices=PRICES, budget_usd=4.0), spec, concurrency=1, store=url)
     await first.publish_many(reviews(20))
     await first.run_until_idle()
     await first.shutdown()
@@ -255,7 +254,7 @@ async def test_with_a_redis_store_batches_over_budget_stay_pending_for_another_w
 ) -> None:
     url = f"{redis_url}{'&' if '?' in redis_url else '?'}claim_timeout=1"
     spec = BatchSpec(size=5, timeout=timedelta(seconds=5))
-    poor = sentiment_flock(engine(server, prices=PRICES, budget_usd=2.0), spec, concurrency=1, store=url)
+    poor = sentiment_flock(engine(server, prices=PRICES, budget_usd=4.0), spec, concurrency=1, store=url)
     await poor.start()
     await poor.publish_many(reviews(20))
     deadline = time.monotonic() + 20

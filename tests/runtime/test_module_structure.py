@@ -142,3 +142,50 @@ def test_no_file_is_far_over_400_lines() -> None:
         str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")
     }
     assert {name: n for name, n in sizes.items() if n > 420} == {}
+
+
+def _calls_of(path: Path, suffixes: set[str]) -> set[str]:
+    """The calls of `path` whose callee (as written, e.g. `self.engine.costs.reserve`) ends in one of `suffixes`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call):
+            callee = ast.unparse(node.func)
+            found.update(s for s in suffixes if callee == s or callee.endswith("." + s))
+    return found
+
+
+def _functions_calling(path: Path, suffix: str) -> set[str]:
+    """The functions of `path` that call something ending in `suffix`."""
+    found = set()
+    for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(function):
+                if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("." + suffix):
+                    found.add(function.name)
+    return found
+
+
+def test_every_model_call_goes_through_the_call_shell() -> None:
+    """Pacing, budget, breaker and record are composed once, in engines/_shell.py: the engines and tiers hand it
+    their transport (issue 22)."""
+    steps = {
+        "record_call",
+        "costs.reserve",
+        "costs.admit",
+        "costs.attempt_done",
+        "costs.close",
+        "costs.release",
+        "guard.call",
+        "guard.take_probes",
+        "limiter.run",
+    }
+    composed = {str(p.relative_to(PACKAGE)): found for p in PACKAGE.rglob("*.py") if (found := _calls_of(p, steps))}
+    assert composed == {"engines/_shell.py": steps}
+    for engine in ("llm.py", "dspy.py"):
+        path = PACKAGE / "engines" / engine
+        assert _calls_of(path, {"guarded"}) == set(), engine
+        # the engine's transport sends the request (the shell wraps it): only LLMEngine's `complete`, which also
+        # moves to the next structured-output form when a server rejects one, calls litellm itself
+        assert _functions_calling(path, "acompletion") <= {"complete"}, engine
+        text = path.read_text(encoding="utf-8")
+        assert ".guard" not in text and "costs." not in text and "limiter" not in text, engine

@@ -1,0 +1,336 @@
+"""One model call, from "I want to ask" to "recorded": the only path a call of any engine and tier takes.
+
+    reserve   the call's worst case in every budget: its counted prompt + the `max_tokens` it is allowed
+    guard     retries (RetryPolicy) behind the engine's circuit breaker and shared back-off (ProviderGuard)
+    pace      each request waits for the tokens-per-minute window (prompt + max_tokens: what providers such as
+              OpenAI count) and the shared requests-per-minute window, then for a slot of the engine's
+              `max_concurrent_requests` / `requests_per_minute`
+    send      the engine's transport (litellm, DSPy, a provider batch-job line, or yours)
+    settle    the budgets with what the answers cost; a request that timed out is charged its prompt (the
+              provider read it; what it generated before the timeout is unknown and not charged)
+    record    usage counters, one CallRecord and one `flock.llm.call` span per call; breaker probes sent while
+              the call waited are counted in its usage
+
+An engine builds one `CallShell` per run and calls `shell.call(Ask(...), send, settled)`; it composes none of
+these steps itself. A batch-job line (`Ask(deferred=True)`) has no request of its own: it is reserved, settled
+and recorded like any call, but not paced or guarded (providers count batch jobs apart from their per-minute
+limits, and a line may wait hours for its job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from ._base import EngineContext
+from ._breaker import ProviderGuard
+from ._calls import CallRecord, Usage, record_call
+from ._cost import CachedTokens, cached_tokens_of
+from ._limits import RequestLimiter, RetryPolicy
+from ._spend import CallCosts, Ticket
+
+__all__ = ["Again", "Ask", "CallShell", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
+
+log = logging.getLogger("flock_llm.engines")
+
+R = TypeVar("R")
+Again = Callable[[BaseException], float | None]
+"""A tier's say on a failed request: seconds to wait before sending it again (counted as a retry), None to leave
+it to the retries and the breaker, or raise to stop the call (e.g. the flex tier gives up after `flex_wait`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One call to make, as the budget and the record see it."""
+
+    kind: str
+    """"batch", "repair", "reduce" or "deferred" (a batch-job line)."""
+    items: int
+    prompt_tokens: int
+    """The prompt, counted before sending."""
+    max_tokens: int
+    """The longest answer the request allows: with the prompt, the worst case reserved in the budgets."""
+    tier: str = "standard"
+    """The price tier: "standard", "flex" or "batch"."""
+    prompt: Callable[[], str] | None = None
+    """The redacted prompt text, for spans that record prompts."""
+    deferred: bool = False
+    """A provider batch-job line: not paced, not behind the breaker (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What an answer consumed, as its provider reported it: the shell settles the budgets with it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: CachedTokens = field(default_factory=CachedTokens)
+    cost_usd: float | None = None
+    """The provider's (litellm's) price for it, when known; else it is computed from the engine's prices."""
+    requests: int = 1
+    """Model requests the answer took (a DSPy module may call its LM several times)."""
+    outcome: str = "ok"
+    """"ok", "truncated" or "unparsed"."""
+
+    @classmethod
+    def of_completion(cls, reply: Any) -> Settled:
+        """A chat completion's usage: litellm's response, or a batch-job line's JSON body."""
+        usage = _field(reply, "usage")
+        hidden = getattr(reply, "_hidden_params", None) or {}
+        cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+        finish = completion_choice(reply)[1]
+        return cls(
+            prompt_tokens=_count(_field(usage, "prompt_tokens")),
+            completion_tokens=_count(_field(usage, "completion_tokens")),
+            cached=cached_tokens_of(usage if not isinstance(usage, Mapping) else _Attrs(usage)),
+            cost_usd=None if cost is None else float(cost),
+            outcome="truncated" if finish == "length" else "ok",
+        )
+
+
+def completion_choice(reply: Any) -> tuple[str, str | None]:
+    """(content, finish_reason) of a chat completion's first choice (litellm's response or a JSON body)."""
+    choices = _field(reply, "choices") or [{}]
+    choice = choices[0]
+    message = _field(choice, "message")
+    return str(_field(message, "content") or ""), _field(choice, "finish_reason")
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a request timed out on our side (the provider read its prompt; we never saw the answer)."""
+    import litellm  # already loaded by the engine that made the call
+
+    return isinstance(exc, (litellm.Timeout, TimeoutError))
+
+
+class ShellEngine(Protocol):
+    """What the shell needs of an engine (LadderEngine has it all)."""
+
+    retry: RetryPolicy
+    guard: ProviderGuard
+    limiter: RequestLimiter
+    costs: CallCosts
+    calls: deque[CallRecord]
+
+    def redact(self, text: str) -> str: ...
+
+    def probe_for(self, model: str) -> Callable[[], Awaitable[object]]: ...
+
+
+@dataclass
+class _Spent:
+    """What the requests of one call consumed, summed for its settlement and record."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_read: int = 0
+    cached_written: int = 0
+    cost_usd: float = 0.0
+    charged: bool = False
+    """Something is to be paid (an answer, or a timed-out prompt)."""
+    unpriced: bool = False
+    """Some of it has no known price."""
+
+    def add(self, settled: Settled, cost: float | None) -> None:
+        self.prompt_tokens += settled.prompt_tokens
+        self.completion_tokens += settled.completion_tokens
+        self.cached_read += settled.cached.read
+        self.cached_written += settled.cached.written
+        self.charged = True
+        if cost is None:
+            self.unpriced = True
+        else:
+            self.cost_usd += cost
+
+
+@dataclass
+class _OneCall(Generic[R]):
+    """One call in progress: what to send, how to read its reply, and what it holds and has spent."""
+
+    ask: Ask
+    send: Callable[[], Awaitable[R]]
+    settled: Callable[[R], Settled | None]
+    again: Again | None
+    ticket: Ticket
+    spent: _Spent = field(default_factory=_Spent)
+
+
+class CallShell:
+    """One engine run's way to the model: every call of the run goes through `call`."""
+
+    def __init__(
+        self,
+        engine: ShellEngine,
+        ctx: EngineContext,
+        usage: Usage,
+        model: str,
+        litellm: Any,
+        *,
+        label: str = "",
+        note: str = "",
+    ) -> None:
+        """`label` names the engine on spans ("dspy"); `note` is added to failed requests' errors (where the
+        call went, never its credentials)."""
+        self.engine = engine
+        self.ctx = ctx
+        self.usage = usage
+        self.model = model
+        self.litellm = litellm
+        self.label = label
+        self.note = note
+
+    async def call(
+        self,
+        ask: Ask,
+        send: Callable[[], Awaitable[R]],
+        settled: Callable[[R], Settled | None],
+        *,
+        again: Again | None = None,
+    ) -> R:
+        """Make one call (see the module docstring) and return its reply. `settled` reads what a reply consumed;
+        None means nothing was answered (a batch-job line that failed): the call is then neither charged nor
+        recorded.
+
+        Raises:
+            BudgetExceededError: the call's worst case would pass a budget (nothing was sent).
+            ProviderUnavailableError: the breaker waited `max_outage` for the provider.
+            Exception: the call's last error (after its retries).
+        """
+        ticket = self.engine.costs.reserve(
+            self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
+        )
+        call = _OneCall(ask, send, settled, again, ticket)
+        spent = call.spent
+        started, started_ns = time.perf_counter(), time.time_ns()
+        outcome: str | None = None
+        try:
+            reply, outcome = await (self._request(call, paced=False) if ask.deferred else self._guarded(call))
+        except BaseException as exc:  # recorded (a cancelled call too: its request may have been paid), re-raised
+            outcome = type(exc).__name__
+            raise
+        finally:
+            cost = self._close(ticket, spent)
+            if outcome is not None:
+                record_call(
+                    usage=self.usage,
+                    calls=self.engine.calls,
+                    ctx=self.ctx,
+                    model=self.model,
+                    kind=ask.kind,
+                    items=ask.items,
+                    started=started,
+                    started_ns=started_ns,
+                    attempts=spent.attempts,
+                    outcome=outcome,
+                    prompt_tokens=spent.prompt_tokens,
+                    completion_tokens=spent.completion_tokens,
+                    cost=cost,
+                    prompt=ask.prompt,
+                    engine=self.label,
+                    cached_tokens=spent.cached_read,
+                    cache_write_tokens=spent.cached_written,
+                )
+        return reply
+
+    async def _guarded(self, call: _OneCall[R]) -> tuple[R, str | None]:
+        engine = self.engine
+
+        def on_retry(exc: BaseException) -> None:
+            self.usage.retries += 1
+            text = engine.redact(f"{type(exc).__name__}: {str(exc)[:200]}")
+            log.info("agent %r: retrying after %s", self.ctx.agent_name, text)
+
+        async def attempt() -> tuple[R, str | None]:
+            return await self._request(call, paced=True)
+
+        try:
+            return await engine.guard.call(engine.retry, attempt, on_retry, engine.probe_for(self.model))
+        finally:
+            probes = engine.guard.take_probes()  # each probe counted once, in a run that waited for it
+            self.usage.llm_calls += probes
+            self.usage.probes += probes
+
+    async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
+        """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
+        costs = self.engine.costs
+        ask, ticket, spent, send = call.ask, call.ticket, call.spent, call.send
+        spent.attempts += 1
+        while True:
+            if paced:
+                await costs.admit(self.ctx, self.model, ticket)
+            try:
+                reply = await (self.engine.limiter.run(send) if paced else send())
+            except Exception as exc:
+                self.usage.llm_calls += 1
+                counted = 0
+                if is_timeout(exc):  # the provider read the prompt (and counted its max_tokens): charge the prompt
+                    counted = ticket.tokens
+                    prompt = Settled(prompt_tokens=ask.prompt_tokens)
+                    spent.add(prompt, self._price(ticket, prompt))
+                await costs.attempt_done(ticket, counted)
+                if self.note:
+                    exc.add_note(self.note)
+                wait = call.again(exc) if call.again is not None else None
+                if wait is None:
+                    raise
+                self.usage.retries += 1
+                await asyncio.sleep(wait)
+                continue
+            used = call.settled(reply)
+            if used is None:
+                await costs.attempt_done(ticket, 0)
+                return reply, None
+            self.usage.llm_calls += used.requests
+            spent.add(used, self._price(ticket, used))
+            await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
+            return reply, used.outcome
+
+    def _price(self, ticket: Ticket, used: Settled) -> float | None:
+        return self.engine.costs.price(
+            ticket,
+            self.model,
+            self.litellm,
+            prompt=used.prompt_tokens,
+            completion=used.completion_tokens,
+            cached=used.cached,
+            litellm_cost=used.cost_usd,
+        )
+
+    def _close(self, ticket: Ticket, spent: _Spent) -> float | None:
+        """Settle the budgets with what the call cost (nothing when nothing was answered); returns the cost."""
+        costs = self.engine.costs
+        if not spent.charged:
+            costs.release(ticket)
+            return None
+        cost = None if spent.unpriced else spent.cost_usd
+        costs.close(ticket, cost)
+        return cost
+
+
+class _Attrs:
+    """A mapping read by attribute (a batch-job line's usage, for `cached_tokens_of`)."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._values.get(name)
+        return _Attrs(value) if isinstance(value, Mapping) else value
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

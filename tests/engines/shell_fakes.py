@@ -1,0 +1,136 @@
+"""A fake provider that also measures what the call shell promises: requests in flight, when each started,
+the `max_tokens` each asked for; and engines of every path (tier, rung, DSPy) pointed at it."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+from domain import CustomerReview, ReviewSentiment
+
+from flock_llm import Artifact
+from flock_llm.engines._base import EngineContext, EvalInputs
+from flock_llm.engines._deferred import DeferredPolicy
+from flock_llm.engines._ladder_engine import LadderEngine
+from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines.dspy import DSPyEngine
+from flock_llm.engines.llm import LLMEngine
+from flock_llm.testing import FakeOpenAIServer
+from flock_llm.testing.fake_openai import _Handler
+
+PATHS = ("standard", "flex", "batch", "repair_and_rung", "dspy")
+"""standard, flex and batch tiers; repairs and the per-item rung (the provider leaves one item out of every
+multi-item answer); DSPyEngine."""
+FAST = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, max_retry_after=0.05)
+QUICK_JOBS = DeferredPolicy(job_size=50, job_wait=0.2, quiet=0.1, poll_interval=0.05, max_poll_interval=0.1)
+MODEL = "openai/fake-model"
+_ITEM = re.compile(r'<item id="[^"]+">(.*?)</item>', re.S)
+
+
+@dataclass
+class Provider(FakeOpenAIServer):
+    """FakeOpenAIServer measuring its chat requests; with `leave_one_out`, a multi-item answer lacks its last
+    item (so a repair follows, then the per-item rung for that item)."""
+
+    leave_one_out: bool = False
+    long_answers: int = 0
+    """Answer with this many tokens of padding (cut off at the request's max_tokens)."""
+    flex_busy_s: float = 0.0
+    """The flex tier is "resource unavailable" for this long from the first chat request on."""
+    chat_requests: int = 0
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    starts: list[float] = field(default_factory=list)
+    max_tokens_asked: list[Any] = field(default_factory=list)
+
+    def __enter__(self) -> Provider:
+        fake = self
+
+        class Measured(_Handler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+                chat = self.path.split("?")[0].rstrip("/").endswith("/chat/completions")
+                if chat:
+                    fake.begin()
+                try:
+                    super().do_POST()
+                finally:
+                    if chat:
+                        fake.end()
+
+        Measured.fake = self
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Measured)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def begin(self) -> None:
+        with self._lock:
+            self.chat_requests += 1
+            if self.chat_requests == 1 and self.flex_busy_s:
+                self.flex_unavailable_until = time.monotonic() + self.flex_busy_s
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self.starts.append(time.monotonic())
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def answer(self, request: dict[str, Any]) -> tuple[str, int]:
+        with self._lock:
+            self.max_tokens_asked.append(request.get("max_tokens"))
+        if self.long_answers:
+            return json.dumps({"results": [], "padding": "word " * self.long_answers}), 1
+        content, answered = super().answer(request)
+        user = next((str(m.get("content", "")) for m in request.get("messages", []) if m.get("role") == "user"), "")
+        if self.leave_one_out and len(_ITEM.findall(user)) > 1:
+            answer = json.loads(content)
+            if isinstance(answer, dict) and len(answer.get("results") or []) > 1:
+                answer["results"] = answer["results"][:-1]
+                return json.dumps(answer), answered - 1
+        return content, answered
+
+    def gaps(self) -> list[float]:
+        starts = sorted(self.starts)
+        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+
+@contextmanager
+def provider(path: str) -> Iterator[Provider]:
+    with Provider(latency_s=0.0, per_item_latency_s=0.0, leave_one_out=path in ("repair_and_rung", "batch")) as fake:
+        fake.batches.completion_delay_s = 0.05
+        if path == "flex":
+            fake.flex_busy_s = 0.15  # a few refusals, waited out
+        yield fake
+
+
+def engine_for(path: str, fake: Provider, **limits: Any) -> LadderEngine:
+    settings: dict[str, Any] = {"api_base": fake.api_base, "api_key": "sk-local-fake", "retry": FAST, **limits}
+    if path == "dspy":
+        return DSPyEngine(MODEL, per_item=True, **settings)
+    tier = {"flex": "flex", "batch": "batch"}.get(path, "standard")
+    return LLMEngine(MODEL, per_item=True, structured_output=True, tier=tier, deferred=QUICK_JOBS, **settings)
+
+
+def batch(n: int, first: int = 0) -> EvalInputs:
+    """`n` reviews, numbered from `first`."""
+    reviews = [
+        CustomerReview(review_id=f"r{i}", rating=1 + i % 5, text=f"review {i}: solid kettle")
+        for i in range(first, first + n)
+    ]
+    return EvalInputs.of(*(Artifact(type_name="CustomerReview", payload=r) for r in reviews))
+
+
+def context(**kwargs: Any) -> EngineContext:
+    return EngineContext(**{"agent_name": "sentiment", "publishes": (ReviewSentiment,), "is_batch": True, **kwargs})
+
+
+def answered_lines(usage: dict[str, Any]) -> int:
+    return int(usage["deferred_requests"]) - int(usage["deferred_failed_lines"])
