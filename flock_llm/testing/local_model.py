@@ -133,7 +133,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     def hook() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
 

@@ -90,6 +90,9 @@ class Provider(FakeOpenAIServer):
             return json.dumps({"results": [], "padding": "word " * self.long_answers}), 1
         content, answered = super().answer(request)
         user = next((str(m.get("content", "")) for m in request.get("messages", []) if m.get("role") == "user"), "")
+        repair = any(m.get("role") == "assistant" for m in request.get("messages", []))
+        if self.leave_one_out and repair:  # a repair answers nothing: the item goes on to the per-item rung
+            return json.dumps({"results": []}), 0
         if self.leave_one_out and len(_ITEM.findall(user)) > 1:
             answer = json.loads(content)
             if isinstance(answer, dict) and len(answer.get("results") or []) > 1:
