@@ -28,10 +28,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from flock_llm import FailureRecord, Flock, flock_type
-from flock_llm.engines._deferred import DeferredQueue
-from flock_llm.engines._journal import MemoryJournal
-from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._models import load_litellm
+from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines._tiers.jobs import DeferredQueue
+from flock_llm.engines._tiers.journal import MemoryJournal
 from flock_llm.engines.llm import DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer

@@ -1,7 +1,6 @@
 """flock_llm: batch processing with LLM agents on a typed blackboard.
 
-from flock_llm import Flock, flock_type
-from flock_llm.subscription import BatchSpec, JoinSpec
+from flock_llm import BatchSpec, Flock, flock_type   # BatchSpec and JoinSpec also in flock_llm.subscription
 """
 
 from ._runtime.runner import FinishedRun
@@ -18,16 +17,19 @@ from .errors import (
     ModelCallError,
     ModelOutputError,
     ProviderUnavailableError,
+    ProviderUnreachableError,
     StoreError,
     StoreUnavailableError,
 )
 from .metrics import BatchStats, FlushRecord, JoinExpiry, Metrics
 from .orchestrator import Flock
 from .registry import flock_type
+from .subscription import BatchSpec, JoinSpec
 
 __all__ = [
     "Agent",
     "Artifact",
+    "BatchSpec",
     "BatchSpecWarning",
     "BatchStats",
     "BudgetExceededError",
@@ -41,10 +43,12 @@ __all__ = [
     "FlockWarning",
     "FlushRecord",
     "JoinExpiry",
+    "JoinSpec",
     "Metrics",
     "ModelCallError",
     "ModelOutputError",
     "ProviderUnavailableError",
+    "ProviderUnreachableError",
     "StoreError",
     "StoreUnavailableError",
     "flock_type",

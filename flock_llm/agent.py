@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .engines._base import Engine
+from .engines import Engine
 from .errors import ConfigurationError
 from .registry import type_name_of
 from .subscription import BatchSpec, JoinSpec, Subscription

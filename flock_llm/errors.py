@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "BatchSpecWarning",
+    "BudgetExceededError",
     "ClosedError",
     "ConfigurationError",
     "EngineError",

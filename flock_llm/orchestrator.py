@@ -18,7 +18,7 @@ from ._runtime.runner import FinishedRun
 from ._runtime.timers import Clock, LoopClock
 from .agent import Agent
 from .artifact import Artifact, new_artifact_id
-from .engines._cost import CostLedger
+from .engines import CostLedger
 from .errors import ClosedError, ConfigurationError, StoreError
 from .metrics import BatchStats, Metrics
 from .registry import type_name_of

@@ -155,7 +155,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def openai(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[respx.MockRouter]:
     """The OpenAI endpoint, mocked with respx; any other request fails the test. (litellm's aiohttp transport is
     switched off so respx sees the requests; DSPy's cache directory is the test's own.)"""
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
 
     monkeypatch.setenv("DISABLE_AIOHTTP_TRANSPORT", "True")
     monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "dspy-cache"))
@@ -181,7 +181,7 @@ async def litellm_clients_closed() -> AsyncIterator[None]:
 
 async def close_litellm_clients() -> None:
     """Close litellm's cached clients and wait for the closes they schedule, in the running loop (see above)."""
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
 
     litellm = load_litellm()
     await litellm.close_litellm_async_clients()

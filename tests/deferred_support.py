@@ -9,7 +9,7 @@ from conftest import references
 from domain import CustomerReview
 
 from flock_llm import Flock
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer

@@ -16,7 +16,7 @@ from flock.core.artifacts import Artifact as CoreArtifact
 from flock.utils.runtime import EvalInputs as CoreEvalInputs
 from pydantic import BaseModel
 
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.integrations.flock_core import FlockBatchLLMEngine
 
 URL = "https://api.openai.com/v1/chat/completions"
@@ -63,7 +63,7 @@ def per_item(request: httpx.Request) -> httpx.Response:
 
 @pytest.fixture
 def openai() -> Iterator[respx.MockRouter]:
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
 
     load_litellm().disable_aiohttp_transport = True
     with respx.mock(assert_all_mocked=True, assert_all_called=False) as router:

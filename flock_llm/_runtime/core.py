@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .._vocabulary import FlushReason
 from ..agent import Agent
 from ..artifact import Artifact
-from ..engines._cost import CostLedger
+from ..engines import CostLedger
 from ..metrics import BatchStats, MetricsRecorder
 from ..stores.memory import ArtifactStore, InMemoryStore
 from ..subscription import Subscription

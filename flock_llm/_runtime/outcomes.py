@@ -25,7 +25,7 @@ from ..subscription import Subscription
 from ..visibility import Visibility, combine_visibilities
 
 if TYPE_CHECKING:
-    from ..engines._base import EvalInputs, EvalResult
+    from ..engines import EvalInputs, EvalResult
     from ..tracing import Tracer
     from .batching import Flush
 

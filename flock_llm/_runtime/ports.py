@@ -24,8 +24,7 @@ from .timers import Clock
 if TYPE_CHECKING:
     from ..agent import Agent
     from ..artifact import Artifact
-    from ..engines._journal import JobJournal
-    from ..engines._rate import RateWindows
+    from ..engines import JobJournal, RateWindows
     from ..stores.sqlite import Recovered
     from ..subscription import Subscription
     from ..tracing import Tracer

@@ -18,10 +18,7 @@ from typing import Any
 
 from ..agent import Agent
 from ..artifact import Artifact
-from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
-from ..engines._cost import CostLedger
-from ..engines._journal import JobJournal
-from ..engines._rate import RateWindows
+from ..engines import CostLedger, Engine, EngineContext, EvalInputs, EvalResult, JobJournal, RateWindows
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
 from ..subscription import Subscription

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import Artifact
-from ..engines._base import EngineContext, EvalInputs
-from ..engines._models import load_litellm, resolve_model
+from ..engines import EngineContext, EvalInputs, load_litellm, resolve_model
 from ..errors import ConfigurationError
 from ..quality.calibration import Calibration, calibrate, parse_sizes
 from .review_types import Review, ReviewLabel

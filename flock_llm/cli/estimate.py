@@ -13,10 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..artifact import Artifact
-from ..engines._base import EngineContext, EvalInputs
-from ..engines._models import load_litellm, resolve_model
-from ..engines._tiers import deferrable
-from ..engines.llm import LLMEngine
+from ..engines import EngineContext, EvalInputs, load_litellm, resolve_model
+from ..engines.llm import LLMEngine, deferrable
 from ..errors import ConfigurationError
 from .review_types import Review, ReviewLabel, ReviewTrend
 from .reviews import AGENT, describe, review_artifact_id

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engines._models import resolve_model
+from ..engines import resolve_model
 from ..errors import ConfigurationError, StoreError
 from .checks import batch_size, finite, positive_seconds, positive_usd
 
@@ -211,7 +211,7 @@ def _locked(args: argparse.Namespace, settings: Any, resuming: bool) -> int:
 def _start(args: argparse.Namespace, resuming: bool) -> int:
     """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
     writing yet), then run it."""
-    from ..engines._models import load_litellm
+    from ..engines import load_litellm
     from .local import serve_local
     from .resume import fingerprint
     from .rows import count_rows, iter_reviews

@@ -20,8 +20,7 @@ from typing import Any
 
 from .._runtime.runner import FinishedRun
 from ..artifact import Artifact, FailureRecord
-from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
-from ..engines._models import OFFLINE_MODEL, resolve_model
+from ..engines import OFFLINE_MODEL, Engine, EngineContext, EvalInputs, EvalResult, resolve_model
 from ..engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from ..errors import ConfigurationError
 from ..orchestrator import Flock

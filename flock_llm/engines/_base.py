@@ -17,9 +17,9 @@ from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer
 
 if TYPE_CHECKING:
-    from ._cost import CostLedger
-    from ._journal import JobJournal
-    from ._rate import RateWindows
+    from ._calls.prices import CostLedger
+    from ._calls.rate import RateWindows
+    from ._tiers.journal import JobJournal
 
 __all__ = ["EngineContext", "Engine", "EvalInputs", "EvalResult", "ItemFailure", "Output"]
 

@@ -20,15 +20,15 @@ from pydantic import BaseModel, create_model
 
 from ..errors import ConfigurationError
 from ._base import EngineContext, EvalInputs
-from ._breaker import BreakerPolicy
-from ._budget import answer_limit
-from ._calls import Usage, prompt_text
-from ._cost import TokenPrices
-from ._ladder import Answer, LadderItem, Repair
-from ._ladder_engine import LadderEngine, context_window, output_limit
-from ._limits import RetryPolicy
-from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._shell import Ask, CallShell, Settled
+from ._calls.breaker import BreakerPolicy
+from ._calls.models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
+from ._calls.prices import TokenPrices
+from ._calls.record import Usage, prompt_text
+from ._calls.retry import RetryPolicy
+from ._calls.shell import Ask, CallShell, Settled
+from ._ladder.engine import LadderEngine, context_window, output_limit
+from ._ladder.ladder import Answer, LadderItem, Repair
+from ._ladder.planning import answer_limit
 
 __all__ = ["DSPyEngine"]
 

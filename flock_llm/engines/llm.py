@@ -13,12 +13,14 @@ from pydantic import BaseModel
 from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
-from ._breaker import BreakerPolicy
-from ._budget import answer_limit
-from ._calls import CallRecord, Usage, prompt_text
-from ._cost import TokenPrices, cache_points
-from ._deferred import DeferredPolicy, DeferredQueue
-from ._formats import (
+from ._calls.breaker import BreakerPolicy
+from ._calls.models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
+from ._calls.prices import TokenPrices, cache_points
+from ._calls.record import CallRecord, Usage, prompt_text
+from ._calls.retry import RetryPolicy
+from ._calls.shell import Ask, CallShell, Settled, completion_choice
+from ._ladder.engine import LadderEngine, context_window, output_limit
+from ._ladder.formats import (
     Format,
     FormatMemory,
     Mode,
@@ -31,12 +33,11 @@ from ._formats import (
     request_format,
     resolve_format,
 )
-from ._ladder import Answer, LadderItem, Repair
-from ._ladder_engine import LadderEngine, context_window, output_limit
-from ._limits import RetryPolicy
-from ._models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
-from ._shell import Ask, CallShell, Settled, completion_choice
-from ._tiers import TIERS, ChatRequest, Tier, tier_for
+from ._ladder.ladder import Answer, LadderItem, Repair
+from ._ladder.planning import answer_limit
+from ._tiers.jobs import DeferredPolicy, DeferredQueue
+from ._tiers.tiers import TIERS, ChatRequest, Tier, tier_for
+from ._tiers.tiers import deferrable as deferrable  # for `flock-llm reviews --estimate`: which models go into jobs
 
 __all__ = ["BreakerPolicy", "CallRecord", "DeferredPolicy", "LLMEngine", "RetryPolicy", "TokenPrices"]
 
@@ -59,7 +60,7 @@ class LLMEngine(LadderEngine):
             litellm knows them, local servers (`ollama/`, `hosted_vllm/`, `lm_studio/`, `llamafile/`, or an
             `api_base` serving a model litellm does not know) in their own form, with the ids of a per-item
             answer pinned by the schema. A server that rejects the format gets the next one (json_schema ->
-            json_object -> prompt), once, with a warning. See `flock_llm.engines._formats`.
+            json_object -> prompt), once, with a warning. See `flock_llm.engines._ladder.formats`.
         max_input_tokens: the context window: tokens per call, prompt and answer (default: litellm's figure for
             the model, else 16,000). A batch whose prompt and expected answer do not fit is split before sending.
         max_output_tokens: the longest answer (default: litellm's figure for the model, else 4,096). Each request

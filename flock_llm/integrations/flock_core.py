@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without flock-co
 from pydantic import BaseModel, Field, PrivateAttr
 
 from ..artifact import Artifact
-from ..engines._base import EngineContext, EvalInputs
+from ..engines import EngineContext, EvalInputs
 from ..engines.llm import LLMEngine
 
 __all__ = ["FlockBatchLLMEngine"]

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines._calls import _CALL_COUNTERS as CALL_COUNTERS  # what a call adds: one list for every path
+from ..engines import CALL_COUNTERS  # what a call adds: one list for every path
 from ..errors import ConfigurationError
 from .compare import Comparison, Tolerance
 from .stats import ALL_FIELDS, position_bucket

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from ..artifact import Artifact
-    from ..engines._base import Engine, EngineContext, EvalResult
+    from ..engines import Engine, EngineContext, EvalResult
 
 __all__ = ["Calibration", "SizeRow", "calibrate", "parse_sizes", "recommend"]
 
@@ -136,7 +136,7 @@ async def calibrate(
     to its true value of `gold_field`."""
     if not 0 < tolerance < 1:
         raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
-    from ..engines._base import EvalInputs
+    from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))
 

@@ -27,7 +27,7 @@ from .stats import AgreementTally, position_bucket
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+    from ..engines import Engine, EngineContext, EvalInputs, EvalResult
 
 __all__ = ["QualityGuard", "SizeEvent"]
 
@@ -104,7 +104,7 @@ class QualityGuard:
     # -- a flushed batch ------------------------------------------------------------------------------------
 
     async def run(self, engine: Engine, ctx: EngineContext, inputs: EvalInputs, ladder: Ladder) -> EvalResult:
-        from ..engines._base import EvalInputs, EvalResult
+        from ..engines import EvalInputs, EvalResult
 
         items = list(inputs.items)
         if self.shuffle is not None:
@@ -161,7 +161,7 @@ class QualityGuard:
         usage: dict[str, Any],
     ) -> tuple[Comparison, BaseModel] | None:
         """Ask the item at `position` alone and compare; (comparison, the one-item answer) or None."""
-        from ..engines._base import EvalInputs
+        from ..engines import EvalInputs
 
         assert self.audit is not None
         item = chunk.items[position]

@@ -14,7 +14,7 @@ from .compare import compare_answers
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ..engines._base import EngineContext, EvalInputs, EvalResult, Output
+    from ..engines import EngineContext, EvalInputs, EvalResult, Output
 
 __all__ = ["reask_majority", "rotated"]
 
@@ -38,7 +38,7 @@ async def reask_majority(
     """Ask `chunk` again in a rotated order; an audited item whose batched answer the re-asked one does not
     confirm gets its one-item answer (2 of 3 votes, or the reference when all three differ). Counted in usage:
     `reask_calls`, `reask_tokens` (also in the totals) and `reask_replaced`."""
-    from ..engines._base import EvalInputs, Output
+    from ..engines import EvalInputs, Output
 
     order = rotated(len(chunk))
     again = await ladder(ctx, EvalInputs(tuple(chunk.items[k] for k in order)))

@@ -11,7 +11,7 @@ from .audit import add_usage
 from .facts import ReportFacts, check_report, compute_facts, fill_facts, valid_ids
 
 if TYPE_CHECKING:
-    from ..engines._base import EngineContext, EvalInputs, EvalResult, Output
+    from ..engines import EngineContext, EvalInputs, EvalResult, Output
 
 __all__ = ["checked_report"]
 

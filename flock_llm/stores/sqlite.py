@@ -33,7 +33,7 @@ from .codec import artifact_from_row, artifact_to_row
 from .memory import InMemoryStore
 
 if TYPE_CHECKING:
-    from ..engines._journal import SQLiteJournal
+    from .sqlite_journal import SQLiteJournal
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
 
@@ -354,7 +354,7 @@ class SQLiteStore(InMemoryStore):
     def job_journal(self) -> SQLiteJournal:
         """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in this file before they are submitted."""
         if self._journal is None:
-            from ..engines._journal import SQLiteJournal
+            from .sqlite_journal import SQLiteJournal
 
             self._journal = SQLiteJournal(self.path)
         return self._journal

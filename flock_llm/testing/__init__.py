@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from .._runtime.timers import ManualClock
-from ..engines._base import Engine, EngineContext, EvalInputs, EvalResult
+from ..engines import Engine, EngineContext, EvalInputs, EvalResult
 from .degrade import Degradation, DegradingModel
 from .fake_openai import FakeOpenAIServer
 from .local_model import LocalModel, local_model

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ..engines._placeholder import placeholder_answer
+from ..engines.offline import placeholder_answer
 from .degrade import DegradingModel
 from .fake_batches import FakeBatches
 
@@ -186,7 +186,8 @@ class FakeOpenAIServer:
             messages: the request's chat messages.
             text: a text, counted instead of `messages` when given.
         """
-        from ..engines._models import OFFLINE_TOKEN_MODEL, load_litellm
+        from ..engines import load_litellm
+        from ..engines.offline import OFFLINE_TOKEN_MODEL
 
         litellm = load_litellm()
         if text is not None:
@@ -379,7 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _cut(text: str, tokens: int) -> str:
     """The first `tokens` tokens of `text` (an answer cut off at the length limit)."""
-    from ..engines._models import OFFLINE_TOKEN_MODEL, load_litellm
+    from ..engines import load_litellm
+    from ..engines.offline import OFFLINE_TOKEN_MODEL
 
     litellm = load_litellm()
     return str(

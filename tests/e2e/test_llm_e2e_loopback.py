@@ -9,7 +9,7 @@ from conftest import references
 from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 
 from flock_llm import FailureRecord, Flock
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer

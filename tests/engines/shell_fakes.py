@@ -17,9 +17,9 @@ from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import Artifact
 from flock_llm.engines._base import EngineContext, EvalInputs
-from flock_llm.engines._deferred import DeferredPolicy
-from flock_llm.engines._ladder_engine import LadderEngine
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines._ladder.engine import LadderEngine
+from flock_llm.engines._tiers.jobs import DeferredPolicy
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.testing import FakeOpenAIServer

@@ -9,7 +9,7 @@ from domain import ReviewSentiment
 from llm_fakes import OPENAI_URL, body, chat, item_ids
 from test_llm_engine import FAST_RETRY, KEY, reviews, run_batch
 
-from flock_llm.engines._parsing import own_ids, parse_per_item
+from flock_llm.engines._ladder.parsing import own_ids, parse_per_item
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.testing import FakeOpenAIServer
 

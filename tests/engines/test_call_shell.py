@@ -16,14 +16,14 @@ from pydantic import BaseModel
 from shell_fakes import FAST, MODEL, PATHS, Provider, answered_lines, batch, context, engine_for, provider
 
 from flock_llm.engines._base import EngineContext, EvalInputs, EvalResult
-from flock_llm.engines._breaker import BreakerPolicy
-from flock_llm.engines._calls import Usage
-from flock_llm.engines._cost import CostLedger
-from flock_llm.engines._ladder import Answer, LadderItem, Repair
-from flock_llm.engines._ladder_engine import LadderEngine
-from flock_llm.engines._models import load_litellm
-from flock_llm.engines._rate import PROCESS_WINDOWS, LocalWindows, window_name
-from flock_llm.engines._shell import Ask, CallShell, Settled
+from flock_llm.engines._calls.breaker import BreakerPolicy
+from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._calls.prices import CostLedger
+from flock_llm.engines._calls.rate import PROCESS_WINDOWS, LocalWindows, window_name
+from flock_llm.engines._calls.record import Usage
+from flock_llm.engines._calls.shell import Ask, CallShell, Settled
+from flock_llm.engines._ladder.engine import LadderEngine
+from flock_llm.engines._ladder.ladder import Answer, LadderItem, Repair
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 _limits = itertools.count(70_001)

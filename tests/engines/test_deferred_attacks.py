@@ -12,10 +12,10 @@ from dataclasses import replace
 import pytest
 from deferred_support import QUICK_JOBS, quick_batch_server
 
-from flock_llm.engines._deferred import DeferredQueue
-from flock_llm.engines._job_lines import line_result
-from flock_llm.engines._journal import JobJournal, MemoryJournal, SQLiteJournal
-from flock_llm.engines._models import load_litellm
+from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._tiers.job_lines import line_result
+from flock_llm.engines._tiers.jobs import DeferredQueue
+from flock_llm.engines._tiers.journal import JobJournal, MemoryJournal, SQLiteJournal
 from flock_llm.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
@@ -212,7 +212,7 @@ async def test_an_id_listed_twice_in_the_output_file_gets_its_answer_not_its_err
     billed and is used; before, the first line settled the request with its error and it was paid again."""
     from types import SimpleNamespace
 
-    from flock_llm.engines._deferred import _Job
+    from flock_llm.engines._tiers.jobs import _Job
 
     answered = {"custom_id": "a", "response": {"status_code": 200, "body": {"choices": []}}}
     failed = {"custom_id": "a", "response": {"status_code": 500, "body": {}}}

@@ -19,8 +19,9 @@ from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, 
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
-from flock_llm.engines._journal import JobRecord, SQLiteJournal
+from flock_llm.engines import JobRecord
 from flock_llm.engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
+from flock_llm.stores.sqlite_journal import SQLiteJournal
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
 

@@ -16,9 +16,9 @@ from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from llm_fakes import OPENAI_URL, body, chat
 
 from flock_llm import Artifact, FailureRecord, Flock
-from flock_llm.engines._breaker import BreakerPolicy
-from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._rate import PROCESS_WINDOWS, window_name
+from flock_llm.engines._calls.breaker import BreakerPolicy
+from flock_llm.engines._calls.rate import PROCESS_WINDOWS, window_name
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.subscription import BatchSpec
 

@@ -12,7 +12,7 @@ from domain import ReviewSentiment
 from llm_fakes import body, chat, error, item_ids
 from test_llm_engine import FAST_RETRY, reviews, run_batch
 
-from flock_llm.engines._formats import (
+from flock_llm.engines._ladder.formats import (
     FormatMemory,
     as_setting,
     downgraded,

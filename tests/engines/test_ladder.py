@@ -10,8 +10,8 @@ from pydantic import BaseModel
 
 from flock_llm.engines import EvalResult
 from flock_llm.engines._base import Output
-from flock_llm.engines._calls import Usage
-from flock_llm.engines._ladder import Answer, FallbackLadder, LadderItem, Repair
+from flock_llm.engines._calls.record import Usage
+from flock_llm.engines._ladder.ladder import Answer, FallbackLadder, LadderItem, Repair
 from flock_llm.errors import ModelCallError
 
 

@@ -15,7 +15,7 @@ from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from llm_fakes import MODEL, OPENAI_URL, body, chat, error, item_ids, per_item_answer
 
 from flock_llm import Artifact, FailureRecord, Flock
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import BreakerPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 

@@ -21,8 +21,8 @@ from llm_fakes import MODEL, OPENAI_URL, body, chat, error, item_ids, per_item_a
 from test_llm_engine import FAST_RETRY, KEY, assert_accounted_once, reviews, run_batch
 
 from flock_llm import FailureRecord, Flock, ProviderUnavailableError
-from flock_llm.engines._breaker import ProviderGuard
-from flock_llm.engines._models import secrets_from
+from flock_llm.engines._calls.breaker import ProviderGuard
+from flock_llm.engines._calls.models import secrets_from
 from flock_llm.engines.llm import BreakerPolicy, LLMEngine
 from flock_llm.prompts.render import Prompts
 from flock_llm.subscription import BatchSpec

@@ -11,10 +11,10 @@ from domain import CustomerReview, ReviewSentiment, SentimentTrendReport
 from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
-from flock_llm.engines._models import OFFLINE_MODEL, redact, resolve_model
-from flock_llm.engines._parsing import extract_json, parse_per_item, parse_report
-from flock_llm.engines._placeholder import placeholder_for
+from flock_llm.engines._calls.models import OFFLINE_MODEL, redact, resolve_model
+from flock_llm.engines._ladder.parsing import extract_json, parse_per_item, parse_report
 from flock_llm.engines.llm import LLMEngine
+from flock_llm.engines.offline.answers import placeholder_for
 from flock_llm.subscription import BatchSpec
 
 
@@ -144,7 +144,7 @@ def test_redact_removes_known_secrets_and_key_shapes() -> None:
 async def test_requests_per_minute_spaces_calls() -> None:
     import asyncio
 
-    from flock_llm.engines._limits import RequestLimiter
+    from flock_llm.engines._calls.retry import RequestLimiter
 
     limiter = RequestLimiter(None, per_minute=1200)  # one start every 50 ms
     loop = asyncio.get_running_loop()

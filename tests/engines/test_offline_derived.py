@@ -9,9 +9,9 @@ from domain import CustomerReview, ReviewSentiment
 from pydantic import BaseModel, Field
 
 from flock_llm import Flock, flock_type
-from flock_llm.engines._derive import derive_value
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
+from flock_llm.engines.offline.derive import derive_value
 from flock_llm.subscription import BatchSpec
 
 pytest.importorskip("vaderSentiment", reason="the offline extra (make test installs it)")

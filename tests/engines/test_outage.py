@@ -19,7 +19,7 @@ from llm_fakes import MODEL, OPENAI_URL, body, chat, error, item_ids
 from test_llm_engine import FAST_RETRY, KEY, assert_accounted_once, reviews, run_batch
 
 from flock_llm import FailureRecord, Flock, ProviderUnavailableError
-from flock_llm.engines._breaker import ProviderGuard
+from flock_llm.engines._calls.breaker import ProviderGuard
 from flock_llm.engines.llm import BreakerPolicy, LLMEngine, RetryPolicy
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer

@@ -38,8 +38,8 @@ async def test_a_request_the_http_client_refuses_to_send_fails_at_once_as_a_conf
 def test_a_provider_error_quoting_the_request_url_does_not_carry_its_password_into_error_texts() -> None:
     """httpx's status errors quote the URL they were raised for ("... for url 'http://user:pw@host/...'"): the
     text failure records and ProviderUnavailableError are built from must not carry the URL's password."""
-    from flock_llm.engines._limits import describe_call_error
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
+    from flock_llm.engines._calls.retry import describe_call_error
 
     error = load_litellm().ServiceUnavailableError(
         message=f"Server error '503' for url 'https://gateway:{URL_PASSWORD}@llm.example/v1/chat/completions'",

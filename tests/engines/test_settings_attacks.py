@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from flock_llm.engines._deferred import DeferredPolicy
+from flock_llm.engines._tiers.jobs import DeferredPolicy
 from flock_llm.engines.llm import BreakerPolicy, RetryPolicy
 from flock_llm.errors import ConfigurationError
 

@@ -17,9 +17,9 @@ from conftest import references
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import BudgetExceededError, FailureRecord, Flock
-from flock_llm.engines._cost import CostLedger, TokenPrices
-from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._rate import LocalWindow
+from flock_llm.engines._calls.prices import CostLedger, TokenPrices
+from flock_llm.engines._calls.rate import LocalWindow
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import BreakerPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
@@ -208,7 +208,7 @@ async def test_requests_stay_under_the_servers_tokens_per_minute_without_429s(se
 def test_anthropic_requests_carry_a_cache_breakpoint_after_the_system_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-real")
     monkeypatch.setenv("DISABLE_AIOHTTP_TRANSPORT", "True")

@@ -12,7 +12,7 @@ from domain import CustomerReview, ReviewSentiment
 from llm_fakes import OPENAI_URL, body, chat
 
 from flock_llm import Flock
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.quality.audit import Audit
 from flock_llm.subscription import BatchSpec

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from flock_llm import Flock, flock_type
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.errors import ConfigurationError
 from flock_llm.quality.facts import ReportFacts, check_report, compute_facts, fill_facts, valid_ids

@@ -4,6 +4,7 @@ private members, and no file far over ~400 lines."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "flock_llm"
@@ -166,7 +167,7 @@ def _functions_calling(path: Path, suffix: str) -> set[str]:
 
 
 def test_every_model_call_goes_through_the_call_shell() -> None:
-    """Pacing, budget, breaker and record are composed once, in engines/_shell.py: the engines and tiers hand it
+    """Pacing, budget, breaker and record are composed once, in engines/_calls/shell.py: the engines and tiers hand it
     their transport (issue 22)."""
     steps = {
         "record_call",
@@ -180,7 +181,7 @@ def test_every_model_call_goes_through_the_call_shell() -> None:
         "limiter.run",
     }
     composed = {str(p.relative_to(PACKAGE)): found for p in PACKAGE.rglob("*.py") if (found := _calls_of(p, steps))}
-    assert composed == {"engines/_shell.py": steps}
+    assert composed == {"engines/_calls/shell.py": steps}
     for engine in ("llm.py", "dspy.py"):
         path = PACKAGE / "engines" / engine
         assert _calls_of(path, {"guarded"}) == set(), engine
@@ -189,3 +190,31 @@ def test_every_model_call_goes_through_the_call_shell() -> None:
         assert _functions_calling(path, "acompletion") <= {"complete"}, engine
         text = path.read_text(encoding="utf-8")
         assert ".guard" not in text and "costs." not in text and "limiter" not in text, engine
+
+
+def test_no_module_outside_engines_imports_a_private_engines_module() -> None:
+    """The engine contract and its services are public in `flock_llm.engines` (issue 22): the runtime, stores,
+    CLI, testing and quality code import them from there, never from `engines._x` (imports inside functions too)."""
+    private = re.compile(r"(^|\.)engines\._")
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.is_relative_to(PACKAGE / "engines"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and private.search("." * node.level + (node.module or "")):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert found == []
+
+
+def test_engines_are_grouped_by_what_a_call_passes_through() -> None:
+    """Each question has a folder answer: where is a call's cost recorded (`_calls/`), where is the ladder
+    (`_ladder/`), how do tiers go (`_tiers/`), what is the offline model (`offline/`)."""
+    engines = PACKAGE / "engines"
+    flat = sorted(p.name for p in engines.glob("_*.py") if p.name != "__init__.py")
+    assert flat == ["_base.py"]  # the engine contract; everything else lives in its folder
+    assert {p.name for p in engines.iterdir() if p.is_dir() and not p.name.startswith("__")} == {
+        "_calls",
+        "_ladder",
+        "_tiers",
+        "offline",
+    }

@@ -18,6 +18,7 @@ def test_top_level_exports() -> None:
     assert set(flock_llm.__all__) == {
         "Agent",
         "Artifact",
+        "BatchSpec",
         "BatchSpecWarning",
         "BatchStats",
         "BudgetExceededError",
@@ -31,10 +32,12 @@ def test_top_level_exports() -> None:
         "FlockWarning",
         "FlushRecord",
         "JoinExpiry",
+        "JoinSpec",
         "Metrics",
         "ModelCallError",
         "ModelOutputError",
         "ProviderUnavailableError",
+        "ProviderUnreachableError",
         "StoreError",
         "StoreUnavailableError",
         "flock_type",
@@ -123,11 +126,13 @@ def test_builder_rejects_bad_configuration() -> None:
     assert agent.consumes(Echo, batch=BatchSpec(size=2, timeout=timedelta(seconds=1))) is agent
 
 
-def test_the_stores_live_in_flock_llm_stores_and_the_old_modules_still_re_export_them() -> None:
-    import flock_llm.stores as stores
-    from flock_llm.redis_store import RedisStore as OldRedis
-    from flock_llm.sqlite_store import SQLiteStore as OldSQLite
-    from flock_llm.store import InMemoryStore as OldMemory
+def test_the_stores_live_in_flock_llm_stores_and_public_types_report_public_modules() -> None:
+    import importlib.util
 
-    assert stores.SQLiteStore is OldSQLite and stores.RedisStore is OldRedis and stores.InMemoryStore is OldMemory
+    import flock_llm.stores as stores
+    from flock_llm.subscription import BatchSpec, JoinSpec
+
+    # the one-release re-export modules were never released: they are gone
+    assert all(importlib.util.find_spec(f"flock_llm.{old}") is None for old in ("store", "sqlite_store", "redis_store"))
+    assert flock_llm.BatchSpec is BatchSpec and flock_llm.JoinSpec is JoinSpec  # also at the top level
     assert isinstance(stores.store_from_url("redis://127.0.0.1:1/0"), stores.RedisStore)

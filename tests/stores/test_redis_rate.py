@@ -12,8 +12,8 @@ from domain import CustomerReview, ReviewSentiment
 from test_redis_store import until
 
 from flock_llm import ConfigurationError, Flock
-from flock_llm.engines._limits import RetryPolicy
-from flock_llm.engines._rate import account_of, window_name
+from flock_llm.engines._calls.rate import account_of, window_name
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.stores import RedisStore
 from flock_llm.testing import FakeOpenAIServer

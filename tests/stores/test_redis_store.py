@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from flock_llm import ConfigurationError, FailureRecord, Flock, StoreUnavailableError, flock_type
 from flock_llm.engines import EvalResult
-from flock_llm.engines._journal import JobRecord
+from flock_llm.engines._tiers.journal import JobRecord
 from flock_llm.registry import type_name_of
 from flock_llm.stores import RedisStore
 from flock_llm.subscription import BatchSpec, JoinSpec

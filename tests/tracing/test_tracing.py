@@ -15,7 +15,7 @@ from llm_fakes import MODEL, OPENAI_URL, chat
 
 from flock_llm import Flock
 from flock_llm.engines import EngineContext, EvalInputs
-from flock_llm.engines._limits import RetryPolicy
+from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FunctionEngine, ManualClock
@@ -104,7 +104,7 @@ async def test_nothing_is_written_when_tracing_is_off(in_tmp: Path) -> None:
 async def test_llm_spans_carry_tokens_and_no_secret_reaches_the_file(
     in_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flock_llm.engines._models import load_litellm
+    from flock_llm.engines._calls.models import load_litellm
 
     secret = "sk-trace-SECRET-9876543210"
     monkeypatch.setattr(load_litellm(), "disable_aiohttp_transport", True)

@@ -1,4 +1,4 @@
-"""The journal of provider batch jobs in a Redis store (see `flock_llm.engines._journal`), shared by every
+"""The journal of provider batch jobs in a Redis store (see `flock_llm.engines._tiers.journal`), shared by every
 worker process: `deferred:requests` maps each request id to its job, `deferred:job:<key>` holds the job's input
 file and batch id, `deferred:job:<key>:ids` its request ids, `deferred:job:<key>:claim` the process creating it
 from its file after a restart (expiring), and `deferred:finished` (a sorted set) the jobs whose
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ...engines._journal import JobRecord
+from ...engines import JobRecord
 
 if TYPE_CHECKING:
     from .connection import RedisConnection

@@ -1,4 +1,4 @@
-"""Engine state shared by every worker process of a Redis store: rate windows (see `flock_llm.engines._rate`:
+"""Engine state shared by every worker process of a Redis store: rate windows (see `flock_llm.engines._calls.rate`:
 one sliding minute per (account, model, kind), changed only by the RATE_TAKE and RATE_SETTLE scripts, by the
 server's clock; workers that disagree about a window's limit are refused). The journal of provider batch jobs is
 in `journal`."""

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from .._redaction import register_secrets
-from ..errors import ConfigurationError
-from ._offline_tokens import OFFLINE_TOKEN_MODEL
+from ..._redaction import register_secrets
+from ...errors import ConfigurationError
+from ..offline.tokens import OFFLINE_TOKEN_MODEL
 
 __all__ = [
     "OFFLINE_MODEL",
@@ -77,7 +77,7 @@ def load_litellm() -> ModuleType:
     litellm.suppress_debug_info = True
     providers = list(getattr(litellm, "custom_provider_map", None) or [])
     if not any(p.get("provider") == OFFLINE_PROVIDER for p in providers):
-        from .offline import OfflineLLM
+        from ..offline.provider import OfflineLLM
 
         providers.append({"provider": OFFLINE_PROVIDER, "custom_handler": OfflineLLM()})
         litellm.custom_provider_map = providers

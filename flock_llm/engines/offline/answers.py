@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from ._derive import derive_value
+from .derive import derive_value
 
 __all__ = ["placeholder_answer", "placeholder_for"]
 

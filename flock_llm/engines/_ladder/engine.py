@@ -10,25 +10,25 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .._numbers import number
-from ..artifact import Artifact
-from ..errors import ConfigurationError
-from ._base import Engine, EngineContext, EvalInputs, EvalResult
-from ._breaker import BreakerPolicy, ProviderGuard
-from ._budget import AnswerPlan, auto_budget
-from ._calls import CallRecord, Usage
-from ._cost import TokenPrices
-from ._ladder import (
+from ..._numbers import number
+from ...artifact import Artifact
+from ...errors import ConfigurationError
+from .._base import Engine, EngineContext, EvalInputs, EvalResult
+from .._calls.breaker import BreakerPolicy, ProviderGuard
+from .._calls.models import engine_secrets, is_offline, load_litellm, redact
+from .._calls.prices import TokenPrices
+from .._calls.rate import account_of
+from .._calls.record import CallRecord, Usage
+from .._calls.retry import RequestLimiter, RetryPolicy
+from .._calls.spend import CallCosts
+from .ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
     Backend,
     Fallback,
     FallbackLadder,
     LadderItem,
 )
-from ._limits import RequestLimiter, RetryPolicy
-from ._models import engine_secrets, is_offline, load_litellm, redact
-from ._rate import account_of
-from ._spend import CallCosts
+from .planning import AnswerPlan, auto_budget
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
 
@@ -49,7 +49,7 @@ _PROBE_SETTINGS = frozenset(
 
 def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
     """One LadderItem per batch item: ids i1..iN, the payload (or join group) as prompt-safe JSON."""
-    from ..prompts.render import encode_item
+    from ...prompts.render import encode_item
 
     items = []
     for n, item in enumerate(inputs.items, 1):
@@ -159,7 +159,7 @@ class LadderEngine(Engine):
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
     ) -> None:
-        from ..quality.guard import QualityGuard
+        from ...quality.guard import QualityGuard
 
         self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
         """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
@@ -219,7 +219,7 @@ class LadderEngine(Engine):
         """This engine's answer plan (started from one schema-shaped output of `output_type`, counted by
         `count`)."""
         if self.answer_plan is None:
-            from ._placeholder import placeholder_for
+            from ..offline.answers import placeholder_for
 
             one = json.dumps({"item_id": "i100", "output": placeholder_for(output_type.model_json_schema())})
             self.answer_plan = AnswerPlan.from_schema_tokens(count(one))
@@ -228,7 +228,7 @@ class LadderEngine(Engine):
     def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
         """The tokens `artifact` adds to a call, counted with the model's tokenizer: its prompt tokens, and in
         per-item mode the answer expected for it."""
-        from ..prompts.render import encode_item
+        from ...prompts.render import encode_item
 
         item = LadderItem("i1", encode_item(artifact.payload.model_dump(mode="json")), (artifact.id,))
         backend = self._token_backend(ctx)
@@ -245,7 +245,7 @@ class LadderEngine(Engine):
 
     def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
         """For BatchSpec(max_tokens="auto"): the context window minus the fixed prompt and the answer room (see
-        `flock_llm.engines._budget`)."""
+        `flock_llm.engines._ladder.planning`)."""
         backend = self._token_backend(ctx)
         plan = self.plan_for(backend.output_type, backend.text_tokens)
         room = 16 if self.per_item else plan.expected(1, per_item=False)  # per item: in each item's tokens

@@ -22,10 +22,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._numbers import number
-from ..errors import ConfigurationError
-from ._job_lines import LineResult, file_lines, line_result
-from ._journal import JobJournal, JobRecord, MemoryJournal
+from ..._numbers import number
+from ...errors import ConfigurationError
+from .job_lines import LineResult, file_lines, line_result
+from .journal import JobJournal, JobRecord, MemoryJournal
 
 __all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
 

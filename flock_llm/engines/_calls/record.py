@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ._base import EngineContext
+from .._base import EngineContext
 
 __all__ = ["CallRecord", "Usage", "prompt_text", "record_call"]
 
@@ -95,7 +95,7 @@ class Usage:
 
     def absorb(self, other: dict[str, Any]) -> None:
         """Add the calls, tokens and cost of another run (the per-item fallback's) to these counters."""
-        for name in _CALL_COUNTERS:
+        for name in CALL_COUNTERS:
             value = other.get(name)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(self, name, getattr(self, name) + value)
@@ -107,7 +107,7 @@ class Usage:
         return {**values, **self.extra}
 
 
-_CALL_COUNTERS = (
+CALL_COUNTERS = (
     "llm_calls",
     "prompt_tokens",
     "completion_tokens",
@@ -129,6 +129,8 @@ _CALL_COUNTERS = (
     "flex_requests",
     "flex_fallbacks",
 )
+"""The usage counters every model call adds to (calls, tokens, cost, latency, retries, ...): one list for
+every path, so a caller that adds a call\'s usage (an audit, a fallback) adds exactly these."""
 """What a nested run (the per-item fallback) adds to its batch's usage; its item counts are the batch's own."""
 
 

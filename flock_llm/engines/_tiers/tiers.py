@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from ._base import EngineContext
-from ._calls import Usage
-from ._deferred import DeferredQueue, custom_id_of
-from ._ladder import Answer
-from ._shell import Ask, CallShell, Settled
+from .._base import EngineContext
+from .._calls.record import Usage
+from .._calls.shell import Ask, CallShell, Settled
+from .._ladder.ladder import Answer
+from .jobs import DeferredQueue, custom_id_of
 
 __all__ = [
     "BatchTier",
@@ -86,9 +86,7 @@ class StandardTier:
     name = "standard"
 
     async def ask(self, chat: TierChat, request: ChatRequest) -> Answer:
-        reply = await chat.shell.call(
-            request.ask, lambda: chat.complete(request.kwargs), Settled.of_completion
-        )
+        reply = await chat.shell.call(request.ask, lambda: chat.complete(request.kwargs), Settled.of_completion)
         return chat.answer_of(request, reply)
 
 

@@ -9,12 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._numbers import optional_number
-from ..errors import BudgetExceededError, ConfigurationError
-from ._base import EngineContext
-from ._cost import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
-from ._models import is_offline
-from ._rate import PROCESS_WINDOWS, RateWindow, window_name
+from ..._numbers import optional_number
+from ...errors import BudgetExceededError, ConfigurationError
+from .._base import EngineContext
+from .models import is_offline
+from .prices import CachedTokens, CostLedger, TokenPrices, in_tier, prices_for
+from .rate import PROCESS_WINDOWS, RateWindow, window_name
 
 __all__ = ["CallCosts", "Ticket", "parse_prices"]
 

@@ -1,18 +1,5 @@
-"""Where deferred (provider batch) jobs are recorded before they are submitted, so a process killed between
-submission and retrieval polls the same job after a restart instead of paying again.
-
-Every method is a coroutine (the Redis journal talks to Redis). A request is known by its custom id (a hash of
-its body: the same batch asks the same request again after a restart). A job's steps are recorded one by one:
-`begin()` its requests before anything is sent, `submitted(file_id=)` its uploaded input file, then
-`submitted(batch_id=)` the job the provider created from that file, and `finished()` once its lines were read.
-A restart therefore knows which step a job reached: nothing uploaded (the requests go into a new job), uploaded
-but not created (the one job is created from that file, by one process at a time: `claim()`), or created (it
-is polled). `prune()` forgets jobs that
-finished before a time, with their requests.
-
-`MemoryJournal` lives as long as the process; `SQLiteJournal` is a table in the SQLite store's file (its own
-connection; each write is committed at once); the Redis store's journal is in `flock_llm.stores.redis.journal`.
-"""
+"""The SQLite store's journal of deferred (provider batch) jobs: a table in the store's file, with its own
+connection; each write is committed at once (see `flock_llm.engines.JobJournal` for what a journal records)."""
 
 from __future__ import annotations
 
@@ -20,98 +7,12 @@ import asyncio
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["JobJournal", "JobRecord", "MemoryJournal", "SQLiteJournal"]
+from ..engines import JobRecord
 
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    key: str
-    """Ours, chosen before submission (sent as the job's metadata)."""
-    file_id: str | None = None
-    batch_id: str | None = None
-
-
-class JobJournal(Protocol):
-    async def job_of(self, custom_id: str) -> JobRecord | None:
-        """The job a request was put in, if any."""
-        ...
-
-    async def begin(self, key: str, custom_ids: list[str]) -> None:
-        """Record a job's requests before it is submitted."""
-        ...
-
-    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None: ...
-
-    async def forget(self, custom_ids: list[str]) -> None:
-        """These requests go to another job (their first one failed or expired)."""
-        ...
-
-    async def claim(self, key: str, owner: str, until: float) -> bool:
-        """Take the creation of job `key` (from its uploaded file, after a restart) for `owner` until `until`
-        (seconds since the epoch); False while another owner holds it. Two processes resuming one file create
-        one job: the other waits for the job's id in the journal, or for the claim to lapse (its owner died)."""
-        ...
-
-    async def finished(self, key: str, at: float) -> None:
-        """The job ended at `at` (seconds since the epoch) and its lines were read."""
-        ...
-
-    async def prune(self, before: float) -> int:
-        """Forget the jobs that finished before `before`, and their requests; how many jobs were forgotten."""
-        ...
-
-
-class MemoryJournal:
-    def __init__(self) -> None:
-        self._requests: dict[str, str] = {}
-        self._jobs: dict[str, JobRecord] = {}
-        self._members: dict[str, set[str]] = {}
-        self._finished: dict[str, float] = {}
-        self._claims: dict[str, tuple[str, float]] = {}
-
-    async def job_of(self, custom_id: str) -> JobRecord | None:
-        key = self._requests.get(custom_id)
-        return None if key is None else self._jobs.get(key)
-
-    async def begin(self, key: str, custom_ids: list[str]) -> None:
-        self._jobs[key] = JobRecord(key)
-        self._members[key] = set(custom_ids)
-        for custom_id in custom_ids:
-            self._requests[custom_id] = key
-
-    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
-        old = self._jobs.get(key, JobRecord(key))
-        self._jobs[key] = JobRecord(key, file_id or old.file_id, batch_id or old.batch_id)
-
-    async def forget(self, custom_ids: list[str]) -> None:
-        for custom_id in custom_ids:
-            self._requests.pop(custom_id, None)
-
-    async def claim(self, key: str, owner: str, until: float) -> bool:
-        holder, held_until = self._claims.get(key, (owner, 0.0))
-        if holder != owner and held_until > time.time():
-            return False
-        self._claims[key] = (owner, until)
-        return True
-
-    async def finished(self, key: str, at: float) -> None:
-        if key in self._jobs:
-            self._finished[key] = at
-
-    async def prune(self, before: float) -> int:
-        done = [key for key, at in self._finished.items() if at < before]
-        for key in done:
-            del self._finished[key]
-            self._jobs.pop(key, None)
-            self._claims.pop(key, None)
-            for custom_id in self._members.pop(key, set()):
-                if self._requests.get(custom_id) == key:
-                    del self._requests[custom_id]
-        return len(done)
+__all__ = ["SQLiteJournal"]
 
 
 class SQLiteJournal:

@@ -19,8 +19,8 @@ import litellm
 from litellm import CustomLLM
 from litellm.types.utils import ModelResponse
 
-from ._offline_tokens import OFFLINE_TOKEN_MODEL
-from ._placeholder import placeholder_answer
+from .answers import placeholder_answer
+from .tokens import OFFLINE_TOKEN_MODEL
 
 __all__ = ["OfflineLLM"]
 

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from .._error_text import describe_transport, local_failure, missing_key
-from .._numbers import number, optional_number
-from .._redaction import mask
-from ..errors import BudgetExceededError, ProviderUnavailableError
+from ..._error_text import describe_transport, local_failure, missing_key
+from ..._numbers import number, optional_number
+from ..._redaction import mask
+from ...errors import BudgetExceededError, ProviderUnavailableError
 
 __all__ = [
     "ErrorKind",

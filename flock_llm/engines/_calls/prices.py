@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._numbers import optional_number
-from ..errors import BudgetExceededError
+from ..._numbers import optional_number
+from ...errors import BudgetExceededError
 
 __all__ = [
     "TIER_DISCOUNT",

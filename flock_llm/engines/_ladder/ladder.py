@@ -30,12 +30,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .._vocabulary import FailureStage
-from ..errors import BudgetExceededError, ModelCallError, ModelOutputError, ProviderUnavailableError
-from ._base import EvalResult, ItemFailure, Output
-from ._calls import Usage
-from ._limits import classify_error, describe_call_error
-from ._parsing import extract_json, own_ids, parse_per_item, parse_report
+from ..._vocabulary import FailureStage
+from ...errors import BudgetExceededError, ModelCallError, ModelOutputError, ProviderUnavailableError
+from .._base import EvalResult, ItemFailure, Output
+from .._calls.record import Usage
+from .._calls.retry import classify_error, describe_call_error
+from .parsing import extract_json, own_ids, parse_per_item, parse_report
 
 __all__ = ["Answer", "Backend", "FallbackLadder", "Fallback", "LadderItem", "Repair", "Usage"]
 
@@ -277,7 +277,7 @@ class FallbackLadder:
 
     async def _reduce(self, parts: list[Output], *, total: int) -> list[Output]:
         """Combine partial reports into one; when that fails, the partial reports stand (nothing is lost)."""
-        from ..prompts.render import encode_item
+        from ...prompts.render import encode_item
 
         partials = [
             LadderItem(f"part{n}", encode_item(p.obj.model_dump(mode="json")), p.derived_from or ())

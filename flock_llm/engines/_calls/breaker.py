@@ -33,10 +33,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from .._error_text import connect_failure, describe_transport, provider_answered
-from .._numbers import number
-from ..errors import ProviderUnavailableError, ProviderUnreachableError
-from ._limits import UNREACHABLE_HINT, RetryPolicy, cancelling, classify_error, describe_call_error, retry_after_seconds
+from ..._error_text import connect_failure, describe_transport, provider_answered
+from ..._numbers import number
+from ...errors import ProviderUnavailableError, ProviderUnreachableError
+from .retry import UNREACHABLE_HINT, RetryPolicy, cancelling, classify_error, describe_call_error, retry_after_seconds
 
 __all__ = ["BreakerPolicy", "BreakerStats", "ProviderGuard"]
 

@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._base import EngineContext
-from ._breaker import ProviderGuard
-from ._calls import CallRecord, Usage, record_call
-from ._cost import CachedTokens, cached_tokens_of
-from ._limits import RequestLimiter, RetryPolicy
-from ._spend import CallCosts, Ticket
+from .._base import EngineContext
+from .breaker import ProviderGuard
+from .prices import CachedTokens, cached_tokens_of
+from .record import CallRecord, Usage, record_call
+from .retry import RequestLimiter, RetryPolicy
+from .spend import CallCosts, Ticket
 
 __all__ = ["Again", "Ask", "CallShell", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
 
