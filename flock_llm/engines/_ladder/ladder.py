@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -35,7 +34,7 @@ from ...errors import BudgetExceededError, ModelCallError, ModelOutputError, Pro
 from .._base import EvalResult, ItemFailure, Output
 from .._calls.record import Usage
 from .._calls.retry import classify_error, describe_call_error
-from .parsing import extract_json, own_ids, parse_per_item, parse_report
+from .parsing import extract_json, halves, name_artifacts, own_ids, parse_per_item, parse_report
 
 __all__ = ["Answer", "Backend", "FallbackLadder", "Fallback", "LadderItem", "Repair", "Usage"]
 
@@ -111,16 +110,6 @@ def _stage_of(error: BaseException) -> FailureStage:
     if isinstance(error, UnusableAnswersError):
         return "unusable_answers"
     return "engine"
-
-
-def _name_artifacts(line: str, item: LadderItem) -> str:
-    """A feedback line with the prompt's internal item id replaced by the artifact ids it stands for."""
-    return re.sub(rf"\b{re.escape(item.id)}\b", "/".join(item.artifact_ids), line)
-
-
-def _halves(items: Sequence[LadderItem]) -> list[list[LadderItem]]:
-    middle = len(items) // 2
-    return [list(items[:middle]), list(items[middle:])]
 
 
 class FallbackLadder:
@@ -204,7 +193,7 @@ class FallbackLadder:
 
     async def _split_items(self, group: list[LadderItem], *, repair_allowed: bool) -> None:
         self.usage.splits += 1
-        for half in _halves(group):
+        for half in halves(group):
             await self._items(half, repair_allowed=repair_allowed)
 
     def _accept_items(
@@ -271,7 +260,7 @@ class FallbackLadder:
     async def _split_report(self, group: list[LadderItem], *, repair_allowed: bool) -> list[Output]:
         self.usage.splits += 1
         parts: list[Output] = []
-        for half in _halves(group):
+        for half in halves(group):
             parts += await self._report(half, repair_allowed=repair_allowed)
         return parts
 
@@ -384,7 +373,7 @@ class FallbackLadder:
             return
         error = self.fatal or ModelOutputError(
             f"the model's answer for artifact {', '.join(item.artifact_ids)} did not validate: "
-            + "; ".join(_name_artifacts(line, item) for line in feedback)[:500],
+            + "; ".join(name_artifacts(line, item.id, item.artifact_ids) for line in feedback)[:500],
             raw=raw if isinstance(raw, str) else repr(raw),
             item_ids=[item.id],
         )

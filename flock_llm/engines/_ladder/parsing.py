@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -231,3 +231,17 @@ def own_ids(data: str) -> list[str]:
         for k, v in value.items()
         if (k == "id" or k.endswith("_id")) and isinstance(v, (str, int)) and not isinstance(v, bool)
     ]
+
+
+_T = TypeVar("_T")
+
+
+def halves(items: Sequence[_T]) -> list[list[_T]]:
+    """`items` split in two (the first half the smaller one when the count is odd)."""
+    middle = len(items) // 2
+    return [list(items[:middle]), list(items[middle:])]
+
+
+def name_artifacts(line: str, item_id: str, artifact_ids: Sequence[str]) -> str:
+    """A feedback line with the prompt's internal item id replaced by the artifact ids it stands for."""
+    return re.sub(rf"\b{re.escape(item_id)}\b", "/".join(artifact_ids), line)
