@@ -1,4 +1,4 @@
-"""A real small model on this machine (llama.cpp's server via `flock_llm.testing.local_model`), per model:
+"""A real small model on this machine (llama.cpp's server via `flock_llm.testing.local_server`), per model:
 per-item mode at batch sizes 1, 10 and 25 and report mode at 25, on examples/data/reviews.jsonl.
 
 Prints, per run: reviews labelled (per-item) or batches with a valid ReviewTrend (report), failure records by
@@ -20,7 +20,7 @@ from typing import Any
 
 from flock_llm.cli.review_types import ReviewTrend
 from flock_llm.cli.reviews import read_reviews, run_reviews
-from flock_llm.testing.local_model import LocalModel, local_model
+from flock_llm.testing.local_server import LocalModel, local_model
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "reviews.jsonl"
 RUNS = {"item1": (True, 1), "item10": (True, 10), "item25": (True, 25), "report25": (False, 25)}

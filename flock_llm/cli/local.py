@@ -1,5 +1,5 @@
 """`flock-llm reviews --model local[:NAME]`: a small model served on this machine for the run (see
-`flock_llm.testing.local_model`), started before the first review and stopped after the last."""
+`flock_llm.testing.local_server`), started before the first review and stopped after the last."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ LOCAL = "local"
 def local_name(model: str | None) -> str | None:
     """The local model a `--model` value asks for ("local" is the default one), or None."""
     if model == LOCAL:
-        from ..testing.local_model import DEFAULT_LOCAL_MODEL
+        from ..testing.local_server import DEFAULT_LOCAL_MODEL
 
         return DEFAULT_LOCAL_MODEL
     if model and model.startswith(LOCAL + ":"):
@@ -30,7 +30,7 @@ def serve_local(model: str | None) -> Iterator[tuple[str | None, dict[str, Any]]
     if name is None:
         yield model, {}
         return
-    from ..testing.local_model import local_model
+    from ..testing.local_server import local_model
 
     with local_model(name) as server:
         yield server.model, server.settings

@@ -170,7 +170,7 @@ def _model_named(model: str | None) -> str:
     name = local_name(model)
     if name is None:
         return resolve_model(None, model, os.environ)
-    from ..testing.local_model import LOCAL_MODELS
+    from ..testing.local_server import LOCAL_MODELS
 
     if name not in LOCAL_MODELS and not name.endswith(".gguf"):
         raise ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")

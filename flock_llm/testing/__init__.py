@@ -12,7 +12,7 @@ from .._runtime.timers import ManualClock
 from ..engines import Engine, EngineContext, EvalInputs, EvalResult
 from .degrade import Degradation, DegradingModel
 from .fake_openai import FakeOpenAIServer
-from .local_model import LocalModel, local_model
+from .local_server import LocalModel, local_model
 
 __all__ = [
     "Degradation",

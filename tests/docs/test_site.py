@@ -149,7 +149,8 @@ def test_every_public_name_has_an_entry_in_the_reference(site: Path) -> None:
         found = ids(page)
         if module_name == "flock_llm":  # the errors and metrics types are re-exported: documented on their pages
             found |= {i.replace("flock_llm.errors.", "flock_llm.").replace("flock_llm.metrics.", "flock_llm.")
-                      for i in ids("errors") | ids("metrics")}  # fmt: skip
+                      .replace("flock_llm.subscription.", "flock_llm.")
+                      for i in ids("errors") | ids("metrics") | ids("subscription")}  # fmt: skip
         module = importlib.import_module(module_name)
         missing += [f"{module_name}.{name}" for name in module.__all__ if f"{module_name}.{name}" not in found]
     assert not missing, f"public names without a reference entry: {missing}"

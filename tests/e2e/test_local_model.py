@@ -36,7 +36,7 @@ if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("ll
         allow_module_level=True,
     )
 
-from flock_llm.testing.local_model import LocalModel, local_model  # noqa: E402
+from flock_llm.testing.local_server import LocalModel, local_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
@@ -189,7 +189,7 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
 
     # a parent that dies without cleaning up (SIGKILL) takes its server along
     holder = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", "from flock_llm.testing.local_model import local_model\n"
+        [sys.executable, "-c", "from flock_llm.testing.local_server import local_model\n"
          "import time\nwith local_model():\n    print('up', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE,
     )  # fmt: skip

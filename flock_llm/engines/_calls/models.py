@@ -36,7 +36,17 @@ MODEL_ENV = "FLOCK_LLM_MODEL"
 
 
 def resolve_model(engine_model: str | None, flock_model: str | None, env: Mapping[str, str]) -> str:
-    """Engine argument, then `Flock(model=)`, then `FLOCK_LLM_MODEL`, then the offline model."""
+    """The model a call uses: the engine argument, then `Flock(model=)`, then `FLOCK_LLM_MODEL`, then the offline
+    model (DESIGN's precedence, in one place).
+
+    Args:
+        engine_model: the engine's `model=` argument, or None.
+        flock_model: `Flock(model=)`, or None.
+        env: the environment to read `FLOCK_LLM_MODEL` from (tests pass a dict).
+
+    Raises:
+        ConfigurationError: the chosen value is not a litellm model string.
+    """
     for candidate in (engine_model, flock_model, env.get(MODEL_ENV)):
         if candidate:
             if not isinstance(candidate, str) or "/" not in candidate and not candidate.startswith("gpt"):

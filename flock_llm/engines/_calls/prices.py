@@ -157,10 +157,15 @@ class CostLedger:
     Flock's). Single event loop: no locking needed."""
 
     budget_usd: float | None = None
+    """The cap in US dollars (None: no cap)."""
     spent_usd: float = 0.0
+    """What settled calls cost."""
     in_flight_usd: float = 0.0
+    """What calls still in flight hold (their worst case)."""
     refused_calls: int = 0
+    """Calls refused because they would have passed the budget."""
     calls: int = field(default=0)
+    """Calls that held a reservation."""
 
     def __post_init__(self) -> None:
         optional_number("budget_usd", self.budget_usd, unit="US dollars", fix="e.g. budget_usd=5.0, or None for no cap")
@@ -181,7 +186,12 @@ class CostLedger:
         self.calls += 1
 
     def settle(self, estimate_usd: float, actual_usd: float) -> None:
-        """The call that held `estimate_usd` cost `actual_usd` (0 when it failed before an answer)."""
+        """The call that held `estimate_usd` cost `actual_usd` (0 when it failed before an answer).
+
+        Args:
+            estimate_usd: what the call held (its reservation).
+            actual_usd: what it cost.
+        """
         self.in_flight_usd = max(0.0, self.in_flight_usd - estimate_usd)
         self.spent_usd += actual_usd
 

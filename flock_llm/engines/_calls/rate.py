@@ -35,14 +35,26 @@ class RateWindow(Protocol):
         ...
 
     async def settle(self, entry: str, actual: int) -> None:
-        """Replace the entry's amount with `actual`, at the current time."""
+        """Replace the entry's amount with `actual`, at the current time.
+
+        Args:
+            entry: the id `acquire()` returned.
+            actual: the amount used (the real tokens, or 1 request; 0 when nothing was sent).
+        """
         ...
 
 
 class RateWindows(Protocol):
     """Where windows live: in this process, or shared by every worker through the store."""
 
-    def window(self, name: str, limit: int) -> RateWindow: ...
+    def window(self, name: str, limit: int) -> RateWindow:
+        """The window called `name` (see `window_name`: account, model and kind) with `limit` per minute.
+
+        Args:
+            name: the window's name.
+            limit: requests or tokens per sliding minute.
+        """
+        ...
 
 
 class LocalWindow:

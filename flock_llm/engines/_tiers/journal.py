@@ -25,22 +25,42 @@ __all__ = ["JobJournal", "JobRecord", "MemoryJournal"]
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
+    """What the journal knows of one job: its key, and its input file and provider id once it has them."""
+
     key: str
     """Ours, chosen before submission (sent as the job's metadata)."""
     file_id: str | None = None
+    """The uploaded input file, once uploaded."""
     batch_id: str | None = None
+    """The provider's job id, once created."""
 
 
 class JobJournal(Protocol):
+    """Where provider batch jobs are recorded, step by step (requests, upload, creation, finish), so a restarted
+    process polls or creates the one job instead of paying again (memory, SQLite and Redis implement it)."""
+
     async def job_of(self, custom_id: str) -> JobRecord | None:
         """The job a request was put in, if any."""
         ...
 
     async def begin(self, key: str, custom_ids: list[str]) -> None:
-        """Record a job's requests before it is submitted."""
+        """Record a job's requests before it is submitted.
+
+        Args:
+            key: the job's key.
+            custom_ids: its requests' ids.
+        """
         ...
 
-    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None: ...
+    async def submitted(self, key: str, *, file_id: str | None = None, batch_id: str | None = None) -> None:
+        """Record a step of job `key`: its input file was uploaded (`file_id`), or the job created (`batch_id`).
+
+        Args:
+            key: the job's key.
+            file_id: the uploaded input file's id.
+            batch_id: the provider's job id.
+        """
+        ...
 
     async def forget(self, custom_ids: list[str]) -> None:
         """These requests go to another job (their first one failed or expired)."""
@@ -49,11 +69,22 @@ class JobJournal(Protocol):
     async def claim(self, key: str, owner: str, until: float) -> bool:
         """Take the creation of job `key` (from its uploaded file, after a restart) for `owner` until `until`
         (seconds since the epoch); False while another owner holds it. Two processes resuming one file create
-        one job: the other waits for the job's id in the journal, or for the claim to lapse (its owner died)."""
+        one job: the other waits for the job's id in the journal, or for the claim to lapse (its owner died).
+
+        Args:
+            key: the job's key.
+            owner: who claims it (a process's id).
+            until: when the claim lapses (seconds since the epoch).
+        """
         ...
 
     async def finished(self, key: str, at: float) -> None:
-        """The job ended at `at` (seconds since the epoch) and its lines were read."""
+        """The job ended at `at` (seconds since the epoch) and its lines were read.
+
+        Args:
+            key: the job's key.
+            at: when it ended (seconds since the epoch).
+        """
         ...
 
     async def prune(self, before: float) -> int:

@@ -77,9 +77,13 @@ class LocalModel:
     """A running local model server."""
 
     name: str
+    """The model's name as the server serves it (its GGUF file's stem)."""
     api_base: str
+    """The server's OpenAI-compatible base URL on the loopback interface (`http://127.0.0.1:PORT/v1`)."""
     process: subprocess.Popen[bytes] = field(repr=False)
+    """The server process (stopped when the `local_model()` block ends)."""
     log_path: Path = field(repr=False)
+    """Where the server's output goes (its last lines are quoted when it fails to start)."""
 
     @property
     def model(self) -> str:
