@@ -12,8 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	@# the real-model tests need the `local` extra; its llama.cpp build takes 10-15 min the first time (then pip's
-	@# wheel cache has it). Where it cannot be built, those tests skip and say why.
+	touch $@
+
+# the real-model tests need the `local` extra (make test installs it; make demo does not): its llama.cpp build
+# takes 10-15 min the first time, then pip's wheel cache has it. Where it cannot be built, those tests skip and
+# say why.
+$(VENV)/.installed-local: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[local]' || echo "WARNING: the local extra (llama.cpp) could not be installed; tests/e2e/test_local_model.py will skip"
 	touch $@
 
@@ -27,7 +31,7 @@ $(VENV)/.installed-docs: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/flock-llm reviews examples/data/reviews.jsonl --output reviews.out.jsonl --report report.html
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-local
 	tests/start_redis.sh
 	tests/install_chromium.sh
 	tests/run_all.sh
