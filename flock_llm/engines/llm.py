@@ -330,7 +330,7 @@ class _Call:
             kwargs["cache_control_injection_points"] = self.cache_points
         prompt_tokens = self.prompt_tokens(kwargs["messages"])
         answers = len(items) if per_item else 1
-        given = next((kwargs[k] for k in _ANSWER_LIMITS if isinstance(kwargs.get(k), int)), None)
+        given = next((int(kwargs[k]) for k in _ANSWER_LIMITS if kwargs.get(k) is not None), None)  # checked whole
         if given is None:
             expected = self.plan.expected(answers, per_item=per_item)
             given = kwargs["max_tokens"] = answer_limit(

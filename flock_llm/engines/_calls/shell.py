@@ -262,11 +262,20 @@ class CallShell:
         ask, ticket, spent, send = call.ask, call.ticket, call.spent, call.send
         spent.attempts += 1
         while True:
-            if paced:
-                await costs.admit(self.ctx, self.model, ticket)
+            costs.cover(ticket, spent.cost_usd)
+            sending = _Sending(send)
             try:
-                reply = await (self.engine.limiter.run(send) if paced else send())
+                if paced:
+                    await costs.admit(self.ctx, self.model, ticket)
+                reply = await (self.engine.limiter.run(sending) if paced else sending())
+            except asyncio.CancelledError:  # the minute keeps what the provider counted: nothing when never sent
+                self.usage.llm_calls += int(sending.sent)
+                await costs.attempt_done(ticket, ticket.tokens if sending.sent else 0)
+                raise
             except Exception as exc:
+                if not sending.sent:  # the windows failed (a store error): nothing was sent
+                    await costs.attempt_done(ticket, 0)
+                    raise
                 self.usage.llm_calls += 1
                 counted = 0
                 if is_timeout(exc):  # the provider read the prompt (and counted its max_tokens): charge the prompt
@@ -311,6 +320,18 @@ class CallShell:
         cost = None if spent.unpriced else spent.cost_usd
         costs.close(ticket, cost)
         return cost
+
+
+class _Sending(Generic[R]):
+    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it)."""
+
+    def __init__(self, send: Callable[[], Awaitable[R]]) -> None:
+        self.send = send
+        self.sent = False
+
+    def __call__(self) -> Awaitable[R]:
+        self.sent = True
+        return self.send()
 
 
 class _Attrs:

@@ -57,6 +57,8 @@ class Ticket:
     """Where the call went: "standard", "flex" or "batch" (its price)."""
     entries: list[tuple[RateWindow, str, bool]] = field(default_factory=list)
     """(window, entry, counts tokens: else one request)"""
+    worst_usd: float = 0.0
+    """One attempt's worst case (the first estimate): a retry after a charged attempt holds it again."""
 
 
 class CallCosts:
@@ -120,7 +122,28 @@ class CallCosts:
             for ledger in held:
                 ledger.settle(estimate, 0.0)
             raise
-        return Ticket(estimate, ledgers, prompt + answer, tier)
+        return Ticket(estimate, ledgers, prompt + answer, tier, worst_usd=estimate)
+
+    def cover(self, ticket: Ticket, spent_usd: float) -> None:
+        """Before another attempt of a call whose earlier attempts cost `spent_usd` (timed-out prompts): hold that
+        and the attempt's worst case, so retries in flight cannot pass a budget either.
+
+        Raises:
+            BudgetExceededError: the attempt would pass a budget (it is not sent; what the call holds is kept).
+        """
+        more = spent_usd + ticket.worst_usd - ticket.estimate_usd
+        if more <= 0:
+            return
+        held: list[CostLedger] = []
+        try:
+            for ledger in ticket.ledgers:
+                ledger.reserve(more)
+                held.append(ledger)
+        except BudgetExceededError:
+            for ledger in held:
+                ledger.settle(more, 0.0)
+            raise
+        ticket.estimate_usd += more
 
     async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
         """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
