@@ -8,10 +8,11 @@ import itertools
 from typing import Any
 
 import pytest
-from shell_fakes import context
+from shell_fakes import Provider, context, engine_for, provider
 from test_call_shell import CountingEngine, Tally, run_batches
 
 from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._calls.prices import CostLedger
 from flock_llm.engines._calls.rate import PROCESS_WINDOWS, window_name
 from flock_llm.engines._calls.record import Usage
 from flock_llm.engines._calls.shell import Ask, CallShell, Settled
@@ -86,7 +87,9 @@ async def test_a_call_cancelled_while_its_request_is_out_keeps_what_the_provider
     async def answers(items: int) -> int:
         return items
 
-    engine = CountingEngine(hangs, max_concurrent_requests=1, tokens_per_minute=limit)
+    engine = CountingEngine(
+        hangs, max_concurrent_requests=1, tokens_per_minute=limit, prices={"input": 1000.0, "output": 1000.0}
+    )
     shell = CallShell(engine, context(publishes=(Tally,)), Usage(), "custom/counter", load_litellm())
     ask = Ask("batch", 1, prompt_tokens=100, max_tokens=10)
     running = asyncio.create_task(shell.call(ask, lambda: hangs(1), lambda n: Settled(100, 1)))
@@ -98,6 +101,9 @@ async def test_a_call_cancelled_while_its_request_is_out_keeps_what_the_provider
     assert await asyncio.wait_for(later, timeout=2) == 2  # the slot was freed
     window = PROCESS_WINDOWS.window(window_name(engine.costs.account, "custom/counter", "tokens"), limit)
     assert window.wait_for(limit - 220) == 0.0 and window.wait_for(limit - 219) > 0  # both requests' 110 counted
+    # the provider read the cancelled request's prompt: charged like a timed-out one ($0.10), the later call $0.101
+    assert engine.costs.ledger.spent_usd == pytest.approx(0.1 + 0.101)
+    assert shell.usage.llm_calls == 2 and [r.outcome for r in engine.calls] == ["CancelledError", "ok"]
 
 
 @pytest.mark.parametrize("setting", ["max_tokens", "max_completion_tokens"])
@@ -112,3 +118,51 @@ def test_a_dspy_max_tokens_that_no_provider_takes_is_refused_when_the_engine_is_
 
     with pytest.raises(ConfigurationError, match="max_tokens"):
         DSPyEngine("openai/fake-model", max_tokens=0)
+
+
+async def test_flex_refused_until_flex_wait_goes_the_standard_way_within_the_limits() -> None:
+    """A flex tier that is never available: each refusal is a paced request, given up after `flex_wait`, then the
+    batch is answered the standard way; one request at a time throughout."""
+    with provider("flex") as fake:
+        fake.flex_busy_s = 3_600.0
+        engine = engine_for("flex", fake, max_concurrent_requests=1, requests_per_minute=1200)
+        engine.route.wait = 0.3  # type: ignore[attr-defined]  # flex_wait
+        results = await asyncio.wait_for(run_batches(engine, context(), batches=2, size=2), timeout=10)
+    assert not [f for r in results for f in r.failures] and sum(len(r.outputs) for r in results) == 4
+    assert sum(int(r.usage["flex_fallbacks"]) for r in results) == 2 and fake.flex_refused >= 2
+    assert fake.peak_in_flight == 1 and engine.limiter.started == fake.chat_requests
+    assert sum(int(r.usage["llm_calls"]) for r in results) == fake.chat_requests
+
+
+async def test_two_engines_sharing_a_flock_budget_concurrently_stay_within_it() -> None:
+    budget = CostLedger(0.01)
+    with Provider(latency_s=0.02, per_item_latency_s=0.0, long_answers=20_000) as fake:
+        prices = {"input": 1.0, "output": 4.0}
+        engines = [engine_for(path, fake, prices=prices) for path in ("standard", "dspy")]
+        ctx = context(budget=budget)
+        runs = [run_batches(engine, ctx, batches=6, size=3) for engine in engines]
+        results = [r for rs in await asyncio.gather(*runs) for r in rs]
+    assert budget.refused_calls >= 1 and 0 < budget.spent_usd <= 0.01
+    assert budget.in_flight_usd == pytest.approx(0.0)
+    assert sum(int(r.usage["llm_calls"]) for r in results) == fake.chat_requests
+
+
+async def test_a_transport_error_that_is_no_http_error_is_recorded_once_and_costs_nothing() -> None:
+    async def broken(items: int) -> int:
+        raise TypeError("acompletion() got an unexpected keyword argument 'temprature'")
+
+    engine = CountingEngine(broken, prices={"input": 1000.0, "output": 1000.0})
+    engine.costs.ledger.budget_usd = 1.0
+    (result,) = await run_batches(engine, context(publishes=(Tally,)), batches=1, size=1)
+    assert result.failures and not result.outputs
+    assert [r.outcome for r in engine.calls] == ["TypeError"]  # not retried, recorded once
+    assert engine.costs.ledger.in_flight_usd == 0.0 and engine.costs.ledger.spent_usd == 0.0
+    assert engine.limiter.started == 1
+
+
+async def test_dspy_with_a_tokens_minute_smaller_than_one_call_still_sends_it_alone() -> None:
+    """A call bigger than `tokens_per_minute` waits for an empty minute and goes alone: it does not hang."""
+    with provider("dspy") as fake:
+        engine = engine_for("dspy", fake, tokens_per_minute=10)
+        (result,) = await asyncio.wait_for(run_batches(engine, context(), batches=1, size=2), timeout=10)
+    assert not result.failures and len(result.outputs) == 2 and fake.chat_requests == 1

@@ -268,21 +268,14 @@ class CallShell:
                 if paced:
                     await costs.admit(self.ctx, self.model, ticket)
                 reply = await (self.engine.limiter.run(sending) if paced else sending())
-            except asyncio.CancelledError:  # the minute keeps what the provider counted: nothing when never sent
-                self.usage.llm_calls += int(sending.sent)
-                await costs.attempt_done(ticket, ticket.tokens if sending.sent else 0)
-                raise
-            except Exception as exc:
-                if not sending.sent:  # the windows failed (a store error): nothing was sent
+            except BaseException as exc:
+                if not sending.sent:  # cancelled, or the windows failed (a store error), before it was sent: free
                     await costs.attempt_done(ticket, 0)
                     raise
-                self.usage.llm_calls += 1
-                counted = 0
-                if is_timeout(exc):  # the provider read the prompt (and counted its max_tokens): charge the prompt
-                    counted = ticket.tokens
-                    prompt = Settled(prompt_tokens=ask.prompt_tokens)
-                    spent.add(prompt, self._price(ticket, prompt))
-                await costs.attempt_done(ticket, counted)
+                cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
+                await self._unanswered(call, charged=cancelled or is_timeout(exc))
+                if cancelled or not isinstance(exc, Exception):
+                    raise
                 if self.note:
                     exc.add_note(self.note)
                 wait = call.again(exc) if call.again is not None else None
@@ -299,6 +292,15 @@ class CallShell:
             spent.add(used, self._price(ticket, used))
             await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
             return reply, used.outcome
+
+    async def _unanswered(self, call: _OneCall[R], *, charged: bool) -> None:
+        """A request went out and got no answer: counted; when `charged` (it timed out, or its call was cancelled)
+        the provider read its prompt and counted its `max_tokens`, so the prompt is paid and the minute keeps it."""
+        self.usage.llm_calls += 1
+        if charged:
+            prompt = Settled(prompt_tokens=call.ask.prompt_tokens)
+            call.spent.add(prompt, self._price(call.ticket, prompt))
+        await self.engine.costs.attempt_done(call.ticket, call.ticket.tokens if charged else 0)
 
     def _price(self, ticket: Ticket, used: Settled) -> float | None:
         return self.engine.costs.price(
