@@ -76,8 +76,9 @@ class LLMEngine(LadderEngine):
         prices: USD per million tokens (`{"input": 0.4, "output": 1.6, "cached_input": 0.1}` or a
             TokenPrices); default: litellm's price map (its `response_cost`).
         budget_usd: a cap on what this engine's calls cost: each call reserves its worst case (counted prompt +
-            its `max_tokens`) and is not made when that would pass the budget (BudgetExceededError; stage
-            "budget"); it is settled with its real cost after. A request that timed out is charged its prompt.
+            its `max_tokens`), waits for the calls in flight when only their holds leave it no room, and is not
+            made when it would pass the budget even then (BudgetExceededError; stage "budget"); it is settled with
+            its real cost after. A request that timed out (or was cancelled while out) is charged its prompt.
             `Flock(budget_usd=)` caps all engines together.
         prompt_caching: mark the static system prompt as a cache breakpoint (`cache_control`) for providers
             that take one (Anthropic, Bedrock, Vertex, Gemini, ...); OpenAI-style providers cache prefixes

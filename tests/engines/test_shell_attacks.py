@@ -166,3 +166,21 @@ async def test_dspy_with_a_tokens_minute_smaller_than_one_call_still_sends_it_al
         engine = engine_for("dspy", fake, tokens_per_minute=10)
         (result,) = await asyncio.wait_for(run_batches(engine, context(), batches=1, size=2), timeout=10)
     assert not result.failures and len(result.outputs) == 2 and fake.chat_requests == 1
+
+
+async def test_a_call_the_budget_has_room_for_once_the_calls_in_flight_settle_waits_for_them() -> None:
+    """Six batches flush at once under a $0.50 budget; a call holds $0.15 and costs $0.11. Three fit at once; the
+    others were refused for good although spending after the first three left room for one more: now a call that
+    fits what is spent waits for the calls in flight, and is refused only when it cannot fit even then."""
+
+    async def transport(items: int) -> int:
+        await asyncio.sleep(0.02)
+        return items
+
+    engine = CountingEngine(transport, max_concurrent_requests=8, prices={"input": 1000.0, "output": 1000.0})
+    engine.costs.ledger.budget_usd = 0.5
+    results = await asyncio.wait_for(run_batches(engine, context(publishes=(Tally,)), batches=6, size=1), timeout=5)
+    answered = [o for r in results for o in r.outputs]
+    refused = [f for r in results for f in r.failures]
+    assert len(answered) == 4 and len(refused) == 2 and {f.stage for f in refused} == {"budget"}
+    assert engine.costs.ledger.spent_usd == pytest.approx(0.44) and engine.costs.ledger.in_flight_usd == 0.0

@@ -202,7 +202,7 @@ class CallShell:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
             Exception: the call's last error (after its retries).
         """
-        ticket = self.engine.costs.reserve(
+        ticket = await self.engine.costs.reserve(
             self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
         )
         call = _OneCall(ask, send, settled, again, ticket)

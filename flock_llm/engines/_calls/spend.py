@@ -95,11 +95,12 @@ class CallCosts:
             self._litellm_prices[key] = prices_for(model, litellm, tier)
         return self._litellm_prices[key]
 
-    def reserve(
+    async def reserve(
         self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int, tier: str = "standard"
     ) -> Ticket:
         """Hold the call's worst case (`prompt` tokens and an `answer` of the `max_tokens` it may take) in every
-        ledger (the engine's, the Flock's).
+        ledger (the engine's, the Flock's); a call that fits what is spent but not what calls in flight hold waits
+        for them to settle (they usually cost less than they hold).
 
         Raises:
             BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
@@ -113,6 +114,10 @@ class CallCosts:
                 "LLMEngine(prices={'input': ..., 'output': ...}) (USD per million tokens)"
             )
         estimate = 0.0 if prices is None else prices.cost(prompt=prompt, completion=answer)
+        while (later := next((ledger for ledger in ledgers if ledger.room(estimate) == "later"), None)) is not None:
+            if any(ledger.room(estimate) == "never" for ledger in ledgers):
+                break
+            await later.settled()
         held: list[CostLedger] = []
         try:
             for ledger in ledgers:
