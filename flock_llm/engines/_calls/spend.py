@@ -118,15 +118,7 @@ class CallCosts:
             if any(ledger.room(estimate) == "never" for ledger in ledgers):
                 break
             await later.settled()
-        held: list[CostLedger] = []
-        try:
-            for ledger in ledgers:
-                ledger.reserve(estimate)
-                held.append(ledger)
-        except BudgetExceededError:
-            for ledger in held:
-                ledger.settle(estimate, 0.0)
-            raise
+        _hold(ledgers, estimate)
         return Ticket(estimate, ledgers, prompt + answer, tier, worst_usd=estimate)
 
     def cover(self, ticket: Ticket, spent_usd: float) -> None:
@@ -139,15 +131,7 @@ class CallCosts:
         more = spent_usd + ticket.worst_usd - ticket.estimate_usd
         if more <= 0:
             return
-        held: list[CostLedger] = []
-        try:
-            for ledger in ticket.ledgers:
-                ledger.reserve(more)
-                held.append(ledger)
-        except BudgetExceededError:
-            for ledger in held:
-                ledger.settle(more, 0.0)
-            raise
+        _hold(ticket.ledgers, more)
         ticket.estimate_usd += more
 
     async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
@@ -194,3 +178,16 @@ class CallCosts:
         """The call got no answer (and did not time out): it cost nothing."""
         for ledger in ticket.ledgers:
             ledger.settle(ticket.estimate_usd, 0.0)
+
+
+def _hold(ledgers: list[CostLedger], amount: float) -> None:
+    """Hold `amount` in every ledger, or in none (BudgetExceededError from the first it would pass)."""
+    held: list[CostLedger] = []
+    try:
+        for ledger in ledgers:
+            ledger.reserve(amount)
+            held.append(ledger)
+    except BudgetExceededError:
+        for ledger in held:
+            ledger.settle(amount, 0.0)
+        raise
