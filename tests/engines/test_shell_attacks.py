@@ -184,3 +184,14 @@ async def test_a_call_the_budget_has_room_for_once_the_calls_in_flight_settle_wa
     refused = [f for r in results for f in r.failures]
     assert len(answered) == 4 and len(refused) == 2 and {f.stage for f in refused} == {"budget"}
     assert engine.costs.ledger.spent_usd == pytest.approx(0.44) and engine.costs.ledger.in_flight_usd == 0.0
+
+
+async def test_a_request_the_http_client_refused_to_send_is_not_counted_as_one() -> None:
+    """`temperature=object()` cannot be sent (litellm: "not JSON serializable"): the failure says nothing was sent,
+    and usage said one request although the provider saw none."""
+    with provider("standard") as fake:
+        engine = engine_for("standard", fake, temperature=object(), prices={"input": 1.0, "output": 1.0})
+        (result,) = await run_batches(engine, context(), batches=1, size=2)
+    assert result.failures and "nothing was sent" in result.failures[0].error
+    assert fake.chat_requests == 0 and result.usage["llm_calls"] == 0
+    assert len(engine.calls) == 1 and engine.costs.ledger.in_flight_usd == 0.0

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
 from .breaker import ProviderGuard
 from .prices import CachedTokens, cached_tokens_of
@@ -269,8 +270,8 @@ class CallShell:
                     await costs.admit(self.ctx, self.model, ticket)
                 reply = await (self.engine.limiter.run(sending) if paced else sending())
             except BaseException as exc:
-                if not sending.sent:  # cancelled, or the windows failed (a store error), before it was sent: free
-                    await costs.attempt_done(ticket, 0)
+                if not sending.sent or self._refused_here(exc):  # cancelled, the windows failed, the HTTP
+                    await costs.attempt_done(ticket, 0)  # client or litellm refused it: nothing sent, nothing counted
                     raise
                 cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
                 await self._unanswered(call, charged=cancelled or is_timeout(exc))
@@ -292,6 +293,15 @@ class CallShell:
             spent.add(used, self._price(ticket, used))
             await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
             return reply, used.outcome
+
+    def _refused_here(self, exc: BaseException) -> bool:
+        """The request never left: litellm had no API key, or the HTTP client refused it (see `_error_text`);
+        its error says where it was going."""
+        if not isinstance(exc, Exception) or not (missing_key(exc) or local_failure(exc)):
+            return False
+        if self.note:
+            exc.add_note(self.note)
+        return True
 
     async def _unanswered(self, call: _OneCall[R], *, charged: bool) -> None:
         """A request went out and got no answer: counted; when `charged` (it timed out, or its call was cancelled)
