@@ -8,8 +8,11 @@ import itertools
 from typing import Any
 
 import pytest
+import respx
+from llm_fakes import body, chat, error, item_ids
 from shell_fakes import Provider, context, engine_for, provider
 from test_call_shell import CountingEngine, Tally, run_batches
+from test_llm_engine import reviews, run_batch
 
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines._calls.prices import CostLedger
@@ -195,3 +198,29 @@ async def test_a_request_the_http_client_refused_to_send_is_not_counted_as_one()
     assert result.failures and "nothing was sent" in result.failures[0].error
     assert fake.chat_requests == 0 and result.usage["llm_calls"] == 0
     assert len(engine.calls) == 1 and engine.costs.ledger.in_flight_usd == 0.0
+
+
+async def test_a_request_sent_again_in_the_next_format_is_paced_like_any_request(openai: respx.MockRouter) -> None:
+    """A server rejecting json_schema: the request sent again with json_object went out inside the first one's
+    slot, without waiting for the requests-per-minute pacing or the tokens minute (the server saw 2 requests, the
+    limiter started 1)."""
+
+    def answer(request: object) -> object:
+        sent = body(request)["response_format"]  # type: ignore[arg-type]
+        if sent["type"] == "json_schema":
+            return error(500, "Invalid request: response_format: 'json_schema' not in ('text', 'json_object')")
+        ids = item_ids(request)  # type: ignore[arg-type]
+        return chat({"results": {i: {"review_id": f"r-{i}", "label": "positive"} for i in ids}})
+
+    route = openai.post("http://127.0.0.1:8998/v1/chat/completions").mock(side_effect=answer)
+    limit = next(_limits)
+    engine = LLMEngine(
+        "openai/smollm2", per_item=True, api_base="http://127.0.0.1:8998/v1", api_key="sk-local",
+        requests_per_minute=1200, tokens_per_minute=limit,
+    )  # fmt: skip
+    flock, _ = await run_batch(engine, reviews(2), per_item=True, size=2)
+    usage = flock.metrics().usage["sentiment"]
+    assert route.call_count == 2 == usage["llm_calls"] and usage["format_fallbacks"] == 1
+    assert engine.limiter.started == 2  # each request took its own start
+    window = PROCESS_WINDOWS.window(window_name(engine.costs.account, "openai/smollm2", "tokens"), limit)
+    assert len(window._entries) == 2  # type: ignore[attr-defined]  # each request counted in the minute

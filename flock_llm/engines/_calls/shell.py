@@ -35,7 +35,7 @@ from .record import CallRecord, Usage, record_call
 from .retry import RequestLimiter, RetryPolicy
 from .spend import CallCosts, Ticket
 
-__all__ = ["Again", "Ask", "CallShell", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
+__all__ = ["Again", "Ask", "CallShell", "Resend", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -107,6 +107,11 @@ def is_timeout(exc: BaseException) -> bool:
     import litellm  # already loaded by the engine that made the call
 
     return isinstance(exc, (litellm.Timeout, TimeoutError))
+
+
+class Resend(Exception):
+    """Raised by a transport whose request the server refused in a way it has adapted to (a structured-output form
+    the server does not take): the shell sends it again at once, paced and counted as a request, not a retry."""
 
 
 class ShellEngine(Protocol):
@@ -275,6 +280,8 @@ class CallShell:
                     raise
                 cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
                 await self._unanswered(call, charged=cancelled or is_timeout(exc))
+                if isinstance(exc, Resend):
+                    continue
                 if cancelled or not isinstance(exc, Exception):
                     raise
                 if self.note:
