@@ -305,8 +305,8 @@ class _DSPyCall:
         """The `max_tokens` of this call's LM: yours (`max_tokens=`), else `answer_limit`, rounded up to a power of
         two (one dspy.LM per value is kept) within the context and the model's output limit."""
         given = self.engine.lm_kwargs.get("max_tokens")
-        if isinstance(given, int) and not isinstance(given, bool):
-            return given
+        if given is not None:  # a whole number >= 1 (checked when the engine was built)
+            return int(given)
         room = self.context - prompt_tokens
         limit = answer_limit(expected, room=room, max_output=self.max_output)
         return max(16, min(1 << (limit - 1).bit_length(), room, self.max_output))

@@ -18,7 +18,7 @@ from ._calls.models import announce_offline, counting_model, is_offline, load_li
 from ._calls.prices import TokenPrices, cache_points
 from ._calls.record import CallRecord, Usage, prompt_text
 from ._calls.retry import RetryPolicy
-from ._calls.shell import Ask, CallShell, Settled, completion_choice
+from ._calls.shell import Ask, CallShell, Resend, Settled, completion_choice
 from ._ladder.engine import LadderEngine, context_window, output_limit
 from ._ladder.formats import (
     Format,
@@ -76,8 +76,9 @@ class LLMEngine(LadderEngine):
         prices: USD per million tokens (`{"input": 0.4, "output": 1.6, "cached_input": 0.1}` or a
             TokenPrices); default: litellm's price map (its `response_cost`).
         budget_usd: a cap on what this engine's calls cost: each call reserves its worst case (counted prompt +
-            its `max_tokens`) and is not made when that would pass the budget (BudgetExceededError; stage
-            "budget"); it is settled with its real cost after. A request that timed out is charged its prompt.
+            its `max_tokens`), waits for the calls in flight when only their holds leave it no room, and is not
+            made when it would pass the budget even then (BudgetExceededError; stage "budget"); it is settled with
+            its real cost after. A request that timed out (or was cancelled while out) is charged its prompt.
             `Flock(budget_usd=)` caps all engines together.
         prompt_caching: mark the static system prompt as a cache breakpoint (`cache_control`) for providers
             that take one (Anthropic, Bedrock, Vertex, Gemini, ...); OpenAI-style providers cache prefixes
@@ -259,34 +260,47 @@ class _Call:
         return request_format(self.mode, name, schema)
 
     async def complete(self, kwargs: dict[str, Any]) -> Any:
-        """`litellm.acompletion`; a server that rejects the requested format is asked again at once in the next
-        mode, which this endpoint keeps (said once, in a warning)."""
-        while True:
-            try:
-                return await self.litellm.acompletion(**kwargs)
-            except Exception as exc:
-                sent = kwargs.get("response_format")
-                if not isinstance(sent, dict) or not format_rejected(getattr(exc, "status_code", None), str(exc)):
-                    raise
-                rejected: Mode = "json_object" if sent.get("type") == "json_object" else "json_schema"
-                key = self._format_key()
-                moved = self.engine.formats.mode(key, self.format.mode) == rejected
-                following = self.engine.formats.reject(key, rejected)
-                if following is None:
-                    raise
-                if moved:
-                    log.warning(
-                        "%s rejected response_format %r (%s); using %r for it from now on",
-                        key,
-                        rejected,
-                        self.engine.redact(f"{type(exc).__name__}: {str(exc)[:160]}"),
-                        following,
-                    )
-                self.usage.llm_calls += 1  # the rejected request; the attempt counts the one that follows
-                self.usage.format_fallbacks += 1
-                kwargs["response_format"] = downgraded(sent, following)
-                if kwargs["response_format"] is None:
-                    del kwargs["response_format"]
+        """`litellm.acompletion` in this endpoint's structured-output mode; a server that rejects the requested
+        format moves the endpoint to the next mode (said once, in a warning) and the call shell sends the request
+        again at once (`Resend`: paced and counted like any request)."""
+        kwargs = self._in_mode(kwargs)
+        try:
+            return await self.litellm.acompletion(**kwargs)
+        except Exception as exc:
+            sent = kwargs.get("response_format")
+            if not isinstance(sent, dict) or not format_rejected(getattr(exc, "status_code", None), str(exc)):
+                raise
+            rejected: Mode = "json_object" if sent.get("type") == "json_object" else "json_schema"
+            key = self._format_key()
+            moved = self.engine.formats.mode(key, self.format.mode) == rejected
+            following = self.engine.formats.reject(key, rejected)
+            if following is None:
+                raise
+            if moved:
+                log.warning(
+                    "%s rejected response_format %r (%s); using %r for it from now on",
+                    key,
+                    rejected,
+                    self.engine.redact(f"{type(exc).__name__}: {str(exc)[:160]}"),
+                    following,
+                )
+            self.usage.format_fallbacks += 1
+            raise Resend(f"response_format {rejected!r} rejected; sent again as {following!r}") from exc
+
+    def _in_mode(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`kwargs` with its `response_format` in the endpoint's mode now (a server may have rejected the one the
+        request was built with, for this call or another one)."""
+        sent = kwargs.get("response_format")
+        if not isinstance(sent, dict):
+            return kwargs
+        mode = self.mode
+        if mode == ("json_object" if sent.get("type") == "json_object" else "json_schema"):
+            return kwargs
+        changed = dict(kwargs)
+        changed["response_format"] = downgraded(sent, mode)
+        if changed["response_format"] is None:
+            del changed["response_format"]
+        return changed
 
     def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool | None = None) -> int:
         messages = self.messages(items, per_item=self.engine.per_item if per_item is None else per_item)
@@ -330,7 +344,7 @@ class _Call:
             kwargs["cache_control_injection_points"] = self.cache_points
         prompt_tokens = self.prompt_tokens(kwargs["messages"])
         answers = len(items) if per_item else 1
-        given = next((kwargs[k] for k in _ANSWER_LIMITS if isinstance(kwargs.get(k), int)), None)
+        given = next((int(kwargs[k]) for k in _ANSWER_LIMITS if kwargs.get(k) is not None), None)  # checked whole
         if given is None:
             expected = self.plan.expected(answers, per_item=per_item)
             given = kwargs["max_tokens"] = answer_limit(

@@ -16,7 +16,7 @@ from typing import Any
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import Artifact
-from flock_llm.engines._base import EngineContext, EvalInputs
+from flock_llm.engines import EngineContext, EvalInputs
 from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines._ladder.engine import LadderEngine
 from flock_llm.engines._tiers.jobs import DeferredPolicy

@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 from shell_fakes import FAST, MODEL, PATHS, Provider, answered_lines, batch, context, engine_for, provider
 
-from flock_llm.engines._base import EngineContext, EvalInputs, EvalResult
+from flock_llm.engines import EngineContext, EvalInputs, EvalResult
 from flock_llm.engines._calls.breaker import BreakerPolicy
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines._calls.prices import CostLedger
@@ -264,7 +264,9 @@ async def test_a_third_engine_gets_limits_breaker_budget_and_records_by_calling_
     assert peak <= 2 and answered and refused and {f.stage for f in refused} == {"budget"}
     assert calls_made(results) == sent  # the timed-out request included
     assert sum(int(r.usage["retries"]) for r in results) == 1
-    assert len(engine.calls) == len(answered)  # one record per call, its retry inside it
+    # one record per call, its retry inside it: the timed-out call's retry would hold $0.10 + $0.15 more than the
+    # budget has left, so it is refused (the budget holds retries in flight too)
+    assert sorted(r.outcome for r in engine.calls) == ["BudgetExceededError"] + ["ok"] * len(answered)
     assert engine.costs.ledger.spent_usd == pytest.approx(0.11 * len(answered) + 0.1)  # + the timed-out prompt
     assert engine.costs.ledger.spent_usd <= 0.5
 

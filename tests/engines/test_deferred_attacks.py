@@ -12,10 +12,12 @@ from dataclasses import replace
 import pytest
 from deferred_support import QUICK_JOBS, quick_batch_server
 
+from flock_llm.engines import JobJournal
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines._tiers.job_lines import line_result
 from flock_llm.engines._tiers.jobs import DeferredQueue
-from flock_llm.engines._tiers.journal import JobJournal, MemoryJournal, SQLiteJournal
+from flock_llm.engines._tiers.journal import MemoryJournal
+from flock_llm.stores.sqlite_journal import SQLiteJournal
 from flock_llm.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")

@@ -18,10 +18,12 @@ from conftest import references
 from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
 from domain import ReviewSentiment
 
+from flock_llm.engines import JobJournal
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines._tiers.job_lines import LineResult, line_result, lines_of
 from flock_llm.engines._tiers.jobs import DeferredQueue, custom_id_of
-from flock_llm.engines._tiers.journal import JobJournal, MemoryJournal, SQLiteJournal
+from flock_llm.engines._tiers.journal import MemoryJournal
+from flock_llm.stores.sqlite_journal import SQLiteJournal
 from flock_llm.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")

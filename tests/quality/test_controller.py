@@ -158,7 +158,7 @@ def test_long_runs_of_decayed_counts_never_round_agreement_above_the_audits() ->
 
 
 def test_a_remainder_chunk_is_no_evidence_about_the_effective_size() -> None:
-    from flock_llm.engines._base import EngineContext
+    from flock_llm.engines import EngineContext
     from flock_llm.quality import Comparison, FieldAgreement
     from flock_llm.quality.audit import Audit
     from flock_llm.quality.guard import QualityGuard

@@ -9,13 +9,15 @@ map names the model's per-token prices: then it is computed here from the usage:
 
 A budget (`LLMEngine(budget_usd=)`, `Flock(budget_usd=)`) is checked before every call with the call's worst case
 (its counted prompt and the `max_tokens` it allows, at these prices) and settled with the real cost after it: a
-call that would take spending (settled, plus the worst cases of calls in flight) over the budget is not made. So
+call that would take spending (settled, plus the worst cases of calls in flight) over the budget waits for the calls
+in flight when what is spent leaves it room, else it is not made. So
 the budget is passed by no more than the prompt-counting error of the calls in flight, however many there are.
 A request that timed out is charged its counted prompt (see `_shell`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +168,26 @@ class CostLedger:
     """Calls refused because they would have passed the budget."""
     calls: int = field(default=0)
     """Calls that held a reservation."""
+    _settled: asyncio.Event | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         optional_number("budget_usd", self.budget_usd, unit="US dollars", fix="e.g. budget_usd=5.0, or None for no cap")
+
+    def room(self, estimate_usd: float) -> str:
+        """Whether `estimate_usd` fits: "now", "later" (once the calls in flight settle, at their worst case taking
+        only what they hold) or "never" (what is spent leaves no room for it)."""
+        if self.budget_usd is None or self.spent_usd + self.in_flight_usd + estimate_usd <= self.budget_usd:
+            return "now"
+        if self.in_flight_usd > 0 and self.spent_usd + estimate_usd <= self.budget_usd:
+            return "later"
+        return "never"
+
+    async def settled(self) -> None:
+        """Wait until a call holding part of this budget settles."""
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        self._settled.clear()
+        await self._settled.wait()
 
     def reserve(self, estimate_usd: float) -> None:
         """Hold `estimate_usd` for a call about to be made.
@@ -194,6 +213,8 @@ class CostLedger:
         """
         self.in_flight_usd = max(0.0, self.in_flight_usd - estimate_usd)
         self.spent_usd += actual_usd
+        if self._settled is not None:
+            self._settled.set()
 
 
 _SELF_CACHING = frozenset({"openai", "azure", "deepseek", "xai", "text-completion-openai"})

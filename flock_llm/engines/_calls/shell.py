@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
 from .breaker import ProviderGuard
 from .prices import CachedTokens, cached_tokens_of
@@ -34,7 +35,7 @@ from .record import CallRecord, Usage, record_call
 from .retry import RequestLimiter, RetryPolicy
 from .spend import CallCosts, Ticket
 
-__all__ = ["Again", "Ask", "CallShell", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
+__all__ = ["Again", "Ask", "CallShell", "Resend", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -106,6 +107,11 @@ def is_timeout(exc: BaseException) -> bool:
     import litellm  # already loaded by the engine that made the call
 
     return isinstance(exc, (litellm.Timeout, TimeoutError))
+
+
+class Resend(Exception):
+    """Raised by a transport whose request the server refused in a way it has adapted to (a structured-output form
+    the server does not take): the shell sends it again at once, paced and counted as a request, not a retry."""
 
 
 class ShellEngine(Protocol):
@@ -202,7 +208,7 @@ class CallShell:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
             Exception: the call's last error (after its retries).
         """
-        ticket = self.engine.costs.reserve(
+        ticket = await self.engine.costs.reserve(
             self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
         )
         call = _OneCall(ask, send, settled, again, ticket)
@@ -262,18 +268,22 @@ class CallShell:
         ask, ticket, spent, send = call.ask, call.ticket, call.spent, call.send
         spent.attempts += 1
         while True:
-            if paced:
-                await costs.admit(self.ctx, self.model, ticket)
+            costs.cover(ticket, spent.cost_usd)
+            sending = _Sending(send)
             try:
-                reply = await (self.engine.limiter.run(send) if paced else send())
-            except Exception as exc:
-                self.usage.llm_calls += 1
-                counted = 0
-                if is_timeout(exc):  # the provider read the prompt (and counted its max_tokens): charge the prompt
-                    counted = ticket.tokens
-                    prompt = Settled(prompt_tokens=ask.prompt_tokens)
-                    spent.add(prompt, self._price(ticket, prompt))
-                await costs.attempt_done(ticket, counted)
+                if paced:
+                    await costs.admit(self.ctx, self.model, ticket)
+                reply = await (self.engine.limiter.run(sending) if paced else sending())
+            except BaseException as exc:
+                if not sending.sent or self._refused_here(exc):  # cancelled, the windows failed, the HTTP
+                    await costs.attempt_done(ticket, 0)  # client or litellm refused it: nothing sent, nothing counted
+                    raise
+                cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
+                await self._unanswered(call, charged=cancelled or is_timeout(exc))
+                if isinstance(exc, Resend):
+                    continue
+                if cancelled or not isinstance(exc, Exception):
+                    raise
                 if self.note:
                     exc.add_note(self.note)
                 wait = call.again(exc) if call.again is not None else None
@@ -290,6 +300,24 @@ class CallShell:
             spent.add(used, self._price(ticket, used))
             await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
             return reply, used.outcome
+
+    def _refused_here(self, exc: BaseException) -> bool:
+        """The request never left: litellm had no API key, or the HTTP client refused it (see `_error_text`);
+        its error says where it was going."""
+        if not isinstance(exc, Exception) or not (missing_key(exc) or local_failure(exc)):
+            return False
+        if self.note:
+            exc.add_note(self.note)
+        return True
+
+    async def _unanswered(self, call: _OneCall[R], *, charged: bool) -> None:
+        """A request went out and got no answer: counted; when `charged` (it timed out, or its call was cancelled)
+        the provider read its prompt and counted its `max_tokens`, so the prompt is paid and the minute keeps it."""
+        self.usage.llm_calls += 1
+        if charged:
+            prompt = Settled(prompt_tokens=call.ask.prompt_tokens)
+            call.spent.add(prompt, self._price(call.ticket, prompt))
+        await self.engine.costs.attempt_done(call.ticket, call.ticket.tokens if charged else 0)
 
     def _price(self, ticket: Ticket, used: Settled) -> float | None:
         return self.engine.costs.price(
@@ -311,6 +339,18 @@ class CallShell:
         cost = None if spent.unpriced else spent.cost_usd
         costs.close(ticket, cost)
         return cost
+
+
+class _Sending(Generic[R]):
+    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it)."""
+
+    def __init__(self, send: Callable[[], Awaitable[R]]) -> None:
+        self.send = send
+        self.sent = False
+
+    def __call__(self) -> Awaitable[R]:
+        self.sent = True
+        return self.send()
 
 
 class _Attrs:

@@ -57,6 +57,8 @@ class Ticket:
     """Where the call went: "standard", "flex" or "batch" (its price)."""
     entries: list[tuple[RateWindow, str, bool]] = field(default_factory=list)
     """(window, entry, counts tokens: else one request)"""
+    worst_usd: float = 0.0
+    """One attempt's worst case (the first estimate): a retry after a charged attempt holds it again."""
 
 
 class CallCosts:
@@ -93,11 +95,12 @@ class CallCosts:
             self._litellm_prices[key] = prices_for(model, litellm, tier)
         return self._litellm_prices[key]
 
-    def reserve(
+    async def reserve(
         self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int, tier: str = "standard"
     ) -> Ticket:
         """Hold the call's worst case (`prompt` tokens and an `answer` of the `max_tokens` it may take) in every
-        ledger (the engine's, the Flock's).
+        ledger (the engine's, the Flock's); a call that fits what is spent but not what calls in flight hold waits
+        for them to settle (they usually cost less than they hold).
 
         Raises:
             BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
@@ -111,16 +114,25 @@ class CallCosts:
                 "LLMEngine(prices={'input': ..., 'output': ...}) (USD per million tokens)"
             )
         estimate = 0.0 if prices is None else prices.cost(prompt=prompt, completion=answer)
-        held: list[CostLedger] = []
-        try:
-            for ledger in ledgers:
-                ledger.reserve(estimate)
-                held.append(ledger)
-        except BudgetExceededError:
-            for ledger in held:
-                ledger.settle(estimate, 0.0)
-            raise
-        return Ticket(estimate, ledgers, prompt + answer, tier)
+        while (later := next((ledger for ledger in ledgers if ledger.room(estimate) == "later"), None)) is not None:
+            if any(ledger.room(estimate) == "never" for ledger in ledgers):
+                break
+            await later.settled()
+        _hold(ledgers, estimate)
+        return Ticket(estimate, ledgers, prompt + answer, tier, worst_usd=estimate)
+
+    def cover(self, ticket: Ticket, spent_usd: float) -> None:
+        """Before another attempt of a call whose earlier attempts cost `spent_usd` (timed-out prompts): hold that
+        and the attempt's worst case, so retries in flight cannot pass a budget either.
+
+        Raises:
+            BudgetExceededError: the attempt would pass a budget (it is not sent; what the call holds is kept).
+        """
+        more = spent_usd + ticket.worst_usd - ticket.estimate_usd
+        if more <= 0:
+            return
+        _hold(ticket.ledgers, more)
+        ticket.estimate_usd += more
 
     async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
         """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
@@ -166,3 +178,16 @@ class CallCosts:
         """The call got no answer (and did not time out): it cost nothing."""
         for ledger in ticket.ledgers:
             ledger.settle(ticket.estimate_usd, 0.0)
+
+
+def _hold(ledgers: list[CostLedger], amount: float) -> None:
+    """Hold `amount` in every ledger, or in none (BudgetExceededError from the first it would pass)."""
+    held: list[CostLedger] = []
+    try:
+        for ledger in ledgers:
+            ledger.reserve(amount)
+            held.append(ledger)
+    except BudgetExceededError:
+        for ledger in held:
+            ledger.settle(amount, 0.0)
+        raise

@@ -169,6 +169,9 @@ class LadderEngine(Engine):
         if max_input_tokens is not None and (not isinstance(max_input_tokens, int) or max_input_tokens < 100):
             raise ConfigurationError(f"`max_input_tokens` must be an integer >= 100, got {max_input_tokens!r}")
         number("timeout", timeout, unit="seconds", fix="the seconds one request may take, e.g. timeout=60")
+        for limit in ("max_tokens", "max_completion_tokens"):  # held in the budgets and the minute as it is
+            if passthrough.get(limit) is not None:
+                number(limit, passthrough[limit], integer=True, fix=f"the longest answer in tokens, e.g. {limit}=1024")
         self.model = model
         self.per_item = per_item
         self.output_type = output_type
