@@ -170,10 +170,10 @@ def _model_named(model: str | None) -> str:
     name = local_name(model)
     if name is None:
         return resolve_model(None, model, os.environ)
-    from ..testing.local_server import LOCAL_MODELS
+    from ..testing.local_server import known_local_model, unknown_local_model
 
-    if name not in LOCAL_MODELS and not name.endswith(".gguf"):
-        raise ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")
+    if not known_local_model(name):
+        raise unknown_local_model(name)
     return f"local:{name}"
 
 

