@@ -14,6 +14,7 @@ from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._calls.breaker import BreakerPolicy
+from ._calls.engine import PROBE_SETTINGS
 from ._calls.models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
 from ._calls.prices import TokenPrices, cache_points
 from ._calls.record import CallRecord, Usage, prompt_text
@@ -153,6 +154,7 @@ class LLMEngine(LadderEngine):
         self.deferred = deferred or DeferredPolicy()
         self.flex_wait = float(flex_wait)
         self._queue: DeferredQueue | None = None
+        self._gated = False
         self.route: Tier = tier_for(tier, flex_wait=self.flex_wait, queue=self.deferred_queue)
         """How this engine's requests go (the tier object; every tier calls through the call shell)."""
         self.instructions = instructions
@@ -162,11 +164,17 @@ class LLMEngine(LadderEngine):
         """The mode each endpoint was left with after rejecting one."""
         self.litellm_kwargs = litellm_kwargs
 
-    def deferred_queue(self, litellm: Any = None) -> DeferredQueue:
-        """This engine's provider batch jobs (tier "batch"): `jobs_submitted`, `jobs_running`, `jobs_done`."""
+    def deferred_queue(self, shell: CallShell | None = None) -> DeferredQueue:
+        """This engine's provider batch jobs (tier "batch"): `jobs_submitted`, `jobs_running`, `jobs_done`. The
+        jobs' own requests carry the engine's endpoint and credentials (`api_base`, `api_key`, `extra_headers`,
+        `organization`, ...) and go through the call shell of the first run that used the queue (`shell`): paced
+        by `max_concurrent_requests` and `requests_per_minute`, behind the circuit breaker."""
         if self._queue is None:
-            settings: dict[str, Any] = {k: v for k, v in self.litellm_kwargs.items() if k in ("api_base", "api_key")}
-            self._queue = DeferredQueue(self.deferred, litellm or load_litellm(), settings)
+            settings = {k: v for k, v in self.litellm_kwargs.items() if k in PROBE_SETTINGS}
+            litellm = shell.litellm if shell is not None else load_litellm()
+            self._queue = DeferredQueue(self.deferred, litellm, settings)
+        if shell is not None and not self._gated:
+            self._queue.requests, self._gated = shell.request, True
         return self._queue
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:

@@ -36,8 +36,9 @@ _ITEM = re.compile(r'<item id="[^"]+">(.*?)</item>', re.S)
 
 @dataclass
 class Provider(FakeOpenAIServer):
-    """FakeOpenAIServer measuring its chat requests; with `leave_one_out`, a multi-item answer lacks its last
-    item (so a repair follows, then the per-item rung for that item)."""
+    """FakeOpenAIServer measuring its requests (in flight and starts: chat and batch-job requests alike); with
+    `leave_one_out`, a multi-item answer lacks its last
+        item (so a repair follows, then the per-item rung for that item)."""
 
     leave_one_out: bool = False
     long_answers: int = 0
@@ -45,7 +46,10 @@ class Provider(FakeOpenAIServer):
     flex_busy_s: float = 0.0
     """The flex tier is "resource unavailable" for this long from the first chat request on."""
     chat_requests: int = 0
+    job_requests: int = 0
+    """A batch job's own requests (file upload, batch create, retrieve, download, cancel)."""
     in_flight: int = 0
+    """Requests of either kind in flight."""
     peak_in_flight: int = 0
     starts: list[float] = field(default_factory=list)
     max_tokens_asked: list[Any] = field(default_factory=list)
@@ -56,13 +60,18 @@ class Provider(FakeOpenAIServer):
         class Measured(_Handler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
                 chat = self.path.split("?")[0].rstrip("/").endswith("/chat/completions")
-                if chat:
-                    fake.begin()
+                fake.begin(chat)
                 try:
                     super().do_POST()
                 finally:
-                    if chat:
-                        fake.end()
+                    fake.end()
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+                fake.begin(chat=False)
+                try:
+                    super().do_GET()
+                finally:
+                    fake.end()
 
         Measured.fake = self
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Measured)
@@ -70,10 +79,13 @@ class Provider(FakeOpenAIServer):
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
-    def begin(self) -> None:
+    def begin(self, chat: bool) -> None:
         with self._lock:
-            self.chat_requests += 1
-            if self.chat_requests == 1 and self.flex_busy_s:
+            if chat:
+                self.chat_requests += 1
+            else:
+                self.job_requests += 1
+            if self.chat_requests == 1 and chat and self.flex_busy_s:
                 self.flex_unavailable_until = time.monotonic() + self.flex_busy_s
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)

@@ -66,14 +66,16 @@ async def test_every_path_goes_one_request_at_a_time_paced_and_is_recorded_once(
     usage = [r.usage for r in results]
     lines = sum(answered_lines(u) for u in usage)
     assert fake.chat_requests >= 3 and fake.peak_in_flight == 1
-    assert engine.limiter.started == fake.chat_requests  # each request took a slot of the limiter...
-    assert sum(fake.gaps()) >= 0.05 * (fake.chat_requests - 1) - 0.05  # ...which starts one every 50 ms
+    sent = fake.chat_requests + fake.job_requests  # a batch job's upload, create, polls, downloads included
+    assert engine.limiter.started == sent  # each request took a slot of the limiter...
+    assert sum(fake.gaps()) >= 0.05 * (sent - 1) - 0.05  # ...which starts one every 50 ms
     assert calls_made(results) == fake.chat_requests + lines  # every request counted once, no more
     assert len(engine.calls) == shell_calls  # one record per call
     if path == "flex":
         assert fake.flex_refused >= 1 and sum(u["flex_requests"] for u in usage) == 3  # refusals waited out
     if path == "batch":
         assert lines >= 3 and sum(u["repairs"] for u in usage) >= 3  # the jobs' lines; repairs the standard way
+        assert fake.job_requests >= 4  # upload, create, a poll, a download: each paced and one at a time
     if path == "repair_and_rung":
         assert sum(u["repairs"] for u in usage) >= 3 and sum(u["fallbacks"] for u in usage) >= 3
 
@@ -300,4 +302,4 @@ async def test_a_third_engine_waits_behind_its_breaker_and_a_full_tokens_minute(
     await full.settle(held, 0)
     results = await asyncio.wait_for(running, timeout=10)
     assert sent == 3 and [o.obj for r in results for o in r.outputs] == [Tally(count=1)] * 3
-    assert len(engine.calls) == 3
+    assert [c.kind for c in engine.calls] == ["probe", "batch", "batch", "batch"]  # the probe waited for the minute

@@ -35,7 +35,8 @@ from typing import Literal, TypeVar
 
 from ..._error_text import connect_failure, describe_transport, provider_answered
 from ..._numbers import number
-from ...errors import ProviderUnavailableError, ProviderUnreachableError
+from ...errors import BudgetExceededError, ProviderUnavailableError, ProviderUnreachableError
+from .record import Usage
 from .retry import UNREACHABLE_HINT, RetryPolicy, cancelling, classify_error, describe_call_error, retry_after_seconds
 
 __all__ = ["BreakerPolicy", "BreakerStats", "ProviderGuard"]
@@ -115,7 +116,9 @@ class ProviderGuard:
         self.probes = 0
         """Probe requests sent (a few tokens each)."""
         self.recoveries = 0
-        self._unclaimed = 0
+        self.unclaimed = Usage()
+        """What the probes sent since a run last took them cost (`take_probes`): each probe is a call of its own
+        (see `CallShell.probe`), counted in the usage of a run that waited for it."""
 
     @staticmethod
     def now() -> float:
@@ -125,10 +128,10 @@ class ProviderGuard:
         failing = None if self.failing_since is None else max(0.0, self.now() - self.failing_since)
         return BreakerStats(self.state, self.opened, self.probes, self.recoveries, failing)
 
-    def take_probes(self) -> int:
-        """Probes sent since the last call took them: each probe is counted once, in the usage of a run that
-        waited for it."""
-        taken, self._unclaimed = self._unclaimed, 0
+    def take_probes(self) -> Usage:
+        """The usage of the probes sent since the last call took them: each probe is counted once, in the usage of
+        a run that waited for it."""
+        taken, self.unclaimed = self.unclaimed, Usage()
         return taken
 
     # -- the shared back-off ---------------------------------------------------------------------
@@ -250,10 +253,11 @@ class ProviderGuard:
 
     def _ensure_prober(self) -> None:
         if self._prober is None and self._probe is not None and self.state == "open":
-            self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed(self._probe))
+            self._prober = asyncio.get_running_loop().create_task(self._probe_until_closed())
 
-    async def _probe_until_closed(self, probe: Probe) -> None:
-        """While calls wait: probe with doubling waits, release the calls on the first answer."""
+    async def _probe_until_closed(self) -> None:
+        """While calls wait: probe with doubling waits, release the calls on the first answer (each probe is the
+        one the latest waiting call gave: a call of its run's shell)."""
         try:
             while self.state == "open":
                 deadline = self.now() + self._interval
@@ -263,7 +267,7 @@ class ProviderGuard:
                     return  # closed, gone down, or nobody waits: the next waiting call starts probing again
                 self._probing = True
                 try:
-                    if await self._probe_once(probe):
+                    if self._probe is not None and await self._probe_once(self._probe):
                         return
                 finally:
                     self._probing = False
@@ -272,11 +276,10 @@ class ProviderGuard:
 
     async def _probe_once(self, probe: Probe) -> bool:
         self.probes += 1
-        self._unclaimed += 1
         try:
             await probe()
         except Exception as exc:  # noqa: BLE001 - any provider or transport error; classified here
-            if classify_error(exc) == "transient":
+            if classify_error(exc) == "transient" or isinstance(exc, BudgetExceededError):  # unsent: try later
                 self._next_probe_at = self.now() + self._interval
                 self._interval = min(self._interval * 2, self.policy.max_probe_interval)
                 log.info("probe failed (%s); next in %.1f s", describe_call_error(exc), self._interval)

@@ -11,6 +11,10 @@
     record    usage counters, one CallRecord and one `flock.llm.call` span per call; breaker probes sent while
               the call waited are counted in its usage
 
+The breaker's probe is a call too (`CallShell.probe`): reserved, paced and recorded, but not behind the breaker
+it closes. A provider batch job's own requests (upload, create, poll, download, cancel) go through
+`CallShell.request`: paced by the request limits and behind the breaker, with no tokens or cost of their own.
+
 An engine builds one `CallShell` per run and calls `shell.call(Ask(...), send, settled)`; it composes none of
 these steps itself. A batch-job line (`Ask(deferred=True)`) has no request of its own: it is reserved, settled
 and recorded like any call, but not paced or guarded (providers count batch jobs apart from their per-minute
@@ -23,19 +27,32 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
 from .breaker import ProviderGuard
-from .prices import CachedTokens, cached_tokens_of
 from .record import CallRecord, Usage, record_call
 from .retry import RequestLimiter, RetryPolicy
+from .settled import Settled, completion_choice, is_timeout
 from .spend import CallCosts, Ticket
 
-__all__ = ["Again", "Ask", "CallShell", "Resend", "Settled", "ShellEngine", "completion_choice", "is_timeout"]
+PROBE_PROMPT_TOKENS = 8
+"""A probe's prompt ("ping" in a chat message), as the budget holds it."""
+
+__all__ = [
+    "PROBE_PROMPT_TOKENS",
+    "Again",
+    "Ask",
+    "CallShell",
+    "Resend",
+    "Settled",
+    "ShellEngine",
+    "completion_choice",
+    "is_timeout",
+]
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -50,7 +67,7 @@ class Ask:
     """One call to make, as the budget and the record see it."""
 
     kind: str
-    """"batch", "repair", "reduce" or "deferred" (a batch-job line)."""
+    """"batch", "repair", "reduce", "deferred" (a batch-job line), "probe" (the breaker's) or an engine's own."""
     items: int
     prompt_tokens: int
     """The prompt, counted before sending."""
@@ -62,51 +79,6 @@ class Ask:
     """The redacted prompt text, for spans that record prompts."""
     deferred: bool = False
     """A provider batch-job line: not paced, not behind the breaker (see the module docstring)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """What an answer consumed, as its provider reported it: the shell settles the budgets with it."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached: CachedTokens = field(default_factory=CachedTokens)
-    cost_usd: float | None = None
-    """The provider's (litellm's) price for it, when known; else it is computed from the engine's prices."""
-    requests: int = 1
-    """Model requests the answer took (a DSPy module may call its LM several times)."""
-    outcome: str = "ok"
-    """"ok", "truncated" or "unparsed"."""
-
-    @classmethod
-    def of_completion(cls, reply: Any) -> Settled:
-        """A chat completion's usage: litellm's response, or a batch-job line's JSON body."""
-        usage = _field(reply, "usage")
-        hidden = getattr(reply, "_hidden_params", None) or {}
-        cost = hidden.get("response_cost") if isinstance(hidden, Mapping) else None
-        finish = completion_choice(reply)[1]
-        return cls(
-            prompt_tokens=_count(_field(usage, "prompt_tokens")),
-            completion_tokens=_count(_field(usage, "completion_tokens")),
-            cached=cached_tokens_of(usage if not isinstance(usage, Mapping) else _Attrs(usage)),
-            cost_usd=None if cost is None else float(cost),
-            outcome="truncated" if finish == "length" else "ok",
-        )
-
-
-def completion_choice(reply: Any) -> tuple[str, str | None]:
-    """(content, finish_reason) of a chat completion's first choice (litellm's response or a JSON body)."""
-    choices = _field(reply, "choices") or [{}]
-    choice = choices[0]
-    message = _field(choice, "message")
-    return str(_field(message, "content") or ""), _field(choice, "finish_reason")
-
-
-def is_timeout(exc: BaseException) -> bool:
-    """Whether a request timed out on our side (the provider read its prompt; we never saw the answer)."""
-    import litellm  # already loaded by the engine that made the call
-
-    return isinstance(exc, (litellm.Timeout, TimeoutError))
 
 
 class Resend(Exception):
@@ -208,6 +180,17 @@ class CallShell:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
             Exception: the call's last error (after its retries).
         """
+        return await self._recorded(ask, send, settled, again=again, guarded=not ask.deferred)
+
+    async def _recorded(
+        self,
+        ask: Ask,
+        send: Callable[[], Awaitable[R]],
+        settled: Callable[[R], Settled | None],
+        *,
+        again: Again | None = None,
+        guarded: bool,
+    ) -> R:
         ticket = await self.engine.costs.reserve(
             self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
         )
@@ -216,7 +199,7 @@ class CallShell:
         started, started_ns = time.perf_counter(), time.time_ns()
         outcome: str | None = None
         try:
-            reply, outcome = await (self._request(call, paced=False) if ask.deferred else self._guarded(call))
+            reply, outcome = await (self._guarded(call) if guarded else self._request(call, paced=not ask.deferred))
         except BaseException as exc:  # recorded (a cancelled call too: its request may have been paid), re-raised
             outcome = type(exc).__name__
             raise
@@ -256,11 +239,54 @@ class CallShell:
             return await self._request(call, paced=True)
 
         try:
-            return await engine.guard.call(engine.retry, attempt, on_retry, engine.probe_for(self.model))
+            return await engine.guard.call(engine.retry, attempt, on_retry, self.probe)
+        finally:  # each probe counted once, in a run that waited for it
+            self.usage.absorb(engine.guard.take_probes().as_dict())
+
+    async def probe(self) -> object:
+        """The breaker's probe (`ShellEngine.probe_for`), sent while the breaker is open: a call of its own, held in
+        the budgets (its prompt and one answer token), paced by the limits, recorded as a "probe" CallRecord, but
+        not behind the breaker (it is what closes it) and never retried. Its usage waits in the guard for the next
+        run that waited for the breaker (`ProviderGuard.take_probes`).
+
+        Raises:
+            BudgetExceededError: the budgets have no room for the probe (nothing was sent).
+            Exception: the probe's error (the guard tells an outage from an answer).
+        """
+        engine = self.engine
+        usage = engine.guard.unclaimed
+        probe = CallShell(engine, self.ctx, usage, self.model, self.litellm, label=self.label, note=self.note)
+        ask = Ask("probe", 0, prompt_tokens=PROBE_PROMPT_TOKENS, max_tokens=1)
+        sent = usage.llm_calls
+        try:
+            return await probe._recorded(ask, engine.probe_for(self.model), Settled.of_completion, guarded=False)
         finally:
-            probes = engine.guard.take_probes()  # each probe counted once, in a run that waited for it
-            self.usage.llm_calls += probes
-            self.usage.probes += probes
+            usage.probes += usage.llm_calls - sent
+
+    async def request(self, send: Callable[[], Awaitable[R]]) -> R:
+        """One provider request that is not a model call (a batch job's file upload, creation, poll, download or
+        cancellation): behind the breaker like a call (retried; a provider that keeps failing opens it; nothing
+        goes while it is open), paced by `max_concurrent_requests` and `requests_per_minute` (the shared requests
+        window too), but not held in the budgets or the tokens minute and not recorded as a call.
+
+        Raises:
+            ProviderUnavailableError: the breaker waited `max_outage` for the provider.
+            Exception: the request's last error (after its retries).
+        """
+        engine = self.engine
+
+        async def attempt() -> R:
+            ticket = Ticket(0.0, [], 0)
+            try:
+                await engine.costs.admit(self.ctx, self.model, ticket, tokens=False)
+                return await engine.limiter.run(send)
+            finally:
+                await engine.costs.attempt_done(ticket, 0)
+
+        def on_retry(exc: BaseException) -> None:
+            log.info("retrying a batch job request after %s", engine.redact(f"{type(exc).__name__}: {exc}"[:200]))
+
+        return await engine.guard.call(engine.retry, attempt, on_retry, self.probe)
 
     async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
@@ -351,26 +377,3 @@ class _Sending(Generic[R]):
     def __call__(self) -> Awaitable[R]:
         self.sent = True
         return self.send()
-
-
-class _Attrs:
-    """A mapping read by attribute (a batch-job line's usage, for `cached_tokens_of`)."""
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = values
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._values.get(name)
-        return _Attrs(value) if isinstance(value, Mapping) else value
-
-
-def _field(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

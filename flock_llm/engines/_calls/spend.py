@@ -134,10 +134,11 @@ class CallCosts:
         _hold(ticket.ledgers, more)
         ticket.estimate_usd += more
 
-    async def admit(self, ctx: EngineContext, model: str, ticket: Ticket) -> None:
-        """Wait until the call's tokens and one request fit the per-minute limits (one attempt)."""
+    async def admit(self, ctx: EngineContext, model: str, ticket: Ticket, *, tokens: bool = True) -> None:
+        """Wait until the call's tokens (unless not `tokens`: a batch job's own request) and one request fit the
+        per-minute limits (one attempt)."""
         windows = ctx.rate_windows or PROCESS_WINDOWS
-        if self.tokens_per_minute is not None:
+        if tokens and self.tokens_per_minute is not None:
             window = windows.window(window_name(self.account, model, "tokens"), self.tokens_per_minute)
             ticket.entries.append((window, await window.acquire(ticket.tokens), True))
         if self.requests_per_minute is not None and ctx.rate_windows is not None:

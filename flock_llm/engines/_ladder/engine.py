@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -14,13 +13,12 @@ from ..._numbers import number
 from ...artifact import Artifact
 from ...errors import ConfigurationError
 from .._base import Engine, EngineContext, EvalInputs, EvalResult
-from .._calls.breaker import BreakerPolicy, ProviderGuard
-from .._calls.models import engine_secrets, is_offline, load_litellm, redact
+from .._calls.breaker import BreakerPolicy
+from .._calls.engine import ModelEngine
+from .._calls.models import is_offline, load_litellm
 from .._calls.prices import TokenPrices
-from .._calls.rate import account_of
-from .._calls.record import CallRecord, Usage
-from .._calls.retry import RequestLimiter, RetryPolicy
-from .._calls.spend import CallCosts
+from .._calls.record import Usage
+from .._calls.retry import RetryPolicy
 from .ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
     Backend,
@@ -31,20 +29,6 @@ from .ladder import (
 from .planning import AnswerPlan, auto_budget
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
-
-_PROBE_SETTINGS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "extra_headers",
-        "headers",
-        "organization",
-        "custom_llm_provider",
-    }
-)
-"""What a breaker probe takes over from the engine's arguments: where to go and how to authenticate."""
 
 
 def ladder_items(inputs: EvalInputs) -> list[LadderItem]:
@@ -134,7 +118,7 @@ def output_limit(model: str, configured: int | None) -> int:
     return int(limit) if limit else DEFAULT_MAX_OUTPUT_TOKENS
 
 
-class LadderEngine(Engine):
+class LadderEngine(ModelEngine):
     """Base of the LLM engines: a batch goes through the fallback ladder; `_backend()` makes the calls."""
 
     engine_name = "LadderEngine"
@@ -188,23 +172,17 @@ class LadderEngine(Engine):
         ):
             raise ConfigurationError(f"`max_calls_per_item` must be a positive number, got {max_calls_per_item!r}")
         self.max_calls_per_item = float(max_calls_per_item)
-        self.retry = retry or RetryPolicy()
-        self.guard = ProviderGuard(breaker or BreakerPolicy())
-        """This engine's circuit breaker and shared back-off (every agent using the engine shares them)."""
-        self.timeout = float(timeout)
-        self.limiter = RequestLimiter(max_concurrent_requests, requests_per_minute)
-        self.costs = CallCosts(
+        super().__init__(
+            max_concurrent_requests=max_concurrent_requests,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            retry=retry,
+            breaker=breaker,
             prices=prices,
             budget_usd=budget_usd,
-            tokens_per_minute=tokens_per_minute,
-            requests_per_minute=requests_per_minute,
-            account=account_of(passthrough),
+            timeout=timeout,
+            settings=passthrough,
         )
-        """Prices, this engine's budget (`costs.ledger.spent_usd`) and its per-minute limits."""
-        self._secrets = engine_secrets(self, passthrough)
-        self._passthrough = dict(passthrough)
-        self.calls: deque[CallRecord] = deque(maxlen=1000)
-        """The most recent model calls (both LLM engines record them the same way)."""
         self.answer_plan: AnswerPlan | None = None
         """Expected answer lengths, learned from this engine's answers (set on first use)."""
         self._token_backends: dict[tuple[str, int, str | None], LadderBackend] = {}
@@ -258,26 +236,6 @@ class LadderEngine(Engine):
 
     def __repr__(self) -> str:  # never shows the passthrough arguments: they may hold keys
         return f"{type(self).__name__}(model={self.model!r}, per_item={self.per_item!r})"
-
-    def probe_for(self, model: str) -> Callable[[], Awaitable[object]]:
-        """A tiny request to `model`'s provider (one token), which the circuit breaker sends while it is open."""
-        settings = {k: v for k, v in self._passthrough.items() if k in _PROBE_SETTINGS}
-
-        async def probe() -> object:
-            return await load_litellm().acompletion(
-                model=model,
-                messages=[{"role": "user", "content": "ping"}],
-                max_tokens=1,
-                max_retries=0,
-                timeout=min(self.timeout, 30.0),
-                **settings,
-            )
-
-        return probe
-
-    def redact(self, text: str) -> str:
-        """`text` without this engine's API keys (or anything shaped like one)."""
-        return redact(text, self._secrets)
 
     def resolve_output_type(self, ctx: EngineContext) -> type[BaseModel]:
         output_type = self.output_type or (ctx.publishes[0] if ctx.publishes else None)

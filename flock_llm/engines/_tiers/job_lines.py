@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +59,12 @@ async def lines_of(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield rest
 
 
-async def file_lines(litellm: Any, file_id: str, settings: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The non-blank lines of a job's output or error file, streamed (litellm `afile_content(stream=True)`)."""
-    content = await litellm.afile_content(file_id=file_id, stream=True, chunk_size=_CHUNK, **settings)
+async def file_lines(
+    litellm: Any, file_id: str, settings: dict[str, Any], requests: Callable[[Callable[[], Awaitable[Any]]], Any]
+) -> AsyncIterator[bytes]:
+    """The non-blank lines of a job's output or error file, streamed (litellm `afile_content(stream=True)`); the
+    download's request is sent by `requests` (paced, behind the breaker), its stream read as the lines are used."""
+    content = await requests(lambda: litellm.afile_content(file_id=file_id, stream=True, chunk_size=_CHUNK, **settings))
     chunks = getattr(content, "stream_iterator", None)
     if chunks is None:  # a litellm without streamed file content: the whole file at once
         for raw in bytes(getattr(content, "content", b"")).splitlines():

@@ -18,16 +18,29 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from ..._numbers import number
-from ...errors import ConfigurationError
 from .job_lines import LineResult, file_lines, line_result
+from .job_policy import DeferredPolicy
 from .journal import JobJournal, JobRecord, MemoryJournal
 
-__all__ = ["DeferredPolicy", "DeferredQueue", "LineResult", "custom_id_of"]
+__all__ = ["DeferredPolicy", "DeferredQueue", "JobRequests", "LineResult", "custom_id_of"]
+
+T = TypeVar("T")
+
+
+class JobRequests(Protocol):
+    """How a job's own HTTP requests are sent: `CallShell.request` (paced by the engine's request limits and
+    behind its breaker)."""
+
+    def __call__(self, send: Callable[[], Awaitable[T]]) -> Awaitable[T]: ...
+
+
+async def _direct(send: Callable[[], Awaitable[T]]) -> T:
+    return await send()
+
 
 log = logging.getLogger("flock_llm.engines")
 
@@ -35,37 +48,6 @@ _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
 _QUIET = {"batch_ignore_default_logging": True}
 """Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
 that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeferredPolicy:
-    """How requests are grouped into provider batch jobs and how long they may wait."""
-
-    job_size: int = 500
-    """A job closes when it holds this many requests..."""
-    job_wait: float = 30.0
-    """...or this many seconds after its first request arrived..."""
-    quiet: float = 2.0
-    """...or this many seconds after the last one, when no more came (the end of a stream)."""
-    poll_interval: float = 5.0
-    """The first poll of a job; each next one waits 1.5 times longer, up to `max_poll_interval`."""
-    max_poll_interval: float = 120.0
-    """The longest wait between two polls of a job."""
-    deadline: float = 24 * 3600.0
-    """A job not finished this long after this process began polling it is cancelled."""
-    cancel_wait: float = 600.0
-    """How long a cancelled job is still polled: lines it answers meanwhile are used; the rest go synchronous."""
-    keep_finished: float = 3600.0
-    """How long a finished job stays in the journal (a process restarted meanwhile reads its answers again instead
-    of paying again); older finished jobs are pruned whenever a job finishes."""
-
-    def __post_init__(self) -> None:
-        number("job_size", self.job_size, integer=True, fix="the requests per job, e.g. job_size=500")
-        if not isinstance(self.job_size, int):  # 2.0 is whole, but a count of requests is an int
-            raise ConfigurationError(f"`job_size` must be a whole number > 0, got {self.job_size!r}; e.g. job_size=500")
-        names = ("job_wait", "quiet", "poll_interval", "max_poll_interval", "deadline", "cancel_wait", "keep_finished")
-        for name in names:
-            number(name, getattr(self, name), unit="seconds", fix=f"e.g. DeferredPolicy({name}=30)")
 
 
 def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
@@ -102,10 +84,16 @@ class _Job:
 class DeferredQueue:
     """One engine's provider batch jobs: requests in, lines out."""
 
-    def __init__(self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any], requests: JobRequests = _direct
+    ) -> None:
+        """`settings`: what the job's requests need of the engine's (`api_base`, `api_key`, `extra_headers`,
+        `organization`, ...); `requests` sends each of them (the engine's call shell)."""
         self.policy = policy
         self.litellm = litellm
         self.settings = {"custom_llm_provider": "openai", **settings}
+        self.requests = requests
+        """Every request of a job (upload, create, list, poll, download, cancel) goes through it."""
         self.jobs_submitted = 0
         self.jobs_done = 0
         self.memory_journal = MemoryJournal()
@@ -211,8 +199,9 @@ class DeferredQueue:
                 json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
                 for c, b in requests.items()
             )
-            uploaded = await self.litellm.acreate_file(
-                file=("requests.jsonl", lines.encode(), "application/jsonl"), purpose="batch", **self.settings
+            upload = ("requests.jsonl", lines.encode(), "application/jsonl")
+            uploaded = await self.requests(
+                lambda: self.litellm.acreate_file(file=upload, purpose="batch", **self.settings)
             )
             await journal.submitted(key, file_id=uploaded.id)
             batch_id = await self._create(key, uploaded.id)
@@ -272,12 +261,14 @@ class DeferredQueue:
         """Create the job for an uploaded file. A creation that failed is looked for before giving up (the
         provider may have created the job and lost only its answer)."""
         try:
-            batch = await self.litellm.acreate_batch(
-                completion_window="24h",
-                endpoint="/v1/chat/completions",
-                input_file_id=file_id,
-                metadata={"flock_job": key},
-                **self.settings,
+            batch = await self.requests(
+                lambda: self.litellm.acreate_batch(
+                    completion_window="24h",
+                    endpoint="/v1/chat/completions",
+                    input_file_id=file_id,
+                    metadata={"flock_job": key},
+                    **self.settings,
+                )
             )
         except Exception:
             found = await self._batch_for_file(key, file_id)
@@ -290,7 +281,7 @@ class DeferredQueue:
     async def _batch_for_file(self, key: str, file_id: str) -> str | None:
         """A job already created from `file_id` (the process died before it recorded the job's id)."""
         try:
-            listed = await self.litellm.alist_batches(limit=100, **self.settings)
+            listed = await self.requests(lambda: self.litellm.alist_batches(limit=100, **self.settings))
         except Exception:  # noqa: BLE001 - listing is a best effort; a new job is created otherwise
             return None
         for batch in getattr(listed, "data", None) or []:
@@ -339,7 +330,9 @@ class DeferredQueue:
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
             try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes)
-                polling = self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                polling = self.requests(
+                    lambda: self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                )
                 batch = await asyncio.wait_for(polling, max(until - now, policy.poll_interval))
                 if batch.status not in _DONE:
                     continue
@@ -357,7 +350,7 @@ class DeferredQueue:
         """Cancel a job past its deadline; False when the provider does not know it."""
         log.info("batch job %s passed its deadline; cancelling it", batch_id)
         try:
-            cancelling = self.litellm.acancel_batch(batch_id=batch_id, **self.settings)
+            cancelling = self.requests(lambda: self.litellm.acancel_batch(batch_id=batch_id, **self.settings))
             await asyncio.wait_for(cancelling, self.policy.cancel_wait)
         except Exception as exc:  # noqa: BLE001 - cancellation failed: the job is still polled until cancel_wait
             if _unknown(exc):
@@ -374,7 +367,7 @@ class DeferredQueue:
             if not file_id or not job.waiting:
                 continue
             malformed = 0
-            async for raw in file_lines(self.litellm, str(file_id), self.settings):
+            async for raw in file_lines(self.litellm, str(file_id), self.settings, self.requests):
                 if (parsed := line_result(raw)) is None:
                     malformed += 1
                 elif parsed[0] in job.waiting and parsed[1].body is None:

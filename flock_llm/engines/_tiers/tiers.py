@@ -137,9 +137,9 @@ class FlexTier:
 class BatchTier:
     name = "batch"
 
-    def __init__(self, queue: Callable[[Any], DeferredQueue]) -> None:
+    def __init__(self, queue: Callable[[CallShell], DeferredQueue]) -> None:
         self.queue = queue
-        """The engine's DeferredQueue, made on first use with litellm."""
+        """The engine's DeferredQueue, made on first use; its requests go through the call shell given."""
 
     async def ask(self, chat: TierChat, request: ChatRequest) -> Answer:
         name = deferrable(chat.model, chat.litellm) if request.first else None
@@ -157,7 +157,7 @@ class BatchTier:
     async def _line(self, chat: TierChat, body: dict[str, Any]) -> dict[str, Any] | None:
         """The line's chat completion from a batch job, or None: it failed or expired twice, or the deadline
         passed (the request goes the standard way)."""
-        queue = self.queue(chat.litellm)
+        queue = self.queue(chat.shell)
         journal = chat.ctx.jobs or queue.memory_journal
         for attempt in (0, 1):
             result = await queue.ask(journal, custom_id_of(body, attempt, queue.endpoint), body)
@@ -175,7 +175,7 @@ def _settled_line(line: dict[str, Any] | None) -> Settled | None:
     return None if line is None else Settled.of_completion(line)
 
 
-def tier_for(name: str, *, flex_wait: float, queue: Callable[[Any], DeferredQueue]) -> Tier:
+def tier_for(name: str, *, flex_wait: float, queue: Callable[[CallShell], DeferredQueue]) -> Tier:
     """The tier object for `LLMEngine(tier=name)` (validated by the engine)."""
     if name == "flex":
         return FlexTier(flex_wait)
