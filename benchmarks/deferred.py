@@ -28,8 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from flock_llm import FailureRecord, Flock, flock_type
-from flock_llm.engines._calls.models import load_litellm
-from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines import RetryPolicy, load_litellm
 from flock_llm.engines._tiers.jobs import DeferredQueue
 from flock_llm.engines._tiers.journal import MemoryJournal
 from flock_llm.engines.llm import DeferredPolicy, LLMEngine

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from flock_llm import FailureRecord, Flock, flock_type
-from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer

@@ -36,8 +36,7 @@ from pydantic import BaseModel
 from flock_llm import Flock, flock_type
 from flock_llm.artifact import Artifact
 from flock_llm.cli.review_types import Review, ReviewLabel
-from flock_llm.engines import EngineContext
-from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines import EngineContext, RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.quality import QualityTarget, Tolerance, compare_answers
 from flock_llm.quality.audit import Audit

@@ -40,7 +40,7 @@ def rss():
 steps = [("python interpreter", rss())]
 import flock_llm.cli.reviews, flock_llm.cli.main
 steps.append(("flock_llm + pydantic + CLI (rich)", rss()))
-from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines import load_litellm
 litellm = load_litellm()
 steps.append(("litellm (import, price map, providers)", rss()))
 litellm.token_counter(model="gpt-3.5-turbo", text="hello")

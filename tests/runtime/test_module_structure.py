@@ -218,3 +218,56 @@ def test_engines_are_grouped_by_what_a_call_passes_through() -> None:
         "_tiers",
         "offline",
     }
+
+
+def _public_names() -> dict[str, str]:
+    """Every name a public module of flock_llm exports (`__all__`), with the module users import it from."""
+    import importlib
+    import pkgutil
+
+    import flock_llm
+
+    found: dict[str, str] = {}
+    modules = ["flock_llm"] + [
+        m.name for m in pkgutil.walk_packages(flock_llm.__path__, "flock_llm.") if "._" not in m.name
+    ]
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+        for exported in getattr(module, "__all__", ()):
+            found.setdefault(exported, name)
+    return found
+
+
+def _code_outside_the_package() -> list[tuple[str, str]]:
+    """(where, source) of the benchmarks, the examples and every python block of the docs and the README."""
+    root = PACKAGE.parent
+    sources = [
+        (str(p.relative_to(root)), p.read_text(encoding="utf-8"))
+        for d in ("benchmarks", "examples")
+        for p in sorted((root / d).rglob("*.py"))
+    ]
+    for page in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+        sources += [(f"{page.relative_to(root)} block {n}", block) for n, block in enumerate(blocks, 1)]
+    return sources
+
+
+def test_benchmarks_examples_and_docs_import_public_types_from_public_modules() -> None:
+    """Issue 22.6: a public type (RetryPolicy, CallShell, ...) is imported the way users import it, never from a
+    private module such as `flock_llm.engines._calls.retry` (internals with no public name may be, e.g. a benchmark
+    of the batch-job queue)."""
+    public = _public_names()
+    offenders = []
+    for where, source in _code_outside_the_package():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flock_llm"):
+                private = any(part.startswith("_") for part in (node.module or "").split("."))
+                offenders += [
+                    f"{where}: {a.name} from {node.module} (public in {public[a.name]})"
+                    for a in node.names
+                    if private and a.name in public
+                ]
+    assert offenders == []
