@@ -48,6 +48,8 @@ class Provider(FakeOpenAIServer):
     chat_requests: int = 0
     job_requests: int = 0
     """A batch job's own requests (file upload, batch create, retrieve, download, cancel)."""
+    job_headers: list[dict[str, str]] = field(default_factory=list)
+    """The HTTP headers of each of them."""
     in_flight: int = 0
     """Requests of either kind in flight."""
     peak_in_flight: int = 0
@@ -60,14 +62,14 @@ class Provider(FakeOpenAIServer):
         class Measured(_Handler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
                 chat = self.path.split("?")[0].rstrip("/").endswith("/chat/completions")
-                fake.begin(chat)
+                fake.begin(chat, {k.lower(): v for k, v in self.headers.items()})
                 try:
                     super().do_POST()
                 finally:
                     fake.end()
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
-                fake.begin(chat=False)
+                fake.begin(False, {k.lower(): v for k, v in self.headers.items()})
                 try:
                     super().do_GET()
                 finally:
@@ -79,8 +81,10 @@ class Provider(FakeOpenAIServer):
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
-    def begin(self, chat: bool) -> None:
+    def begin(self, chat: bool, headers: dict[str, str] | None = None) -> None:
         with self._lock:
+            if not chat and headers is not None:
+                self.job_headers.append(headers)
             if chat:
                 self.chat_requests += 1
             else:

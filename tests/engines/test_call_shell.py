@@ -102,6 +102,35 @@ async def test_a_full_minute_window_holds_every_path_until_it_has_room(path: str
     assert calls_made(results) == fake.chat_requests + sum(answered_lines(r.usage) for r in results)
 
 
+async def test_a_full_redis_minute_holds_every_path(redis_single_url: str) -> None:
+    """The shared windows of a Redis store (what every worker of a Flock counts in): full, they hold every tier,
+    repairs, the per-item rung and DSPy. (A Redis waiter sleeps until the oldest entry of the minute expires, so
+    the run is cancelled here instead of waiting a minute; the local and in-memory shared windows above show the
+    calls go once there is room.)"""
+    from flock_llm.stores import RedisStore
+
+    store = RedisStore.from_url(redis_single_url)
+    await store.connect()
+    try:
+        for path in (p for p in PATHS if p != "dspy"):  # (a cancelled DSPy run's call still waits for the minute)
+            limit = next(_limits)
+            with provider(path) as fake:
+                engine = engine_for(path, fake, tokens_per_minute=limit)
+                windows = store.rate_windows()
+                await windows.window(window_name(engine.costs.account, MODEL, "tokens"), limit).acquire(limit)
+                running = asyncio.create_task(run_batches(engine, context(rate_windows=windows), batches=2))
+                await asyncio.sleep(0.3)
+                assert fake.chat_requests == fake.job_requests == 0 and not running.done(), path
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+            if path != "batch":  # a batch-job line waits for its job's upload, which waits for nothing but the queue
+                assert {c.outcome for c in engine.calls} == {"CancelledError"}, path
+            assert engine.costs.ledger.spent_usd == engine.costs.ledger.in_flight_usd == 0.0, path
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.parametrize("path", PATHS)
 async def test_an_open_breaker_holds_every_path_until_its_probe_is_answered(path: str) -> None:
     released = asyncio.Event()
@@ -116,7 +145,7 @@ async def test_an_open_breaker_holds_every_path_until_its_probe_is_answered(path
         engine.guard.open(probe)  # the provider failed a moment ago
         running = asyncio.create_task(run_batches(engine, context(), batches=2))
         await asyncio.sleep(0.4)
-        assert fake.chat_requests == 0 and not running.done()
+        assert fake.chat_requests == fake.job_requests == 0 and not running.done()  # no job upload either
         released.set()
         results = await asyncio.wait_for(running, timeout=20)
     assert_all_answered(results, 8)

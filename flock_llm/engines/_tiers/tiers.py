@@ -1,15 +1,20 @@
 """The tiers of LLMEngine, one object each, chosen once when the engine is built (`tier_for`). Every request of
-every tier is one call through the call shell (`_shell`): the same limits, breaker, budget and record.
+every tier is one call through the call shell (`_calls/shell.py`): the same limits, breaker, budget and record.
 
     standard  the request as it is.
     flex      requests carry service_tier="flex" (OpenAI's batch prices on the normal endpoint, slower,
               sometimes "resource unavailable"): 429/5xx answers are waited out with backoff for `flex_wait`
               seconds (each a request counted and paced like any other), then the batch goes the standard way.
     batch     a batch's first request (and the first of each half the ladder splits it into, and of each
-              per-item fallback) goes into a provider batch job (see `_deferred`); repairs and reduces go the
+              per-item fallback) goes into a provider batch job (see `jobs`); repairs and reduces go the
               standard way. A line that failed or expired is asked once more in a later job, then the standard way; a
               line not answered by the policy's deadline goes the standard way at once. The line is reserved in
-              the budgets before it is queued and settled when it comes back.
+              the budgets before it is queued and settled when it comes back. The job's own HTTP requests
+              (upload, create, poll, download, cancel) go through `CallShell.request`: paced by
+              `max_concurrent_requests` and `requests_per_minute`, behind the breaker. The lines' tokens are not
+              counted in `tokens_per_minute`: providers meter batch jobs in a queue of their own (OpenAI: "Batch
+              API rate limits are separate from existing per-model rate limits", a per-model limit of enqueued
+              prompt tokens instead; platform.openai.com/docs/guides/batch).
 """
 
 from __future__ import annotations
