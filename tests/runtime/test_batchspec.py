@@ -38,7 +38,7 @@ def test_neither_size_nor_timeout_is_rejected() -> None:
 
 @pytest.mark.parametrize("max_tokens", [0, -5, 2.5, True, "lots", "AUTO"])
 def test_max_tokens_must_be_a_positive_int_or_auto(max_tokens: object) -> None:
-    with pytest.raises(ConfigurationError, match="`max_tokens` must be a positive integer or \"auto\""):
+    with pytest.raises(ConfigurationError, match='`max_tokens` must be a positive integer or "auto"'):
         BatchSpec(size=5, timeout=timedelta(seconds=1), max_tokens=max_tokens)  # type: ignore[arg-type]
 
 

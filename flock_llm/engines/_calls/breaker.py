@@ -71,6 +71,7 @@ class BreakerStats:
     """A snapshot of one guard (`ProviderGuard.stats()`)."""
 
     state: State
+    """"closed" (calls go), "open" (calls wait for a probe) or "down" (the outage clock ran out)."""
     opened: int
     """How many times the breaker opened."""
     probes: int

@@ -44,7 +44,19 @@ class ModelEngine(Engine):
 
     `settings` are the litellm arguments the engine sends with its requests: where to go and how to authenticate
     (`api_base`, `api_key`, `extra_headers`, ...). They choose the per-minute windows' account, are masked in logs,
-    and are what the breaker's probe sends with (see `probe_for`)."""
+    and are what the breaker's probe sends with (see `probe_for`).
+
+    Args:
+        max_concurrent_requests: requests in flight at once (None: no cap).
+        requests_per_minute: requests started per minute, evenly spaced (None: no limit).
+        tokens_per_minute: prompt + `max_tokens` per minute, what providers count (None: no limit).
+        retry: how failed requests are retried (default `RetryPolicy()`).
+        breaker: how long calls wait for a provider that is down (default `BreakerPolicy()`).
+        prices: USD per million tokens (a TokenPrices or {"input": ..., "output": ...}); default: litellm's.
+        budget_usd: this engine's budget in US dollars (None: no budget).
+        timeout: seconds one request may take.
+        settings: the litellm arguments of the engine's requests (`api_base`, `api_key`, ...).
+    """
 
     engine_name = "ModelEngine"
 
@@ -84,8 +96,14 @@ class ModelEngine(Engine):
         self._passthrough = settings
 
     def shell(self, ctx: EngineContext, model: str, *, usage: Usage | None = None, label: str = "") -> CallShell:
-        """The call shell for one run of this engine (one `evaluate`/`evaluate_batch`): its calls count in `usage`
-        (a new Usage when None: read it back as `shell.usage`); `label` names the engine on spans."""
+        """The call shell for one run of this engine (one `evaluate`/`evaluate_batch`).
+
+        Args:
+            ctx: the run's context (its agent, the Flock's budget and shared rate windows, the tracer).
+            model: the litellm model string the run's calls go to (windows and prices are per model).
+            usage: the run's usage counters (default: a new Usage; read it back as `shell.usage`).
+            label: the engine's name on spans (e.g. "dspy").
+        """
         return CallShell(self, ctx, usage if usage is not None else Usage(), model, load_litellm(), label=label)
 
     def probe_for(self, model: str) -> Callable[[], Awaitable[object]]:

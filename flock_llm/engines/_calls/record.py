@@ -47,26 +47,38 @@ class Usage:
     """Counters for one engine run; summed into the Flock's metrics."""
 
     items: int = 0
+    """Items the run was given."""
     llm_calls: int = 0
+    """Requests the provider received (retries and probes included)."""
     prompt_tokens: int = 0
+    """Prompt tokens, as the provider reported them."""
     completion_tokens: int = 0
+    """Completion tokens, as the provider reported them."""
     cached_prompt_tokens: int = 0
     """Prompt tokens the provider served from its cache (billed at its cached-input price)."""
     cache_write_tokens: int = 0
     """Prompt tokens written to the provider's cache (Anthropic's cache creation)."""
     cost_usd: float = 0.0
+    """What the run's calls cost (priced calls only; see `cost_known_calls`)."""
     cost_known_calls: int = 0
+    """Calls whose cost is known."""
     latency_s: float = 0.0
+    """Seconds spent in calls, summed."""
     retries: int = 0
+    """Requests sent again after a transient failure."""
     repairs: int = 0
+    """Requests asking again for what an answer left out or got wrong."""
     splits: int = 0
+    """Batches the ladder split in halves."""
     overflow_splits: int = 0
     """Splits because a batch did not fit the context (prompt and expected answer), before sending or as the
     provider said; also counted in `splits`."""
     truncated_answers: int = 0
     """Answers the model cut off at the length limit."""
     reduces: int = 0
+    """Calls merging the halves' reports into one."""
     fallbacks: int = 0
+    """Items that went to the per-item rung."""
     deferred_requests: int = 0
     """Requests put into provider batch jobs (tier "batch"), a line asked again included."""
     deferred_failed_lines: int = 0
@@ -74,14 +86,17 @@ class Usage:
     deferred_fallbacks: int = 0
     """Deferred requests that went the synchronous way in the end."""
     flex_requests: int = 0
+    """Flex-tier requests answered."""
     flex_fallbacks: int = 0
     """Flex-tier requests answered, and batches that went to the standard tier after `flex_wait`."""
     probes: int = 0
     """Circuit-breaker probes (one-token requests) this run waited for; also counted in `llm_calls`."""
     failed_items: int = 0
+    """Items that ended in failure records."""
     unknown_ids: int = 0
     """Results under an id that was not asked for, or that could name several items (ignored)."""
     duplicate_ids: int = 0
+    """Results given twice for the same item (the first kept)."""
     mapped_ids: int = 0
     """Results whose id was not the one asked for but named one item unambiguously (a position number, the
     item's own id, an id in backticks, the one result of a one-item request): kept."""
@@ -92,6 +107,7 @@ class Usage:
     per_item_prompt_tokens: int = 0
     """Prompt tokens the same items would have needed one call each (rendered and counted)."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Engine-specific figures, merged into `as_dict()`."""
 
     def absorb(self, other: dict[str, Any]) -> None:
         """Add the calls, tokens and cost of another run (the per-item fallback's) to these counters."""
@@ -101,6 +117,7 @@ class Usage:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, Any]:
+        """The counters as a dict (an EvalResult's `usage`); `cost_usd` is None when no call's cost is known."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if not self.cost_known_calls:
             values["cost_usd"] = None

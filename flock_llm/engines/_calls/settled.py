@@ -17,8 +17,11 @@ class Settled:
     """What an answer consumed, as its provider reported it: the shell settles the budgets with it."""
 
     prompt_tokens: int = 0
+    """Prompt tokens the provider counted."""
     completion_tokens: int = 0
+    """Answer tokens the provider counted."""
     cached: CachedTokens = field(default_factory=CachedTokens)
+    """Prompt tokens read from or written to the provider's cache."""
     cost_usd: float | None = None
     """The provider's (litellm's) price for it, when known; else it is computed from the engine's prices."""
     requests: int = 1

@@ -69,6 +69,7 @@ class Ask:
     kind: str
     """"batch", "repair", "reduce", "deferred" (a batch-job line), "probe" (the breaker's) or an engine's own."""
     items: int
+    """How many items the call carries."""
     prompt_tokens: int
     """The prompt, counted before sending."""
     max_tokens: int
@@ -153,8 +154,17 @@ class CallShell:
         label: str = "",
         note: str = "",
     ) -> None:
-        """`label` names the engine on spans ("dspy"); `note` is added to failed requests' errors (where the
-        call went, never its credentials)."""
+        """A shell for one run (engines make it with `ModelEngine.shell`).
+
+        Args:
+            engine: what the shell needs of the engine (ShellEngine: retry, guard, limiter, costs, calls, ...).
+            ctx: the run's context.
+            usage: the run's usage counters.
+            model: the litellm model string the calls go to.
+            litellm: the litellm module (for prices and error types).
+            label: the engine's name on spans ("dspy").
+            note: added to failed requests' errors (where the call went, never its credentials).
+        """
         self.engine = engine
         self.ctx = ctx
         self.usage = usage
@@ -171,9 +181,14 @@ class CallShell:
         *,
         again: Again | None = None,
     ) -> R:
-        """Make one call (see the module docstring) and return its reply. `settled` reads what a reply consumed;
-        None means nothing was answered (a batch-job line that failed): the call is then neither charged nor
-        recorded.
+        """Make one call (see the module docstring) and return its reply.
+
+        Args:
+            ask: what the call is (kind, items, counted prompt tokens, `max_tokens`, tier).
+            send: sends the request once (the engine's transport); raise `Resend` to have it sent again at once.
+            settled: reads what a reply consumed; None means nothing was answered (a batch-job line that failed):
+                the call is then neither charged nor recorded.
+            again: a tier's say on a failed request (seconds to wait before sending it again), if any.
 
         Raises:
             BudgetExceededError: the call's worst case would pass a budget (nothing was sent).
