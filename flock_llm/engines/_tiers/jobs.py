@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from .job_lines import LineResult, file_lines, line_result
@@ -329,11 +330,15 @@ class DeferredQueue:
                     return "deadline: lost (the provider does not know it)"
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
-            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes)
+            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes): by its
+                # HTTP timeout, so that litellm's request is never cancelled half-way; a poll still waiting behind
+                # the breaker or the request limits a second later is given up too
+                left = max(until - now, policy.poll_interval)
+                retrieve = self.litellm.aretrieve_batch
                 polling = self.requests(
-                    lambda: self.litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=_QUIET, **self.settings)
+                    partial(retrieve, batch_id=batch_id, litellm_metadata=_QUIET, timeout=left, **self.settings)
                 )
-                batch = await asyncio.wait_for(polling, max(until - now, policy.poll_interval))
+                batch = await asyncio.wait_for(polling, left + 1.0)
                 if batch.status not in _DONE:
                     continue
                 await self._read(batch_id, batch, job)
