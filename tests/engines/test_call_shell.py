@@ -203,8 +203,9 @@ async def test_a_timed_out_call_is_charged_its_prompt() -> None:
     assert records and all(r.outcome in ("Timeout", "ProviderUnavailableError") for r in records)
     charged = sum(r.prompt_tokens for r in records)
     assert charged > 0 and result.usage["prompt_tokens"] >= charged
-    paid = sum(r.prompt_tokens for r in engine.calls)  # every call the budget paid is recorded: probes too
-    assert engine.costs.ledger.spent_usd == pytest.approx(paid * 1000.0 / 1e6)
+    # every call the budget paid is recorded, the breaker's probes too (an answered probe: its one answer token)
+    paid = sum(r.prompt_tokens * 1000.0 + r.completion_tokens * 2000.0 for r in engine.calls) / 1e6
+    assert engine.costs.ledger.spent_usd == pytest.approx(paid)
     assert engine.costs.ledger.in_flight_usd == 0.0
 
 
