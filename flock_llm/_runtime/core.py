@@ -111,9 +111,13 @@ class Runtime:
 
     async def start(self) -> None:
         """Restore what a local durable store holds, or join the shared store's workers."""
+        self.check_agents()
+        await self.intake.start()
+
+    def check_agents(self) -> None:
+        """Refuse agents that cannot run as defined (before anything is stored or delivered)."""
         for agent in self.runner_agents.values():
             agent.check_engine()
-        await self.intake.start()
 
     # -- publishing -------------------------------------------------------------------------------------
 

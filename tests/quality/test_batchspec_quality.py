@@ -1,0 +1,197 @@
+"""BatchSpec(quality=QualityTarget(...)) through the public API (Flock + agent + BatchSpec), against the degrading
+fake provider over loopback HTTP: the flushes the user sees shrink to the effective size, every change is
+logged, counted and traced with its reason, settings that cannot work are refused when the agent is defined,
+and the controller's state is kept by the durable stores (a SQLite restart resumes from it; a stored state that
+is not one is ignored with a warning, never a crash that loses items)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import references
+from test_audit_engine import Snippet, SnippetLabel, engine, snippets, truth
+
+from flock_llm import Flock
+from flock_llm.engines.llm import LLMEngine
+from flock_llm.errors import ConfigurationError
+from flock_llm.quality import QualityTarget
+from flock_llm.quality.audit import Audit
+from flock_llm.stores.sqlite import SQLiteStore
+from flock_llm.subscription import BatchSpec
+from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer, FunctionEngine
+from flock_llm.tracing import TracingConfig
+
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+TARGET = QualityTarget(0.95, min_audits=8)
+
+
+@pytest.fixture
+def degrading() -> Iterator[FakeOpenAIServer]:
+    model = DegradingModel(Degradation(collapse_at=4, steep=0.08), truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
+        yield fake
+
+
+def steered(agent_engine: LLMEngine, size: int = 16, target: QualityTarget = TARGET, **flock_args: Any) -> Flock:
+    flock = Flock(env={}, **flock_args)
+    spec = BatchSpec(size=size, timeout=timedelta(seconds=30), quality=target)
+    flock.agent("labels").consumes(Snippet, batch=spec).publishes(SnippetLabel).with_engines(agent_engine)
+    return flock
+
+
+async def test_the_flushes_shrink_to_the_size_that_holds_the_target(
+    degrading: FakeOpenAIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = engine(degrading, audit=Audit(rate=1.0))  # no quality= on the engine: the BatchSpec's steers
+    path = tmp_path / "trace.duckdb"
+    flock = steered(llm, tracing=TracingConfig(duckdb_path=str(path)))
+    items = snippets(64)
+    with caplog.at_level(logging.INFO, logger="flock_llm.quality"):
+        for start in range(0, 64, 16):
+            await flock.publish_many(items[start : start + 16])
+            await flock.run_until_idle()
+        await flock.shutdown()
+    sizes = [f.batch_size for f in flock.metrics().flushes]
+    assert sizes[0] == 16 and max(sizes[1:]) <= 8  # the user sees the effective size, not the configured one
+    assert sum(sizes) == 64 and {f.configured_size for f in flock.metrics().flushes} == {16}
+    assert llm.quality is not None and llm.quality.size_for("labels") == llm.effective_batch_size("labels", 0)
+    changes = [event.change for event in llm.quality.events]
+    assert changes[0].old == 16 and changes[0].new == 8 and "below 95%" in changes[0].reason
+    usage = flock.metrics().usage["labels"]
+    assert usage["batch_size_shrinks"] == sum(c.direction == "shrink" for c in changes) >= 1  # counted
+    logged = [r.getMessage() for r in caplog.records if "batch size 16 -> 8" in r.getMessage()]
+    assert logged and changes[0].reason in logged[0]  # logged with its reason
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as db:
+        traced = db.execute(
+            "SELECT attributes->>'$.old_size', attributes->>'$.new_size', attributes->>'$.reason' "
+            "FROM spans WHERE name = 'flock.quality.batch_size' ORDER BY start_time"
+        ).fetchall()
+    assert traced[0] == ("16", "8", changes[0].reason) and len(traced) == len(changes)  # traced with its reason
+    counts = await references(flock, "labels")
+    assert len(counts) == 64 and set(counts.values()) == {1}
+
+
+async def test_a_batchspec_target_without_audit_audits_with_the_default(degrading: FakeOpenAIServer) -> None:
+    llm = engine(degrading)  # neither audit= nor quality=: BatchSpec(quality=) brings Audit() (2%, warm-up x4)
+    flock = steered(llm, size=25)
+    await flock.publish_many(snippets(100))
+    await flock.run_until_idle()
+    await flock.shutdown()
+    usage = flock.metrics().usage["labels"]
+    assert 1 <= usage["audit_compared"] <= 25  # about 8% of 100 while warming up
+    assert len(await references(flock, "labels")) == 100
+
+
+def _define(flock: Flock, spec: BatchSpec, agent_engine: Any, *, engine_first: bool) -> None:
+    agent = flock.agent("labels")
+    if engine_first:
+        agent.with_engines(agent_engine).consumes(Snippet, batch=spec)
+    else:
+        agent.consumes(Snippet, batch=spec).with_engines(agent_engine)
+
+
+@pytest.mark.parametrize("engine_first", [True, False])
+@pytest.mark.parametrize(
+    ("agent_engine", "message"),
+    [
+        (LLMEngine("openai/x", per_item=True, quality=QualityTarget(0.9)), "differ; set the target in one place"),
+        (LLMEngine("openai/x"), "per_item=True"),
+        (FunctionEngine(batch=lambda ctx, inputs: None), "does not measure"),
+    ],
+)
+def test_a_target_that_cannot_hold_is_refused_when_the_agent_is_defined(
+    agent_engine: Any, message: str, engine_first: bool
+) -> None:
+    spec = BatchSpec(size=10, timeout=timedelta(seconds=1), quality=QualityTarget(0.95))
+    with pytest.raises(ConfigurationError, match=message):
+        _define(Flock(env={}), spec, agent_engine, engine_first=engine_first)
+
+
+def test_the_same_target_on_engine_and_batchspec_is_accepted() -> None:
+    target = QualityTarget(0.95)
+    flock = Flock(env={})
+    spec = BatchSpec(size=10, timeout=timedelta(seconds=1), quality=target)
+    _define(flock, spec, LLMEngine("openai/x", per_item=True, quality=QualityTarget(0.95)), engine_first=False)
+
+
+async def test_a_target_on_the_default_engine_is_refused_before_the_first_publish() -> None:
+    flock = Flock(env={})
+    spec = BatchSpec(size=10, timeout=timedelta(seconds=1), quality=QualityTarget(0.95))
+    flock.agent("labels").consumes(Snippet, batch=spec).publishes(SnippetLabel)
+    with pytest.raises(ConfigurationError, match=r"with_engines\(LLMEngine\(per_item=True\)\)"):
+        await flock.publish(Snippet(snippet_id="s1", text="good"))
+    assert await flock.store.list() == []  # refused before anything was stored
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 10, "quality": 0.95}, "must be a QualityTarget"),
+        ({"timeout": timedelta(seconds=1), "quality": QualityTarget()}, "give it the largest size"),
+    ],
+)
+def test_batchspec_quality_is_checked(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        BatchSpec(**kwargs)
+
+
+def test_quality_arguments_are_declared_not_passed_through() -> None:
+    llm = LLMEngine("openai/x", per_item=True, audit=Audit(), quality=QualityTarget(), shuffle=True, temperature=0)
+    assert llm.litellm_kwargs == {"temperature": 0}  # never sent to litellm
+    from flock_llm.engines.dspy import DSPyEngine
+
+    dspy_engine = DSPyEngine("openai/x", per_item=True, audit=Audit(), shuffle=True, temperature=0)
+    assert dspy_engine.lm_kwargs == {"temperature": 0} and dspy_engine.quality is not None
+
+
+async def test_a_sqlite_restart_resumes_from_the_stored_size(degrading: FakeOpenAIServer, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'flock.db'}"
+    first = engine(degrading, audit=Audit(rate=1.0))
+    flock = steered(first, store=url)
+    await flock.publish_many(snippets(16))
+    await flock.run_until_idle()
+    await flock.shutdown()
+    held = first.effective_batch_size("labels", 0)
+    assert held is not None and held < 16
+    again = engine(degrading, audit=Audit(rate=1.0))  # a new process: nothing in memory
+    flock = steered(again, store=url)
+    calls_before = degrading.requests
+    items = snippets(48)[16:]
+    await flock.publish_many(items)
+    await flock.run_until_idle()
+    await flock.shutdown()
+    batched = [c.items for c in again.calls if c.items > 1]
+    assert batched and max(batched) <= held  # the first batch already went out at the stored size
+    assert degrading.requests > calls_before
+    states = again.quality.states if again.quality is not None else {}
+    assert states[("labels", 0)].max_size == 16 and states[("labels", 0)].size <= held
+
+
+async def test_a_corrupt_stored_state_is_ignored_with_a_warning_and_replaced(
+    degrading: FakeOpenAIServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "flock.db"
+    store = SQLiteStore(path)
+    assert await store.size_states().swap("0:labels", None, '{"size": -3, "max_size": "x"}')
+    store.close()
+    llm = engine(degrading, audit=Audit(rate=1.0))
+    flock = steered(llm, store=f"sqlite:///{path}")
+    with caplog.at_level(logging.WARNING, logger="flock_llm.quality"):
+        await flock.publish_many(snippets(16))
+        await flock.run_until_idle()
+        await flock.shutdown()
+    assert any("ignoring the stored batch-size state" in r.getMessage() for r in caplog.records)
+    assert len(await references(flock, "labels")) == 16  # nothing lost
+    with sqlite3.connect(path) as db:
+        (text,) = db.execute("SELECT state FROM size_states WHERE key = '0:labels'").fetchone()
+    from flock_llm.quality import ControllerState
+
+    assert ControllerState.from_json(text).max_size == 16  # overwritten by a valid state
