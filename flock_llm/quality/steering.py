@@ -22,7 +22,7 @@ __all__ = ["SizeEvent", "SizeSteering"]
 
 log = logging.getLogger("flock_llm.quality")
 
-SWAP_ATTEMPTS = 8
+SWAP_ATTEMPTS = 64
 """How often a change is retried against newer stored states (other workers') before it is kept locally."""
 
 
