@@ -34,6 +34,11 @@ def _check_quality(quality: object, size: int | None) -> None:
             "BatchSpec(quality=...) steers the batch size: give it the largest size, e.g. "
             "BatchSpec(size=50, quality=QualityTarget(0.95), timeout=timedelta(seconds=30))"
         )
+    if quality.min_size > size:
+        raise ConfigurationError(
+            f"the quality target's min_size={quality.min_size} is above BatchSpec(size={size}): the size could "
+            "never shrink; lower `min_size` or raise `size`"
+        )
 
 
 @dataclass(frozen=True, slots=True)

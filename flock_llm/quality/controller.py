@@ -81,7 +81,9 @@ class QualityTarget:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
-        if self.grow_after is not None and (not isinstance(self.grow_after, int) or self.grow_after < 1):
+        if self.grow_after is not None and (
+            isinstance(self.grow_after, bool) or not isinstance(self.grow_after, int) or self.grow_after < 1
+        ):
             raise ConfigurationError(f"`grow_after` must be a positive integer or None, got {self.grow_after!r}")
         if self.memory is not None and (
             isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory <= self.audits_to_hold

@@ -83,6 +83,9 @@ class SizeSteering:
         """Add `agreed` of `n` audits made at `size` and apply the change they call for (stored with a
         compare-and-set: a newer stored state is read again and the audits added to it)."""
         key = (ctx.agent_name, ctx.subscription_index)
+        if size < 2:  # a one-item call compared with a one-item call: it always agrees, and says nothing
+            add_usage(usage, {"audit_other_size": n})
+            return
         for _ in range(SWAP_ATTEMPTS):
             state, text = await self._read(target, ctx, size)
             if size > state.size or size < 0.75 * state.size:  # another size's evidence (a remainder, a change)

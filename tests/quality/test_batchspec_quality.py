@@ -136,6 +136,7 @@ async def test_a_target_on_the_default_engine_is_refused_before_the_first_publis
     [
         ({"size": 10, "quality": 0.95}, "must be a QualityTarget"),
         ({"timeout": timedelta(seconds=1), "quality": QualityTarget()}, "give it the largest size"),
+        ({"size": 10, "quality": QualityTarget(min_size=50)}, "min_size=50 is above"),  # finding F24
     ],
 )
 def test_batchspec_quality_is_checked(kwargs: dict[str, Any], message: str) -> None:
@@ -195,3 +196,28 @@ async def test_a_corrupt_stored_state_is_ignored_with_a_warning_and_replaced(
     from flock_llm.quality import ControllerState
 
     assert ControllerState.from_json(text).max_size == 16  # overwritten by a valid state
+
+
+def test_an_engine_target_whose_min_size_is_above_the_batch_size_is_refused() -> None:
+    """Finding F24 (atkquality): QualityTarget(min_size=50) with batches of 10 never shrank, silently."""
+    llm = LLMEngine("openai/x", per_item=True, quality=QualityTarget(min_size=50))
+    spec = BatchSpec(size=10, timeout=timedelta(seconds=1))
+    with pytest.raises(ConfigurationError, match="min_size=50 is above the batch size 10"):
+        _define(Flock(env={}), spec, llm, engine_first=False)
+
+
+async def test_audits_of_one_item_calls_are_no_evidence_to_grow() -> None:
+    """Finding F24 (atkquality): at size 1 an audit compares a one-item answer with a one-item answer, which
+    always agrees; counted, it grew the size back 1 -> 2 on evidence that measured nothing (a 1 <-> 2 cycle)."""
+    from flock_llm.engines import EngineContext
+    from flock_llm.quality import ControllerState
+    from flock_llm.quality.steering import SizeSteering
+
+    steering = SizeSteering()
+    steering.states[("labels", 0)] = ControllerState(size=1, max_size=16)
+    ctx = EngineContext(agent_name="labels", configured_size=16)
+    usage: dict[str, Any] = {}
+    for _ in range(300):  # far past grow_after (104)
+        await steering.steer(QualityTarget(0.95), ctx, 1, 1, 1, usage)
+    assert steering.size_for("labels") == 1 and usage == {"audit_other_size": 300}
+    assert steering.states[("labels", 0)].n == 0

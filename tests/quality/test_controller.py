@@ -173,3 +173,27 @@ def test_a_remainder_chunk_is_no_evidence_about_the_effective_size() -> None:
     assert usage == {"audit_other_size": 5} and guard.states[("a", 0)].n == 0
     asyncio.run(guard.steering.steer(target, ctx, 38, 5, 5, usage))
     assert guard.states[("a", 0)].n > 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"size": -5, "max_size": "x"}',  # finding F3 (atkquality): accepted, would steer batches of -5 items
+        '{"size": 20, "max_size": 10}',
+        '{"size": 5, "max_size": 10, "n": 2.0, "agreed": 3.0}',
+        '{"size": 5, "max_size": 10, "recent": "10x"}',
+        '{"size": 5, "max_size": 10, "n": NaN}',
+        '{"size": true, "max_size": 10}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_stored_state_with_impossible_values_is_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a saved batch-size controller state"):
+        ControllerState.from_json(text)
+
+
+def test_a_bool_is_not_a_grow_after_count() -> None:
+    """Finding F2 (atkquality): QualityTarget(grow_after=True) was taken as 1."""
+    with pytest.raises(ConfigurationError, match="grow_after"):
+        QualityTarget(grow_after=True)

@@ -315,7 +315,14 @@ class LadderEngine(Engine):
 
     def check_batch(self, agent: str, spec: BatchSpec) -> None:
         """`BatchSpec(quality=)` needs per-item answers (a report has no one-item answer to audit) and, when the
-        engine has its own `quality=`, the same target."""
+        engine has its own `quality=`, the same target; a target's `min_size` must not be above the batch size."""
+        own = self.quality.target if self.quality is not None else None
+        target = spec.quality or own
+        if target is not None and spec.size is not None and target.min_size > spec.size:
+            raise ConfigurationError(
+                f"agent {agent!r}: the quality target's min_size={target.min_size} is above the batch size "
+                f"{spec.size}: the size could never shrink; lower `min_size` or raise BatchSpec(size=)"
+            )
         if spec.quality is None:
             return
         if not self.per_item:
@@ -323,7 +330,6 @@ class LadderEngine(Engine):
                 f"agent {agent!r}: BatchSpec(quality=...) steers by audits of per-item answers; a report has no "
                 f"one-item answer to compare with: use {self.engine_name}(per_item=True) or drop `quality=`"
             )
-        own = self.quality.target if self.quality is not None else None
         if own is not None and own != spec.quality:
             raise ConfigurationError(
                 f"agent {agent!r}: the engine's quality={own!r} and BatchSpec(quality={spec.quality!r}) differ; "
