@@ -1,7 +1,7 @@
 """The batch-size controller's state shared by Redis workers (in-process Flocks on one namespace): a shrink seen
-by one worker applies to the next batch of another, survives the worker that made it (a new worker runs
-at the shared size), is logged, counted and traced where it happened, and concurrent audits from two workers
-are all counted (a compare-and-set script: no change is lost)."""
+by one worker applies to the next batch of another and survives the worker that made it (a worker that takes
+over its batch runs it at the shared size); it is logged, counted and traced where it happened; concurrent
+audits from two workers are all counted (a compare-and-set script: no change is lost)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from conftest import references
-from test_audit_engine import Snippet, SnippetLabel, engine, snippets, truth
+from test_audit_engine import FAST, Snippet, SnippetLabel, engine, snippets, truth
 
 from flock_llm import Flock
-from flock_llm.engines import EngineContext
+from flock_llm.engines import EngineContext, EvalInputs, EvalResult
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.quality import ControllerState, QualityTarget
@@ -39,6 +39,21 @@ def degrading() -> Iterator[FakeOpenAIServer]:
     model = DegradingModel(Degradation(collapse_at=4, steep=0.08), truth=truth, seed=3)
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
         yield fake
+
+
+class Stalling(LLMEngine):
+    """An LLMEngine whose batches hang once `stall` is set (a worker that stops answering)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stall = False
+        self.stalled = asyncio.Event()
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        if self.stall:
+            self.stalled.set()
+            await asyncio.Event().wait()
+        return await super().evaluate_batch(ctx, inputs)
 
 
 def worker(url: str, agent_engine: LLMEngine, **flock_args: Any) -> Flock:
@@ -67,7 +82,8 @@ async def test_a_shrink_is_shared_by_the_workers_and_survives_the_one_that_made_
 ) -> None:
     load_litellm()  # imported before the workers read Redis: a slow import would stall their reads
     trace = tmp_path / "a.duckdb"
-    first = engine(degrading, audit=Audit(rate=1.0))
+    settings = {"per_item": True, "api_base": degrading.api_base, "api_key": "sk-local-fake"}
+    first = Stalling(model="openai/fake-model", retry=FAST, structured_output=True, audit=Audit(rate=1.0), **settings)
     a = worker(redis_single_url, first, tracing=TracingConfig(duckdb_path=str(trace)))
     items = snippets(32)
     with caplog.at_level(logging.INFO, logger="flock_llm.quality"):
@@ -79,7 +95,10 @@ async def test_a_shrink_is_shared_by_the_workers_and_survives_the_one_that_made_
     # where it happened: logged, counted and traced with its reason (on the shared path)
     assert any("batch size 16 -> 8" in r.getMessage() and stored.reason in r.getMessage() for r in caplog.records)
     assert a.metrics().usage["labels"]["batch_size_shrinks"] == 1
-    await a.shutdown()  # the worker that made the change leaves: the state stays in Redis
+    first.stall = True  # A takes the next batch and never finishes it: it dies with the batch claimed
+    await a.publish_many(items[16:])
+    await asyncio.wait_for(first.stalled.wait(), 60)
+    await a.shutdown(timeout=0.05)  # (this hung before: a Redis worker's shutdown ignored its timeout)
     import duckdb
 
     with duckdb.connect(str(trace), read_only=True) as db:
@@ -90,8 +109,8 @@ async def test_a_shrink_is_shared_by_the_workers_and_survives_the_one_that_made_
     assert traced == [("8", stored.reason, "true")]
     second = engine(degrading, audit=Audit(rate=1.0))  # another process: knows nothing but the store
     b = worker(redis_single_url, second)
-    await b.publish_many(items[16:])
-    await until(answered(b, 32))
+    await b.start()
+    await until(answered(b, 32))  # B takes A's batch over (claim_timeout=1 s)
     batched = [c.items for c in second.calls if c.items > 1]
     assert batched and max(batched) <= 8  # at the shared size, not the configured 16
     assert second.quality is not None and second.quality.states[("labels", 0)].max_size == 16
