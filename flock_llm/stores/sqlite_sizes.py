@@ -16,11 +16,21 @@ class SQLiteSizeStates:
     """`SizeStates` in a SQLite file (the SQLite store's)."""
 
     def __init__(self, path: Path, *, busy_timeout: float = 30.0) -> None:
-        self._db = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None  # opened on first use: most Flocks never steer a size
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS size_states (key TEXT PRIMARY KEY, state TEXT NOT NULL)")
+
+    @property
+    def _db(self) -> sqlite3.Connection:  # (called with the lock held)
+        if self._connection is None:
+            db = sqlite3.connect(
+                str(self._path), timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS size_states (key TEXT PRIMARY KEY, state TEXT NOT NULL)")
+            self._connection = db
+        return self._connection
 
     # Each call runs in a worker thread: a write lock held by another connection (the store's writer, another
     # process) makes it wait up to the busy timeout without stalling the event loop.
@@ -50,4 +60,6 @@ class SQLiteSizeStates:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
