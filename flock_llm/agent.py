@@ -112,6 +112,8 @@ class Agent:
                 )
         if batch is not None and batch.max_tokens == "auto":
             _check_auto_budget(self.name, self.engine)
+        if batch is not None and self.engine is not None:
+            self.engine.check_batch(self.name, batch)
         self.subscriptions.append(
             Subscription(
                 index=len(self.subscriptions),
@@ -155,8 +157,24 @@ class Agent:
             raise ConfigurationError(f"engines must subclass flock_llm.engines.Engine, got {engines[0]!r}")
         if any(sub.batch is not None and sub.batch.max_tokens == "auto" for sub in self.subscriptions):
             _check_auto_budget(self.name, engines[0])
+        for sub in self.subscriptions:
+            if sub.batch is not None:
+                engines[0].check_batch(self.name, sub.batch)
         self.engine = engines[0]
         return self
+
+    def check_engine(self) -> None:
+        """Refuse, when the Flock starts, a BatchSpec the default engine cannot serve (an agent without
+        `with_engines()` runs `LLMEngine()`, which answers with one report per batch).
+
+        Raises:
+            ConfigurationError: `BatchSpec(quality=)` on an agent without an engine.
+        """
+        if self.engine is None and any(s.batch is not None and s.batch.quality is not None for s in self.subscriptions):
+            raise ConfigurationError(
+                f"agent {self.name!r}: BatchSpec(quality=...) steers by audits of per-item answers, and the default "
+                "engine answers with one report per batch: add `.with_engines(LLMEngine(per_item=True))`"
+            )
 
     def max_concurrency(self, n: int) -> Agent:
         """How many runs of this agent may be in flight at once (default 2)."""

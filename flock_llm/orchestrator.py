@@ -130,6 +130,7 @@ class Flock:
         if not self._started:
             await self.start()
         runtime = self._runtime
+        runtime.check_agents()
         held = runtime.hold()
         with runtime.ledger.unit() as commit:
             artifact = self._make_artifact(obj, visibility=visibility, tags=tags, correlation_id=correlation_id)
@@ -163,6 +164,7 @@ class Flock:
         if not self._started:
             await self.start()
         runtime = self._runtime
+        runtime.check_agents()
         published = []
         held = runtime.hold()
         with runtime.ledger.unit() as commit:

@@ -6,17 +6,39 @@ import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from .errors import BatchSpecWarning, ConfigurationError
+
+if TYPE_CHECKING:
+    from .quality.controller import QualityTarget
 
 __all__ = ["BatchSpec", "JoinSpec", "Subscription"]
 
 
 def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_quality(quality: object, size: int | None) -> None:
+    from .quality.controller import QualityTarget
+
+    if not isinstance(quality, QualityTarget):
+        raise ConfigurationError(
+            f"`quality` must be a QualityTarget, got {quality!r}; e.g. quality=QualityTarget(0.95)"
+        )
+    if size is None:
+        raise ConfigurationError(
+            "BatchSpec(quality=...) steers the batch size: give it the largest size, e.g. "
+            "BatchSpec(size=50, quality=QualityTarget(0.95), timeout=timedelta(seconds=30))"
+        )
+    if quality.min_size > size:
+        raise ConfigurationError(
+            f"the quality target's min_size={quality.min_size} is above BatchSpec(size={size}): the size could "
+            "never shrink; lower `min_size` or raise `size`"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +52,8 @@ class BatchSpec:
     Raises:
         ConfigurationError: `size` is not a positive int, `timeout` is not a
             positive timedelta, `max_tokens` is not a positive int or "auto",
-            none of the three is given, or `by` is not callable.
+            none of the three is given, `by` is not callable, or `quality` is
+            not a QualityTarget (or is given without `size`).
     """
 
     size: int | None = None
@@ -44,6 +67,10 @@ class BatchSpec:
     it goes alone. Each item's tokens are counted once, as it enters, by the consuming engine
     (`Engine.item_tokens`). "auto": what the engine's context leaves after its fixed instructions and schema
     and the room its answer needs (`Engine.batch_token_budget`; LLMEngine and DSPyEngine know it)."""
+    quality: QualityTarget | None = None
+    """Hold a quality target: the batch size shrinks below `size` while audited agreement with one-item answers
+    falls short of it, and grows back (at most to `size`) while it holds (`flock_llm.quality.QualityTarget`;
+    needs `size` and an engine that audits: LLMEngine or DSPyEngine, whose `audit=` defaults to `Audit()` here)."""
 
     def __post_init__(self) -> None:
         if self.size is not None and not _is_positive_int(self.size):
@@ -65,6 +92,8 @@ class BatchSpec:
                 "BatchSpec needs `size=`, `timeout=` or `max_tokens=`, e.g. "
                 "BatchSpec(size=25, timeout=timedelta(seconds=30))"
             )
+        if self.quality is not None:
+            _check_quality(self.quality, self.size)
         if self.by is not None and not callable(self.by):
             raise ConfigurationError(f"`by` must be a callable returning the partition key, got {self.by!r}")
         if self.timeout is None:

@@ -97,12 +97,20 @@ class BatchBuffer:
         return flushes[0] if flushes else None
 
     def add_counted(
-        self, item: Item, tokens: int, budget: int | None, *, now: float, wall: datetime | None = None
+        self,
+        item: Item,
+        tokens: int,
+        budget: int | None,
+        *,
+        now: float,
+        wall: datetime | None = None,
+        limit: int | None = None,
     ) -> tuple[list[Flush], bool]:
         """Add one item of `tokens` prompt tokens under a token `budget` (None: no budget). Returns the flushes it
         caused, in order (the batch so far, reason "tokens", when the item would take it over the budget; then
         the batch with the item, when that reached its size or budget: an item alone over the budget goes
-        alone), and whether the item opened a new batch (schedule its deadline).
+        alone), and whether the item opened a new batch (schedule its deadline). `limit`: the size the batch
+        flushes at when it is below the spec's (the effective size of `BatchSpec(quality=)`).
 
         An item that comes at or after the batch's deadline (its timer is late, or the item is a restored one
         that entered then) first flushes the batch, reason "timeout": it never belonged to it. So batches
@@ -121,6 +129,8 @@ class BatchBuffer:
         self.items.append(item)
         self.tokens += tokens
         size = self.batch_spec.size
+        if size is not None and limit is not None:
+            size = max(1, min(size, limit))
         if size is not None and len(self.items) >= size:
             flushes.append(self._take("size", now=now))
         elif budget is not None and self.tokens >= budget:
@@ -192,12 +202,14 @@ class BatchEngine:
         wall: datetime | None = None,
         tokens: int = 0,
         budget: int | None = None,
+        limit: int | None = None,
     ) -> AddOutcome:
-        """Add `item` (of `tokens` prompt tokens, under a token `budget` when the spec has one)."""
+        """Add `item` (of `tokens` prompt tokens, under a token `budget` when the spec has one; `limit`: an
+        effective size below the spec's)."""
         buf = self.batches.get(key)
         if buf is None:
             buf = self.batches[key] = BatchBuffer(spec, key=key)
-        flushes, opened = buf.add_counted(item, tokens, budget, now=now, wall=wall)
+        flushes, opened = buf.add_counted(item, tokens, budget, now=now, wall=wall, limit=limit)
         if not buf.items:
             del self.batches[key]
         return AddOutcome(tuple(flushes), buf.deadline if opened else None)

@@ -21,7 +21,7 @@ from ..tracing import Tracer
 from .intake import LocalIntake
 from .ledger import Ledger, Receipt
 from .outcomes import Outcomes
-from .ports import Held, Intake, LocalDurableStore, SharedStore
+from .ports import Held, Intake, KeepsSizeStates, LocalDurableStore, SharedStore
 from .router import Router
 from .runner import Runner
 from .timers import Clock
@@ -89,9 +89,11 @@ class Runtime:
             budget=budget,
             rate_windows=shared.rate_windows() if shared is not None else None,
             jobs=durable.job_journal() if durable is not None else None,
+            size_states=store.size_states() if isinstance(store, KeepsSizeStates) else None,
             release=self._release_run,
             forget=forgetting.consumed if forgetting is not None else None,
         )
+        self.runner_agents = agents
         services = RuntimeServices(
             agents, clock, self.router, self.ledger, self.outcomes, self.runner, self.metrics, tracer
         )
@@ -109,7 +111,13 @@ class Runtime:
 
     async def start(self) -> None:
         """Restore what a local durable store holds, or join the shared store's workers."""
+        self.check_agents()
         await self.intake.start()
+
+    def check_agents(self) -> None:
+        """Refuse agents that cannot run as defined (before anything is stored or delivered)."""
+        for agent in self.runner_agents.values():
+            agent.check_engine()
 
     # -- publishing -------------------------------------------------------------------------------------
 

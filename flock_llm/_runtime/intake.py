@@ -204,7 +204,12 @@ class LocalIntake:
         wall = None if key in self.batch_engine.batches else datetime.now(UTC)
         budget = self._runner.token_budget(agent, sub)
         tokens = 0 if budget is None else self._runner.item_tokens(agent, sub, item)
-        outcome = self.batch_engine.add(key, sub.batch, item, now=now, wall=wall, tokens=tokens, budget=budget)
+        limit = None  # BatchSpec(quality=): flush at the size the engine's controller holds
+        if sub.batch.quality is not None:
+            limit = self._runner.engine_for(agent).effective_batch_size(agent.name, sub.index)
+        outcome = self.batch_engine.add(
+            key, sub.batch, item, now=now, wall=wall, tokens=tokens, budget=budget, limit=limit
+        )
         for flush in outcome.flushes:
             self._cancel_timer(key)
             self._start(flush)

@@ -5,6 +5,8 @@ the Protocols it implements (checked with isinstance against these), never disco
     LocalDurableStore    commits units and restores pending deliveries on start (SQLite)
     SharedStore          commits units and brings its own intake (Redis: routing and batching happen in the
                          store, shared by every worker process)
+    KeepsSizeStates      keeps batch-size controller states (`BatchSpec(quality=)`): memory in its process,
+                         SQLite across restarts, Redis shared by every worker
     Intake               where stored artifacts go: routing, joins, batches, flushes; this process's own
                          (`LocalIntake`) or a shared store's. The runtime holds one and never asks which.
     IntakeServices       what an intake works through (the runtime's parts), and nothing more
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from ..agent import Agent
     from ..artifact import Artifact
     from ..engines import JobJournal, RateWindows
+    from ..quality.shared import SizeStates
     from ..stores.sqlite import Recovered
     from ..subscription import Subscription
     from ..tracing import Tracer
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from .router import Router
     from .runner import Runner
 
-__all__ = ["Held", "Intake", "IntakeServices", "LocalDurableStore", "SharedStore"]
+__all__ = ["Held", "Intake", "IntakeServices", "KeepsSizeStates", "LocalDurableStore", "SharedStore"]
 
 Held = list[tuple["Agent", "Subscription", "Artifact"]]
 """Deliveries of a publish that wait for its commit."""
@@ -50,6 +53,17 @@ class LocalDurableStore(Protocol):
 
     def job_journal(self) -> JobJournal:
         """Where provider batch jobs are recorded before submission, in the same file."""
+        ...
+
+
+@runtime_checkable
+class KeepsSizeStates(Protocol):
+    """A store that keeps the batch-size controller's states (`flock_llm.quality.shared`); a store without it
+    (yours) leaves them to each engine, in its process. Kept apart from the other ports so their checks do not
+    start to refuse stores written before it."""
+
+    def size_states(self) -> SizeStates:
+        """The states, as the store keeps them (every engine of the Flock reads and writes them there)."""
         ...
 
 

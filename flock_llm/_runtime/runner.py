@@ -21,6 +21,7 @@ from ..artifact import Artifact
 from ..engines import CostLedger, Engine, EngineContext, EvalInputs, EvalResult, JobJournal, RateWindows
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
+from ..quality.shared import SizeStates
 from ..subscription import Subscription
 from ..tracing import SpanHandle, Tracer
 from .batching import Flush, Item
@@ -80,6 +81,7 @@ class Runner:
         budget: CostLedger | None = None,
         rate_windows: RateWindows | None = None,
         jobs: JobJournal | None = None,
+        size_states: SizeStates | None = None,
         release: Callable[[Receipt], None] | None = None,
         forget: Callable[[tuple[Artifact, ...]], None] | None = None,
     ) -> None:
@@ -106,6 +108,8 @@ class Runner:
         """Per-minute limits: shared through the store (Redis), else this process's."""
         self.jobs = jobs
         """Where provider batch jobs are recorded (a SQLite store's file), for engines with tier="batch"."""
+        self.size_states = size_states
+        """Where batch-size controller states are kept (`BatchSpec(quality=)`): the store's, handed to engines."""
         self.release = release
         """Give back a run's slot and claim without acknowledging its entry (a shared intake's receipts)."""
         self.listeners: list[Callable[[FinishedRun], None]] = []
@@ -180,8 +184,6 @@ class Runner:
                 continue
             await asyncio.wait(list(self.tasks), timeout=remaining)
 
-    # -- one run -------------------------------------------------------------------------------------
-
     # -- token budgets (BatchSpec(max_tokens=)) -------------------------------------------------------
 
     def _static_context(self, agent: Agent, sub: Subscription) -> EngineContext:
@@ -197,6 +199,8 @@ class Runner:
             budget=self.budget,
             rate_windows=self.rate_windows,
             jobs=self.jobs,
+            quality=None if sub.batch is None else sub.batch.quality,
+            size_states=self.size_states,
         )
 
     def item_tokens(self, agent: Agent, sub: Subscription, item: Item) -> int:

@@ -17,6 +17,9 @@ from ..errors import ConfigurationError
 from ..tracing import SpanHandle, Tracer
 
 if TYPE_CHECKING:
+    from ..quality.controller import QualityTarget
+    from ..quality.shared import SizeStates
+    from ..subscription import BatchSpec
     from ._calls.prices import CostLedger
     from ._calls.rate import RateWindows
     from ._tiers.journal import JobJournal
@@ -64,6 +67,11 @@ class EngineContext:
     """Where per-minute limits are kept: this process's, or (Redis store) shared by every worker process."""
     jobs: JobJournal | None = field(default=None, repr=False, compare=False)
     """Where provider batch jobs are recorded before submission (the SQLite store's file; None: in memory)."""
+    quality: QualityTarget | None = None
+    """`BatchSpec(quality=...)` of the subscription: the quality target its batch size must hold (None: none)."""
+    size_states: SizeStates | None = field(default=None, repr=False, compare=False)
+    """Where batch-size controller states are kept: the store's (SQLite: across restarts; Redis: shared by every
+    worker process), or None (the engine keeps them in memory)."""
 
     @property
     def efficiency(self) -> float | None:
@@ -246,6 +254,24 @@ class Engine:
             ctx: the agent's context (its model and output types).
             size: the BatchSpec's `size`, if any.
         """
+        return None
+
+    def check_batch(self, agent: str, spec: BatchSpec) -> None:
+        """Refuse, when the agent is defined, a BatchSpec this engine cannot serve. The base refuses
+        `quality=` (a quality target steers by audits, which LLMEngine and DSPyEngine make).
+
+        Raises:
+            ConfigurationError: the spec asks for what the engine cannot do.
+        """
+        if spec.quality is not None:
+            raise ConfigurationError(
+                f"agent {agent!r}: BatchSpec(quality=...) steers the batch size by audited agreement, which "
+                f"{type(self).__name__} does not measure; use LLMEngine(per_item=True) or DSPyEngine(per_item=True)"
+            )
+
+    def effective_batch_size(self, agent: str, subscription_index: int) -> int | None:
+        """The batch size this engine currently wants for the subscription (`BatchSpec(quality=)`), below the
+        configured one; None: the configured size (the base, and until the engine knows)."""
         return None
 
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:

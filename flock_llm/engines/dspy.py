@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, create_model
 
@@ -29,6 +29,9 @@ from ._calls.shell import Ask, CallShell, Settled
 from ._ladder.engine import LadderEngine, context_window, output_limit
 from ._ladder.ladder import Answer, LadderItem, Repair
 from ._ladder.planning import answer_limit
+
+if TYPE_CHECKING:
+    from ..quality import Audit, QualityTarget, ReportFacts, Shuffle
 
 __all__ = ["DSPyEngine"]
 
@@ -72,6 +75,7 @@ class DSPyEngine(LadderEngine):
         budget_usd: a cap on what this engine's calls cost, as for LLMEngine; `Flock(budget_usd=)` caps this
             engine too. A module of yours that calls the LM several times per step is held to one call's worst
             case and settled with all of them.
+        audit, quality, shuffle, report_facts: measured quality, as for LLMEngine (`flock_llm.quality`).
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
 
@@ -95,6 +99,10 @@ class DSPyEngine(LadderEngine):
         tokens_per_minute: int | None = None,
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
+        audit: Audit | None = None,
+        quality: QualityTarget | None = None,
+        shuffle: Shuffle | bool | None = None,
+        report_facts: ReportFacts | bool | None = None,
         **lm_kwargs: Any,
     ) -> None:
         if signature is not None and module is not None:
@@ -115,6 +123,10 @@ class DSPyEngine(LadderEngine):
             tokens_per_minute=tokens_per_minute,
             prices=prices,
             budget_usd=budget_usd,
+            audit=audit,
+            quality=quality,
+            shuffle=shuffle,
+            report_facts=report_facts,
         )
         self.signature = signature
         self.module = module

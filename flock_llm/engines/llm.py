@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from .._numbers import number
 from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
@@ -39,6 +40,9 @@ from ._ladder.planning import answer_limit
 from ._tiers.jobs import DeferredPolicy, DeferredQueue
 from ._tiers.tiers import TIERS, ChatRequest, Tier, tier_for
 from ._tiers.tiers import deferrable as deferrable  # for `flock-llm reviews --estimate`: which models go into jobs
+
+if TYPE_CHECKING:
+    from ..quality import Audit, QualityTarget, ReportFacts, Shuffle
 
 __all__ = ["BreakerPolicy", "CallRecord", "DeferredPolicy", "LLMEngine", "RetryPolicy", "TokenPrices"]
 
@@ -96,6 +100,7 @@ class LLMEngine(LadderEngine):
         deferred: how batch-tier jobs are filled, polled and given up on (`tier="batch"` only).
         flex_wait: seconds a flex-tier batch waits out "resource unavailable" answers before it goes the
             standard way.
+        audit, quality, shuffle, report_facts: measured quality (`flock_llm.quality`; docs/quality.md).
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
 
@@ -125,6 +130,10 @@ class LLMEngine(LadderEngine):
         tier: str = "standard",
         deferred: DeferredPolicy | None = None,
         flex_wait: float = 600.0,
+        audit: Audit | None = None,
+        quality: QualityTarget | None = None,
+        shuffle: Shuffle | bool | None = None,
+        report_facts: ReportFacts | bool | None = None,
         **litellm_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -144,15 +153,17 @@ class LLMEngine(LadderEngine):
             tokens_per_minute=tokens_per_minute,
             prices=prices,
             budget_usd=budget_usd,
+            audit=audit,
+            quality=quality,
+            shuffle=shuffle,
+            report_facts=report_facts,
         )
         self.prompt_caching = prompt_caching
         if tier not in TIERS:
             raise ConfigurationError(f"`tier` must be one of {', '.join(TIERS)}, got {tier!r}")
-        if isinstance(flex_wait, bool) or not isinstance(flex_wait, (int, float)) or flex_wait < 0:
-            raise ConfigurationError(f"`flex_wait` must be a number of seconds >= 0, got {flex_wait!r}")
+        self.flex_wait = number("flex_wait", flex_wait, bound="non_negative", unit="seconds", fix="e.g. 600")
         self.tier = tier
         self.deferred = deferred or DeferredPolicy()
-        self.flex_wait = float(flex_wait)
         self._queue: DeferredQueue | None = None
         self._gated = False
         self.route: Tier = tier_for(tier, flex_wait=self.flex_wait, queue=self.deferred_queue)

@@ -12,8 +12,8 @@ all older ones), so a drifting provider is noticed. With `z` the normal quantile
   back (to the size before it);
 - the "clearly below" rule also looks at the latest `recent` audits alone, so a sudden drop (a provider that
   drifts) shows within a few audits; the evidence starts afresh after every change;
-- every change carries its reason; the state is a small JSON-able value (for a store to keep and share; the
-  stores do not do that yet: each process steers its own size).
+- every change carries its reason; the state is a small JSON-able value that the stores keep and share
+  (`flock_llm.quality.shared`: a restarted process resumes from it, Redis workers steer one size together).
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class QualityTarget:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
-        if self.grow_after is not None and (not isinstance(self.grow_after, int) or self.grow_after < 1):
+        if self.grow_after is not None and (
+            isinstance(self.grow_after, bool) or not isinstance(self.grow_after, int) or self.grow_after < 1
+        ):
             raise ConfigurationError(f"`grow_after` must be a positive integer or None, got {self.grow_after!r}")
         if self.memory is not None and (
             isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory <= self.audits_to_hold
@@ -154,9 +156,36 @@ class ControllerState:
         """Raises ConfigurationError for text that is not a saved state."""
         try:
             data = json.loads(text)
-            return cls(**data)
+            state = cls(**data)
         except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"not a saved batch-size controller state: {type(exc).__name__}") from None
+        problem = state._problem()
+        if problem:
+            raise ConfigurationError(f"not a saved batch-size controller state: {problem}")
+        return state
+
+    def _problem(self) -> str:
+        """What makes this state impossible ("" for none): a stored text may be foreign or corrupt."""
+
+        def count(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def amount(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not (count(self.size) and count(self.max_size) and 1 <= self.size <= self.max_size):
+            return f"size {self.size!r} is not an integer between 1 and max_size {self.max_size!r}"
+        if not (amount(self.n) and amount(self.agreed) and 0 <= self.agreed <= self.n + 1e-9):
+            return f"need 0 <= agreed <= n, got agreed={self.agreed!r}, n={self.n!r}"
+        if not (count(self.since_change) and self.since_change >= 0 and count(self.changes) and self.changes >= 0):
+            return "since_change and changes must be integers >= 0"
+        if not isinstance(self.recent, str) or self.recent.strip("01"):
+            return "recent must be a string of 0 and 1"
+        if self.before_growth is not None and not (count(self.before_growth) and self.before_growth >= 1):
+            return f"before_growth {self.before_growth!r} is not a positive integer"
+        if not isinstance(self.reason, str):
+            return "reason must be a string"
+        return ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,39 +10,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, sampled, shuffled_order
 from .compare import Comparison, compare_answers
-from .controller import ControllerState, QualityTarget, SizeChange, observe
+from .controller import ControllerState, QualityTarget
 from .facts import ReportFacts
 from .reask import reask_majority
 from .report_check import checked_report
 from .stats import AgreementTally, position_bucket
+from .steering import SizeEvent, SizeSteering
 
 if TYPE_CHECKING:
+    from collections import deque
+
     from pydantic import BaseModel
 
     from ..engines import Engine, EngineContext, EvalInputs, EvalResult
 
-__all__ = ["QualityGuard", "SizeEvent"]
+__all__ = ["DEFAULT_AUDIT", "QualityGuard", "SizeEvent"]
 
 log = logging.getLogger("flock_llm.quality")
 
+DEFAULT_AUDIT = Audit()
+"""The audit of a quality target (`quality=` of an engine or a BatchSpec) whose engine has no `audit=`: 2% of
+items, four times that while the controller warms up at a size."""
+
 Ladder = Callable[["EngineContext", "EvalInputs"], Awaitable["EvalResult"]]
-
-
-@dataclass(frozen=True, slots=True)
-class SizeEvent:
-    """A change of an agent's effective batch size, kept for the CLI and tests."""
-
-    agent: str
-    subscription_index: int
-    change: SizeChange
 
 
 class QualityGuard:
@@ -62,9 +59,29 @@ class QualityGuard:
         self.shuffle = shuffle
         self.tally = AgreementTally(audit.confidence if audit else 0.95)
         """Every audited comparison of this engine."""
-        self.states: dict[tuple[str, int], ControllerState] = {}
-        """The controller's state per (agent, subscription): `ControllerState.to_json()` to keep or share it."""
-        self.events: deque[SizeEvent] = deque(maxlen=1000)
+        self.steering = SizeSteering()
+        """The batch-size controller's state per (agent, subscription), kept in the run's store when it has one."""
+
+    @property
+    def states(self) -> dict[tuple[str, int], ControllerState]:
+        """The controller's state per (agent, subscription), as this process last read or wrote it."""
+        return self.steering.states
+
+    @property
+    def events(self) -> deque[SizeEvent]:
+        """The changes of effective batch size this process made (the latest 1000)."""
+        return self.steering.events
+
+    def target_for(self, ctx: EngineContext) -> QualityTarget | None:
+        """The quality target of the run: the engine's `quality=`, else its BatchSpec's (`ctx.quality`)."""
+        return self.target if self.target is not None else ctx.quality
+
+    def audit_for(self, ctx: EngineContext) -> Audit | None:
+        """The audit of the run: the engine's `audit=`; with a quality target (the engine's or the BatchSpec's)
+        and no `audit=`, `DEFAULT_AUDIT`."""
+        if self.audit is None and self.target_for(ctx) is not None:
+            return DEFAULT_AUDIT
+        return self.audit
 
     @classmethod
     def from_arguments(cls, arguments: dict[str, Any]) -> QualityGuard | None:
@@ -85,8 +102,6 @@ class QualityGuard:
             raise ConfigurationError(f"`audit` must be an Audit, got {audit!r}; e.g. audit=Audit(rate=0.02)")
         if target is not None and not isinstance(target, QualityTarget):
             raise ConfigurationError(f"`quality` must be a QualityTarget, got {target!r}; e.g. QualityTarget(0.95)")
-        if target is not None and audit is None:
-            raise ConfigurationError("`quality=QualityTarget(...)` steers by audited agreement: add `audit=Audit(...)`")
         if shuffle is True:
             shuffle = Shuffle()
         if shuffle is not None and shuffle is not False and not isinstance(shuffle, Shuffle):
@@ -98,8 +113,7 @@ class QualityGuard:
 
     def size_for(self, agent: str, subscription_index: int = 0) -> int | None:
         """The agent's effective batch size (None until its first batch, or without a target)."""
-        state = self.states.get((agent, subscription_index))
-        return None if state is None else state.size
+        return self.steering.size_for(agent, subscription_index)
 
     # -- a flushed batch ------------------------------------------------------------------------------------
 
@@ -110,7 +124,8 @@ class QualityGuard:
         if self.shuffle is not None:
             order = shuffled_order(self.shuffle.seed, ["|".join(a.id for a in item) for item in items])
             items = [items[n] for n in order]
-        size = self._size(ctx, len(items))
+        target = self.target_for(ctx)
+        size = max(1, len(items)) if target is None else (await self.steering.current(target, ctx, len(items))).size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
         results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder) for chunk in chunks))
         usage: dict[str, Any] = {}
@@ -121,39 +136,35 @@ class QualityGuard:
         merged = EvalResult.merge(results)
         return replace(merged, usage=usage)
 
-    def _size(self, ctx: EngineContext, batch: int) -> int:
-        if self.target is None:
-            return max(1, batch)
-        key = (ctx.agent_name, ctx.subscription_index)
-        if key not in self.states:
-            self.states[key] = self.target.start(max(1, ctx.configured_size or batch))
-        return self.states[key].size
-
     async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         result = await ladder(chunk_ctx, chunk)
         if self.facts is not None and not getattr(engine, "per_item", False):
             return await checked_report(chunk_ctx, chunk, result, self.facts, ladder)
-        if self.audit is None or not getattr(engine, "per_item", False):
+        audit, target = self.audit_for(ctx), self.target_for(ctx)
+        if audit is None or not getattr(engine, "per_item", False):
             return result
-        warming = self._warming(ctx)
-        audited = [
-            n for n, item in enumerate(chunk.items) if sampled(self.audit, (a.id for a in item), warming=warming)
-        ]
+        warming = target is not None and self.steering.warming(target, ctx)
+        audited = [n for n, item in enumerate(chunk.items) if sampled(audit, (a.id for a in item), warming=warming)]
         if not audited:
             return result
         usage = dict(result.usage)
-        checks = await asyncio.gather(*(self._audit(engine, chunk_ctx, chunk, n, result, usage) for n in audited))
-        self._steer(ctx, len(chunk), [c[0] for c in checks if c is not None], usage)
+        checks = await asyncio.gather(
+            *(self._audit(engine, audit, chunk_ctx, chunk, n, result, usage) for n in audited)
+        )
+        compared = [c[0] for c in checks if c is not None]
+        if target is not None and compared:
+            await self.steering.steer(target, ctx, len(chunk), sum(c.agreed for c in compared), len(compared), usage)
         result = replace(result, usage=usage)
         disagreeing = [(n, c[1]) for n, c in zip(audited, checks, strict=True) if c is not None and not c[0].agreed]
-        if self.audit.reask and disagreeing:
-            return await reask_majority(chunk_ctx, chunk, result, disagreeing, ladder, self.audit)
+        if audit.reask and disagreeing:
+            return await reask_majority(chunk_ctx, chunk, result, disagreeing, ladder, audit)
         return result
 
     async def _audit(
         self,
         engine: Engine,
+        audit: Audit,
         ctx: EngineContext,
         chunk: EvalInputs,
         position: int,
@@ -163,7 +174,6 @@ class QualityGuard:
         """Ask the item at `position` alone and compare; (comparison, the one-item answer) or None."""
         from ..engines import EvalInputs
 
-        assert self.audit is not None
         item = chunk.items[position]
         ids = tuple(a.id for a in item)
         batched = _output_for(result, ids)
@@ -186,7 +196,7 @@ class QualityGuard:
             add_usage(usage, {"audit_errors": 1})
             return None
         comparison = compare_answers(
-            batched, reference, tolerance=self.audit.tolerance, fields=self.audit.fields, ignore=self.audit.ignore
+            batched, reference, tolerance=audit.tolerance, fields=audit.fields, ignore=audit.ignore
         )
         self.tally.add(ctx.agent_name, comparison, position=position, batch_size=len(chunk))
         add_usage(usage, agreement_usage(comparison, position=position, batch_size=len(chunk)))
@@ -211,45 +221,6 @@ class QualityGuard:
             fields_agreed=sum(f.agreed for f in comparison.fields),
             disagreeing=",".join(comparison.disagreeing),
         )
-
-    def _warming(self, ctx: EngineContext) -> bool:
-        """Whether the controller still lacks the audits it needs at the current size."""
-        state = self.states.get((ctx.agent_name, ctx.subscription_index))
-        return self.target is not None and state is not None and state.n < 2 * self.target.audits_to_judge
-
-    def _steer(self, ctx: EngineContext, size: int, comparisons: list[Comparison], usage: dict[str, Any]) -> None:
-        key = (ctx.agent_name, ctx.subscription_index)
-        if self.target is None or not comparisons or key not in self.states:
-            return
-        current = self.states[key].size
-        if size > current or size < 0.75 * current:  # another size's evidence: before a change, or a remainder chunk
-            add_usage(usage, {"audit_other_size": len(comparisons)})
-            return
-        agreed = sum(c.agreed for c in comparisons)
-        state, change = observe(self.target, self.states[key], agreed, len(comparisons))
-        self.states[key] = state
-        if change is None:
-            return
-        self.events.append(SizeEvent(ctx.agent_name, ctx.subscription_index, change))
-        add_usage(usage, {f"batch_size_{change.direction}s": 1})
-        log.info("agent %r: batch size %d -> %d: %s", ctx.agent_name, change.old, change.new, change.reason)
-        if ctx.tracer is not None:
-            now = time.time_ns()
-            ctx.tracer.record(
-                "flock.quality.batch_size",
-                start_ns=now,
-                end_ns=now,
-                parent=ctx.trace_parent,
-                agent=ctx.agent_name,
-                subscription=ctx.subscription_index,
-                old_size=change.old,
-                new_size=change.new,
-                direction=change.direction,
-                reason=change.reason,
-                agreement_low=change.low,
-                agreement_high=change.high,
-                audits=change.audits,
-            )
 
 
 def _output_for(result: EvalResult, ids: tuple[str, ...]) -> BaseModel | None:

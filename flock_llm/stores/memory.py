@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from ..artifact import Artifact
 from ..registry import type_name_of
+
+if TYPE_CHECKING:
+    from ..quality.shared import MemorySizeStates
 
 __all__ = ["ArtifactStore", "InMemoryStore"]
 
@@ -53,6 +56,15 @@ class InMemoryStore:
         self._by_id: dict[str, Artifact] = {}
         self._by_type: dict[str, dict[str, Artifact]] = {}
         self._awaiting: dict[str, int] = {}
+        self._size_states: MemorySizeStates | None = None
+
+    def size_states(self) -> MemorySizeStates:
+        """Batch-size controller states (`BatchSpec(quality=)`), shared by the engines of this process."""
+        if self._size_states is None:
+            from ..quality.shared import MemorySizeStates
+
+            self._size_states = MemorySizeStates()
+        return self._size_states
 
     def add(self, artifact: Artifact) -> None:
         """Keep a published artifact."""

@@ -34,6 +34,7 @@ from .memory import InMemoryStore
 
 if TYPE_CHECKING:
     from .sqlite_journal import SQLiteJournal
+    from .sqlite_sizes import SQLiteSizeStates
 
 __all__ = ["PendingDelivery", "Recovered", "SQLiteStore", "Unit"]
 
@@ -258,6 +259,7 @@ class SQLiteStore(InMemoryStore):
             )
         self.path = Path(path)
         self._journal: SQLiteJournal | None = None
+        self._sizes: SQLiteSizeStates | None = None
         self.ack = ack
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = open_database(self.path, busy_timeout=min(1.0, float(lock_timeout)))
@@ -359,6 +361,14 @@ class SQLiteStore(InMemoryStore):
             self._journal = SQLiteJournal(self.path)
         return self._journal
 
+    def size_states(self) -> SQLiteSizeStates:  # type: ignore[override]  # kept in the file, not in memory
+        """Batch-size controller states (`BatchSpec(quality=)`), kept in this file: a restart resumes from them."""
+        if self._sizes is None:
+            from .sqlite_sizes import SQLiteSizeStates
+
+            self._sizes = SQLiteSizeStates(self.path)
+        return self._sizes
+
     def close(self) -> None:
         """Commit what is queued and close the file."""
         if self._writer.is_alive():
@@ -367,3 +377,5 @@ class SQLiteStore(InMemoryStore):
         self._connection.close()
         if self._journal is not None:
             self._journal.close()
+        if self._sizes is not None:
+            self._sizes.close()

@@ -178,7 +178,7 @@ async def test_shuffled_calls_keep_answers_aligned_to_their_items(degrading: Fak
     ("kwargs", "message"),
     [
         ({"audit": 0.02}, "must be an Audit"),
-        ({"quality": QualityTarget()}, "add `audit="),
+        ({"quality": QualityTarget()}, "per_item=True"),
         ({"audit": Audit(), "quality": 0.95}, "must be a QualityTarget"),
         ({"shuffle": "yes"}, "`shuffle` must be"),
     ],

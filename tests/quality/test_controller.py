@@ -3,6 +3,8 @@ slowly while it holds, says why, and its state survives a JSON round trip."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from flock_llm.errors import ConfigurationError
@@ -159,16 +161,39 @@ def test_long_runs_of_decayed_counts_never_round_agreement_above_the_audits() ->
 
 def test_a_remainder_chunk_is_no_evidence_about_the_effective_size() -> None:
     from flock_llm.engines import EngineContext
-    from flock_llm.quality import Comparison, FieldAgreement
     from flock_llm.quality.audit import Audit
     from flock_llm.quality.guard import QualityGuard
 
     guard = QualityGuard(Audit(), QualityTarget(0.95), None)
     guard.states[("a", 0)] = ControllerState(size=38, max_size=50)
     ctx = EngineContext(agent_name="a")
-    agree = Comparison((FieldAgreement("label", "exact", True, 1.0),))
     usage: dict[str, object] = {}
-    guard._steer(ctx, 12, [agree] * 5, usage)  # 50 at size 38 goes out as 38 + 12
+    target = QualityTarget(0.95)
+    asyncio.run(guard.steering.steer(target, ctx, 12, 5, 5, usage))  # 50 at size 38 goes out as 38 + 12
     assert usage == {"audit_other_size": 5} and guard.states[("a", 0)].n == 0
-    guard._steer(ctx, 38, [agree] * 5, usage)
+    asyncio.run(guard.steering.steer(target, ctx, 38, 5, 5, usage))
     assert guard.states[("a", 0)].n > 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"size": -5, "max_size": "x"}',  # finding F3 (atkquality): accepted, would steer batches of -5 items
+        '{"size": 20, "max_size": 10}',
+        '{"size": 5, "max_size": 10, "n": 2.0, "agreed": 3.0}',
+        '{"size": 5, "max_size": 10, "recent": "10x"}',
+        '{"size": 5, "max_size": 10, "n": NaN}',
+        '{"size": true, "max_size": 10}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_stored_state_with_impossible_values_is_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a saved batch-size controller state"):
+        ControllerState.from_json(text)
+
+
+def test_a_bool_is_not_a_grow_after_count() -> None:
+    """Finding F2 (atkquality): QualityTarget(grow_after=True) was taken as 1."""
+    with pytest.raises(ConfigurationError, match="grow_after"):
+        QualityTarget(grow_after=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -27,6 +27,10 @@ from .ladder import (
     LadderItem,
 )
 from .planning import AnswerPlan, auto_budget
+
+if TYPE_CHECKING:
+    from ...quality import Audit, QualityTarget, ReportFacts, Shuffle
+    from ...subscription import BatchSpec
 
 __all__ = ["DEFAULT_MAX_INPUT_TOKENS", "LadderBackend", "LadderEngine", "context_window", "output_limit"]
 
@@ -142,11 +146,23 @@ class LadderEngine(ModelEngine):
         tokens_per_minute: int | None = None,
         prices: TokenPrices | Mapping[str, float] | None = None,
         budget_usd: float | None = None,
+        audit: Audit | None = None,
+        quality: QualityTarget | None = None,
+        shuffle: Shuffle | bool | None = None,
+        report_facts: ReportFacts | bool | None = None,
     ) -> None:
         from ...quality.guard import QualityGuard
 
-        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
+        self.quality = QualityGuard.from_arguments(
+            {"audit": audit, "quality": quality, "shuffle": shuffle, "report_facts": report_facts}
+        )
+        if quality is not None and not per_item:
+            raise ConfigurationError(
+                f"`quality=` steers by audits of per-item answers; a report has no one-item answer to compare "
+                f"with: use {self.engine_name}(per_item=True, quality=...) or drop `quality=`"
+            )
         """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
+        self._spec_guard: QualityGuard | None = None
         for name in reserved:
             if name in passthrough:
                 raise ConfigurationError(f"`{name}` is set by {self.engine_name} itself; remove it from the arguments")
@@ -255,9 +271,45 @@ class LadderEngine(ModelEngine):
     async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
         return await self._run(ctx, inputs, fallback=True)
 
+    def check_batch(self, agent: str, spec: BatchSpec) -> None:
+        """`BatchSpec(quality=)` needs per-item answers (a report has no one-item answer to audit) and, when the
+        engine has its own `quality=`, the same target; a target's `min_size` must not be above the batch size."""
+        own = self.quality.target if self.quality is not None else None
+        target = spec.quality or own
+        if target is not None and spec.size is not None and target.min_size > spec.size:
+            raise ConfigurationError(
+                f"agent {agent!r}: the quality target's min_size={target.min_size} is above the batch size "
+                f"{spec.size}: the size could never shrink; lower `min_size` or raise BatchSpec(size=)"
+            )
+        if spec.quality is None:
+            return
+        if not self.per_item:
+            raise ConfigurationError(
+                f"agent {agent!r}: BatchSpec(quality=...) steers by audits of per-item answers; a report has no "
+                f"one-item answer to compare with: use {self.engine_name}(per_item=True) or drop `quality=`"
+            )
+        if own is not None and own != spec.quality:
+            raise ConfigurationError(
+                f"agent {agent!r}: the engine's quality={own!r} and BatchSpec(quality={spec.quality!r}) differ; "
+                "set the target in one place (BatchSpec's, per agent; or the engine's, for every agent using it)"
+            )
+
+    def effective_batch_size(self, agent: str, subscription_index: int) -> int | None:
+        """The size the batch-size controller holds the subscription at (None: no target, or not known yet)."""
+        for guard in (self.quality, self._spec_guard):
+            size = None if guard is None else guard.size_for(agent, subscription_index)
+            if size is not None:
+                return size
+        return None
+
     async def _run(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool) -> EvalResult:
-        if fallback and self.quality is not None:  # a flushed batch: shuffled, chunked, audited (flock_llm.quality)
-            return await self.quality.run(self, ctx, inputs, self._ladder)
+        guard = self.quality
+        if guard is None and ctx.quality is not None:  # BatchSpec(quality=) on an engine without audit=
+            from ...quality.guard import QualityGuard
+
+            guard = self._spec_guard = self._spec_guard or QualityGuard(None, None, None)
+        if fallback and guard is not None:  # a flushed batch: shuffled, chunked, audited (flock_llm.quality)
+            return await guard.run(self, ctx, inputs, self._ladder)
         return await self._ladder(ctx, inputs, fallback=fallback)
 
     async def _ladder(self, ctx: EngineContext, inputs: EvalInputs, *, fallback: bool = True) -> EvalResult:

@@ -147,8 +147,10 @@ class RedisWorker:
         await self.store.aclose()
 
     async def finish(self, deadline: float | None) -> None:
-        """At shutdown: stop taking work; what is open stays in Redis for the other workers."""
+        """At shutdown: stop taking work; what is open stays in Redis for the other workers. At `deadline`
+        (loop time) the runs still going are cancelled: their entries stay unacknowledged, for another worker."""
         await self.stop()
+        await self.services.runner.idle_by(deadline)
 
     def hold(self) -> Held | None:
         return None  # (a publish is delivered by whichever worker reads it, after Redis has it)

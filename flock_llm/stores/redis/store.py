@@ -24,6 +24,7 @@ from .intake import RedisWorker
 from .journal import RedisJournal
 from .rate import RedisWindows
 from .retention import trim
+from .sizes import RedisSizeStates
 from .support import (
     READY_GROUP,
     connection_errors,
@@ -153,6 +154,11 @@ class RedisStore(RedisConnection):
     def job_journal(self) -> RedisJournal:
         """Provider batch jobs (`LLMEngine(tier="batch")`), recorded in Redis before they are submitted."""
         return RedisJournal(self)
+
+    def size_states(self) -> RedisSizeStates:
+        """Batch-size controller states (`BatchSpec(quality=)`), one per agent subscription, shared by every worker
+        process of this store (a compare-and-set script: concurrent changes are not lost)."""
+        return RedisSizeStates(self)
 
     def rate_windows(self) -> RedisWindows:
         """Per-minute limits (`LLMEngine(tokens_per_minute=)`) shared by every worker process of this store."""
