@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,6 +64,11 @@ class EngineContext:
     """Where per-minute limits are kept: this process's, or (Redis store) shared by every worker process."""
     jobs: JobJournal | None = field(default=None, repr=False, compare=False)
     """Where provider batch jobs are recorded before submission (the SQLite store's file; None: in memory)."""
+    facts: Callable[[type[BaseModel], Sequence[str]], Mapping[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Report facts (`report_facts=`): the values code computes for an output type from the items with these
+    artifact ids; LLM engines put them in the prompt as data (see `flock_llm.quality.facts`)."""
 
     @property
     def efficiency(self) -> float | None:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, sampled, shuffled_order
+from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, audited_positions, shuffled_order
 from .compare import Comparison, compare_answers
 from .controller import ControllerState, QualityTarget, SizeChange, observe
 from .facts import ReportFacts
 from .reask import reask_majority
-from .report_check import checked_report
+from .report_check import checked_report, prompt_facts
 from .stats import AgreementTally, position_bucket
 
 if TYPE_CHECKING:
@@ -131,15 +131,14 @@ class QualityGuard:
 
     async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
+        if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
+            chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
+            return await checked_report(chunk_ctx, chunk, await ladder(chunk_ctx, chunk), self.facts, ladder)
         result = await ladder(chunk_ctx, chunk)
-        if self.facts is not None and not getattr(engine, "per_item", False):
-            return await checked_report(chunk_ctx, chunk, result, self.facts, ladder)
         if self.audit is None or not getattr(engine, "per_item", False):
             return result
         warming = self._warming(ctx)
-        audited = [
-            n for n, item in enumerate(chunk.items) if sampled(self.audit, (a.id for a in item), warming=warming)
-        ]
+        audited = audited_positions(self.audit, [[a.id for a in item] for item in chunk.items], warming=warming)
         if not audited:
             return result
         usage = dict(result.usage)
