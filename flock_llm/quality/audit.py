@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._numbers import number
 from ..engines import CALL_COUNTERS  # what a call adds: one list for every path
 from ..errors import ConfigurationError
 from .compare import Comparison, Tolerance
@@ -62,12 +63,25 @@ class Audit:
             raise ConfigurationError(f"`rate` must be a share in (0, 1], got {self.rate!r}; e.g. Audit(rate=0.02)")
         if isinstance(self.per_call, bool) or not isinstance(self.per_call, int) or self.per_call < 1:
             raise ConfigurationError(f"`per_call` must be a whole number >= 1, got {self.per_call!r}")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, (int, float)) or self.warmup < 1:
+        if number("warmup", self.warmup, fix="e.g. Audit(warmup=4.0); 1.0 turns it off") < 1:
             raise ConfigurationError(f"`warmup` must be a number >= 1, got {self.warmup!r}")
         if not isinstance(self.tolerance, Tolerance):
             raise ConfigurationError(f"`tolerance` must be a Tolerance, got {self.tolerance!r}")
-        if not 0 < self.confidence < 1:
+        if number("confidence", self.confidence, fix="e.g. Audit(confidence=0.95)") >= 1:
             raise ConfigurationError(f"`confidence` must be between 0 and 1, got {self.confidence!r}")
+        _check_names("ignore", self.ignore)
+        if self.fields is not None and not set(_check_names("fields", self.fields)) - set(self.ignore):
+            raise ConfigurationError(
+                f"`fields={self.fields!r}` (less `ignore`) compares nothing: every audit would count as agreement"
+            )
+
+
+def _check_names(name: str, names: object) -> tuple[str, ...]:
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+        raise ConfigurationError(f"`{name}` must be a tuple of field names, got {names!r}; e.g. ({names!r},)")
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigurationError(f"`{name}` must hold field names (strings), got {names!r}")
+    return tuple(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +106,7 @@ def audited_positions(audit: Audit, items: Sequence[Sequence[str]], *, warming: 
     items are seeded by the artifact ids: the same choice on every worker and every run, and positions are
     sampled uniformly.
     """
-    if not items:
+    if len(items) < 2:  # a one-item call answered alone already: auditing it would pay to compare it with itself
         return []
     expected = audit.rate * audit.per_call * (audit.warmup if warming else 1.0)
     keys = ["|".join(ids) for ids in items]

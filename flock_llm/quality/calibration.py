@@ -136,6 +136,9 @@ async def calibrate(
     to its true value of `gold_field`."""
     if not 0 < tolerance < 1:
         raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad or not sizes:
+        raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
     from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))

@@ -35,6 +35,10 @@ log = logging.getLogger("flock_llm.quality")
 
 Ladder = Callable[["EngineContext", "EvalInputs"], Awaitable["EvalResult"]]
 
+_NOT_ONE_CALL = ("splits", "overflow_splits", "fallbacks")
+"""Usage counters of a chunk whose answers did not all come from one call of its size: auditing it would count
+answers given in halves or alone as agreement at the chunk's size."""
+
 
 @dataclass(frozen=True, slots=True)
 class SizeEvent:
@@ -137,6 +141,8 @@ class QualityGuard:
         result = await ladder(chunk_ctx, chunk)
         if self.audit is None or not getattr(engine, "per_item", False):
             return result
+        if any(result.usage.get(name) for name in _NOT_ONE_CALL):  # answered by parts or alone: not at this size
+            return replace(result, usage={**result.usage, "audit_skipped_chunks": 1})
         warming = self._warming(ctx)
         audited = audited_positions(self.audit, [[a.id for a in item] for item in chunk.items], warming=warming)
         if not audited:
@@ -184,9 +190,14 @@ class QualityGuard:
         if reference is None or type(reference) is not type(batched):
             add_usage(usage, {"audit_errors": 1})
             return None
-        comparison = compare_answers(
-            batched, reference, tolerance=self.audit.tolerance, fields=self.audit.fields, ignore=self.audit.ignore
-        )
+        try:
+            comparison = compare_answers(
+                batched, reference, tolerance=self.audit.tolerance, fields=self.audit.fields, ignore=self.audit.ignore
+            )
+        except ConfigurationError as exc:  # Audit(fields=...) names a field the output lacks: the answer stands
+            log.warning("agent %r: an audit could not compare the answers: %s", ctx.agent_name, exc)
+            add_usage(usage, {"audit_errors": 1})
+            return None
         self.tally.add(ctx.agent_name, comparison, position=position, batch_size=len(chunk))
         add_usage(usage, agreement_usage(comparison, position=position, batch_size=len(chunk)))
         self._span(ctx, comparison, position, len(chunk), started_ns)
