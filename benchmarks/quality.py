@@ -187,6 +187,7 @@ async def stream(data: Snippets, n: int, size: int, *, audit: Audit | None, targ
         "agreement": sum(agreed) / n, "cost_per_item": (usage.get("cost_usd") or 0.0) / n,
         "tokens_per_item": (usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)) / n,
         "calls": usage.get("llm_calls", 0), "audit_calls": usage.get("audit_llm_calls", 0),
+        "agreement_audited": usage.get("audit_compared", 0),
         "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
         "audit_tokens": usage.get("audit_prompt_tokens", 0) + usage.get("audit_completion_tokens", 0),
         "size_changes": sizes, "wall_s": round(wall, 1),
@@ -215,16 +216,18 @@ def verdict(ok: bool) -> str:
 async def main(n: int, sample: int, rate: float, only: str, seeds: list[int], save: str) -> None:
     rows = load()
     print(f"{len(rows)} snippets from {DATA.name}; simulated provider (flock_llm.testing.degrade); seeds {seeds}")
-    found: dict[str, list[dict[str, Any]]] = {"a": [], "b": [], "c": [], "d": []}
+    found: dict[str, list[dict[str, Any]]] = {"a": [], "bf": [], "ba": [], "c": [], "d": []}
     for seed in seeds:
         data = Snippets(rows, seed)
         print(f"\n======== seed {seed} ========")
         if only in ("", "a"):
             found["a"].append(await part_a(data, sample, seed))
-        if only in ("", "b", "c"):
-            b, c = await parts_bc(data, n, rate, seed, only)
-            found["b"] += [b] if b else []
-            found["c"] += [c] if c else []
+        if only in ("", "b", "bf"):
+            found["bf"].append(await part_b_fixed(data, n, seed))
+        if only in ("", "b", "ba"):
+            found["ba"].append(await part_b_adaptive(data, n, rate, seed))
+        if only in ("", "c"):
+            found["c"].append(await part_c(data, n, seed))
         if only in ("", "d"):
             found["d"].append(await part_d(data, min(n, 2000), seed))
     if save:  # one process per seed on a machine with cores to spare; `--combine` prints the criteria over all
@@ -234,7 +237,7 @@ async def main(n: int, sample: int, rate: float, only: str, seeds: list[int], sa
 
 def combine(paths: list[str]) -> None:
     """The done-when criteria over the `--save` files of several runs (each run's own output has its figures)."""
-    found: dict[str, list[dict[str, Any]]] = {"a": [], "b": [], "c": [], "d": []}
+    found: dict[str, list[dict[str, Any]]] = {"a": [], "bf": [], "ba": [], "c": [], "d": []}
     rates = set()
     for path in paths:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -247,6 +250,8 @@ def combine(paths: list[str]) -> None:
 
 def criteria(found: dict[str, list[dict[str, Any]]], rate: float) -> None:
     print("\n======== done-when, over every seed ========")
+    adaptive = {row["seed"]: row for row in found["ba"]}
+    found["b"] = [judge_b(row, adaptive[row["seed"]]) for row in found["bf"] if row["seed"] in adaptive]
     if found["a"]:
         cases = [row for seed in found["a"] for row in seed["rows"]]
         ok = sum(row["ok"] for row in cases)
@@ -255,7 +260,8 @@ def criteria(found: dict[str, list[dict[str, Any]]], rate: float) -> None:
     if found["b"]:
         for b in found["b"]:
             print(f"(b) seed {b['seed']}: {b['windows_at_target']:.1%} of windows at target, cost/item "
-                  f"{b['ratio']:.2f}x the best fixed size ({b['best']}): {verdict(b['ok'])}")  # fmt: skip
+                  f"${b['cost']:.6f} = {b['ratio']:.2f}x the best fixed size ({b['best']}, ${b['best_cost']:.6f}): "
+                  f"{verdict(b['ok'])}")  # fmt: skip
         held = sum(b["held"] for b in found["b"]) / sum(b["windows"] for b in found["b"])
         worst_share = min(b["windows_at_target"] for b in found["b"])
         worst_ratio = max(b["ratio"] for b in found["b"])
@@ -334,45 +340,55 @@ async def part_a(data: Snippets, sample: int, seed: int) -> dict[str, Any]:
     return {"seed": seed, "rows": cal, "ok": sum(row["ok"] for row in cal)}
 
 
-async def parts_bc(
-    data: Snippets, n: int, rate: float, seed: int, only: str
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+async def part_b_fixed(data: Snippets, n: int, seed: int) -> dict[str, Any]:
+    """(b) without audit at fixed sizes, largest first: the first size that holds is the cheapest that does."""
     fixed: list[dict[str, Any]] = []
-    for size in (50, 25, 10, 5):  # largest first: the first size that holds is the cheapest that does
+    for size in (50, 25, 10, 5):
         fixed.append(await stream(data, n, size, audit=None, target=None, seed=seed))
         if size <= 25 and fixed[-1]["windows_at_target"] >= 0.95:
             break
-    b = None
-    if only in ("", "b"):
-        target = QualityTarget(TARGET, min_audits=5)
-        adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=seed), target=target, seed=seed)
-        show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; adaptive: Audit(rate={rate:g})",
-             [*fixed, adaptive], ["size", "audit", "windows_at_target", "agreement", "cost_per_item", "calls",
-                                  "audit_calls", "wall_s"])  # fmt: skip
-        print(f"    adaptive size changes: {adaptive['size_changes']}; windows below target: {adaptive['below']}")
-        for reason in adaptive["reasons"]:
-            print(f"      - {reason}")
-        holding = [f for f in fixed if f["windows_at_target"] >= 0.95]
-        best = min(holding, key=lambda f: f["cost_per_item"]) if holding else min(fixed, key=lambda f: f["size"])
-        ratio = adaptive["cost_per_item"] / best["cost_per_item"]
-        print(f"    best fixed size in hindsight: {best['size']} (cost/item ${best['cost_per_item']:.6f}); adaptive "
-              f"holds {adaptive['windows_at_target']:.0%} of windows at {ratio:.2f}x its cost per item "
-              f"(done-when: >= 95% of windows, <= 1.20x)")  # fmt: skip
-        share = adaptive["windows_at_target"]
-        b = {"seed": seed, "windows_at_target": share, "windows": adaptive["windows"],
-             "held": round(share * adaptive["windows"]), "ratio": ratio, "best": best["size"],
-             "ok": share >= 0.95 and ratio <= 1.20}  # fmt: skip
+    show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; fixed sizes, no audit", fixed,
+         ["size", "windows_at_target", "agreement", "cost_per_item", "calls", "wall_s"])  # fmt: skip
+    return {"seed": seed, "fixed": fixed}
 
+
+async def part_b_adaptive(data: Snippets, n: int, rate: float, seed: int) -> dict[str, Any]:
+    """(b) BatchSpec(size=50) + Audit(rate) + QualityTarget(0.95, min_audits=5)."""
+    target = QualityTarget(TARGET, min_audits=5)
+    adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=seed), target=target, seed=seed)
+    show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; adaptive: Audit(rate={rate:g})",
+         [adaptive], ["size", "windows_at_target", "agreement", "cost_per_item", "calls", "audit_calls",
+                      "wall_s"])  # fmt: skip
+    print(f"    adaptive size changes: {adaptive['size_changes']}; windows below target: {adaptive['below']}")
+    for reason in adaptive["reasons"]:
+        print(f"      - {reason}")
+    return {"seed": seed, "adaptive": adaptive}
+
+
+def judge_b(fixed: dict[str, Any], adaptive: dict[str, Any]) -> dict[str, Any]:
+    """The adaptive run against the best fixed size in hindsight (the cheapest that holds 95% of windows)."""
+    sizes, run = fixed["fixed"], adaptive["adaptive"]
+    holding = [f for f in sizes if f["windows_at_target"] >= 0.95]
+    best = min(holding, key=lambda f: f["cost_per_item"]) if holding else min(sizes, key=lambda f: f["size"])
+    ratio = run["cost_per_item"] / best["cost_per_item"]
+    share = run["windows_at_target"]
+    return {"seed": fixed["seed"], "windows_at_target": share, "windows": run["windows"],
+            "held": round(share * run["windows"]), "ratio": ratio, "best": best["size"],
+            "best_cost": best["cost_per_item"], "cost": run["cost_per_item"],
+            "ok": share >= 0.95 and ratio <= 1.20}  # fmt: skip
+
+
+async def part_c(data: Snippets, n: int, seed: int) -> dict[str, Any]:
+    """(c) Audit(rate=0.02) at size 25 without drift, against the same run without audit."""
+    plain = await stream(data, n, 25, audit=None, target=None, seed=seed, drift=False)
     audited = await stream(data, n, 25, audit=Audit(rate=0.02, seed=seed), target=None, seed=seed, drift=False)
-    plain = next(f for f in fixed if f["size"] == 25)
     calls_share = audited["audit_calls"] / audited["calls"]
     tokens_share = audited["audit_tokens"] / audited["tokens"]
     print(f"\n(c) audit at 2% of the calls, size 25, {n} snippets: {audited['audit_calls']} audit calls of "
           f"{audited['calls']} ({calls_share:.1%} of the run's calls); {audited['audit_tokens']:,} of "
-          f"{audited['tokens']:,} tokens ({tokens_share:.1%}); cost/item "
-          f"{audited['cost_per_item'] / plain['cost_per_item']:.2f}x the unaudited run")  # fmt: skip
-    c = {**audited, "seed": seed, "calls_share": calls_share, "tokens_share": tokens_share}
-    return b, c
+          f"{audited['tokens']:,} tokens ({tokens_share:.1%}); {audited['agreement_audited']} items audited; "
+          f"cost/item {audited['cost_per_item'] / plain['cost_per_item']:.3f}x the unaudited run")  # fmt: skip
+    return {**audited, "seed": seed, "calls_share": calls_share, "tokens_share": tokens_share}
 
 
 if __name__ == "__main__":
@@ -382,7 +398,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rate", type=float, default=1.0, help="audit rate (share of calls) of the adaptive run in (b)"
     )
-    parser.add_argument("--only", choices=("a", "b", "c", "d"), default="", help="run one part")
+    parser.add_argument("--only", choices=("a", "b", "bf", "ba", "c", "d"), default="",
+                        help="run one part (bf: (b)'s fixed sizes, ba: (b)'s adaptive run)")  # fmt: skip
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (0 is the tuning seed)")
     parser.add_argument("--save", default="", help="also write the figures as JSON to this file")
     parser.add_argument("--combine", nargs="+", help="print the criteria over the --save files of earlier runs")
