@@ -243,7 +243,7 @@ def combine(paths: list[str]) -> None:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         rates.add(saved["rate"])
         for part, rows in saved["found"].items():
-            found[part] += rows
+            found.setdefault(part, []).extend(rows)
     print(f"combined {len(paths)} runs: seeds {sorted({row['seed'] for rows in found.values() for row in rows})}")
     criteria(found, rates.pop() if len(rates) == 1 else float("nan"))
 
