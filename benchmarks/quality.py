@@ -353,9 +353,14 @@ async def part_b_fixed(data: Snippets, n: int, seed: int) -> dict[str, Any]:
     return {"seed": seed, "fixed": fixed}
 
 
+GROW_AFTER: int | None = None
+"""`--grow-after`: the controller's `grow_after` in (b) (None: its default)."""
+
+
 async def part_b_adaptive(data: Snippets, n: int, rate: float, seed: int) -> dict[str, Any]:
-    """(b) BatchSpec(size=50) + Audit(rate) + QualityTarget(0.95, min_audits=5)."""
-    target = QualityTarget(TARGET, min_audits=5)
+    """(b) BatchSpec(size=50) + Audit(rate) + QualityTarget(0.95, min_audits=5[, grow_after])."""
+    target = QualityTarget(TARGET, min_audits=5, grow_after=GROW_AFTER)
+    print(f"    controller: {target}")
     adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=seed), target=target, seed=seed)
     show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; adaptive: Audit(rate={rate:g})",
          [adaptive], ["size", "windows_at_target", "agreement", "cost_per_item", "calls", "audit_calls",
@@ -404,7 +409,9 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (0 is the tuning seed)")
     parser.add_argument("--save", default="", help="also write the figures as JSON to this file")
     parser.add_argument("--combine", nargs="+", help="print the criteria over the --save files of earlier runs")
+    parser.add_argument("--grow-after", type=int, default=None, help="(b)'s QualityTarget(grow_after=)")
     args = parser.parse_args()
+    GROW_AFTER = args.grow_after
     if args.combine:
         combine(args.combine)
     else:
