@@ -67,8 +67,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `flock-llm calibrate`; returns the exit status (0 done, 2 usage error: nothing sent, 3 the --report
-    page could not be written after the run)."""
+    """Run `flock-llm calibrate`; returns the exit status (0 done; 1 every batched call failed, nothing was
+    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run)."""
     from ..engines.llm import LLMEngine
 
     env = dict(os.environ)
@@ -88,19 +88,24 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError(problem.replace("--output", "--report"))
         engine = LLMEngine(per_item=True, timeout=number("--request-timeout", args.request_timeout, unit="seconds"))
         reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
+        model = resolve_model(None, args.model, env)
     except (ConfigurationError, OSError) as exc:
         sys.stderr.write(f"flock-llm calibrate: {exc}\n")
         return 2
     ctx = EngineContext(agent_name=AGENT, description=describe(True), publishes=(ReviewLabel,), model=args.model,
                         env=env)  # fmt: skip
     artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
-    model = resolve_model(None, args.model, env)
     if args.estimate:
         return _estimate(engine, ctx, artifacts, sizes, model, args.json)
     result = asyncio.run(
         calibrate(engine, ctx, artifacts, sizes, model=model, tolerance=args.tolerance, gold=gold, gold_field=field)
     )
     _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))
+    batched = [row for row in result.rows if row.size > 1]
+    if batched and all(row.failed == row.items for row in batched):
+        sys.stderr.write("flock-llm calibrate: every batched call failed, nothing was compared (see the warnings "
+                         "above for the provider's errors)\n")  # fmt: skip
+        return 1
     if args.report is not None:
         try:
             write_atomically(args.report, page(result))
@@ -111,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(path: Path, n: int, seed: int, gold: str | None) -> tuple[list[Review], dict[str, str] | None]:
-    reviews, _bad = read_reviews(path)
+    reviews, bad = read_reviews(path)
+    if bad:
+        sys.stderr.write(f"flock-llm calibrate: skipped {len(bad)} rows of {str(path)!r} (first: line "
+                         f"{bad[0].line}: {bad[0].error})\n")  # fmt: skip
     if not reviews:
         raise ConfigurationError(f"no usable reviews in {str(path)!r}: rows need id, rating (1-5) and text")
     chosen = sorted(random.Random(seed).sample(range(len(reviews)), min(n, len(reviews))))

@@ -106,8 +106,11 @@ def recommend(rows: Sequence[SizeRow], tolerance: float) -> tuple[int, str]:
         if row.size == 1:
             continue
         agreement = row.agreement
+        failed = f" ({row.failed} of {row.items} items failed: see the failed column)" if row.failed else ""
         if not agreement.n:
-            return best, f"{why}; size {row.size}: nothing compared"
+            return best, f"{why}; size {row.size}: nothing compared{failed}"
+        if agreement.low < floor and failed:  # fewer answers than sampled: the failures, not the sample, are short
+            return best, f"{why}; size {row.size} agrees {agreement}, its lower bound below {floor:.0%}{failed}"
         if agreement.low < floor:
             if agreement.rate is not None and agreement.rate < floor:
                 return best, f"{why}; size {row.size} agrees {agreement}, below {floor:.0%}"

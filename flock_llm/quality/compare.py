@@ -202,8 +202,8 @@ def compare_answers(
         ignore: fields never compared (ids, timestamps...).
 
     Raises:
-        ConfigurationError: the answers are of different types, `fields` names a field the type lacks, or no
-            field is left to compare (an empty comparison would count as full agreement).
+        ConfigurationError: the answers are of different types, `fields` or `ignore` names a field the type
+            lacks, or no field is left to compare (an empty comparison would count as full agreement).
     """
     if type(a) is not type(b):
         raise ConfigurationError(f"compare answers of one type, got {type(a).__name__} and {type(b).__name__}")
@@ -214,6 +214,11 @@ def compare_answers(
         if unknown:
             raise ConfigurationError(f"{type(a).__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}")
         kinds = {f: kinds[f] for f in fields}
+    unknown_ignored = [f for f in ignore if f not in kinds]
+    if unknown_ignored:  # a typo would leave the field compared
+        raise ConfigurationError(
+            f"`ignore` names field(s) {unknown_ignored!r} that {type(a).__name__} lacks; its fields: {sorted(kinds)}"
+        )
     compared = {name: kind for name, kind in kinds.items() if name not in ignore}
     if not compared:
         raise ConfigurationError(

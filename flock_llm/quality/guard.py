@@ -71,9 +71,10 @@ class QualityGuard:
         self.events: deque[SizeEvent] = deque(maxlen=1000)
 
     @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> QualityGuard | None:
+    def from_arguments(cls, arguments: dict[str, Any], *, per_item: bool = True) -> QualityGuard | None:
         """Take `audit=`, `quality=`, `shuffle=` and `report_facts=` out of an engine's keyword arguments (None:
-        none given)."""
+        none given). `per_item=False` (a report engine) refuses `audit=` and `quality=`: a report has no one-item
+        answer to compare with, so they would silently do nothing."""
         audit, target, shuffle = (
             arguments.pop("audit", None),
             arguments.pop("quality", None),
@@ -91,6 +92,11 @@ class QualityGuard:
             raise ConfigurationError(f"`quality` must be a QualityTarget, got {target!r}; e.g. QualityTarget(0.95)")
         if target is not None and audit is None:
             raise ConfigurationError("`quality=QualityTarget(...)` steers by audited agreement: add `audit=Audit(...)`")
+        if not per_item and (audit is not None or target is not None):
+            raise ConfigurationError(
+                "`audit=` and `quality=` compare per-item answers with one-item answers; a report engine "
+                "(per_item=False) has none: use `report_facts=` to check a report's numbers"
+            )
         if shuffle is True:
             shuffle = Shuffle()
         if shuffle is not None and shuffle is not False and not isinstance(shuffle, Shuffle):

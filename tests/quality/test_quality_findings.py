@@ -17,7 +17,7 @@ from flock_llm import Flock, flock_type
 from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.errors import ConfigurationError
-from flock_llm.quality import Audit, ReportFacts, Tolerance
+from flock_llm.quality import Audit, QualityTarget, ReportFacts, Tolerance
 from flock_llm.quality.facts import check_report, compute_facts, fill_facts, valid_ids
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer
@@ -409,3 +409,108 @@ def test_comparing_no_field_at_all_is_not_full_agreement() -> None:
         )
     with pytest.raises(ConfigurationError):
         Audit(fields=())
+
+
+def test_the_recommendation_says_when_items_failed_instead_of_blaming_the_sample() -> None:
+    """A budget that runs out mid-calibrate: size 5 answered 10 of 20 items (10 failed), size 10 none. The reason
+    reads "... its lower bound is below 95% (a larger --sample narrows the interval)": it blames the sample, not
+    the 10 + 20 failed items. Expected: the reason names the failures (e.g. "10 of 20 items failed")."""
+    from flock_llm.quality.calibration import SizeRow, recommend
+    from flock_llm.quality.stats import wilson
+
+    rows = [
+        SizeRow(1, items=20, agreement=wilson(20, 20)),
+        SizeRow(5, items=20, agreement=wilson(10, 10), failed=10),
+        SizeRow(10, items=20, failed=20),
+    ]
+    _, reason = recommend(rows, 0.05)
+    assert "fail" in reason
+
+
+def test_an_audit_on_a_report_engine_is_refused_not_silently_ignored() -> None:
+    """Audits are per-item only (a report has no one-item answer), yet LLMEngine(per_item=False, audit=...,
+    quality=...) is accepted and then never audits nor steers: the user believes quality is measured."""
+    with pytest.raises(ConfigurationError):
+        LLMEngine("openai/x", per_item=False, audit=Audit(rate=0.5))
+    with pytest.raises(ConfigurationError):
+        LLMEngine("openai/x", per_item=False, audit=Audit(rate=0.5), quality=QualityTarget(0.95))
+
+
+@pytest.mark.usefixtures("offline")
+def test_calibrate_says_how_many_rows_it_skipped(tmp_path: Any, capsys: Any) -> None:
+    """Ten rows sharing one id (or with a rating of 7): the reader keeps one and calibrate's `_sample` drops the
+    skipped rows (`_bad`) without a word: `--sample 10` calibrates on 1 review and recommends from it. Expected: a
+    line on stderr saying how many rows were skipped and why (as `flock-llm reviews` does)."""
+    import json
+
+    from flock_llm.cli.main import main
+
+    path = tmp_path / "dup.jsonl"
+    rows = [json.dumps({"id": "same", "rating": 3, "text": f"review {k} is good"}) for k in range(10)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["calibrate", str(path), "--sizes", "1,5", "--sample", "10", "--estimate"]) == 0
+    assert "skip" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+async def test_failing_audit_calls_keep_the_batch_answers_and_are_counted(degrading: FakeOpenAIServer) -> None:
+    """Held: every one-item call (the audits) answers garbage; the batch's answers are published, the audits are
+    counted as errors, nothing is compared and no failure record is written."""
+    original = degrading.answer
+
+    def break_singles(request: dict[str, Any]) -> tuple[str, int]:
+        text, items = original(request)
+        return ("{not json", items) if items == 1 else (text, items)
+
+    degrading.answer = break_singles  # type: ignore[method-assign]
+    flock = labeller(engine(degrading, audit=Audit(rate=1.0, per_call=6)), size=6)  # every item audited
+    await flock.publish_many(snippets(6))
+    await flock.run_until_idle()
+    await flock.shutdown()
+    assert len(await flock.store.get_by_type(AtkLabel)) == 6
+    usage = flock.metrics().usage["labels"]
+    assert usage["audit_errors"] == 6 and usage.get("audit_compared", 0) == 0
+    assert flock.metrics().count("failure_records") == 0
+
+
+@pytest.mark.usefixtures("offline")
+def test_calibrate_model_that_is_not_a_litellm_string_exits_2(tmp_path: Any) -> None:
+    """`--model local` (which `flock-llm reviews` accepts) or any string without a provider: resolve_model raises
+    ConfigurationError outside run()'s try: a traceback and exit 1. Expected: exit 2 with the message (or `local`
+    supported as in `reviews`)."""
+    from flock_llm.cli.main import main
+
+    path = _reviews_file(tmp_path)
+    assert main(["calibrate", str(path), "--model", "local", "--sizes", "1,2", "--sample", "2"]) == 2
+
+
+@pytest.mark.usefixtures("offline")
+def test_calibrate_where_every_batched_call_fails_exits_1(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    """F27: a calibration where nothing could be compared printed a table of dashes and exited 0."""
+    from flock_llm.cli.main import main
+
+    path = _reviews_file(tmp_path)
+    monkeypatch.setattr("flock_llm.cli.calibrate.calibrate", _all_failed)
+    assert main(["calibrate", str(path), "--sizes", "1,4", "--sample", "4"]) == 1
+    assert "every batched call failed" in capsys.readouterr().err
+    assert main(["calibrate", str(path), "--sizes", "1", "--sample", "4"]) == 0  # nothing batched: nothing failed
+
+
+async def _all_failed(engine: Any, ctx: Any, artifacts: Any, sizes: Any, **kwargs: Any) -> Any:
+    from flock_llm.quality.calibration import Calibration, SizeRow
+
+    n = len(artifacts)
+    rows = [SizeRow(1, items=n), *(SizeRow(s, items=n, failed=n) for s in sizes if s > 1)]
+    return Calibration(model="m", sample=n, tolerance=0.05, rows=rows, recommended=1, reason="nothing compared")
+
+
+def test_an_ignored_field_the_output_lacks_is_named_not_silently_compared() -> None:
+    """F20 addendum: `ignore=("snipet_id",)` (a typo) left `snippet_id` compared without a word."""
+    from flock_llm.quality.compare import compare_answers
+
+    a, b = AtkLabel(snippet_id="a", label="positive"), AtkLabel(snippet_id="b", label="positive")
+    with pytest.raises(ConfigurationError, match="snipet_id"):
+        compare_answers(a, b, ignore=("snipet_id",))
+    assert compare_answers(a, b, ignore=("snippet_id",)).agreed
+    with pytest.raises(ConfigurationError):
+        Audit(ignore="snippet_id")  # type: ignore[arg-type]

@@ -161,7 +161,7 @@ class LadderEngine(Engine):
     ) -> None:
         from ...quality.guard import QualityGuard
 
-        self.quality = QualityGuard.from_arguments(passthrough)  # takes audit=, quality=, shuffle=, report_facts= out
+        self.quality = QualityGuard.from_arguments(passthrough, per_item=per_item)  # takes audit=, quality=, ... out
         """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
         for name in reserved:
             if name in passthrough:
