@@ -21,10 +21,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .._numbers import number
 from ..artifact import Artifact
 from ..engines import EngineContext, EvalInputs, load_litellm, resolve_model
 from ..errors import ConfigurationError
 from ..quality.calibration import Calibration, calibrate, parse_sizes
+from .checks import output_problem
+from .output import write_atomically
 from .review_types import Review, ReviewLabel
 from .reviews import AGENT, describe, read_reviews
 
@@ -64,39 +67,59 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `flock-llm calibrate`; returns the exit status."""
-    try:
+    """Run `flock-llm calibrate`; returns the exit status (0 done; 1 every batched call failed, nothing was
+    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run)."""
+    from ..engines.llm import LLMEngine
+
+    env = dict(os.environ)
+    field = (args.gold.split(":", 1)[1] if args.gold and ":" in args.gold else "label").strip()
+    try:  # everything a run needs is checked here, before anything is sent
         sizes = parse_sizes(args.sizes)
         if args.sample < 1:
             raise ConfigurationError(f"--sample must be a positive number of reviews, got {args.sample}")
         if not 0 < args.tolerance < 1:
             raise ConfigurationError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+        if args.gold and field not in ReviewLabel.model_fields:
+            raise ConfigurationError(
+                f"--gold {args.gold!r}: the output has no field {field!r}; "
+                f"its fields: {sorted(ReviewLabel.model_fields)}"
+            )
+        if args.report is not None and (problem := output_problem(args.report, args.file)):
+            raise ConfigurationError(problem.replace("--output", "--report"))
+        engine = LLMEngine(per_item=True, timeout=number("--request-timeout", args.request_timeout, unit="seconds"))
         reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
+        model = resolve_model(None, args.model, env)
     except (ConfigurationError, OSError) as exc:
         sys.stderr.write(f"flock-llm calibrate: {exc}\n")
         return 2
-    env = dict(os.environ)
     ctx = EngineContext(agent_name=AGENT, description=describe(True), publishes=(ReviewLabel,), model=args.model,
                         env=env)  # fmt: skip
-    from ..engines.llm import LLMEngine
-
-    engine = LLMEngine(per_item=True, timeout=args.request_timeout)
     artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
-    model = resolve_model(None, args.model, env)
     if args.estimate:
         return _estimate(engine, ctx, artifacts, sizes, model, args.json)
-    field = (args.gold.split(":", 1)[1] if args.gold and ":" in args.gold else "label").strip()
     result = asyncio.run(
         calibrate(engine, ctx, artifacts, sizes, model=model, tolerance=args.tolerance, gold=gold, gold_field=field)
     )
     _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))
+    batched = [row for row in result.rows if row.size > 1]
+    if batched and all(row.failed == row.items for row in batched):
+        sys.stderr.write("flock-llm calibrate: every batched call failed, nothing was compared (see the warnings "
+                         "above for the provider's errors)\n")  # fmt: skip
+        return 1
     if args.report is not None:
-        args.report.write_text(page(result), encoding="utf-8")
+        try:
+            write_atomically(args.report, page(result))
+        except OSError as exc:  # checked before the run; the disk filled up or the directory went away since
+            sys.stderr.write(f"flock-llm calibrate: --report {str(args.report)!r} could not be written: {exc}\n")
+            return 3
     return 0
 
 
 def _sample(path: Path, n: int, seed: int, gold: str | None) -> tuple[list[Review], dict[str, str] | None]:
-    reviews, _bad = read_reviews(path)
+    reviews, bad = read_reviews(path)
+    if bad:
+        sys.stderr.write(f"flock-llm calibrate: skipped {len(bad)} rows of {str(path)!r} (first: line "
+                         f"{bad[0].line}: {bad[0].error})\n")  # fmt: skip
     if not reviews:
         raise ConfigurationError(f"no usable reviews in {str(path)!r}: rows need id, rating (1-5) and text")
     chosen = sorted(random.Random(seed).sample(range(len(reviews)), min(n, len(reviews))))
@@ -122,13 +145,22 @@ def _column(path: Path, column: str) -> dict[str, str]:
         if path.suffix.lower() == ".csv":
             rows = list(csv.DictReader(handle))
         else:
-            rows = [json.loads(line) for line in handle if line.strip()]
+            rows = [row for line in handle if line.strip() and (row := _json_row(line)) is not None]
     found: dict[str, str] = {}
     for row in rows:
         key = row.get("review_id", row.get("id"))
-        if isinstance(row, dict) and key is not None and row.get(column) not in (None, ""):
+        if key is not None and row.get(column) not in (None, ""):
             found[str(key)] = str(row[column])
     return found
+
+
+def _json_row(line: str) -> dict[str, Any] | None:
+    """A JSONL line as a row; None for a line the reviews reader skips too (not JSON, not an object)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _estimate(engine: Any, ctx: EngineContext, artifacts: list[Artifact], sizes: list[int], model: str,

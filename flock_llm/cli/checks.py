@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .resume import RunSettings
 
-__all__ = ["batch_size", "finite", "output_problem", "positive_seconds", "positive_usd", "usage_problem"]
+__all__ = ["audit_rate", "batch_size", "finite", "output_problem", "positive_seconds", "positive_usd", "usage_problem"]
 
 
 def _number(text: str, unit: str) -> float:
@@ -44,6 +44,22 @@ def positive_usd(text: str) -> float:
     return _number(text, "US dollars")
 
 
+def audit_rate(text: str) -> float:
+    """--audit RATE: a share of batch calls in (0, 1], checked like every numeric setting (`_numbers.number`)."""
+    from .._numbers import number
+    from ..errors import ConfigurationError
+
+    try:
+        value = number("--audit", float(text), fix="e.g. --audit 0.02 audits one review in 2% of the calls")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share of calls such as 0.02, got {text!r}") from None
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share of calls in (0, 1], got {text!r}; e.g. --audit 0.02")
+    return value
+
+
 def batch_size(text: str) -> int:
     try:
         value = int(text)
@@ -59,12 +75,18 @@ def finite(values: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
 
+def _audit_problem(args: argparse.Namespace) -> str:
+    if args.audit is not None and not args.per_item:
+        return "--audit compares per-item labels with one-item answers: add --per-item (a trend report has none)"
+    return ""
+
+
 def usage_problem(args: argparse.Namespace, settings: RunSettings) -> tuple[str, bool]:
     """(what is wrong with the `reviews` arguments or "", whether --store holds an earlier run of them)."""
     from .resume import store_problem  # (with the review types: only when the command runs)
     from .rows import input_problem
 
-    problem = input_problem(args.file)
+    problem = input_problem(args.file) or _audit_problem(args)
     if problem or args.estimate:
         return problem, False
     if args.json and args.output == "-":

@@ -3,13 +3,15 @@
 The reviews are batched as a run batches them by size (`--batch-size`), each batch's prompt is rendered and
 counted with the model's tokenizer exactly as the run renders it, and the answers are expected at the engine's
 planned length per review (per-item mode) or per report. Splits, repairs and retries a real run may need are
-not predicted: they show as the difference between the estimate and the run.
+not predicted: they show as the difference between the estimate and the run. With `--audit RATE`, each batch
+adds RATE of a one-item call (the batch's first review asked alone): the expected audit calls and tokens, in
+the totals and the cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..artifact import Artifact
@@ -35,6 +37,16 @@ class Estimate:
     cost_usd: float | None = None
     prices: str = ""
     """Which prices the cost uses (per million tokens), or why there is none."""
+    audit_calls: int = 0
+    """Of `calls`: the expected one-item audit calls (--audit RATE x batches, rounded)."""
+    audit_prompt_tokens: int = 0
+    """Of `prompt_tokens`: the audit calls' expected prompt tokens."""
+    audit_completion_tokens: int = 0
+    """Of `completion_tokens`: the audit calls' expected answer tokens."""
+
+    @property
+    def audit_tokens(self) -> int:
+        return self.audit_prompt_tokens + self.audit_completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,9 +60,11 @@ def estimate_reviews(
     model: str | None,
     env: dict[str, str],
     tier: str = "standard",
+    audit_rate: float | None = None,
 ) -> Estimate:
     """Count what a run over `reviews` would send (see the module's note) and price it in `tier` (a model that
-    cannot go into batch jobs is priced at the standard price, as a run pays it); no model is called.
+    cannot go into batch jobs is priced at the standard price, as a run pays it); no model is called. With
+    `audit_rate`, the expected audit calls are counted and priced too.
 
     Raises:
         ConfigurationError: `batch_size` is not a positive integer.
@@ -69,12 +83,19 @@ def estimate_reviews(
     )
     estimate = Estimate(model=resolved, mode="per-item" if per_item else "report", tier=tier)
     batch: list[Artifact] = []
+    alone = replace(ctx, is_batch=False, batch_size=1)
+    audit = [0.0, 0.0, 0.0]  # expected calls, prompt and answer tokens (fractions of a call per batch)
 
     def count() -> None:
         prompt, answer = engine.estimate_call(ctx, EvalInputs.of(*batch))
         estimate.calls += 1
         estimate.prompt_tokens += prompt
         estimate.completion_tokens += answer
+        if audit_rate:
+            prompt, answer = engine.estimate_call(alone, EvalInputs.of(batch[0]))
+            audit[0] += audit_rate
+            audit[1] += audit_rate * prompt
+            audit[2] += audit_rate * answer
         batch.clear()
 
     for review in reviews:
@@ -84,6 +105,10 @@ def estimate_reviews(
             count()
     if batch:
         count()
+    estimate.audit_calls, estimate.audit_prompt_tokens, estimate.audit_completion_tokens = (round(x) for x in audit)
+    estimate.calls += estimate.audit_calls
+    estimate.prompt_tokens += estimate.audit_prompt_tokens
+    estimate.completion_tokens += estimate.audit_completion_tokens
     litellm = load_litellm()
     if tier == "batch" and deferrable(resolved, litellm) is None:
         tier = "standard"  # the run sends it the standard way, at the list price

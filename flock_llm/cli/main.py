@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engines import resolve_model
 from ..errors import ConfigurationError, StoreError
-from .checks import batch_size, finite, positive_seconds, positive_usd
+from .checks import audit_rate, batch_size, finite, positive_seconds, positive_usd
 
 __all__ = ["main"]
 
@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         default="standard",
         help="standard: answers in seconds; flex: half price, slower, falls back to standard; batch: provider "
         "batch jobs at half price (results within 24 h, usually minutes)",
+    )
+    reviews.add_argument(
+        "--audit",
+        type=audit_rate,
+        metavar="RATE",
+        help="with --per-item: in this share of the calls (0.02 = 2%%), ask one review again alone and compare the "
+        "answers; the summary and --report show the agreement with its 95%% interval (the audit calls are counted, "
+        "priced and capped by --budget; --estimate includes them)",
     )
     reviews.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     reviews.add_argument("--no-progress", action="store_true", help="no live progress bar")
@@ -265,7 +273,7 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
     if figures is not None:
         from .report import write_report
 
-        write_report(args.report, summary, figures)
+        write_report(args.report, summary, figures, summary.agreement_intervals)
     if args.json:
         print(json.dumps(finite(summary.as_dict()), indent=2, allow_nan=False))
     else:
@@ -314,6 +322,7 @@ async def _run(
         max_outage=args.max_outage,
         on_start=on_start,
         llm_settings=args.llm_settings,
+        audit_rate=args.audit,
     )
 
 
@@ -330,16 +339,25 @@ def _estimate(args: argparse.Namespace) -> int:
     reviews = iter_reviews(args.file, bad.append)
     env = {k: v for k, v in os.environ.items() if k.startswith("FLOCK_")}
     found = estimate_reviews(
-        reviews, batch_size=args.batch_size, per_item=args.per_item, model=args.model, env=env, tier=args.tier
+        reviews,
+        batch_size=args.batch_size,
+        per_item=args.per_item,
+        model=args.model,
+        env=env,
+        tier=args.tier,
+        audit_rate=args.audit,
     )
     if args.json:
         print(json.dumps(finite({**found.as_dict(), "bad_rows": len(bad)}), indent=2, allow_nan=False))
         return EXIT_OK
     cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
+    audit = (
+        "" if not args.audit else f" including about {found.audit_calls} audit calls ({found.audit_tokens:,} tokens)"
+    )
     say(
         console,
         f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}, "
-        f"tier {found.tier}): {found.calls} calls, {found.prompt_tokens:,} prompt tokens, about "
+        f"tier {found.tier}): {found.calls} calls{audit}, {found.prompt_tokens:,} prompt tokens, about "
         f"{found.completion_tokens:,} completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows "
         "skipped. No model was called.",
     )

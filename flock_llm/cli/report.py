@@ -102,12 +102,12 @@ vertical-align:top}}table{{border-collapse:collapse}}td,th{{border:1px solid #99
 {summary.calls_saved}), prompt tokens {summary.prompt_tokens:,} (saved {summary.prompt_tokens_saved:,}),
 cost {html.escape(cost)}, {summary.failed_items} failed, {summary.wall_s:.1f} s, model
 {html.escape(summary.model)}.</p>
+{_agreement_section(agreement)}
 {figures}
 <h2>Failures ({figures_of.failure_count}{
         "" if figures_of.failure_count == len(failures) else f", the first {len(failures)} listed"
     })</h2>
 <table><tr><th>review ids</th><th>stage</th><th>error</th></tr>{rows}</table>
-{_agreement_section(agreement)}
 </body></html>
 """
 

@@ -24,6 +24,7 @@ from ..engines import OFFLINE_MODEL, Engine, EngineContext, EvalInputs, EvalResu
 from ..engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine
 from ..errors import ConfigurationError
 from ..orchestrator import Flock
+from ..quality.audit import Audit
 from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
 from .resume import (
@@ -96,11 +97,13 @@ class _AgentSpec:
     max_outage: float | None
     where: Callable[[Review], bool] | None
     llm_settings: Mapping[str, Any]
+    audit_rate: float | None = None
 
 
 def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
     deferred = DeferredPolicy(poll_interval=_poll_interval(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
     breaker = None if spec.max_outage is None else BreakerPolicy(max_outage=spec.max_outage)
+    audit: dict[str, Any] = {} if spec.audit_rate is None else {"audit": Audit(rate=spec.audit_rate)}
     engine = LLMEngine(
         per_item=spec.per_item,
         timeout=spec.request_timeout,
@@ -108,6 +111,7 @@ def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngin
         deferred=deferred,
         breaker=breaker,
         **spec.llm_settings,
+        **audit,
     )
     per_item, tier = spec.per_item, spec.tier
     (
@@ -206,6 +210,7 @@ async def run_reviews(
     max_outage: float | None = None,
     on_start: Callable[[], None] = lambda: None,
     llm_settings: Mapping[str, Any] | None = None,
+    audit_rate: float | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -223,7 +228,8 @@ async def run_reviews(
     `on_records` first, those reviews (finished, or restored pending) are not published again, and the rest
     (changed, new, failed) are. Without a store, the in-memory store forgets each review once its batch ran and
     each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
-    run is set up (its settings checked), before anything is restored or published.
+    run is set up (its settings checked), before anything is restored or published. With `audit_rate` (per-item
+    only), that share of the calls has one review asked again alone; the summary gets the agreement.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -234,7 +240,7 @@ async def run_reviews(
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
     where = None if resume is None else accepts(resume)
-    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {})
+    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {}, audit_rate)
     engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
@@ -276,6 +282,7 @@ async def run_reviews(
         ticker.cancel()
         summary.jobs_submitted = engine.deferred_queue().jobs_submitted
     summary.tier = tier
+    summary.audit_rate = audit_rate
     _fill_summary(summary, flock)
     return summary
 
@@ -353,6 +360,9 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
     summary.fallbacks = int(usage.get("fallbacks", 0))
     fixes = ("mapped_ids", "missing_ids", "unknown_ids", "duplicate_ids", "format_fallbacks")
     summary.answer_fixes = {name: int(usage.get(name, 0)) for name in fixes}
+    summary.audit_calls = int(usage.get("audit_llm_calls", 0))
+    summary.audit_tokens = int(usage.get("audit_prompt_tokens", 0)) + int(usage.get("audit_completion_tokens", 0))
+    summary.set_agreement(metrics.agreement(AGENT))
 
 
 def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..artifact import Artifact, FailureRecord
+from ..quality.stats import Interval
 
 __all__ = ["RunSummary"]
 
@@ -52,9 +53,28 @@ class RunSummary:
     """Records (outputs, failure records) that could not be written to the output (a full disk, say)."""
     interrupted: bool = False
     deadline_reached: bool = False
+    audit_rate: float | None = None
+    """--audit RATE: the share of calls that had one review asked again alone (None: no audit)."""
+    audit_calls: int = 0
+    audit_tokens: int = 0
+    """Prompt and answer tokens of the audit calls (in the totals above too)."""
+    agreement: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Audited agreement with one-item answers, by "all", "field=...", "size=...", "position=...": rate, low and
+    high (95% Wilson interval), n (audited) and agreed."""
+    agreement_intervals: dict[str, Interval] = field(default_factory=dict)
+    """The same as `Metrics.agreement()` gives it (for the report; not in `as_dict`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        del values["agreement_intervals"]
+        return values
+
+    def set_agreement(self, intervals: dict[str, Interval]) -> None:
+        self.agreement_intervals = intervals
+        self.agreement = {
+            label: {"rate": i.rate, "low": i.low, "high": i.high, "n": i.n, "agreed": i.agreed}
+            for label, i in intervals.items()
+        }
 
     def count(self, published: Iterable[Artifact]) -> None:
         """Count what a finished batch published: outputs, and the reviews its failure records cover."""

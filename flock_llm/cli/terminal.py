@@ -124,5 +124,22 @@ def _rows(summary: Any) -> list[tuple[str, str]]:
         ("retries / fallbacks", f"{summary.retries} / {summary.fallbacks}"),
         ("answers aligned", ", ".join(f"{n.replace('_', ' ')} {v}" for n, v in summary.answer_fixes.items()) or "-"),
         ("tier", summary.tier + (f" ({summary.jobs_submitted} batch jobs)" if summary.tier == "batch" else "")),
+        *_audit_rows(summary),
         ("wall time", f"{summary.wall_s:.2f} s"),
+    ]
+
+
+def _audit_rows(summary: Any) -> list[tuple[str, str]]:
+    """--audit: agreement with one-item answers (95% interval) and what the audit cost."""
+    if summary.audit_rate is None:
+        return []
+    from ..quality.summary import agreement_line
+
+    return [
+        ("agreement (audit)", agreement_line(summary.agreement_intervals)),
+        (
+            "audit calls",
+            f"{summary.audit_calls} of {summary.llm_calls} calls, {summary.audit_tokens:,} tokens "
+            f"(--audit {summary.audit_rate:g}: one review asked alone in that share of the calls)",
+        ),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -72,6 +72,11 @@ class EngineContext:
     size_states: SizeStates | None = field(default=None, repr=False, compare=False)
     """Where batch-size controller states are kept: the store's (SQLite: across restarts; Redis: shared by every
     worker process), or None (the engine keeps them in memory)."""
+    facts: Callable[[type[BaseModel], Sequence[str]], Mapping[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Report facts (`report_facts=`): the values code computes for an output type from the items with these
+    artifact ids; LLM engines put them in the prompt as data (see `flock_llm.quality.facts`)."""
 
     @property
     def efficiency(self) -> float | None:

@@ -252,7 +252,12 @@ class _Call:
             per_item=per_item,
             reduce=reduce_total > 0,
         )
-        user = self.engine.prompts.items([PromptItem(i.id, i.data) for i in asked], total_items=reduce_total)
+        facts: Mapping[str, Any] = {}
+        if self.ctx.facts is not None and not per_item and not reduce_total:  # a reduce's parts are not items
+            facts = self.ctx.facts(self.output_type, [a for i in asked for a in i.artifact_ids])
+        user = self.engine.prompts.items(
+            [PromptItem(i.id, i.data) for i in asked], total_items=reduce_total, facts=facts
+        )
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         if repair is not None:
             previous = repair.previous if isinstance(repair.previous, str) else encode_item(repair.previous)

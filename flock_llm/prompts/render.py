@@ -95,9 +95,22 @@ class Prompts:
             .strip()
         )
 
-    def items(self, items: Sequence[PromptItem], *, total_items: int = 0) -> str:
-        """The items message (`total_items`: for a reduce, how many original inputs the partial results cover)."""
-        return self._templates["items"].render(items=items, item_count=len(items), total_items=total_items).strip()
+    def items(
+        self, items: Sequence[PromptItem], *, total_items: int = 0, facts: Mapping[str, Any] | None = None
+    ) -> str:
+        """The items message (`total_items`: for a reduce, how many original inputs the partial results cover;
+        `facts`: report values computed by code from these items, given as one JSON data block encoded like item
+        data, so a value derived from item text cannot open or close a block)."""
+        return (
+            self._templates["items"]
+            .render(
+                items=items,
+                item_count=len(items),
+                total_items=total_items,
+                facts=encode_item(dict(facts)) if facts else "",
+            )
+            .strip()
+        )
 
     def repair(self, *, errors: Sequence[str], per_item: bool, ids: Sequence[str]) -> str:
         """The repair message. `errors` may quote the model's own text (ids it made up, field names): each line

@@ -106,8 +106,11 @@ def recommend(rows: Sequence[SizeRow], tolerance: float) -> tuple[int, str]:
         if row.size == 1:
             continue
         agreement = row.agreement
+        failed = f" ({row.failed} of {row.items} items failed: see the failed column)" if row.failed else ""
         if not agreement.n:
-            return best, f"{why}; size {row.size}: nothing compared"
+            return best, f"{why}; size {row.size}: nothing compared{failed}"
+        if agreement.low < floor and failed:  # fewer answers than sampled: the failures, not the sample, are short
+            return best, f"{why}; size {row.size} agrees {agreement}, its lower bound below {floor:.0%}{failed}"
         if agreement.low < floor:
             if agreement.rate is not None and agreement.rate < floor:
                 return best, f"{why}; size {row.size} agrees {agreement}, below {floor:.0%}"
@@ -136,6 +139,9 @@ async def calibrate(
     to its true value of `gold_field`."""
     if not 0 < tolerance < 1:
         raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad or not sizes:
+        raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
     from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))

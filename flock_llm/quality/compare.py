@@ -1,8 +1,9 @@
 """Field-by-field comparison of two answers of one pydantic type (pure: no I/O).
 
 Labels, enums and booleans must be equal; numbers agree within a tolerance; free text agrees when a cheap
-similarity (difflib's ratio on normalised text) reaches a threshold. Nested models are compared field by field
-under dotted names (`address.city`); lists of labels as sets, other lists as text.
+similarity (difflib's ratio on normalised text; texts over `LONG_TEXT` characters as bags of words, in linear
+time) reaches a threshold. Nested models are compared field by field under dotted names (`address.city`); lists
+of labels, numbers or models as sets of equal elements, other lists as text.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from .._numbers import number
 from ..errors import ConfigurationError
 
 __all__ = ["Comparison", "FieldAgreement", "FieldKind", "Tolerance", "compare_answers", "field_kinds"]
@@ -37,11 +39,9 @@ class Tolerance:
     """Free text agrees when difflib's ratio of the normalised texts is at least this."""
 
     def __post_init__(self) -> None:
-        for name in ("abs_tol", "rel_tol"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigurationError(f"`{name}` must be a number >= 0, got {value!r}")
-        if not isinstance(self.text_similarity, (int, float)) or not 0 <= self.text_similarity <= 1:
+        for name in ("abs_tol", "rel_tol", "text_similarity"):  # finite, no NaN, no bool (see `_numbers`)
+            number(name, getattr(self, name), bound="non_negative", fix="e.g. Tolerance(rel_tol=0.05)")
+        if self.text_similarity > 1:
             raise ConfigurationError(f"`text_similarity` must be between 0 and 1, got {self.text_similarity!r}")
 
 
@@ -100,8 +100,10 @@ def _kind(annotation: Any) -> FieldKind | type[BaseModel]:
             return "number"
         if issubclass(annotation, str):
             return "text"
-    if origin in (list, tuple, set, frozenset) and all(_kind(a) == "exact" for a in get_args(annotation) if a != ...):
-        return "exact"
+    if origin in (list, tuple, set, frozenset) and all(
+        _kind(a) in ("exact", "number") or isinstance(_kind(a), type) for a in get_args(annotation) if a != ...
+    ):
+        return "exact"  # labels, numbers or models: equal elements (json text of similar models is no agreement)
     return "text"
 
 
@@ -128,11 +130,19 @@ def _normalise(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str).lower()
 
 
+LONG_TEXT = 2000
+"""Above this many characters (either text), texts are compared as bags of words: difflib's ratio is quadratic
+(two different texts of 12,000 characters took 25 s, in the event loop)."""
+
+
 def text_similarity(a: Any, b: Any) -> float:
-    """difflib's ratio of the two values' normalised text (1.0 for equal text, also when both are empty)."""
+    """difflib's ratio of the two values' normalised text (1.0 for equal text, also when both are empty); for long
+    texts, the same ratio over their words taken as bags (order ignored), which takes linear time."""
     left, right = _normalise(a), _normalise(b)
     if left == right:
         return 1.0
+    if max(len(left), len(right)) > LONG_TEXT:
+        return SequenceMatcher(None, left.split(), right.split(), autojunk=False).quick_ratio()
     return SequenceMatcher(None, left, right, autojunk=False).ratio()
 
 
@@ -192,7 +202,8 @@ def compare_answers(
         ignore: fields never compared (ids, timestamps...).
 
     Raises:
-        ConfigurationError: the answers are of different types, or `fields` names a field the type lacks.
+        ConfigurationError: the answers are of different types, `fields` or `ignore` names a field the type
+            lacks, or no field is left to compare (an empty comparison would count as full agreement).
     """
     if type(a) is not type(b):
         raise ConfigurationError(f"compare answers of one type, got {type(a).__name__} and {type(b).__name__}")
@@ -203,11 +214,18 @@ def compare_answers(
         if unknown:
             raise ConfigurationError(f"{type(a).__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}")
         kinds = {f: kinds[f] for f in fields}
+    unknown_ignored = [f for f in ignore if f not in kinds]
+    if unknown_ignored:  # a typo would leave the field compared
+        raise ConfigurationError(
+            f"`ignore` names field(s) {unknown_ignored!r} that {type(a).__name__} lacks; its fields: {sorted(kinds)}"
+        )
+    compared = {name: kind for name, kind in kinds.items() if name not in ignore}
+    if not compared:
+        raise ConfigurationError(
+            f"no field of {type(a).__name__} is left to compare (fields={fields!r}, ignore={list(ignore)!r}): "
+            "an empty comparison would count as agreement"
+        )
     left, right = a.model_dump(mode="python"), b.model_dump(mode="python")
     return Comparison(
-        tuple(
-            _field(name, kind, _lookup(left, name), _lookup(right, name), tol)
-            for name, kind in kinds.items()
-            if name not in ignore
-        )
+        tuple(_field(name, kind, _lookup(left, name), _lookup(right, name), tol) for name, kind in compared.items())
     )

@@ -11,8 +11,13 @@ Computed automatically, by the report field's name (numbers over the items' payl
     aggregates   `average_<f>`, `avg_<f>`, `mean_<f>`, `min_<f>`, `max_<f>`, `total_<f>`, `sum_<f>` where every
                  item has a numeric field `<f>` (e.g. `average_rating`, `total_amount`)
 
-Ids: a list-of-strings field whose name ends in `ids` (`review_ids`, `cited_ids`) may only hold ids of the batch:
-the prompt's item ids (i1..iN) or the values of the items' `id`/`*_id` fields.
+Ids: a list of strings or whole numbers whose field name ends in `ids` (`review_ids`, `cited_ids`), at any depth
+(`top.review_ids` in a nested model), may only hold ids of the batch: the prompt's item ids (i1..iN) or the
+values of the items' `id`/`*_id` fields.
+
+A fact is computed only when its field's type can hold it as it is (an average of 4.5 is not put into an `int`
+field) and it is a finite number (a NaN or an overflowing item makes no fact); a declared function that raises
+is logged and skipped for that batch. The report is kept in every case.
 
 Declare more with `ReportFacts(declared={"positive_share": lambda items: ...})`: a function of the batch's
 payloads (a list of pydantic objects) returning the field's value.
@@ -20,6 +25,7 @@ payloads (a list of pydantic objects) returning the field's value.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
@@ -27,13 +33,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from .._numbers import number
 from ..errors import ConfigurationError
 
 __all__ = ["ReportFacts", "check_report", "compute_facts", "fill_facts", "valid_ids"]
 
 FactFunction = Callable[[Sequence[BaseModel]], Any]
+
+log = logging.getLogger("flock_llm.quality")
 
 _COUNT_NAMES = frozenset({"count", "n_items", "item_count", "items_count", "total_items"})
 _AGGREGATE = re.compile(r"^(average|avg|mean|min|max|total|sum)_(\w+)$")
@@ -58,8 +67,8 @@ class ReportFacts:
         for name, function in self.declared.items():
             if not callable(function):
                 raise ConfigurationError(f"declared fact {name!r} must be a function of the items, got {function!r}")
-        if self.rel_tol < 0 or self.abs_tol < 0:
-            raise ConfigurationError(f"tolerances must be >= 0, got rel_tol={self.rel_tol!r}, abs_tol={self.abs_tol!r}")
+        for tolerance in ("rel_tol", "abs_tol"):  # finite, no NaN, no bool (see `_numbers`)
+            number(tolerance, getattr(self, tolerance), bound="non_negative", fix="e.g. ReportFacts(rel_tol=0.005)")
 
 
 def _numbers(payloads: Sequence[BaseModel], name: str) -> list[float] | None:
@@ -83,14 +92,19 @@ def _automatic(name: str, annotation: Any, payloads: Sequence[BaseModel]) -> Any
     if values is None:
         return None
     kind = match.group(1)
-    if kind in ("average", "avg", "mean"):
-        result = statistics.fmean(values)
-    elif kind == "min":
-        result = min(values)
-    elif kind == "max":
-        result = max(values)
-    else:
-        result = math.fsum(values)
+    try:
+        if kind in ("average", "avg", "mean"):
+            result = statistics.fmean(values)
+        elif kind == "min":
+            result = min(values)
+        elif kind == "max":
+            result = max(values)
+        else:
+            result = math.fsum(values)
+    except (OverflowError, ValueError):  # numbers past a float's range (1e308 + 1e308), or an infinity minus one
+        return None
+    if not math.isfinite(result):  # a NaN or an infinity among the items: no fact (nan != nan: a re-ask forever)
+        return None
     return round(result) if annotation is int and float(result).is_integer() else result
 
 
@@ -99,12 +113,34 @@ def compute_facts(output_type: type[BaseModel], payloads: Sequence[BaseModel], f
     computed: dict[str, Any] = {}
     for name, info in output_type.model_fields.items():
         if name in facts.declared:
-            computed[name] = facts.declared[name](payloads)
+            try:
+                value = facts.declared[name](payloads)
+            except Exception as exc:  # noqa: BLE001 - the user's function: its fact is skipped, the report kept
+                log.warning("declared fact %r raised %s on a batch of %d: not computed for it", name,
+                            type(exc).__name__, len(payloads))  # fmt: skip
+                continue
         elif facts.automatic and payloads:
             value = _automatic(name, info.annotation, payloads)
-            if value is not None:
-                computed[name] = value
+            if value is None:
+                continue
+        else:
+            continue
+        if _fits(info.annotation, value):
+            computed[name] = value
+        else:
+            log.warning("fact %r = %r does not fit its field's type %r: not computed", name, value, info.annotation)
     return computed
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    """Whether the field can hold `value` as it is (an average of 4.5 cannot go into an int field)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    try:
+        TypeAdapter(annotation).validate_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return False
+    return True
 
 
 def valid_ids(payloads: Sequence[BaseModel], item_count: int) -> set[str]:
@@ -117,12 +153,38 @@ def valid_ids(payloads: Sequence[BaseModel], item_count: int) -> set[str]:
     return ids
 
 
-def _id_fields(answer: BaseModel) -> list[str]:
-    return [
-        name
-        for name, value in answer.model_dump().items()
-        if name.endswith("ids") and isinstance(value, list) and all(isinstance(v, str) for v in value)
-    ]
+def _is_id_list(name: str, value: Any) -> bool:
+    return (
+        name.endswith("ids")
+        and isinstance(value, list)
+        and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _id_lists(data: Any, prefix: str = "") -> list[tuple[str, list[Any]]]:
+    """(dotted name, list) of every `*ids` list of ids (strings or whole numbers), also in nested models."""
+    found: list[tuple[str, list[Any]]] = []
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            if _is_id_list(str(name), value):
+                found.append((f"{prefix}{name}", value))
+            else:
+                found += _id_lists(value, f"{prefix}{name}.")
+    elif isinstance(data, list):
+        for n, value in enumerate(data):
+            found += _id_lists(value, f"{prefix}{n}.")
+    return found
+
+
+def _drop_foreign(data: Any, ids: set[str]) -> Any:
+    if isinstance(data, Mapping):
+        return {
+            name: [v for v in value if str(v) in ids] if _is_id_list(str(name), value) else _drop_foreign(value, ids)
+            for name, value in data.items()
+        }
+    if isinstance(data, list):
+        return [_drop_foreign(value, ids) for value in data]
+    return data
 
 
 def check_report(answer: BaseModel, computed: Mapping[str, Any], ids: set[str], facts: ReportFacts) -> list[str]:
@@ -136,8 +198,8 @@ def check_report(answer: BaseModel, computed: Mapping[str, Any], ids: set[str], 
         elif given != expected:
             problems.append(f"`{name}` is {given!r}, but the items give {expected!r}")
     if facts.check_ids:
-        for name in _id_fields(answer):
-            foreign = [v for v in getattr(answer, name) if v not in ids]
+        for name, values in _id_lists(answer.model_dump()):
+            foreign = [v for v in values if str(v) not in ids]
             if foreign:
                 problems.append(f"`{name}` cites {len(foreign)} id(s) that are not in the batch")
     return problems
@@ -148,6 +210,5 @@ def fill_facts(answer: BaseModel, computed: Mapping[str, Any], ids: set[str], fa
     data = answer.model_dump()
     data.update(computed)
     if facts.check_ids:
-        for name in _id_fields(answer):
-            data[name] = [v for v in data[name] if v in ids]
+        data = _drop_foreign(data, ids)
     return type(answer).model_validate(data)

@@ -15,12 +15,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, sampled, shuffled_order
+from .audit import Audit, Shuffle, add_usage, agreement_usage, audit_call_usage, audited_positions, shuffled_order
 from .compare import Comparison, compare_answers
 from .controller import ControllerState, QualityTarget
 from .facts import ReportFacts
 from .reask import reask_majority
-from .report_check import checked_report
+from .report_check import checked_report, prompt_facts
 from .stats import AgreementTally, position_bucket
 from .steering import SizeEvent, SizeSteering
 
@@ -35,11 +35,16 @@ __all__ = ["DEFAULT_AUDIT", "QualityGuard", "SizeEvent"]
 
 log = logging.getLogger("flock_llm.quality")
 
-DEFAULT_AUDIT = Audit()
-"""The audit of a quality target (`quality=` of an engine or a BatchSpec) whose engine has no `audit=`: 2% of
-items, four times that while the controller warms up at a size."""
+DEFAULT_AUDIT = Audit(rate=0.25)
+"""The audit of a quality target (`quality=` of an engine or a BatchSpec) whose engine has no `audit=`: one item of
+a quarter of the calls, one item of every call while the controller warms up at a size (a controller needs
+evidence: at the plain `Audit()`'s 2% of the calls, it would judge a size after hundreds of calls)."""
 
 Ladder = Callable[["EngineContext", "EvalInputs"], Awaitable["EvalResult"]]
+
+_NOT_ONE_CALL = ("splits", "overflow_splits", "fallbacks")
+"""Usage counters of a chunk whose answers did not all come from one call of its size: auditing it would count
+answers given in halves or alone as agreement at the chunk's size."""
 
 
 class QualityGuard:
@@ -84,9 +89,10 @@ class QualityGuard:
         return self.audit
 
     @classmethod
-    def from_arguments(cls, arguments: dict[str, Any]) -> QualityGuard | None:
+    def from_arguments(cls, arguments: dict[str, Any], *, per_item: bool = True) -> QualityGuard | None:
         """Take `audit=`, `quality=`, `shuffle=` and `report_facts=` out of an engine's keyword arguments (None:
-        none given)."""
+        none given). `per_item=False` (a report engine) refuses `audit=` and `quality=`: a report has no one-item
+        answer to compare with, so they would silently do nothing."""
         audit, target, shuffle = (
             arguments.pop("audit", None),
             arguments.pop("quality", None),
@@ -102,6 +108,11 @@ class QualityGuard:
             raise ConfigurationError(f"`audit` must be an Audit, got {audit!r}; e.g. audit=Audit(rate=0.02)")
         if target is not None and not isinstance(target, QualityTarget):
             raise ConfigurationError(f"`quality` must be a QualityTarget, got {target!r}; e.g. QualityTarget(0.95)")
+        if not per_item and (audit is not None or target is not None):
+            raise ConfigurationError(
+                "`audit=` and `quality=` compare per-item answers with one-item answers; a report engine "
+                "(per_item=False) has none: use per_item=True, or `report_facts=` to check a report's numbers"
+            )
         if shuffle is True:
             shuffle = Shuffle()
         if shuffle is not None and shuffle is not False and not isinstance(shuffle, Shuffle):
@@ -138,14 +149,17 @@ class QualityGuard:
 
     async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
+        if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
+            chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
+            return await checked_report(chunk_ctx, chunk, await ladder(chunk_ctx, chunk), self.facts, ladder)
         result = await ladder(chunk_ctx, chunk)
-        if self.facts is not None and not getattr(engine, "per_item", False):
-            return await checked_report(chunk_ctx, chunk, result, self.facts, ladder)
         audit, target = self.audit_for(ctx), self.target_for(ctx)
         if audit is None or not getattr(engine, "per_item", False):
             return result
+        if any(result.usage.get(name) for name in _NOT_ONE_CALL):  # answered by parts or alone: not at this size
+            return replace(result, usage={**result.usage, "audit_skipped_chunks": 1})
         warming = target is not None and self.steering.warming(target, ctx)
-        audited = [n for n, item in enumerate(chunk.items) if sampled(audit, (a.id for a in item), warming=warming)]
+        audited = audited_positions(audit, [[a.id for a in item] for item in chunk.items], warming=warming)
         if not audited:
             return result
         usage = dict(result.usage)
@@ -195,9 +209,14 @@ class QualityGuard:
         if reference is None or type(reference) is not type(batched):
             add_usage(usage, {"audit_errors": 1})
             return None
-        comparison = compare_answers(
-            batched, reference, tolerance=audit.tolerance, fields=audit.fields, ignore=audit.ignore
-        )
+        try:
+            comparison = compare_answers(
+                batched, reference, tolerance=audit.tolerance, fields=audit.fields, ignore=audit.ignore
+            )
+        except ConfigurationError as exc:  # Audit(fields=...) names a field the output lacks: the answer stands
+            log.warning("agent %r: an audit could not compare the answers: %s", ctx.agent_name, exc)
+            add_usage(usage, {"audit_errors": 1})
+            return None
         self.tally.add(ctx.agent_name, comparison, position=position, batch_size=len(chunk))
         add_usage(usage, agreement_usage(comparison, position=position, batch_size=len(chunk)))
         self._span(ctx, comparison, position, len(chunk), started_ns)

@@ -1,9 +1,10 @@
-"""Checking a report answer against what code computes from its batch, in the engine's run (see `facts`)."""
+"""Report facts in the engine's run (see `facts`): given to the model in the prompt, and its answer checked
+against them."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -11,11 +12,27 @@ from .audit import add_usage
 from .facts import ReportFacts, check_report, compute_facts, fill_facts, valid_ids
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ..engines import EngineContext, EvalInputs, EvalResult, Output
 
-__all__ = ["checked_report"]
+__all__ = ["checked_report", "prompt_facts"]
 
 log = logging.getLogger("flock_llm.quality")
+
+
+def prompt_facts(
+    chunk: EvalInputs, facts: ReportFacts
+) -> Callable[[type[BaseModel], Sequence[str]], Mapping[str, Any]]:
+    """`EngineContext.facts` for a report run over `chunk`: the computed values for the items a call asks (a call
+    that asks part of the chunk, after a split, gets the part's values)."""
+
+    def given(output_type: type[BaseModel], artifact_ids: Sequence[str]) -> Mapping[str, Any]:
+        wanted = set(artifact_ids)
+        payloads = [a.payload for a in chunk.artifacts if a.id in wanted]
+        return compute_facts(output_type, payloads, facts) if payloads else {}
+
+    return given
 
 
 def _problems(result: EvalResult, chunk: EvalInputs, facts: ReportFacts) -> list[str]:

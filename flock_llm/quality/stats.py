@@ -69,7 +69,9 @@ def wilson(agreed: float, n: float, *, confidence: float = 0.95) -> Interval:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(agreed, n, max(0.0, centre - half), min(1.0, centre + half))
+    # the bounds always hold the point estimate (rounding put the lower bound of 0 of 10 at 2.8e-17, above 0.0)
+    low, high = min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
+    return Interval(agreed, n, low, high)
 
 
 def position_bucket(position: int, size: int) -> Bucket:

@@ -9,6 +9,7 @@ from .stats import Interval
 __all__ = ["agreement_line", "agreement_rows"]
 
 _ORDER = {"all": 0, "field": 1, "size": 2, "position": 3}
+_POSITIONS = {"only": 0, "first": 1, "early": 2, "middle": 3, "late": 4, "last": 5}
 
 
 def agreement_line(agreement: Mapping[str, Interval]) -> str:
@@ -29,7 +30,8 @@ def agreement_rows(agreement: Mapping[str, Interval]) -> list[tuple[str, str, st
 
     def key(label: str) -> tuple[int, int, str]:
         kind, _, value = label.partition("=")
-        return _ORDER.get(kind, 9), int(value) if value.isdigit() else 0, value
+        rank = int(value) if value.isdigit() else _POSITIONS.get(value, 0) if kind == "position" else 0
+        return _ORDER.get(kind, 9), rank, value
 
     rows = []
     for label in sorted(agreement, key=key):

@@ -28,10 +28,13 @@ def headless(browser: str, profile: Path, *args: str) -> subprocess.CompletedPro
 
 def test_the_report_is_self_contained_and_renders_its_charts_in_a_browser(tmp_path: Path) -> None:
     report, out = tmp_path / "report.html", tmp_path / "out.jsonl"
-    done = run_cli("reviews", str(SAMPLE), "--output", str(out), "--report", str(report), "--no-progress")
+    audit = ("--per-item", "--audit", "1")  # one review of every call asked again alone: the agreement section
+    done = run_cli("reviews", str(SAMPLE), *audit, "--output", str(out), "--report", str(report), "--no-progress")
     assert done.returncode == 0, done.stderr
     page = report.read_text(encoding="utf-8")
     assert page.count("<svg") == 4 and "Failures (0)" in page and "300 reviews" in page
+    section = "<h2>Agreement with one-item answers</h2><p>100.0% [75.8%, 100.0%] (n=12) of audited items"
+    assert section in page and page.index(section) < page.index("<svg")  # above the charts: in the screenshot
     assert not re.search(r"<script|<link|src=\"http|href=\"http", page)  # nothing fetched: no CDN, no script
 
     browser = chromium()
@@ -40,6 +43,7 @@ def test_the_report_is_self_contained_and_renders_its_charts_in_a_browser(tmp_pa
     dom = headless(browser, tmp_path / "profile", "--dump-dom", report.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<svg") == 4 and dom.stdout.count("<path") > 20  # the charts were parsed and drawn
+    assert "Agreement with one-item answers" in dom.stdout and "<td>position</td>" in dom.stdout
     assert "Uncaught" not in dom.stderr and ":CONSOLE(" not in dom.stderr  # no console errors
     shot = tmp_path / "report.png"
     taken = headless(browser, tmp_path / "profile2", f"--screenshot={shot}", "--window-size=1200,1400", report.as_uri())

@@ -34,7 +34,11 @@ def answer(request: httpx.Request) -> httpx.Response:
 async def test_dspy_engine_audits_like_llm_engine(openai: respx.MockRouter) -> None:
     route = openai.post(OPENAI_URL).mock(side_effect=answer)
     engine = DSPyEngine(
-        "openai/gpt-4.1-mini", per_item=True, api_key="sk-test", retry=RetryPolicy(attempts=1), audit=Audit(rate=1.0)
+        "openai/gpt-4.1-mini",
+        per_item=True,
+        api_key="sk-test",
+        retry=RetryPolicy(attempts=1),
+        audit=Audit(rate=1.0, per_call=4),
     )
     flock = Flock(env={})
     spec = BatchSpec(size=4, timeout=timedelta(seconds=30))

@@ -76,11 +76,11 @@ async def run(flock: Flock, items: list[Snippet]) -> None:
 
 
 async def test_audited_items_are_asked_alone_compared_and_counted(degrading: FakeOpenAIServer) -> None:
-    llm = engine(degrading, audit=Audit(rate=0.5, seed=1), prices={"input": 1.0, "output": 2.0})
+    llm = engine(degrading, audit=Audit(rate=0.5, per_call=10, seed=1), prices={"input": 1.0, "output": 2.0})
     flock = labeller(llm, size=20)
     await run(flock, snippets(40))
     usage = flock.metrics().usage["labels"]
-    assert 10 <= usage["audit_compared"] <= 30
+    assert usage["audit_compared"] == 10  # 0.5 x 10 = 5 items in each of the 2 calls
     assert usage["audit_llm_calls"] == usage["audit_compared"]  # one call per audited item
     assert usage["llm_calls"] == 2 + usage["audit_llm_calls"] == degrading.requests
     assert usage["prompt_tokens"] == degrading.prompt_tokens_total  # audit tokens are in the totals
@@ -101,7 +101,7 @@ async def test_audited_items_are_asked_alone_compared_and_counted(degrading: Fak
 async def test_without_degradation_every_audit_agrees(degrading: FakeOpenAIServer) -> None:
     assert degrading.degrade is not None
     degrading.degrade.drift(collapse_at=1000, slope=0.0, steep=0.0)
-    flock = labeller(engine(degrading, audit=Audit(rate=1.0)), size=10)
+    flock = labeller(engine(degrading, audit=Audit(rate=1.0, per_call=100)), size=10)
     await run(flock, snippets(20))
     agreement = flock.metrics().agreement()["all"]
     assert agreement.n == 20 and agreement.agreed == 20 and agreement.low > 0.8
@@ -109,7 +109,9 @@ async def test_without_degradation_every_audit_agrees(degrading: FakeOpenAIServe
 
 async def test_a_budget_stop_during_audits_keeps_the_batch_answers(degrading: FakeOpenAIServer) -> None:
     # each call holds its worst case (prompt + max_tokens) until it is settled: the batch fits, not every audit
-    llm = engine(degrading, audit=Audit(rate=1.0), prices={"input": 1000.0, "output": 1000.0}, budget_usd=2.5)
+    llm = engine(
+        degrading, audit=Audit(rate=1.0, per_call=100), prices={"input": 1000.0, "output": 1000.0}, budget_usd=2.5
+    )
     flock = labeller(llm, size=10)
     await run(flock, snippets(10))
     usage = flock.metrics().usage["labels"]
@@ -121,7 +123,9 @@ async def test_a_budget_stop_during_audits_keeps_the_batch_answers(degrading: Fa
 
 async def test_audit_spans_are_queryable_in_the_trace(degrading: FakeOpenAIServer, tmp_path: Path) -> None:
     path = tmp_path / "trace.duckdb"
-    flock = labeller(engine(degrading, audit=Audit(rate=1.0)), size=8, tracing=TracingConfig(duckdb_path=str(path)))
+    flock = labeller(
+        engine(degrading, audit=Audit(rate=1.0, per_call=100)), size=8, tracing=TracingConfig(duckdb_path=str(path))
+    )
     await run(flock, snippets(8))
     import duckdb
 
@@ -134,7 +138,7 @@ async def test_audit_spans_are_queryable_in_the_trace(degrading: FakeOpenAIServe
 
 
 async def test_the_effective_batch_size_shrinks_below_the_collapse_point(degrading: FakeOpenAIServer) -> None:
-    llm = engine(degrading, audit=Audit(rate=1.0), quality=QualityTarget(0.95, min_audits=8))
+    llm = engine(degrading, audit=Audit(rate=1.0, per_call=100), quality=QualityTarget(0.95, min_audits=8))
     flock = labeller(llm, size=16)
     items = snippets(64)
     await flock.publish_many(items[:32])
@@ -194,7 +198,7 @@ def test_audit_rate_is_checked() -> None:
 
 
 async def test_reask_keeps_the_majority_answer_of_disagreeing_items(degrading: FakeOpenAIServer) -> None:
-    llm = engine(degrading, audit=Audit(rate=1.0, reask=True))
+    llm = engine(degrading, audit=Audit(rate=1.0, per_call=100, reask=True))
     flock = labeller(llm, size=12)
     items = snippets(12)
     await run(flock, items)

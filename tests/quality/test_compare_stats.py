@@ -139,6 +139,11 @@ def test_wilson_matches_published_values() -> None:
     perfect = wilson(20, 20)
     assert perfect.high == 1.0 and perfect.low == pytest.approx(0.8389, abs=1e-3)
     assert wilson(0, 0).low == 0.0 and wilson(0, 0).high == 1.0 and wilson(0, 0).rate is None
+    for n in (1, 3, 10, 37, 100, 1000):  # the interval holds the point estimate, also at 0% and 100%
+        for agreed in (0, n):
+            interval = wilson(agreed, n)
+            assert interval.low <= interval.rate <= interval.high  # type: ignore[operator]
+    assert wilson(0, 10).low == 0.0
     assert wilson(95, 100, confidence=0.9).low < wilson(95, 100).high
     with pytest.raises(ConfigurationError):
         wilson(3, 2)
@@ -183,18 +188,39 @@ def test_tally_merges_counts_kept_elsewhere() -> None:
     assert first.overall().n == 2 and first.overall().agreed == 1
 
 
-def test_audit_sampling_is_seeded_and_warms_up() -> None:
-    from flock_llm.quality.audit import Audit, sampled
+def test_the_audit_samples_calls_and_one_item_in_each_uniformly() -> None:
+    from flock_llm.quality.audit import Audit, audited_positions
 
     audit = Audit(rate=0.05, seed=3, warmup=4.0)
-    ids = [f"artifact-{k}" for k in range(4000)]
-    normal = [i for i in ids if sampled(audit, [i])]
-    warm = [i for i in ids if sampled(audit, [i], warming=True)]
-    assert 150 <= len(normal) <= 250 and 700 <= len(warm) <= 900
-    assert set(normal) <= set(warm)  # the warm-up sample contains the normal one
-    assert normal == [i for i in ids if sampled(Audit(rate=0.05, seed=3), [i])]
+    calls = [[[f"call{c}-item{k}"] for k in range(25)] for c in range(4000)]
+    normal = [audited_positions(audit, call) for call in calls]
+    warm = [audited_positions(audit, call, warming=True) for call in calls]
+    audited = [p for p in normal if p]
+    assert 150 <= len(audited) <= 250 and {len(p) for p in audited} == {1}  # ~5% of calls, one item each
+    assert 700 <= sum(map(bool, warm)) <= 900  # warming: rate x warmup of the calls
+    positions = [p[0] for p in audited]
+    assert min(positions) <= 2 and max(positions) >= 22 and 8 <= sum(positions) / len(positions) <= 16  # uniform
+    assert normal == [audited_positions(Audit(rate=0.05, seed=3), call) for call in calls]  # seeded: repeatable
+    assert normal != [audited_positions(Audit(rate=0.05, seed=4), call) for call in calls]
+    two = Audit(rate=0.5, warmup=4.0)  # warming past one item a call: 2 distinct items in every call
+    assert all(len(set(audited_positions(two, call, warming=True))) == 2 for call in calls[:50])
+    assert audited_positions(Audit(rate=1.0, per_call=100), calls[0]) == list(range(25))
     with pytest.raises(ConfigurationError, match="warmup"):
         Audit(warmup=0.5)
+    with pytest.raises(ConfigurationError, match="per_call"):
+        Audit(per_call=0)
+
+
+def test_the_audit_and_the_shuffle_choose_apart_under_one_seed() -> None:
+    from flock_llm.quality.audit import Audit, audited_positions, shuffled_order
+
+    firsts = 0
+    for c in range(200):
+        keys = [f"c{c}-{k}" for k in range(10)]
+        order = shuffled_order(0, keys)
+        (chosen,) = audited_positions(Audit(rate=1.0, seed=0), [[k] for k in keys])
+        firsts += order[0] == chosen
+    assert firsts < 60  # not always the item the shuffle puts first (1 in 10 by chance)
 
 
 def test_the_public_names_of_flock_llm_quality() -> None:

@@ -14,6 +14,8 @@ AGREEMENT = {
     "size=25": wilson(70, 80),
     "size=5": wilson(20, 20),
     "position=middle": wilson(40, 50),
+    "position=last": wilson(9, 10),
+    "position=first": wilson(10, 10),
 }
 
 
@@ -31,7 +33,9 @@ def test_rows_come_overall_first_then_fields_sizes_and_positions() -> None:
         ("field", "reason"),
         ("size", "5"),
         ("size", "25"),
+        ("position", "first"),
         ("position", "middle"),
+        ("position", "last"),  # in batch order, not alphabetical
     ]
     assert rows[0][2:] == ("90.0%", "82.6% - 94.5%", 100)
 

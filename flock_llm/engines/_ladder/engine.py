@@ -154,13 +154,8 @@ class LadderEngine(ModelEngine):
         from ...quality.guard import QualityGuard
 
         self.quality = QualityGuard.from_arguments(
-            {"audit": audit, "quality": quality, "shuffle": shuffle, "report_facts": report_facts}
+            {"audit": audit, "quality": quality, "shuffle": shuffle, "report_facts": report_facts}, per_item=per_item
         )
-        if quality is not None and not per_item:
-            raise ConfigurationError(
-                f"`quality=` steers by audits of per-item answers; a report has no one-item answer to compare "
-                f"with: use {self.engine_name}(per_item=True, quality=...) or drop `quality=`"
-            )
         """Audits, the shuffle guard, the batch-size controller and report facts (`flock_llm.quality`), if any."""
         self._spec_guard: QualityGuard | None = None
         for name in reserved:
