@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -122,8 +123,7 @@ class FakeOpenAIServer:
 
     def __enter__(self) -> FakeOpenAIServer:
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -308,6 +308,15 @@ class FakeOpenAIServer:
         if isinstance(answer, dict) and isinstance(answer.get("results"), (list, dict)):
             return json.dumps(answer), len(answer["results"])
         return json.dumps(answer), 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a cancelled or timed-out request) is no error; anything else still prints."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipe, ConnectionReset, ConnectionAborted
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
