@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 log="$(mktemp)"
 tests_flock_core/run.sh >"$log" 2>&1 &
 plugin_pid=$!
-.venv/bin/python -m pytest -q
+# pytest-xdist spreads the test files over FLOCK_TEST_WORKERS processes (default 2, one per core of the CI
+# machine): much of the suite waits on subprocesses, servers and timeouts, and another file's tests run meanwhile.
+# --dist loadfile keeps each file on one worker, so a module's shared fixture (the docs site build, the local
+# model's server) is started once. FLOCK_TEST_WORKERS=0 runs everything in this one process, as plain pytest does.
+.venv/bin/python -m pytest -q -n "${FLOCK_TEST_WORKERS:-2}" --dist loadfile
 main_status=$?
 wait "$plugin_pid"
 plugin_status=$?

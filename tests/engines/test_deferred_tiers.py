@@ -102,16 +102,17 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
     env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
-        server.batches.completion_delay_s = 4.0  # long enough to kill the worker while the job runs
+        server.batches.completion_delay_s = 3600.0  # the job runs until the worker is killed (a fixed 4 s cost 4 s)
         first = subprocess.Popen(
             [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
         while server.batches.jobs_created < 1 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.05)
         assert server.batches.jobs_created == 1, "the job was never submitted"
         first.send_signal(signal.SIGKILL)  # between submission and retrieval
         first.wait(timeout=30)
+        server.batches.completion_delay_s = 0.0  # the jobs are done when they are next polled
         second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
                                 timeout=120)  # fmt: skip
         assert second.returncode == 0, second.stderr
@@ -138,7 +139,7 @@ def test_a_process_killed_between_upload_and_job_creation_bills_each_line_once_a
         first = subprocess.Popen(
             [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
         while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.05)
         assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1

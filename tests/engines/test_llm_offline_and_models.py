@@ -154,5 +154,6 @@ async def test_requests_per_minute_spaces_calls() -> None:
         starts.append(loop.time())
 
     await asyncio.gather(*(limiter.run(call) for _ in range(4)))
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert all(gap >= 0.045 for gap in gaps)
+    # the k-th call starts no sooner than k slots after the first: at most k + 1 starts in any k x 50 ms. (Gaps
+    # between neighbours are no measure: on a busy machine one call can wake late and the next one on time.)
+    assert all(start - starts[0] >= k * 0.05 - 0.005 for k, start in enumerate(starts)), starts
