@@ -144,6 +144,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    args.run_model = model  # as the store records it (`local:NAME`, not the name the local server serves)
     settings = RunSettings("per-item" if args.per_item else "report", model, args.batch_size)
     problem, resuming = usage_problem(args, settings)
     if not problem and resuming and is_pipe(args.file):
@@ -314,6 +315,7 @@ async def _run(
         max_outage=args.max_outage,
         on_start=on_start,
         llm_settings=args.llm_settings,
+        run_model=args.run_model,
     )
 
 

@@ -206,6 +206,7 @@ async def run_reviews(
     max_outage: float | None = None,
     on_start: Callable[[], None] = lambda: None,
     llm_settings: Mapping[str, Any] | None = None,
+    run_model: str | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -223,7 +224,9 @@ async def run_reviews(
     `on_records` first, those reviews (finished, or restored pending) are not published again, and the rest
     (changed, new, failed) are. Without a store, the in-memory store forgets each review once its batch ran and
     each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
-    run is set up (its settings checked), before anything is restored or published.
+    run is set up (its settings checked), before anything is restored or published. `run_model` is the model as
+    the store's run settings record it (default: `model` resolved): the CLI's `local:NAME`, whose server serves it
+    under another name, so that a resume with the same `--model` finds the same settings.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -239,7 +242,7 @@ async def run_reviews(
     resolved = resolve_model(None, model, os.environ if env is None else env)
     summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
     if store is not None:
-        write_settings(store_path(store), RunSettings(summary.mode, resolved, batch_size))
+        write_settings(store_path(store), RunSettings(summary.mode, run_model or resolved, batch_size))
 
     def hand_on(published: Sequence[Artifact], review_ids: dict[str, str]) -> None:
         summary.count(published)
