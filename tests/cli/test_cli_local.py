@@ -27,6 +27,7 @@ def test_an_unknown_local_model_is_a_usage_error(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.usefixtures("cli_in_process")
 def test_a_local_run_with_a_store_resumes_under_the_same_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -34,7 +35,6 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
     under, so the same command again resumes instead of being refused as a run of another model. (The local
     server is the fake OpenAI server here: the real one is in tests/e2e/test_local_model.py.)"""
     import contextlib
-    import gc
     import json
     from collections.abc import Iterator
     from types import SimpleNamespace
@@ -59,13 +59,10 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         store, out = f"sqlite:///{tmp_path / 'run.db'}", tmp_path / "out.jsonl"
         command = ["reviews", str(source), "--model", "local", "--per-item", "--store", store, "--json"]
         command.append("--no-progress")
-        try:
-            first = main([*command, "-o", str(out)])
-            first_summary = json.loads(capsys.readouterr().out)
-            again = main([*command, "-o", str(tmp_path / "again.jsonl")])
-            captured = capsys.readouterr()
-        finally:
-            gc.unfreeze()  # the CLI freezes what its imports made; a test process must not keep that
+        first = main([*command, "-o", str(out)])
+        first_summary = json.loads(capsys.readouterr().out)
+        again = main([*command, "-o", str(tmp_path / "again.jsonl")])
+        captured = capsys.readouterr()
         calls = fake.requests
     assert (first, first_summary["items"], first_summary["failed_items"]) == (0, 4, 0)
     assert again == 0, captured.err
