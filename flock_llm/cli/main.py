@@ -164,6 +164,10 @@ def _main(argv: Sequence[str] | None) -> int:
     return _locked(args, settings, resuming)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals that stop a run the way Ctrl-C does: the batches in flight finish, the summary is printed, exit 130."""
+
+
 def _model_named(model: str | None) -> str:
     """The model a run's arguments name: a litellm model string, or `local[:NAME]` (checked, not started)."""
     from .local import local_name
@@ -249,7 +253,9 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
     reviews = iter_reviews(args.file, skipped)
     stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupt_handler(console, stop, abort))
+    on_interrupt = interrupt_handler(console, stop, abort)
+    for signum in _STOP_SIGNALS:  # SIGTERM (timeout, systemd, docker stop, a CI cancel) is a Ctrl-C too
+        loop.add_signal_handler(signum, on_interrupt)
     figures = Figures() if args.report is not None else None
     target = None if args.output == "-" else Path(args.output)
     with OutputFile(target) as output:  # started afresh only when the run is set up (a refused run leaves it)
@@ -259,7 +265,8 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
             summary = await _run(args, reviews, sink, stop, abort, progress, task, current, output.start)
         finally:
             progress.stop()
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
     summary.bad_rows = bad_rows
     if sink.unwritten:  # the sink stopped the run, not a Ctrl-C
         summary.unwritten, summary.interrupted = sink.unwritten, False

@@ -71,3 +71,68 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
     assert served == ["smollm2", "smollm2"]
     labels = [r for r in (tmp_path / "again.jsonl").read_text().splitlines() if '"ReviewLabel"' in r]
     assert len(labels) == 4
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigterm_stops_a_run_like_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (timeout, systemd, docker stop, a CI cancel) finishes the batch in flight, writes it, prints the
+    summary and exits 130 with the local server stopped, as Ctrl-C does (before, the process died at once: no
+    summary, and the server's log was left in TMPDIR)."""
+    import contextlib
+    import json
+    import os
+    import signal
+    import threading
+    import time
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+
+    from flock_llm.testing import FakeOpenAIServer
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(8)))
+    stopped: list[bool] = []
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, stall_after=1, stall_s=1.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[SimpleNamespace]:
+            settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "max_concurrent_requests": 1}
+            try:
+                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+            finally:
+                stopped.append(True)
+
+        def terminate_when_the_second_call_hangs() -> None:
+            deadline = time.monotonic() + 60
+            while fake.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        out = tmp_path / "out.jsonl"
+        killer = threading.Thread(target=terminate_when_the_second_call_hangs)
+
+        def unhandled(signum: int, frame: object) -> None:  # a run that ignores SIGTERM fails here, not pytest
+            raise AssertionError("SIGTERM reached no handler of the run")
+
+        previous = signal.signal(signal.SIGTERM, unhandled)
+        try:
+            killer.start()
+            code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2", "--json",
+                         "--no-progress", "-o", str(out)])  # fmt: skip
+            killer.join()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        captured = capsys.readouterr()
+    assert code == 130, captured.err
+    assert "interrupted" in captured.err and "Traceback" not in captured.err
+    summary = json.loads(captured.out)
+    assert summary["interrupted"] is True and summary["items"] >= 4
+    labelled = [i for line in out.read_text().splitlines() for i in json.loads(line)["review_ids"]]
+    assert labelled[:4] == ["R0", "R1", "R2", "R3"]  # the first batch, and the one in flight when stopped
+    assert len(labelled) == len(set(labelled)) and set(labelled) <= {f"R{i}" for i in range(8)}
+    assert stopped == [True]

