@@ -225,8 +225,9 @@ async def run_reviews(
     (changed, new, failed) are. Without a store, the in-memory store forgets each review once its batch ran and
     each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
     run is set up (its settings checked), before anything is restored or published. `run_model` is the model as
-    the store's run settings record it (default: `model` resolved): the CLI's `local:NAME`, whose server serves it
-    under another name, so that a resume with the same `--model` finds the same settings.
+    the summary names it and the store's run settings record it (default: `model` resolved): the CLI's
+    `local:NAME`, whose server serves it under another name, so that a resume with the same `--model` finds the
+    same settings.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -240,9 +241,10 @@ async def run_reviews(
     spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {})
     engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
-    summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
+    mode = "per-item" if per_item else "report"
+    summary = RunSummary(model=run_model or resolved, offline=resolved == OFFLINE_MODEL, mode=mode)
     if store is not None:
-        write_settings(store_path(store), RunSettings(summary.mode, run_model or resolved, batch_size))
+        write_settings(store_path(store), RunSettings(summary.mode, summary.model, batch_size))
 
     def hand_on(published: Sequence[Artifact], review_ids: dict[str, str]) -> None:
         summary.count(published)

@@ -216,12 +216,19 @@ def _wait_ready(server: LocalModel, timeout: float) -> None:
             )
         try:
             with urllib.request.urlopen(f"{server.api_base}/models", timeout=2) as response:  # noqa: S310 - loopback
-                if response.status == 200 and json.load(response).get("data"):
+                if response.status == 200 and _serves(json.load(response), server.name):
                     return
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(0.1)
     raise ConfigurationError(f"the local model server did not answer within {timeout:g} s: {_tail(server.log)}")
+
+
+def _serves(models: object, name: str) -> bool:
+    """Whether a `/v1/models` answer lists `name` (what we told our server to serve it as): the port was free
+    when we picked it, but another process may have taken it before our server bound it; that one is not ours."""
+    data = models.get("data") if isinstance(models, dict) else None
+    return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == name for m in data)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

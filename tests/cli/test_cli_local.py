@@ -65,6 +65,7 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         captured = capsys.readouterr()
         calls = fake.requests
     assert (first, first_summary["items"], first_summary["failed_items"]) == (0, 4, 0)
+    assert first_summary["model"] == "local:smollm2"  # as typed: the summary's advice names a model that works
     assert again == 0, captured.err
     assert "was made with model" not in captured.err
     assert json.loads(captured.out)["resumed"] == 4 and calls == first_summary["llm_calls"]  # nothing asked again
@@ -136,3 +137,45 @@ def test_sigterm_stops_a_run_like_ctrl_c(
     assert labelled[:4] == ["R0", "R1", "R2", "R3"]  # the first batch, and the one in flight when stopped
     assert len(labelled) == len(set(labelled)) and set(labelled) <= {f"R{i}" for i in range(8)}
     assert stopped == [True]
+
+
+def test_a_stranger_on_the_local_servers_port_is_not_taken_for_it(tmp_path: Path) -> None:
+    """The port local_model() picked may be taken before its server binds it (the server then dies of "address in
+    use"): whatever else answers /v1/models there is not our server (findings/local.md F3)."""
+    import http.server
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    from flock_llm.errors import ConfigurationError
+    from flock_llm.testing.local_server import LocalModel, _wait_ready
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = b'{"object": "list", "data": [{"id": "someone-else", "object": "model"}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    ours = subprocess.Popen(  # noqa: S603 - stands for our server, which dies of "address in use"
+        [sys.executable, "-c", "import sys, time; time.sleep(0.3); print('[Errno 98] address in use'); sys.exit(1)"],
+        stdout=(log := tempfile.TemporaryFile()),  # noqa: SIM115 - closed below
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        server = LocalModel("smollm2", f"http://127.0.0.1:{stranger.server_address[1]}/v1", ours, log)
+        with pytest.raises(ConfigurationError, match=r"exited with status 1: .*address in use"):
+            _wait_ready(server, timeout=30)
+    finally:
+        ours.wait()
+        log.close()
+        stranger.shutdown()
+        stranger.server_close()
