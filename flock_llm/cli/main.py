@@ -225,13 +225,12 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
     current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
     total = count_rows(args.file)
-    try:
-        with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
-            if args.llm_settings:  # a small model on a CPU: a request may take minutes
-                args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
-            return asyncio.run(_reviews(args, current, total))
-    except KeyboardInterrupt:  # Ctrl-C while the local model server was starting: nothing was sent yet
-        return EXIT_INTERRUPTED
+    # a Ctrl-C while the local model server starts (nothing was sent yet) stops it and goes on to main(), which
+    # says "interrupted" and ignores a second Ctrl-C while exiting
+    with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+        if args.llm_settings:  # a small model on a CPU: a request may take minutes
+            args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
+        return asyncio.run(_reviews(args, current, total))
 
 
 async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:

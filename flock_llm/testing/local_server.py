@@ -182,7 +182,13 @@ def local_model(
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS), "--n_threads", str(threads),
         "--n_threads_batch", str(threads),
     ]  # fmt: skip
-    log = tempfile.TemporaryFile(prefix="flock-local-model-", suffix=".log")  # noqa: SIM115 - closed below
+    try:
+        log = tempfile.TemporaryFile(prefix="flock-local-model-", suffix=".log")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write the local model server's log in {tempfile.gettempdir()!r} ({exc.strerror or exc}): "
+            "set TMPDIR to a writable directory"
+        ) from None
     try:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             command,

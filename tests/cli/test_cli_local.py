@@ -179,3 +179,68 @@ def test_a_stranger_on_the_local_servers_port_is_not_taken_for_it(tmp_path: Path
         log.close()
         stranger.shutdown()
         stranger.server_close()
+
+
+def test_a_review_label_is_one_of_the_three_labels() -> None:
+    """The label is an enum in the schema, so llama.cpp's grammar lets a small model write only one of the three
+    (it wrote review-like sentences into a free string: findings/local.md F4), and validation sends any other
+    answer of a hosted model back to the ladder."""
+    import pydantic
+
+    from flock_llm.cli.review_types import ReviewLabel
+    from flock_llm.engines._ladder.formats import per_item_schema
+
+    pinned = per_item_schema(ReviewLabel.model_json_schema(), ["i1", "i2"])
+    for item in ("i1", "i2"):
+        assert pinned["properties"]["results"]["properties"][item]["properties"]["label"]["enum"] == [
+            "positive", "neutral", "negative"
+        ]  # fmt: skip
+    with pytest.raises(pydantic.ValidationError):
+        ReviewLabel(review_id="R1", label="Average espresso machine, Nothing Special.", reason="")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_ctrl_c_while_the_local_server_starts_says_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the run exited 130 saying nothing, and a second Ctrl-C killed it while it exited (F5)."""
+    import contextlib
+    import signal
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def starting(name: str) -> Iterator[None]:
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", starting)
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"id": "R1", "rating": 5, "text": "good"}\n')
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["reviews", str(source), "--model", "local", "--no-progress", "-o", str(tmp_path / "o.jsonl")])
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and ignored
+    assert "flock-llm: interrupted" in capsys.readouterr().err
+
+
+def test_no_usable_temp_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only container without a writable temp dir: a ConfigurationError saying what to set (F9), before
+    anything is started."""
+    import importlib.util
+
+    from flock_llm.errors import ConfigurationError
+    from flock_llm.testing import local_server
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("the `local` extra is not installed")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
+    with (
+        pytest.raises(ConfigurationError, match="set TMPDIR to a writable directory"),
+        local_server.local_model(str(model)),
+    ):
+        pytest.fail("started without a log")
