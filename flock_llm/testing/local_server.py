@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -137,6 +138,12 @@ def _free_port() -> int:
         return port
 
 
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flock-local-model")
+"""The thread that starts servers: it lives as long as this process. The kernel's parent-death signal (below)
+fires when the *thread* that started a server ends, so a server started by a thread that ends before the
+`local_model()` block (an app's start-up thread, a worker thread) would be killed with it."""
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A pre-exec hook that has the kernel kill the server when we die (Linux), else None. SIGKILL, because the
     server's graceful shutdown on SIGTERM waits for the request in flight, which may take minutes."""
@@ -190,15 +197,16 @@ def local_model(
             "set TMPDIR to a writable directory"
         ) from None
     try:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        process = _SPAWNER.submit(  # see _SPAWNER
+            subprocess.Popen,
             command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},  # idle threads sleep: the machine may be shared
             start_new_session=True,  # the terminal's Ctrl-C goes to us; we stop the server when we are done
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only prctl, before exec
-        )
+            preexec_fn=_die_with_parent(),
+        ).result()
     except BaseException:
         log.close()
         raise

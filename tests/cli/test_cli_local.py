@@ -244,3 +244,36 @@ def test_no_usable_temp_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
         local_server.local_model(str(model)),
     ):
         pytest.fail("started without a log")
+
+
+def test_the_server_is_started_by_a_thread_that_outlives_the_callers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel kills a server when the thread that started it ends (PR_SET_PDEATHSIG is per thread), so a
+    local_model() entered from a worker thread must not start it from that thread (findings/local.md F7)."""
+    import importlib.util
+    import subprocess
+    import threading
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("the `local` extra is not installed")
+    from flock_llm.testing import local_server
+
+    started_by: list[threading.Thread] = []
+
+    def popen(*args: object, **kwargs: object) -> object:
+        started_by.append(threading.current_thread())
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+
+    def enter() -> None:
+        with pytest.raises(OSError, match="not started"), local_server.local_model(str(model)):
+            pass
+
+    caller = threading.Thread(target=enter)
+    caller.start()
+    caller.join()
+    assert len(started_by) == 1 and started_by[0] is not caller and started_by[0].is_alive()
