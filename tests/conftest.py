@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import respx
@@ -191,3 +192,26 @@ async def close_litellm_clients() -> None:
     closing = [t for t in asyncio.all_tasks() if t is not me and t.get_coro().__qualname__.endswith("aclose")]
     if closing:
         await asyncio.wait(closing, timeout=5)
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For a test that runs `flock_llm.cli.main.main()` in its own process: each run's event loop closes
+    litellm's clients before it ends (see `litellm_clients_closed`), and what the CLI froze for the garbage
+    collector is unfrozen afterwards."""
+    run = asyncio.run
+
+    def run_then_close(main: Any) -> Any:
+        async def both() -> Any:
+            try:
+                return await main
+            finally:
+                await close_litellm_clients()
+
+        return run(both())
+
+    monkeypatch.setattr(asyncio, "run", run_then_close)  # a sync test: nothing else runs a loop meanwhile
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -152,6 +152,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ConfigurationError as exc:
         print(f"flock-llm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    args.run_model = model  # as the store records it (`local:NAME`, not the name the local server serves)
     settings = RunSettings("per-item" if args.per_item else "report", model, args.batch_size)
     problem, resuming = usage_problem(args, settings)
     if not problem and resuming and is_pipe(args.file):
@@ -169,6 +170,10 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"flock-llm: {exc}", file=sys.stderr)
             return EXIT_USAGE
     return _locked(args, settings, resuming)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals that stop a run the way Ctrl-C does: the batches in flight finish, the summary is printed, exit 130."""
 
 
 def _model_named(model: str | None) -> str:
@@ -228,13 +233,12 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     gc.freeze()  # the ~500,000 objects of the imports are never traversed by the garbage collector again
     current = {fingerprint(r) for r in iter_reviews(args.file, lambda bad: None)} if resuming else None
     total = count_rows(args.file)
-    try:
-        with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
-            if args.llm_settings:  # a small model on a CPU: a request may take minutes
-                args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
-            return asyncio.run(_reviews(args, current, total))
-    except KeyboardInterrupt:  # Ctrl-C while the local model server was starting: nothing was sent yet
-        return EXIT_INTERRUPTED
+    # a Ctrl-C while the local model server starts (nothing was sent yet) stops it and goes on to main(), which
+    # says "interrupted" and ignores a second Ctrl-C while exiting
+    with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+        if args.llm_settings:  # a small model on a CPU: a request may take minutes
+            args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
+        return asyncio.run(_reviews(args, current, total))
 
 
 async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:
@@ -256,7 +260,9 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
     reviews = iter_reviews(args.file, skipped)
     stop, abort = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, interrupt_handler(console, stop, abort))
+    on_interrupt = interrupt_handler(console, stop, abort)
+    for signum in _STOP_SIGNALS:  # SIGTERM (timeout, systemd, docker stop, a CI cancel) is a Ctrl-C too
+        loop.add_signal_handler(signum, on_interrupt)
     figures = Figures() if args.report is not None else None
     target = None if args.output == "-" else Path(args.output)
     with OutputFile(target) as output:  # started afresh only when the run is set up (a refused run leaves it)
@@ -266,7 +272,8 @@ async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: 
             summary = await _run(args, reviews, sink, stop, abort, progress, task, current, output.start)
         finally:
             progress.stop()
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in _STOP_SIGNALS:
+                loop.remove_signal_handler(signum)
     summary.bad_rows = bad_rows
     if sink.unwritten:  # the sink stopped the run, not a Ctrl-C
         summary.unwritten, summary.interrupted = sink.unwritten, False
@@ -322,7 +329,11 @@ async def _run(
         max_outage=args.max_outage,
         on_start=on_start,
         llm_settings=args.llm_settings,
+<<<<<<< HEAD
         audit_rate=args.audit,
+=======
+        run_model=args.run_model,
+>>>>>>> local2
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from ..registry import flock_type
@@ -34,5 +36,5 @@ class ReviewLabel(BaseModel):
     """What the per-item agent publishes for each review."""
 
     review_id: str
-    label: str = Field(description="positive, neutral or negative")
+    label: Literal["positive", "neutral", "negative"] = Field(description="positive, neutral or negative")
     reason: str = Field(description="a few words explaining the label")

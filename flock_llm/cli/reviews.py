@@ -211,6 +211,7 @@ async def run_reviews(
     on_start: Callable[[], None] = lambda: None,
     llm_settings: Mapping[str, Any] | None = None,
     audit_rate: float | None = None,
+    run_model: str | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -230,6 +231,9 @@ async def run_reviews(
     each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
     run is set up (its settings checked), before anything is restored or published. With `audit_rate` (per-item
     only), that share of the calls has one review asked again alone; the summary gets the agreement.
+    `run_model` is the model as the summary names it and the store's run settings record it (default: `model`
+    resolved): the CLI's `local:NAME`, whose server serves it under another name, so that a resume with the same
+    `--model` finds the same settings.
     """
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -243,9 +247,10 @@ async def run_reviews(
     spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {}, audit_rate)
     engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
-    summary = RunSummary(model=resolved, offline=resolved == OFFLINE_MODEL, mode="per-item" if per_item else "report")
+    mode = "per-item" if per_item else "report"
+    summary = RunSummary(model=run_model or resolved, offline=resolved == OFFLINE_MODEL, mode=mode)
     if store is not None:
-        write_settings(store_path(store), RunSettings(summary.mode, resolved, batch_size))
+        write_settings(store_path(store), RunSettings(summary.mode, summary.model, batch_size))
 
     def hand_on(published: Sequence[Artifact], review_ids: dict[str, str]) -> None:
         summary.count(published)

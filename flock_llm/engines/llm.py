@@ -228,6 +228,12 @@ class _Call:
     def structured(self) -> bool:
         return self.mode != "prompt"
 
+    @property
+    def keyed(self) -> bool:
+        """Whether per-item results are asked for keyed by item id (the pinned schema is sent), so the prompt
+        describes that form; otherwise (no schema sent, or the array schema) as an array."""
+        return self.format.pinned and self.structured
+
     def _format_key(self) -> str:
         return f"{self.model.split('/', 1)[0]} at {self._endpoint()}"
 
@@ -251,6 +257,7 @@ class _Call:
             output_schema=self.schema,
             per_item=per_item,
             reduce=reduce_total > 0,
+            keyed=self.keyed,
         )
         facts: Mapping[str, Any] = {}
         if self.ctx.facts is not None and not per_item and not reduce_total:  # a reduce's parts are not items

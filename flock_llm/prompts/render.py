@@ -79,9 +79,11 @@ class Prompts:
         output_schema: dict[str, Any],
         per_item: bool,
         reduce: bool = False,
+        keyed: bool = False,
     ) -> str:
         """The system message: the same for every batch of an agent (per-batch facts are in the items message),
-        so providers can cache it as a prompt prefix."""
+        so providers can cache it as a prompt prefix. `keyed`: per-item results are asked for as an object keyed
+        by the item ids (the form a grammar-constrained server is given), not as an array."""
         return (
             self._templates["system"]
             .render(
@@ -91,6 +93,7 @@ class Prompts:
                 output_schema=json.dumps(output_schema, indent=1),
                 per_item=per_item,
                 reduce=reduce,
+                keyed=keyed,
             )
             .strip()
         )

@@ -26,9 +26,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import ConfigurationError
 
@@ -92,8 +93,9 @@ class LocalModel:
     """The server's OpenAI-compatible base URL on the loopback interface (`http://127.0.0.1:PORT/v1`)."""
     process: subprocess.Popen[bytes] = field(repr=False)
     """The server process (stopped when the `local_model()` block ends)."""
-    log_path: Path = field(repr=False)
-    """Where the server's output goes (its last lines are quoted when it fails to start)."""
+    log: BinaryIO = field(repr=False)
+    """The server's output: a file with no name (its last lines are quoted when the server fails to start), so
+    nothing is left behind however this process ends (SIGTERM, kill -9)."""
 
     @property
     def model(self) -> str:
@@ -134,6 +136,12 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flock-local-model")
+"""The thread that starts servers: it lives as long as this process. The kernel's parent-death signal (below)
+fires when the *thread* that started a server ends, so a server started by a thread that ends before the
+`local_model()` block (an app's start-up thread, a worker thread) would be killed with it."""
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -181,24 +189,36 @@ def local_model(
         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS), "--n_threads", str(threads),
         "--n_threads_batch", str(threads),
     ]  # fmt: skip
-    with tempfile.NamedTemporaryFile(prefix="flock-local-model-", suffix=".log", delete=False) as log_file:
-        log_path = Path(log_file.name)
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+    try:
+        log = tempfile.TemporaryFile(prefix="flock-local-model-", suffix=".log")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot write the local model server's log in {tempfile.gettempdir()!r} ({exc.strerror or exc}): "
+            "set TMPDIR to a writable directory"
+        ) from None
+    try:
+        process = _SPAWNER.submit(  # see _SPAWNER
+            subprocess.Popen,
             command,
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},  # idle threads sleep: the machine may be shared
             start_new_session=True,  # the terminal's Ctrl-C goes to us; we stop the server when we are done
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only prctl, before exec
-        )
-    server = LocalModel(name, f"http://127.0.0.1:{port}/v1", process, log_path)
+            preexec_fn=_die_with_parent(),
+        ).result()
+    except BaseException:
+        log.close()
+        raise
+    server = LocalModel(name, f"http://127.0.0.1:{port}/v1", process, log)
     try:
         _wait_ready(server, ready_timeout)
         yield server
     finally:
-        _stop(process)
-        log_path.unlink(missing_ok=True)
+        try:
+            _stop(process)
+        finally:
+            log.close()
 
 
 def _wait_ready(server: LocalModel, timeout: float) -> None:
@@ -206,16 +226,23 @@ def _wait_ready(server: LocalModel, timeout: float) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise ConfigurationError(
-                f"the local model server exited with status {server.process.returncode}: {_tail(server.log_path)}"
+                f"the local model server exited with status {server.process.returncode}: {_tail(server.log)}"
             )
         try:
             with urllib.request.urlopen(f"{server.api_base}/models", timeout=2) as response:  # noqa: S310 - loopback
-                if response.status == 200 and json.load(response).get("data"):
+                if response.status == 200 and _serves(json.load(response), server.name):
                     return
         except (urllib.error.URLError, OSError, ValueError):
             pass
         time.sleep(0.1)
-    raise ConfigurationError(f"the local model server did not answer within {timeout:g} s: {_tail(server.log_path)}")
+    raise ConfigurationError(f"the local model server did not answer within {timeout:g} s: {_tail(server.log)}")
+
+
+def _serves(models: object, name: str) -> bool:
+    """Whether a `/v1/models` answer lists `name` (what we told our server to serve it as): the port was free
+    when we picked it, but another process may have taken it before our server bound it; that one is not ours."""
+    data = models.get("data") if isinstance(models, dict) else None
+    return isinstance(data, list) and any(isinstance(m, dict) and m.get("id") == name for m in data)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -228,9 +255,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def _tail(log: BinaryIO, lines: int = 5, size: int = 8_192) -> str:
+    """The last lines of the server's output (read at an offset: the server writes at the file's own one)."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
+        end = os.fstat(log.fileno()).st_size
+        text = os.pread(log.fileno(), size, max(0, end - size)).decode(errors="replace").strip().splitlines()
+    except (OSError, ValueError):
         return "(no log)"
     return " | ".join(text[-lines:]) or "(empty log)"

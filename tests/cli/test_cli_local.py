@@ -25,3 +25,255 @@ def test_an_unknown_local_model_is_a_usage_error(tmp_path: Path, capsys: pytest.
     error = capsys.readouterr().err
     assert "unknown local model 'nope'" in error and "smollm2" in error
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_a_local_run_with_a_store_resumes_under_the_same_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store records `local:smollm2` (what the user typed), not the name the local server serves the model
+    under, so the same command again resumes instead of being refused as a run of another model. (The local
+    server is the fake OpenAI server here: the real one is in tests/e2e/test_local_model.py.)"""
+    import contextlib
+    import json
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+
+    from flock_llm.testing import FakeOpenAIServer
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    source = tmp_path / "r.jsonl"
+    rows = (json.dumps({"id": f"R{i}", "rating": 1 + i % 5, "text": "fine"}) for i in range(4))
+    source.write_text("".join(f"{row}\n" for row in rows))
+    served: list[str] = []
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[SimpleNamespace]:
+            served.append(name)
+            settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "structured_output": "json_object"}
+            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        store, out = f"sqlite:///{tmp_path / 'run.db'}", tmp_path / "out.jsonl"
+        command = ["reviews", str(source), "--model", "local", "--per-item", "--store", store, "--json"]
+        command.append("--no-progress")
+        first = main([*command, "-o", str(out)])
+        first_summary = json.loads(capsys.readouterr().out)
+        again = main([*command, "-o", str(tmp_path / "again.jsonl")])
+        captured = capsys.readouterr()
+        calls = fake.requests
+    assert (first, first_summary["items"], first_summary["failed_items"]) == (0, 4, 0)
+    assert first_summary["model"] == "local:smollm2"  # as typed: the summary's advice names a model that works
+    assert again == 0, captured.err
+    assert "was made with model" not in captured.err
+    assert json.loads(captured.out)["resumed"] == 4 and calls == first_summary["llm_calls"]  # nothing asked again
+    assert served == ["smollm2", "smollm2"]
+    labels = [r for r in (tmp_path / "again.jsonl").read_text().splitlines() if '"ReviewLabel"' in r]
+    assert len(labels) == 4
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigterm_stops_a_run_like_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM (timeout, systemd, docker stop, a CI cancel) finishes the batch in flight, writes it, prints the
+    summary and exits 130 with the local server stopped, as Ctrl-C does (before, the process died at once: no
+    summary, and the server's log was left in TMPDIR)."""
+    import contextlib
+    import json
+    import os
+    import signal
+    import threading
+    import time
+    from collections.abc import Iterator
+    from types import SimpleNamespace
+
+    from flock_llm.testing import FakeOpenAIServer
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(8)))
+    stopped: list[bool] = []
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, stall_after=1, stall_s=1.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[SimpleNamespace]:
+            settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "max_concurrent_requests": 1}
+            try:
+                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+            finally:
+                stopped.append(True)
+
+        def terminate_when_the_second_call_hangs() -> None:
+            deadline = time.monotonic() + 60
+            while fake.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        out = tmp_path / "out.jsonl"
+        killer = threading.Thread(target=terminate_when_the_second_call_hangs)
+
+        def unhandled(signum: int, frame: object) -> None:  # a run that ignores SIGTERM fails here, not pytest
+            raise AssertionError("SIGTERM reached no handler of the run")
+
+        previous = signal.signal(signal.SIGTERM, unhandled)
+        try:
+            killer.start()
+            code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2", "--json",
+                         "--no-progress", "-o", str(out)])  # fmt: skip
+            killer.join()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        captured = capsys.readouterr()
+    assert code == 130, captured.err
+    assert "interrupted" in captured.err and "Traceback" not in captured.err
+    summary = json.loads(captured.out)
+    assert summary["interrupted"] is True and summary["items"] >= 4
+    labelled = [i for line in out.read_text().splitlines() for i in json.loads(line)["review_ids"]]
+    assert labelled[:4] == ["R0", "R1", "R2", "R3"]  # the first batch, and the one in flight when stopped
+    assert len(labelled) == len(set(labelled)) and set(labelled) <= {f"R{i}" for i in range(8)}
+    assert stopped == [True]
+
+
+def test_a_stranger_on_the_local_servers_port_is_not_taken_for_it(tmp_path: Path) -> None:
+    """The port local_model() picked may be taken before its server binds it (the server then dies of "address in
+    use"): whatever else answers /v1/models there is not our server (findings/local.md F3)."""
+    import http.server
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    from flock_llm.errors import ConfigurationError
+    from flock_llm.testing.local_server import LocalModel, _wait_ready
+
+    class Stranger(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = b'{"object": "list", "data": [{"id": "someone-else", "object": "model"}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    ours = subprocess.Popen(  # noqa: S603 - stands for our server, which dies of "address in use"
+        [sys.executable, "-c", "import sys, time; time.sleep(0.3); print('[Errno 98] address in use'); sys.exit(1)"],
+        stdout=(log := tempfile.TemporaryFile()),  # noqa: SIM115 - closed below
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        server = LocalModel("smollm2", f"http://127.0.0.1:{stranger.server_address[1]}/v1", ours, log)
+        with pytest.raises(ConfigurationError, match=r"exited with status 1: .*address in use"):
+            _wait_ready(server, timeout=30)
+    finally:
+        ours.wait()
+        log.close()
+        stranger.shutdown()
+        stranger.server_close()
+
+
+def test_a_review_label_is_one_of_the_three_labels() -> None:
+    """The label is an enum in the schema, so llama.cpp's grammar lets a small model write only one of the three
+    (it wrote review-like sentences into a free string: findings/local.md F4), and validation sends any other
+    answer of a hosted model back to the ladder."""
+    import pydantic
+
+    from flock_llm.cli.review_types import ReviewLabel
+    from flock_llm.engines._ladder.formats import per_item_schema
+
+    pinned = per_item_schema(ReviewLabel.model_json_schema(), ["i1", "i2"])
+    for item in ("i1", "i2"):
+        assert pinned["properties"]["results"]["properties"][item]["properties"]["label"]["enum"] == [
+            "positive", "neutral", "negative"
+        ]  # fmt: skip
+    with pytest.raises(pydantic.ValidationError):
+        ReviewLabel(review_id="R1", label="Average espresso machine, Nothing Special.", reason="")  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_ctrl_c_while_the_local_server_starts_says_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the run exited 130 saying nothing, and a second Ctrl-C killed it while it exited (F5)."""
+    import contextlib
+    import signal
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def starting(name: str) -> Iterator[None]:
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", starting)
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"id": "R1", "rating": 5, "text": "good"}\n')
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["reviews", str(source), "--model", "local", "--no-progress", "-o", str(tmp_path / "o.jsonl")])
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130 and ignored
+    assert "flock-llm: interrupted" in capsys.readouterr().err
+
+
+def test_no_usable_temp_dir_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only container without a writable temp dir: a ConfigurationError saying what to set (F9), before
+    anything is started."""
+    import importlib.util
+
+    from flock_llm.errors import ConfigurationError
+    from flock_llm.testing import local_server
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("the `local` extra is not installed")
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "missing"))
+    with (
+        pytest.raises(ConfigurationError, match="set TMPDIR to a writable directory"),
+        local_server.local_model(str(model)),
+    ):
+        pytest.fail("started without a log")
+
+
+def test_the_server_is_started_by_a_thread_that_outlives_the_callers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel kills a server when the thread that started it ends (PR_SET_PDEATHSIG is per thread), so a
+    local_model() entered from a worker thread must not start it from that thread (findings/local.md F7)."""
+    import importlib.util
+    import subprocess
+    import threading
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("the `local` extra is not installed")
+    from flock_llm.testing import local_server
+
+    started_by: list[threading.Thread] = []
+
+    def popen(*args: object, **kwargs: object) -> object:
+        started_by.append(threading.current_thread())
+        raise OSError("not started in this test")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+
+    def enter() -> None:
+        with pytest.raises(OSError, match="not started"), local_server.local_model(str(model)):
+            pass
+
+    caller = threading.Thread(target=enter)
+    caller.start()
+    caller.join()
+    assert len(started_by) == 1 and started_by[0] is not caller and started_by[0].is_alive()

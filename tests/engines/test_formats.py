@@ -9,7 +9,7 @@ import pytest
 import respx
 from conftest import references
 from domain import ReviewSentiment
-from llm_fakes import body, chat, error, item_ids
+from llm_fakes import OPENAI_URL, body, chat, error, item_ids
 from test_llm_engine import FAST_RETRY, reviews, run_batch
 
 from flock_llm.engines._ladder.formats import (
@@ -146,4 +146,52 @@ async def test_a_server_that_rejects_json_schema_gets_json_object_once_and_for_g
     assert (usage["retries"], usage["failed_items"]) == (0, 0)
     _, again = await run_batch(engine, reviews(3), per_item=True)  # the engine remembers: no json_schema again
     assert [body(c.request)["response_format"]["type"] for c in route.calls[len(kinds) :]] == ["json_object"]
+    assert await references(flock, "sentiment") == {a.id: 1 for a in published}
+
+
+KEYED = '{"results": {"<the item\'s id>": <a ReviewSentiment object>, ...}}'
+LISTED = '{"results": [{"item_id": "<the item\'s id>", "output": <a ReviewSentiment object>}, ...]}'
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "local", "sent", "described"),
+    [
+        ("json_object", "openai/smollm2", True, "json_object keyed", KEYED),
+        ("auto", "openai/smollm2", True, "json_schema keyed", KEYED),
+        ("json_schema", "openai/smollm2", True, "json_schema listed", LISTED),
+        ("prompt", "openai/smollm2", True, "none", LISTED),
+        ("auto", "hosted_vllm/smollm2", True, "json_schema keyed", KEYED),
+        ("auto", "gpt-4o-mini", False, "json_schema listed", LISTED),
+    ],
+)
+async def test_the_system_prompt_describes_the_form_the_request_asks_for(
+    openai: respx.MockRouter, setting: str, model: str, local: bool, sent: str, described: str
+) -> None:
+    """A grammar-constrained server is sent results keyed by item id: the system prompt must ask for that form,
+    not the array it asks hosted providers for (a small model told one form and forced into another does
+    worse); a model answering the form it was told labels every item."""
+    prompts: list[str] = []
+
+    def answer(request: object) -> object:
+        payload = body(request)  # type: ignore[arg-type]
+        prompts.append(payload["messages"][0]["content"])
+        ids = item_ids(request)  # type: ignore[arg-type]
+        rf = payload.get("response_format")
+        results = (rf or {}).get("schema") or (rf or {}).get("json_schema", {}).get("schema")
+        keyed = results is not None and results["properties"]["results"]["type"] == "object"
+        kind = "none" if rf is None else f"{rf['type']} {'keyed' if keyed else 'listed'}"
+        assert kind == sent
+        outputs = {i: {"review_id": f"r-{i}", "label": "positive"} for i in ids}
+        if KEYED in prompts[-1]:
+            return chat({"results": outputs})
+        return chat({"results": [{"item_id": i, "output": o} for i, o in outputs.items()]})
+
+    route = openai.post(LOCAL_URL if local else OPENAI_URL).mock(side_effect=answer)
+    where = {"api_base": "http://127.0.0.1:8999/v1"} if local else {}
+    engine = LLMEngine(model, per_item=True, structured_output=setting, api_key="sk-test", retry=FAST_RETRY, **where)
+    flock, published = await run_batch(engine, reviews(4), per_item=True)
+    assert route.call_count == 1 and len(prompts) == 1
+    assert described in prompts[0] and (KEYED if described == LISTED else LISTED) not in prompts[0]
+    usage = flock.metrics().usage["sentiment"]
+    assert (usage["llm_calls"], usage["failed_items"]) == (1, 0)
     assert await references(flock, "sentiment") == {a.id: 1 for a in published}
