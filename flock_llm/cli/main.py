@@ -329,11 +329,8 @@ async def _run(
         max_outage=args.max_outage,
         on_start=on_start,
         llm_settings=args.llm_settings,
-<<<<<<< HEAD
         audit_rate=args.audit,
-=======
         run_model=args.run_model,
->>>>>>> local2
     )
 
 
