@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -15,6 +14,7 @@ from ..errors import ConfigurationError
 from ..prompts.render import PromptItem, Prompts, encode_item
 from ._base import EngineContext, EvalInputs
 from ._calls.breaker import BreakerPolicy
+from ._calls.endpoint import api_base, endpoint
 from ._calls.engine import PROBE_SETTINGS
 from ._calls.models import announce_offline, counting_model, is_offline, load_litellm, resolve_model
 from ._calls.prices import TokenPrices, cache_points
@@ -29,8 +29,8 @@ from ._ladder.formats import (
     StructuredOutput,
     as_setting,
     bounded_strings,
-    downgraded,
     format_rejected,
+    in_mode,
     per_item_schema,
     request_format,
     resolve_format,
@@ -294,7 +294,7 @@ class _Call:
         """`litellm.acompletion` in this endpoint's structured-output mode; a server that rejects the requested
         format moves the endpoint to the next mode (said once, in a warning) and the call shell sends the request
         again at once (`Resend`: paced and counted like any request)."""
-        kwargs = self._in_mode(kwargs)
+        kwargs = in_mode(kwargs, self.mode)
         try:
             return await self.litellm.acompletion(**kwargs)
         except Exception as exc:
@@ -317,21 +317,6 @@ class _Call:
                 )
             self.usage.format_fallbacks += 1
             raise Resend(f"response_format {rejected!r} rejected; sent again as {following!r}") from exc
-
-    def _in_mode(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """`kwargs` with its `response_format` in the endpoint's mode now (a server may have rejected the one the
-        request was built with, for this call or another one)."""
-        sent = kwargs.get("response_format")
-        if not isinstance(sent, dict):
-            return kwargs
-        mode = self.mode
-        if mode == ("json_object" if sent.get("type") == "json_object" else "json_schema"):
-            return kwargs
-        changed = dict(kwargs)
-        changed["response_format"] = downgraded(sent, mode)
-        if changed["response_format"] is None:
-            del changed["response_format"]
-        return changed
 
     def count_tokens(self, items: Sequence[LadderItem], *, per_item: bool | None = None) -> int:
         messages = self.messages(items, per_item=self.engine.per_item if per_item is None else per_item)
@@ -400,20 +385,10 @@ class _Call:
         return Answer(content, truncated=finish == "length")
 
     def _api_base(self) -> str | None:
-        kwargs = self.engine.litellm_kwargs
-        base = kwargs.get("api_base") or kwargs.get("base_url")
-        if not base and self.model.startswith("openai/"):
-            base = os.environ.get("OPENAI_API_BASE") or os.environ.get("OPENAI_BASE_URL")
-        return str(base) if base else None
+        return api_base(self.engine.litellm_kwargs, self.model, os.environ)
 
     def _endpoint(self) -> str:
-        """Where calls go: scheme, host, port and path of the API base (never its credentials)."""
-        base = self._api_base()
-        if not base:
-            return "the provider's default endpoint"
-        parts = urlsplit(base)
-        host = parts.hostname or "?"
-        return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "") + parts.path
+        return endpoint(self._api_base())
 
     def _where(self) -> str:
         """Where calls go, for error texts: the model and its endpoint (never its credentials)."""

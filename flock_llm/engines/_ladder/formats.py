@@ -39,6 +39,7 @@ __all__ = [
     "StructuredOutput",
     "as_setting",
     "bounded_strings",
+    "in_mode",
     "downgraded",
     "format_rejected",
     "next_mode",
@@ -230,3 +231,16 @@ def downgraded(response_format: Mapping[str, Any], mode: Mode) -> dict[str, Any]
     if schema is None:
         return None
     return request_format(mode, name, schema)
+
+
+def in_mode(kwargs: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """`kwargs` with its `response_format` in `mode`, the endpoint's mode now (a server may have rejected the one
+    the request was built with, for this call or another one)."""
+    sent = kwargs.get("response_format")
+    if not isinstance(sent, dict) or mode == ("json_object" if sent.get("type") == "json_object" else "json_schema"):
+        return kwargs
+    changed = dict(kwargs)
+    changed["response_format"] = downgraded(sent, mode)
+    if changed["response_format"] is None:
+        del changed["response_format"]
+    return changed
