@@ -265,6 +265,10 @@ class Engine:
         """Refuse, when the agent is defined, a BatchSpec this engine cannot serve. The base refuses
         `quality=` (a quality target steers by audits, which LLMEngine and DSPyEngine make).
 
+        Args:
+            agent: the agent's name (for the error text).
+            spec: the subscription's BatchSpec.
+
         Raises:
             ConfigurationError: the spec asks for what the engine cannot do.
         """
@@ -276,7 +280,12 @@ class Engine:
 
     def effective_batch_size(self, agent: str, subscription_index: int) -> int | None:
         """The batch size this engine currently wants for the subscription (`BatchSpec(quality=)`), below the
-        configured one; None: the configured size (the base, and until the engine knows)."""
+        configured one; None: the configured size (the base, and until the engine knows).
+
+        Args:
+            agent: the agent's name.
+            subscription_index: which of the agent's subscriptions.
+        """
         return None
 
     async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:

@@ -75,7 +75,12 @@ class DSPyEngine(LadderEngine):
         budget_usd: a cap on what this engine's calls cost, as for LLMEngine; `Flock(budget_usd=)` caps this
             engine too. A module of yours that calls the LM several times per step is held to one call's worst
             case and settled with all of them.
-        audit, quality, shuffle, report_facts: measured quality, as for LLMEngine (`flock_llm.quality`).
+        audit: ask a share of the calls' items again alone and compare (`flock_llm.quality.Audit`; per-item only).
+        quality: a quality target the batch size must hold (`QualityTarget`; audits with `Audit(rate=0.25)` unless
+            `audit=` is given).
+        shuffle: shuffle the items' order in each call (`Shuffle` or True), a guard against position bias.
+        report_facts: compute a report's countable fields from the items, give them to the model as facts and
+            check its answer (`ReportFacts` or True; report output only). See docs/quality.md.
         **lm_kwargs: passed to `dspy.LM` (api_base, api_key, temperature, ...).
     """
 

@@ -100,7 +100,12 @@ class LLMEngine(LadderEngine):
         deferred: how batch-tier jobs are filled, polled and given up on (`tier="batch"` only).
         flex_wait: seconds a flex-tier batch waits out "resource unavailable" answers before it goes the
             standard way.
-        audit, quality, shuffle, report_facts: measured quality (`flock_llm.quality`; docs/quality.md).
+        audit: ask a share of the calls' items again alone and compare (`flock_llm.quality.Audit`; per-item only).
+        quality: a quality target the batch size must hold (`QualityTarget`; audits with `Audit(rate=0.25)` unless
+            `audit=` is given).
+        shuffle: shuffle the items' order in each call (`Shuffle` or True), a guard against position bias.
+        report_facts: compute a report's countable fields from the items, give them to the model as facts and
+            check its answer (`ReportFacts` or True; report output only). See docs/quality.md.
         **litellm_kwargs: passed to `litellm.acompletion` (api_base, api_key, temperature, ...).
     """
 
