@@ -4,6 +4,8 @@ two runs on one --store at once, a Ctrl-C that arrives while the command is alre
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,9 +54,13 @@ def test_a_second_run_on_a_store_in_use_is_refused_and_no_review_is_paid_or_writ
         deadline = time.monotonic() + 60
         while server.requests == 0 and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.02)  # the first run holds the store and is calling the model
-        second_out = tmp_path / "b.jsonl"
-        second_out.write_text("earlier outputs\n", encoding="utf-8")
-        second = run_cli(*args, "-o", str(second_out), env=env)
+        os.kill(first.pid, signal.SIGSTOP)  # and keeps holding it, however slowly the second run starts
+        try:
+            second_out = tmp_path / "b.jsonl"
+            second_out.write_text("earlier outputs\n", encoding="utf-8")
+            second = run_cli(*args, "-o", str(second_out), env=env)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         first.communicate(timeout=120)
         assert first.returncode == 0
         assert second.returncode == 2, second.stderr
