@@ -1,0 +1,52 @@
+"""A second attack on issue 24 (batch sizes that hold a quality target, shared by the stores; audits in the CLI;
+report facts in the prompt): each test here failed before its fix (findings/quality2.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from flock_llm import Flock
+from flock_llm.engines import EngineContext
+from flock_llm.quality import ControllerState, QualityTarget
+from flock_llm.quality.steering import SizeSteering
+from flock_llm.stores.redis import RedisStore
+
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+
+
+async def test_a_redis_swap_whose_reply_was_lost_is_not_counted_twice(redis_single_url: str) -> None:
+    """The compare-and-set ran in Redis, then the connection dropped before its reply: the store sends it again.
+    The retry must be told it succeeded; before, it was told another worker wrote first, so the worker read its
+    own state back and added the same audits a second time (evidence counted twice: a shrink on half the
+    evidence it needs)."""
+    flock = Flock(store=redis_single_url, env={})
+    await flock.start()
+    try:
+        assert isinstance(flock.store, RedisStore)
+        states = flock.store.size_states()
+        target = QualityTarget(0.95, grow_after=10_000)
+        ctx = EngineContext(agent_name="labels", configured_size=50, size_states=states)
+        steering = SizeSteering()
+        await steering.steer(target, ctx, 50, 3, 3, {})  # the first state is stored (and the script registered)
+        script = states._swap
+        dropped = []
+
+        async def reply_lost(**kwargs: Any) -> Any:
+            done = await script(**kwargs)
+            if not dropped:  # the first swap runs, then its reply is lost
+                dropped.append(done)
+                raise RedisConnectionError("connection reset by peer")
+            return done
+
+        states._swap = reply_lost
+        usage: dict[str, Any] = {}
+        await steering.steer(target, ctx, 50, 3, 3, usage)
+        assert dropped == [1]
+        stored = ControllerState.from_json(await states.get("0:labels") or "")
+        assert stored.since_change == 6  # 3 + 3 audits, not 3 + 3 + 3
+        assert steering.states[("labels", 0)].since_change == 6
+    finally:
+        await flock.shutdown()
