@@ -3,6 +3,8 @@ report facts in the prompt): each test here failed before its fix (findings/qual
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from flock_llm.engines import EngineContext
 from flock_llm.quality import ControllerState, QualityTarget
 from flock_llm.quality.steering import SizeSteering
 from flock_llm.stores.redis import RedisStore
+from flock_llm.stores.sqlite_sizes import SQLiteSizeStates
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 
@@ -50,3 +53,20 @@ async def test_a_redis_swap_whose_reply_was_lost_is_not_counted_twice(redis_sing
         assert steering.states[("labels", 0)].since_change == 6
     finally:
         await flock.shutdown()
+
+
+async def test_many_chunks_audited_at_once_on_sqlite_lose_no_audit(tmp_path: Path) -> None:
+    """A big flush chunked at a small steered size audits its chunks all at once; on the SQLite store each
+    change is a compare-and-set run in a thread. Before, 150 changes at once in one process retried against each
+    other, 30 ran out of attempts ("kept locally") and were then overwritten by the next read: 120 of 150 audits
+    stored. Every audit must reach the stored state."""
+    states = SQLiteSizeStates(tmp_path / "flock.db")
+    try:
+        ctx = EngineContext(agent_name="labels", configured_size=50, size_states=states)
+        steering = SizeSteering()
+        target = QualityTarget(0.95, grow_after=100_000)
+        await asyncio.gather(*(steering.steer(target, ctx, 50, 1, 1, {}) for _ in range(150)))
+        stored = ControllerState.from_json(await states.get("0:labels") or "")
+        assert stored.since_change == 150
+    finally:
+        states.close()
