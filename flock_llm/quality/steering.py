@@ -68,7 +68,7 @@ class SizeSteering:
             except Exception as exc:  # noqa: BLE001 - a store that is down: steer with this process's state
                 log.warning("agent %r: could not read the batch-size state (%s)", ctx.agent_name, type(exc).__name__)
                 return self.states.get(key) or target.start(max(1, configured or batch)), None
-            stored = adopt(text, configured, agent=ctx.agent_name)
+            stored = adopt(text, configured, agent=ctx.agent_name, min_size=target.min_size)
             if stored is not None:
                 self.states[key] = stored
                 return stored, text

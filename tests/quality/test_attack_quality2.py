@@ -4,6 +4,7 @@ report facts in the prompt): each test here failed before its fix (findings/qual
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from flock_llm import Flock
 from flock_llm.engines import EngineContext
 from flock_llm.quality import ControllerState, QualityTarget
+from flock_llm.quality.shared import MemorySizeStates
 from flock_llm.quality.steering import SizeSteering
 from flock_llm.stores.redis import RedisStore
 from flock_llm.stores.sqlite_sizes import SQLiteSizeStates
@@ -70,3 +72,17 @@ async def test_many_chunks_audited_at_once_on_sqlite_lose_no_audit(tmp_path: Pat
         assert stored.since_change == 150
     finally:
         states.close()
+
+
+async def test_a_stored_size_below_the_targets_min_size_is_raised_to_it() -> None:
+    """A run with QualityTarget(min_size=1) shrank to 1 and stored it; the user then sets min_size=4 (the same
+    configured size). Before, the next run resumed at 1, below the floor the user set, and stayed there (audits of
+    one-item calls are no evidence to grow). It resumes at the floor, with no evidence about another size."""
+    states = MemorySizeStates()
+    old = ControllerState(size=1, max_size=16, agreed=30.0, n=40.0, since_change=40, reason="shrunk")
+    assert await states.swap("0:labels", None, old.to_json())
+    ctx = EngineContext(agent_name="labels", configured_size=16, size_states=states)
+    state = await SizeSteering().current(QualityTarget(0.95, min_size=4), ctx, 16)
+    assert (state.size, state.max_size, state.n) == (4, 16, 0.0)
+    bigger = await SizeSteering().current(QualityTarget(0.95, min_size=1), replace(ctx, configured_size=8), 8)
+    assert (bigger.size, bigger.max_size) == (1, 8)  # another configured size: clamped only from above
