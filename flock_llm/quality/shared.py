@@ -58,11 +58,12 @@ def state_key(agent: str, subscription_index: int) -> str:
     return f"{subscription_index}:{agent}"
 
 
-def adopt(text: str | None, configured: int | None, *, agent: str) -> ControllerState | None:
+def adopt(text: str | None, configured: int | None, *, agent: str, min_size: int = 1) -> ControllerState | None:
     """The stored state `text` for a subscription whose configured size is `configured`: None when nothing is
     stored, or when the text is not a valid state (a warning is logged; the controller starts afresh and the
     next change overwrites it). A state saved under another configured size is clamped to this one (None: the
-    configured size is not known; the state is taken as it is)."""
+    configured size is not known; the state is taken as it is), and a size below the target's `min_size` (a
+    state left by a run with a smaller one) is raised to it (the evidence, about another size, is dropped)."""
     if text is None:
         return None
     try:
@@ -70,14 +71,19 @@ def adopt(text: str | None, configured: int | None, *, agent: str) -> Controller
     except ConfigurationError as exc:
         log.warning("agent %r: ignoring the stored batch-size state (%s); starting afresh", agent, exc)
         return None
-    if configured is not None and state.max_size != configured:
-        size = min(state.size, configured)
-        log.info(
-            "agent %r: the stored batch-size state was kept for size %d, now %d; resuming at %d",
-            agent,
-            state.max_size,
-            configured,
-            size,
-        )
-        return replace(state, size=size, max_size=configured, before_growth=None)
-    return state
+    top = state.max_size if configured is None else configured
+    size = max(min(state.size, top), min(min_size, top))
+    if top == state.max_size and size == state.size:
+        return state
+    log.info(
+        "agent %r: the stored batch-size state was kept for size %d at %d, now %d (min_size %d); resuming at %d",
+        agent,
+        state.max_size,
+        state.size,
+        top,
+        min_size,
+        size,
+    )
+    if size == state.size:
+        return replace(state, max_size=top, before_growth=None)
+    return replace(state, size=size, max_size=top, before_growth=None, agreed=0.0, n=0.0, since_change=0, recent="")

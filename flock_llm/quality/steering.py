@@ -5,6 +5,7 @@ logged, counted and traced with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -42,6 +43,10 @@ class SizeSteering:
         self.states: dict[tuple[str, int], ControllerState] = {}
         """The controller's state per (agent, subscription), as last read or written."""
         self.events: deque[SizeEvent] = deque(maxlen=1000)
+        self._steering: dict[tuple[str, int], asyncio.Lock] = {}
+        """One change at a time per subscription in this process: the compare-and-set then races only other
+        processes (many chunks of one flush audited at once all retried against each other, and past
+        SWAP_ATTEMPTS their audits were kept only locally, then overwritten by the next read: lost)."""
 
     def size_for(self, agent: str, subscription_index: int = 0) -> int | None:
         state = self.states.get((agent, subscription_index))
@@ -63,7 +68,7 @@ class SizeSteering:
             except Exception as exc:  # noqa: BLE001 - a store that is down: steer with this process's state
                 log.warning("agent %r: could not read the batch-size state (%s)", ctx.agent_name, type(exc).__name__)
                 return self.states.get(key) or target.start(max(1, configured or batch)), None
-            stored = adopt(text, configured, agent=ctx.agent_name)
+            stored = adopt(text, configured, agent=ctx.agent_name, min_size=target.min_size)
             if stored is not None:
                 self.states[key] = stored
                 return stored, text
@@ -86,6 +91,19 @@ class SizeSteering:
         if size < 2:  # a one-item call compared with a one-item call: it always agrees, and says nothing
             add_usage(usage, {"audit_other_size": n})
             return
+        async with self._steering.setdefault(key, asyncio.Lock()):
+            await self._steer(target, ctx, key, size, agreed, n, usage)
+
+    async def _steer(
+        self,
+        target: QualityTarget,
+        ctx: EngineContext,
+        key: tuple[str, int],
+        size: int,
+        agreed: int,
+        n: int,
+        usage: dict[str, Any],
+    ) -> None:
         for _ in range(SWAP_ATTEMPTS):
             state, text = await self._read(target, ctx, size)
             if size > state.size or size < 0.75 * state.size:  # another size's evidence (a remainder, a change)
