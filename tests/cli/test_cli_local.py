@@ -277,3 +277,27 @@ def test_the_server_is_started_by_a_thread_that_outlives_the_callers(
     caller.start()
     caller.join()
     assert len(started_by) == 1 and started_by[0] is not caller and started_by[0].is_alive()
+
+
+def test_a_trends_overall_sentiment_is_one_of_three_words() -> None:
+    """Like a label: an enum in the schema, so a grammar-constrained small model cannot write `", "` or a sentence
+    into it (it did), and a hosted model's other answer goes back to the ladder; the offline model picks one of
+    them."""
+    import asyncio
+
+    import pydantic
+
+    from flock_llm.cli.review_types import ReviewTrend
+    from flock_llm.cli.reviews import run_reviews
+    from flock_llm.cli.rows import Review
+
+    schema = ReviewTrend.model_json_schema()
+    assert schema["properties"]["overall_sentiment"]["enum"] == ["positive", "mixed", "negative"]
+    with pytest.raises(pydantic.ValidationError):
+        ReviewTrend(review_count=1, average_rating=3, overall_sentiment=", ", top_themes=[], summary="")  # type: ignore[arg-type]
+    records: list[dict[str, object]] = []
+    reviews = [Review(review_id=f"R{i}", rating=1 + i % 5, text=t) for i, t in enumerate(["awful", "great", "ok"] * 2)]
+    summary = asyncio.run(run_reviews(reviews, on_records=records.extend, batch_size=3, env={}))
+    trends = [r["data"] for r in records if r["type"] == "ReviewTrend"]
+    assert summary.failed_items == 0 and len(trends) == 2
+    assert all(t["overall_sentiment"] in ("positive", "mixed", "negative") for t in trends)  # type: ignore[index]
