@@ -53,7 +53,7 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         def fake_local(name: str) -> Iterator[SimpleNamespace]:
             served.append(name)
             settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "structured_output": "json_object"}
-            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=lambda: None)
 
         monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
         store, out = f"sqlite:///{tmp_path / 'run.db'}", tmp_path / "out.jsonl"
@@ -103,7 +103,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(
         def fake_local(name: str) -> Iterator[SimpleNamespace]:
             settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "max_concurrent_requests": 1}
             try:
-                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=lambda: None)
             finally:
                 stopped.append(True)
 
@@ -301,3 +301,83 @@ def test_a_trends_overall_sentiment_is_one_of_three_words() -> None:
     trends = [r["data"] for r in records if r["type"] == "ReviewTrend"]
     assert summary.failed_items == 0 and len(trends) == 2
     assert all(t["overall_sentiment"] in ("positive", "mixed", "negative") for t in trends)  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server is killed (kill -9, the OOM killer) while a call hangs on it, and its port then refuses. Before,
+    the run waited behind the circuit breaker for the whole `--max-outage` (300 s by default) and then blamed a
+    generic provider outage; the CLI owns the process, so the call in flight and every later one fail at once,
+    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3)."""
+    import contextlib
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    from collections.abc import Iterator
+
+    from flock_llm.testing import FakeOpenAIServer
+    from flock_llm.testing.local_server import LocalModel
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(6)))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # noqa: S603 - stands in
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    log.write(b"llama_perf_context_print: total time = 1 ms\n")
+    log.flush()
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, stall_after=1, stall_s=30.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[LocalModel]:
+            yield LocalModel("smollm2", fake.api_base, process, log)
+
+        def kill_while_the_second_call_hangs() -> None:
+            deadline = time.monotonic() + 60
+            while fake.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.kill()
+            killed_at.append(time.monotonic())
+            assert fake._server is not None
+            fake._server.shutdown()  # nothing listens on its port any more
+            fake._server.server_close()
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        out = tmp_path / "out.jsonl"
+        killed_at: list[float] = []
+        killer = threading.Thread(target=kill_while_the_second_call_hangs)
+        killer.start()
+        try:
+            code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2", "--json",
+                         "--max-outage", "20", "--no-progress", "-o", str(out)])  # fmt: skip
+        finally:
+            elapsed = time.monotonic() - killed_at[0] if killed_at else -1.0
+            killer.join()
+            process.wait()
+            log.close()
+        captured = capsys.readouterr()
+    assert 0 <= elapsed < 5, f"the dead server was reported after {elapsed:.0f} s, not at once"
+    assert code == 3, captured.err
+    said = [r.getMessage() for r in caplog.records if "local model server exited" in r.getMessage()]
+    assert len(said) == 1 and "(killed by signal 9, SIGKILL)" in said[0], said  # once, on the terminal
+    assert "llama_perf_context_print" in said[0]  # with its log's last lines
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [i for r in records for i in r["review_ids"]]
+    assert sorted(ids) == [f"R{i}" for i in range(6)]  # each exactly once
+    labelled = [i for r in records if r["type"] == "ReviewLabel" for i in r["review_ids"]]
+    failed = [r["data"] for r in records if r["type"] == "FailureRecord"]
+    assert labelled == ["R0", "R1"] and sum(len(f["input_ids"]) for f in failed) == 4, records
+    for failure in failed:
+        assert failure["stage"] == "provider_unavailable"
+        assert "the local model server exited (killed by signal 9, SIGKILL)" in failure["error"]
+        assert "max_outage" not in failure["error"] and "llama_perf" not in failure["error"]
+    summary = json.loads(captured.out)
+    assert (summary["items"], summary["failed_items"]) == (6, 4)
