@@ -381,3 +381,53 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
         assert "max_outage" not in failure["error"] and "llama_perf" not in failure["error"]
     summary = json.loads(captured.out)
     assert (summary["items"], summary["failed_items"]) == (6, 4)
+
+
+def _no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def refuse(name: str) -> Iterator[None]:
+        pytest.fail(f"the local model server {name!r} was started")
+        yield
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", refuse)
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_an_empty_input_starts_no_local_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing to send: the summary of 0 reviews at once, not after loading a model for ~30 s (F8)."""
+    import json
+
+    _no_server(monkeypatch)
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    out = tmp_path / "out.jsonl"
+    code = main(["reviews", str(source), "--model", "local", "--per-item", "--json", "--no-progress", "-o", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and (summary["items"], summary["llm_calls"], summary["model"]) == (0, 0, "local:smollm2")
+    assert out.read_text() == ""
+
+
+def test_an_estimate_with_model_local_counts_without_starting_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--estimate --model local` was refused as "not a litellm model string" though --help offers `local` (F10):
+    it counts the prompts a local run sends (the keyed form, as the local server is asked) and costs nothing."""
+    import json
+
+    _no_server(monkeypatch)
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 4, "text": "a fine kettle {i}"}}\n' for i in range(5)))
+    command = ["reviews", str(source), "--per-item", "--batch-size", "2", "--estimate", "--json"]
+    assert main([*command, "--model", "local"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main([*command, "--model", "openai/smollm2"]) == 0  # the same model, asked the way a hosted one is
+    hosted = json.loads(capsys.readouterr().out)
+    assert (local["model"], local["reviews"], local["calls"], local["cost_usd"]) == ("local:smollm2", 5, 3, 0.0)
+    assert "free" in local["prices"] and local["prompt_tokens"] > 0
+    assert local["prompt_tokens"] != hosted["prompt_tokens"]  # rendered with the local engine settings
+    assert main(["reviews", str(source), "--estimate", "--model", "local:nope"]) == EXIT_USAGE
