@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (timeout, systemd, docker stop) before the run's own handler is set (loading litellm, starting the
+    # local model server) is a Ctrl-C too: the server is stopped and the run says so, instead of dying silently
+    previous = (
+        signal.signal(signal.SIGTERM, _as_ctrl_c) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         print("flock-llm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -431,3 +431,43 @@ def test_an_estimate_with_model_local_counts_without_starting_a_server(
     assert "free" in local["prices"] and local["prompt_tokens"] > 0
     assert local["prompt_tokens"] != hosted["prompt_tokens"]  # rendered with the local engine settings
     assert main(["reviews", str(source), "--estimate", "--model", "local:nope"]) == EXIT_USAGE
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigterm_while_the_local_server_starts_stops_it_and_says_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, SIGTERM during the ready check (seconds to a minute) killed the CLI silently (status -15) where
+    Ctrl-C says "interrupted" and exits 130 with the server stopped; SIGTERM during the run already did that."""
+    import contextlib
+    import os
+    import signal
+    from collections.abc import Iterator
+
+    stopped: list[bool] = []
+
+    @contextlib.contextmanager
+    def starting(name: str) -> Iterator[None]:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # while it loads the model
+            pytest.fail("SIGTERM did not stop the start-up")
+            yield
+        finally:
+            stopped.append(True)
+
+    def unhandled(signum: int, frame: object) -> None:  # a CLI that leaves SIGTERM to the default dies: fail here
+        raise AssertionError("SIGTERM reached no handler of the CLI")
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", starting)
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"id": "R1", "rating": 5, "text": "good"}\n')
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["reviews", str(source), "--model", "local", "--no-progress", "-o", str(tmp_path / "o.jsonl")])
+        restored = signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, before)
+    assert code == 130 and stopped == [True] and restored
+    assert "flock-llm: interrupted" in capsys.readouterr().err
