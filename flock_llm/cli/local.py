@@ -118,8 +118,9 @@ class UntilServerExits(Engine):
             task.cancel()
             raise
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await asyncio.wait({task})  # (a cancellation of this call itself still propagates)
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever the dead server's call ended with is superseded
         return self._failed(inputs, reason, "its call was in flight")
 
     @staticmethod

@@ -287,9 +287,8 @@ def test_a_trends_overall_sentiment_is_one_of_three_words() -> None:
 
     import pydantic
 
-    from flock_llm.cli.review_types import ReviewTrend
+    from flock_llm.cli.review_types import Review, ReviewTrend
     from flock_llm.cli.reviews import run_reviews
-    from flock_llm.cli.rows import Review
 
     schema = ReviewTrend.model_json_schema()
     assert schema["properties"]["overall_sentiment"]["enum"] == ["positive", "mixed", "negative"]
@@ -471,3 +470,53 @@ def test_sigterm_while_the_local_server_starts_stops_it_and_says_interrupted(
         signal.signal(signal.SIGINT, before)
     assert code == 130 and stopped == [True] and restored
     assert "flock-llm: interrupted" in capsys.readouterr().err
+
+
+def test_until_server_exits_fails_a_hanging_call_and_passes_a_cancellation_on() -> None:
+    """The watch around a local run's calls: a call hanging on a server that exited is cancelled and its items
+    fail with how it exited; a later call fails without being made; cancelling the run (Ctrl-C) still cancels
+    the call under it."""
+    import asyncio
+
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.local import UntilServerExits
+    from flock_llm.cli.review_types import Review
+    from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
+
+    class Hangs(Engine):
+        def __init__(self) -> None:
+            self.started = 0
+            self.cancelled = 0
+
+        async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+            self.started += 1
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return EvalResult()
+
+    async def scenario() -> None:
+        inner, state = Hangs(), dict[str, str | None](reason=None)
+        watched = UntilServerExits(inner, lambda: state["reason"], interval=0.01)
+        ctx = EngineContext(agent_name="a", description="", publishes=(), is_batch=True)
+        items = EvalInputs.of(Artifact(type_name="Review", payload=Review(review_id="R", rating=3, text="ok")))
+        call = asyncio.ensure_future(watched.evaluate_batch(ctx, items))
+        await asyncio.sleep(0.05)
+        call.cancel()  # a Ctrl-C: the call under the watch goes too
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (inner.started, inner.cancelled) == (1, 1)
+        call = asyncio.ensure_future(watched.evaluate_batch(ctx, items))
+        await asyncio.sleep(0.05)
+        state["reason"] = "the local model server exited (killed by signal 9, SIGKILL)"
+        result = await asyncio.wait_for(call, 5)
+        later = await watched.evaluate_batch(ctx, items)
+        assert (inner.started, inner.cancelled) == (2, 2)  # the later call was not made
+        for failed in (result, later):
+            (failure,) = failed.failures
+            assert failure.stage == "provider_unavailable" and "killed by signal 9" in failure.error
+            assert failure.artifact_ids == tuple(a.id for a in items.artifacts) and not failed.outputs
+
+    asyncio.run(scenario())
