@@ -385,10 +385,10 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
 
 
 def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:
-    """One JSONL line of the run's output: the object, and which reviews it came from."""
-    return {
-        "type": artifact.type_name,
-        "id": artifact.id,
-        "review_ids": [review_ids.get(i, i) for i in artifact.derived_from],
-        "data": artifact.payload.model_dump(mode="json"),
-    }
+    """One JSONL line of the run's output: the object, and which reviews it came from (a label's `review_id` is
+    the review's own: the answer is matched to its review by key, and a small model writes junk like "][" there)."""
+    ids = [review_ids.get(i, i) for i in artifact.derived_from]
+    data = artifact.payload.model_dump(mode="json")
+    if isinstance(artifact.payload, ReviewLabel) and len(ids) == 1:
+        data["review_id"] = ids[0]
+    return {"type": artifact.type_name, "id": artifact.id, "review_ids": ids, "data": data}

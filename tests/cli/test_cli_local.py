@@ -520,3 +520,21 @@ def test_until_server_exits_fails_a_hanging_call_and_passes_a_cancellation_on() 
             assert failure.artifact_ids == tuple(a.id for a in items.artifacts) and not failed.outputs
 
     asyncio.run(scenario())
+
+
+def test_a_labels_review_id_is_the_reviews_own_not_what_the_model_wrote() -> None:
+    """A real SmolLM2 answer in the keyed form (seen on `--model local`, per item): the result under the review's
+    key, rightly matched to it, but with `"review_id": "]["`; the output line said R0003 in `review_ids` and "]["
+    in the label. The label now names its review."""
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.review_types import ReviewLabel, ReviewTrend
+    from flock_llm.cli.reviews import output_record
+
+    answer = ReviewLabel(review_id="][", label="neutral", reason="ok")
+    label = Artifact(type_name="ReviewLabel", payload=answer, derived_from=("a3",))
+    record = output_record(label, {"a3": "R0003"})
+    assert record["review_ids"] == ["R0003"] and record["data"]["review_id"] == "R0003"
+    assert record["data"]["label"] == "neutral"
+    trend = ReviewTrend(review_count=2, average_rating=3, overall_sentiment="mixed", top_themes=[], summary="")
+    report = Artifact(type_name="ReviewTrend", payload=trend, derived_from=("a1", "a2"))
+    assert output_record(report, {"a1": "R1", "a2": "R2"})["data"] == trend.model_dump(mode="json")
