@@ -6,11 +6,19 @@ planned length per review (per-item mode) or per report. Splits, repairs and ret
 not predicted: they show as the difference between the estimate and the run. With `--audit RATE`, each batch
 adds RATE of a one-item call (the batch's first review asked alone): the expected audit calls and tokens, in
 the totals and the cost.
+
+With `--model local[:NAME]` no server is started: the prompts are rendered with the local engine settings and
+counted as a local run counts them (litellm's default tokenizer, cl100k_base, for a model it does not know), and
+the cost is 0: the model runs on this machine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -21,7 +29,7 @@ from ..errors import ConfigurationError
 from .review_types import Review, ReviewLabel, ReviewTrend
 from .reviews import AGENT, describe, review_artifact_id
 
-__all__ = ["Estimate", "estimate_reviews"]
+__all__ = ["Estimate", "estimate_reviews", "print_estimate"]
 
 
 @dataclass
@@ -61,17 +69,20 @@ def estimate_reviews(
     env: dict[str, str],
     tier: str = "standard",
     audit_rate: float | None = None,
+    llm_settings: Mapping[str, Any] | None = None,
+    local: str | None = None,
 ) -> Estimate:
     """Count what a run over `reviews` would send (see the module's note) and price it in `tier` (a model that
     cannot go into batch jobs is priced at the standard price, as a run pays it); no model is called. With
-    `audit_rate`, the expected audit calls are counted and priced too.
+    `audit_rate`, the expected audit calls are counted and priced too. `llm_settings` are the run's LLMEngine
+    settings; `local` names a model served on this machine (`local:smollm2`): free, in the standard tier.
 
     Raises:
         ConfigurationError: `batch_size` is not a positive integer.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigurationError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-    engine = LLMEngine(per_item=per_item)
+    engine = LLMEngine(per_item=per_item, **(llm_settings or {}))
     resolved = resolve_model(None, model, env)
     ctx = EngineContext(
         agent_name=AGENT,
@@ -81,7 +92,7 @@ def estimate_reviews(
         model=model,
         env=env,
     )
-    estimate = Estimate(model=resolved, mode="per-item" if per_item else "report", tier=tier)
+    estimate = Estimate(model=local or resolved, mode="per-item" if per_item else "report", tier=tier)
     batch: list[Artifact] = []
     alone = replace(ctx, is_batch=False, batch_size=1)
     audit = [0.0, 0.0, 0.0]  # expected calls, prompt and answer tokens (fractions of a call per batch)
@@ -109,6 +120,9 @@ def estimate_reviews(
     estimate.calls += estimate.audit_calls
     estimate.prompt_tokens += estimate.audit_prompt_tokens
     estimate.completion_tokens += estimate.audit_completion_tokens
+    if local is not None:
+        estimate.tier, estimate.cost_usd, estimate.prices = "standard", 0.0, "free: the model runs on this machine"
+        return estimate
     litellm = load_litellm()
     if tier == "batch" and deferrable(resolved, litellm) is None:
         tier = "standard"  # the run sends it the standard way, at the list price
@@ -120,3 +134,46 @@ def estimate_reviews(
         estimate.cost_usd = prices.cost(prompt=estimate.prompt_tokens, completion=estimate.completion_tokens)
         estimate.prices = f"{prices.source}: input ${prices.input:g}, output ${prices.output:g} per million tokens"
     return estimate
+
+
+def print_estimate(args: argparse.Namespace) -> int:
+    """--estimate: count what the run would send and cost; no model is called."""
+    from rich.console import Console
+
+    from .checks import finite
+    from .local import estimate_settings, local_name
+    from .rows import iter_reviews
+    from .terminal import say
+
+    console = Console(stderr=True)
+    bad: list[object] = []
+    reviews = iter_reviews(args.file, bad.append)
+    env = {k: v for k, v in os.environ.items() if k.startswith("FLOCK_")}
+    model, settings = estimate_settings(args.model)  # --model local: counted as its run counts, none started
+    found = estimate_reviews(
+        reviews,
+        batch_size=args.batch_size,
+        per_item=args.per_item,
+        model=model,
+        env=env,
+        tier=args.tier,
+        audit_rate=args.audit,
+        llm_settings=settings,
+        local=args.run_model if local_name(args.model) else None,  # `local:NAME`, as main() checked it
+    )
+    if args.json:
+        found_json = json.dumps(finite({**found.as_dict(), "bad_rows": len(bad)}), indent=2, allow_nan=False)
+        sys.stdout.write(found_json + "\n")
+        return 0
+    cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
+    audit = (
+        "" if not args.audit else f" including about {found.audit_calls} audit calls ({found.audit_tokens:,} tokens)"
+    )
+    say(
+        console,
+        f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}, "
+        f"tier {found.tier}): {found.calls} calls{audit}, {found.prompt_tokens:,} prompt tokens, about "
+        f"{found.completion_tokens:,} completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows "
+        "skipped. No model was called.",
+    )
+    return 0

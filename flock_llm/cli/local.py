@@ -1,15 +1,32 @@
 """`flock-llm reviews --model local[:NAME]`: a small model served on this machine for the run (see
-`flock_llm.testing.local_server`), started before the first review and stopped after the last."""
+`flock_llm.testing.local_server`), started before the first review and stopped after the last.
+
+The run owns the server's process: if it exits mid-run (killed, crashed, out of memory), nothing will answer
+again, so the calls in flight and every later one fail at once with what happened (`UntilServerExits`), instead
+of waiting behind the circuit breaker for a provider that cannot come back."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-__all__ = ["LOCAL", "serve_local"]
+from ..artifact import Artifact
+from ..engines import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure
+from ..errors import ProviderUnavailableError
+
+__all__ = ["LOCAL", "UntilServerExits", "estimate_settings", "serve_local"]
 
 LOCAL = "local"
+WATCH_INTERVAL_S = 0.2
+"""How often a call in flight checks that the local server still runs."""
+
+log = logging.getLogger("flock_llm.cli")
+
+Exited = Callable[[], "str | None"]
+"""None while the server runs; once it has exited, how (`LocalModel.exited`)."""
 
 
 def local_name(model: str | None) -> str | None:
@@ -23,14 +40,91 @@ def local_name(model: str | None) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def serve_local(model: str | None) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """(model, LLMEngine settings) for the run: for `local[:NAME]` a running local server's, else `model` as is."""
+def estimate_settings(model: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(model, LLMEngine settings) that render and count a run's prompts as a run of `model` sends them, with no
+    server started: for `local[:NAME]`, the name its server serves and the local engine settings."""
     name = local_name(model)
     if name is None:
-        yield model, {}
+        return model, {}
+    from ..testing.local_server import ENGINE_SETTINGS, served_name
+
+    return f"openai/{served_name(name)}", dict(ENGINE_SETTINGS)
+
+
+@contextlib.contextmanager
+def serve_local(
+    model: str | None, *, needed: bool = True
+) -> Iterator[tuple[str | None, dict[str, Any], Exited | None]]:
+    """(model, LLMEngine settings, the server's `exited` check) for the run: for `local[:NAME]` a running local
+    server's (none is started when the run has nothing to send, `needed=False`), else `model` as is."""
+    name = local_name(model)
+    if name is None:
+        yield model, {}, None
+        return
+    if not needed:
+        yield estimate_settings(model) + (None,)
         return
     from ..testing.local_server import local_model
 
     with local_model(name) as server:
-        yield server.model, server.settings
+        said: list[bool] = []
+
+        def exited() -> str | None:
+            reason = server.exited()
+            if reason is not None and not said:
+                said.append(True)
+                log.warning("%s; its log's last lines: %s", reason, server.last_log_lines())
+            return reason
+
+        yield server.model, server.settings, exited
+
+
+class UntilServerExits(Engine):
+    """Passes calls to `inner` while the local server runs; once it has exited, the call in flight is cancelled
+    and it and every later call fail at once (stage "provider_unavailable", the error saying how it exited)."""
+
+    def __init__(self, inner: Engine, exited: Exited, interval: float = WATCH_INTERVAL_S) -> None:
+        self.inner = inner
+        self.exited = exited
+        self.interval = interval
+
+    def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
+        return self.inner.item_tokens(ctx, artifact)
+
+    def batch_token_budget(self, ctx: EngineContext, size: int | None) -> int | None:
+        return self.inner.batch_token_budget(ctx, size)
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        return await self._watched(inputs, self.inner.evaluate(ctx, inputs))
+
+    async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        return await self._watched(inputs, self.inner.evaluate_batch(ctx, inputs))
+
+    async def _watched(self, inputs: EvalInputs, call: Coroutine[Any, Any, EvalResult]) -> EvalResult:
+        reason = self.exited()
+        if reason is not None:
+            call.close()
+            return self._failed(inputs, reason, "nothing was sent")
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.interval)
+                if done:
+                    return task.result()
+                reason = self.exited()
+                if reason is not None:
+                    break
+        except BaseException:  # cancelled (Ctrl-C, shutdown): the call goes with it
+            task.cancel()
+            raise
+        task.cancel()
+        await asyncio.wait({task})  # (a cancellation of this call itself still propagates)
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever the dead server's call ended with is superseded
+        return self._failed(inputs, reason, "its call was in flight")
+
+    @staticmethod
+    def _failed(inputs: EvalInputs, reason: str, what: str) -> EvalResult:
+        error = ProviderUnavailableError(f"{reason} during the run; {what}, and it cannot answer any more")
+        ids = [a.id for a in inputs.artifacts]
+        return EvalResult(failures=(ItemFailure.from_exception(error, ids, stage="provider_unavailable"),))

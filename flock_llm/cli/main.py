@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,12 +127,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (timeout, systemd, docker stop) before the run's own handler is set (loading litellm, starting the
+    # local model server) is a Ctrl-C too: the server is stopped and the run says so, instead of dying silently
+    previous = (
+        signal.signal(signal.SIGTERM, _as_ctrl_c) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         return _main(argv)
     except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         print("flock-llm: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _as_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -165,7 +178,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     if args.estimate:
         try:
-            return _estimate(args)
+            from .estimate import print_estimate
+
+            return print_estimate(args)
         except (ConfigurationError, StoreError) as exc:
             print(f"flock-llm: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -235,7 +250,8 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     total = count_rows(args.file)
     # a Ctrl-C while the local model server starts (nothing was sent yet) stops it and goes on to main(), which
     # says "interrupted" and ignores a second Ctrl-C while exiting
-    with serve_local(args.model) as (args.model, args.llm_settings):  # --model local: a server for the run
+    needed = total != 0  # an empty input sends nothing: no server is started for it
+    with serve_local(args.model, needed=needed) as (args.model, args.llm_settings, args.server_exited):
         if args.llm_settings:  # a small model on a CPU: a request may take minutes
             args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
         return asyncio.run(_reviews(args, current, total))
@@ -331,45 +347,8 @@ async def _run(
         llm_settings=args.llm_settings,
         audit_rate=args.audit,
         run_model=args.run_model,
+        server_exited=args.server_exited,
     )
-
-
-def _estimate(args: argparse.Namespace) -> int:
-    """--estimate: count what the run would send and cost; no model is called."""
-    from rich.console import Console
-
-    from .estimate import estimate_reviews
-    from .rows import iter_reviews
-    from .terminal import say
-
-    console = Console(stderr=True)
-    bad: list[Any] = []
-    reviews = iter_reviews(args.file, bad.append)
-    env = {k: v for k, v in os.environ.items() if k.startswith("FLOCK_")}
-    found = estimate_reviews(
-        reviews,
-        batch_size=args.batch_size,
-        per_item=args.per_item,
-        model=args.model,
-        env=env,
-        tier=args.tier,
-        audit_rate=args.audit,
-    )
-    if args.json:
-        print(json.dumps(finite({**found.as_dict(), "bad_rows": len(bad)}), indent=2, allow_nan=False))
-        return EXIT_OK
-    cost = "unknown" if found.cost_usd is None else f"${found.cost_usd:.4f}"
-    audit = (
-        "" if not args.audit else f" including about {found.audit_calls} audit calls ({found.audit_tokens:,} tokens)"
-    )
-    say(
-        console,
-        f"estimate for {found.reviews} reviews ({found.mode}, model {found.model}, batches of {args.batch_size}, "
-        f"tier {found.tier}): {found.calls} calls{audit}, {found.prompt_tokens:,} prompt tokens, about "
-        f"{found.completion_tokens:,} completion tokens, cost {cost} ({found.prices}); {len(bad)} bad rows "
-        "skipped. No model was called.",
-    )
-    return EXIT_OK
 
 
 def _traces(path: Path, limit: int) -> int:

@@ -26,7 +26,7 @@ class ReviewTrend(BaseModel):
 
     review_count: int = Field(description="how many reviews this report covers")
     average_rating: float
-    overall_sentiment: str = Field(description="positive, mixed or negative")
+    overall_sentiment: Literal["positive", "mixed", "negative"] = Field(description="positive, mixed or negative")
     top_themes: list[str] = Field(description="the most common topics, most frequent first")
     summary: str
 

@@ -98,6 +98,7 @@ class _AgentSpec:
     where: Callable[[Review], bool] | None
     llm_settings: Mapping[str, Any]
     audit_rate: float | None = None
+    server_exited: Callable[[], str | None] | None = None
 
 
 def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
@@ -119,10 +120,19 @@ def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngin
         .description(describe(per_item))
         .consumes(Review, batch=spec.batch, where=spec.where)
         .publishes(ReviewLabel if per_item else ReviewTrend)
-        .with_engines(_Counting(engine, in_flight))
+        .with_engines(_Counting(_watched(engine, spec.server_exited), in_flight))
         .max_concurrency(BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY)
     )
     return engine
+
+
+def _watched(engine: Engine, server_exited: Callable[[], str | None] | None) -> Engine:
+    """`engine`, failing its calls at once once the run's local model server has exited (see `local.py`)."""
+    if server_exited is None:
+        return engine
+    from .local import UntilServerExits
+
+    return UntilServerExits(engine, server_exited)
 
 
 def _poll_interval(text: str) -> float:
@@ -212,6 +222,7 @@ async def run_reviews(
     llm_settings: Mapping[str, Any] | None = None,
     audit_rate: float | None = None,
     run_model: str | None = None,
+    server_exited: Callable[[], str | None] | None = None,
 ) -> RunSummary:
     """Publish `reviews` (read lazily, with backpressure) into a batching LLM agent and hand each finished batch's
     outputs and failure records to `on_records` (as JSONL records) as soon as the batch is committed; return a
@@ -231,6 +242,8 @@ async def run_reviews(
     each output once `on_records` took it, so memory does not grow with the file. `on_start` is called once the
     run is set up (its settings checked), before anything is restored or published. With `audit_rate` (per-item
     only), that share of the calls has one review asked again alone; the summary gets the agreement.
+    `server_exited` (the CLI's local model server: None while it runs, else how it exited) is checked while
+    calls are in flight: once it says the server is gone, they and every later call fail at once with that.
     `run_model` is the model as the summary names it and the store's run settings record it (default: `model`
     resolved): the CLI's `local:NAME`, whose server serves it under another name, so that a resume with the same
     `--model` finds the same settings.
@@ -244,7 +257,8 @@ async def run_reviews(
     in_flight = _InFlight(on_progress)
     batch = BatchSpec(size=batch_size, timeout=timedelta(seconds=timeout_s))
     where = None if resume is None else accepts(resume)
-    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, llm_settings or {}, audit_rate)
+    settings = llm_settings or {}
+    spec = _AgentSpec(per_item, batch, request_timeout, tier, max_outage, where, settings, audit_rate, server_exited)
     engine = _add_agent(flock, spec, in_flight)
     resolved = resolve_model(None, model, os.environ if env is None else env)
     mode = "per-item" if per_item else "report"
@@ -371,10 +385,10 @@ def _fill_summary(summary: RunSummary, flock: Flock) -> None:
 
 
 def output_record(artifact: Artifact, review_ids: dict[str, str]) -> dict[str, Any]:
-    """One JSONL line of the run's output: the object, and which reviews it came from."""
-    return {
-        "type": artifact.type_name,
-        "id": artifact.id,
-        "review_ids": [review_ids.get(i, i) for i in artifact.derived_from],
-        "data": artifact.payload.model_dump(mode="json"),
-    }
+    """One JSONL line of the run's output: the object, and which reviews it came from (a label's `review_id` is
+    the review's own: the answer is matched to its review by key, and a small model writes junk like "][" there)."""
+    ids = [review_ids.get(i, i) for i in artifact.derived_from]
+    data = artifact.payload.model_dump(mode="json")
+    if isinstance(artifact.payload, ReviewLabel) and len(ids) == 1:
+        data["review_id"] = ids[0]
+    return {"type": artifact.type_name, "id": artifact.id, "review_ids": ids, "data": data}

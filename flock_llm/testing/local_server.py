@@ -106,14 +106,25 @@ class LocalModel:
     def settings(self) -> dict[str, Any]:
         """LLMEngine / DSPyEngine keyword arguments: where the server is (the key is a dummy it ignores),
         one request at a time (the server runs one), and the form of structured output llama.cpp takes."""
-        return {
-            "api_base": self.api_base,
-            "api_key": "sk-local-model",
-            "max_concurrent_requests": 1,
-            "structured_output": "json_object",
-            "max_input_tokens": CONTEXT_TOKENS,
-            "max_output_tokens": 4_096,
-        }
+        return {"api_base": self.api_base, "api_key": "sk-local-model", **ENGINE_SETTINGS}
+
+    def exited(self) -> str | None:
+        """None while the server runs; once its process has ended (killed, crashed, out of memory), how, e.g. "the
+        local model server exited (killed by signal 9, SIGKILL)". Its log's last lines: `last_log_lines()`."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        how = f"with status {code}"
+        if code < 0:
+            try:
+                how = f"killed by signal {-code}, {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        return f"the local model server exited ({how})"
+
+    def last_log_lines(self) -> str:
+        """The last lines of the server's output, joined by " | "."""
+        return _tail(self.log)
 
     def peak_rss_mb(self) -> float | None:
         """The server's peak resident memory so far (Linux: VmHWM), in MB."""
@@ -129,6 +140,19 @@ class LocalModel:
 
 CONTEXT_TOKENS = 8_192
 READY_TIMEOUT_S = 120.0
+ENGINE_SETTINGS: dict[str, Any] = {
+    "max_concurrent_requests": 1,
+    "structured_output": "json_object",
+    "max_input_tokens": CONTEXT_TOKENS,
+    "max_output_tokens": 4_096,
+}
+"""`LocalModel.settings` but where the server is: how an engine talks to any local model server (for an
+estimate, which counts the prompts a run would send without starting one)."""
+
+
+def served_name(model: str) -> str:
+    """The name `local_model(model)` serves `model` under (a .gguf file's stem), without starting anything."""
+    return Path(model).stem if model.endswith(".gguf") else model
 
 
 def _free_port() -> int:
@@ -181,7 +205,7 @@ def local_model(
     path = gguf_path(model)
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigurationError(f"a local model needs llama-cpp-python[server]; {_INSTALL}")
-    name = path.stem if model.endswith(".gguf") else model
+    name = served_name(model)
     port = _free_port()
     threads = threads or max(1, min((os.cpu_count() or 1) // 2, 4))
     command = [

@@ -53,7 +53,7 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         def fake_local(name: str) -> Iterator[SimpleNamespace]:
             served.append(name)
             settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "structured_output": "json_object"}
-            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=lambda: None)
 
         monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
         store, out = f"sqlite:///{tmp_path / 'run.db'}", tmp_path / "out.jsonl"
@@ -103,7 +103,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(
         def fake_local(name: str) -> Iterator[SimpleNamespace]:
             settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "max_concurrent_requests": 1}
             try:
-                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings)
+                yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=lambda: None)
             finally:
                 stopped.append(True)
 
@@ -277,3 +277,264 @@ def test_the_server_is_started_by_a_thread_that_outlives_the_callers(
     caller.start()
     caller.join()
     assert len(started_by) == 1 and started_by[0] is not caller and started_by[0].is_alive()
+
+
+def test_a_trends_overall_sentiment_is_one_of_three_words() -> None:
+    """Like a label: an enum in the schema, so a grammar-constrained small model cannot write `", "` or a sentence
+    into it (it did), and a hosted model's other answer goes back to the ladder; the offline model picks one of
+    them."""
+    import asyncio
+
+    import pydantic
+
+    from flock_llm.cli.review_types import Review, ReviewTrend
+    from flock_llm.cli.reviews import run_reviews
+
+    schema = ReviewTrend.model_json_schema()
+    assert schema["properties"]["overall_sentiment"]["enum"] == ["positive", "mixed", "negative"]
+    with pytest.raises(pydantic.ValidationError):
+        ReviewTrend(review_count=1, average_rating=3, overall_sentiment=", ", top_themes=[], summary="")  # type: ignore[arg-type]
+    records: list[dict[str, object]] = []
+    reviews = [Review(review_id=f"R{i}", rating=1 + i % 5, text=t) for i, t in enumerate(["awful", "great", "ok"] * 2)]
+    summary = asyncio.run(run_reviews(reviews, on_records=records.extend, batch_size=3, env={}))
+    trends = [r["data"] for r in records if r["type"] == "ReviewTrend"]
+    assert summary.failed_items == 0 and len(trends) == 2
+    assert all(t["overall_sentiment"] in ("positive", "mixed", "negative") for t in trends)  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server is killed (kill -9, the OOM killer) while a call hangs on it, and its port then refuses. Before,
+    the run waited behind the circuit breaker for the whole `--max-outage` (300 s by default) and then blamed a
+    generic provider outage; the CLI owns the process, so the call in flight and every later one fail at once,
+    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3)."""
+    import contextlib
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    from collections.abc import Iterator
+
+    from flock_llm.testing import FakeOpenAIServer
+    from flock_llm.testing.local_server import LocalModel
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(6)))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # noqa: S603 - stands in
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    log.write(b"llama_perf_context_print: total time = 1 ms\n")
+    log.flush()
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, stall_after=1, stall_s=30.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[LocalModel]:
+            yield LocalModel("smollm2", fake.api_base, process, log)
+
+        def kill_while_the_second_call_hangs() -> None:
+            deadline = time.monotonic() + 60
+            while fake.requests < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.kill()
+            killed_at.append(time.monotonic())
+            assert fake._server is not None
+            fake._server.shutdown()  # nothing listens on its port any more
+            fake._server.server_close()
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        out = tmp_path / "out.jsonl"
+        killed_at: list[float] = []
+        killer = threading.Thread(target=kill_while_the_second_call_hangs)
+        killer.start()
+        try:
+            code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2", "--json",
+                         "--max-outage", "20", "--no-progress", "-o", str(out)])  # fmt: skip
+        finally:
+            elapsed = time.monotonic() - killed_at[0] if killed_at else -1.0
+            killer.join()
+            process.wait()
+            log.close()
+        captured = capsys.readouterr()
+    assert 0 <= elapsed < 5, f"the dead server was reported after {elapsed:.0f} s, not at once"
+    assert code == 3, captured.err
+    said = [r.getMessage() for r in caplog.records if "local model server exited" in r.getMessage()]
+    assert len(said) == 1 and "(killed by signal 9, SIGKILL)" in said[0], said  # once, on the terminal
+    assert "llama_perf_context_print" in said[0]  # with its log's last lines
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [i for r in records for i in r["review_ids"]]
+    assert sorted(ids) == [f"R{i}" for i in range(6)]  # each exactly once
+    labelled = [i for r in records if r["type"] == "ReviewLabel" for i in r["review_ids"]]
+    failed = [r["data"] for r in records if r["type"] == "FailureRecord"]
+    assert labelled == ["R0", "R1"] and sum(len(f["input_ids"]) for f in failed) == 4, records
+    for failure in failed:
+        assert failure["stage"] == "provider_unavailable"
+        assert "the local model server exited (killed by signal 9, SIGKILL)" in failure["error"]
+        assert "max_outage" not in failure["error"] and "llama_perf" not in failure["error"]
+    summary = json.loads(captured.out)
+    assert (summary["items"], summary["failed_items"]) == (6, 4)
+
+
+def _no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def refuse(name: str) -> Iterator[None]:
+        pytest.fail(f"the local model server {name!r} was started")
+        yield
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", refuse)
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_an_empty_input_starts_no_local_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing to send: the summary of 0 reviews at once, not after loading a model for ~30 s (F8)."""
+    import json
+
+    _no_server(monkeypatch)
+    source = tmp_path / "empty.jsonl"
+    source.write_text("")
+    out = tmp_path / "out.jsonl"
+    code = main(["reviews", str(source), "--model", "local", "--per-item", "--json", "--no-progress", "-o", str(out)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and (summary["items"], summary["llm_calls"], summary["model"]) == (0, 0, "local:smollm2")
+    assert out.read_text() == ""
+
+
+def test_an_estimate_with_model_local_counts_without_starting_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--estimate --model local` was refused as "not a litellm model string" though --help offers `local` (F10):
+    it counts the prompts a local run sends (the keyed form, as the local server is asked) and costs nothing."""
+    import json
+
+    _no_server(monkeypatch)
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 4, "text": "a fine kettle {i}"}}\n' for i in range(5)))
+    command = ["reviews", str(source), "--per-item", "--batch-size", "2", "--estimate", "--json"]
+    assert main([*command, "--model", "local"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main([*command, "--model", "openai/smollm2"]) == 0  # the same model, asked the way a hosted one is
+    hosted = json.loads(capsys.readouterr().out)
+    assert (local["model"], local["reviews"], local["calls"], local["cost_usd"]) == ("local:smollm2", 5, 3, 0.0)
+    assert "free" in local["prices"] and local["prompt_tokens"] > 0
+    assert local["prompt_tokens"] != hosted["prompt_tokens"]  # rendered with the local engine settings
+    assert main(["reviews", str(source), "--estimate", "--model", "local:nope"]) == EXIT_USAGE
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_sigterm_while_the_local_server_starts_stops_it_and_says_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, SIGTERM during the ready check (seconds to a minute) killed the CLI silently (status -15) where
+    Ctrl-C says "interrupted" and exits 130 with the server stopped; SIGTERM during the run already did that."""
+    import contextlib
+    import os
+    import signal
+    from collections.abc import Iterator
+
+    stopped: list[bool] = []
+
+    @contextlib.contextmanager
+    def starting(name: str) -> Iterator[None]:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # while it loads the model
+            pytest.fail("SIGTERM did not stop the start-up")
+            yield
+        finally:
+            stopped.append(True)
+
+    def unhandled(signum: int, frame: object) -> None:  # a CLI that leaves SIGTERM to the default dies: fail here
+        raise AssertionError("SIGTERM reached no handler of the CLI")
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", starting)
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"id": "R1", "rating": 5, "text": "good"}\n')
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = main(["reviews", str(source), "--model", "local", "--no-progress", "-o", str(tmp_path / "o.jsonl")])
+        restored = signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, before)
+    assert code == 130 and stopped == [True] and restored
+    assert "flock-llm: interrupted" in capsys.readouterr().err
+
+
+def test_until_server_exits_fails_a_hanging_call_and_passes_a_cancellation_on() -> None:
+    """The watch around a local run's calls: a call hanging on a server that exited is cancelled and its items
+    fail with how it exited; a later call fails without being made; cancelling the run (Ctrl-C) still cancels
+    the call under it."""
+    import asyncio
+
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.local import UntilServerExits
+    from flock_llm.cli.review_types import Review
+    from flock_llm.engines import Engine, EngineContext, EvalInputs, EvalResult
+
+    class Hangs(Engine):
+        def __init__(self) -> None:
+            self.started = 0
+            self.cancelled = 0
+
+        async def evaluate_batch(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+            self.started += 1
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return EvalResult()
+
+    async def scenario() -> None:
+        inner, state = Hangs(), dict[str, str | None](reason=None)
+        watched = UntilServerExits(inner, lambda: state["reason"], interval=0.01)
+        ctx = EngineContext(agent_name="a", description="", publishes=(), is_batch=True)
+        items = EvalInputs.of(Artifact(type_name="Review", payload=Review(review_id="R", rating=3, text="ok")))
+        call = asyncio.ensure_future(watched.evaluate_batch(ctx, items))
+        await asyncio.sleep(0.05)
+        call.cancel()  # a Ctrl-C: the call under the watch goes too
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (inner.started, inner.cancelled) == (1, 1)
+        call = asyncio.ensure_future(watched.evaluate_batch(ctx, items))
+        await asyncio.sleep(0.05)
+        state["reason"] = "the local model server exited (killed by signal 9, SIGKILL)"
+        result = await asyncio.wait_for(call, 5)
+        later = await watched.evaluate_batch(ctx, items)
+        assert (inner.started, inner.cancelled) == (2, 2)  # the later call was not made
+        for failed in (result, later):
+            (failure,) = failed.failures
+            assert failure.stage == "provider_unavailable" and "killed by signal 9" in failure.error
+            assert failure.artifact_ids == tuple(a.id for a in items.artifacts) and not failed.outputs
+
+    asyncio.run(scenario())
+
+
+def test_a_labels_review_id_is_the_reviews_own_not_what_the_model_wrote() -> None:
+    """A real SmolLM2 answer in the keyed form (seen on `--model local`, per item): the result under the review's
+    key, rightly matched to it, but with `"review_id": "]["`; the output line said R0003 in `review_ids` and "]["
+    in the label. The label now names its review."""
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.review_types import ReviewLabel, ReviewTrend
+    from flock_llm.cli.reviews import output_record
+
+    answer = ReviewLabel(review_id="][", label="neutral", reason="ok")
+    label = Artifact(type_name="ReviewLabel", payload=answer, derived_from=("a3",))
+    record = output_record(label, {"a3": "R0003"})
+    assert record["review_ids"] == ["R0003"] and record["data"]["review_id"] == "R0003"
+    assert record["data"]["label"] == "neutral"
+    trend = ReviewTrend(review_count=2, average_rating=3, overall_sentiment="mixed", top_themes=[], summary="")
+    report = Artifact(type_name="ReviewTrend", payload=trend, derived_from=("a1", "a2"))
+    assert output_record(report, {"a1": "R1", "a2": "R2"})["data"] == trend.model_dump(mode="json")
