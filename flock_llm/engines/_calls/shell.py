@@ -35,7 +35,7 @@ from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
 from .breaker import ProviderGuard
 from .record import CallRecord, Usage, record_call
-from .retry import RequestLimiter, RetryPolicy
+from .retry import RequestLimiter, RetryPolicy, cancelling
 from .settled import Settled, completion_choice, is_timeout
 from .spend import CallCosts, Ticket
 
@@ -294,7 +294,7 @@ class CallShell:
             ticket = Ticket(0.0, [], 0)
             try:
                 await engine.costs.admit(self.ctx, self.model, ticket, tokens=False)
-                return await engine.limiter.run(send)
+                return await engine.limiter.run(_Sending(send))
             finally:
                 await engine.costs.attempt_done(ticket, 0)
 
@@ -383,12 +383,15 @@ class CallShell:
 
 
 class _Sending(Generic[R]):
-    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it)."""
+    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it); a
+    request whose task is being cancelled is refused here, before it goes."""
 
     def __init__(self, send: Callable[[], Awaitable[R]]) -> None:
         self.send = send
         self.sent = False
 
     def __call__(self) -> Awaitable[R]:
+        if cancelling():  # a cancellation a wait swallowed (Python 3.11's wait_for, e.g. inside a Redis client's
+            raise asyncio.CancelledError  # command while a shared minute was full): a cancelled call is never sent
         self.sent = True
         return self.send()
