@@ -4,13 +4,15 @@ that is not a coroutine function."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from shell_fakes import context
 
-from flock_llm.engines import Ask, CallShell, ModelEngine, RetryPolicy, Settled
-from flock_llm.errors import ConfigurationError
+from flock_llm.engines import Ask, CallShell, ModelEngine, Resend, RetryPolicy, Settled
+from flock_llm.engines._calls.ask import MAX_RESENDS
+from flock_llm.errors import ConfigurationError, ModelCallError
 
 ONCE = RetryPolicy(attempts=1, base_delay=0.0, max_delay=0.0)
 
@@ -70,3 +72,19 @@ async def test_a_send_that_is_not_a_coroutine_function_is_a_clear_error() -> Non
     with pytest.raises(TypeError, match=r"`send` must be a coroutine function \(async def\)"):
         await calls.call(Ask("batch", 1, prompt_tokens=10, max_tokens=10), send, lambda r: r)  # type: ignore[arg-type,return-value]
     assert [c.outcome for c in engine.calls] == ["TypeError"] and engine.costs.ledger.in_flight_usd == 0.0
+
+
+async def test_a_transport_that_always_resends_stops_after_max_resends() -> None:
+    """Before, a transport raising Resend on every request looped forever, unpaced, against the provider."""
+    engine, calls = shell()
+    sent = 0
+
+    async def send() -> Settled:
+        nonlocal sent
+        sent += 1
+        raise Resend("the server refused this form")
+
+    with pytest.raises(ModelCallError, match=r"raised Resend 5 times in a row"):
+        await asyncio.wait_for(calls.call(Ask("batch", 1, 10, 10), send, lambda r: r), timeout=5)
+    assert sent == MAX_RESENDS + 1 == calls.usage.llm_calls  # every request counted
+    assert [c.outcome for c in engine.calls] == ["ModelCallError"]

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ..._numbers import number
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, ModelCallError
 from .settled import Settled
 
-__all__ = ["Ask", "Resend", "settled_of"]
+__all__ = ["MAX_RESENDS", "Ask", "Resend", "resent", "settled_of"]
+
+MAX_RESENDS = 4
+"""Resends in a row one attempt may take (LLMEngine falls back through at most 2 structured-output forms)."""
 
 R = TypeVar("R")
 _TIERS = ("standard", "flex", "batch")
@@ -55,6 +58,22 @@ class Ask:
 class Resend(Exception):
     """Raised by a transport whose request the server refused in a way it has adapted to (a structured-output form
     the server does not take): the shell sends it again at once, paced and counted as a request, not a retry."""
+
+
+def resent(times: int, exc: Resend) -> int:
+    """One more `Resend` of an attempt that was resent `times` times in a row: so a transport that always raises
+    Resend cannot loop forever against the provider.
+
+    Raises:
+        ModelCallError: past MAX_RESENDS in a row.
+    """
+    if times >= MAX_RESENDS:
+        raise ModelCallError(
+            f"the call's transport raised Resend {times + 1} times in a row ({str(exc)[:120]}); a transport may "
+            f"ask to resend at most {MAX_RESENDS} times (e.g. once per structured-output form it falls back "
+            "through): raise the request's error instead"
+        ) from exc
+    return times + 1
 
 
 def settled_of(read: Callable[[R], Settled | None], reply: R) -> Settled | None:

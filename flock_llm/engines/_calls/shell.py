@@ -34,7 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
-from .ask import Ask, Resend, settled_of
+from .ask import Ask, Resend, resent, settled_of
 from .breaker import ProviderGuard
 from .record import CallRecord, Usage, record_call
 from .retry import RequestLimiter, RetryPolicy, cancelling
@@ -115,6 +115,8 @@ class _OneCall(Generic[R]):
     again: Again | None
     ticket: Ticket
     spent: _Spent = field(default_factory=_Spent)
+    resends: int = 0
+    """`Resend`s of the current attempt."""
 
 
 class CallShell:
@@ -285,6 +287,7 @@ class CallShell:
         costs = self.engine.costs
         ticket, spent, send = call.ticket, call.spent, call.send
         spent.attempts += 1
+        call.resends = 0
         while True:
             costs.cover(ticket, spent.cost_usd)
             sending = _Sending(send)
@@ -299,6 +302,7 @@ class CallShell:
                 cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
                 await self._unanswered(call, charged=cancelled or is_timeout(exc))
                 if isinstance(exc, Resend):
+                    call.resends = resent(call.resends, exc)  # raises past MAX_RESENDS in a row
                     continue
                 if cancelled or not isinstance(exc, Exception):
                     raise
