@@ -107,3 +107,30 @@ async def test_a_worker_with_another_limit_for_a_shared_window_is_refused(redis_
         await asyncio.wait_for(loose.rate_windows().window(name, 1_000).acquire(200), timeout=0.3)
     for store in (strict, loose):
         await store.aclose()
+
+
+async def test_a_cancelled_waiter_on_a_full_shared_minute_stops_at_once(redis_url: str) -> None:
+    """Python 3.11's `asyncio.wait_for` (inside redis-py's commands) can swallow a cancellation that arrives as the
+    command's reply does: the waiter then slept out the minute and its DSPy call went out ~58 s after it was
+    cancelled. A waiter whose task is being cancelled now stops before sleeping."""
+    store = RedisStore.from_url(redis_url)
+    await store.connect()
+    window = store.rate_windows().window("acct/openai/x:cancelled:tokens", 1_000)
+    await window.acquire(1_000)  # the minute is full
+
+    async def waiter_whose_cancel_was_swallowed() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # what wait_for does when the awaited command finished as the cancel came
+        return await window.acquire(1)
+
+    task = asyncio.create_task(waiter_whose_cancel_was_swallowed())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), timeout=5)
+    finally:
+        task.cancel()
+        await store.aclose()

@@ -24,6 +24,7 @@ limits, and a line may wait hours for its job).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import deque
@@ -33,9 +34,10 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..._error_text import local_failure, missing_key
 from .._base import EngineContext
+from .ask import Ask, Resend, resent, settled_of
 from .breaker import ProviderGuard
 from .record import CallRecord, Usage, record_call
-from .retry import RequestLimiter, RetryPolicy
+from .retry import RequestLimiter, RetryPolicy, cancelling
 from .settled import Settled, completion_choice, is_timeout
 from .spend import CallCosts, Ticket
 
@@ -60,31 +62,6 @@ R = TypeVar("R")
 Again = Callable[[BaseException], float | None]
 """A tier's say on a failed request: seconds to wait before sending it again (counted as a retry), None to leave
 it to the retries and the breaker, or raise to stop the call (e.g. the flex tier gives up after `flex_wait`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ask:
-    """One call to make, as the budget and the record see it."""
-
-    kind: str
-    """"batch", "repair", "reduce", "deferred" (a batch-job line), "probe" (the breaker's) or an engine's own."""
-    items: int
-    """How many items the call carries."""
-    prompt_tokens: int
-    """The prompt, counted before sending."""
-    max_tokens: int
-    """The longest answer the request allows: with the prompt, the worst case reserved in the budgets."""
-    tier: str = "standard"
-    """The price tier: "standard", "flex" or "batch"."""
-    prompt: Callable[[], str] | None = None
-    """The redacted prompt text, for spans that record prompts."""
-    deferred: bool = False
-    """A provider batch-job line: not paced, not behind the breaker (see the module docstring)."""
-
-
-class Resend(Exception):
-    """Raised by a transport whose request the server refused in a way it has adapted to (a structured-output form
-    the server does not take): the shell sends it again at once, paced and counted as a request, not a retry."""
 
 
 class ShellEngine(Protocol):
@@ -138,6 +115,8 @@ class _OneCall(Generic[R]):
     again: Again | None
     ticket: Ticket
     spent: _Spent = field(default_factory=_Spent)
+    resends: int = 0
+    """`Resend`s of the current attempt."""
 
 
 class CallShell:
@@ -294,7 +273,7 @@ class CallShell:
             ticket = Ticket(0.0, [], 0)
             try:
                 await engine.costs.admit(self.ctx, self.model, ticket, tokens=False)
-                return await engine.limiter.run(send)
+                return await engine.limiter.run(_Sending(send))
             finally:
                 await engine.costs.attempt_done(ticket, 0)
 
@@ -306,8 +285,9 @@ class CallShell:
     async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
         costs = self.engine.costs
-        ask, ticket, spent, send = call.ask, call.ticket, call.spent, call.send
+        ticket, spent, send = call.ticket, call.spent, call.send
         spent.attempts += 1
+        call.resends = 0
         while True:
             costs.cover(ticket, spent.cost_usd)
             sending = _Sending(send)
@@ -322,6 +302,7 @@ class CallShell:
                 cancelled = isinstance(exc, asyncio.CancelledError)  # like a timeout: the prompt was read
                 await self._unanswered(call, charged=cancelled or is_timeout(exc))
                 if isinstance(exc, Resend):
+                    call.resends = resent(call.resends, exc)  # raises past MAX_RESENDS in a row
                     continue
                 if cancelled or not isinstance(exc, Exception):
                     raise
@@ -333,14 +314,23 @@ class CallShell:
                 self.usage.retries += 1
                 await asyncio.sleep(wait)
                 continue
-            used = call.settled(reply)
-            if used is None:
-                await costs.attempt_done(ticket, 0)
-                return reply, None
-            self.usage.llm_calls += used.requests
-            spent.add(used, self._price(ticket, used))
-            await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
-            return reply, used.outcome
+            return await self._answered(call, reply)
+
+    async def _answered(self, call: _OneCall[R], reply: R) -> tuple[R, str | None]:
+        """A request was answered: settle its window entries and count what it consumed."""
+        costs, ask, ticket, spent = self.engine.costs, call.ask, call.ticket, call.spent
+        try:
+            used = settled_of(call.settled, reply)
+        except Exception:  # answered, but not readable: the request is counted and its prompt charged
+            await self._unanswered(call, charged=True)
+            raise
+        if used is None:
+            await costs.attempt_done(ticket, 0)
+            return reply, None
+        self.usage.llm_calls += used.requests
+        spent.add(used, self._price(ticket, used))
+        await costs.attempt_done(ticket, used.prompt_tokens + ask.max_tokens * max(1, used.requests))
+        return reply, used.outcome
 
     def _refused_here(self, exc: BaseException) -> bool:
         """The request never left: litellm had no API key, or the HTTP client refused it (see `_error_text`);
@@ -383,12 +373,20 @@ class CallShell:
 
 
 class _Sending(Generic[R]):
-    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it)."""
+    """An attempt's transport, noting whether its request went out (a cancelled call may never have sent it); a
+    request whose task is being cancelled is refused here, before it goes."""
 
     def __init__(self, send: Callable[[], Awaitable[R]]) -> None:
         self.send = send
         self.sent = False
 
     def __call__(self) -> Awaitable[R]:
+        if cancelling():  # a cancellation a wait swallowed (Python 3.11's wait_for, e.g. inside a Redis client's
+            raise asyncio.CancelledError  # command while a shared minute was full): a cancelled call is never sent
         self.sent = True
-        return self.send()
+        reply = self.send()
+        if not inspect.isawaitable(reply):  # a plain function: its request (if any) went out, but not paced
+            raise TypeError(
+                f"a call's `send` must be a coroutine function (async def), it returned {type(reply).__name__}"
+            )
+        return reply

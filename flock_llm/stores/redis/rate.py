@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["RedisWindow", "RedisWindows"]
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class RedisWindow:
     """One limit per sliding minute, shared through Redis."""
 
@@ -47,6 +52,8 @@ class RedisWindow:
                 )
             if int(taken) == 1:
                 return value.decode() if isinstance(value, bytes) else str(value)
+            if _cancelling():  # its cancellation was swallowed by the command (Python 3.11's wait_for): stop now,
+                raise asyncio.CancelledError  # not after the minute's wait
             await asyncio.sleep(min(max(int(value), 5), 60_000) / 1000)
 
     async def settle(self, entry: str, actual: int) -> None:
