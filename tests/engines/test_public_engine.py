@@ -142,7 +142,11 @@ async def test_a_public_engine_waits_behind_its_breaker_and_its_probes_are_calls
         server.fail_status = 503  # the provider is down
         engine = ReviewCounter(server, breaker=BreakerPolicy(probe_interval=0.05, max_probe_interval=0.05))
         running = asyncio.create_task(run(engine, context(), batches=3))
-        await asyncio.sleep(0.4)
+        for _ in range(200):  # until the breaker opens (the first call also imports litellm: no fixed sleep)
+            if engine.guard.opened or running.done():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # some probes go while the calls wait
         assert engine.guard.opened == 1 and not running.done()  # the calls wait, the breaker probes
         failed_so_far = server.chat_requests
         server.fail_status = None

@@ -270,7 +270,9 @@ async def test_a_shrink_is_shared_by_the_workers_and_survives_the_one_that_made_
     load_litellm()  # imported before the workers read Redis: a slow import would stall their reads
     trace = tmp_path / "a.duckdb"
     settings = {"per_item": True, "api_base": degrading.api_base, "api_key": "sk-local-fake"}
-    first = Stalling(model="openai/fake-model", retry=FAST, structured_output=True, audit=Audit(rate=1.0, per_call=1000), **settings)
+    first = Stalling(
+        model="openai/fake-model", retry=FAST, structured_output=True, audit=Audit(rate=1.0, per_call=1000), **settings
+    )
     a = steered(first, store=redis_single_url, tracing=TracingConfig(duckdb_path=str(trace)))
     items = snippets(32)
     with caplog.at_level(logging.INFO, logger="flock_llm.quality"):
