@@ -354,14 +354,18 @@ async def part_b_fixed(data: Snippets, n: int, seed: int) -> dict[str, Any]:
 
 GROW_AFTER: int | None = None
 """`--grow-after`: the controller's `grow_after` in (b) (None: its default)."""
+PER_CALL = 1
+"""`--per-call`: items asked alone per audited call in (b)'s adaptive run."""
 
 
 async def part_b_adaptive(data: Snippets, n: int, rate: float, seed: int) -> dict[str, Any]:
     """(b) BatchSpec(size=50) + Audit(rate) + QualityTarget(0.95, min_audits=5[, grow_after])."""
     target = QualityTarget(TARGET, min_audits=5, grow_after=GROW_AFTER)
     print(f"    controller: {target}")
-    adaptive = await stream(data, n, 50, audit=Audit(rate=rate, seed=seed), target=target, seed=seed)
-    show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; adaptive: Audit(rate={rate:g})",
+    adaptive = await stream(data, n, 50, audit=Audit(rate=rate, per_call=PER_CALL, seed=seed),
+                          target=target, seed=seed)  # fmt: skip
+    show(f"(b) {n} snippets, drift halfway (collapse 40 -> 12), windows of 100; adaptive: Audit(rate={rate:g}, "
+         f"per_call={PER_CALL})",
          [adaptive], ["size", "windows_at_target", "agreement", "cost_per_item", "calls", "audit_calls",
                       "wall_s"])  # fmt: skip
     print(f"    adaptive size changes: {adaptive['size_changes']}; windows below target: {adaptive['below']}")
@@ -409,8 +413,10 @@ if __name__ == "__main__":
     parser.add_argument("--save", default="", help="also write the figures as JSON to this file")
     parser.add_argument("--combine", nargs="+", help="print the criteria over the --save files of earlier runs")
     parser.add_argument("--grow-after", type=int, default=None, help="(b)'s QualityTarget(grow_after=)")
+    parser.add_argument("--per-call", type=int, default=1, help="(b)'s Audit(per_call=): items audited per call")
     args = parser.parse_args()
     GROW_AFTER = args.grow_after
+    PER_CALL = args.per_call
     if args.combine:
         combine(args.combine)
     else:
