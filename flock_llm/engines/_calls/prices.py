@@ -168,6 +168,8 @@ class CostLedger:
     """Calls refused because they would have passed the budget."""
     calls: int = field(default=0)
     """Calls that held a reservation."""
+    probes_beyond: int = 0
+    """Breaker probes held beyond what waiting calls hold: from then on a call re-checks before it is sent."""
     _settled: asyncio.Event | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,20 +191,28 @@ class CostLedger:
         self._settled.clear()
         await self._settled.wait()
 
-    def reserve(self, estimate_usd: float) -> None:
-        """Hold `estimate_usd` for a call about to be made.
+    def reserve(self, estimate_usd: float, *, beyond_holds: bool = False) -> None:
+        """Hold `estimate_usd` for a call about to be made (`beyond_holds`: a breaker probe, which the calls holding
+        the rest wait for, needs only room beyond what is spent; the calls then re-check before they are sent).
 
         Raises:
             BudgetExceededError: the call would take spending over the budget.
         """
-        if self.budget_usd is not None and self.spent_usd + self.in_flight_usd + estimate_usd > self.budget_usd:
+        held = 0.0 if beyond_holds else self.in_flight_usd
+        if self.budget_usd is not None and self.spent_usd + held + estimate_usd > self.budget_usd:
             self.refused_calls += 1
             raise BudgetExceededError(
                 f"the next call (about ${estimate_usd:.4f}) would pass the budget of ${self.budget_usd:.4f} "
                 f"(spent ${self.spent_usd:.4f}, in flight ${self.in_flight_usd:.4f}); calls stopped"
             )
+        if beyond_holds and self.budget_usd is not None and self.over_held(estimate_usd):
+            self.probes_beyond += 1
         self.in_flight_usd += estimate_usd
         self.calls += 1
+
+    def over_held(self, more_usd: float = 0.0) -> bool:
+        """Whether what is spent and held (and `more_usd`) passes the budget: only after a probe held beyond."""
+        return self.budget_usd is not None and self.spent_usd + self.in_flight_usd + more_usd > self.budget_usd
 
     def settle(self, estimate_usd: float, actual_usd: float) -> None:
         """The call that held `estimate_usd` cost `actual_usd` (0 when it failed before an answer).

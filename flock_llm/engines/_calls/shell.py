@@ -186,7 +186,7 @@ class CallShell:
         guarded: bool,
     ) -> R:
         ticket = await self.engine.costs.reserve(
-            self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier
+            self.ctx, self.model, self.litellm, ask.prompt_tokens, ask.max_tokens, ask.tier, probe=ask.kind == "probe"
         )
         call = _OneCall(ask, send, settled, again, ticket)
         spent = call.spent
@@ -289,6 +289,7 @@ class CallShell:
         spent.attempts += 1
         call.resends = 0
         while True:
+            await costs.make_room(ticket)
             costs.cover(ticket, spent.cost_usd)
             sending = _Sending(send)
             try:

@@ -59,6 +59,8 @@ class Ticket:
     """(window, entry, counts tokens: else one request)"""
     worst_usd: float = 0.0
     """One attempt's worst case (the first estimate): a retry after a charged attempt holds it again."""
+    probe: bool = False
+    """A breaker probe's (held beyond what waiting calls hold)."""
 
 
 class CallCosts:
@@ -96,11 +98,20 @@ class CallCosts:
         return self._litellm_prices[key]
 
     async def reserve(
-        self, ctx: EngineContext, model: str, litellm: Any, prompt: int, answer: int, tier: str = "standard"
+        self,
+        ctx: EngineContext,
+        model: str,
+        litellm: Any,
+        prompt: int,
+        answer: int,
+        tier: str = "standard",
+        *,
+        probe: bool = False,
     ) -> Ticket:
         """Hold the call's worst case (`prompt` tokens and an `answer` of the `max_tokens` it may take) in every
         ledger (the engine's, the Flock's); a call that fits what is spent but not what calls in flight hold waits
-        for them to settle (they usually cost less than they hold).
+        for them to settle (they usually cost less than they hold). A breaker `probe` does not wait for them (they
+        wait for it): it needs room only beyond what is spent, and the calls re-check before they are sent.
 
         Raises:
             BudgetExceededError: the call would pass a budget, or a budget is set and the model's price is unknown.
@@ -114,12 +125,10 @@ class CallCosts:
                 "LLMEngine(prices={'input': ..., 'output': ...}) (USD per million tokens)"
             )
         estimate = 0.0 if prices is None else prices.cost(prompt=prompt, completion=answer)
-        while (later := next((ledger for ledger in ledgers if ledger.room(estimate) == "later"), None)) is not None:
-            if any(ledger.room(estimate) == "never" for ledger in ledgers):
-                break
-            await later.settled()
-        _hold(ledgers, estimate)
-        return Ticket(estimate, ledgers, prompt + answer, tier, worst_usd=estimate)
+        if not probe:  # a probe does not wait for the calls that wait for it
+            await _room_after_settling(ledgers, estimate)
+        _hold(ledgers, estimate, beyond_holds=probe)
+        return Ticket(estimate, ledgers, prompt + answer, tier, worst_usd=estimate, probe=probe)
 
     def cover(self, ticket: Ticket, spent_usd: float) -> None:
         """Before another attempt of a call whose earlier attempts cost `spent_usd` (timed-out prompts): hold that
@@ -133,6 +142,24 @@ class CallCosts:
             return
         _hold(ticket.ledgers, more)
         ticket.estimate_usd += more
+
+    async def make_room(self, ticket: Ticket) -> None:
+        """Before an attempt, after a breaker probe was held beyond what waiting calls hold (see `reserve`): while
+        what is spent and held passes a budget, this call lets go of its hold and takes it again once it fits
+        (waiting for calls in flight to settle, as `reserve` does), so no call is sent that could pass a budget.
+
+        Raises:
+            BudgetExceededError: what is spent leaves no room for the call (it is not sent).
+        """
+        ledgers = ticket.ledgers
+        if ticket.probe or not any(ledger.probes_beyond and ledger.over_held() for ledger in ledgers):
+            return
+        for ledger in ledgers:
+            ledger.settle(ticket.estimate_usd, 0.0)
+        ticket.estimate_usd = 0.0
+        await _room_after_settling(ledgers, ticket.worst_usd)
+        _hold(ledgers, ticket.worst_usd)
+        ticket.estimate_usd = ticket.worst_usd
 
     async def admit(self, ctx: EngineContext, model: str, ticket: Ticket, *, tokens: bool = True) -> None:
         """Wait until the call's tokens (unless not `tokens`: a batch job's own request) and one request fit the
@@ -181,12 +208,21 @@ class CallCosts:
             ledger.settle(ticket.estimate_usd, 0.0)
 
 
-def _hold(ledgers: list[CostLedger], amount: float) -> None:
+async def _room_after_settling(ledgers: list[CostLedger], amount: float) -> None:
+    """Wait while `amount` fits what is spent in every ledger but not what calls in flight hold (they usually
+    settle for less); return at once when it fits, or when it never will (`_hold` then refuses it)."""
+    while (later := next((ledger for ledger in ledgers if ledger.room(amount) == "later"), None)) is not None:
+        if any(ledger.room(amount) == "never" for ledger in ledgers):
+            return
+        await later.settled()
+
+
+def _hold(ledgers: list[CostLedger], amount: float, *, beyond_holds: bool = False) -> None:
     """Hold `amount` in every ledger, or in none (BudgetExceededError from the first it would pass)."""
     held: list[CostLedger] = []
     try:
         for ledger in ledgers:
-            ledger.reserve(amount)
+            ledger.reserve(amount, beyond_holds=beyond_holds)
             held.append(ledger)
     except BudgetExceededError:
         for ledger in held:
