@@ -172,11 +172,16 @@ def _start_embedded_demo() -> tuple[subprocess.Popen[str], set[int]]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, process_group=0,
     )  # fmt: skip
     deadline = time.monotonic() + 90
-    while len(_descendants(demo.pid)) < 4 and time.monotonic() < deadline and demo.poll() is None:
-        time.sleep(0.05)  # redis-server, 2 workers, then the producer once the workers are ready
-    processes = _descendants(demo.pid)
-    assert len(processes) == 4, demo.stderr.read() if demo.poll() is not None and demo.stderr else processes
-    return demo, processes
+    processes: set[int] = set()
+    while time.monotonic() < deadline and demo.poll() is None:  # redis-server, 2 workers, then the producer
+        seen = _descendants(demo.pid)
+        if len(seen) == 4 and seen == processes:  # the same 4 twice: no process counted while it was starting
+            return demo, processes
+        processes = seen
+        time.sleep(0.05)
+    os.killpg(demo.pid, signal.SIGKILL)  # leave nothing running for the tests after this one
+    _, stderr = demo.communicate(timeout=30)
+    raise AssertionError(f"the demo did not start its 4 processes: {sorted(processes)}; stderr: {stderr[-2000:]}")
 
 
 def _all_gone(pids: set[int], within: float) -> set[int]:

@@ -195,6 +195,10 @@ class CostLedger:
         """Hold `estimate_usd` for a call about to be made (`beyond_holds`: a breaker probe, which the calls holding
         the rest wait for, needs only room beyond what is spent; the calls then re-check before they are sent).
 
+        Args:
+            estimate_usd: the call's worst case.
+            beyond_holds: a breaker probe's hold: checked against what is spent only.
+
         Raises:
             BudgetExceededError: the call would take spending over the budget.
         """
