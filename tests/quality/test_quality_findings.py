@@ -6,58 +6,23 @@ the controller's: fixed with it.)"""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import pytest
+import test_audit_engine
 from pydantic import BaseModel
+from test_audit_engine import Snippet, SnippetLabel, engine, snippets
 
-from flock_llm import Flock, flock_type
-from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm import Flock
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.errors import ConfigurationError
 from flock_llm.quality import Audit, QualityTarget, ReportFacts, Tolerance
 from flock_llm.quality.facts import check_report, compute_facts, fill_facts, valid_ids
 from flock_llm.subscription import BatchSpec
-from flock_llm.testing import Degradation, DegradingModel, FakeOpenAIServer
+from flock_llm.testing import FakeOpenAIServer
 
-FAST = RetryPolicy(attempts=2, base_delay=0.0, max_delay=0.0, max_retry_after=0.05)
-
-
-@flock_type
-class AtkSnippet(BaseModel):
-    snippet_id: str
-    text: str
-
-
-@flock_type
-class AtkLabel(BaseModel):
-    snippet_id: str
-    label: Literal["positive", "negative", "neutral"]
-
-
-def truth(data: dict[str, Any]) -> dict[str, Any]:
-    text = str(data.get("text", ""))
-    return {"label": "positive" if "good" in text else "negative" if "bad" in text else "neutral"}
-
-
-def snippets(n: int) -> list[AtkSnippet]:
-    words = ("good", "bad", "plain")
-    return [AtkSnippet(snippet_id=f"s{k}", text=f"snippet {k} is {words[k % 3]}") for k in range(n)]
-
-
-@pytest.fixture
-def degrading() -> Iterator[FakeOpenAIServer]:
-    model = DegradingModel(Degradation(collapse_at=4, steep=0.08), truth=truth, seed=3)
-    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
-        yield fake
-
-
-def engine(server: FakeOpenAIServer, **kwargs: Any) -> LLMEngine:
-    settings: dict[str, Any] = {"per_item": True, "api_base": server.api_base, "api_key": "sk-local-fake"}
-    return LLMEngine("openai/fake-model", retry=FAST, structured_output=True, **{**settings, **kwargs})
-
+degrading = test_audit_engine.degrading  # the degrading provider fixture, shared with the audit tests
 
 # -- audit: a bad field list found only at the first audit --------------------------------------------------------
 
@@ -72,13 +37,13 @@ async def test_an_unknown_audit_field_never_loses_the_batched_answers(degrading:
         llm = engine(degrading, audit=Audit(rate=1.0, fields=("labl",)))
         flock = Flock(env={})
         spec = BatchSpec(size=6, timeout=timedelta(seconds=30))
-        flock.agent("labels").consumes(AtkSnippet, batch=spec).publishes(AtkLabel).with_engines(llm)
+        flock.agent("labels").consumes(Snippet, batch=spec).publishes(SnippetLabel).with_engines(llm)
     except ConfigurationError:
         return  # checked up front: fine
     await flock.publish_many(snippets(6))
     await flock.run_until_idle()
     await flock.shutdown()
-    published = await flock.store.get_by_type(AtkLabel)
+    published = await flock.store.get_by_type(SnippetLabel)
     assert flock.metrics().count("failure_records") == 0
     assert len(published) == 6
 
@@ -292,8 +257,8 @@ def _calibrate_setup(n: int) -> tuple[Any, Any, list[Any]]:
     from flock_llm.artifact import Artifact
     from flock_llm.engines import EngineContext
 
-    ctx = EngineContext(agent_name="labels", description="label each snippet", publishes=(AtkLabel,), env={})
-    artifacts = [Artifact(type_name="AtkSnippet", payload=s) for s in snippets(n)]
+    ctx = EngineContext(agent_name="labels", description="label each snippet", publishes=(SnippetLabel,), env={})
+    artifacts = [Artifact(type_name="Snippet", payload=s) for s in snippets(n)]
     return ctx, artifacts, []
 
 
@@ -315,7 +280,7 @@ async def test_calibrate_rejects_sizes_below_one(sizes: list[int]) -> None:
 def labeller(agent_engine: LLMEngine, size: int, name: str = "labels", flock: Flock | None = None) -> Flock:
     flock = flock or Flock(env={})
     spec = BatchSpec(size=size, timeout=timedelta(seconds=30))
-    flock.agent(name).consumes(AtkSnippet, batch=spec).publishes(AtkLabel).with_engines(agent_engine)
+    flock.agent(name).consumes(Snippet, batch=spec).publishes(SnippetLabel).with_engines(agent_engine)
     return flock
 
 
@@ -338,7 +303,7 @@ async def test_answers_from_the_per_item_fallback_are_not_counted_as_batched_agr
     await flock.publish_many(snippets(8))
     await flock.run_until_idle()
     await flock.shutdown()
-    assert len(await flock.store.get_by_type(AtkLabel)) == 8  # the fallback did answer every item
+    assert len(await flock.store.get_by_type(SnippetLabel)) == 8  # the fallback did answer every item
     agreement = flock.metrics().agreement("labels")
     assert "size=8" not in agreement, agreement.get("size=8")
 
@@ -352,7 +317,7 @@ async def test_a_one_item_batch_is_not_audited_against_itself(degrading: FakeOpe
     await flock.publish_many(snippets(1))
     await flock.run_until_idle()
     await flock.shutdown()
-    assert len(await flock.store.get_by_type(AtkLabel)) == 1
+    assert len(await flock.store.get_by_type(SnippetLabel)) == 1
     assert degrading.requests == 1
 
 
@@ -405,7 +370,7 @@ def test_comparing_no_field_at_all_is_not_full_agreement() -> None:
 
     with pytest.raises(ConfigurationError):
         compare_answers(
-            AtkLabel(snippet_id="a", label="positive"), AtkLabel(snippet_id="b", label="negative"), fields=()
+            SnippetLabel(snippet_id="a", label="positive"), SnippetLabel(snippet_id="b", label="negative"), fields=()
         )
     with pytest.raises(ConfigurationError):
         Audit(fields=())
@@ -467,7 +432,7 @@ async def test_failing_audit_calls_keep_the_batch_answers_and_are_counted(degrad
     await flock.publish_many(snippets(6))
     await flock.run_until_idle()
     await flock.shutdown()
-    assert len(await flock.store.get_by_type(AtkLabel)) == 6
+    assert len(await flock.store.get_by_type(SnippetLabel)) == 6
     usage = flock.metrics().usage["labels"]
     assert usage["audit_errors"] == 6 and usage.get("audit_compared", 0) == 0
     assert flock.metrics().count("failure_records") == 0
@@ -508,7 +473,7 @@ def test_an_ignored_field_the_output_lacks_is_named_not_silently_compared() -> N
     """F20 addendum: `ignore=("snipet_id",)` (a typo) left `snippet_id` compared without a word."""
     from flock_llm.quality.compare import compare_answers
 
-    a, b = AtkLabel(snippet_id="a", label="positive"), AtkLabel(snippet_id="b", label="positive")
+    a, b = SnippetLabel(snippet_id="a", label="positive"), SnippetLabel(snippet_id="b", label="positive")
     with pytest.raises(ConfigurationError, match="snipet_id"):
         compare_answers(a, b, ignore=("snipet_id",))
     assert compare_answers(a, b, ignore=("snippet_id",)).agreed
