@@ -119,6 +119,28 @@ async def test_once_the_clock_ran_out_later_calls_fail_at_once_until_a_probe_get
     assert guard.stats().failing_for_s is None  # a real answer stops the clock
 
 
+async def test_a_probe_under_way_when_the_last_waiting_call_gives_up_is_cancelled_not_left_running() -> None:
+    """A probe outliving its run held its budget after the run ended (CI: in_flight_usd 0.01 after the run)."""
+    guard = ProviderGuard(BreakerPolicy(max_outage=0.15, probe_interval=0.01, max_probe_interval=0.01))
+    probe_started, probe_ended = asyncio.Event(), asyncio.Event()
+
+    async def probe() -> str:
+        probe_started.set()
+        try:
+            await asyncio.sleep(30)  # a provider that reads the probe and never answers
+        finally:
+            probe_ended.set()
+        return "ok"
+
+    async def attempt() -> str:
+        raise unavailable()
+
+    with pytest.raises(ProviderUnavailableError, match="max_outage"):
+        await guard.call(FAST_RETRY, attempt, lambda exc: None, probe)
+    assert probe_started.is_set() and probe_ended.is_set()  # cancelled before the call returned
+    assert guard._prober is None
+
+
 # -- 26.16: transport failures never fan out, whatever the probe says --------------------------------------------
 
 

@@ -239,6 +239,18 @@ class ProviderGuard:
         finally:
             self._waiting -= 1
             self._notify()
+            if self._waiting == 0:
+                await self._stop_prober()
+
+    async def _stop_prober(self) -> None:
+        """The last waiting call left (it gave up, or was cancelled): a probe still under way is cancelled and
+        awaited (the shell records it and charges its prompt), so no probe outlives the calls that wanted it or
+        holds budget after their run."""
+        prober = self._prober
+        if prober is None or prober.done() or prober is asyncio.current_task():
+            return
+        prober.cancel()
+        await asyncio.wait({prober})
 
     async def _probe_when_due(self) -> bool:
         """Once the clock ran out: this call probes, if no probe ran for a probe interval and none is under way
