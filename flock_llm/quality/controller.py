@@ -3,13 +3,17 @@
 Evidence is the audited agreement at the current size, as decayed counts (`memory` audits weigh about as much as
 all older ones), so a drifting provider is noticed. With `z` the normal quantile of `confidence`:
 
-- shrink (by `shrink`, e.g. halve) when the Wilson upper bound is below the target (clearly failing), or, once
-  there are enough audits for a perfect record to clear the target, when the LOWER bound of the
-  `shrink_confidence` interval (default 50%) falls below it with at least `min_disagreements` disagreements;
+- shrink by `shrink` (halve) when the Wilson upper bound is below the target (clearly failing), or, once there
+  are enough audits for a perfect record to clear the target, when the LOWER bound of the `shrink_confidence`
+  interval (default 50%) falls below it with at least `min_disagreements` disagreements; in that second case
+  only by `trim` (a fifth) while the latest `recent` audits still agree at the target's rate (a size that is
+  doubtful, not broken, is not halved);
 - grow (by `grow`, default +10% and at least 1, at most to the configured size) when the lower bound of the
   `confidence` interval (default 90%: growing needs more evidence than shrinking) is at or above the target and
   at least `grow_after` audits were seen since the last change; a growth that turns out worse is given
-  back (to the size before it);
+  back (to the size before it), and a growth is on probation: one disagreement in its first `probation` audits
+  gives it back (a size just past the collapse point agrees in most audits, and would cost many bad answers
+  before the lower-bound rule could tell);
 - the "clearly below" rule also looks at the latest `recent` audits alone, so a sudden drop (a provider that
   drifts) shows within a few audits; the evidence starts afresh after every change;
 - every change carries its reason; the state is a small JSON-able value that the stores keep and share
@@ -53,13 +57,20 @@ class QualityTarget:
     min_size: int = 1
     """The size never shrinks below this."""
     shrink: float = 0.5
-    """The size is multiplied by this when agreement falls below the target."""
+    """The size is multiplied by this when agreement is clearly below the target."""
+    trim: float = 0.8
+    """The size is multiplied by this (and shrinks by at least 1) when agreement is doubtful: the lower bound is
+    below the target but the latest `recent` audits agree at its rate. Halving a size that is only just too
+    large overshoots."""
     grow: float = 0.1
     """The size grows by this share (at least 1) when agreement holds: slowly, since a size past the collapse
     point costs bad answers until it is noticed."""
     grow_after: int | None = None
     """Audits at a size before it may grow (default: twice the audits a perfect record needs to clear the
     target)."""
+    probation: int | None = None
+    """Audits after a growth during which a single disagreement gives the growth back (default:
+    `audits_to_hold`, the audits a perfect record needs to hold the target; 0: no probation)."""
     min_audits: int = 8
     """Audits before a clearly failing size is shrunk."""
     min_disagreements: int = 2
@@ -76,15 +87,16 @@ class QualityTarget:
         _share("confidence", self.confidence)
         _share("shrink_confidence", self.shrink_confidence)
         _share("shrink", self.shrink)
+        _share("trim", self.trim)
         _share("grow", self.grow, high=10.0)
         for name in ("min_size", "min_audits", "recent", "min_disagreements"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
-        if self.grow_after is not None and (
-            isinstance(self.grow_after, bool) or not isinstance(self.grow_after, int) or self.grow_after < 1
-        ):
-            raise ConfigurationError(f"`grow_after` must be a positive integer or None, got {self.grow_after!r}")
+        for name, least in (("grow_after", 1), ("probation", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigurationError(f"`{name}` must be an integer >= {least} or None, got {value!r}")
         if self.memory is not None and (
             isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory <= self.audits_to_hold
         ):
@@ -110,6 +122,11 @@ class QualityTarget:
     def evidence_memory(self) -> int:
         """About how many recent audits the evidence keeps (`memory`, or its default)."""
         return self.memory if self.memory is not None else 4 * self.audits_to_hold
+
+    @property
+    def audits_on_probation(self) -> int:
+        """Audits after a growth during which one disagreement gives it back (`probation`, or its default)."""
+        return self.probation if self.probation is not None else self.audits_to_hold
 
     @property
     def audits_to_grow(self) -> int:
@@ -253,12 +270,22 @@ def observe(
             ),
         )
     elif (
+        state.before_growth is not None
+        and state.since_change <= target.audits_on_probation
+        and state.n - state.agreed >= 0.5  # (decayed counts) a disagreement since the growth
+    ):
+        new, reason = (
+            _smaller(target, state),
+            f"a disagreement in the first {state.since_change} audits after growing from {state.before_growth} "
+            f"(a growth is on probation for {target.audits_on_probation} audits)",
+        )
+    elif (
         state.n >= target.audits_to_judge
         and state.n - state.agreed >= target.min_disagreements - 0.5  # decayed counts: about that many
         and (judged := _low(target, state)) < target.target
     ):
         new, reason = (
-            _smaller(target, state),
+            _smaller(target, state, factor=target.trim if _latest_hold(target, state) else None),
             f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "
             f"{state.n:.0f} audits, {judged:.1%}, fell below {target.target:.0%}",
         )
@@ -286,14 +313,23 @@ def observe(
     )
 
 
+def _latest_hold(target: QualityTarget, state: ControllerState) -> bool:
+    """Whether the latest audits agree at the target's rate (their point estimate): the size is doubtful, not
+    broken. The latest, not all the evidence: after a drift, the older audits at the same size still agree."""
+    return state.recent.count("1") >= target.target * len(state.recent)
+
+
 def _low(target: QualityTarget, state: ControllerState) -> float:
     return wilson(state.agreed, state.n, confidence=target.shrink_confidence).low
 
 
-def _smaller(target: QualityTarget, state: ControllerState) -> int:
+def _smaller(target: QualityTarget, state: ControllerState, *, factor: float | None = None) -> int:
+    """The size to shrink to: the size before a growth that did not hold, else the size times `factor` (default
+    `shrink`), by at least 1 and not below `min_size`."""
     size = state.size
     if size <= target.min_size:
         return size
     if state.before_growth is not None and state.before_growth < size:
         return state.before_growth
-    return max(target.min_size, min(size - 1, math.floor(size * target.shrink)))
+    factor = target.shrink if factor is None else factor
+    return max(target.min_size, min(size - 1, math.floor(size * factor)))

@@ -4,11 +4,12 @@ slowly while it holds, says why, and its state survives a JSON round trip."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from flock_llm.errors import ConfigurationError
-from flock_llm.quality import ControllerState, QualityTarget, observe
+from flock_llm.quality import ControllerState, QualityTarget, SizeChange, observe
 
 
 def test_a_clearly_failing_size_halves_after_min_audits() -> None:
@@ -42,8 +43,57 @@ def test_the_lower_bound_falling_below_the_target_shrinks_an_established_size() 
     while change is None and batches < 10:  # 90% agreement: never clearly below in 20 audits, but not 95% either
         state, change = observe(target, state, agreed=18, n=20)
         batches += 1
+    # the latest 20 audits agree at 90%: broken, halved (the 100 earlier perfect ones no longer speak for it)
     assert change is not None and change.new == 10 and batches <= 5
     assert "lower bound (50% interval)" in change.reason and change.low < 0.95 <= change.high
+
+
+def test_a_clearly_failing_size_is_halved_but_a_doubtful_one_is_trimmed() -> None:
+    target = QualityTarget(0.95)
+    _, clear = observe(target, target.start(30), agreed=5, n=10)
+    assert clear is not None and clear.new == 15 and "clearly below" in clear.reason
+    _, failing = observe(target, replace(target.start(30), n=30.0, agreed=29.0), agreed=3, n=5)
+    assert failing is not None and failing.new == 15  # lower-bound rule, but 91% misses the target: halved
+    assert "lower bound" in failing.reason
+
+    def doubtful(target: QualityTarget) -> SizeChange | None:
+        state, change = observe(target, target.start(30), agreed=0, n=1)
+        state, change = observe(target, state, agreed=30, n=30)
+        assert change is None  # one stray disagreement
+        # 43 of 45: 95.6%, the lower bound of the 50% interval 93%; the latest 20 agree at 95%
+        _, change = observe(target, state, agreed=13, n=14)
+        return change
+
+    trimmed = doubtful(target)
+    assert trimmed is not None and trimmed.new == 24 and "lower bound" in trimmed.reason
+    barely = doubtful(QualityTarget(0.95, trim=0.99))
+    assert barely is not None and barely.new == 29  # by at least 1
+    _, small = observe(target, replace(target.start(3), n=40.0, agreed=39.0, recent="1" * 19), agreed=0, n=1)
+    assert small is not None and small.new == 2  # floor(3 x 0.8) = 2: always at least one smaller
+
+
+def test_a_growth_is_on_probation_one_disagreement_soon_after_gives_it_back() -> None:
+    """Just past the collapse point a size agrees in most audits (96%): the lower-bound rule needs ~50 audits to
+    tell, while each 100-item window there fails one time in three; one early disagreement gives it back."""
+    target = QualityTarget(0.95)
+    assert target.audits_on_probation == target.audits_to_hold == 52
+    state = ControllerState(size=12, max_size=50)
+    state, grown = observe(target, state, agreed=target.audits_to_grow, n=target.audits_to_grow)
+    assert grown is not None and (grown.old, grown.new) == (12, 13)
+    state, change = observe(target, state, agreed=10, n=10)
+    assert change is None
+    state, change = observe(target, state, agreed=0, n=1)  # the 11th audit disagrees
+    assert change is not None and (change.old, change.new) == (13, 12) and "probation" in change.reason
+    # after the probation, one disagreement is a stray one again
+    state, _ = observe(target, ControllerState(size=12, max_size=50), agreed=104, n=104)
+    state, change = observe(target, state, agreed=60, n=60)
+    assert change is None and state.size == 13
+    state, change = observe(target, state, agreed=0, n=1)
+    assert change is None and state.size == 13
+    off = QualityTarget(0.95, probation=0)
+    state, _ = observe(off, ControllerState(size=12, max_size=50), agreed=104, n=104)
+    state, change = observe(off, state, agreed=0, n=1)
+    assert change is None and state.size == 13
 
 
 def test_two_disagreements_early_shrink_but_one_does_not() -> None:
@@ -118,7 +168,18 @@ def test_state_round_trips_through_json() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"target": 1.0}, {"target": 0}, {"confidence": 1.5}, {"shrink": 1}, {"min_size": 0}, {"grow_after": 0}],
+    [
+        {"target": 1.0},
+        {"target": 0},
+        {"confidence": 1.5},
+        {"shrink": 1},
+        {"min_size": 0},
+        {"grow_after": 0},
+        {"trim": 1.0},
+        {"trim": float("nan")},
+        {"probation": -1},
+        {"probation": True},
+    ],
 )
 def test_target_is_validated(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
