@@ -71,11 +71,27 @@ class SizeSteering:
             stored = adopt(text, configured, agent=ctx.agent_name, min_size=target.min_size)
             if stored is not None:
                 self.states[key] = stored
-                return stored, text
+                return stored, await self._adjusted(ctx, key, text, stored)
         state = self.states.get(key)
         if state is None or (configured is not None and state.max_size != configured):
             state = self.states[key] = target.start(max(1, configured or batch))
         return state, text
+
+    async def _adjusted(
+        self, ctx: EngineContext, key: tuple[str, int], text: str | None, stored: ControllerState
+    ) -> str | None:
+        """A stored state that `adopt` adjusted (another configured size or min_size) is written back, so it is
+        adjusted, and logged, once rather than at every batch; the stored text the caller compares against."""
+        adjusted = stored.to_json()
+        if text is None or ControllerState.from_json(text) == stored:
+            return text
+        assert ctx.size_states is not None
+        try:
+            if await ctx.size_states.swap(state_key(*key), text, adjusted):
+                return adjusted
+        except Exception as exc:  # noqa: BLE001 - a store that is down: adjusted again at the next read
+            log.warning("agent %r: could not store the batch-size state (%s)", ctx.agent_name, type(exc).__name__)
+        return text
 
     def warming(self, target: QualityTarget, ctx: EngineContext) -> bool:
         """Whether the controller still lacks the audits it needs at the current size."""

@@ -4,7 +4,7 @@ report facts in the prompt): each test here failed before its fix (findings/qual
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,29 @@ async def test_a_stored_size_below_the_targets_min_size_is_raised_to_it() -> Non
     ctx = EngineContext(agent_name="labels", configured_size=16, size_states=states)
     state = await SizeSteering().current(QualityTarget(0.95, min_size=4), ctx, 16)
     assert (state.size, state.max_size, state.n) == (4, 16, 0.0)
-    bigger = await SizeSteering().current(QualityTarget(0.95, min_size=1), replace(ctx, configured_size=8), 8)
+    assert ControllerState.from_json(await states.get("0:labels") or "").size == 4  # stored as resumed
+    other = MemorySizeStates()
+    assert await other.swap("0:labels", None, old.to_json())
+    ctx = EngineContext(agent_name="labels", configured_size=8, size_states=other)
+    bigger = await SizeSteering().current(QualityTarget(0.95, min_size=1), ctx, 8)
     assert (bigger.size, bigger.max_size) == (1, 8)  # another configured size: clamped only from above
+
+
+async def test_a_state_stored_for_another_size_is_adjusted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A state stored by a run with BatchSpec(size=50), read by one with size=20: before, the stored text stayed
+    the old one until the next change, so every batch adjusted it again and logged it at INFO."""
+    states = MemorySizeStates()
+    assert await states.swap("0:labels", None, ControllerState(size=40, max_size=50, n=30.0, agreed=30.0).to_json())
+    ctx = EngineContext(agent_name="labels", configured_size=20, size_states=states)
+    steering, target = SizeSteering(), QualityTarget(0.95)
+    with caplog.at_level(logging.INFO, logger="flock_llm.quality"):
+        for _ in range(3):
+            assert (await steering.current(target, ctx, 20)).size == 20
+        await steering.steer(target, ctx, 20, 4, 4, {})  # a change of the adjusted state is stored at once
+    assert sum("kept for size 50" in r.getMessage() for r in caplog.records) == 1
+    stored = ControllerState.from_json(await states.get("0:labels") or "")
+    assert (stored.size, stored.max_size, stored.since_change) == (20, 20, 4)
+    assert not any("kept changing" in r.getMessage() for r in caplog.records)
 
 
 def test_a_fact_holding_markup_cannot_close_the_facts_block() -> None:
