@@ -134,3 +134,27 @@ async def test_a_cancelled_waiter_on_a_full_shared_minute_stops_at_once(redis_ur
     finally:
         task.cancel()
         await store.aclose()
+
+
+async def test_a_waiter_on_a_full_shared_window_takes_the_room_a_settled_call_frees(redis_url: str) -> None:
+    """A call holds its worst case (prompt + max_tokens) and settles for what it took. Before, a waiter on the full
+    shared minute slept until the oldest entry expired (up to a minute) although the settle had freed the room:
+    a waiter in the same process now looks again at once, one in another worker within RECHECK_S."""
+    here, there = RedisStore.from_url(redis_url), RedisStore.from_url(redis_url)
+    for store in (here, there):
+        await store.connect()
+    try:
+        windows = here.rate_windows()
+        name = "acct/openai/x:settle:tokens"
+        held = await windows.window(name, 1_000).acquire(1_000)  # the minute is full
+        same_process = asyncio.create_task(windows.window(name, 1_000).acquire(500))
+        other_worker = asyncio.create_task(there.rate_windows().window(name, 1_000).acquire(300))
+        await asyncio.sleep(0.1)
+        assert not same_process.done() and not other_worker.done()
+        await windows.window(name, 1_000).settle(held, 150)  # it took 150 of the 1,000 it held
+        await asyncio.wait_for(asyncio.gather(same_process, other_worker), timeout=10)  # was: ~60 s
+        with pytest.raises(TimeoutError):  # 150 + 500 + 300 taken: 100 left
+            await asyncio.wait_for(windows.window(name, 1_000).acquire(200), timeout=0.3)
+    finally:
+        for store in (here, there):
+            await store.aclose()

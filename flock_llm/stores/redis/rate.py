@@ -13,7 +13,11 @@ from ...errors import ConfigurationError
 if TYPE_CHECKING:
     from .connection import RedisConnection
 
-__all__ = ["RedisWindow", "RedisWindows"]
+__all__ = ["RECHECK_S", "RedisWindow", "RedisWindows"]
+
+RECHECK_S = 1.0
+"""A waiter on a full shared window looks again at least this often: a call of another worker that settles for
+less than it held frees room that this process hears nothing of (a settle in this process wakes it at once)."""
 
 
 def _cancelling() -> bool:
@@ -24,8 +28,9 @@ def _cancelling() -> bool:
 class RedisWindow:
     """One limit per sliding minute, shared through Redis."""
 
-    def __init__(self, store: RedisConnection, name: str, limit: int) -> None:
+    def __init__(self, store: RedisConnection, name: str, limit: int, windows: RedisWindows | None = None) -> None:
         self.store = store
+        self.windows = windows if windows is not None else RedisWindows(store)
         self.limit = limit
         self.name = name
         base = store.key(f"rate:{name}")
@@ -54,7 +59,7 @@ class RedisWindow:
                 return value.decode() if isinstance(value, bytes) else str(value)
             if _cancelling():  # its cancellation was swallowed by the command (Python 3.11's wait_for): stop now,
                 raise asyncio.CancelledError  # not after the minute's wait
-            await asyncio.sleep(min(max(int(value), 5), 60_000) / 1000)
+            await self.windows.freed(self.name, min(max(int(value), 5) / 1000, RECHECK_S))
 
     async def settle(self, entry: str, actual: int) -> None:
         store = self.store
@@ -62,6 +67,7 @@ class RedisWindow:
             lambda: store.script("RATE_SETTLE")(keys=self._keys, args=[entry, max(0, actual)]),
             limit=store.reconnect_timeout,
         )
+        self.windows.notify(self.name)  # it may have held more than it took: waiters here look again now
 
 
 class RedisWindows:
@@ -69,6 +75,21 @@ class RedisWindows:
 
     def __init__(self, store: RedisConnection) -> None:
         self.store = store
+        self._settled: dict[str, asyncio.Event] = {}
 
     def window(self, name: str, limit: int) -> RedisWindow:
-        return RedisWindow(self.store, name, limit)
+        return RedisWindow(self.store, name, limit, self)
+
+    async def freed(self, name: str, seconds: float) -> None:
+        """Wait `seconds`, or less when a call of this process settles in window `name`."""
+        event = self._settled.setdefault(name, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+    def notify(self, name: str) -> None:
+        """A call settled in window `name`: wake this process's waiters on it."""
+        event = self._settled.pop(name, None)
+        if event is not None:
+            event.set()
