@@ -250,11 +250,22 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     total = count_rows(args.file)
     # a Ctrl-C while the local model server starts (nothing was sent yet) stops it and goes on to main(), which
     # says "interrupted" and ignores a second Ctrl-C while exiting
-    needed = total != 0  # an empty input sends nothing: no server is started for it
+    # an empty input, or a store that finished every review of it, sends nothing: no server is started for it
+    needed = total != 0 and (current is None or _asks_anything(args, current))
     with serve_local(args.model, needed=needed) as (args.model, args.llm_settings, args.server_exited):
         if args.llm_settings:  # a small model on a CPU: a request may take minutes
             args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)
         return asyncio.run(_reviews(args, current, total))
+
+
+def _asks_anything(args: argparse.Namespace, current: set[bytes]) -> bool:
+    """Whether a resumed run has reviews left to ask a model about (read from its store only for a local model,
+    whose server takes seconds to start: True for any other)."""
+    from .local import local_name
+    from .resume import anything_left
+    from .reviews import AGENT
+
+    return local_name(args.model) is None or anything_left(args.store, AGENT, current)
 
 
 async def _reviews(args: argparse.Namespace, current: set[bytes] | None, total: int | None) -> int:

@@ -32,8 +32,10 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The store records `local:smollm2` (what the user typed), not the name the local server serves the model
-    under, so the same command again resumes instead of being refused as a run of another model. (The local
-    server is the fake OpenAI server here: the real one is in tests/e2e/test_local_model.py.)"""
+    under, so the same command again resumes instead of being refused as a run of another model; with every
+    review finished, it starts no server (before, it loaded the model for ~5 s to ask nothing), and with one
+    review changed, it starts one and asks only about that. (The local server is the fake OpenAI server here:
+    the real one is in tests/e2e/test_local_model.py.)"""
     import contextlib
     import json
     from collections.abc import Iterator
@@ -63,15 +65,54 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         first_summary = json.loads(capsys.readouterr().out)
         again = main([*command, "-o", str(tmp_path / "again.jsonl")])
         captured = capsys.readouterr()
-        calls = fake.requests
+        calls, served_again = fake.requests, list(served)
+        lines = source.read_text().splitlines(keepends=True)
+        source.write_text("".join(lines[:3]) + lines[3].replace("fine", "bad"))  # R3 changed
+        changed = main([*command, "-o", str(tmp_path / "changed.jsonl")])
+        changed_summary = json.loads(capsys.readouterr().out)
     assert (first, first_summary["items"], first_summary["failed_items"]) == (0, 4, 0)
     assert first_summary["model"] == "local:smollm2"  # as typed: the summary's advice names a model that works
     assert again == 0, captured.err
     assert "was made with model" not in captured.err
-    assert json.loads(captured.out)["resumed"] == 4 and calls == first_summary["llm_calls"]  # nothing asked again
-    assert served == ["smollm2", "smollm2"]
+    summary = json.loads(captured.out)
+    assert (summary["resumed"], summary["items"], summary["llm_calls"], summary["model"]) == (4, 0, 0, "local:smollm2")
+    assert calls == first_summary["llm_calls"]  # nothing asked again
+    assert served_again == ["smollm2"]  # nothing left to ask: no server started for it
     labels = [r for r in (tmp_path / "again.jsonl").read_text().splitlines() if '"ReviewLabel"' in r]
     assert len(labels) == 4
+    assert (changed, changed_summary["resumed"], changed_summary["items"]) == (0, 3, 1)
+    assert served == ["smollm2", "smollm2"]  # a review changed: the server is started for it
+
+
+def test_a_store_holding_a_pending_review_has_something_left(tmp_path: Path) -> None:
+    """A run killed with a batch still open leaves its reviews pending in the store: they are done for the input
+    (not published again) but still to be asked, so a resumed local run starts its server for them; a store
+    that finished its reviews has nothing left (the decision behind the test above)."""
+    import asyncio
+    from datetime import timedelta
+
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.resume import anything_left, fingerprint
+    from flock_llm.cli.review_types import Review, ReviewLabel
+    from flock_llm.cli.reviews import AGENT
+    from flock_llm.orchestrator import Flock
+    from flock_llm.subscription import BatchSpec
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    review = Review(review_id="R1", rating=3, text="fine")
+
+    async def killed_with_an_open_batch() -> None:
+        flock = Flock(store=url)
+        flock.agent(AGENT).consumes(Review, batch=BatchSpec(size=10, timeout=timedelta(minutes=5))).publishes(
+            ReviewLabel
+        )
+        await flock.start()
+        await flock.publish(Artifact(type_name="Review", payload=review))
+        flock.store.close()  # killed: the batch never flushed
+
+    asyncio.run(killed_with_an_open_batch())
+    assert anything_left(url, AGENT, {fingerprint(review)})
+    assert not anything_left(url, "another_agent", {fingerprint(review)})  # pending for AGENT only
 
 
 @pytest.mark.usefixtures("cli_in_process")
