@@ -4,6 +4,7 @@ anything starts (the real runs are in tests/e2e/test_local_model.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -353,7 +354,9 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
     """The server is killed (kill -9, the OOM killer) while a call hangs on it, and its port then refuses. Before,
     the run waited behind the circuit breaker for the whole `--max-outage` (300 s by default) and then blamed a
     generic provider outage; the CLI owns the process, so the call in flight and every later one fail at once,
-    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3)."""
+    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3). The
+    call that was in flight went out: it is in the summary's totals (before, the cancelled call's request and
+    prompt tokens were missing from them), which match the engine's call records and the server's count."""
     import contextlib
     import json
     import subprocess
@@ -390,6 +393,16 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
             fake._server.shutdown()  # nothing listens on its port any more
             fake._server.server_close()
 
+        from flock_llm.engines.llm import LLMEngine
+
+        engines: list[LLMEngine] = []
+
+        class Kept(LLMEngine):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                engines.append(self)
+
+        monkeypatch.setattr("flock_llm.cli.reviews.LLMEngine", Kept)
         monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
         out = tmp_path / "out.jsonl"
         killed_at: list[float] = []
@@ -404,6 +417,7 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
             process.wait()
             log.close()
         captured = capsys.readouterr()
+        requests = fake.requests
     assert 0 <= elapsed < 5, f"the dead server was reported after {elapsed:.0f} s, not at once"
     assert code == 3, captured.err
     said = [r.getMessage() for r in caplog.records if "local model server exited" in r.getMessage()]
@@ -421,6 +435,12 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
         assert "max_outage" not in failure["error"] and "llama_perf" not in failure["error"]
     summary = json.loads(captured.out)
     assert (summary["items"], summary["failed_items"]) == (6, 4)
+    (engine,) = engines
+    sent = [c for c in engine.calls if c.prompt_tokens]  # a request that went out is charged its prompt
+    assert [c.outcome for c in sent] == ["ok", "CancelledError"] and requests == 2
+    assert summary["llm_calls"] == len(sent) == requests  # each request once: the answered one, the cancelled one
+    assert summary["prompt_tokens"] == sum(c.prompt_tokens for c in engine.calls) > sent[0].prompt_tokens
+    assert summary["completion_tokens"] == sum(c.completion_tokens for c in engine.calls)
 
 
 def _no_server(monkeypatch: pytest.MonkeyPatch) -> None:
