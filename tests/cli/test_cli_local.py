@@ -599,3 +599,78 @@ def test_a_labels_review_id_is_the_reviews_own_not_what_the_model_wrote() -> Non
     trend = ReviewTrend(review_count=2, average_rating=3, overall_sentiment="mixed", top_themes=[], summary="")
     report = Artifact(type_name="ReviewTrend", payload=trend, derived_from=("a1", "a2"))
     assert output_record(report, {"a1": "R1", "a2": "R2"})["data"] == trend.model_dump(mode="json")
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm's `acompletion` builds its request in an executor thread and awaits it after; when the local server
+    dies meanwhile, the call is cancelled and litellm drops the request it built: Python printed "coroutine
+    'OpenAIChatCompletion.acompletion' was never awaited" on the terminal. The CLI shows no such warning (the
+    request never went out); the reviews still fail naming the server."""
+    import contextlib
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    import warnings
+    from collections.abc import Iterator
+
+    from flock_llm.engines import load_litellm
+    from flock_llm.testing import FakeOpenAIServer
+    from flock_llm.testing.local_server import LocalModel
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = load_litellm()
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(4)))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # noqa: S603 - stands in
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    building, built = threading.Event(), list[bool]()
+    complete = litellm.main.completion
+
+    def slow_to_build(*args: Any, **kwargs: Any) -> Any:  # litellm runs it in its executor thread
+        if building.is_set():
+            return complete(*args, **kwargs)
+        building.set()
+        while process.poll() is None:  # the server dies while this request is built
+            time.sleep(0.01)
+        time.sleep(0.6)  # the run's watch (every 0.2 s) cancels the call meanwhile
+        built.append(True)  # (not the request itself: kept here, it would never be dropped)
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(litellm.main, "completion", slow_to_build)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[LocalModel]:
+            yield LocalModel("smollm2", fake.api_base, process, log)
+
+        def kill_while_a_request_is_built() -> None:
+            building.wait(60)
+            process.kill()
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        out = tmp_path / "out.jsonl"
+        killer = threading.Thread(target=kill_while_a_request_is_built)
+        killer.start()
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2",
+                             "--no-progress", "-o", str(out)])  # fmt: skip
+        finally:
+            killer.join()
+            process.wait()
+            log.close()
+        requests = fake.requests
+    assert code == 3 and requests == 0 and len(built) == 1  # built, never sent
+    assert not [w for w in seen if "was never awaited" in str(w.message)], [str(w.message) for w in seen]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(i for r in records for i in r["review_ids"]) == ["R0", "R1", "R2", "R3"]
+    assert {r["type"] for r in records} == {"FailureRecord"}
+    assert all("the local model server exited (killed by signal 9, SIGKILL)" in r["data"]["error"] for r in records)
