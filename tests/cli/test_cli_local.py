@@ -97,6 +97,7 @@ def test_a_store_holding_a_pending_review_has_something_left(tmp_path: Path) -> 
     from flock_llm.cli.review_types import Review, ReviewLabel
     from flock_llm.cli.reviews import AGENT
     from flock_llm.orchestrator import Flock
+    from flock_llm.stores.sqlite import SQLiteStore
     from flock_llm.subscription import BatchSpec
 
     url = f"sqlite:///{tmp_path / 'run.db'}"
@@ -109,6 +110,7 @@ def test_a_store_holding_a_pending_review_has_something_left(tmp_path: Path) -> 
         )
         await flock.start()
         await flock.publish(Artifact(type_name="Review", payload=review))
+        assert isinstance(flock.store, SQLiteStore)
         flock.store.close()  # killed: the batch never flushed
 
     asyncio.run(killed_with_an_open_batch())
@@ -637,13 +639,14 @@ def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_t
         if building.is_set():
             return complete(*args, **kwargs)
         building.set()
-        while process.poll() is None:  # the server dies while this request is built
-            time.sleep(0.01)
-        time.sleep(0.6)  # the run's watch (every 0.2 s) cancels the call meanwhile
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server dies while this request is built: the run's watch cancels the call
         built.append(True)  # (not the request itself: kept here, it would never be dropped)
         return complete(*args, **kwargs)
 
     monkeypatch.setattr(litellm.main, "completion", slow_to_build)
+    out = tmp_path / "out.jsonl"
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
 
         @contextlib.contextmanager
@@ -655,7 +658,6 @@ def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_t
             process.kill()
 
         monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
-        out = tmp_path / "out.jsonl"
         killer = threading.Thread(target=kill_while_a_request_is_built)
         killer.start()
         try:
@@ -669,7 +671,7 @@ def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_t
             log.close()
         requests = fake.requests
     assert code == 3 and requests == 0 and len(built) == 1  # built, never sent
-    assert not [w for w in seen if "was never awaited" in str(w.message)], [str(w.message) for w in seen]
+    assert not [str(w.message) for w in seen if "was never awaited" in str(w.message)]
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(i for r in records for i in r["review_ids"]) == ["R0", "R1", "R2", "R3"]
     assert {r["type"] for r in records} == {"FailureRecord"}
