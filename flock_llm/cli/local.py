@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from ..artifact import Artifact
-from ..engines import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure
+from ..engines import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Usage, cancelled_usage
 from ..errors import ProviderUnavailableError
 
 __all__ = ["LOCAL", "UntilServerExits", "estimate_settings", "serve_local"]
@@ -87,6 +87,7 @@ class UntilServerExits(Engine):
         self.inner = inner
         self.exited = exited
         self.interval = interval
+        self._calls: set[asyncio.Future[EvalResult]] = set()
 
     def item_tokens(self, ctx: EngineContext, artifact: Artifact) -> int:
         return self.inner.item_tokens(ctx, artifact)
@@ -104,27 +105,41 @@ class UntilServerExits(Engine):
         reason = self.exited()
         if reason is not None:
             call.close()
-            return self._failed(inputs, reason, "nothing was sent")
-        task = asyncio.ensure_future(call)
+            return self._failed(inputs, reason, "nothing was sent", Usage())
+        with cancelled_usage() as lost:  # what the call used if it is cancelled (the task sees this block's)
+            task = asyncio.ensure_future(call)
+        self._calls.add(task)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.interval)
-                if done:
-                    return task.result()
-                reason = self.exited()
-                if reason is not None:
-                    break
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.interval)
+                if not task.done() and self.exited() is not None:
+                    self._cancel_all()
+                    await asyncio.wait({task})  # (a cancellation of this call itself still propagates)
         except BaseException:  # cancelled (Ctrl-C, shutdown): the call goes with it
             task.cancel()
             raise
-        task.cancel()
-        await asyncio.wait({task})  # (a cancellation of this call itself still propagates)
-        if not task.cancelled():
-            task.exception()  # retrieved: whatever the dead server's call ended with is superseded
-        return self._failed(inputs, reason, "its call was in flight")
+        finally:
+            self._calls.discard(task)
+        reason = self.exited()
+        if reason is None or not (task.cancelled() or task.exception() is not None):
+            return task.result()  # answered before the server went (or the server runs)
+        # whatever the dead server's call ended with (cancelled, or an error of its own) is superseded
+        return self._failed(inputs, reason, "its call was in flight", lost)
+
+    def _cancel_all(self) -> None:
+        """The server is gone: every call on it is cancelled at once. One at a time, a call waiting for the request
+        slot (one request at a time) would take the slot a cancelled call leaves and start a request to the dead
+        server before its own watch looks: counted as sent, and cancelled inside litellm, which drops the request
+        it was building (a "coroutine ... was never awaited" warning)."""
+        for task in self._calls:
+            task.cancel()
 
     @staticmethod
-    def _failed(inputs: EvalInputs, reason: str, what: str) -> EvalResult:
+    def _failed(inputs: EvalInputs, reason: str, what: str, usage: Usage) -> EvalResult:
+        """The inputs fail with how the server exited; `usage` is what the cancelled call had used (its requests
+        went out: they are counted in the run's totals like any other)."""
         error = ProviderUnavailableError(f"{reason} during the run; {what}, and it cannot answer any more")
         ids = [a.id for a in inputs.artifacts]
-        return EvalResult(failures=(ItemFailure.from_exception(error, ids, stage="provider_unavailable"),))
+        usage.items = usage.failed_items = len(ids)
+        failure = ItemFailure.from_exception(error, ids, stage="provider_unavailable")
+        return EvalResult(failures=(failure,), usage=usage.as_dict())

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _as_ctrl_c) if threading.current_thread() is threading.main_thread() else None
     )
     try:
-        return _main(argv)
+        with warnings.catch_warnings():
+            _quiet_litellm_dropped_request()
+            return _main(argv)
     except KeyboardInterrupt:  # before the run's own handler was set (loading litellm), or after it
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
         print("flock-llm: interrupted", file=sys.stderr)
@@ -141,6 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_litellm_dropped_request() -> None:
+    """litellm's `acompletion` builds its request (a coroutine) in an executor thread and awaits it after: a call
+    cancelled in between (its local model server died, a second Ctrl-C, --deadline) drops it unsent, and Python
+    warns "coroutine 'OpenAIChatCompletion.acompletion' was never awaited" on the terminal. It is litellm's own
+    coroutine, out of our reach, and nothing is lost (the request never went out), so the CLI does not show it."""
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine 'OpenAIChatCompletion\.acompletion' was never awaited", category=RuntimeWarning
+    )
 
 
 def _as_ctrl_c(signum: int, frame: object) -> None:
@@ -240,8 +253,9 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
     writing yet), then run it."""
     from ..engines import load_litellm
-    from .local import serve_local
-    from .resume import fingerprint
+    from .local import local_name, serve_local
+    from .resume import anything_left, fingerprint
+    from .reviews import AGENT
     from .rows import count_rows, iter_reviews
 
     load_litellm()  # needed by every run; loaded now so that
@@ -250,7 +264,10 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     total = count_rows(args.file)
     # a Ctrl-C while the local model server starts (nothing was sent yet) stops it and goes on to main(), which
     # says "interrupted" and ignores a second Ctrl-C while exiting
-    needed = total != 0  # an empty input sends nothing: no server is started for it
+    # an empty input, or a store that finished every review of it (read first for a local model only), sends
+    # nothing: no server is started for it
+    local = local_name(args.model) is not None
+    needed = total != 0 and (current is None or not local or anything_left(args.store, AGENT, current))
     with serve_local(args.model, needed=needed) as (args.model, args.llm_settings, args.server_exited):
         if args.llm_settings:  # a small model on a CPU: a request may take minutes
             args.request_timeout = max(args.request_timeout, LOCAL_REQUEST_TIMEOUT_S)

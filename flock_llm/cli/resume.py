@@ -14,6 +14,7 @@ copy. A resumed run compares that with the input:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -38,6 +39,7 @@ __all__ = [
     "RunSettings",
     "StoreLock",
     "accepts",
+    "anything_left",
     "fingerprint",
     "plan_from_store",
     "plan_resume",
@@ -262,6 +264,25 @@ async def plan_from_store(store: ArtifactStore, agent: str, current: set[bytes])
     consumed = store.consumed_ids(agent) if isinstance(store, SQLiteStore) else set()
     outputs = [a for a in await store.list() if a.produced_by == agent]
     return plan_resume(await store.artifacts_by_type(Review), outputs, consumed, current)
+
+
+def anything_left(url: str, agent: str, current: set[bytes]) -> bool:
+    """Whether a resumed run on the reviews store at `url` has anything to ask the model: a review of the input
+    (whose fingerprints are `current`) the store has not finished (`plan_resume` decides, as the run will), or one
+    it holds pending (the run restores and runs it). Reads the store; the caller holds it (`StoreLock`), so the run
+    finds it as it was read here."""
+    store = SQLiteStore(store_path(url))
+    try:
+        pending = store.load().pending
+        plan = asyncio.run(plan_from_store(store, agent, current))
+    finally:
+        store.close()
+    if not current <= plan.done:
+        return True
+    return any(
+        p.agent == agent and isinstance(p.artifact.payload, Review) and fingerprint(p.artifact.payload) in current
+        for p in pending
+    )
 
 
 class _RefusedRestore(logging.Filter):

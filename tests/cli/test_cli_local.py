@@ -4,6 +4,7 @@ anything starts (the real runs are in tests/e2e/test_local_model.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +33,10 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The store records `local:smollm2` (what the user typed), not the name the local server serves the model
-    under, so the same command again resumes instead of being refused as a run of another model. (The local
-    server is the fake OpenAI server here: the real one is in tests/e2e/test_local_model.py.)"""
+    under, so the same command again resumes instead of being refused as a run of another model; with every
+    review finished, it starts no server (before, it loaded the model for ~5 s to ask nothing), and with one
+    review changed, it starts one and asks only about that. (The local server is the fake OpenAI server here:
+    the real one is in tests/e2e/test_local_model.py.)"""
     import contextlib
     import json
     from collections.abc import Iterator
@@ -63,15 +66,56 @@ def test_a_local_run_with_a_store_resumes_under_the_same_model(
         first_summary = json.loads(capsys.readouterr().out)
         again = main([*command, "-o", str(tmp_path / "again.jsonl")])
         captured = capsys.readouterr()
-        calls = fake.requests
+        calls, served_again = fake.requests, list(served)
+        lines = source.read_text().splitlines(keepends=True)
+        source.write_text("".join(lines[:3]) + lines[3].replace("fine", "bad"))  # R3 changed
+        changed = main([*command, "-o", str(tmp_path / "changed.jsonl")])
+        changed_summary = json.loads(capsys.readouterr().out)
     assert (first, first_summary["items"], first_summary["failed_items"]) == (0, 4, 0)
     assert first_summary["model"] == "local:smollm2"  # as typed: the summary's advice names a model that works
     assert again == 0, captured.err
     assert "was made with model" not in captured.err
-    assert json.loads(captured.out)["resumed"] == 4 and calls == first_summary["llm_calls"]  # nothing asked again
-    assert served == ["smollm2", "smollm2"]
+    summary = json.loads(captured.out)
+    assert (summary["resumed"], summary["items"], summary["llm_calls"], summary["model"]) == (4, 0, 0, "local:smollm2")
+    assert calls == first_summary["llm_calls"]  # nothing asked again
+    assert served_again == ["smollm2"]  # nothing left to ask: no server started for it
     labels = [r for r in (tmp_path / "again.jsonl").read_text().splitlines() if '"ReviewLabel"' in r]
     assert len(labels) == 4
+    assert (changed, changed_summary["resumed"], changed_summary["items"]) == (0, 3, 1)
+    assert served == ["smollm2", "smollm2"]  # a review changed: the server is started for it
+
+
+def test_a_store_holding_a_pending_review_has_something_left(tmp_path: Path) -> None:
+    """A run killed with a batch still open leaves its reviews pending in the store: they are done for the input
+    (not published again) but still to be asked, so a resumed local run starts its server for them; a store
+    that finished its reviews has nothing left (the decision behind the test above)."""
+    import asyncio
+    from datetime import timedelta
+
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.resume import anything_left, fingerprint
+    from flock_llm.cli.review_types import Review, ReviewLabel
+    from flock_llm.cli.reviews import AGENT
+    from flock_llm.orchestrator import Flock
+    from flock_llm.stores.sqlite import SQLiteStore
+    from flock_llm.subscription import BatchSpec
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    review = Review(review_id="R1", rating=3, text="fine")
+
+    async def killed_with_an_open_batch() -> None:
+        flock = Flock(store=url)
+        flock.agent(AGENT).consumes(Review, batch=BatchSpec(size=10, timeout=timedelta(minutes=5))).publishes(
+            ReviewLabel
+        )
+        await flock.start()
+        await flock.publish(Artifact(type_name="Review", payload=review))
+        assert isinstance(flock.store, SQLiteStore)
+        flock.store.close()  # killed: the batch never flushed
+
+    asyncio.run(killed_with_an_open_batch())
+    assert anything_left(url, AGENT, {fingerprint(review)})
+    assert not anything_left(url, "another_agent", {fingerprint(review)})  # pending for AGENT only
 
 
 @pytest.mark.usefixtures("cli_in_process")
@@ -312,7 +356,9 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
     """The server is killed (kill -9, the OOM killer) while a call hangs on it, and its port then refuses. Before,
     the run waited behind the circuit breaker for the whole `--max-outage` (300 s by default) and then blamed a
     generic provider outage; the CLI owns the process, so the call in flight and every later one fail at once,
-    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3)."""
+    saying the local server exited, and every review is accounted for exactly once (findings/local.md F3). The
+    call that was in flight went out: it is in the summary's totals (before, the cancelled call's request and
+    prompt tokens were missing from them), which match the engine's call records and the server's count."""
     import contextlib
     import json
     import subprocess
@@ -349,6 +395,16 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
             fake._server.shutdown()  # nothing listens on its port any more
             fake._server.server_close()
 
+        from flock_llm.engines.llm import LLMEngine
+
+        engines: list[LLMEngine] = []
+
+        class Kept(LLMEngine):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                engines.append(self)
+
+        monkeypatch.setattr("flock_llm.cli.reviews.LLMEngine", Kept)
         monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
         out = tmp_path / "out.jsonl"
         killed_at: list[float] = []
@@ -363,6 +419,7 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
             process.wait()
             log.close()
         captured = capsys.readouterr()
+        requests = fake.requests
     assert 0 <= elapsed < 5, f"the dead server was reported after {elapsed:.0f} s, not at once"
     assert code == 3, captured.err
     said = [r.getMessage() for r in caplog.records if "local model server exited" in r.getMessage()]
@@ -380,6 +437,12 @@ def test_a_local_server_that_dies_mid_run_fails_the_rest_at_once_naming_it(
         assert "max_outage" not in failure["error"] and "llama_perf" not in failure["error"]
     summary = json.loads(captured.out)
     assert (summary["items"], summary["failed_items"]) == (6, 4)
+    (engine,) = engines
+    sent = [c for c in engine.calls if c.prompt_tokens]  # a request that went out is charged its prompt
+    assert [c.outcome for c in sent] == ["ok", "CancelledError"] and requests == 2
+    assert summary["llm_calls"] == len(sent) == requests  # each request once: the answered one, the cancelled one
+    assert summary["prompt_tokens"] == sum(c.prompt_tokens for c in engine.calls) > sent[0].prompt_tokens
+    assert summary["completion_tokens"] == sum(c.completion_tokens for c in engine.calls)
 
 
 def _no_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -538,3 +601,78 @@ def test_a_labels_review_id_is_the_reviews_own_not_what_the_model_wrote() -> Non
     trend = ReviewTrend(review_count=2, average_rating=3, overall_sentiment="mixed", top_themes=[], summary="")
     report = Artifact(type_name="ReviewTrend", payload=trend, derived_from=("a1", "a2"))
     assert output_record(report, {"a1": "R1", "a2": "R2"})["data"] == trend.model_dump(mode="json")
+
+
+@pytest.mark.usefixtures("cli_in_process")
+def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """litellm's `acompletion` builds its request in an executor thread and awaits it after; when the local server
+    dies meanwhile, the call is cancelled and litellm drops the request it built: Python printed "coroutine
+    'OpenAIChatCompletion.acompletion' was never awaited" on the terminal. The CLI shows no such warning (the
+    request never went out); the reviews still fail naming the server."""
+    import contextlib
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import time
+    import warnings
+    from collections.abc import Iterator
+
+    from flock_llm.engines import load_litellm
+    from flock_llm.testing import FakeOpenAIServer
+    from flock_llm.testing.local_server import LocalModel
+
+    monkeypatch.delenv("OPENAI_API_BASE", raising=False)
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = load_litellm()
+    source = tmp_path / "r.jsonl"
+    source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(4)))
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # noqa: S603 - stands in
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    building, built = threading.Event(), list[bool]()
+    complete = litellm.main.completion
+
+    def slow_to_build(*args: Any, **kwargs: Any) -> Any:  # litellm runs it in its executor thread
+        if building.is_set():
+            return complete(*args, **kwargs)
+        building.set()
+        deadline = time.monotonic() + 30
+        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the server dies while this request is built: the run's watch cancels the call
+        built.append(True)  # (not the request itself: kept here, it would never be dropped)
+        return complete(*args, **kwargs)
+
+    monkeypatch.setattr(litellm.main, "completion", slow_to_build)
+    out = tmp_path / "out.jsonl"
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[LocalModel]:
+            yield LocalModel("smollm2", fake.api_base, process, log)
+
+        def kill_while_a_request_is_built() -> None:
+            building.wait(60)
+            process.kill()
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        killer = threading.Thread(target=kill_while_a_request_is_built)
+        killer.start()
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                code = main(["reviews", str(source), "--model", "local", "--per-item", "--batch-size", "2",
+                             "--no-progress", "-o", str(out)])  # fmt: skip
+        finally:
+            killer.join()
+            process.wait()
+            log.close()
+        requests = fake.requests
+    assert code == 3 and requests == 0 and len(built) == 1  # built, never sent
+    assert not [str(w.message) for w in seen if "was never awaited" in str(w.message)]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(i for r in records for i in r["review_ids"]) == ["R0", "R1", "R2", "R3"]
+    assert {r["type"] for r in records} == {"FailureRecord"}
+    assert all("the local model server exited (killed by signal 9, SIGKILL)" in r["data"]["error"] for r in records)

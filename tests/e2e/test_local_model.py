@@ -142,7 +142,8 @@ def test_cli_model_local_report_mode_and_a_resume_with_the_same_command(
 ) -> None:
     """`--model local --store S` (the CLI in this process, served by this module's server: starting and stopping
     one for a run is checked by the Ctrl-C test): a valid ReviewTrend for the batch, every review in exactly one
-    record; the same command again resumes (the store names the model as the user did) and asks nothing."""
+    record; the same command again resumes (the store names the model as the user did), asks nothing and starts no
+    server."""
     served: list[str] = []
 
     @contextlib.contextmanager
@@ -163,7 +164,7 @@ def test_cli_model_local_report_mode_and_a_resume_with_the_same_command(
         assert sorted(records[0]["review_ids"]) == ["R0", "R1", "R2"]
     assert summaries[0]["items"] == 3 and summaries[0]["llm_calls"] >= 1
     assert (summaries[1]["resumed"], summaries[1]["llm_calls"]) == (3, 0)
-    assert served == ["smollm2", "smollm2"]
+    assert served == ["smollm2"]  # the second run had nothing left to ask: no server was started for it
 
 
 def _tmpdir(tmp_path: Path) -> Path:

@@ -4,16 +4,18 @@ attributes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .._base import EngineContext
 
-__all__ = ["CallRecord", "Usage", "prompt_text", "record_call"]
+__all__ = ["CallRecord", "Usage", "cancelled_run", "cancelled_usage", "prompt_text", "record_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +234,28 @@ def record_call(
 def prompt_text(messages: Any, redact: Callable[[str], str]) -> Callable[[], str]:
     """The redacted prompt, rendered only if a span asks for it."""
     return lambda: redact(json.dumps(messages, ensure_ascii=False, default=str))
+
+
+_CANCELLED: ContextVar[Usage | None] = ContextVar("flock_llm_cancelled_usage", default=None)
+
+
+@contextlib.contextmanager
+def cancelled_usage() -> Iterator[Usage]:
+    """Counts what engine runs cancelled inside the block (in tasks started in it too) had used: their calls,
+    tokens and cost (CALL_COUNTERS) are added to the Usage it yields. A cancelled run returns no EvalResult, so
+    its usage would be lost; a caller that cancels a run and reports it as failed instead (the CLI's watch on its
+    local model server) puts this usage in its result, so every call that went out is counted once."""
+    usage = Usage()
+    token = _CANCELLED.set(usage)
+    try:
+        yield usage
+    finally:
+        _CANCELLED.reset(token)
+
+
+def cancelled_run(usage: Usage) -> None:
+    """An engine run was cancelled with `usage` (its own calls; a nested run it waited for reports its own):
+    counted by the enclosing `cancelled_usage()` block, if any."""
+    counted = _CANCELLED.get()
+    if counted is not None:
+        counted.absorb(usage.as_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -17,7 +18,7 @@ from .._calls.breaker import BreakerPolicy
 from .._calls.engine import ModelEngine
 from .._calls.models import is_offline, load_litellm
 from .._calls.prices import TokenPrices
-from .._calls.record import Usage
+from .._calls.record import Usage, cancelled_run
 from .._calls.retry import RetryPolicy
 from .ladder import (
     DEFAULT_MAX_CALLS_PER_ITEM,
@@ -316,5 +317,9 @@ class LadderEngine(ModelEngine):
         ladder = FallbackLadder(
             backend, backend.output_type, backend.usage, last_rung, max_calls_per_item=self.max_calls_per_item
         )
-        result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
+        try:
+            result = await (ladder.per_item(items) if self.per_item else ladder.report(items))
+        except asyncio.CancelledError:
+            cancelled_run(backend.usage)  # its calls went out all the same (see `cancelled_usage`)
+            raise
         return replace(result, failures=tuple(replace(f, error=self.redact(f.error)) for f in result.failures))
