@@ -188,7 +188,7 @@ class LLMEngine(LadderEngine):
         if self._queue is None:
             settings = {k: v for k, v in self.litellm_kwargs.items() if k in PROBE_SETTINGS}
             litellm = shell.litellm if shell is not None else load_litellm()
-            self._queue = DeferredQueue(self.deferred, litellm, settings)
+            self._queue = DeferredQueue(self.deferred, litellm, settings, timeout=self.timeout)
         if shell is not None and not self._gated:
             self._queue.requests, self._gated = shell.request, True
         return self._queue

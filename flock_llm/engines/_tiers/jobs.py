@@ -86,13 +86,15 @@ class DeferredQueue:
     """One engine's provider batch jobs: requests in, lines out."""
 
     def __init__(
-        self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any], requests: JobRequests = _direct
-    ) -> None:
+        self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any], requests: JobRequests = _direct, *,
+        timeout: float = 60.0,
+    ) -> None:  # fmt: skip
         """`settings`: what the job's requests need of the engine's (`api_base`, `api_key`, `extra_headers`,
-        `organization`, ...); `requests` sends each of them (the engine's call shell)."""
-        self.policy = policy
-        self.litellm = litellm
-        self.settings = {"custom_llm_provider": "openai", **settings}
+        `organization`, ...); `requests` sends each of them (the engine's call shell); `timeout`: the engine's."""
+        self.policy, self.litellm, self.timeout = policy, litellm, timeout
+        self.settings = {"custom_llm_provider": "openai", **settings, "max_retries": 0, "timeout": timeout}
+        """Sent with every job request: none of the OpenAI SDK's own retries (2, honouring a Retry-After of up to
+        60 s, around the engine's limits and breaker; `requests` retries), the engine's timeout (litellm's: 600 s)."""
         self.requests = requests
         """Every request of a job (upload, create, list, poll, download, cancel) goes through it."""
         self.jobs_submitted = 0
@@ -330,14 +332,13 @@ class DeferredQueue:
                     return "deadline: lost (the provider does not know it)"
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
-            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes): by its
-                # HTTP timeout, so that litellm's request is never cancelled half-way; a poll still waiting behind
-                # the breaker or the request limits a second later is given up too
+            try:  # a poll that hangs is given up after the engine's timeout (and retried), at the latest at the
+                # deadline: by its HTTP timeout, so that litellm's request is never cancelled half-way; a poll still
+                # waiting behind the breaker or the request limits a second after the deadline is given up too
                 left = max(until - now, policy.poll_interval)
+                settings = {**self.settings, "timeout": min(left, self.timeout)}
                 retrieve = self.litellm.aretrieve_batch
-                polling = self.requests(
-                    partial(retrieve, batch_id=batch_id, litellm_metadata=_QUIET, timeout=left, **self.settings)
-                )
+                polling = self.requests(partial(retrieve, batch_id=batch_id, litellm_metadata=_QUIET, **settings))
                 batch = await asyncio.wait_for(polling, left + 1.0)
                 if batch.status not in _DONE:
                     continue
