@@ -10,12 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from shell_fakes import Provider, batch, context, engine_for, provider
+from shell_fakes import MODEL, Provider, batch, context, engine_for, provider
 
 from flock_llm.engines import EvalResult
 from flock_llm.engines._calls.breaker import BreakerPolicy
 from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._calls.shell import Ask, Settled
 from flock_llm.engines._ladder.engine import LadderEngine
+from flock_llm.engines._tiers.journal import MemoryJournal
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 QUICK_BREAKER = BreakerPolicy(probe_interval=0.05, max_probe_interval=0.05, max_outage=30.0)
@@ -25,6 +27,14 @@ Reply = tuple[int, Any, dict[str, str]]
 async def run(engine: LadderEngine, batches: int = 2, size: int = 2) -> list[EvalResult]:
     inputs = [batch(size, first=n * size) for n in range(batches)]
     return list(await asyncio.gather(*(engine.evaluate_batch(context(), i) for i in inputs)))
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting")
 
 
 def refuse_job_requests(fake: Provider, which: Callable[[str, str], bool], times: int, headers: dict[str, str]) -> None:
@@ -76,3 +86,23 @@ async def test_a_429_on_a_job_request_is_retried_by_the_engines_policy_paced_and
     assert max(fake.batches.line_bills.values()) == 1 and max(fake.batches.line_submissions.values()) == 1
     assert fake.batches.jobs_created == engine.deferred_queue().jobs_done
     assert engine.costs.ledger.in_flight_usd == 0.0
+
+
+async def test_a_hung_poll_holds_the_engines_only_request_slot_no_longer_than_its_timeout() -> None:
+    """Before: a poll's HTTP timeout was the job's deadline (24 h by default): with max_concurrent_requests=1, a
+    provider that stopped answering polls held the engine's one slot, and every standard call waited behind it."""
+    with provider("standard") as fake:
+        fake.batches.hang_retrievals = 5.0  # every poll hangs without a byte
+        engine = engine_for("batch", fake, timeout=0.3, max_concurrent_requests=1, breaker=QUICK_BREAKER)
+        shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
+        queue.requests = shell.request
+        line = asyncio.create_task(queue.ask(MemoryJournal(), "req-1", {"model": "fake-model", "messages": []}))
+        await until(lambda: fake.batches.retrievals)  # the job was created and its first poll hangs
+        started = time.monotonic()
+        ask = shell.call(Ask("batch", 1, 10, 5), engine.probe_for(MODEL), Settled.of_completion)
+        reply = await asyncio.wait_for(ask, timeout=4.0)
+        took = time.monotonic() - started
+        for task in (line, *queue._tasks):
+            task.cancel()
+        await asyncio.gather(line, *queue._tasks, return_exceptions=True)
+    assert reply is not None and took < 4.0
