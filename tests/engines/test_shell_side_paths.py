@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from shell_fakes import MODEL, Provider, batch, context, engine_for, provider
 
-from flock_llm.engines import EvalResult
+from flock_llm.engines import EvalResult, ModelEngine, RetryPolicy
 from flock_llm.engines._calls.breaker import BreakerPolicy
 from flock_llm.engines._calls.models import load_litellm
 from flock_llm.engines._calls.shell import Ask, Settled
 from flock_llm.engines._ladder.engine import LadderEngine
 from flock_llm.engines._tiers.journal import MemoryJournal
+from flock_llm.errors import ProviderUnavailableError
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
 QUICK_BREAKER = BreakerPolicy(probe_interval=0.05, max_probe_interval=0.05, max_outage=30.0)
@@ -106,3 +107,72 @@ async def test_a_hung_poll_holds_the_engines_only_request_slot_no_longer_than_it
             task.cancel()
         await asyncio.gather(line, *queue._tasks, return_exceptions=True)
     assert reply is not None and took < 4.0
+
+
+# -- a breaker probe under way while the runs that wait for it end -------------------------------------------------
+
+
+def probing_engine(probe: Callable[[], Any], max_outage: float = 30.0) -> ModelEngine:
+    engine = ModelEngine(
+        retry=RetryPolicy(attempts=1, base_delay=0.0, max_delay=0.0),
+        prices={"input": 1.0, "output": 1.0},
+        budget_usd=1.0,
+        breaker=BreakerPolicy(probe_interval=0.01, max_probe_interval=0.01, max_outage=max_outage),
+    )
+    engine.probe_for = lambda model: probe  # type: ignore[method-assign]
+    load_litellm()  # (not while the outage clock runs)
+    engine.guard.open(probe)  # the provider failed a moment ago
+    return engine
+
+
+async def never_sent() -> object:
+    raise AssertionError("a call went out while the breaker was open")
+
+
+async def answered() -> dict[str, Any]:
+    return {"usage": {"prompt_tokens": 50, "completion_tokens": 20}}
+
+
+async def test_a_probe_under_way_when_a_run_leaves_is_counted_in_the_run_that_still_waits() -> None:
+    """Two runs share one engine; the probe is under way when one of them is cancelled (Ctrl-C): the probe goes on for
+    the other, which counts it. Before: the probe counted into what the leaving run had already taken (lost)."""
+    release = asyncio.Event()
+
+    async def probe() -> dict[str, Any]:
+        await release.wait()  # the provider reads the probe and answers only later
+        return {"usage": {"prompt_tokens": 8, "completion_tokens": 1}}
+
+    engine = probing_engine(probe)
+    leaving, staying = (engine.shell(context(), MODEL) for _ in range(2))
+    runs = [
+        asyncio.create_task(shell.call(Ask("batch", 1, 100, 100), send, Settled.of_completion))
+        for shell, send in ((leaving, never_sent), (staying, answered))
+    ]
+    await until(lambda: engine.guard.probes == 1)
+    runs[0].cancel()
+    await asyncio.gather(runs[0], return_exceptions=True)
+    release.set()
+    await asyncio.wait_for(runs[1], timeout=5)
+    assert (leaving.usage.probes, staying.usage.probes) == (0, 1)
+    assert staying.usage.llm_calls == 2  # the probe and its own call
+    assert engine.costs.ledger.in_flight_usd == 0.0
+    assert engine.costs.ledger.spent_usd == pytest.approx((8 + 1 + 50 + 20) / 1e6)
+
+
+async def test_a_probe_cancelled_when_the_last_waiting_run_gives_up_is_counted_once() -> None:
+    """Both runs give up at `max_outage` while the probe hangs: the last one cancels it (it was sent: counted and
+    charged its prompt). Before: neither run counted it (the first to leave had taken the probes' usage)."""
+
+    async def probe() -> object:
+        await asyncio.sleep(30)  # the provider reads the probe and never answers
+        return None
+
+    engine = probing_engine(probe, max_outage=0.3)
+    shells = [engine.shell(context(), MODEL) for _ in range(2)]
+    ends = await asyncio.gather(
+        *(s.call(Ask("batch", 1, 100, 100), never_sent, Settled.of_completion) for s in shells), return_exceptions=True
+    )
+    assert all(isinstance(end, ProviderUnavailableError) for end in ends)
+    assert engine.guard.probes == 1 and sum(s.usage.probes for s in shells) == 1
+    assert sum(s.usage.llm_calls for s in shells) == 1 and sum(s.usage.prompt_tokens for s in shells) == 8
+    assert engine.costs.ledger.in_flight_usd == 0.0 and engine.costs.ledger.spent_usd == pytest.approx(8 / 1e6)

@@ -241,21 +241,21 @@ class CallShell:
         """The breaker's probe (`ShellEngine.probe_for`), sent while the breaker is open: a call of its own, held in
         the budgets (its prompt and one answer token), paced by the limits, recorded as a "probe" CallRecord, but
         not behind the breaker (it is what closes it) and never retried. Its usage waits in the guard for the next
-        run that waited for the breaker (`ProviderGuard.take_probes`).
+        run that waited for the breaker (`ProviderGuard.take_probes`), from when it ended: a run that took the probes
+        while it was under way (it left) does not take it.
 
         Raises:
             BudgetExceededError: the budgets have no room for the probe (nothing was sent).
             Exception: the probe's error (the guard tells an outage from an answer).
         """
-        engine = self.engine
-        usage = engine.guard.unclaimed
+        engine, usage = self.engine, Usage()
         probe = CallShell(engine, self.ctx, usage, self.model, self.litellm, label=self.label, note=self.note)
         ask = Ask("probe", 0, prompt_tokens=PROBE_PROMPT_TOKENS, max_tokens=1)
-        sent = usage.llm_calls
         try:
             return await probe._recorded(ask, engine.probe_for(self.model), Settled.of_completion, guarded=False)
         finally:
-            usage.probes += usage.llm_calls - sent
+            usage.probes = usage.llm_calls
+            engine.guard.unclaimed.absorb(usage.as_dict())
 
     async def request(self, send: Callable[[], Awaitable[R]]) -> R:
         """One provider request that is not a model call (a batch job's file upload, creation, poll, download or
