@@ -176,3 +176,26 @@ async def test_a_probe_cancelled_when_the_last_waiting_run_gives_up_is_counted_o
     assert engine.guard.probes == 1 and sum(s.usage.probes for s in shells) == 1
     assert sum(s.usage.llm_calls for s in shells) == 1 and sum(s.usage.prompt_tokens for s in shells) == 8
     assert engine.costs.ledger.in_flight_usd == 0.0 and engine.costs.ledger.spent_usd == pytest.approx(8 / 1e6)
+
+
+async def test_holds_that_settle_leave_nothing_in_flight_and_a_call_that_fits_the_budget_exactly_goes() -> None:
+    """Before: $0.0001 + $0.0002 held and both released left 2.7e-20 USD "in flight" (float rounding; 1.3e-18 seen
+    after a flapping provider's run); a call of exactly the budget's room then waited for calls in flight to settle:
+    forever, nothing was in flight."""
+    engine = ModelEngine(retry=RetryPolicy(attempts=1), prices={"input": 1.0, "output": 1.0}, budget_usd=0.0004)
+    shell = engine.shell(context(), MODEL)
+
+    refuse = asyncio.Event()
+
+    async def refused() -> object:
+        await refuse.wait()
+        raise ValueError("the provider refused this request")  # not transient: nothing charged
+
+    held = [shell.call(Ask("batch", 1, tokens, tokens), refused, Settled.of_completion) for tokens in (50, 100)]
+    calls = asyncio.gather(*held, return_exceptions=True)  # $0.0001 and $0.0002 held at once...
+    await until(lambda: engine.costs.ledger.calls == 2)
+    refuse.set()  # ...then released
+    assert all(isinstance(end, ValueError) for end in await calls)
+    assert engine.costs.ledger.in_flight_usd == 0.0
+    reply = await asyncio.wait_for(shell.call(Ask("batch", 1, 200, 200), answered, Settled.of_completion), 2)
+    assert reply["usage"]["prompt_tokens"] == 50 and engine.costs.ledger.in_flight_usd == 0.0
