@@ -199,3 +199,28 @@ async def test_holds_that_settle_leave_nothing_in_flight_and_a_call_that_fits_th
     assert engine.costs.ledger.in_flight_usd == 0.0
     reply = await asyncio.wait_for(shell.call(Ask("batch", 1, 200, 200), answered, Settled.of_completion), 2)
     assert reply["usage"]["prompt_tokens"] == 50 and engine.costs.ledger.in_flight_usd == 0.0
+
+
+# -- Ctrl-C while a job gathers its requests -------------------------------------------------------------------------
+
+
+async def test_requests_whose_runs_were_cancelled_before_their_job_closed_are_not_uploaded() -> None:
+    """Ctrl-C while a job gathers its requests (`job_wait`, `quiet`): before, the job closed anyway, was uploaded
+    and created (and billed), and nobody read its lines. A request still waited for goes in its job."""
+    with provider("batch") as fake:
+        engine = engine_for("batch", fake)
+        shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
+        queue.requests = shell.request
+        load_litellm()
+        journal = MemoryJournal()
+        left = [asyncio.create_task(queue.ask(journal, f"left-{n}", {"model": "fake-model", "n": n})) for n in range(3)]
+        await asyncio.sleep(0)  # in the job being gathered
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        await asyncio.sleep(0.3)  # past the job's quiet time and job_wait: it closed
+        assert fake.batches.files_uploaded == fake.batches.jobs_created == 0 and not queue._tasks
+        kept = queue.ask(journal, "kept", {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]})
+        line = await asyncio.wait_for(kept, timeout=10)
+    assert line.body is not None and list(fake.batches.line_submissions) == ["kept"]
+    assert await journal.job_of("left-0") is None

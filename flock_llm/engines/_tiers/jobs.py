@@ -13,7 +13,6 @@ the deadline cancels the job first and uses what it still answers. The provider'
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from .job_lines import LineResult, file_lines, line_result
+from .job_lines import LineResult, custom_id_of, file_lines, line_result
 from .job_policy import DeferredPolicy
 from .journal import JobJournal, JobRecord, MemoryJournal
 
@@ -49,15 +48,6 @@ _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
 _QUIET = {"batch_ignore_default_logging": True}
 """Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
 that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
-
-
-def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
-    """A request's id: a hash of its body and where it goes (the same batch asks the same request again after a
-    restart; attempt 1 is the same request asked again in a later job)."""
-    text = json.dumps(
-        {"body": body, "attempt": attempt, "to": endpoint}, sort_keys=True, ensure_ascii=False, default=str
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 def _unknown(exc: BaseException) -> bool:
@@ -191,8 +181,16 @@ class DeferredQueue:
         for timer in (pending.timer, pending.quiet):
             if timer is not None:
                 timer.cancel()
-        if pending.requests:
-            self._spawn(self._submit(pending.journal, pending.requests), list(pending.requests))
+        waited = {c: body for c, body in pending.requests.items() if self._waited(c)}  # a Ctrl-C: none, or some
+        if waited:
+            self._spawn(self._submit(pending.journal, waited), list(waited))
+
+    def _waited(self, custom_id: str) -> bool:
+        """Whether a request is still waited for (the runs that asked it may all have been cancelled meanwhile)."""
+        if any(not future.done() for future in self._lines.get(custom_id, [])):
+            return True
+        self._lines.pop(custom_id, None)
+        return False
 
     async def _submit(self, journal: JobJournal, requests: dict[str, dict[str, Any]]) -> None:
         ids, key = list(requests), uuid.uuid4().hex
