@@ -224,3 +224,26 @@ async def test_requests_whose_runs_were_cancelled_before_their_job_closed_are_no
         line = await asyncio.wait_for(kept, timeout=10)
     assert line.body is not None and list(fake.batches.line_submissions) == ["kept"]
     assert await journal.job_of("left-0") is None
+
+
+async def test_a_job_whose_runs_were_cancelled_is_not_polled_for_nobody_and_a_later_ask_resumes_it() -> None:
+    """Ctrl-C while a job is polled: before, its poller went on (up to the 24 h deadline, a request each time, behind
+    the breaker: probes for nobody) and downloaded its lines for nobody. Now it stops; the journal keeps the job, and
+    a later run asking the same request polls the same job again (nothing lost, nothing paid twice)."""
+    with provider("batch") as fake:
+        fake.batches.completion_delay_s = 1.0
+        engine = engine_for("batch", fake)
+        shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
+        queue.requests = shell.request
+        journal, body = MemoryJournal(), {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+        first = asyncio.create_task(queue.ask(journal, "req", body))
+        await until(lambda: fake.batches.retrievals)  # created and polled
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await until(lambda: not queue._tasks, timeout=0.4)  # the poller stopped (the job is still running)
+        polls = sum(fake.batches.retrievals.values())
+        await asyncio.sleep(1.0)  # the job completed meanwhile
+        assert sum(fake.batches.retrievals.values()) == polls and (await journal.job_of("req")) is not None
+        line = await asyncio.wait_for(queue.ask(journal, "req", body), timeout=10)
+    assert line.body is not None
+    assert fake.batches.jobs_created == 1 and dict(fake.batches.line_bills) == {"req": 1}

@@ -45,6 +45,7 @@ async def _direct(send: Callable[[], Awaitable[T]]) -> T:
 log = logging.getLogger("flock_llm.engines")
 
 _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
+_LEFT = "left: nobody waits for its lines"
 _QUIET = {"batch_ignore_default_logging": True}
 """Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
 that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
@@ -83,8 +84,7 @@ class DeferredQueue:
         `organization`, ...); `requests` sends each of them (the engine's call shell); `timeout`: the engine's."""
         self.policy, self.litellm, self.timeout = policy, litellm, timeout
         self.settings = {"custom_llm_provider": "openai", **settings, "max_retries": 0, "timeout": timeout}
-        """Sent with every job request: none of the OpenAI SDK's own retries (2, honouring a Retry-After of up to
-        60 s, around the engine's limits and breaker; `requests` retries), the engine's timeout (litellm's: 600 s)."""
+        """With every job request: no OpenAI SDK retries (around the engine's limits: `requests` retries), a timeout."""
         self.requests = requests
         """Every request of a job (upload, create, list, poll, download, cancel) goes through it."""
         self.jobs_submitted = 0
@@ -308,7 +308,8 @@ class DeferredQueue:
             self._jobs.pop(batch_id, None)
             for custom_id in job.waiting:
                 self._answer(custom_id, LineResult(problem=f"no line: the job ended {status}"))
-        await self._housekeeping(job)
+        if status != _LEFT:  # a job left by its runs stays unfinished in the journal: a later ask polls it again
+            await self._housekeeping(job)
 
     async def _watch(self, batch_id: str, job: _Job) -> str:
         """Poll until the job ends and its lines are read, or it is lost; its final status for the lines
@@ -317,6 +318,8 @@ class DeferredQueue:
         interval, now = policy.poll_interval, time.monotonic()
         until, cancelled = now + policy.deadline, False
         while True:
+            if not any(self._waited(custom_id) for custom_id in job.waiting):
+                return _LEFT  # every run that asked its lines was cancelled: not polled (nor read) for nobody
             if now >= until:
                 if cancelled:
                     log.warning(
