@@ -15,6 +15,7 @@ from shell_fakes import MODEL, Provider, batch, context, engine_for, provider
 from flock_llm.engines import EvalResult, ModelEngine, RetryPolicy
 from flock_llm.engines._calls.breaker import BreakerPolicy
 from flock_llm.engines._calls.models import load_litellm
+from flock_llm.engines._calls.prices import CostLedger
 from flock_llm.engines._calls.shell import Ask, Settled
 from flock_llm.engines._ladder.engine import LadderEngine
 from flock_llm.engines._tiers.journal import MemoryJournal
@@ -247,3 +248,27 @@ async def test_a_job_whose_runs_were_cancelled_is_not_polled_for_nobody_and_a_la
         line = await asyncio.wait_for(queue.ask(journal, "req", body), timeout=10)
     assert line.body is not None
     assert fake.batches.jobs_created == 1 and dict(fake.batches.line_bills) == {"req": 1}
+
+
+# -- one engine, two Flocks ------------------------------------------------------------------------------------------
+
+
+async def test_a_second_flocks_jobs_do_not_go_through_the_first_flocks_spent_budget() -> None:
+    """One engine used by Flock A, then by Flock B. Before: every job request went through the shell of the engine's
+    first run (Flock A's context: its budget, its shared rate windows) for the engine's life; when the provider
+    failed B's polls, the breaker's probes were held against A's budget, spent by then: refused, so B's lines waited
+    out `max_outage`, then the 24 h deadline, although the provider was back."""
+    with provider("batch") as fake:
+        fake.batches.completion_delay_s = 0.3
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER, prices={"input": 1.0, "output": 2.0})
+        flock_a, flock_b = CostLedger(1.0), CostLedger(1.0)
+        await engine.evaluate_batch(context(budget=flock_a), batch(2))
+        flock_a.spent_usd = 1.0  # Flock A's other agents spent the rest of its budget
+        running = asyncio.create_task(engine.evaluate_batch(context(budget=flock_b), batch(2, first=10)))
+        await until(lambda: fake.batches.retrievals and fake.batches.jobs_created == 2)  # B's job is polled
+        fake.fail_status = 503  # the provider fails B's polls
+        await until(lambda: engine.guard.state == "open")
+        fake.fail_status = None
+        result = await asyncio.wait_for(running, timeout=10)
+    assert not result.failures and len(result.outputs) == 2
+    assert flock_a.spent_usd == 1.0 and flock_b.spent_usd > 0 and flock_b.in_flight_usd == 0.0
