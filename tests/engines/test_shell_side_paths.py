@@ -272,3 +272,24 @@ async def test_a_second_flocks_jobs_do_not_go_through_the_first_flocks_spent_bud
         result = await asyncio.wait_for(running, timeout=10)
     assert not result.failures and len(result.outputs) == 2
     assert flock_a.spent_usd == 1.0 and flock_b.spent_usd > 0 and flock_b.in_flight_usd == 0.0
+
+
+async def test_a_job_created_whose_answer_was_lost_is_not_created_again_by_a_retry() -> None:
+    """The provider creates the job but its answer is lost (a 500 or a timeout after it was made): a retry of the
+    creation made a second job of the same file, and every line was billed twice."""
+    with provider("batch") as fake:
+        post, lost = fake.batches.post, [1]
+
+        def create_then_fail(path: str, raw: bytes, kind: str) -> Reply:
+            reply = post(path, raw, kind)
+            if path.endswith("/batches") and lost[0] > 0:
+                lost[0] -= 1
+                return 500, {"error": {"message": "the answer got lost", "type": "server_error"}}, {}
+            return reply
+
+        fake.batches.post = create_then_fail  # type: ignore[method-assign]
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER)
+        results = await asyncio.wait_for(run(engine, batches=1), timeout=20)
+    assert not [f for r in results for f in r.failures]
+    assert fake.batches.jobs_created == engine.deferred_queue().jobs_done  # one job per file
+    assert max(fake.batches.line_bills.values()) == 1 and max(fake.batches.line_submissions.values()) == 1

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from .job_create import batch_for_file, create_job
 from .job_lines import LineResult, custom_id_of, file_lines, line_result
 from .job_policy import DeferredPolicy
 from .journal import JobJournal, JobRecord, MemoryJournal
@@ -259,37 +260,14 @@ class DeferredQueue:
         return batch_id
 
     async def _create(self, key: str, file_id: str) -> str:
-        """Create the job for an uploaded file. A creation that failed is looked for before giving up (the
-        provider may have created the job and lost only its answer)."""
-        try:
-            batch = await self.requests(
-                lambda: self.litellm.acreate_batch(
-                    completion_window="24h",
-                    endpoint="/v1/chat/completions",
-                    input_file_id=file_id,
-                    metadata={"flock_job": key},
-                    **self.settings,
-                )
-            )
-        except Exception:
-            found = await self._batch_for_file(key, file_id)
-            if found is None:
-                raise
-            return found
+        """Create the job for an uploaded file, once (a creation whose answer was lost is found, not repeated)."""
+        batch_id = await create_job(self.litellm, self.settings, self.requests, key, file_id)
         self.jobs_submitted += 1
-        return str(batch.id)
+        return batch_id
 
     async def _batch_for_file(self, key: str, file_id: str) -> str | None:
         """A job already created from `file_id` (the process died before it recorded the job's id)."""
-        try:
-            listed = await self.requests(lambda: self.litellm.alist_batches(limit=100, **self.settings))
-        except Exception:  # noqa: BLE001 - listing is a best effort; a new job is created otherwise
-            return None
-        for batch in getattr(listed, "data", None) or []:
-            metadata = getattr(batch, "metadata", None) or {}
-            if getattr(batch, "input_file_id", None) == file_id or metadata.get("flock_job") == key:
-                return str(batch.id)
-        return None
+        return await batch_for_file(self.litellm, self.settings, self.requests, key, file_id)
 
     def _follow(self, batch_id: str, key: str, journal: JobJournal, custom_ids: list[str]) -> None:
         job = self._jobs.get(batch_id)
