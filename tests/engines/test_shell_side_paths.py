@@ -293,3 +293,17 @@ async def test_a_job_created_whose_answer_was_lost_is_not_created_again_by_a_ret
     assert not [f for r in results for f in r.failures]
     assert fake.batches.jobs_created == engine.deferred_queue().jobs_done  # one job per file
     assert max(fake.batches.line_bills.values()) == 1 and max(fake.batches.line_submissions.values()) == 1
+
+
+async def test_a_rate_limited_batch_api_neither_opens_the_breaker_nor_runs_the_outage_clock() -> None:
+    """Polls answered 429 (the Batch API's own rate limit; chat answers): before, each poll that used up its retries
+    opened the breaker for every call of the engine and sent a probe (38 openings and 38 probes for 40 refused
+    polls), and the outage clock ran (4.2 s of a 5 s `max_outage` seen), past which the engine's calls fail at once
+    until a probe gets through, while chat worked. Now the poll waits for its next interval; chat calls never wait."""
+    with provider("batch") as fake:
+        refuse_job_requests(fake, poll, times=12, headers={"retry-after": "0.01"})
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER)
+        results = await asyncio.wait_for(run(engine), timeout=20)
+    assert not [f for r in results for f in r.failures]
+    assert engine.guard.opened == engine.guard.probes == 0 and engine.guard.failing_since is None
+    assert max(fake.batches.line_bills.values()) == 1

@@ -260,8 +260,9 @@ class CallShell:
     async def request(self, send: Callable[[], Awaitable[R]]) -> R:
         """One provider request that is not a model call (a batch job's file upload, creation, poll, download or
         cancellation): behind the breaker like a call (retried; a provider that keeps failing opens it; nothing
-        goes while it is open), paced by `max_concurrent_requests` and `requests_per_minute` (the shared requests
-        window too), but not held in the budgets or the tokens minute and not recorded as a call.
+        goes while it is open, but a 429 is the Batch API's own limit: retried, then raised, never opening it),
+        paced by `max_concurrent_requests` and `requests_per_minute` (the shared requests window too), but not held
+        in the budgets or the tokens minute and not recorded as a call.
 
         Raises:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
@@ -280,7 +281,7 @@ class CallShell:
         def on_retry(exc: BaseException) -> None:
             log.info("retrying a batch job request after %s", engine.redact(f"{type(exc).__name__}: {exc}"[:200]))
 
-        return await engine.guard.call(engine.retry, attempt, on_retry, self.probe)
+        return await engine.guard.call(engine.retry, attempt, on_retry, self.probe, own_limits=True)
 
     async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
