@@ -307,3 +307,32 @@ async def test_a_rate_limited_batch_api_neither_opens_the_breaker_nor_runs_the_o
     assert not [f for r in results for f in r.failures]
     assert engine.guard.opened == engine.guard.probes == 0 and engine.guard.failing_since is None
     assert max(fake.batches.line_bills.values()) == 1
+
+
+async def test_a_job_waiting_behind_the_breaker_to_be_uploaded_is_dropped_when_its_runs_are_cancelled() -> None:
+    """Ctrl-C while a closed job waits for the provider to come back before its upload: before, it waited on (the
+    breaker probing for it, a probe holding budget) and was uploaded and created once the provider was back, for
+    nobody. Now the upload is given up with the last run that waited for it, and the probe with it."""
+    released = asyncio.Event()
+
+    async def probe() -> object:
+        await released.wait()  # the provider is down until released
+        return {"usage": {"prompt_tokens": 8, "completion_tokens": 1}}
+
+    with provider("batch") as fake:
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER, prices={"input": 1.0, "output": 2.0}, budget_usd=1.0)
+        engine.probe_for = lambda model: probe  # type: ignore[method-assign]
+        shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
+        queue.requests = shell.request
+        engine.guard.open(probe)
+        journal = MemoryJournal()
+        asks = [asyncio.create_task(queue.ask(journal, f"req-{n}", {"model": "fake-model", "n": n})) for n in range(2)]
+        await until(lambda: engine.guard.probes >= 1)  # the job closed; its upload waits, the breaker probes
+        for task in asks:
+            task.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+        await until(lambda: not queue._tasks, timeout=1.0)
+        released.set()
+        await asyncio.sleep(0.2)
+        assert engine.guard._prober is None and engine.costs.ledger.in_flight_usd == 0.0
+    assert fake.batches.files_uploaded == fake.batches.jobs_created == 0

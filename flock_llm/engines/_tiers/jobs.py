@@ -99,6 +99,8 @@ class DeferredQueue:
         self._jobs: dict[str, _Job] = {}
         self._resumes: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._submits: dict[asyncio.Task[Any], set[str]] = {}
+        """Jobs being uploaded and created, with their requests' ids."""
         self._owner = uuid.uuid4().hex  # this queue's name in the journal's claims (`JobJournal.claim`)
 
     async def ask(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> LineResult:
@@ -111,7 +113,13 @@ class DeferredQueue:
         else:
             self._lines[custom_id] = [future]
             self._spawn(self._route(journal, custom_id, body), [custom_id])
-        return await future
+        try:
+            return await future
+        finally:
+            if future.cancelled():  # a Ctrl-C: a job not yet submitted that nobody waits for any more is dropped
+                for task, ids in list(self._submits.items()):
+                    if custom_id in ids and not any(self._waited(c) for c in ids):
+                        task.cancel()  # (the journal knows how far it got: a later ask resumes it)
 
     @property
     def jobs_running(self) -> int:
@@ -120,7 +128,7 @@ class DeferredQueue:
 
     # -- requests -------------------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None], custom_ids: list[str]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], custom_ids: list[str]) -> asyncio.Task[Any]:
         """Run `work` apart from the callers (a caller cancelled never strands the others who wait for the same
         lines); if it fails, everyone waiting for `custom_ids` gets its error."""
         task = asyncio.get_running_loop().create_task(work)
@@ -135,6 +143,7 @@ class DeferredQueue:
                 log.error("a batch job's poller failed (%s)", type(exc).__name__, exc_info=exc)
 
         task.add_done_callback(done)
+        return task
 
     async def _route(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
         record = await journal.job_of(custom_id)
@@ -184,7 +193,9 @@ class DeferredQueue:
                 timer.cancel()
         waited = {c: body for c, body in pending.requests.items() if self._waited(c)}  # a Ctrl-C: none, or some
         if waited:
-            self._spawn(self._submit(pending.journal, waited), list(waited))
+            task = self._spawn(self._submit(pending.journal, waited), list(waited))
+            self._submits[task] = set(waited)
+            task.add_done_callback(lambda done: self._submits.pop(done, None))
 
     def _waited(self, custom_id: str) -> bool:
         """Whether a request is still waited for (the runs that asked it may all have been cancelled meanwhile)."""
