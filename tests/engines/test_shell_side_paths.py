@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from shell_fakes import MODEL, Provider, batch, context, engine_for, provider
+from shell_fakes import MODEL, Provider, answered_lines, batch, context, engine_for, provider
 
 from flock_llm.engines import EvalResult, ModelEngine, RetryPolicy
 from flock_llm.engines._calls.breaker import BreakerPolicy
@@ -336,3 +336,22 @@ async def test_a_job_waiting_behind_the_breaker_to_be_uploaded_is_dropped_when_i
         await asyncio.sleep(0.2)
         assert engine.guard._prober is None and engine.costs.ledger.in_flight_usd == 0.0
     assert fake.batches.files_uploaded == fake.batches.jobs_created == 0
+
+
+async def test_probes_sent_while_only_job_requests_waited_are_counted_in_a_runs_usage() -> None:
+    """The provider is down while a job is uploaded and polled: only the job's requests wait behind the breaker (the
+    lines themselves are not guarded). Before, no run took the probes made for them: usage llm_calls and probes
+    stayed below what the provider saw (3 probes at the server, 0 in the Flock's metrics)."""
+    with Provider(latency_s=0.0, per_item_latency_s=0.0) as fake:  # every line answered: no standard call
+        fake.batches.completion_delay_s = 0.05
+        fake.fail_status = 503  # down from the start: the upload waits
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER, prices={"input": 1.0, "output": 2.0})
+        running = asyncio.create_task(run(engine, batches=1))
+        await until(lambda: engine.guard.probes >= 2)
+        fake.fail_status = None
+        results = await asyncio.wait_for(running, timeout=15)
+    assert not [f for r in results for f in r.failures]
+    assert sum(int(r.usage["probes"]) for r in results) == engine.guard.probes == fake.probes
+    assert sum(int(r.usage["llm_calls"]) for r in results) == fake.chat_requests + sum(
+        answered_lines(r.usage) for r in results
+    )

@@ -281,7 +281,10 @@ class CallShell:
         def on_retry(exc: BaseException) -> None:
             log.info("retrying a batch job request after %s", engine.redact(f"{type(exc).__name__}: {exc}"[:200]))
 
-        return await engine.guard.call(engine.retry, attempt, on_retry, self.probe, own_limits=True)
+        try:
+            return await engine.guard.call(engine.retry, attempt, on_retry, self.probe, own_limits=True)
+        finally:  # the probes it waited for, counted in this run's usage (a batch job's lines are not guarded)
+            self.usage.absorb(engine.guard.take_probes().as_dict())
 
     async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""
