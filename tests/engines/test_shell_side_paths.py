@@ -355,3 +355,15 @@ async def test_probes_sent_while_only_job_requests_waited_are_counted_in_a_runs_
     assert sum(int(r.usage["llm_calls"]) for r in results) == fake.chat_requests + sum(
         answered_lines(r.usage) for r in results
     )
+
+
+async def test_a_job_the_batch_api_keeps_refusing_to_take_sends_its_lines_the_standard_way_at_once() -> None:
+    """Uploads refused with 429 past the retries (e.g. a full enqueued-token limit): the lines go the standard way
+    (each item an output, none lost or asked twice in a job), the breaker never opened for it."""
+    with provider("batch") as fake:
+        refuse_job_requests(fake, upload, times=1000, headers={"retry-after": "0.01"})
+        engine = engine_for("batch", fake, breaker=QUICK_BREAKER)
+        results = await asyncio.wait_for(run(engine), timeout=20)
+    assert not [f for r in results for f in r.failures] and sum(len(r.outputs) for r in results) == 4
+    assert sum(int(r.usage["deferred_fallbacks"]) for r in results) >= 2 and fake.batches.jobs_created == 0
+    assert engine.guard.opened == 0
