@@ -170,7 +170,6 @@ class LLMEngine(LadderEngine):
         self.tier = tier
         self.deferred = deferred or DeferredPolicy()
         self._queue: DeferredQueue | None = None
-        self._gated = False
         self.route: Tier = tier_for(tier, flex_wait=self.flex_wait, queue=self.deferred_queue)
         """How this engine's requests go (the tier object; every tier calls through the call shell)."""
         self.instructions = instructions
@@ -183,14 +182,14 @@ class LLMEngine(LadderEngine):
     def deferred_queue(self, shell: CallShell | None = None) -> DeferredQueue:
         """This engine's provider batch jobs (tier "batch"): `jobs_submitted`, `jobs_running`, `jobs_done`. The
         jobs' own requests carry the engine's endpoint and credentials (`api_base`, `api_key`, `extra_headers`,
-        `organization`, ...) and go through the call shell of the first run that used the queue (`shell`): paced
+        `organization`, ...) and go through the call shell of the latest run that used the queue (`shell`): paced
         by `max_concurrent_requests` and `requests_per_minute`, behind the circuit breaker."""
         if self._queue is None:
             settings = {k: v for k, v in self.litellm_kwargs.items() if k in PROBE_SETTINGS}
             litellm = shell.litellm if shell is not None else load_litellm()
-            self._queue = DeferredQueue(self.deferred, litellm, settings)
-        if shell is not None and not self._gated:
-            self._queue.requests, self._gated = shell.request, True
+            self._queue = DeferredQueue(self.deferred, litellm, settings, timeout=self.timeout)
+        if shell is not None:  # not the first run's for good: its Flock may be gone, its budget spent (its probes')
+            self._queue.requests = shell.request
         return self._queue
 
     def _backend(self, ctx: EngineContext, inputs: EvalInputs) -> _Call:

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 from domain import CustomerReview, ReviewSentiment
@@ -23,7 +22,7 @@ from flock_llm.engines._tiers.jobs import DeferredPolicy
 from flock_llm.engines.dspy import DSPyEngine
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.testing import FakeOpenAIServer
-from flock_llm.testing.fake_openai import _Handler
+from flock_llm.testing.fake_openai import _Handler, _Server
 
 PATHS = ("standard", "flex", "batch", "repair_and_rung", "dspy")
 """standard, flex and batch tiers; repairs and the per-item rung (the provider leaves one item out of every
@@ -76,8 +75,7 @@ class Provider(FakeOpenAIServer):
                     fake.end()
 
         Measured.fake = self
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Measured)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Measured)  # (a client that hung up is no error)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

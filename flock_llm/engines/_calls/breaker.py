@@ -325,9 +325,12 @@ class ProviderGuard:
         attempt: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException], None],
         probe: Probe,
+        *,
+        own_limits: bool = False,
     ) -> T:
         """Run `attempt` with `retry`'s retries, behind the shared back-off, the outage clock and the breaker;
-        `probe` makes a tiny request to the same provider (used while the breaker is open).
+        `probe` makes a tiny request to the same provider (used while the breaker is open). `own_limits`: a 429 is
+        the attempt's endpoint's own rate limit (the Batch API's), retried, then raised: no outage, no shared wait.
 
         Raises:
             ProviderUnavailableError: the provider failed every call for `max_outage`.
@@ -337,7 +340,7 @@ class ProviderGuard:
         self._probe = probe
 
         async def paced() -> T:
-            return await self._paced(retry, attempt)
+            return await self._paced(retry, attempt, own_limits)
 
         while True:
             await self.admit()
@@ -348,7 +351,7 @@ class ProviderGuard:
                     continue
                 exc = stop.cause
             except Exception as error:
-                if cancelling() or classify_error(error) != "transient":
+                if cancelling() or classify_error(error) != "transient" or (own_limits and _limited(error)):
                     raise
                 exc = error
             if not self.answered and connect_failure(exc):
@@ -358,7 +361,7 @@ class ProviderGuard:
                 self._go_down()
                 raise self._unavailable(sent=True) from exc
 
-    async def _paced(self, retry: RetryPolicy, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _paced(self, retry: RetryPolicy, attempt: Callable[[], Awaitable[T]], own_limits: bool = False) -> T:
         """One attempt behind the breaker and the shared back-off; its outcome moves the outage clock."""
         if self.state != "closed":
             raise _Stop  # another call opened the breaker: wait with the others instead of retrying
@@ -370,6 +373,8 @@ class ProviderGuard:
         except Exception as exc:  # noqa: BLE001 - classified and re-raised: a 429's wait is shared first
             answered = provider_answered(exc)  # an HTTP status: the provider is reachable
             self.answered = self.answered or answered
+            if own_limits and _limited(exc):
+                raise  # the endpoint's own rate limit (retried by `retry`): neither an outage nor a real answer
             if classify_error(exc) != "transient":
                 if answered:
                     self._succeeded()  # a refusal of this request (auth, bad request, ...), not an outage
@@ -385,3 +390,7 @@ class ProviderGuard:
             raise
         self._succeeded()
         return result
+
+
+def _limited(exc: BaseException) -> bool:
+    return getattr(exc, "status_code", None) == 429

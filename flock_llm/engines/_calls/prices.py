@@ -153,6 +153,11 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+_ROUNDING_USD = 1e-12
+"""Less in flight is float rounding, not a hold ($0.0001 and $0.0002 held and settled left 2.7e-20, and a call of
+exactly the budget's room waited for it to settle, forever): a ten-thousandth of a token at $0.01 per million."""
+
+
 @dataclass
 class CostLedger:
     """Spending against a budget (None: no cap), shared by every call that holds it (one engine's, or a
@@ -225,7 +230,8 @@ class CostLedger:
             estimate_usd: what the call held (its reservation).
             actual_usd: what it cost.
         """
-        self.in_flight_usd = max(0.0, self.in_flight_usd - estimate_usd)
+        left = self.in_flight_usd - estimate_usd
+        self.in_flight_usd = left if left > _ROUNDING_USD else 0.0  # what sums of holds leave is not a hold
         self.spent_usd += actual_usd
         if self._settled is not None:
             self._settled.set()

@@ -241,27 +241,28 @@ class CallShell:
         """The breaker's probe (`ShellEngine.probe_for`), sent while the breaker is open: a call of its own, held in
         the budgets (its prompt and one answer token), paced by the limits, recorded as a "probe" CallRecord, but
         not behind the breaker (it is what closes it) and never retried. Its usage waits in the guard for the next
-        run that waited for the breaker (`ProviderGuard.take_probes`).
+        run that waited for the breaker (`ProviderGuard.take_probes`), from when it ended: a run that took the probes
+        while it was under way (it left) does not take it.
 
         Raises:
             BudgetExceededError: the budgets have no room for the probe (nothing was sent).
             Exception: the probe's error (the guard tells an outage from an answer).
         """
-        engine = self.engine
-        usage = engine.guard.unclaimed
+        engine, usage = self.engine, Usage()
         probe = CallShell(engine, self.ctx, usage, self.model, self.litellm, label=self.label, note=self.note)
         ask = Ask("probe", 0, prompt_tokens=PROBE_PROMPT_TOKENS, max_tokens=1)
-        sent = usage.llm_calls
         try:
             return await probe._recorded(ask, engine.probe_for(self.model), Settled.of_completion, guarded=False)
         finally:
-            usage.probes += usage.llm_calls - sent
+            usage.probes = usage.llm_calls
+            engine.guard.unclaimed.absorb(usage.as_dict())
 
     async def request(self, send: Callable[[], Awaitable[R]]) -> R:
         """One provider request that is not a model call (a batch job's file upload, creation, poll, download or
         cancellation): behind the breaker like a call (retried; a provider that keeps failing opens it; nothing
-        goes while it is open), paced by `max_concurrent_requests` and `requests_per_minute` (the shared requests
-        window too), but not held in the budgets or the tokens minute and not recorded as a call.
+        goes while it is open, but a 429 is the Batch API's own limit: retried, then raised, never opening it),
+        paced by `max_concurrent_requests` and `requests_per_minute` (the shared requests window too), but not held
+        in the budgets or the tokens minute and not recorded as a call.
 
         Raises:
             ProviderUnavailableError: the breaker waited `max_outage` for the provider.
@@ -280,7 +281,10 @@ class CallShell:
         def on_retry(exc: BaseException) -> None:
             log.info("retrying a batch job request after %s", engine.redact(f"{type(exc).__name__}: {exc}"[:200]))
 
-        return await engine.guard.call(engine.retry, attempt, on_retry, self.probe)
+        try:
+            return await engine.guard.call(engine.retry, attempt, on_retry, self.probe, own_limits=True)
+        finally:  # the probes it waited for, counted in this run's usage (a batch job's lines are not guarded)
+            self.usage.absorb(engine.guard.take_probes().as_dict())
 
     async def _request(self, call: _OneCall[R], *, paced: bool) -> tuple[R, str | None]:
         """One attempt: a request (sent again while the tier says so), paced by the limits when `paced`."""

@@ -1,19 +1,29 @@
-"""The lines of a provider batch job's output and error files, read as they stream in: each line's request id
-and what it brought (the chat completion, or why there is none). Memory stays at about one chunk, whatever the
-size of the file."""
+"""The lines of a provider batch job: each request's id (`custom_id_of`), and the output and error files, read as
+they stream in: each line's request id and what it brought (the chat completion, or why there is none). Memory
+stays at about one chunk, whatever the size of the file."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LineResult", "file_lines", "line_result", "lines_of"]
+__all__ = ["LineResult", "custom_id_of", "file_lines", "line_result", "lines_of"]
 
 _CHUNK = 256 * 1024
 """Bytes per chunk of a streamed file."""
+
+
+def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
+    """A request's id: a hash of its body and where it goes (the same batch asks the same request again after a
+    restart; attempt 1 is the same request asked again in a later job)."""
+    text = json.dumps(
+        {"body": body, "attempt": attempt, "to": endpoint}, sort_keys=True, ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ the deadline cancels the job first and uses what it still answers. The provider'
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from .job_lines import LineResult, file_lines, line_result
+from .job_create import batch_for_file, create_job
+from .job_lines import LineResult, custom_id_of, file_lines, line_result
 from .job_policy import DeferredPolicy
 from .journal import JobJournal, JobRecord, MemoryJournal
 
@@ -46,18 +46,10 @@ async def _direct(send: Callable[[], Awaitable[T]]) -> T:
 log = logging.getLogger("flock_llm.engines")
 
 _DONE = frozenset({"completed", "failed", "expired", "cancelled"})
+_LEFT = "left: nobody waits for its lines"
 _QUIET = {"batch_ignore_default_logging": True}
 """Without it, litellm's success logging downloads a finished job's whole output file (to price it) on the poll
 that sees it finish: a second download, held in memory at once. Costs are counted per line here."""
-
-
-def custom_id_of(body: dict[str, Any], attempt: int = 0, endpoint: str = "") -> str:
-    """A request's id: a hash of its body and where it goes (the same batch asks the same request again after a
-    restart; attempt 1 is the same request asked again in a later job)."""
-    text = json.dumps(
-        {"body": body, "attempt": attempt, "to": endpoint}, sort_keys=True, ensure_ascii=False, default=str
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
 def _unknown(exc: BaseException) -> bool:
@@ -86,13 +78,14 @@ class DeferredQueue:
     """One engine's provider batch jobs: requests in, lines out."""
 
     def __init__(
-        self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any], requests: JobRequests = _direct
-    ) -> None:
+        self, policy: DeferredPolicy, litellm: Any, settings: dict[str, Any], requests: JobRequests = _direct, *,
+        timeout: float = 60.0,
+    ) -> None:  # fmt: skip
         """`settings`: what the job's requests need of the engine's (`api_base`, `api_key`, `extra_headers`,
-        `organization`, ...); `requests` sends each of them (the engine's call shell)."""
-        self.policy = policy
-        self.litellm = litellm
-        self.settings = {"custom_llm_provider": "openai", **settings}
+        `organization`, ...); `requests` sends each of them (the engine's call shell); `timeout`: the engine's."""
+        self.policy, self.litellm, self.timeout = policy, litellm, timeout
+        self.settings = {"custom_llm_provider": "openai", **settings, "max_retries": 0, "timeout": timeout}
+        """With every job request: no OpenAI SDK retries (around the engine's limits: `requests` retries), a timeout."""
         self.requests = requests
         """Every request of a job (upload, create, list, poll, download, cancel) goes through it."""
         self.jobs_submitted = 0
@@ -106,6 +99,8 @@ class DeferredQueue:
         self._jobs: dict[str, _Job] = {}
         self._resumes: dict[str, asyncio.Task[str | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._submits: dict[asyncio.Task[Any], set[str]] = {}
+        """Jobs being uploaded and created, with their requests' ids."""
         self._owner = uuid.uuid4().hex  # this queue's name in the journal's claims (`JobJournal.claim`)
 
     async def ask(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> LineResult:
@@ -118,7 +113,13 @@ class DeferredQueue:
         else:
             self._lines[custom_id] = [future]
             self._spawn(self._route(journal, custom_id, body), [custom_id])
-        return await future
+        try:
+            return await future
+        finally:
+            if future.cancelled():  # a Ctrl-C: a job not yet submitted that nobody waits for any more is dropped
+                for task, ids in list(self._submits.items()):
+                    if custom_id in ids and not any(self._waited(c) for c in ids):
+                        task.cancel()  # (the journal knows how far it got: a later ask resumes it)
 
     @property
     def jobs_running(self) -> int:
@@ -127,7 +128,7 @@ class DeferredQueue:
 
     # -- requests -------------------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None], custom_ids: list[str]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], custom_ids: list[str]) -> asyncio.Task[Any]:
         """Run `work` apart from the callers (a caller cancelled never strands the others who wait for the same
         lines); if it fails, everyone waiting for `custom_ids` gets its error."""
         task = asyncio.get_running_loop().create_task(work)
@@ -142,6 +143,7 @@ class DeferredQueue:
                 log.error("a batch job's poller failed (%s)", type(exc).__name__, exc_info=exc)
 
         task.add_done_callback(done)
+        return task
 
     async def _route(self, journal: JobJournal, custom_id: str, body: dict[str, Any]) -> None:
         record = await journal.job_of(custom_id)
@@ -189,8 +191,18 @@ class DeferredQueue:
         for timer in (pending.timer, pending.quiet):
             if timer is not None:
                 timer.cancel()
-        if pending.requests:
-            self._spawn(self._submit(pending.journal, pending.requests), list(pending.requests))
+        waited = {c: body for c, body in pending.requests.items() if self._waited(c)}  # a Ctrl-C: none, or some
+        if waited:
+            task = self._spawn(self._submit(pending.journal, waited), list(waited))
+            self._submits[task] = set(waited)
+            task.add_done_callback(lambda done: self._submits.pop(done, None))
+
+    def _waited(self, custom_id: str) -> bool:
+        """Whether a request is still waited for (the runs that asked it may all have been cancelled meanwhile)."""
+        if any(not future.done() for future in self._lines.get(custom_id, [])):
+            return True
+        self._lines.pop(custom_id, None)
+        return False
 
     async def _submit(self, journal: JobJournal, requests: dict[str, dict[str, Any]]) -> None:
         ids, key = list(requests), uuid.uuid4().hex
@@ -259,37 +271,14 @@ class DeferredQueue:
         return batch_id
 
     async def _create(self, key: str, file_id: str) -> str:
-        """Create the job for an uploaded file. A creation that failed is looked for before giving up (the
-        provider may have created the job and lost only its answer)."""
-        try:
-            batch = await self.requests(
-                lambda: self.litellm.acreate_batch(
-                    completion_window="24h",
-                    endpoint="/v1/chat/completions",
-                    input_file_id=file_id,
-                    metadata={"flock_job": key},
-                    **self.settings,
-                )
-            )
-        except Exception:
-            found = await self._batch_for_file(key, file_id)
-            if found is None:
-                raise
-            return found
+        """Create the job for an uploaded file, once (a creation whose answer was lost is found, not repeated)."""
+        batch_id = await create_job(self.litellm, self.settings, self.requests, key, file_id)
         self.jobs_submitted += 1
-        return str(batch.id)
+        return batch_id
 
     async def _batch_for_file(self, key: str, file_id: str) -> str | None:
         """A job already created from `file_id` (the process died before it recorded the job's id)."""
-        try:
-            listed = await self.requests(lambda: self.litellm.alist_batches(limit=100, **self.settings))
-        except Exception:  # noqa: BLE001 - listing is a best effort; a new job is created otherwise
-            return None
-        for batch in getattr(listed, "data", None) or []:
-            metadata = getattr(batch, "metadata", None) or {}
-            if getattr(batch, "input_file_id", None) == file_id or metadata.get("flock_job") == key:
-                return str(batch.id)
-        return None
+        return await batch_for_file(self.litellm, self.settings, self.requests, key, file_id)
 
     def _follow(self, batch_id: str, key: str, journal: JobJournal, custom_ids: list[str]) -> None:
         job = self._jobs.get(batch_id)
@@ -308,7 +297,8 @@ class DeferredQueue:
             self._jobs.pop(batch_id, None)
             for custom_id in job.waiting:
                 self._answer(custom_id, LineResult(problem=f"no line: the job ended {status}"))
-        await self._housekeeping(job)
+        if status != _LEFT:  # a job left by its runs stays unfinished in the journal: a later ask polls it again
+            await self._housekeeping(job)
 
     async def _watch(self, batch_id: str, job: _Job) -> str:
         """Poll until the job ends and its lines are read, or it is lost; its final status for the lines
@@ -317,6 +307,8 @@ class DeferredQueue:
         interval, now = policy.poll_interval, time.monotonic()
         until, cancelled = now + policy.deadline, False
         while True:
+            if not any(self._waited(custom_id) for custom_id in job.waiting):
+                return _LEFT  # every run that asked its lines was cancelled: not polled (nor read) for nobody
             if now >= until:
                 if cancelled:
                     log.warning(
@@ -330,14 +322,13 @@ class DeferredQueue:
                     return "deadline: lost (the provider does not know it)"
             await asyncio.sleep(max(0.0, min(interval, until - now)))
             interval, now = min(policy.max_poll_interval, interval * 1.5), time.monotonic()
-            try:  # a poll that hangs is given up at the deadline (litellm's own timeout here is 10 minutes): by its
-                # HTTP timeout, so that litellm's request is never cancelled half-way; a poll still waiting behind
-                # the breaker or the request limits a second later is given up too
+            try:  # a poll that hangs is given up after the engine's timeout (and retried), at the latest at the
+                # deadline: by its HTTP timeout, so that litellm's request is never cancelled half-way; a poll still
+                # waiting behind the breaker or the request limits a second after the deadline is given up too
                 left = max(until - now, policy.poll_interval)
+                settings = {**self.settings, "timeout": min(left, self.timeout)}
                 retrieve = self.litellm.aretrieve_batch
-                polling = self.requests(
-                    partial(retrieve, batch_id=batch_id, litellm_metadata=_QUIET, timeout=left, **self.settings)
-                )
+                polling = self.requests(partial(retrieve, batch_id=batch_id, litellm_metadata=_QUIET, **settings))
                 batch = await asyncio.wait_for(polling, left + 1.0)
                 if batch.status not in _DONE:
                     continue
