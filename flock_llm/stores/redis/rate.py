@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..._wakeups import Wakeups
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,7 +44,9 @@ class RedisWindow:
             ConfigurationError: another worker uses this window (the same account and model) with another limit.
         """
         store = self.store
+        wakeups = self.windows.wakeups(self.name)
         while True:
+            seen = wakeups.signals  # a settle while this look is in flight: look again at once
             taken, value = await store.retrying(
                 lambda: store.script("RATE_TAKE")(keys=self._keys, args=[self.limit, amount]),
                 limit=store.reconnect_timeout,
@@ -59,7 +62,7 @@ class RedisWindow:
                 return value.decode() if isinstance(value, bytes) else str(value)
             if _cancelling():  # its cancellation was swallowed by the command (Python 3.11's wait_for): stop now,
                 raise asyncio.CancelledError  # not after the minute's wait
-            await self.windows.freed(self.name, min(max(int(value), 5) / 1000, RECHECK_S))
+            await wakeups.wait(min(max(int(value), 5) / 1000, RECHECK_S), seen)
 
     async def settle(self, entry: str, actual: int) -> None:
         store = self.store
@@ -67,7 +70,7 @@ class RedisWindow:
             lambda: store.script("RATE_SETTLE")(keys=self._keys, args=[entry, max(0, actual)]),
             limit=store.reconnect_timeout,
         )
-        self.windows.notify(self.name)  # it may have held more than it took: waiters here look again now
+        self.windows.wakeups(self.name).signal()  # it may have held more than it took: waiters here look again now
 
 
 class RedisWindows:
@@ -75,21 +78,12 @@ class RedisWindows:
 
     def __init__(self, store: RedisConnection) -> None:
         self.store = store
-        self._settled: dict[str, asyncio.Event] = {}
+        self._wakeups: dict[str, Wakeups] = {}
 
     def window(self, name: str, limit: int) -> RedisWindow:
         return RedisWindow(self.store, name, limit, self)
 
-    async def freed(self, name: str, seconds: float) -> None:
-        """Wait `seconds`, or less when a call of this process settles in window `name`."""
-        event = self._settled.setdefault(name, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-
-    def notify(self, name: str) -> None:
-        """A call settled in window `name`: wake this process's waiters on it."""
-        event = self._settled.pop(name, None)
-        if event is not None:
-            event.set()
+    def wakeups(self, name: str) -> Wakeups:
+        """The waiters of this process on window `name`, woken when a call of this process settles in it (on any
+        event loop: the windows may outlive one `asyncio.run`)."""
+        return self._wakeups.setdefault(name, Wakeups())
