@@ -213,30 +213,58 @@ async def test_a_settle_while_a_waiter_is_looking_wakes_it(
         await store.aclose()
 
 
-async def test_many_waiters_woken_by_one_settle_take_only_the_room_it_freed(redis_single_url: str) -> None:
-    """Forty waiters of one process on a full minute, one settle frees 300 of 1,000: all wake and look, the
-    three that fit take it (100 each), the others wait on; nothing passes the limit, and cancelling them leaves
-    nothing behind."""
+async def test_many_waiters_on_a_full_window_look_again_only_when_room_was_freed_for_them(
+    redis_single_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty waiters of one process on a full minute. Before, every settle woke every waiter and each ran the
+    take script again (O(window) in Redis): a call that settled for what it held (every requests-window settle,
+    most token settles) freed nothing and cost forty looks. Now settles that free nothing wake nobody, and one
+    that frees 300 wakes the three 100-token waiters it can serve; nothing passes the limit and
+    cancelling the others leaves nothing behind."""
+    monkeypatch.setattr(rate, "RECHECK_S", 30.0)  # (only the settles wake them)
     store = RedisStore.from_url(redis_single_url)
     await store.connect()
+    looks = 0
+    script = store.script
+
+    def counting(name: str) -> Any:
+        def run(**kwargs: Any) -> Any:
+            nonlocal looks
+            looks += name == "RATE_TAKE"
+            return script(name)(**kwargs)
+
+        return run
+
     try:
         windows = store.rate_windows()
         name = "acct/openai/x:herd:tokens"
-        held = await windows.window(name, 1_000).acquire(1_000)
+        held = [await windows.window(name, 1_000).acquire(100) for _ in range(10)]
+        monkeypatch.setattr(store, "script", counting)
         waiters = [asyncio.create_task(windows.window(name, 1_000).acquire(100)) for _ in range(40)]
-        await asyncio.sleep(0.1)
-        assert not any(task.done() for task in waiters)
-        await windows.window(name, 1_000).settle(held, 700)
+        await until_true(lambda: looks == 40)
+        for entry in held[:5]:
+            await windows.window(name, 1_000).settle(entry, 100)  # took what it held: frees nothing
+        for entry in held[5:8]:
+            await windows.window(name, 1_000).settle(entry, 0)  # refused: frees its 100
         done, pending = await asyncio.wait(waiters, timeout=0.5)
         assert (len(done), len(pending)) == (3, 37)
+        assert looks == 43  # was 40 + 8 x 40
         used = [int(v) for v in (await store.client.hvals(store.key(f"rate:{name}:amounts")))]
-        assert sum(used) == 1_000
+        assert sum(used) == 1_000 - 300 + 300
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         assert all(task.cancelled() for task in pending)
     finally:
         await store.aclose()
+
+
+async def until_true(condition: Any, timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
 
 
 def test_a_process_window_kept_across_two_event_loops_still_waits() -> None:

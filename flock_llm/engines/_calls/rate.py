@@ -93,8 +93,9 @@ class LocalWindow:
         return entry
 
     async def settle(self, entry: str, actual: int) -> None:
+        _, held = self._entries.get(entry, (0.0, 0))  # (an entry that expired meanwhile freed its room then)
         self._entries[entry] = (self._clock(), max(0, actual))
-        self._settled.signal()
+        self._settled.signal(held - max(0, actual))
 
 
 class LocalWindows:

@@ -46,11 +46,12 @@ class RedisWindow:
         store = self.store
         wakeups = self.windows.wakeups(self.name)
         while True:
-            seen = wakeups.signals  # a settle while this look is in flight: look again at once
-            taken, value = await store.retrying(
+            seen = wakeups.freed  # room freed here while this look is in flight counts toward what it lacks
+            reply = await store.retrying(
                 lambda: store.script("RATE_TAKE")(keys=self._keys, args=[self.limit, amount]),
                 limit=store.reconnect_timeout,
             )
+            taken, value = reply[0], reply[1]
             if int(taken) == -1:
                 kind = "tokens_per_minute" if self.name.endswith(":tokens") else "requests_per_minute"
                 raise ConfigurationError(
@@ -62,15 +63,15 @@ class RedisWindow:
                 return value.decode() if isinstance(value, bytes) else str(value)
             if _cancelling():  # its cancellation was swallowed by the command (Python 3.11's wait_for): stop now,
                 raise asyncio.CancelledError  # not after the minute's wait
-            await wakeups.wait(min(max(int(value), 5) / 1000, RECHECK_S), seen)
+            await wakeups.wait(min(max(int(value), 5) / 1000, RECHECK_S), need=int(reply[2]), amount=amount, seen=seen)
 
     async def settle(self, entry: str, actual: int) -> None:
         store = self.store
-        await store.retrying(
+        freed = await store.retrying(
             lambda: store.script("RATE_SETTLE")(keys=self._keys, args=[entry, max(0, actual)]),
             limit=store.reconnect_timeout,
         )
-        self.windows.wakeups(self.name).signal()  # it may have held more than it took: waiters here look again now
+        self.windows.wakeups(self.name).signal(int(freed))  # held more than it took: waiters it fits look now
 
 
 class RedisWindows:
@@ -84,6 +85,7 @@ class RedisWindows:
         return RedisWindow(self.store, name, limit, self)
 
     def wakeups(self, name: str) -> Wakeups:
-        """The waiters of this process on window `name`, woken when a call of this process settles in it (on any
-        event loop: the windows may outlive one `asyncio.run`)."""
+        """The waiters of this process on window `name`, woken when a call of this process settles in it for less
+        than it held, once the room freed covers what they lack (on any event loop: the windows may outlive one
+        `asyncio.run`)."""
         return self._wakeups.setdefault(name, Wakeups())
