@@ -252,13 +252,13 @@ def observe(
     decay = n * math.log1p(-1 / target.evidence_memory)
     weight, added = math.exp(decay), -math.expm1(decay) * target.evidence_memory
     disagreed = min(n - agreed, target.recent)  # only the latest `recent` outcomes are kept: never build the rest
-    latest = "1" * min(agreed, target.recent - disagreed) + "0" * disagreed
+    outcomes = "1" * min(agreed, target.recent - disagreed) + "0" * disagreed
     state = replace(
         state,
         n=state.n * weight + added,
         agreed=min(state.n * weight + added, state.agreed * weight + added * agreed / n),  # no rounding above n
         since_change=state.since_change + n,
-        recent=(state.recent + latest)[-target.recent :],
+        recent=(state.recent + outcomes)[-target.recent :],
     )
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
     latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
