@@ -3,11 +3,16 @@ here failed before its fix."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from flock_llm import ConfigurationError
+from flock_llm.engines import EngineContext
 from flock_llm.quality import QualityTarget
 from flock_llm.quality.controller import observe
+from flock_llm.quality.steering import SizeSteering
+from flock_llm.stores.redis import RedisStore
 
 
 @pytest.mark.parametrize("target", [QualityTarget(0.95, memory=10**17), QualityTarget(0.9999999999999999)])
@@ -34,3 +39,35 @@ def test_audit_counts_that_are_not_integers_are_refused_clearly(agreed: object, 
     target = QualityTarget(0.95)
     with pytest.raises(ConfigurationError, match="integers"):
         observe(target, target.start(10), agreed, n)  # type: ignore[arg-type]
+
+
+async def test_two_workers_with_other_batch_sizes_warn_once_instead_of_logging_every_batch(
+    redis_single_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two workers of one Redis store steer agent 'labels' with BatchSpec(size=50) and BatchSpec(size=20) (a
+    rolling deploy, one worker not updated). Each rewrites the shared state to its own size at every batch (the
+    other undoes it), so the "kept for size" line came at INFO at every batch of both, forever, and nothing told
+    the user why. Now each worker says once, as a warning naming both sizes and the fix, then stays quiet."""
+    stores = [RedisStore.from_url(redis_single_url), RedisStore.from_url(redis_single_url)]
+    for store in stores:
+        await store.connect()
+    try:
+        target = QualityTarget(0.95, grow_after=8)
+        workers = [
+            (SizeSteering(), EngineContext(agent_name="labels", configured_size=size, size_states=store.size_states()))
+            for size, store in zip((50, 20), stores, strict=True)
+        ]
+        with caplog.at_level(logging.INFO, logger="flock_llm.quality"):
+            for _ in range(30):
+                for steering, ctx in workers:
+                    state = await steering.current(target, ctx, ctx.configured_size or 1)
+                    await steering.steer(target, ctx, state.size, 4, 4, {})
+        kept = [r for r in caplog.records if "kept for size" in r.getMessage() and r.levelno >= logging.INFO]
+        warned = [r for r in caplog.records if "other settings" in r.getMessage()]
+        assert len(kept) <= 2  # was: 2 x 30
+        assert len(warned) == 2 and all(r.levelno == logging.WARNING for r in warned)
+        assert all("BatchSpec(size=" in r.getMessage() for r in warned)
+        assert {"50", "20"} <= set(" ".join(r.getMessage() for r in warned).replace(")", " ").replace("=", " ").split())
+    finally:
+        for store in stores:
+            await store.aclose()
