@@ -241,19 +241,24 @@ def observe(
 
     Returns the new state and the change made (None: the size holds).
     """
+    if not all(isinstance(count, int) and not isinstance(count, bool) for count in (agreed, n)):
+        raise ConfigurationError(f"audit counts must be integers, got agreed={agreed!r}, n={n!r}")
     if n < 0 or not 0 <= agreed <= n:
         raise ConfigurationError(f"need 0 <= agreed <= n, got agreed={agreed!r}, n={n!r}")
     if n == 0:
         return state, None
-    keep = 1 - 1 / target.evidence_memory
-    weight = keep**n
-    added = (1 - weight) / (1 - keep)  # n new audits, each decayed by the ones after it
+    # each audit keeps 1 - 1/memory of the older evidence: in logs, since past ~1e16 audits of memory that rounds
+    # to 1.0 (and the sum of the n new audits' weights, (1 - keep**n) / (1 - keep), divided by zero)
+    decay = n * math.log1p(-1 / target.evidence_memory)
+    weight, added = math.exp(decay), -math.expm1(decay) * target.evidence_memory
+    disagreed = min(n - agreed, target.recent)  # only the latest `recent` outcomes are kept: never build the rest
+    outcomes = "1" * min(agreed, target.recent - disagreed) + "0" * disagreed
     state = replace(
         state,
         n=state.n * weight + added,
         agreed=min(state.n * weight + added, state.agreed * weight + added * agreed / n),  # no rounding above n
         since_change=state.since_change + n,
-        recent=(state.recent + "1" * agreed + "0" * (n - agreed))[-target.recent :],
+        recent=(state.recent + outcomes)[-target.recent :],
     )
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
     latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)

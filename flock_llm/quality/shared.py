@@ -58,12 +58,15 @@ def state_key(agent: str, subscription_index: int) -> str:
     return f"{subscription_index}:{agent}"
 
 
-def adopt(text: str | None, configured: int | None, *, agent: str, min_size: int = 1) -> ControllerState | None:
+def adopt(
+    text: str | None, configured: int | None, *, agent: str, min_size: int = 1, quiet: bool = False
+) -> ControllerState | None:
     """The stored state `text` for a subscription whose configured size is `configured`: None when nothing is
     stored, or when the text is not a valid state (a warning is logged; the controller starts afresh and the
     next change overwrites it). A state saved under another configured size is clamped to this one (None: the
     configured size is not known; the state is taken as it is), and a size below the target's `min_size` (a
-    state left by a run with a smaller one) is raised to it (the evidence, about another size, is dropped)."""
+    state left by a run with a smaller one) is raised to it (the evidence, about another size, is dropped). The
+    adjustment is logged at INFO (at DEBUG when `quiet`: the caller said why already)."""
     if text is None:
         return None
     try:
@@ -75,7 +78,8 @@ def adopt(text: str | None, configured: int | None, *, agent: str, min_size: int
     size = max(min(state.size, top), min(min_size, top))
     if top == state.max_size and size == state.size:
         return state
-    log.info(
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
         "agent %r: the stored batch-size state was kept for size %d at %d, now %d (min_size %d); resuming at %d",
         agent,
         state.max_size,

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from domain import CustomerReview, ReviewSentiment
 from test_redis_store import until
 
 from flock_llm import ConfigurationError, Flock
-from flock_llm.engines._calls.rate import account_of, window_name
+from flock_llm.engines._calls.rate import LocalWindows, account_of, window_name
 from flock_llm.engines._calls.retry import RetryPolicy
 from flock_llm.engines.llm import LLMEngine
 from flock_llm.stores import RedisStore
+from flock_llm.stores.redis import rate
 from flock_llm.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
@@ -158,3 +160,123 @@ async def test_a_waiter_on_a_full_shared_window_takes_the_room_a_settled_call_fr
     finally:
         for store in (here, there):
             await store.aclose()
+
+
+def test_a_shared_window_kept_across_two_event_loops_still_waits(redis_single_url: str) -> None:
+    """The waiter's wake-up was an asyncio.Event kept by the windows object: bound to the loop of the first
+    `asyncio.run` that waited on it, so a wait in a second `asyncio.run` raised RuntimeError ("bound to a
+    different event loop") instead of waiting for room."""
+    store = RedisStore.from_url(redis_single_url)
+    windows = store.rate_windows()
+    name = "acct/openai/x:loops:tokens"
+
+    async def waits_on_the_full_window(fill: bool) -> None:
+        await store.connect()
+        try:
+            if fill:
+                await windows.window(name, 1_000).acquire(1_000)
+            with pytest.raises(TimeoutError):  # it waits for room, in either loop
+                await asyncio.wait_for(windows.window(name, 1_000).acquire(10), timeout=0.2)
+        finally:
+            await store.aclose()
+
+    asyncio.run(waits_on_the_full_window(True))
+    asyncio.run(waits_on_the_full_window(False))  # was: RuntimeError
+
+
+async def test_a_settle_while_a_waiter_is_looking_wakes_it(
+    redis_single_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call of this process that settles while a waiter's look at the window is in flight (the script ran on
+    the full window, its reply is on the way): the settle woke only waiters already asleep, so this one slept
+    RECHECK_S (here 30 s) although the room was there."""
+    monkeypatch.setattr(rate, "RECHECK_S", 30.0)
+    store = RedisStore.from_url(redis_single_url)
+    await store.connect()
+    try:
+        windows = store.rate_windows()
+        name = "acct/openai/x:inflight:tokens"
+        held = await windows.window(name, 1_000).acquire(1_000)  # the minute is full
+        real, looks = store.retrying, 0
+
+        async def retrying(operation: Any, *, limit: float | None) -> Any:
+            nonlocal looks
+            result = await real(operation, limit=limit)
+            looks += 1
+            if looks == 1:  # the waiter's first look found the window full; before its reply is read:
+                await windows.window(name, 1_000).settle(held, 100)
+            return result
+
+        monkeypatch.setattr(store, "retrying", retrying)
+        assert await asyncio.wait_for(windows.window(name, 1_000).acquire(500), timeout=5)  # was: 30 s
+    finally:
+        await store.aclose()
+
+
+async def test_many_waiters_on_a_full_window_look_again_only_when_room_was_freed_for_them(
+    redis_single_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty waiters of one process on a full minute. Before, every settle woke every waiter and each ran the
+    take script again (O(window) in Redis): a call that settled for what it held (every requests-window settle,
+    most token settles) freed nothing and cost forty looks. Now settles that free nothing wake nobody, and one
+    that frees 300 wakes the three 100-token waiters it can serve; nothing passes the limit and
+    cancelling the others leaves nothing behind."""
+    monkeypatch.setattr(rate, "RECHECK_S", 30.0)  # (only the settles wake them)
+    store = RedisStore.from_url(redis_single_url)
+    await store.connect()
+    looks = 0
+    script = store.script
+
+    def counting(name: str) -> Any:
+        def run(**kwargs: Any) -> Any:
+            nonlocal looks
+            looks += name == "RATE_TAKE"
+            return script(name)(**kwargs)
+
+        return run
+
+    try:
+        windows = store.rate_windows()
+        name = "acct/openai/x:herd:tokens"
+        held = [await windows.window(name, 1_000).acquire(100) for _ in range(10)]
+        monkeypatch.setattr(store, "script", counting)
+        waiters = [asyncio.create_task(windows.window(name, 1_000).acquire(100)) for _ in range(40)]
+        await until_true(lambda: looks == 40)
+        for entry in held[:5]:
+            await windows.window(name, 1_000).settle(entry, 100)  # took what it held: frees nothing
+        for entry in held[5:8]:
+            await windows.window(name, 1_000).settle(entry, 0)  # refused: frees its 100
+        done, pending = await asyncio.wait(waiters, timeout=0.5)
+        assert (len(done), len(pending)) == (3, 37)
+        assert looks == 43  # was 40 + 8 x 40
+        used = [int(v) for v in (await store.client.hvals(store.key(f"rate:{name}:amounts")))]
+        assert sum(used) == 1_000 - 300 + 300
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        assert all(task.cancelled() for task in pending)
+    finally:
+        await store.aclose()
+
+
+async def until_true(condition: Any, timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def test_a_process_window_kept_across_two_event_loops_still_waits() -> None:
+    """The same for the process's own windows (PROCESS_WINDOWS lives as long as the process: a script that runs
+    `asyncio.run` twice, a notebook): the second run's wait on a full window raised RuntimeError."""
+    window = LocalWindows().window("acct/openai/x:loops:tokens", 1_000)
+
+    async def waits_on_the_full_window(fill: bool) -> None:
+        if fill:
+            await window.acquire(1_000)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(window.acquire(10), timeout=0.1)
+
+    asyncio.run(waits_on_the_full_window(True))
+    asyncio.run(waits_on_the_full_window(False))  # was: RuntimeError

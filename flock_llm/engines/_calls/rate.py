@@ -12,12 +12,13 @@ both take a fixed cost per hit and cannot replace it afterwards with what was re
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+from ..._wakeups import Wakeups
 
 __all__ = ["LocalWindow", "LocalWindows", "RateWindow", "RateWindows", "WINDOW_S", "account_of", "window_name"]
 
@@ -64,7 +65,7 @@ class LocalWindow:
         self.limit = limit
         self._clock = clock
         self._entries: dict[str, tuple[float, int]] = {}
-        self._changed = asyncio.Event()
+        self._settled = Wakeups()  # (not an asyncio.Event: the window outlives one event loop)
 
     def _used(self, now: float) -> int:
         for key in [k for k, (at, _) in self._entries.items() if at <= now - WINDOW_S]:
@@ -86,18 +87,15 @@ class LocalWindow:
 
     async def acquire(self, amount: int) -> str:
         while (wait := self.wait_for(amount)) > 0:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+            await self._settled.wait(wait)
         entry = str(next(_ids))
         self._entries[entry] = (self._clock(), amount)
         return entry
 
     async def settle(self, entry: str, actual: int) -> None:
+        _, held = self._entries.get(entry, (0.0, 0))  # (an entry that expired meanwhile freed its room then)
         self._entries[entry] = (self._clock(), max(0, actual))
-        self._changed.set()
+        self._settled.signal(held - max(0, actual))
 
 
 class LocalWindows:

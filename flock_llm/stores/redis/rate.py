@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..._wakeups import Wakeups
 from ...errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -43,11 +44,14 @@ class RedisWindow:
             ConfigurationError: another worker uses this window (the same account and model) with another limit.
         """
         store = self.store
+        wakeups = self.windows.wakeups(self.name)
         while True:
-            taken, value = await store.retrying(
+            seen = wakeups.freed  # room freed here while this look is in flight counts toward what it lacks
+            reply = await store.retrying(
                 lambda: store.script("RATE_TAKE")(keys=self._keys, args=[self.limit, amount]),
                 limit=store.reconnect_timeout,
             )
+            taken, value = reply[0], reply[1]
             if int(taken) == -1:
                 kind = "tokens_per_minute" if self.name.endswith(":tokens") else "requests_per_minute"
                 raise ConfigurationError(
@@ -59,15 +63,15 @@ class RedisWindow:
                 return value.decode() if isinstance(value, bytes) else str(value)
             if _cancelling():  # its cancellation was swallowed by the command (Python 3.11's wait_for): stop now,
                 raise asyncio.CancelledError  # not after the minute's wait
-            await self.windows.freed(self.name, min(max(int(value), 5) / 1000, RECHECK_S))
+            await wakeups.wait(min(max(int(value), 5) / 1000, RECHECK_S), need=int(reply[2]), amount=amount, seen=seen)
 
     async def settle(self, entry: str, actual: int) -> None:
         store = self.store
-        await store.retrying(
+        freed = await store.retrying(
             lambda: store.script("RATE_SETTLE")(keys=self._keys, args=[entry, max(0, actual)]),
             limit=store.reconnect_timeout,
         )
-        self.windows.notify(self.name)  # it may have held more than it took: waiters here look again now
+        self.windows.wakeups(self.name).signal(int(freed))  # held more than it took: waiters it fits look now
 
 
 class RedisWindows:
@@ -75,21 +79,13 @@ class RedisWindows:
 
     def __init__(self, store: RedisConnection) -> None:
         self.store = store
-        self._settled: dict[str, asyncio.Event] = {}
+        self._wakeups: dict[str, Wakeups] = {}
 
     def window(self, name: str, limit: int) -> RedisWindow:
         return RedisWindow(self.store, name, limit, self)
 
-    async def freed(self, name: str, seconds: float) -> None:
-        """Wait `seconds`, or less when a call of this process settles in window `name`."""
-        event = self._settled.setdefault(name, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-
-    def notify(self, name: str) -> None:
-        """A call settled in window `name`: wake this process's waiters on it."""
-        event = self._settled.pop(name, None)
-        if event is not None:
-            event.set()
+    def wakeups(self, name: str) -> Wakeups:
+        """The waiters of this process on window `name`, woken when a call of this process settles in it for less
+        than it held, once the room freed covers what they lack (on any event loop: the windows may outlive one
+        `asyncio.run`)."""
+        return self._wakeups.setdefault(name, Wakeups())

@@ -350,27 +350,29 @@ if used + amount <= limit or used <= 0 then
   return {1, entry}
 end
 local excess = used + amount - limit
+local need = math.min(excess, used)
 local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #members, 2 do
   excess = excess - tonumber(redis.call('HGET', KEYS[2], members[i]) or '0')
-  if excess <= 0 then return {0, tonumber(members[i + 1]) + 60000 - now} end
+  if excess <= 0 then return {0, tonumber(members[i + 1]) + 60000 - now, need} end
 end
-return {0, 60000}
+return {0, 60000, need}
 """
 )
 """Take `amount` from a sliding-minute window when it fits (or the window is empty): {1, entry id}; else
-{0, milliseconds until it would fit}; {-1, limit} when the window has another limit (a worker configured
-otherwise: refused, not mixed). By the server's clock, so every worker process agrees."""
+{0, milliseconds until it would fit, the room it lacks}; {-1, limit} when the window has another limit (a worker
+configured otherwise: refused, not mixed). By the server's clock, so every worker process agrees."""
 
 RATE_SETTLE = (
     _NOW
     + """
 -- KEYS: window zset, amounts hash; ARGV: entry, actual amount
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[1], now, ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-end
-return 1
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+if not held then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return math.max(0, tonumber(held) - tonumber(ARGV[2]))
 """
 )
-"""Replace a window entry's amount with the real one, at the server's current time."""
+"""Replace a window entry's amount with the real one, at the server's current time; returns the room it freed
+(what it held beyond the real amount; 0 when it expired meanwhile)."""
