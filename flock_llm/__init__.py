@@ -3,7 +3,7 @@
 from flock_llm import BatchSpec, Flock, flock_type   # BatchSpec and JoinSpec also in flock_llm.subscription
 """
 
-from ._runtime.runner import FinishedRun
+from ._runtime.work import FinishedRun
 from .agent import Agent
 from .artifact import Artifact, FailureRecord
 from .errors import (

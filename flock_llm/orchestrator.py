@@ -14,8 +14,8 @@ from ._numbers import optional_number
 from ._runtime.batching import BatchEngine
 from ._runtime.core import Runtime
 from ._runtime.intake import LocalIntake
-from ._runtime.runner import FinishedRun
 from ._runtime.timers import Clock, LoopClock
+from ._runtime.work import FinishedRun
 from .agent import Agent
 from .artifact import Artifact, new_artifact_id
 from .engines import CostLedger

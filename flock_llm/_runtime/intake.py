@@ -22,8 +22,8 @@ from .batching import BatchEngine, BatchKey, Flush, Item
 from .correlation import ExpiredGroup, JoinBuffer
 from .ledger import Receipt
 from .ports import Held, IntakeServices, LocalDurableStore
-from .runner import Work
 from .timers import TimerHandle
+from .work import Work
 
 if TYPE_CHECKING:
     from ..stores.memory import InMemoryStore

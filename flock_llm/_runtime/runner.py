@@ -18,45 +18,31 @@ from typing import Any
 
 from ..agent import Agent
 from ..artifact import Artifact
-from ..engines import CostLedger, Engine, EngineContext, EvalInputs, EvalResult, JobJournal, RateWindows
+from ..engines import (
+    CostLedger,
+    Engine,
+    EngineContext,
+    EvalInputs,
+    EvalResult,
+    JobJournal,
+    RateWindows,
+    Usage,
+    cancelled_usage,
+)
 from ..errors import EngineError, StoreError
 from ..metrics import FlushRecord, MetricsRecorder
 from ..quality.shared import SizeStates
 from ..subscription import Subscription
-from ..tracing import SpanHandle, Tracer
+from ..tracing import Tracer
 from .batching import Flush, Item
 from .ledger import Ledger, Receipt
 from .outcomes import Outcomes
 from .slots import Slots
+from .work import FinishedRun, Work
 
 __all__ = ["FinishedRun", "Runner", "Slots", "Work"]
 
 log = logging.getLogger("flock_llm")
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedRun:
-    """One finished agent run, reported to `Flock.on_finished_run` listeners once it is committed."""
-
-    agent: str
-    """The agent that ran."""
-    inputs: tuple[Artifact, ...]
-    """The artifacts the run consumed."""
-    published: tuple[Artifact, ...]
-    """What it published: outputs and failure records (in memory, also a cancelled run's failure record)."""
-
-
-@dataclass(slots=True)
-class Work:
-    """One run to do: an unbatched item, or a flushed batch."""
-
-    agent: Agent
-    subscription: Subscription
-    items: tuple[Item, ...]
-    flush: Flush | None
-    span: SpanHandle | None = None
-    receipt: Receipt | None = None
-    """For a shared store: the delivery the run finishes."""
 
 
 @dataclass(slots=True)
@@ -292,10 +278,11 @@ class Runner:
             return self._cancelled(agent, sub, inputs, flush, receipt)
         try:
             engine = self.engine_for(agent)
-            if flush is not None:
-                result = await engine.evaluate_batch(ctx, inputs)
-            else:
-                result = await engine.evaluate(ctx, inputs)
+            with cancelled_usage() as sent:  # what a run cancelled by shutdown had sent: counted in _cancelled
+                if flush is not None:
+                    result = await engine.evaluate_batch(ctx, inputs)
+                else:
+                    result = await engine.evaluate(ctx, inputs)
             if not isinstance(result, EvalResult):
                 raise EngineError(f"{type(engine).__name__} returned {type(result).__name__}, expected an EvalResult")
         except asyncio.CancelledError:
@@ -304,7 +291,7 @@ class Runner:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # cancelled by shutdown's timeout: the run ends here, accounted for
-            return self._cancelled(agent, sub, inputs, flush, receipt)
+            return self._cancelled(agent, sub, inputs, flush, receipt, sent)
         except Exception as exc:  # noqa: BLE001 - engine code: any error is possible; the inputs become a failure record
             self.metrics.counters.engine_errors += 1
             log.warning(
@@ -334,11 +321,20 @@ class Runner:
         return {"outcome": "budget", "outputs": 0, "failures": 0}
 
     def _cancelled(
-        self, agent: Agent, sub: Subscription, inputs: EvalInputs, flush: Flush | None, receipt: Receipt | None
+        self,
+        agent: Agent,
+        sub: Subscription,
+        inputs: EvalInputs,
+        flush: Flush | None,
+        receipt: Receipt | None,
+        sent: Usage | None = None,
     ) -> dict[str, Any]:
         """A run stopped by shutdown's timeout: with a store that keeps deliveries, its inputs stay pending (the
-        next start, or another worker, runs them); in memory they become a failure record (stage "cancelled")."""
+        next start, or another worker, runs them); in memory they become a failure record (stage "cancelled").
+        What its engine had `sent` (calls that went out, prompts read) is counted in the agent's usage."""
         self.metrics.counters.cancelled_runs += 1
+        if sent is not None and (sent.llm_calls or sent.prompt_tokens):
+            self.metrics.record_usage(agent.name, sent.as_dict())
         log.warning("agent %r: run of %d inputs cancelled at shutdown", agent.name, len(inputs.artifacts))
         if self.ledger.durable:
             return {"outcome": "cancelled", "outputs": 0, "failures": 0}

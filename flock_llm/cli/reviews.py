@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .._runtime.runner import FinishedRun
+from .._runtime.work import FinishedRun
 from ..artifact import Artifact
 from ..engines import OFFLINE_MODEL, Engine, EngineContext, EvalInputs, EvalResult, resolve_model
 from ..engines.llm import BreakerPolicy, DeferredPolicy, LLMEngine

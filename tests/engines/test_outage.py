@@ -229,7 +229,9 @@ async def test_one_ctrl_c_after_the_input_was_read_cancels_a_hung_request_within
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flock_llm.cli.reviews import Review, run_reviews
+    from flock_llm.engines import load_litellm
 
+    load_litellm()  # seconds when this test runs first in its process: not part of the grace measured below
     async with silent_server() as (api_base, received):
         monkeypatch.setenv("OPENAI_API_BASE", api_base)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-local-test")
@@ -261,6 +263,8 @@ async def test_one_ctrl_c_after_the_input_was_read_cancels_a_hung_request_within
     assert elapsed < 2.5, elapsed  # the grace, not the request timeout (3 s) and its retries
     assert len(received) == 1  # cancelled, not retried
     assert summary.interrupted
+    # the request went out and its prompt was read: counted (a run cancelled at shutdown returned no usage)
+    assert summary.llm_calls == 1 and summary.prompt_tokens > 0
     (failure,) = written
     assert failure["type"] == "FailureRecord" and failure["data"]["stage"] == "cancelled"  # type: ignore[index]
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..._runtime.ledger import Receipt
 from ..._runtime.ports import Held, IntakeServices
 from ..._runtime.router import may_see
-from ..._runtime.runner import Work
+from ..._runtime.work import Work
 from ..._vocabulary import FlushReason
 from ...agent import Agent
 from ...artifact import Artifact
