@@ -37,8 +37,10 @@ async def main() -> None:
                 store = SQLiteStore(Path(folder) / f"{ack}-{chunk}-{i}.db", ack=ack)  # type: ignore[arg-type]
                 durable.append(await flock_throughput(n, chunk=chunk, store=store))
                 ratios.append(durable[-1] / memory[-1])
-            print(f"SQLite vs in-memory, {label}: {statistics.median(ratios):.0%} of in-memory throughput "
-                  f"(median of 3 pairs; best {max(durable):,.0f} vs {max(memory):,.0f} artifacts/s)")
+            print(
+                f"SQLite vs in-memory, {label}: {statistics.median(ratios):.0%} of in-memory throughput "
+                f"(median of 3 pairs; best {max(durable):,.0f} vs {max(memory):,.0f} artifacts/s)"
+            )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ class SizeSteering:
         """One change at a time per subscription in this process: the compare-and-set then races only other
         processes (many chunks of one flush audited at once all retried against each other, and past
         SWAP_ATTEMPTS their audits were kept only locally, then overwritten by the next read: lost)."""
-        self._recapped: dict[tuple[str, int], bool] = {}
-        """Subscriptions whose stored state this process adjusted to its settings and wrote back (-> warned): a
-        state read again for other settings after that was written by another worker configured otherwise."""
+        self._adjustments: dict[tuple[str, int], int] = {}
+        """How often this process adjusted a subscription's stored state to its settings and wrote it back: a
+        second time means another worker configured otherwise wrote it since."""
 
     def size_for(self, agent: str, subscription_index: int = 0) -> int | None:
         state = self.states.get((agent, subscription_index))
@@ -71,7 +71,7 @@ class SizeSteering:
             except Exception as exc:  # noqa: BLE001 - a store that is down: steer with this process's state
                 log.warning("agent %r: could not read the batch-size state (%s)", ctx.agent_name, type(exc).__name__)
                 return self.states.get(key) or target.start(max(1, configured or batch)), None
-            quiet = key in self._recapped
+            quiet = self._adjustments.get(key, 0) > 0
             stored = adopt(text, configured, agent=ctx.agent_name, min_size=target.min_size, quiet=quiet)
             if stored is not None:
                 self.states[key] = stored
@@ -92,33 +92,13 @@ class SizeSteering:
         assert ctx.size_states is not None
         try:
             if await ctx.size_states.swap(state_key(*key), text, adjusted):
-                self._other_settings(ctx, key, found, stored)
+                self._adjustments[key] = self._adjustments.get(key, 0) + 1
+                if self._adjustments[key] == 2:
+                    _warn_other_settings(ctx, found, stored)
                 return adjusted
         except Exception as exc:  # noqa: BLE001 - a store that is down: adjusted again at the next read
             log.warning("agent %r: could not store the batch-size state (%s)", ctx.agent_name, type(exc).__name__)
         return text
-
-    def _other_settings(
-        self, ctx: EngineContext, key: tuple[str, int], found: ControllerState, stored: ControllerState
-    ) -> None:
-        """A stored state was adjusted to this worker's settings and written back: the second time, another worker
-        wrote it for other settings since (a rolling deploy, a worker not updated), and the two undo each other at
-        every batch (said once, here, as a warning; the adjustments are then logged at DEBUG)."""
-        if self._recapped.get(key) is False:
-            other, this = (
-                (f"BatchSpec(size={found.max_size})", f"BatchSpec(size={stored.max_size})")
-                if found.max_size != stored.max_size
-                else (f"a smaller min_size (it shrank to {found.size})", f"QualityTarget(min_size={stored.size})")
-            )
-            log.warning(
-                "agent %r: another worker of this store steers its batch size with other settings (%s; this one "
-                "has %s): each rewrites the shared state to its own at every batch and the evidence is lost; give "
-                "every worker the same BatchSpec(size=) and QualityTarget(min_size=)",
-                ctx.agent_name,
-                other,
-                this,
-            )
-        self._recapped[key] = key in self._recapped
 
     def warming(self, target: QualityTarget, ctx: EngineContext) -> bool:
         """Whether the controller still lacks the audits it needs at the current size."""
@@ -193,3 +173,22 @@ class SizeSteering:
             audits=change.audits,
             shared=ctx.size_states is not None,
         )
+
+
+def _warn_other_settings(ctx: EngineContext, found: ControllerState, stored: ControllerState) -> None:
+    """A stored state was adjusted to this worker's settings and written back a second time: another worker wrote
+    it for other settings since (a rolling deploy, a worker not updated), and the two undo each other at every
+    batch (said once, here, as a warning; the adjustments are then logged at DEBUG)."""
+    other, this = (
+        (f"BatchSpec(size={found.max_size})", f"BatchSpec(size={stored.max_size})")
+        if found.max_size != stored.max_size
+        else (f"a smaller min_size (it shrank to {found.size})", f"QualityTarget(min_size={stored.size})")
+    )
+    log.warning(
+        "agent %r: another worker of this store steers its batch size with other settings (%s; this one "
+        "has %s): each rewrites the shared state to its own at every batch and the evidence is lost; give "
+        "every worker the same BatchSpec(size=) and QualityTarget(min_size=)",
+        ctx.agent_name,
+        other,
+        this,
+    )
