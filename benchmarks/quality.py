@@ -408,7 +408,7 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=6000)
     parser.add_argument("--sample", type=int, default=200)
     parser.add_argument(
-        "--rate", type=float, default=1.0, help="audit rate (share of calls) of the adaptive run in (b)"
+        "--rate", type=float, default=0.6, help="audit rate (share of calls) of the adaptive run in (b)"
     )
     parser.add_argument("--only", choices=("a", "b", "bf", "ba", "c", "d"), default="",
                         help="run one part (bf: (b)'s fixed sizes, ba: (b)'s adaptive run)")  # fmt: skip

@@ -81,6 +81,12 @@ class QualityTarget:
     memory: int | None = None
     """About how many recent audits the evidence keeps (older ones decay); default: four times
     `audits_to_hold`. It must exceed `audits_to_hold`, else no evidence could ever hold the target."""
+    second_opinion: bool = True
+    """A call whose audit disagrees has its other items asked again in calls of half its size: their answers
+    replace the call's, the disagreeing audited items get their one-item answers, and how often the two answers
+    agree is evidence about the size (a collapsed size is given up after one call, not several). About one
+    more call of the batch, only after a disagreement (`flock_llm.quality.second_opinion`). False: audits only
+    measure and steer."""
 
     def __post_init__(self) -> None:
         _share("target", self.target)
@@ -93,6 +99,8 @@ class QualityTarget:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"`{name}` must be a positive integer, got {value!r}")
+        if not isinstance(self.second_opinion, bool):
+            raise ConfigurationError(f"`second_opinion` must be True or False, got {self.second_opinion!r}")
         for name, least in (("grow_after", 1), ("probation", 0)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
@@ -229,7 +237,7 @@ class SizeChange:
 
 
 def observe(
-    target: QualityTarget, state: ControllerState, agreed: int, n: int
+    target: QualityTarget, state: ControllerState, agreed: int, n: int, *, second_opinion: bool = False
 ) -> tuple[ControllerState, SizeChange | None]:
     """Add `agreed` of `n` audited items (answered at `state.size`) and decide whether the size changes.
 
@@ -238,6 +246,10 @@ def observe(
         state: the agent's state before.
         agreed: how many of the audited items agreed.
         n: how many items were audited.
+        second_opinion: the `n` comparisons are one call's second opinion (`flock_llm.quality.second_opinion`):
+            they are also judged on their own, since after a drift the older evidence at the same size still
+            agrees: at least `min_disagreements` of them disagreeing with the lower bound of their
+            `shrink_confidence` interval below the target shrinks the size as a failing one.
 
     Returns the new state and the change made (None: the size holds).
     """
@@ -261,40 +273,9 @@ def observe(
         recent=(state.recent + outcomes)[-target.recent :],
     )
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
-    latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
     shown = f"{interval.rate:.1%} [{interval.low:.1%}, {interval.high:.1%}] over {state.n:.0f} audits"
-    new, reason = state.size, ""
-    if state.since_change >= target.min_audits and interval.high < target.target:
-        new, reason = _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
-    elif len(state.recent) >= target.min_audits and latest.high < target.target:
-        new, reason = (
-            _smaller(target, state),
-            (
-                f"agreement in the latest {latest.n:.0f} audits, {latest.rate:.1%} [{latest.low:.1%}, "
-                f"{latest.high:.1%}], is clearly below {target.target:.0%}"
-            ),
-        )
-    elif (
-        state.before_growth is not None
-        and state.since_change <= target.audits_on_probation
-        and state.n - state.agreed >= 0.5  # (decayed counts) a disagreement since the growth
-    ):
-        new, reason = (
-            _smaller(target, state),
-            f"a disagreement in the first {state.since_change} audits after growing from {state.before_growth} "
-            f"(a growth is on probation for {target.audits_on_probation} audits)",
-        )
-    elif (
-        state.n >= target.audits_to_judge
-        and state.n - state.agreed >= target.min_disagreements - 0.5  # decayed counts: about that many
-        and (judged := _low(target, state)) < target.target
-    ):
-        new, reason = (
-            _smaller(target, state, factor=target.trim if _latest_hold(target, state) else None),
-            f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "
-            f"{state.n:.0f} audits, {judged:.1%}, fell below {target.target:.0%}",
-        )
-    elif interval.low >= target.target and state.since_change >= target.audits_to_grow:
+    new, reason = _shrunk(target, state, shown, (agreed, n) if second_opinion else None)
+    if not reason and interval.low >= target.target and state.since_change >= target.audits_to_grow:
         new = min(state.max_size, state.size + max(1, math.floor(state.size * target.grow)))
         reason = f"agreement {shown} holds {target.target:.0%}"
     if new == state.size:
@@ -316,6 +297,48 @@ def observe(
         ),
         change,
     )
+
+
+def _shrunk(
+    target: QualityTarget, state: ControllerState, shown: str, opinion: tuple[int, int] | None
+) -> tuple[int, str]:
+    """The size the evidence shrinks to and why (the same size and "" when it holds); `opinion`: (agreed, n) of a
+    second opinion that brought the latest evidence."""
+    interval = wilson(state.agreed, state.n, confidence=target.confidence)
+    latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
+    if state.since_change >= target.min_audits and interval.high < target.target:
+        return _smaller(target, state), f"agreement {shown} is clearly below {target.target:.0%}"
+    if len(state.recent) >= target.min_audits and latest.high < target.target:
+        return _smaller(target, state), (
+            f"agreement in the latest {latest.n:.0f} audits, {latest.rate:.1%} [{latest.low:.1%}, "
+            f"{latest.high:.1%}], is clearly below {target.target:.0%}"
+        )
+    if opinion is not None and opinion[1] - opinion[0] >= target.min_disagreements:
+        block = wilson(opinion[0], opinion[1], confidence=target.shrink_confidence)
+        if block.low < target.target:  # one call's answers, judged on their own: older evidence still agrees
+            return _smaller(target, state), (
+                f"a second opinion disagreed with {opinion[1] - opinion[0]} of {opinion[1]} answers of one call "
+                f"(agreement {block.rate:.1%}, lower bound {block.low:.1%}, under {target.target:.0%})"
+            )
+    if (
+        state.before_growth is not None
+        and state.since_change <= target.audits_on_probation
+        and state.n - state.agreed >= 0.5  # (decayed counts) a disagreement since the growth
+    ):
+        return _smaller(target, state), (
+            f"a disagreement in the first {state.since_change} audits after growing from {state.before_growth} "
+            f"(a growth is on probation for {target.audits_on_probation} audits)"
+        )
+    if (
+        state.n >= target.audits_to_judge
+        and state.n - state.agreed >= target.min_disagreements - 0.5  # decayed counts: about that many
+        and (judged := _low(target, state)) < target.target
+    ):
+        return _smaller(target, state, factor=target.trim if _latest_hold(target, state) else None), (
+            f"the lower bound ({target.shrink_confidence:.0%} interval) of agreement {interval.rate:.1%} over "
+            f"{state.n:.0f} audits, {judged:.1%}, fell below {target.target:.0%}"
+        )
+    return state.size, ""
 
 
 def _latest_hold(target: QualityTarget, state: ControllerState) -> bool:

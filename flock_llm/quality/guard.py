@@ -21,6 +21,7 @@ from .controller import ControllerState, QualityTarget
 from .facts import ReportFacts
 from .reask import reask_majority
 from .report_check import checked_report, prompt_facts
+from .second_opinion import ask_second_opinion
 from .stats import AgreementTally, position_bucket
 from .steering import SizeEvent, SizeSteering
 
@@ -171,6 +172,24 @@ class QualityGuard:
             await self.steering.steer(target, ctx, len(chunk), sum(c.agreed for c in compared), len(compared), usage)
         result = replace(result, usage=usage)
         disagreeing = [(n, c[1]) for n, c in zip(audited, checks, strict=True) if c is not None and not c[0].agreed]
+        if target is not None and target.second_opinion and disagreeing:
+            references = {n: c[1] for n, c in zip(audited, checks, strict=True) if c is not None}
+            second = await ask_second_opinion(
+                chunk_ctx, chunk, result, references, [n for n, _ in disagreeing], ladder, audit
+            )
+            usage = dict(second.result.usage)
+            if second.compared:
+                await self.steering.steer(
+                    target,
+                    ctx,
+                    len(chunk),
+                    second.agreed,
+                    second.compared,
+                    usage,
+                    other="second_opinion_other_size",
+                    second_opinion=True,
+                )
+            return replace(second.result, usage=usage)
         if audit.reask and disagreeing:
             return await reask_majority(chunk_ctx, chunk, result, disagreeing, ladder, audit)
         return result

@@ -106,16 +106,27 @@ class SizeSteering:
         return state is not None and state.n < 2 * target.audits_to_judge
 
     async def steer(
-        self, target: QualityTarget, ctx: EngineContext, size: int, agreed: int, n: int, usage: dict[str, Any]
+        self,
+        target: QualityTarget,
+        ctx: EngineContext,
+        size: int,
+        agreed: int,
+        n: int,
+        usage: dict[str, Any],
+        *,
+        other: str = "audit_other_size",
+        second_opinion: bool = False,
     ) -> None:
         """Add `agreed` of `n` audits made at `size` and apply the change they call for (stored with a
-        compare-and-set: a newer stored state is read again and the audits added to it)."""
+        compare-and-set: a newer stored state is read again and the audits added to it). Evidence about another
+        size than the current one (a remainder, a size changed meanwhile) is only counted, under `other`;
+        `second_opinion`: the evidence is one call's second opinion (see `observe`)."""
         key = (ctx.agent_name, ctx.subscription_index)
         if size < 2:  # a one-item call compared with a one-item call: it always agrees, and says nothing
-            add_usage(usage, {"audit_other_size": n})
+            add_usage(usage, {other: n})
             return
         async with self._steering.setdefault(key, asyncio.Lock()):
-            await self._steer(target, ctx, key, size, agreed, n, usage)
+            await self._steer(target, ctx, key, size, (agreed, n, second_opinion), usage, other)
 
     async def _steer(
         self,
@@ -123,16 +134,17 @@ class SizeSteering:
         ctx: EngineContext,
         key: tuple[str, int],
         size: int,
-        agreed: int,
-        n: int,
+        evidence: tuple[int, int, bool],
         usage: dict[str, Any],
+        other: str,
     ) -> None:
+        agreed, n, second_opinion = evidence
         for _ in range(SWAP_ATTEMPTS):
             state, text = await self._read(target, ctx, size)
             if size > state.size or size < 0.75 * state.size:  # another size's evidence (a remainder, a change)
-                add_usage(usage, {"audit_other_size": n})
+                add_usage(usage, {other: n})
                 return
-            new, change = observe(target, state, agreed, n)
+            new, change = observe(target, state, agreed, n, second_opinion=second_opinion)
             if ctx.size_states is None or await self._swap(ctx, state_key(*key), text, new):
                 break
         else:

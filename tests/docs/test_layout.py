@@ -39,7 +39,7 @@ def test_every_path_the_layout_names_exists() -> None:
 def test_each_described_package_names_every_module_it_holds() -> None:
     missing = []
     for path, description in _layout():
-        if not path.is_dir() or path.name in ("prompts", "tracing", "testing", "integrations", "quality"):
+        if not path.is_dir() or path.name in ("prompts", "tracing", "testing", "integrations"):
             continue
         if path.name in ("engines",):  # the face: its private parts are the subpackages listed under it
             modules = [p.stem for p in path.glob("*.py") if not p.stem.startswith("_")]
