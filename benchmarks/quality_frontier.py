@@ -93,7 +93,8 @@ def fixed_run(size: int, run: int, costs: Costs) -> tuple[float, float]:
 def controlled_run(target: QualityTarget, audit: Audit, run: int, costs: Costs) -> tuple[float, float]:
     """One run as (b) makes it: flushes of START items, each cut into calls of the effective size (read once per
     flush), audited, and steered call by call; with `target.second_opinion`, a call whose audit disagrees has its
-    other items asked again in halves, whose answers are kept and whose agreement with the call's steers too."""
+    other items asked again in halves, whose answers are kept and whose agreement with the call's is judged on its
+    own (`observe(second_opinion=True)`)."""
     rng, agreed, spent, start = random.Random(f"controlled:{run}"), [], 0.0, 0
     state = target.start(START)
     while start < N:

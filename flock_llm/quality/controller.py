@@ -247,9 +247,11 @@ def observe(
         agreed: how many of the audited items agreed.
         n: how many items were audited.
         second_opinion: the `n` comparisons are one call's second opinion (`flock_llm.quality.second_opinion`):
-            they are also judged on their own, since after a drift the older evidence at the same size still
-            agrees: at least `min_disagreements` of them disagreeing with the lower bound of their
-            `shrink_confidence` interval below the target shrinks the size as a failing one.
+            batched answers against the answers of calls of half the size, not one-item answers. They are judged
+            on their own and not added to the evidence: at least `min_disagreements` of them disagreeing with the
+            lower bound of their `shrink_confidence` interval below the target shrinks the size as a failing one
+            (after a drift the older audits at the same size still agree); fewer change nothing (two answers that
+            may both be a little wrong would otherwise trim a size that holds).
 
     Returns the new state and the change made (None: the size holds).
     """
@@ -259,6 +261,8 @@ def observe(
         raise ConfigurationError(f"need 0 <= agreed <= n, got agreed={agreed!r}, n={n!r}")
     if n == 0:
         return state, None
+    if second_opinion:
+        return _second_look(target, state, agreed, n)
     # each audit keeps 1 - 1/memory of the older evidence: in logs, since past ~1e16 audits of memory that rounds
     # to 1.0 (and the sum of the n new audits' weights, (1 - keep**n) / (1 - keep), divided by zero)
     decay = n * math.log1p(-1 / target.evidence_memory)
@@ -274,36 +278,53 @@ def observe(
     )
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
     shown = f"{interval.rate:.1%} [{interval.low:.1%}, {interval.high:.1%}] over {state.n:.0f} audits"
-    new, reason = _shrunk(target, state, shown, (agreed, n) if second_opinion else None)
+    new, reason = _shrunk(target, state, shown)
     if not reason and interval.low >= target.target and state.since_change >= target.audits_to_grow:
         new = min(state.max_size, state.size + max(1, math.floor(state.size * target.grow)))
         reason = f"agreement {shown} holds {target.target:.0%}"
     if new == state.size:
         return state, None
-    change = SizeChange(state.size, new, reason, interval.low, interval.high, state.n)
-    # the old evidence is about another size: start afresh (audits warm up meanwhile, see Audit.warmup)
-    keep_share = 0.0
+    return _changed(state, SizeChange(state.size, new, reason, interval.low, interval.high, state.n))
+
+
+def _second_look(
+    target: QualityTarget, state: ControllerState, agreed: int, n: int
+) -> tuple[ControllerState, SizeChange | None]:
+    """One call's second opinion, judged on its own (see `observe`)."""
+    block = wilson(agreed, n, confidence=target.shrink_confidence)
+    if n - agreed < target.min_disagreements or block.low >= target.target:
+        return state, None
+    new = _smaller(target, state)
+    if new == state.size:
+        return state, None
+    reason = (
+        f"a second opinion disagreed with {n - agreed} of {n} answers of one call (agreement {block.rate:.1%}, "
+        f"lower bound {block.low:.1%}, under {target.target:.0%})"
+    )
+    return _changed(state, SizeChange(state.size, new, reason, block.low, block.high, float(n)))
+
+
+def _changed(state: ControllerState, change: SizeChange) -> tuple[ControllerState, SizeChange]:
+    """The state after `change`: the old evidence is about another size, so it starts afresh (audits warm up
+    meanwhile, see Audit.warmup)."""
     return (
         replace(
             state,
-            size=new,
-            agreed=state.agreed * keep_share,
-            n=state.n * keep_share,
+            size=change.new,
+            agreed=0.0,
+            n=0.0,
             since_change=0,
             recent="",
             changes=state.changes + 1,
-            before_growth=state.size if new > state.size else None,
-            reason=reason,
+            before_growth=change.old if change.new > change.old else None,
+            reason=change.reason,
         ),
         change,
     )
 
 
-def _shrunk(
-    target: QualityTarget, state: ControllerState, shown: str, opinion: tuple[int, int] | None
-) -> tuple[int, str]:
-    """The size the evidence shrinks to and why (the same size and "" when it holds); `opinion`: (agreed, n) of a
-    second opinion that brought the latest evidence."""
+def _shrunk(target: QualityTarget, state: ControllerState, shown: str) -> tuple[int, str]:
+    """The size the evidence shrinks to and why (the same size and "" when it holds)."""
     interval = wilson(state.agreed, state.n, confidence=target.confidence)
     latest = wilson(state.recent.count("1"), len(state.recent), confidence=target.confidence)
     if state.since_change >= target.min_audits and interval.high < target.target:
@@ -313,13 +334,6 @@ def _shrunk(
             f"agreement in the latest {latest.n:.0f} audits, {latest.rate:.1%} [{latest.low:.1%}, "
             f"{latest.high:.1%}], is clearly below {target.target:.0%}"
         )
-    if opinion is not None and opinion[1] - opinion[0] >= target.min_disagreements:
-        block = wilson(opinion[0], opinion[1], confidence=target.shrink_confidence)
-        if block.low < target.target:  # one call's answers, judged on their own: older evidence still agrees
-            return _smaller(target, state), (
-                f"a second opinion disagreed with {opinion[1] - opinion[0]} of {opinion[1]} answers of one call "
-                f"(agreement {block.rate:.1%}, lower bound {block.low:.1%}, under {target.target:.0%})"
-            )
     if (
         state.before_growth is not None
         and state.since_change <= target.audits_on_probation

@@ -66,7 +66,7 @@ async def test_a_call_whose_audit_disagrees_publishes_its_halves_answers_and_giv
     assert usage["second_opinion_replaced"] == 16 - usage["second_opinion_agreed"] - usage["audit_agreed"]
     assert llm.quality is not None
     (change,) = [event.change for event in llm.quality.events]
-    assert (change.old, change.new) == (16, 8) and "below 95%" in change.reason  # after one call
+    assert (change.old, change.new) == (16, 8) and "second opinion disagreed" in change.reason  # after one call
     counts = await references(flock, "labels")
     assert len(counts) == 16 and set(counts.values()) == {1}  # one answer per item, nothing twice
 
@@ -148,5 +148,6 @@ def test_a_second_opinion_is_judged_on_its_own_when_older_evidence_at_the_size_s
     assert as_audits is None
     _, change = observe(target, held, 17, 19, second_opinion=True)
     assert change is not None and (change.old, change.new) == (20, 10) and "second opinion" in change.reason
-    _, stray = observe(target, held, 18, 19, second_opinion=True)  # one disagreement: a stray error, not a collapse
-    assert stray is None
+    after, stray = observe(target, held, 18, 19, second_opinion=True)  # one disagreement: a stray error
+    assert stray is None and after == held  # and not added to the audits' evidence: two batched answers may
+    # both be a little wrong, and a pair of stray disagreements trimmed sizes that held (benchmarks/quality.py)
