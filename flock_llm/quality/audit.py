@@ -56,7 +56,9 @@ class Audit:
     reask: bool = False
     """Position-bias guard: a batch whose audit disagrees is asked once more in another order (rotated by half,
     so middle items move to the ends), and each disagreeing audited item keeps its majority answer (batched,
-    alone, re-asked; the one-item answer when all three differ). The re-ask is one more counted call."""
+    alone, re-asked; the one-item answer when all three differ). The re-ask is one more counted call. Under a
+    quality target with `second_opinion=True` (its default) the second opinion is asked instead: it re-asks
+    every item of the call, not only the audited ones."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rate, bool) or not isinstance(self.rate, (int, float)) or not 0 < self.rate <= 1:
