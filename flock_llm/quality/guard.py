@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
-    from ..engines import Engine, EngineContext, EvalInputs, EvalResult
+    from ..engines import Engine, EngineContext, EvalInputs, EvalResult, Usage
 
 __all__ = ["DEFAULT_AUDIT", "QualityGuard", "SizeEvent"]
 
@@ -149,6 +149,28 @@ class QualityGuard:
         return replace(merged, usage=usage)
 
     async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
+        """One chunk's call, audits and second opinion. Cancelled (a shutdown's timeout) after some of its runs
+        finished (the batch's call while the audits or the second opinion are in flight), it reports what those
+        runs had spent (`cancelled_run`): a run still in flight reports its own, a finished one only returned it
+        to this chunk, whose result is now never returned, so its calls would not be counted."""
+        from ..engines import Usage, cancelled_run
+
+        spent = Usage()
+
+        async def counted(run_ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+            result = await ladder(run_ctx, inputs)
+            spent.absorb(result.usage)
+            return result
+
+        try:
+            return await self._answer(engine, ctx, chunk, counted, spent)
+        except asyncio.CancelledError:
+            cancelled_run(spent)
+            raise
+
+    async def _answer(
+        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage
+    ) -> EvalResult:
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
             chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
@@ -165,7 +187,7 @@ class QualityGuard:
             return result
         usage = dict(result.usage)
         checks = await asyncio.gather(
-            *(self._audit(engine, audit, chunk_ctx, chunk, n, result, usage) for n in audited)
+            *(self._audit(engine, audit, chunk_ctx, chunk, n, result, usage, spent) for n in audited)
         )
         compared = [c[0] for c in checks if c is not None]
         if target is not None and compared:
@@ -203,6 +225,7 @@ class QualityGuard:
         position: int,
         result: EvalResult,
         usage: dict[str, Any],
+        spent: Usage,
     ) -> tuple[Comparison, BaseModel] | None:
         """Ask the item at `position` alone and compare; (comparison, the one-item answer) or None."""
         from ..engines import EvalInputs
@@ -223,6 +246,7 @@ class QualityGuard:
             )
             add_usage(usage, {"audit_errors": 1})
             return None
+        spent.absorb(alone.usage)
         add_usage(usage, audit_call_usage(alone.usage))
         reference = _output_for(alone, ids) or (alone.outputs[0].obj if len(alone.outputs) == 1 else None)
         if reference is None or type(reference) is not type(batched):
