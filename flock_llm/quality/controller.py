@@ -263,8 +263,12 @@ def observe(
     # to 1.0 (and the sum of the n new audits' weights, (1 - keep**n) / (1 - keep), divided by zero)
     decay = n * math.log1p(-1 / target.evidence_memory)
     weight, added = math.exp(decay), -math.expm1(decay) * target.evidence_memory
-    disagreed = min(n - agreed, target.recent)  # only the latest `recent` outcomes are kept: never build the rest
-    outcomes = "1" * min(agreed, target.recent - disagreed) + "0" * disagreed
+    # only the latest `recent` outcomes are kept: never build the rest. A block of more (a second opinion, many
+    # audits a call) has no order: it keeps its share of disagreements (at least one), not all of them last,
+    # which read 196 of 200 agreeing as "80% in the latest 20 audits" and halved a size that held the target
+    kept = min(n, target.recent)
+    disagreed = n - agreed if n <= target.recent else math.ceil((n - agreed) * kept / n)
+    outcomes = "1" * (kept - disagreed) + "0" * disagreed
     state = replace(
         state,
         n=state.n * weight + added,

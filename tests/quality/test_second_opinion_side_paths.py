@@ -16,7 +16,7 @@ from test_second_opinion import CLIFF, engine
 from flock_llm.artifact import Artifact
 from flock_llm.engines import EngineContext, EvalInputs, EvalResult, ItemFailure, Output
 from flock_llm.errors import BudgetExceededError
-from flock_llm.quality import QualityTarget
+from flock_llm.quality import QualityTarget, observe
 from flock_llm.quality.audit import Audit
 from flock_llm.quality.second_opinion import ask_second_opinion
 from flock_llm.testing import DegradingModel, FakeOpenAIServer
@@ -98,3 +98,24 @@ async def test_a_re_ask_the_budget_stopped_is_counted_as_a_second_opinion_error(
     assert usage["second_opinion_errors"] == 2 and usage["second_opinion_compared"] == 0  # both halves stopped
     assert [o.obj for o in second.result.outputs][1:] == [o.obj for o in batch.outputs][1:]  # the batch's stand
     assert not second.result.failures
+
+
+@pytest.mark.parametrize(("agreed", "n"), [(196, 200), (97, 100), (98, 100)])
+def test_a_large_second_opinion_that_holds_the_target_keeps_the_size(agreed: int, n: int) -> None:
+    # its n outcomes have no order: all its disagreements put last read as "80% in the latest 20 audits"
+    target = QualityTarget(0.95)
+    held = replace(target.start(100), n=60.0, agreed=60.0, since_change=60, recent="1" * 20)
+    for second_opinion in (True, False):
+        state, change = observe(target, held, agreed, n, second_opinion=second_opinion)
+        assert change is None and state.size == 100
+
+
+def test_a_large_second_opinion_below_the_target_still_shrinks_the_size() -> None:
+    target = QualityTarget(0.95)
+    held = replace(target.start(100), n=60.0, agreed=60.0, since_change=60, recent="1" * 20)
+    _, change = observe(target, held, 50, 100, second_opinion=True)  # a collapse
+    assert change is not None and (change.old, change.new) == (100, 50)
+    _, change = observe(target, held, 90, 100, second_opinion=True)  # 90%: judged on its own
+    assert change is not None and change.new < 100
+    state, _ = observe(target, held, 19, 20)  # up to `recent` outcomes: kept exactly, in order
+    assert state.recent == "1" * 19 + "0"
