@@ -130,6 +130,28 @@ class QualityGuard:
     # -- a flushed batch ------------------------------------------------------------------------------------
 
     async def run(self, engine: Engine, ctx: EngineContext, inputs: EvalInputs, ladder: Ladder) -> EvalResult:
+        """Shuffle, chunk, answer, audit and steer a flushed batch. Cancelled (a shutdown's timeout) after some of
+        its runs finished (a chunk's call while its audits or second opinion are in flight, a whole chunk while
+        another is in flight), it reports what those runs had spent (`cancelled_run`): a run still in flight
+        reports its own, a finished one only returned its usage here, and the result is now never returned."""
+        from ..engines import Usage, cancelled_run
+
+        spent = Usage()
+
+        async def counted(run_ctx: EngineContext, part: EvalInputs) -> EvalResult:
+            result = await ladder(run_ctx, part)
+            spent.absorb(result.usage)
+            return result
+
+        try:
+            return await self._run(engine, ctx, inputs, counted, spent)
+        except asyncio.CancelledError:
+            cancelled_run(spent)
+            raise
+
+    async def _run(
+        self, engine: Engine, ctx: EngineContext, inputs: EvalInputs, ladder: Ladder, spent: Usage
+    ) -> EvalResult:
         from ..engines import EvalInputs, EvalResult
 
         items = list(inputs.items)
@@ -139,7 +161,7 @@ class QualityGuard:
         target = self.target_for(ctx)
         size = max(1, len(items)) if target is None else (await self.steering.current(target, ctx, len(items))).size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
-        results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder) for chunk in chunks))
+        results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder, spent) for chunk in chunks))
         usage: dict[str, Any] = {}
         for result in results:
             add_usage(usage, result.usage)
@@ -148,29 +170,10 @@ class QualityGuard:
         merged = EvalResult.merge(results)
         return replace(merged, usage=usage)
 
-    async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
-        """One chunk's call, audits and second opinion. Cancelled (a shutdown's timeout) after some of its runs
-        finished (the batch's call while the audits or the second opinion are in flight), it reports what those
-        runs had spent (`cancelled_run`): a run still in flight reports its own, a finished one only returned it
-        to this chunk, whose result is now never returned, so its calls would not be counted."""
-        from ..engines import Usage, cancelled_run
-
-        spent = Usage()
-
-        async def counted(run_ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
-            result = await ladder(run_ctx, inputs)
-            spent.absorb(result.usage)
-            return result
-
-        try:
-            return await self._answer(engine, ctx, chunk, counted, spent)
-        except asyncio.CancelledError:
-            cancelled_run(spent)
-            raise
-
-    async def _answer(
+    async def _chunk(
         self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage
     ) -> EvalResult:
+        """One chunk's call, audits and second opinion (`spent`: the flush's finished runs, audits added here)."""
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
             chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from flock_llm.engines import EngineContext, EvalInputs, EvalResult, ItemFailure
 from flock_llm.errors import BudgetExceededError
 from flock_llm.quality import QualityTarget, observe
 from flock_llm.quality.audit import Audit
+from flock_llm.quality.controller import ControllerState
 from flock_llm.quality.second_opinion import ask_second_opinion
+from flock_llm.stores.sqlite import SQLiteStore
 from flock_llm.testing import DegradingModel, FakeOpenAIServer
 
 pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
@@ -119,3 +122,22 @@ def test_a_large_second_opinion_below_the_target_still_shrinks_the_size() -> Non
     assert change is not None and change.new < 100
     state, _ = observe(target, held, 19, 20)  # up to `recent` outcomes: kept exactly, in order
     assert state.recent == "1" * 19 + "0"
+
+
+async def test_a_shutdown_that_cancels_one_chunk_counts_the_calls_of_the_chunks_that_finished(tmp_path: Path) -> None:
+    # a stored size of 8 (configured 16): a flush of 16 is two chunks of 8, each a call and 4 audits (warming);
+    # the 10th request hangs: one chunk finished, the other is cancelled by shutdown's timeout
+    store = SQLiteStore(tmp_path / "flock.db")
+    assert await store.size_states().swap("0:labels", None, ControllerState(size=8, max_size=16).to_json())
+    store.close()
+    model = DegradingModel(CLIFF, truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model, stall_after=9, stall_s=60) as fake:
+        llm = engine(fake, audit=Audit(rate=1.0), quality=QualityTarget(0.95))
+        flock = labeller(llm, size=16, store=f"sqlite:///{tmp_path / 'flock.db'}")
+        await flock.publish_many(snippets(16))
+        running = asyncio.create_task(flock.run_until_idle())
+        await until(lambda: fake.requests == 10)
+        await flock.shutdown(timeout=0.2)
+        await running
+        assert llm.effective_batch_size("labels", 0) == 8
+        assert flock.metrics().usage["labels"]["llm_calls"] == fake.requests == 10  # was 5: the finished chunk's lost
