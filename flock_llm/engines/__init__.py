@@ -27,7 +27,7 @@ from ._calls.engine import ModelEngine
 from ._calls.models import OFFLINE_MODEL, load_litellm, resolve_model
 from ._calls.prices import CostLedger, TokenPrices
 from ._calls.rate import RateWindow, RateWindows
-from ._calls.record import CALL_COUNTERS, CallRecord, Usage, cancelled_usage
+from ._calls.record import CALL_COUNTERS, CallRecord, Usage, cancelled_run, cancelled_usage
 from ._calls.retry import RetryPolicy
 from ._calls.settled import Settled
 from ._calls.shell import Ask, CallShell, Resend
@@ -58,6 +58,7 @@ __all__ = [
     "Settled",
     "TokenPrices",
     "Usage",
+    "cancelled_run",
     "cancelled_usage",
     "load_litellm",
     "resolve_model",

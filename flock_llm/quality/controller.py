@@ -249,9 +249,10 @@ def observe(
         second_opinion: the `n` comparisons are one call's second opinion (`flock_llm.quality.second_opinion`):
             batched answers against the answers of calls of half the size, not one-item answers. They are judged
             on their own and not added to the evidence: at least `min_disagreements` of them disagreeing with the
-            lower bound of their `shrink_confidence` interval below the target shrinks the size as a failing one
-            (after a drift the older audits at the same size still agree); fewer change nothing (two answers that
-            may both be a little wrong would otherwise trim a size that holds).
+            lower bound of their `shrink_confidence` interval below the target shrinks the size (halved; trimmed
+            when their own rate holds the target), however well the older audits at the same size agree (after a
+            drift they still do); fewer change nothing (two answers that may both be a little wrong would
+            otherwise trim a size that holds).
 
     Returns the new state and the change made (None: the size holds).
     """
@@ -267,8 +268,12 @@ def observe(
     # to 1.0 (and the sum of the n new audits' weights, (1 - keep**n) / (1 - keep), divided by zero)
     decay = n * math.log1p(-1 / target.evidence_memory)
     weight, added = math.exp(decay), -math.expm1(decay) * target.evidence_memory
-    disagreed = min(n - agreed, target.recent)  # only the latest `recent` outcomes are kept: never build the rest
-    outcomes = "1" * min(agreed, target.recent - disagreed) + "0" * disagreed
+    # only the latest `recent` outcomes are kept: never build the rest. A block of more (a second opinion, many
+    # audits a call) has no order: it keeps its share of disagreements (at least one), not all of them last,
+    # which read 196 of 200 agreeing as "80% in the latest 20 audits" and halved a size that held the target
+    kept = min(n, target.recent)
+    disagreed = n - agreed if n <= target.recent else math.ceil((n - agreed) * kept / n)
+    outcomes = "1" * (kept - disagreed) + "0" * disagreed
     state = replace(
         state,
         n=state.n * weight + added,
@@ -294,7 +299,8 @@ def _second_look(
     block = wilson(agreed, n, confidence=target.shrink_confidence)
     if n - agreed < target.min_disagreements or block.low >= target.target:
         return state, None
-    new = _smaller(target, state)
+    # doubtful (its own rate holds the target, its lower bound does not): trimmed, as the pooled rule does
+    new = _smaller(target, state, factor=target.trim if (block.rate or 0.0) >= target.target else None)
     if new == state.size:
         return state, None
     reason = (

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
-    from ..engines import Engine, EngineContext, EvalInputs, EvalResult
+    from ..engines import Engine, EngineContext, EvalInputs, EvalResult, Usage
 
 __all__ = ["DEFAULT_AUDIT", "QualityGuard", "SizeEvent"]
 
@@ -130,6 +130,28 @@ class QualityGuard:
     # -- a flushed batch ------------------------------------------------------------------------------------
 
     async def run(self, engine: Engine, ctx: EngineContext, inputs: EvalInputs, ladder: Ladder) -> EvalResult:
+        """Shuffle, chunk, answer, audit and steer a flushed batch. Cancelled (a shutdown's timeout) after some of
+        its runs finished (a chunk's call while its audits or second opinion are in flight, a whole chunk while
+        another is in flight), it reports what those runs had spent (`cancelled_run`): a run still in flight
+        reports its own, a finished one only returned its usage here, and the result is now never returned."""
+        from ..engines import Usage, cancelled_run
+
+        spent = Usage()
+
+        async def counted(run_ctx: EngineContext, part: EvalInputs) -> EvalResult:
+            result = await ladder(run_ctx, part)
+            spent.absorb(result.usage)
+            return result
+
+        try:
+            return await self._run(engine, ctx, inputs, counted, spent)
+        except asyncio.CancelledError:
+            cancelled_run(spent)
+            raise
+
+    async def _run(
+        self, engine: Engine, ctx: EngineContext, inputs: EvalInputs, ladder: Ladder, spent: Usage
+    ) -> EvalResult:
         from ..engines import EvalInputs, EvalResult
 
         items = list(inputs.items)
@@ -139,7 +161,7 @@ class QualityGuard:
         target = self.target_for(ctx)
         size = max(1, len(items)) if target is None else (await self.steering.current(target, ctx, len(items))).size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
-        results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder) for chunk in chunks))
+        results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder, spent) for chunk in chunks))
         usage: dict[str, Any] = {}
         for result in results:
             add_usage(usage, result.usage)
@@ -148,7 +170,10 @@ class QualityGuard:
         merged = EvalResult.merge(results)
         return replace(merged, usage=usage)
 
-    async def _chunk(self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder) -> EvalResult:
+    async def _chunk(
+        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage
+    ) -> EvalResult:
+        """One chunk's call, audits and second opinion (`spent`: the flush's finished runs, audits added here)."""
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
             chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
@@ -165,7 +190,7 @@ class QualityGuard:
             return result
         usage = dict(result.usage)
         checks = await asyncio.gather(
-            *(self._audit(engine, audit, chunk_ctx, chunk, n, result, usage) for n in audited)
+            *(self._audit(engine, audit, chunk_ctx, chunk, n, result, usage, spent) for n in audited)
         )
         compared = [c[0] for c in checks if c is not None]
         if target is not None and compared:
@@ -203,6 +228,7 @@ class QualityGuard:
         position: int,
         result: EvalResult,
         usage: dict[str, Any],
+        spent: Usage,
     ) -> tuple[Comparison, BaseModel] | None:
         """Ask the item at `position` alone and compare; (comparison, the one-item answer) or None."""
         from ..engines import EvalInputs
@@ -223,6 +249,7 @@ class QualityGuard:
             )
             add_usage(usage, {"audit_errors": 1})
             return None
+        spent.absorb(alone.usage)
         add_usage(usage, audit_call_usage(alone.usage))
         reference = _output_for(alone, ids) or (alone.outputs[0].obj if len(alone.outputs) == 1 else None)
         if reference is None or type(reference) is not type(batched):

@@ -62,28 +62,31 @@ async def ask_second_opinion(
     """Ask the items of `chunk` that were not audited (not in `references`, position -> one-item answer) again in
     calls of half its size, through the engine's `ladder`; replace their answers by the re-asked ones and the
     answers at the `disagreeing` positions by their one-item answers. A re-ask that fails (a provider error, a
-    budget stop) keeps the batch's answers of its items. Counted in usage: `second_opinion_calls` (its calls,
-    tokens and cost are in the totals too), `second_opinion_compared`, `second_opinion_agreed`,
-    `second_opinion_replaced`, `second_opinion_errors`."""
+    budget stop) keeps the batch's answers of its items; an item the batch failed is not asked again (its failure
+    record stands). Counted in usage: `second_opinion_calls` (its calls, tokens and cost are in the totals too),
+    `second_opinion_compared`, `second_opinion_agreed`, `second_opinion_replaced`, `second_opinion_errors` (re-asks
+    that raised or failed some of their items: a budget stop, a provider error)."""
     from ..engines import EvalInputs, Output
 
-    rest = [k for k in range(len(chunk)) if k not in references]
+    outputs: list[Output] = list(result.outputs)
+    at = {o.derived_from: n for n, o in enumerate(outputs) if o.derived_from is not None}
+    # an item the batch failed keeps its failure record: a re-asked answer for it could only be thrown away
+    rest = [k for k in range(len(chunk)) if k not in references and _ids(chunk, k) in at]
     parts = halves(rest, len(chunk))
     answers = await asyncio.gather(
         *(_ask(ctx, EvalInputs(tuple(chunk.items[k] for k in part)), ladder) for part in parts)
     )
     usage = dict(result.usage)
-    outputs: list[Output] = list(result.outputs)
-    at = {o.derived_from: n for n, o in enumerate(outputs) if o.derived_from is not None}
     agreed = compared = replaced = 0
     for part, again in zip(parts, answers, strict=True):
-        if again is None:
+        if again is None or again.failures:  # raised, or recorded failures (a budget stop, a provider error)
             add_usage(usage, {"second_opinion_errors": 1})
+        if again is None:
             continue
         spent = {k: v for k, v in audit_call_usage(again.usage).items() if not k.startswith("audit_")}
         add_usage(usage, {**spent, "second_opinion_calls": spent.get("llm_calls", 0)})
         for position in part:
-            ids = tuple(a.id for a in chunk.items[position])
+            ids = _ids(chunk, position)
             second = next((o.obj for o in again.outputs if o.derived_from == ids), None)
             index = at.get(ids)
             if second is None or index is None or type(second) is not type(outputs[index].obj):
@@ -94,9 +97,8 @@ async def ask_second_opinion(
             agreed, compared, replaced = agreed + same, compared + 1, replaced + (not same)
             outputs[index] = Output(second, ids)
     for position in disagreeing:
-        ids = tuple(a.id for a in chunk.items[position])
-        if (index := at.get(ids)) is not None:
-            outputs[index] = Output(references[position], ids)
+        if (index := at.get(_ids(chunk, position))) is not None:
+            outputs[index] = Output(references[position], _ids(chunk, position))
             replaced += 1
     add_usage(usage, {"second_opinion_compared": compared, "second_opinion_agreed": agreed})
     add_usage(usage, {"second_opinion_replaced": replaced})
@@ -109,6 +111,10 @@ async def ask_second_opinion(
         replaced,
     )
     return SecondOpinion(replace(result, outputs=tuple(outputs), usage=usage), agreed, compared)
+
+
+def _ids(chunk: EvalInputs, position: int) -> tuple[str, ...]:
+    return tuple(a.id for a in chunk.items[position])
 
 
 async def _ask(ctx: EngineContext, part: EvalInputs, ladder: Ladder) -> EvalResult | None:

@@ -151,3 +151,14 @@ def test_a_second_opinion_is_judged_on_its_own_when_older_evidence_at_the_size_s
     after, stray = observe(target, held, 18, 19, second_opinion=True)  # one disagreement: a stray error
     assert stray is None and after == held  # and not added to the audits' evidence: two batched answers may
     # both be a little wrong, and a pair of stray disagreements trimmed sizes that held (benchmarks/quality.py)
+
+
+def test_a_doubtful_second_opinion_trims_the_size_and_a_failing_one_halves_it() -> None:
+    from flock_llm.quality import observe
+
+    target = QualityTarget(0.95, min_audits=5)
+    state = target.start(50)
+    _, doubtful = observe(target, state, 47, 49, second_opinion=True)  # 95.9%: its lower bound is under 95%
+    assert doubtful is not None and (doubtful.old, doubtful.new) == (50, 40)
+    _, failing = observe(target, state, 40, 49, second_opinion=True)
+    assert failing is not None and (failing.old, failing.new) == (50, 25)

@@ -1,0 +1,143 @@
+"""A quality target's second opinion on its side paths: cancelled in flight, re-asks that fail or are stopped by
+the budget, items the batch already failed; every item ends with one output or failure record and every call
+that went out is counted."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import references
+from test_audit_engine import SnippetLabel, labeller, snippets, truth
+from test_second_opinion import CLIFF, engine
+
+from flock_llm.artifact import Artifact
+from flock_llm.engines import EngineContext, EvalInputs, EvalResult, ItemFailure, Output
+from flock_llm.errors import BudgetExceededError
+from flock_llm.quality import QualityTarget, observe
+from flock_llm.quality.audit import Audit
+from flock_llm.quality.controller import ControllerState
+from flock_llm.quality.second_opinion import ask_second_opinion
+from flock_llm.stores.sqlite import SQLiteStore
+from flock_llm.testing import DegradingModel, FakeOpenAIServer
+
+pytestmark = pytest.mark.usefixtures("litellm_clients_closed")
+
+
+async def until(condition: Any) -> None:
+    """Wait (in short event-loop turns, at most ~10 s) until `condition()` holds."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_shutdown_that_cancels_a_second_opinion_counts_the_calls_the_batch_and_its_audits_made() -> None:
+    # the batch's call (1) and its 4 audits answer; the second opinion's 2 calls hang until shutdown's timeout
+    model = DegradingModel(CLIFF, truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model, stall_after=5, stall_s=60) as fake:
+        flock = labeller(engine(fake, audit=Audit(rate=1.0), quality=QualityTarget(0.95, min_audits=8)), size=16)
+        await flock.publish_many(snippets(16))
+        running = asyncio.create_task(flock.run_until_idle())
+        await until(lambda: fake.requests == 7)
+        await flock.shutdown(timeout=0.2)
+        await running
+        usage = flock.metrics().usage["labels"]
+        assert usage["llm_calls"] == fake.requests == 7  # was 2: only the calls still in flight were counted
+        assert usage["prompt_tokens"] >= fake.prompt_tokens_total  # the answered calls and the in-flight prompts
+        counts = await references(flock, "labels")
+        assert len(counts) == 16 and set(counts.values()) == {1}  # each item: one failure record ("cancelled")
+        assert {a.type_name for a in await flock.store.list() if a.produced_by == "labels"} == {"FailureRecord"}
+
+
+def chunk_of(n: int) -> EvalInputs:
+    return EvalInputs.of(*(Artifact(type_name="Snippet", payload=s) for s in snippets(n)))
+
+
+def labelled(items: list[tuple[Artifact, ...]], label: str) -> tuple[Output, ...]:
+    return tuple(
+        Output(SnippetLabel(snippet_id=item[0].payload.snippet_id, label=label), (item[0].id,)) for item in items
+    )  # type: ignore[attr-defined]
+
+
+CTX = EngineContext(agent_name="labels", publishes=(SnippetLabel,), batch_size=6)
+REFERENCE = {0: SnippetLabel(snippet_id="s0", label="negative")}
+
+
+async def test_items_the_batch_already_failed_are_not_asked_again() -> None:
+    chunk = chunk_of(6)
+    failure = ItemFailure(("x",), "ModelOutputError", "no answer for this item")
+    failure = replace(failure, artifact_ids=(chunk.items[5][0].id,))
+    batch = EvalResult(labelled(list(chunk.items[:5]), "neutral"), (failure,), {"llm_calls": 1})
+    asked: list[str] = []
+
+    async def ladder(ctx: EngineContext, part: EvalInputs) -> EvalResult:
+        asked.extend(item[0].id for item in part.items)
+        return EvalResult(labelled(list(part.items), "positive"), usage={"llm_calls": 1})
+
+    second = await ask_second_opinion(CTX, chunk, batch, REFERENCE, [0], ladder, Audit())
+    assert chunk.items[5][0].id not in asked  # its answer could only be thrown away: the failure record stands
+    assert asked == [item[0].id for item in chunk.items[1:5]]
+    assert second.result.failures == (failure,) and len(second.result.outputs) == 5
+    assert second.compared == 4
+
+
+async def test_a_re_ask_the_budget_stopped_is_counted_as_a_second_opinion_error() -> None:
+    chunk = chunk_of(6)
+    batch = EvalResult(labelled(list(chunk.items), "neutral"), usage={"llm_calls": 1})
+
+    async def ladder(ctx: EngineContext, part: EvalInputs) -> EvalResult:  # the ladder records it, never raises
+        stopped = BudgetExceededError("the budget of 0.01 USD leaves no room for this call")
+        return EvalResult(
+            failures=tuple(ItemFailure.from_exception(stopped, [i[0].id], stage="budget") for i in part.items)
+        )
+
+    second = await ask_second_opinion(CTX, chunk, batch, REFERENCE, [0], ladder, Audit())
+    usage = second.result.usage
+    assert usage["second_opinion_errors"] == 2 and usage["second_opinion_compared"] == 0  # both halves stopped
+    assert [o.obj for o in second.result.outputs][1:] == [o.obj for o in batch.outputs][1:]  # the batch's stand
+    assert not second.result.failures
+
+
+@pytest.mark.parametrize(("agreed", "n"), [(196, 200), (97, 100), (98, 100)])
+def test_a_large_second_opinion_that_holds_the_target_keeps_the_size(agreed: int, n: int) -> None:
+    # its n outcomes have no order: all its disagreements put last read as "80% in the latest 20 audits"
+    target = QualityTarget(0.95)
+    held = replace(target.start(100), n=60.0, agreed=60.0, since_change=60, recent="1" * 20)
+    for second_opinion in (True, False):
+        state, change = observe(target, held, agreed, n, second_opinion=second_opinion)
+        assert change is None and state.size == 100
+
+
+def test_a_large_second_opinion_below_the_target_still_shrinks_the_size() -> None:
+    target = QualityTarget(0.95)
+    held = replace(target.start(100), n=60.0, agreed=60.0, since_change=60, recent="1" * 20)
+    _, change = observe(target, held, 50, 100, second_opinion=True)  # a collapse
+    assert change is not None and (change.old, change.new) == (100, 50)
+    _, change = observe(target, held, 90, 100, second_opinion=True)  # 90%: judged on its own
+    assert change is not None and change.new < 100
+    state, _ = observe(target, held, 19, 20)  # up to `recent` outcomes: kept exactly, in order
+    assert state.recent == "1" * 19 + "0"
+
+
+async def test_a_shutdown_that_cancels_one_chunk_counts_the_calls_of_the_chunks_that_finished(tmp_path: Path) -> None:
+    # a stored size of 8 (configured 16): a flush of 16 is two chunks of 8, each a call and 4 audits (warming);
+    # the 10th request hangs: one chunk finished, the other is cancelled by shutdown's timeout
+    store = SQLiteStore(tmp_path / "flock.db")
+    assert await store.size_states().swap("0:labels", None, ControllerState(size=8, max_size=16).to_json())
+    store.close()
+    model = DegradingModel(CLIFF, truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model, stall_after=9, stall_s=60) as fake:
+        llm = engine(fake, audit=Audit(rate=1.0), quality=QualityTarget(0.95))
+        flock = labeller(llm, size=16, store=f"sqlite:///{tmp_path / 'flock.db'}")
+        await flock.publish_many(snippets(16))
+        running = asyncio.create_task(flock.run_until_idle())
+        await until(lambda: fake.requests == 10)
+        await flock.shutdown(timeout=0.2)
+        await running
+        assert llm.effective_batch_size("labels", 0) == 8
+        assert flock.metrics().usage["labels"]["llm_calls"] == fake.requests == 10  # was 5: the finished chunk's lost
