@@ -37,7 +37,7 @@ async def reask_majority(
 ) -> EvalResult:
     """Ask `chunk` again in a rotated order; an audited item whose batched answer the re-asked one does not
     confirm gets its one-item answer (2 of 3 votes, or the reference when all three differ). Counted in usage:
-    `reask_calls`, `reask_tokens` (also in the totals) and `reask_replaced`."""
+    `reask_calls` and `reask_replaced` (its calls, tokens and cost are in the totals)."""
     from ..engines import EvalInputs, Output
 
     order = rotated(len(chunk))
