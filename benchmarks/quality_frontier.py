@@ -94,12 +94,13 @@ def controlled_run(target: QualityTarget, audit: Audit, run: int, costs: Costs) 
     """One run as (b) makes it: flushes of START items, each cut into calls of the effective size (read once per
     flush), audited, and steered call by call; with `target.second_opinion`, a call whose audit disagrees has its
     other items asked again in halves, whose answers are kept and whose agreement with the call's is judged on its
-    own (`observe(second_opinion=True)`)."""
+    own (`observe(second_opinion=True)`); so has the first call at the configured size."""
     rng, agreed, spent, start = random.Random(f"controlled:{run}"), [], 0.0, 0
     state = target.start(START)
     while start < N:
         flush, size = chunk(start, START), state.size
         warming = state.n < 2 * target.audits_to_judge  # as SizeSteering.warming
+        unmeasured = state.n == 0 and state.changes == 0 and state.size == state.max_size  # as QualityGuard.run
         calls = []
         for first in range(start, start + flush, size):
             n = min(size, start + flush - first)
@@ -107,9 +108,9 @@ def controlled_run(target: QualityTarget, audit: Audit, run: int, costs: Costs) 
             audited = audited_positions(audit, [[f"{run}:{first + k}"] for k in range(n)], warming=warming)
             spent += costs.call(n) + costs.call(1) * len(audited)
             calls.append((first, got, audited))
-        for first, got, audited in calls:
+        for number, (first, got, audited) in enumerate(calls):
             state = steered(target, state, len(got), sum(got[p] for p in audited), len(audited))
-            if target.second_opinion and not all(got[p] for p in audited):
+            if target.second_opinion and (not all(got[p] for p in audited) or (unmeasured and not number)):
                 rest = [k for k in range(len(got)) if k not in audited]
                 again = [answers(rng, curve_at(first), len(part), costs.seen) for part in halves(rest, len(got))]
                 spent += sum(costs.call(len(part)) for part in again)

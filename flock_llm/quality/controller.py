@@ -85,8 +85,8 @@ class QualityTarget:
     """A call whose audit disagrees has its other items asked again in calls of half its size: their answers
     replace the call's, the disagreeing audited items get their one-item answers, and how often the two answers
     agree is evidence about the size (a collapsed size is given up after one call, not several). About one
-    more call of the batch, only after a disagreement (`flock_llm.quality.second_opinion`). False: audits only
-    measure and steer."""
+    more call of the batch, only after a disagreement, and on the first call at the configured size (a guess
+    until measured) (`flock_llm.quality.second_opinion`). False: audits only measure and steer."""
 
     def __post_init__(self) -> None:
         _share("target", self.target)

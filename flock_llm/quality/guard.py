@@ -159,9 +159,17 @@ class QualityGuard:
             order = shuffled_order(self.shuffle.seed, ["|".join(a.id for a in item) for item in items])
             items = [items[n] for n in order]
         target = self.target_for(ctx)
-        size = max(1, len(items)) if target is None else (await self.steering.current(target, ctx, len(items))).size
+        state = None if target is None else await self.steering.current(target, ctx, len(items))
+        size = max(1, len(items)) if state is None else state.size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
-        results = await asyncio.gather(*(self._chunk(engine, ctx, chunk, ladder, spent) for chunk in chunks))
+        # the configured size is a guess until measured: the first call at it gets a second opinion in any case
+        unmeasured = state is not None and state.n == 0 and state.changes == 0 and state.size == state.max_size
+        results = await asyncio.gather(
+            *(
+                self._chunk(engine, ctx, chunk, ladder, spent, first=unmeasured and not k)
+                for k, chunk in enumerate(chunks)
+            )
+        )
         usage: dict[str, Any] = {}
         for result in results:
             add_usage(usage, result.usage)
@@ -171,9 +179,10 @@ class QualityGuard:
         return replace(merged, usage=usage)
 
     async def _chunk(
-        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage
+        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage, *, first: bool
     ) -> EvalResult:
-        """One chunk's call, audits and second opinion (`spent`: the flush's finished runs, audits added here)."""
+        """One chunk's call, audits and second opinion (`spent`: the flush's finished runs, audits added here;
+        `first`: the first call at a size nothing has measured yet, which gets a second opinion in any case)."""
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
             chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
@@ -186,7 +195,8 @@ class QualityGuard:
             return replace(result, usage={**result.usage, "audit_skipped_chunks": 1})
         warming = target is not None and self.steering.warming(target, ctx)
         audited = audited_positions(audit, [[a.id for a in item] for item in chunk.items], warming=warming)
-        if not audited:
+        first = first and target is not None and target.second_opinion and len(chunk) > 1
+        if not audited and not first:
             return result
         usage = dict(result.usage)
         checks = await asyncio.gather(
@@ -197,7 +207,7 @@ class QualityGuard:
             await self.steering.steer(target, ctx, len(chunk), sum(c.agreed for c in compared), len(compared), usage)
         result = replace(result, usage=usage)
         disagreeing = [(n, c[1]) for n, c in zip(audited, checks, strict=True) if c is not None and not c[0].agreed]
-        if target is not None and target.second_opinion and disagreeing:
+        if target is not None and target.second_opinion and (disagreeing or first):
             references = {n: c[1] for n, c in zip(audited, checks, strict=True) if c is not None}
             second = await ask_second_opinion(
                 chunk_ctx, chunk, result, references, [n for n, _ in disagreeing], ladder, audit

@@ -83,12 +83,34 @@ async def test_without_a_second_opinion_the_calls_answers_stand_and_one_call_cha
     assert llm.quality is not None and not llm.quality.events
 
 
-async def test_agreeing_audits_ask_no_second_opinion(cliff: FakeOpenAIServer) -> None:
+async def test_agreeing_audits_ask_no_second_opinion_after_the_first_call_at_the_configured_size(
+    cliff: FakeOpenAIServer,
+) -> None:
+    # the configured size is a guess until measured: its first call gets a second opinion whatever its audits say
     llm = engine(cliff, audit=Audit(rate=1.0), quality=QualityTarget(0.95))
     flock = labeller(llm, size=8)  # at the safe size every audit agrees
+    items = snippets(24)
+    await flock.publish_many(items[:8])  # (flushes running at once would each be a first call)
+    await flock.run_until_idle()
+    await run(flock, items[8:])
+    usage = flock.metrics().usage["labels"]
+    assert usage["audit_agreed"] == usage["audit_compared"] == 12  # 4 a call while warming up
+    assert usage["second_opinion_calls"] == 1 and usage["second_opinion_compared"] == 8 - 4  # the first call only
+    assert usage["second_opinion_agreed"] == usage["second_opinion_compared"]
+    assert usage["llm_calls"] == 3 + 12 + 1 == cliff.requests
+    assert llm.quality is not None and not llm.quality.events  # a size that holds stays
+
+
+async def test_the_first_call_at_a_collapsed_configured_size_is_given_up_even_when_its_audit_agrees(
+    cliff: FakeOpenAIServer,
+) -> None:
+    llm = engine(cliff, audit=Audit(rate=1.0, per_call=1, warmup=1.0), quality=QualityTarget(0.95))
+    flock = labeller(llm, size=16)
     await run(flock, snippets(16))
     usage = flock.metrics().usage["labels"]
-    assert usage["audit_agreed"] == usage["audit_compared"] > 0 and "second_opinion_calls" not in usage
+    assert usage["second_opinion_calls"] == 2 and usage["second_opinion_compared"] == 15
+    assert llm.quality is not None and [(e.change.old, e.change.new) for e in llm.quality.events] == [(16, 8)]
+    assert await wrong_answers(flock) <= 16 - usage["second_opinion_compared"]  # only an audited item may be wrong
 
 
 def test_second_opinion_is_checked() -> None:
