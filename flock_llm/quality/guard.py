@@ -67,6 +67,8 @@ class QualityGuard:
         """Every audited comparison of this engine."""
         self.steering = SizeSteering()
         """The batch-size controller's state per (agent, subscription), kept in the run's store when it has one."""
+        self._first_opinions: set[tuple[str, int, int]] = set()
+        """(agent, subscription, configured size) whose first call at that size got its second opinion here."""
 
     @property
     def states(self) -> dict[tuple[str, int], ControllerState]:
@@ -162,11 +164,11 @@ class QualityGuard:
         state = None if target is None else await self.steering.current(target, ctx, len(items))
         size = max(1, len(items)) if state is None else state.size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
-        # the configured size is a guess until measured: the first call at it gets a second opinion in any case
-        unmeasured = state is not None and state.n == 0 and state.changes == 0 and state.size == state.max_size
         results = await asyncio.gather(
             *(
-                self._chunk(engine, ctx, chunk, ladder, spent, first=unmeasured and not k)
+                self._chunk(
+                    engine, ctx, chunk, ladder, spent, first=self._unmeasured(ctx, state, chunk) if not k else 0
+                )
                 for k, chunk in enumerate(chunks)
             )
         )
@@ -178,11 +180,29 @@ class QualityGuard:
         merged = EvalResult.merge(results)
         return replace(merged, usage=usage)
 
+    def _unmeasured(self, ctx: EngineContext, state: ControllerState | None, chunk: EvalInputs) -> int:
+        """The configured size when `chunk` is the first call at it, a guess until measured (it gets a second
+        opinion in any case), else 0: a state with no audits and no change yet, a call its audits would measure (not a
+        remainder far under the size: a trickle flushed by its timeout is never measured by its own calls), and
+        no first-call second opinion asked at this size in this process yet (audits that never come in: a tiny
+        rate, audits that fail, would otherwise make every call "the first")."""
+        if state is None:
+            return 0
+        first = (
+            state.n == 0
+            and state.changes == 0
+            and state.size == state.max_size
+            and len(chunk) >= 0.75 * state.size  # as `SizeSteering.steer` counts evidence at a size
+            and (ctx.agent_name, ctx.subscription_index, state.max_size) not in self._first_opinions
+        )
+        return state.max_size if first else 0
+
     async def _chunk(
-        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage, *, first: bool
+        self, engine: Engine, ctx: EngineContext, chunk: EvalInputs, ladder: Ladder, spent: Usage, *, first: int
     ) -> EvalResult:
         """One chunk's call, audits and second opinion (`spent`: the flush's finished runs, audits added here;
-        `first`: the first call at a size nothing has measured yet, which gets a second opinion in any case)."""
+        `first`: the configured size when this is the first call at it, which nothing has measured yet: it gets a
+        second opinion in any case; else 0)."""
         chunk_ctx = replace(ctx, batch_size=len(chunk)) if len(chunk) != ctx.batch_size else ctx
         if self.facts is not None and not getattr(engine, "per_item", False):  # computed facts go in the prompt
             chunk_ctx = replace(chunk_ctx, facts=prompt_facts(chunk, self.facts))
@@ -195,7 +215,10 @@ class QualityGuard:
             return replace(result, usage={**result.usage, "audit_skipped_chunks": 1})
         warming = target is not None and self.steering.warming(target, ctx)
         audited = audited_positions(audit, [[a.id for a in item] for item in chunk.items], warming=warming)
-        first = first and target is not None and target.second_opinion and len(chunk) > 1
+        if first and target is not None and target.second_opinion and len(chunk) > 1:
+            self._first_opinions.add((ctx.agent_name, ctx.subscription_index, first))  # one per size and process
+        else:
+            first = 0
         if not audited and not first:
             return result
         usage = dict(result.usage)

@@ -141,3 +141,43 @@ async def test_a_shutdown_that_cancels_one_chunk_counts_the_calls_of_the_chunks_
         await running
         assert llm.effective_batch_size("labels", 0) == 8
         assert flock.metrics().usage["labels"]["llm_calls"] == fake.requests == 10  # was 5: the finished chunk's lost
+
+
+async def flushes(flock: Any, items: list[Any], size: int) -> None:
+    """Publish `items` `size` at a time, each lot flushed alone (a partial one as its timeout would)."""
+    for k in range(0, len(items), size):
+        await flock.publish_many(items[k : k + size])
+        await flock.run_until_idle()
+        await flock.flush_batches()
+        await flock.run_until_idle()
+    await flock.shutdown()
+
+
+async def test_only_the_first_call_gets_a_second_opinion_when_no_audit_is_ever_in(tmp_path: Path) -> None:
+    # no audit at all (a tiny rate, no warmup): nothing ever measures the size, and every call at the configured
+    # size was "the first" and paid for a second opinion (about one more call each: twice the cost, forever)
+    model = DegradingModel(CLIFF, truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
+        llm = engine(fake, audit=Audit(rate=1e-9, warmup=1.0), quality=QualityTarget(0.95))
+        flock = labeller(llm, size=8)
+        await flushes(flock, snippets(24), 8)
+        usage = flock.metrics().usage["labels"]
+        assert "audit_compared" not in usage
+        assert usage["second_opinion_calls"] == 2 and usage["second_opinion_compared"] == 8  # the first call only
+        assert usage["llm_calls"] == 3 + 2 == fake.requests
+        counts = await references(flock, "labels")
+        assert len(counts) == 24 and set(counts.values()) == {1}
+
+
+async def test_a_remainder_under_the_configured_size_gets_no_first_call_second_opinion() -> None:
+    # flushes of 5 with a configured 16 (a trickle flushed by its timeout): not the configured size, and their
+    # audits are evidence about another size, so none ever measured it: each one paid for a second opinion
+    model = DegradingModel(CLIFF, truth=truth, seed=3)
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0, degrade=model) as fake:
+        llm = engine(fake, audit=Audit(rate=1.0), quality=QualityTarget(0.95))
+        flock = labeller(llm, size=16)
+        await flushes(flock, snippets(15), 5)
+        usage = flock.metrics().usage["labels"]
+        assert "second_opinion_calls" not in usage
+        assert usage["llm_calls"] == 3 + usage["audit_llm_calls"] == fake.requests
+        assert llm.quality is not None and not llm.quality.events
