@@ -215,8 +215,9 @@ class QualityGuard:
             return replace(result, usage={**result.usage, "audit_skipped_chunks": 1})
         warming = target is not None and self.steering.warming(target, ctx)
         audited = audited_positions(audit, [[a.id for a in item] for item in chunk.items], warming=warming)
-        if first and target is not None and target.second_opinion and len(chunk) > 1:
-            self._first_opinions.add((ctx.agent_name, ctx.subscription_index, first))  # one per size and process
+        if first and target is not None and target.second_opinion and len(chunk) > 1 and result.outputs:
+            # one per size and process (a call that failed every item measured nothing: the next one is the first)
+            self._first_opinions.add((ctx.agent_name, ctx.subscription_index, first))
         else:
             first = 0
         if not audited and not first:

@@ -181,3 +181,36 @@ async def test_a_remainder_under_the_configured_size_gets_no_first_call_second_o
         assert "second_opinion_calls" not in usage
         assert usage["llm_calls"] == 3 + usage["audit_llm_calls"] == fake.requests
         assert llm.quality is not None and not llm.quality.events
+
+
+class OneItemAnswers:
+    """An engine's audit side: a per-item engine whose one-item calls answer "positive"."""
+
+    per_item = True
+
+    async def evaluate(self, ctx: EngineContext, inputs: EvalInputs) -> EvalResult:
+        return EvalResult(labelled(list(inputs.items), "positive"), usage={"llm_calls": 1})
+
+
+async def test_a_first_call_that_failed_every_item_leaves_the_first_call_second_opinion_to_the_next() -> None:
+    # the provider failed the first call's every item: nothing to re-ask, so nothing measured the configured size;
+    # the next call at it, the first one answered, gets the second opinion
+    from flock_llm.quality.guard import QualityGuard
+
+    guard = QualityGuard(Audit(rate=1e-9, warmup=1.0), QualityTarget(0.95), None)
+    ctx = replace(CTX, is_batch=True, configured_size=6)
+    asked: list[int] = []
+
+    async def ladder(run_ctx: EngineContext, part: EvalInputs) -> EvalResult:
+        asked.append(len(part))
+        if len(asked) == 1:
+            down = RuntimeError("provider down")
+            return EvalResult(failures=tuple(ItemFailure.from_exception(down, [i[0].id]) for i in part.items))
+        return EvalResult(labelled(list(part.items), "neutral"), usage={"llm_calls": 1})
+
+    failed = await guard.run(OneItemAnswers(), ctx, chunk_of(6), ladder)  # type: ignore[arg-type]
+    assert len(failed.failures) == 6 and asked == [6]
+    answered = await guard.run(OneItemAnswers(), ctx, chunk_of(6), ladder)  # type: ignore[arg-type]
+    assert asked == [6, 6, 3, 3] and answered.usage["second_opinion_compared"] == 6
+    again = await guard.run(OneItemAnswers(), ctx, chunk_of(6), ladder)  # type: ignore[arg-type]
+    assert asked == [6, 6, 3, 3, 6] and "second_opinion_calls" not in again.usage
