@@ -31,6 +31,7 @@ from flock_llm.quality import QualityTarget, observe
 from flock_llm.quality.audit import Audit, audited_positions
 from flock_llm.quality.controller import ControllerState
 from flock_llm.quality.second_opinion import halves
+from flock_llm.quality.steering import measures
 from flock_llm.testing import Degradation
 
 N, DRIFT_AT, WINDOW, START = 6000, 3000, 100, 50
@@ -130,7 +131,7 @@ def steered(
     target: QualityTarget, state: ControllerState, size: int, agreed: int, n: int, *, second_opinion: bool = False
 ) -> ControllerState:
     """`observe` as SizeSteering applies it: only evidence about the current size counts."""
-    if n == 0 or size < 2 or size > state.size or size < 0.75 * state.size:
+    if n == 0 or size < 2 or not measures(size, state):
         return state
     return observe(target, state, agreed, n, second_opinion=second_opinion)[0]
 

@@ -23,7 +23,7 @@ from .reask import reask_majority
 from .report_check import checked_report, prompt_facts
 from .second_opinion import ask_second_opinion
 from .stats import AgreementTally, position_bucket
-from .steering import SizeEvent, SizeSteering
+from .steering import SizeEvent, SizeSteering, measures
 
 if TYPE_CHECKING:
     from collections import deque
@@ -192,7 +192,7 @@ class QualityGuard:
             state.n == 0
             and state.changes == 0
             and state.size == state.max_size
-            and len(chunk) >= 0.75 * state.size  # as `SizeSteering.steer` counts evidence at a size
+            and measures(len(chunk), state)
             and (ctx.agent_name, ctx.subscription_index, state.max_size) not in self._first_opinions
         )
         return state.max_size if first else 0
@@ -245,7 +245,6 @@ class QualityGuard:
                     second.agreed,
                     second.compared,
                     usage,
-                    other="second_opinion_other_size",
                     second_opinion=True,
                 )
             return replace(second.result, usage=usage)

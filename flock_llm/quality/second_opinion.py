@@ -97,8 +97,9 @@ async def ask_second_opinion(
             agreed, compared, replaced = agreed + same, compared + 1, replaced + (not same)
             outputs[index] = Output(second, ids)
     for position in disagreeing:
-        if (index := at.get(_ids(chunk, position))) is not None:
-            outputs[index] = Output(references[position], _ids(chunk, position))
+        ids = _ids(chunk, position)
+        if (index := at.get(ids)) is not None:
+            outputs[index] = Output(references[position], ids)
             replaced += 1
     add_usage(usage, {"second_opinion_compared": compared, "second_opinion_agreed": agreed})
     add_usage(usage, {"second_opinion_replaced": replaced})

@@ -19,12 +19,18 @@ from .shared import adopt, state_key
 if TYPE_CHECKING:
     from ..engines import EngineContext
 
-__all__ = ["SizeEvent", "SizeSteering"]
+__all__ = ["SizeEvent", "SizeSteering", "measures"]
 
 log = logging.getLogger("flock_llm.quality")
 
 SWAP_ATTEMPTS = 64
 """How often a change is retried against newer stored states (other workers') before it is kept locally."""
+
+
+def measures(size: int, state: ControllerState) -> bool:
+    """Whether a call of `size` items is evidence about the state's size: neither larger nor a remainder under
+    three quarters of it (a flushed batch of 50 at size 38 goes out as 38 + 12: the 12 says nothing about 38)."""
+    return 0.75 * state.size <= size <= state.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +120,13 @@ class SizeSteering:
         n: int,
         usage: dict[str, Any],
         *,
-        other: str = "audit_other_size",
         second_opinion: bool = False,
     ) -> None:
         """Add `agreed` of `n` audits made at `size` and apply the change they call for (stored with a
         compare-and-set: a newer stored state is read again and the audits added to it). Evidence about another
-        size than the current one (a remainder, a size changed meanwhile) is only counted, under `other`;
-        `second_opinion`: the evidence is one call's second opinion (see `observe`)."""
+        size than the current one (a remainder, a size changed meanwhile) is only counted (`audit_other_size`, or
+        `second_opinion_other_size`); `second_opinion`: the evidence is one call's second opinion (see `observe`)."""
+        other = "second_opinion_other_size" if second_opinion else "audit_other_size"
         key = (ctx.agent_name, ctx.subscription_index)
         if size < 2:  # a one-item call compared with a one-item call: it always agrees, and says nothing
             add_usage(usage, {other: n})
@@ -141,7 +147,7 @@ class SizeSteering:
         agreed, n, second_opinion = evidence
         for _ in range(SWAP_ATTEMPTS):
             state, text = await self._read(target, ctx, size)
-            if size > state.size or size < 0.75 * state.size:  # another size's evidence (a remainder, a change)
+            if not measures(size, state):  # another size's evidence (a remainder, a change)
                 add_usage(usage, {other: n})
                 return
             new, change = observe(target, state, agreed, n, second_opinion=second_opinion)
