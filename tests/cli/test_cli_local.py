@@ -617,10 +617,10 @@ def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_t
     import sys
     import tempfile
     import threading
-    import time
     import warnings
     from collections.abc import Iterator
 
+    from flock_llm.cli.local import UntilServerExits
     from flock_llm.engines import load_litellm
     from flock_llm.testing import FakeOpenAIServer
     from flock_llm.testing.local_server import LocalModel
@@ -632,21 +632,27 @@ def test_a_request_litellm_drops_when_the_server_dies_leaves_no_warning_on_the_t
     source.write_text("".join(f'{{"id": "R{i}", "rating": 3, "text": "fine"}}\n' for i in range(4)))
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # noqa: S603 - stands in
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    building, built = threading.Event(), list[bool]()
+    building, built, cancelled = threading.Event(), list[bool](), threading.Event()
     complete = litellm.main.completion
+    cancel_all = UntilServerExits._cancel_all
+
+    def cancel_and_tell(self: UntilServerExits) -> None:  # the run's watch saw the death and cancelled its calls
+        cancel_all(self)
+        cancelled.set()
 
     def slow_to_build(*args: Any, **kwargs: Any) -> Any:  # litellm runs it in its executor thread
         first = not building.is_set()
         building.set()
-        deadline = time.monotonic() + 30
-        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.01)  # the server dies while this request is built: the run's watch cancels the call
+        # the server dies while this request is built: held until the run's watch has cancelled the call (not until
+        # the output has a line: another batch that starts after the death fails at once and writes one first)
+        cancelled.wait(30)
         if not first:  # another batch's call, started before the watch saw the death: held back and never sent
             raise ConnectionError("the stand-in server is gone")  # (it went out in ~1 run of 20 in CI)
         built.append(True)  # (not the request itself: kept here, it would never be dropped)
         return complete(*args, **kwargs)
 
     monkeypatch.setattr(litellm.main, "completion", slow_to_build)
+    monkeypatch.setattr(UntilServerExits, "_cancel_all", cancel_and_tell)
     out = tmp_path / "out.jsonl"
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
 
