@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def add_parser(commands: Any) -> None:
         "error (nothing was sent).",
     )
     parser.add_argument("file", type=Path, help="reviews as .jsonl or .csv (id, rating, text, and any gold column)")
-    parser.add_argument("--model", help="litellm model string (default: FLOCK_LLM_MODEL, else the offline model)")
+    parser.add_argument("--model", help="litellm model string, or local[:NAME] for a small model served on this "
+                        "machine for the calibration (default: FLOCK_LLM_MODEL, else the offline model)")  # fmt: skip
     parser.add_argument("--sizes", default="1,5,10,25,50", help="batch sizes to measure (default 1,5,10,25,50)")
     parser.add_argument("--sample", type=int, default=100, help="reviews to sample (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
@@ -66,40 +68,37 @@ def add_parser(commands: Any) -> None:
                         "and cost, without calling a model, and exit")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A calibration's checked arguments: nothing has been started or sent yet."""
+
+    sizes: list[int]
+    field: str
+    timeout: float
+    artifacts: list[Artifact]
+    gold: dict[str, str] | None
+    model: str
+    """The litellm model string the prompts are rendered for (a local model's served name)."""
+    shown: str
+    """The model as the table names it (`local:NAME` for a local one)."""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `flock-llm calibrate`; returns the exit status (0 done; 1 every batched call failed, nothing was
-    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run)."""
-    from ..engines.llm import LLMEngine
+    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run).
 
+    With `--model local[:NAME]` the model is served on this machine for the calibration (started after the
+    arguments are checked, stopped at the end; `--estimate` starts none); if the server exits meanwhile, the calls
+    left fail at once naming how it exited."""
     env = dict(os.environ)
-    field = (args.gold.split(":", 1)[1] if args.gold and ":" in args.gold else "label").strip()
-    try:  # everything a run needs is checked here, before anything is sent
-        sizes = parse_sizes(args.sizes)
-        if args.sample < 1:
-            raise ConfigurationError(f"--sample must be a positive number of reviews, got {args.sample}")
-        if not 0 < args.tolerance < 1:
-            raise ConfigurationError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
-        if args.gold and field not in ReviewLabel.model_fields:
-            raise ConfigurationError(
-                f"--gold {args.gold!r}: the output has no field {field!r}; "
-                f"its fields: {sorted(ReviewLabel.model_fields)}"
-            )
-        if args.report is not None and (problem := output_problem(args.report, args.file)):
-            raise ConfigurationError(problem.replace("--output", "--report"))
-        engine = LLMEngine(per_item=True, timeout=number("--request-timeout", args.request_timeout, unit="seconds"))
-        reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
-        model = resolve_model(None, args.model, env)
-    except (ConfigurationError, OSError) as exc:
+    try:  # everything a run needs is checked here, before anything is started or sent
+        plan = _plan(args, env)
+        if args.estimate:
+            return _estimate(plan, args.model, env, args.json)
+        result = _calibrate(plan, args, env)
+    except (ConfigurationError, OSError) as exc:  # (also: a local model's weights or server that are missing)
         sys.stderr.write(f"flock-llm calibrate: {exc}\n")
         return 2
-    ctx = EngineContext(agent_name=AGENT, description=describe(True), publishes=(ReviewLabel,), model=args.model,
-                        env=env)  # fmt: skip
-    artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
-    if args.estimate:
-        return _estimate(engine, ctx, artifacts, sizes, model, args.json)
-    result = asyncio.run(
-        calibrate(engine, ctx, artifacts, sizes, model=model, tolerance=args.tolerance, gold=gold, gold_field=field)
-    )
     _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))
     batched = [row for row in result.rows if row.size > 1]
     if batched and all(row.failed == row.items for row in batched):
@@ -113,6 +112,62 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(f"flock-llm calibrate: --report {str(args.report)!r} could not be written: {exc}\n")
             return 3
     return 0
+
+
+def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
+    from .local import estimate_settings, local_name
+
+    field = (args.gold.split(":", 1)[1] if args.gold and ":" in args.gold else "label").strip()
+    sizes = parse_sizes(args.sizes)
+    if args.sample < 1:
+        raise ConfigurationError(f"--sample must be a positive number of reviews, got {args.sample}")
+    if not 0 < args.tolerance < 1:
+        raise ConfigurationError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+    if args.gold and field not in ReviewLabel.model_fields:
+        raise ConfigurationError(
+            f"--gold {args.gold!r}: the output has no field {field!r}; its fields: {sorted(ReviewLabel.model_fields)}"
+        )
+    if args.report is not None and (problem := output_problem(args.report, args.file)):
+        raise ConfigurationError(problem.replace("--output", "--report"))
+    timeout = number("--request-timeout", args.request_timeout, unit="seconds")
+    reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
+    artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
+    local = local_name(args.model)
+    if local is None:
+        model = resolve_model(None, args.model, env)
+        return _Plan(sizes, field, timeout, artifacts, gold, model, model)
+    from ..testing.local_server import known_local_model, unknown_local_model
+
+    if not known_local_model(local):
+        raise unknown_local_model(local)
+    return _Plan(sizes, field, timeout, artifacts, gold, estimate_settings(args.model)[0] or "", f"local:{local}")
+
+
+def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Calibration:
+    """Ask the sample at every size (serving a local model for it, when `--model local[:NAME]`)."""
+    from ..engines.llm import LLMEngine
+    from .local import LOCAL_REQUEST_TIMEOUT_S, serve_local, watched
+
+    with serve_local(args.model) as (served, settings, exited):
+        timeout = max(plan.timeout, LOCAL_REQUEST_TIMEOUT_S) if settings else plan.timeout  # minutes on a CPU
+        engine = watched(LLMEngine(per_item=True, timeout=timeout, **settings), exited)
+        return asyncio.run(
+            calibrate(
+                engine,
+                _context(served or plan.model, env),
+                plan.artifacts,
+                plan.sizes,
+                model=plan.shown,
+                tolerance=args.tolerance,
+                gold=plan.gold,
+                gold_field=plan.field,
+            )  # fmt: skip
+        )
+
+
+def _context(model: str | None, env: dict[str, str]) -> EngineContext:
+    return EngineContext(agent_name=AGENT, description=describe(True), publishes=(ReviewLabel,), model=model,
+                         env=env)  # fmt: skip
 
 
 def _sample(path: Path, n: int, seed: int, gold: str | None) -> tuple[list[Review], dict[str, str] | None]:
@@ -163,24 +218,31 @@ def _json_row(line: str) -> dict[str, Any] | None:
     return row if isinstance(row, dict) else None
 
 
-def _estimate(engine: Any, ctx: EngineContext, artifacts: list[Artifact], sizes: list[int], model: str,
-              as_json: bool) -> int:  # fmt: skip
+def _estimate(plan: _Plan, model_arg: str | None, env: dict[str, str], as_json: bool) -> int:
+    """What the calibration would send and cost, without calling a model (nor starting a local one)."""
+    from ..engines.llm import LLMEngine
+    from .local import estimate_settings
+
+    engine = LLMEngine(per_item=True, timeout=plan.timeout, **estimate_settings(model_arg)[1])
+    ctx, artifacts = _context(plan.model, env), plan.artifacts
     calls = prompt = answer = 0
-    for size in sizes:
+    for size in plan.sizes:
         batch_ctx = EngineContext(**{**_fields(ctx), "is_batch": size > 1, "batch_size": size})
         for k in range(0, len(artifacts), size):
             p, a = engine.estimate_call(batch_ctx, EvalInputs.of(*artifacts[k : k + size]))
             calls, prompt, answer = calls + 1, prompt + p, answer + a
-    prices = engine.costs.prices_for(model, load_litellm())
-    cost = None if prices is None else prices.cost(prompt=prompt, completion=answer)
-    figures = {"model": model, "sample": len(artifacts), "sizes": sizes, "calls": calls, "prompt_tokens": prompt,
-               "completion_tokens": answer, "cost_usd": cost}  # fmt: skip
+    prices = engine.costs.prices_for(plan.model, load_litellm())
+    free = plan.shown != plan.model  # a model served on this machine
+    cost = 0.0 if free else None if prices is None else prices.cost(prompt=prompt, completion=answer)
+    figures = {"model": plan.shown, "sample": len(artifacts), "sizes": plan.sizes, "calls": calls,
+               "prompt_tokens": prompt, "completion_tokens": answer, "cost_usd": cost}  # fmt: skip
     if as_json:
         _say(json.dumps(figures, indent=2))
     else:
         shown = "unknown (no price for the model)" if cost is None else f"${cost:.4f}"
-        _say(f"calibrating {len(artifacts)} reviews at sizes {','.join(map(str, sizes))} with {model} would send "
-              f"{calls} calls, {prompt:,} prompt tokens, ~{answer:,} answer tokens; cost {shown}")  # fmt: skip
+        sizes = ",".join(map(str, plan.sizes))
+        _say(f"calibrating {len(artifacts)} reviews at sizes {sizes} with {plan.shown} would send {calls} calls, "
+             f"{prompt:,} prompt tokens, ~{answer:,} answer tokens; cost {shown}")  # fmt: skip
     return 0
 
 

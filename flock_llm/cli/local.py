@@ -17,9 +17,11 @@ from ..artifact import Artifact
 from ..engines import Engine, EngineContext, EvalInputs, EvalResult, ItemFailure, Usage, cancelled_usage
 from ..errors import ProviderUnavailableError
 
-__all__ = ["LOCAL", "UntilServerExits", "estimate_settings", "serve_local"]
+__all__ = ["LOCAL", "LOCAL_REQUEST_TIMEOUT_S", "UntilServerExits", "estimate_settings", "serve_local", "watched"]
 
 LOCAL = "local"
+LOCAL_REQUEST_TIMEOUT_S = 600.0
+"""The least --request-timeout with --model local (a small model on a CPU: a batched request may take minutes)."""
 WATCH_INTERVAL_S = 0.2
 """How often a call in flight checks that the local server still runs."""
 
@@ -143,3 +145,9 @@ class UntilServerExits(Engine):
         usage.items = usage.failed_items = len(ids)
         failure = ItemFailure.from_exception(error, ids, stage="provider_unavailable")
         return EvalResult(failures=(failure,), usage=usage.as_dict())
+
+
+def watched(engine: Engine, exited: Exited | None) -> Engine:
+    """`engine`, failing its calls at once once the run's local model server has exited (`exited`: the server's
+    check, None when no local server runs: `engine` as it is)."""
+    return engine if exited is None else UntilServerExits(engine, exited)

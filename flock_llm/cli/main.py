@@ -29,8 +29,6 @@ EXIT_FAILURES = 3
 """The run finished, but some reviews ended in failure records (or were not processed before --deadline), or
 the outputs could not all be written."""
 EXIT_INTERRUPTED = 130
-LOCAL_REQUEST_TIMEOUT_S = 600.0
-"""The least --request-timeout with --model local."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -253,7 +251,7 @@ def _start(args: argparse.Namespace, resuming: bool) -> int:
     """Load what the run needs (seconds: a Ctrl-C meanwhile is a plain KeyboardInterrupt, nothing was opened for
     writing yet), then run it."""
     from ..engines import load_litellm
-    from .local import local_name, serve_local
+    from .local import LOCAL_REQUEST_TIMEOUT_S, local_name, serve_local
     from .resume import anything_left, fingerprint
     from .reviews import AGENT
     from .rows import count_rows, iter_reviews

@@ -27,6 +27,7 @@ from ..orchestrator import Flock
 from ..quality.audit import Audit
 from ..stores.memory import InMemoryStore
 from ..subscription import BatchSpec
+from .local import watched
 from .resume import (
     RunSettings,
     accepts,
@@ -120,19 +121,10 @@ def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngin
         .description(describe(per_item))
         .consumes(Review, batch=spec.batch, where=spec.where)
         .publishes(ReviewLabel if per_item else ReviewTrend)
-        .with_engines(_Counting(_watched(engine, spec.server_exited), in_flight))
+        .with_engines(_Counting(watched(engine, spec.server_exited), in_flight))
         .max_concurrency(BATCH_TIER_CONCURRENCY if tier == "batch" else CONCURRENCY)
     )
     return engine
-
-
-def _watched(engine: Engine, server_exited: Callable[[], str | None] | None) -> Engine:
-    """`engine`, failing its calls at once once the run's local model server has exited (see `local.py`)."""
-    if server_exited is None:
-        return engine
-    from .local import UntilServerExits
-
-    return UntilServerExits(engine, server_exited)
 
 
 def _poll_interval(text: str) -> float:

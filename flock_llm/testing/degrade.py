@@ -125,6 +125,12 @@ class DegradingModel:
             for pos, result in enumerate(results):
                 self._item(result, items.get(str(result.get("item_id")), "{}"), curve, len(results), pos)
             return answer
+        if isinstance(answer, dict) and isinstance(answer.get("results"), dict):  # keyed by id (pinned ids)
+            keyed = answer["results"]
+            curve = self._current(len(keyed))
+            for pos, (item_id, output) in enumerate(keyed.items()):
+                self._item({"output": output}, items.get(str(item_id), "{}"), curve, len(keyed), pos)
+            return answer
         if isinstance(answer, dict):
             curve = self._current(1)
             return self._report(answer, items, curve, len(items))

@@ -3,9 +3,11 @@ accuracy, the HTML page and --estimate (which sends nothing)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -114,3 +116,61 @@ def test_bad_arguments_exit_2(
 def test_a_missing_gold_column_is_named(reviews: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["calibrate", str(reviews), "--gold", "truth"]) == 2
     assert "'truth'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_calibrate_serves_a_local_model_for_the_calibration_and_stops_it(
+    server: FakeOpenAIServer,
+    reviews: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`--model local` measures a model served on this machine (here the fake server stands in for llama.cpp's):
+    the server is started once for the calibration and stopped after it, its requests are the table's calls, the
+    table names `local:smollm2`; `--estimate` and an unknown local model start no server. When the server exits
+    during the calibration, the calls left fail at once naming how (exit 1: nothing batched was compared)."""
+    monkeypatch.delenv("OPENAI_API_BASE")
+    events: list[str] = []
+    exit_after: list[int] = []  # the server "exits" once it has answered this many requests
+
+    def exited() -> str | None:
+        done = bool(exit_after) and server.requests >= exit_after[0]
+        return "the local model server exited (killed by signal 9, SIGKILL)" if done else None
+
+    @contextlib.contextmanager
+    def fake_local(name: str) -> Iterator[SimpleNamespace]:
+        events.append(f"start {name}")
+        settings = {"api_base": server.api_base, "api_key": "sk-local-model", "structured_output": "json_object",
+                    "max_concurrent_requests": 1}  # fmt: skip
+        try:
+            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=exited,
+                                  last_log_lines=lambda: "(empty log)")  # fmt: skip
+        finally:
+            events.append("stop")
+
+    monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+    args = ["calibrate", str(reviews), "--model", "local", "--sizes", "4,20", "--sample", "40", "--json"]
+    assert main([*args, "--gold", "gold"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["size"]: row for row in result["sizes"]}
+    assert events == ["start smollm2", "stop"] and result["model"] == "local:smollm2"
+    assert server.requests == sum(row["calls"] for row in rows.values()) == 40 + 10 + 2
+    assert rows[4]["agreement"]["rate"] > rows[20]["agreement"]["rate"] and rows[1]["accuracy"]["n"] == 40
+
+    assert main([*args, "--estimate"]) == 0  # counts the prompts; starts nothing, sends nothing, costs nothing
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["calls"] == 52 and figures["cost_usd"] == 0 and figures["model"] == "local:smollm2"
+    assert main(["calibrate", str(reviews), "--model", "local:nope"]) == 2
+    assert "unknown local model 'nope'" in capsys.readouterr().err
+    assert events == ["start smollm2", "stop"] and server.requests == 52
+
+    exit_after.append(server.requests + 40)  # dies once the one-item answers are in
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "every batched call failed" in captured.err
+    assert "the local model server exited (killed by signal 9, SIGKILL)" in caplog.text  # said once, at once
+    rows = {row["size"]: row for row in json.loads(captured.out)["sizes"]}
+    assert rows[4]["failed"] == rows[20]["failed"] == 40 and rows[4]["calls"] == rows[20]["calls"] == 0
+    assert server.requests == 52 + 40 and events[-2:] == ["start smollm2", "stop"]
