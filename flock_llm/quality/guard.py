@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -164,13 +164,9 @@ class QualityGuard:
         state = None if target is None else await self.steering.current(target, ctx, len(items))
         size = max(1, len(items)) if state is None else state.size
         chunks = [EvalInputs(tuple(items[k : k + size])) for k in range(0, len(items), size)]
-        results = await asyncio.gather(
-            *(
-                self._chunk(
-                    engine, ctx, chunk, ladder, spent, first=self._unmeasured(ctx, state, chunk) if not k else 0
-                )
-                for k, chunk in enumerate(chunks)
-            )
+        results = await _together(
+            self._chunk(engine, ctx, chunk, ladder, spent, first=self._unmeasured(ctx, state, chunk) if not k else 0)
+            for k, chunk in enumerate(chunks)
         )
         usage: dict[str, Any] = {}
         for result in results:
@@ -323,3 +319,17 @@ class QualityGuard:
 
 def _output_for(result: EvalResult, ids: tuple[str, ...]) -> BaseModel | None:
     return next((o.obj for o in result.outputs if o.derived_from == ids), None)
+
+
+async def _together(calls: Iterable[Coroutine[Any, Any, EvalResult]]) -> list[EvalResult]:
+    """Every chunk's result; when one raises (engine code), the others are cancelled and awaited before the error
+    goes on: the runtime records the whole flush as failed, and a chunk left running would spend on calls whose
+    answers nobody publishes."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

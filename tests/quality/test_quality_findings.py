@@ -440,13 +440,13 @@ async def test_failing_audit_calls_keep_the_batch_answers_and_are_counted(degrad
 
 @pytest.mark.usefixtures("offline")
 def test_calibrate_model_that_is_not_a_litellm_string_exits_2(tmp_path: Any) -> None:
-    """`--model local` (which `flock-llm reviews` accepts) or any string without a provider: resolve_model raises
-    ConfigurationError outside run()'s try: a traceback and exit 1. Expected: exit 2 with the message (or `local`
-    supported as in `reviews`)."""
+    """A string without a provider: resolve_model raised ConfigurationError outside run()'s try: a traceback and
+    exit 1. Expected: exit 2 with the message. (`--model local` is now served as in `reviews`:
+    tests/quality/test_calibrate_cli.py.)"""
     from flock_llm.cli.main import main
 
     path = _reviews_file(tmp_path)
-    assert main(["calibrate", str(path), "--model", "local", "--sizes", "1,2", "--sample", "2"]) == 2
+    assert main(["calibrate", str(path), "--model", "mistral-large", "--sizes", "1,2", "--sample", "2"]) == 2
 
 
 @pytest.mark.usefixtures("offline")

@@ -214,3 +214,29 @@ async def test_a_first_call_that_failed_every_item_leaves_the_first_call_second_
     assert asked == [6, 6, 3, 3] and answered.usage["second_opinion_compared"] == 6
     again = await guard.run(OneItemAnswers(), ctx, chunk_of(6), ladder)  # type: ignore[arg-type]
     assert asked == [6, 6, 3, 3, 6] and "second_opinion_calls" not in again.usage
+
+
+async def test_a_chunk_that_raises_cancels_the_flush_s_other_chunks_before_the_error_goes_on() -> None:
+    # a flush cut into chunks (the effective size is under the batch): engine code raising in one chunk fails the
+    # flush, and the chunk still in flight is cancelled, not left spending on a call whose answers nobody publishes
+    from flock_llm.quality.guard import QualityGuard
+
+    guard = QualityGuard(None, QualityTarget(0.95), None)
+    guard.states[(CTX.agent_name, 0)] = ControllerState(size=3, max_size=6, n=40, agreed=40)
+    ctx = replace(CTX, is_batch=True, configured_size=6)
+    started, ended = asyncio.Event(), list[str]()
+
+    async def ladder(run_ctx: EngineContext, part: EvalInputs) -> EvalResult:
+        if not started.is_set():  # the first chunk waits, as a slow call does
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+        await started.wait()
+        raise RuntimeError("engine code failed")
+
+    with pytest.raises(RuntimeError, match="engine code failed"):
+        await asyncio.wait_for(guard.run(OneItemAnswers(), ctx, chunk_of(6), ladder), 10)  # type: ignore[arg-type]
+    assert ended == ["cancelled"]  # before the error reached the runtime (was: still running after it)
