@@ -19,6 +19,7 @@ import random
 import sys
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,18 +152,8 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
     with serve_local(args.model) as (served, settings, exited):
         timeout = max(plan.timeout, LOCAL_REQUEST_TIMEOUT_S) if settings else plan.timeout  # minutes on a CPU
         engine = watched(LLMEngine(per_item=True, timeout=timeout, **settings), exited)
-        return asyncio.run(
-            calibrate(
-                engine,
-                _context(served or plan.model, env),
-                plan.artifacts,
-                plan.sizes,
-                model=plan.shown,
-                tolerance=args.tolerance,
-                gold=plan.gold,
-                gold_field=plan.field,
-            )  # fmt: skip
-        )
+        measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field)
+        return asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
 
 
 def _context(model: str | None, env: dict[str, str]) -> EngineContext:
