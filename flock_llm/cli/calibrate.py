@@ -60,6 +60,10 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument("--gold", metavar="COLUMN[:FIELD]", help="a column of true labels, compared with the "
                         "output field FIELD (default: label)")  # fmt: skip
+    parser.add_argument("--fields", metavar="FIELD[,FIELD]", help="compare only these output fields with the "
+                        "one-item answers (default: every field; e.g. --fields label for a model that rewords its "
+                        "free-text reason at every call)")  # fmt: skip
+    parser.add_argument("--ignore", metavar="FIELD[,FIELD]", help="output fields never compared")
     parser.add_argument("--tolerance", type=float, default=0.05, help="agreement the recommendation may lose "
                         "against one-item answers (default 0.05)")  # fmt: skip
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
@@ -75,6 +79,9 @@ class _Plan:
 
     sizes: list[int]
     field: str
+    compared: list[str] | None
+    """--fields: the output fields compared (None: every field)."""
+    ignored: list[str]
     timeout: float
     artifacts: list[Artifact]
     gold: dict[str, str] | None
@@ -130,18 +137,22 @@ def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
         )
     if args.report is not None and (problem := output_problem(args.report, args.file)):
         raise ConfigurationError(problem.replace("--output", "--report"))
+    compared, ignored = _names("--fields", args.fields), _names("--ignore", args.ignore) or []
+    if compared is not None and not set(compared) - set(ignored):
+        raise ConfigurationError(f"--fields {args.fields!r} less --ignore {args.ignore!r} compares nothing")
     timeout = number("--request-timeout", args.request_timeout, unit="seconds")
     reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
     artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
     local = local_name(args.model)
     if local is None:
         model = resolve_model(None, args.model, env)
-        return _Plan(sizes, field, timeout, artifacts, gold, model, model)
+        return _Plan(sizes, field, compared, ignored, timeout, artifacts, gold, model, model)
     from ..testing.local_server import known_local_model, unknown_local_model
 
     if not known_local_model(local):
         raise unknown_local_model(local)
-    return _Plan(sizes, field, timeout, artifacts, gold, estimate_settings(args.model)[0] or "", f"local:{local}")
+    served = estimate_settings(args.model)[0] or ""
+    return _Plan(sizes, field, compared, ignored, timeout, artifacts, gold, served, f"local:{local}")
 
 
 def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Calibration:
@@ -152,8 +163,23 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
     with serve_local(args.model) as (served, settings, exited):
         timeout = max(plan.timeout, LOCAL_REQUEST_TIMEOUT_S) if settings else plan.timeout  # minutes on a CPU
         engine = watched(LLMEngine(per_item=True, timeout=timeout, **settings), exited)
-        measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field)
+        measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field,
+                          fields=plan.compared, ignore=plan.ignored)  # fmt: skip
         return asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+
+
+def _names(flag: str, text: str | None) -> list[str] | None:
+    """--fields/--ignore "label,reason" -> ["label", "reason"], each a field of the output (None: not given)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ReviewLabel.model_fields]
+    if not names or unknown:
+        raise ConfigurationError(
+            f"{flag} {text!r}: the output has no field(s) {unknown or [text]!r}; its fields: "
+            f"{sorted(ReviewLabel.model_fields)}"
+        )
+    return names
 
 
 def _context(model: str | None, env: dict[str, str]) -> EngineContext:
@@ -277,8 +303,22 @@ def table(result: Calibration) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([
         f"calibration of {result.model} on {result.sample} sampled reviews (per-item labels)", *lines, "",
-        f"recommended batch size: {result.recommended} ({result.reason})",
+        *_field_lines(result), f"recommended batch size: {result.recommended} ({result.reason})",
     ])  # fmt: skip
+
+
+def _field_lines(result: Calibration) -> list[str]:
+    """Agreement of each compared field at each size (which field a size gets wrong), then a blank line; none
+    when one field is compared (the table's agreement is that field's)."""
+    names = sorted({name for row in result.rows for name in row.by_field})
+    if len(names) < 2:
+        return []
+    sizes = "/".join(str(row.size) for row in result.rows)
+    lines = [f"agreement by field at sizes {sizes}:"]
+    for name in names:
+        rates = "/".join(_pct(row.by_field[name].rate) if name in row.by_field else "-" for row in result.rows)
+        lines.append(f"  {name}: {rates}")
+    return [*lines, ""]
 
 
 def page(result: Calibration) -> str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .compare import Tolerance, compare_answers
-from .stats import AgreementTally, Interval, wilson
+from .compare import Tolerance, compare_answers, field_kinds
+from .stats import ALL_FIELDS, AgreementTally, Interval, wilson
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -36,6 +36,8 @@ class SizeRow:
     agreement: Interval = field(default_factory=lambda: wilson(0, 0))
     """Whole answers equal (within tolerance) to the one-item answers."""
     by_position: dict[str, Interval] = field(default_factory=dict)
+    by_field: dict[str, Interval] = field(default_factory=dict)
+    """Agreement of each compared (dotted) field on its own: which field a size gets wrong."""
     accuracy: Interval | None = None
     """Share of answers whose gold field matches the gold column (with --gold)."""
     calls: int = 0
@@ -56,6 +58,7 @@ class SizeRow:
             "items": self.items,
             "agreement": interval(self.agreement),
             "by_position": {k: interval(v) for k, v in self.by_position.items()},
+            "by_field": {k: interval(v) for k, v in self.by_field.items()},
             "accuracy": interval(self.accuracy),
             "calls": self.calls,
             "calls_per_item": self.per_item(self.calls),
@@ -134,14 +137,18 @@ async def calibrate(
     gold: Mapping[str, str] | None = None,
     gold_field: str = "label",
     concurrency: int = 4,
+    fields: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
 ) -> Calibration:
     """Measure `sizes` on `artifacts` (one item each) with `engine` (per-item output). `gold` maps an artifact id
-    to its true value of `gold_field`."""
+    to its true value of `gold_field`; `fields`/`ignore` choose the fields compared (as `Audit`'s: default every
+    field; a model that rewords free text at each call agrees on its labels only with e.g. `fields=["label"]`)."""
     if not 0 < tolerance < 1:
         raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
     bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
     if bad or not sizes:
         raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
+    _check_fields(ctx, fields, ignore)
     from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -168,13 +175,35 @@ async def calibrate(
                 if mine is None or alone is None:
                     continue
                 tally.add(
-                    "calibrate", compare_answers(mine, alone, tolerance=compare), position=position, batch_size=size
+                    "calibrate",
+                    compare_answers(mine, alone, tolerance=compare, fields=fields, ignore=ignore),
+                    position=position,
+                    batch_size=size,
                 )
         row.agreement = tally.overall()
         row.by_position = tally.by("bucket")
+        row.by_field = {name: interval for name, interval in tally.by("field").items() if name != ALL_FIELDS}
         rows.append(row)
     best, why = recommend(rows, tolerance)
     return Calibration(model, len(artifacts), tolerance, rows, best, why)
+
+
+def _check_fields(ctx: EngineContext, fields: Sequence[str] | None, ignore: Sequence[str]) -> None:
+    """`fields` and `ignore` name fields of the output type and leave one to compare: checked before anything is
+    asked (the comparison would raise only once every call was paid for)."""
+    if fields is None and not ignore or not ctx.publishes:
+        return
+    kinds = field_kinds(ctx.publishes[0])
+    named = [*(fields or ()), *ignore]
+    if unknown := [name for name in named if name not in kinds]:
+        raise ConfigurationError(
+            f"{ctx.publishes[0].__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}"
+        )
+    if not set(kinds if fields is None else fields) - set(ignore):
+        raise ConfigurationError(
+            f"no field is left to compare (fields={fields!r}, ignore={list(ignore)!r}): an empty comparison would "
+            "count as agreement"
+        )
 
 
 def _measure(

@@ -174,3 +174,49 @@ def test_calibrate_serves_a_local_model_for_the_calibration_and_stops_it(
     rows = {row["size"]: row for row in json.loads(captured.out)["sizes"]}
     assert rows[4]["failed"] == rows[20]["failed"] == 40 and rows[4]["calls"] == rows[20]["calls"] == 0
     assert server.requests == 52 + 40 and events[-2:] == ["start smollm2", "stop"]
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_fields_choose_what_is_compared_and_each_field_s_agreement_is_shown(
+    server: FakeOpenAIServer, reviews: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real model rewords its free-text reason at every call, so whole answers never agree: `--fields label`
+    measures the labels alone; the table and the JSON show each compared field's agreement per size."""
+    args = ["calibrate", str(reviews), "--model", "openai/gpt-4.1-mini", "--sizes", "20", "--sample", "40"]
+    assert main([*args, "--json"]) == 0
+    every = {row["size"]: row for row in json.loads(capsys.readouterr().out)["sizes"]}
+    assert set(every[20]["by_field"]) == {"label", "reason", "review_id"}
+    low = min(field["rate"] for field in every[20]["by_field"].values())
+    assert every[20]["agreement"]["rate"] <= low < 1.0  # a whole answer agrees when every field does
+    assert main([*args, "--fields", "label", "--json"]) == 0
+    labels = {row["size"]: row for row in json.loads(capsys.readouterr().out)["sizes"]}
+    assert set(labels[20]["by_field"]) == {"label"}
+    assert labels[20]["agreement"]["rate"] == every[20]["by_field"]["label"]["rate"]  # same answers, label only
+    assert main([*args, "--ignore", "reason"]) == 0
+    out = capsys.readouterr().out
+    assert "agreement by field at sizes 1/20:" in out and "  label: 100.0%/" in out and "reason" not in out
+    sent = server.requests
+    for bad in (["--fields", "mood"], ["--fields", "label", "--ignore", "label"], ["--ignore", "label,nope"]):
+        assert main([*args, *bad]) == 2
+        assert "flock-llm calibrate:" in capsys.readouterr().err
+    assert server.requests == sent  # checked before anything was sent
+
+
+async def test_calibrate_checks_its_fields_before_asking_anything() -> None:
+    from flock_llm.artifact import Artifact
+    from flock_llm.cli.review_types import Review, ReviewLabel
+    from flock_llm.engines import EngineContext
+    from flock_llm.errors import ConfigurationError
+    from flock_llm.quality.calibration import calibrate
+
+    class Unreachable:
+        async def evaluate(self, *args: Any) -> Any:
+            raise AssertionError("asked")
+
+        evaluate_batch = evaluate
+
+    ctx = EngineContext(agent_name="a", publishes=(ReviewLabel,))
+    artifacts = [Artifact(type_name="Review", payload=Review(review_id="r", rating=3, text="ok"))]
+    for fields, ignore in ((["mood"], ()), (["label"], ["label"]), (None, ["label", "reason", "review_id"])):
+        with pytest.raises(ConfigurationError, match="mood|no field is left"):
+            await calibrate(Unreachable(), ctx, artifacts, [2], model="m", fields=fields, ignore=ignore)  # type: ignore[arg-type]
