@@ -332,6 +332,7 @@ def page(result: Calibration) -> str:
         f"</style></head><body><h1>{title}</h1><p>{result.sample} sampled reviews, per-item labels; agreement is "
         "with the same model's one-item answers.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        f"<p><strong>Recommended batch size: {result.recommended}</strong> ({html.escape(result.reason)})</p>"
+        + "".join(f"<p>{html.escape(line)}</p>" for line in _field_lines(result) if line)
+        + f"<p><strong>Recommended batch size: {result.recommended}</strong> ({html.escape(result.reason)})</p>"
         "</body></html>"
     )

@@ -81,6 +81,7 @@ def test_calibrate_recommends_the_largest_size_that_agrees(
     assert server.requests == sum(row["calls"] for row in rows.values())
     page = report.read_text(encoding="utf-8")
     assert "Recommended batch size" in page and "<table>" in page
+    assert "agreement by field at sizes 1/4/8/20:" in page and "<p>  label: 100.0%/" in page
 
 
 @pytest.mark.usefixtures("litellm_clients_closed")
