@@ -28,9 +28,10 @@ from ..artifact import Artifact
 from ..engines import EngineContext, EvalInputs, load_litellm, resolve_model
 from ..errors import ConfigurationError
 from ..quality.calibration import Calibration, calibrate, parse_sizes
+from ..quality.compare import compared_fields
 from .checks import output_problem
 from .output import write_atomically
-from .review_types import Review, ReviewLabel
+from .review_types import NOT_COMPARED, Review, ReviewLabel
 from .reviews import AGENT, describe, read_reviews
 
 __all__ = ["add_parser", "run"]
@@ -63,7 +64,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--fields", metavar="FIELD[,FIELD]", help="compare only these output fields with the "
                         "one-item answers (default: every field; e.g. --fields label for a model that rewords its "
                         "free-text reason at every call)")  # fmt: skip
-    parser.add_argument("--ignore", metavar="FIELD[,FIELD]", help="output fields never compared")
+    parser.add_argument("--ignore", metavar="FIELD[,FIELD]", help="output fields not compared (review_id never is "
+                        "unless --fields names it: the output's review_id is the review's own)")  # fmt: skip
     parser.add_argument("--tolerance", type=float, default=0.05, help="agreement the recommendation may lose "
                         "against one-item answers (default 0.05)")  # fmt: skip
     parser.add_argument("--request-timeout", type=float, default=60.0, help="seconds per LLM request (default 60)")
@@ -138,8 +140,9 @@ def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
     if args.report is not None and (problem := output_problem(args.report, args.file)):
         raise ConfigurationError(problem.replace("--output", "--report"))
     compared, ignored = _names("--fields", args.fields), _names("--ignore", args.ignore) or []
-    if compared is not None and not set(compared) - set(ignored):
-        raise ConfigurationError(f"--fields {args.fields!r} less --ignore {args.ignore!r} compares nothing")
+    if compared is None:  # (with --fields, only the fields named are compared)
+        ignored += [name for name in NOT_COMPARED if name not in ignored]
+    compared_fields(ReviewLabel, compared, ignored)  # names the output has, leaving one to compare
     timeout = number("--request-timeout", args.request_timeout, unit="seconds")
     reviews, gold = _sample(args.file, args.sample, args.seed, args.gold)
     artifacts = [Artifact(type_name="Review", payload=r, id=_artifact_id(r)) for r in reviews]
@@ -169,16 +172,13 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
 
 
 def _names(flag: str, text: str | None) -> list[str] | None:
-    """--fields/--ignore "label,reason" -> ["label", "reason"], each a field of the output (None: not given)."""
+    """--fields/--ignore "label,reason" -> ["label", "reason"] (None: not given)."""
     if text is None:
         return None
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in ReviewLabel.model_fields]
-    if not names or unknown:
-        raise ConfigurationError(
-            f"{flag} {text!r}: the output has no field(s) {unknown or [text]!r}; its fields: "
-            f"{sorted(ReviewLabel.model_fields)}"
-        )
+    if not names:
+        fields = sorted(ReviewLabel.model_fields)
+        raise ConfigurationError(f"{flag} {text!r} names no field; the output's fields: {fields}")
     return names
 
 

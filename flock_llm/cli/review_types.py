@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from ..registry import flock_type
 
-__all__ = ["Review", "ReviewLabel", "ReviewTrend"]
+__all__ = ["NOT_COMPARED", "Review", "ReviewLabel", "ReviewTrend"]
 
 
 @flock_type(name="Review")
@@ -38,3 +38,9 @@ class ReviewLabel(BaseModel):
     review_id: str
     label: Literal["positive", "neutral", "negative"] = Field(description="positive, neutral or negative")
     reason: str = Field(description="a few words explaining the label")
+
+
+NOT_COMPARED = ("review_id",)
+"""Fields of a label that audits and calibration do not compare by default: the output's `review_id` is the
+review's own (`reviews.output_record`), not what the model wrote there, so the model's copy measures nothing a
+user gets (a small model wrote a wrong one in 82-100% of its batched answers)."""

@@ -37,7 +37,7 @@ from .resume import (
     store_path,
     write_settings,
 )
-from .review_types import Review, ReviewLabel, ReviewTrend
+from .review_types import NOT_COMPARED, Review, ReviewLabel, ReviewTrend
 from .rows import BadRow, iter_reviews, read_reviews
 from .summary import RunSummary
 
@@ -105,7 +105,9 @@ class _AgentSpec:
 def _add_agent(flock: Flock, spec: _AgentSpec, in_flight: _InFlight) -> LLMEngine:
     deferred = DeferredPolicy(poll_interval=_poll_interval(os.environ.get("FLOCK_BATCH_POLL_S", "5")))
     breaker = None if spec.max_outage is None else BreakerPolicy(max_outage=spec.max_outage)
-    audit: dict[str, Any] = {} if spec.audit_rate is None else {"audit": Audit(rate=spec.audit_rate)}
+    audit: dict[str, Any] = {}
+    if spec.audit_rate is not None:
+        audit["audit"] = Audit(rate=spec.audit_rate, ignore=NOT_COMPARED if spec.per_item else ())
     engine = LLMEngine(
         per_item=spec.per_item,
         timeout=spec.request_timeout,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from .compare import Tolerance, compare_answers, field_kinds
+from .compare import Tolerance, compare_answers, compared_fields
 from .stats import ALL_FIELDS, AgreementTally, Interval, wilson
 
 if TYPE_CHECKING:
@@ -143,12 +144,7 @@ async def calibrate(
     """Measure `sizes` on `artifacts` (one item each) with `engine` (per-item output). `gold` maps an artifact id
     to its true value of `gold_field`; `fields`/`ignore` choose the fields compared (as `Audit`'s: default every
     field; a model that rewords free text at each call agrees on its labels only with e.g. `fields=["label"]`)."""
-    if not 0 < tolerance < 1:
-        raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
-    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
-    if bad or not sizes:
-        raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
-    _check_fields(ctx, fields, ignore)
+    _check(ctx, tolerance, sizes, fields, ignore)
     from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -168,18 +164,13 @@ async def calibrate(
         row, answers = _measure(size, chunks, results, gold, gold_field)
         if size == 1:
             reference = answers
+        compared = partial(compare_answers, tolerance=compare, fields=fields, ignore=ignore)
         tally = AgreementTally()
         for chunk in chunks:
             for position, artifact in enumerate(chunk):
                 mine, alone = answers.get(artifact.id), reference.get(artifact.id)
-                if mine is None or alone is None:
-                    continue
-                tally.add(
-                    "calibrate",
-                    compare_answers(mine, alone, tolerance=compare, fields=fields, ignore=ignore),
-                    position=position,
-                    batch_size=size,
-                )
+                if mine is not None and alone is not None:
+                    tally.add("calibrate", compared(mine, alone), position=position, batch_size=size)
         row.agreement = tally.overall()
         row.by_position = tally.by("bucket")
         row.by_field = {name: interval for name, interval in tally.by("field").items() if name != ALL_FIELDS}
@@ -188,22 +179,18 @@ async def calibrate(
     return Calibration(model, len(artifacts), tolerance, rows, best, why)
 
 
-def _check_fields(ctx: EngineContext, fields: Sequence[str] | None, ignore: Sequence[str]) -> None:
-    """`fields` and `ignore` name fields of the output type and leave one to compare: checked before anything is
-    asked (the comparison would raise only once every call was paid for)."""
-    if fields is None and not ignore or not ctx.publishes:
-        return
-    kinds = field_kinds(ctx.publishes[0])
-    named = [*(fields or ()), *ignore]
-    if unknown := [name for name in named if name not in kinds]:
-        raise ConfigurationError(
-            f"{ctx.publishes[0].__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}"
-        )
-    if not set(kinds if fields is None else fields) - set(ignore):
-        raise ConfigurationError(
-            f"no field is left to compare (fields={fields!r}, ignore={list(ignore)!r}): an empty comparison would "
-            "count as agreement"
-        )
+def _check(
+    ctx: EngineContext, tolerance: float, sizes: Sequence[int], fields: Sequence[str] | None, ignore: Sequence[str]
+) -> None:
+    """`calibrate`'s arguments, checked before anything is asked (a comparison's fields would otherwise raise only
+    once every call was paid for)."""
+    if not 0 < tolerance < 1:
+        raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad or not sizes:
+        raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
+    if ctx.publishes:
+        compared_fields(ctx.publishes[0], fields, ignore)
 
 
 def _measure(

@@ -22,7 +22,15 @@ from pydantic import BaseModel
 from .._numbers import number
 from ..errors import ConfigurationError
 
-__all__ = ["Comparison", "FieldAgreement", "FieldKind", "Tolerance", "compare_answers", "field_kinds"]
+__all__ = [
+    "Comparison",
+    "FieldAgreement",
+    "FieldKind",
+    "Tolerance",
+    "compare_answers",
+    "compared_fields",
+    "field_kinds",
+]
 
 FieldKind = Literal["exact", "number", "text"]
 
@@ -184,6 +192,40 @@ def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def compared_fields(
+    model: type[BaseModel], fields: Sequence[str] | None = None, ignore: Sequence[str] = ()
+) -> dict[str, FieldKind]:
+    """The (dotted) fields of `model` that `compare_answers(..., fields=, ignore=)` compares, and how.
+
+    Args:
+        model: the output type.
+        fields: compare only these; default: every field of the type.
+        ignore: fields never compared (each must be among those `fields` leaves).
+
+    Raises:
+        ConfigurationError: `fields` or `ignore` names a field the type lacks (a typo would leave the field
+            compared), or no field is left (an empty comparison would count as full agreement).
+    """
+    kinds = field_kinds(model)
+    if fields is not None:
+        unknown = [f for f in fields if f not in kinds]
+        if unknown:
+            raise ConfigurationError(f"{model.__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}")
+        kinds = {f: kinds[f] for f in fields}
+    unknown_ignored = [f for f in ignore if f not in kinds]
+    if unknown_ignored:
+        raise ConfigurationError(
+            f"`ignore` names field(s) {unknown_ignored!r} that {model.__name__} lacks; its fields: {sorted(kinds)}"
+        )
+    compared = {name: kind for name, kind in kinds.items() if name not in ignore}
+    if not compared:
+        raise ConfigurationError(
+            f"no field of {model.__name__} is left to compare (fields={fields!r}, ignore={list(ignore)!r}): "
+            "an empty comparison would count as agreement"
+        )
+    return compared
+
+
 def compare_answers(
     a: BaseModel,
     b: BaseModel,
@@ -208,23 +250,7 @@ def compare_answers(
     if type(a) is not type(b):
         raise ConfigurationError(f"compare answers of one type, got {type(a).__name__} and {type(b).__name__}")
     tol = tolerance or Tolerance()
-    kinds = field_kinds(type(a))
-    if fields is not None:
-        unknown = [f for f in fields if f not in kinds]
-        if unknown:
-            raise ConfigurationError(f"{type(a).__name__} has no field(s) {unknown!r}; its fields: {sorted(kinds)}")
-        kinds = {f: kinds[f] for f in fields}
-    unknown_ignored = [f for f in ignore if f not in kinds]
-    if unknown_ignored:  # a typo would leave the field compared
-        raise ConfigurationError(
-            f"`ignore` names field(s) {unknown_ignored!r} that {type(a).__name__} lacks; its fields: {sorted(kinds)}"
-        )
-    compared = {name: kind for name, kind in kinds.items() if name not in ignore}
-    if not compared:
-        raise ConfigurationError(
-            f"no field of {type(a).__name__} is left to compare (fields={fields!r}, ignore={list(ignore)!r}): "
-            "an empty comparison would count as agreement"
-        )
+    compared = compared_fields(type(a), fields, ignore)
     left, right = a.model_dump(mode="python"), b.model_dump(mode="python")
     return Comparison(
         tuple(_field(name, kind, _lookup(left, name), _lookup(right, name), tol) for name, kind in compared.items())

@@ -56,6 +56,8 @@ def test_audit_shows_agreement_with_its_interval_and_counts_its_calls(
     assert summary["llm_calls"] == 10 + 10 == server.requests  # the audit calls are in the totals
     assert overall["low"] <= overall["rate"] < 1.0 and overall["rate"] <= overall["high"]  # batches of 12 degrade
     assert summary["agreement"]["size=12"]["n"] == 10 and summary["audit_tokens"] > 0
+    # the label and its reason are compared; review_id is not: the output's is the review's own, not the model's
+    assert {k for k in summary["agreement"] if k.startswith("field=")} == {"field=label", "field=reason"}
     assert len(out.read_text(encoding="utf-8").splitlines()) == 120  # audits publish nothing of their own
 
     assert main([*args, "--audit", "1", "--output", str(tmp_path / "again.jsonl")]) == 0

@@ -182,24 +182,33 @@ def test_fields_choose_what_is_compared_and_each_field_s_agreement_is_shown(
     server: FakeOpenAIServer, reviews: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real model rewords its free-text reason at every call, so whole answers never agree: `--fields label`
-    measures the labels alone; the table and the JSON show each compared field's agreement per size."""
+    measures the labels alone; the table and the JSON show each compared field's agreement per size; review_id
+    is compared only when named (the output's review_id is the review's own, whatever the model wrote)."""
     args = ["calibrate", str(reviews), "--model", "openai/gpt-4.1-mini", "--sizes", "20", "--sample", "40"]
     assert main([*args, "--json"]) == 0
     every = {row["size"]: row for row in json.loads(capsys.readouterr().out)["sizes"]}
-    assert set(every[20]["by_field"]) == {"label", "reason", "review_id"}
+    assert set(every[20]["by_field"]) == {"label", "reason"}  # review_id: the output's is the review's own
     low = min(field["rate"] for field in every[20]["by_field"].values())
     assert every[20]["agreement"]["rate"] <= low < 1.0  # a whole answer agrees when every field does
     assert main([*args, "--fields", "label", "--json"]) == 0
     labels = {row["size"]: row for row in json.loads(capsys.readouterr().out)["sizes"]}
     assert set(labels[20]["by_field"]) == {"label"}
     assert labels[20]["agreement"]["rate"] == every[20]["by_field"]["label"]["rate"]  # same answers, label only
-    assert main([*args, "--ignore", "reason"]) == 0
+    assert main([*args, "--fields", "label,review_id"]) == 0  # named: compared
     out = capsys.readouterr().out
-    assert "agreement by field at sizes 1/20:" in out and "  label: 100.0%/" in out and "reason" not in out
+    assert "agreement by field at sizes 1/20:" in out and "  label: 100.0%/" in out and "  review_id: " in out
+    assert "reason" not in out
     sent = server.requests
-    for bad in (["--fields", "mood"], ["--fields", "label", "--ignore", "label"], ["--ignore", "label,nope"]):
+    bad_arguments = (
+        (["--fields", "mood"], "no field(s) ['mood']"),
+        (["--fields", "label", "--ignore", "label"], "no field of ReviewLabel is left"),
+        (["--fields", "label", "--ignore", "reason"], "`ignore` names field(s) ['reason']"),  # raised once paid
+        (["--ignore", "label,reason"], "no field of ReviewLabel is left"),  # (review_id is not compared either)
+        (["--fields", ","], "names no field"),
+    )
+    for bad, message in bad_arguments:
         assert main([*args, *bad]) == 2
-        assert "flock-llm calibrate:" in capsys.readouterr().err
+        assert message in capsys.readouterr().err
     assert server.requests == sent  # checked before anything was sent
 
 
@@ -218,6 +227,7 @@ async def test_calibrate_checks_its_fields_before_asking_anything() -> None:
 
     ctx = EngineContext(agent_name="a", publishes=(ReviewLabel,))
     artifacts = [Artifact(type_name="Review", payload=Review(review_id="r", rating=3, text="ok"))]
-    for fields, ignore in ((["mood"], ()), (["label"], ["label"]), (None, ["label", "reason", "review_id"])):
-        with pytest.raises(ConfigurationError, match="mood|no field is left"):
+    checks = ((["mood"], ()), (["label"], ["label"]), (None, ["label", "reason", "review_id"]), (["label"], ["reason"]))
+    for fields, ignore in checks:
+        with pytest.raises(ConfigurationError, match="mood|no field of ReviewLabel is left|`ignore` names"):
             await calibrate(Unreachable(), ctx, artifacts, [2], model="m", fields=fields, ignore=ignore)  # type: ignore[arg-type]
