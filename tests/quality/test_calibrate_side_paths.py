@@ -1,0 +1,48 @@
+"""Side paths of `calibrate()` found by the `atkcal` attack (see /work/wt/findings/calibrate_local.md): its
+arguments are checked against the type the answers will have before anything is asked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flock_llm.artifact import Artifact
+from flock_llm.cli.review_types import Review, ReviewLabel
+from flock_llm.engines import EngineContext
+from flock_llm.errors import ConfigurationError
+from flock_llm.quality.calibration import calibrate
+
+
+class _Unreachable:
+    """An engine that fails the test if it is asked anything."""
+
+    def __init__(self, output_type: type | None = None) -> None:
+        self.output_type = output_type
+
+    async def evaluate(self, *args: Any) -> Any:
+        raise AssertionError("asked before the arguments were checked")
+
+    evaluate_batch = evaluate
+
+
+def _artifacts() -> list[Artifact]:
+    return [Artifact(type_name="Review", payload=Review(review_id=f"r{k}", rating=3, text="ok")) for k in range(3)]
+
+
+async def test_fields_are_checked_against_the_engine_s_output_type_before_asking() -> None:
+    """`LLMEngine(output_type=ReviewLabel)` on an agent that publishes nothing (the engine's error message offers
+    it): `fields=["mood"]` raised only in the first comparison, after the one-item pass had been paid for."""
+    ctx = EngineContext(agent_name="a", publishes=())
+    with pytest.raises(ConfigurationError, match=r"ReviewLabel has no field\(s\) \['mood'\]"):
+        await calibrate(_Unreachable(ReviewLabel), ctx, _artifacts(), [2], model="m", fields=["mood"])  # type: ignore[arg-type]
+
+
+async def test_a_gold_field_the_answers_lack_is_refused_before_asking() -> None:
+    """`gold_field="lable"` (a typo) compared `getattr(answer, "lable", None)` with every gold label: 0% accuracy
+    at every size, reported as a measurement, once every call was paid for."""
+    artifacts = _artifacts()
+    ctx = EngineContext(agent_name="a", publishes=(ReviewLabel,))
+    gold = {a.id: "positive" for a in artifacts}
+    with pytest.raises(ConfigurationError, match="`gold_field` 'lable'.*'label'"):
+        await calibrate(_Unreachable(), ctx, artifacts, [2], model="m", gold=gold, gold_field="lable")  # type: ignore[arg-type]
