@@ -33,6 +33,7 @@ from .checks import output_problem
 from .output import write_atomically
 from .review_types import NOT_COMPARED, Review, ReviewLabel
 from .reviews import AGENT, describe, read_reviews
+from .rows import is_pipe
 
 __all__ = ["add_parser", "run"]
 
@@ -136,6 +137,11 @@ def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
     if args.gold and field not in ReviewLabel.model_fields:
         raise ConfigurationError(
             f"--gold {args.gold!r}: the output has no field {field!r}; its fields: {sorted(ReviewLabel.model_fields)}"
+        )
+    if args.gold and args.file.exists() and is_pipe(args.file):  # the gold column is read in a second pass
+        raise ConfigurationError(
+            f"--gold reads {str(args.file)!r} twice (the reviews, then the gold column), which a named pipe cannot do; "
+            "save the input to a file first"
         )
     if args.report is not None and (problem := output_problem(args.report, args.file)):
         raise ConfigurationError(problem.replace("--output", "--report"))

@@ -3,6 +3,11 @@ arguments are checked against the type the answers will have before anything is 
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,3 +51,40 @@ async def test_a_gold_field_the_answers_lack_is_refused_before_asking() -> None:
     gold = {a.id: "positive" for a in artifacts}
     with pytest.raises(ConfigurationError, match="`gold_field` 'lable'.*'label'"):
         await calibrate(_Unreachable(), ctx, artifacts, [2], model="m", gold=gold, gold_field="lable")  # type: ignore[arg-type]
+
+
+def _feed(fifo: Path, data: bytes, stop: threading.Event, served: list[int]) -> None:
+    """Write `data` to the named pipe for every reader that opens it, until `stop`."""
+    while not stop.is_set():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO:
+                raise
+            stop.wait(0.01)
+            continue
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        served.append(1)
+
+
+def test_gold_from_a_named_pipe_is_refused_not_a_hang(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--gold` reads the input a second time for the gold column: on a named pipe that second open waited for a
+    writer forever (before anything was sent, but the command never ended). It is refused as `reviews` refuses a
+    pipe it must read twice (here the pipe is fed to every reader, so a second read would not hang the test)."""
+    from flock_llm.cli.main import main
+
+    fifo = tmp_path / "reviews.jsonl"
+    os.mkfifo(fifo)
+    rows = [json.dumps({"id": f"r{k}", "rating": 3, "text": f"review {k}", "gold": "neutral"}) for k in range(4)]
+    stop, served = threading.Event(), list[int]()
+    feeder = threading.Thread(target=_feed, args=(fifo, ("\n".join(rows) + "\n").encode(), stop, served))
+    feeder.start()
+    try:
+        code = main(["calibrate", str(fifo), "--sample", "4", "--sizes", "1,2", "--gold", "gold", "--estimate"])
+    finally:
+        stop.set()
+        feeder.join()
+    assert code == 2
+    assert "named pipe" in capsys.readouterr().err and served == []  # refused before reading it
