@@ -4,6 +4,7 @@ arguments are checked against the type the answers will have before anything is 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import threading
@@ -88,3 +89,27 @@ def test_gold_from_a_named_pipe_is_refused_not_a_hang(tmp_path: Path, capsys: py
         feeder.join()
     assert code == 2
     assert "named pipe" in capsys.readouterr().err and served == []  # refused before reading it
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_still_writes_the_report_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`flock-llm calibrate ... --report c.html | head -c 0`: printing the table raised BrokenPipeError out of the
+    command (a traceback, exit 1) and the page was never written, after the whole calibration was paid for
+    (`reviews` says "cannot write the outputs: Broken pipe" and exits 3)."""
+    from flock_llm.cli.main import main
+
+    monkeypatch.delenv("FLOCK_LLM_MODEL", raising=False)  # the offline model: nothing leaves the machine
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{k}", "rating": 3, "text": f"ok {k}"}) + "\n" for k in range(4)))
+    report = tmp_path / "c.html"
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(["calibrate", str(path), "--sizes", "1,2", "--sample", "4", "--report", str(report)]) == 3
+    assert "Recommended batch size" in report.read_text(encoding="utf-8")
+    assert "cannot print the result" in capsys.readouterr().err
+    assert main(["calibrate", str(path), "--sizes", "1,2", "--sample", "4", "--estimate"]) == 3
