@@ -113,3 +113,12 @@ def test_a_closed_stdout_still_writes_the_report_and_says_so(
     assert "Recommended batch size" in report.read_text(encoding="utf-8")
     assert "cannot print the result" in capsys.readouterr().err
     assert main(["calibrate", str(path), "--sizes", "1,2", "--sample", "4", "--estimate"]) == 3
+
+
+@pytest.mark.parametrize(("fields", "ignore"), [(None, None), ("label", ()), (None, "review_id")])
+async def test_fields_or_ignore_that_are_not_lists_of_names_are_refused(fields: Any, ignore: Any) -> None:
+    """`ignore=None` (as `fields=None` means "the default") raised TypeError from inside the check; a string was
+    taken letter by letter ("no field(s) ['l', 'a', 'b', 'e', 'l']")."""
+    ctx = EngineContext(agent_name="a", publishes=(ReviewLabel,))
+    with pytest.raises(ConfigurationError, match="must be a list of field names"):
+        await calibrate(_Unreachable(), ctx, _artifacts(), [2], model="m", fields=fields, ignore=ignore)  # type: ignore[arg-type]
