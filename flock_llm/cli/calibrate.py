@@ -176,7 +176,11 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
         engine = watched(LLMEngine(per_item=True, timeout=timeout, **settings), exited)
         measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field,
                           fields=plan.compared, ignore=plan.ignored)  # fmt: skip
-        return asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+        result = asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+    if settings:  # a model served on this machine costs nothing (as --estimate prices it), not "unknown"
+        for row in result.rows:
+            row.cost_usd = 0.0
+    return result
 
 
 def _names(flag: str, text: str | None) -> list[str] | None:

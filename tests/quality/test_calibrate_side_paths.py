@@ -3,12 +3,15 @@ arguments are checked against the type the answers will have before anything is 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -122,3 +125,33 @@ async def test_fields_or_ignore_that_are_not_lists_of_names_are_refused(fields: 
     ctx = EngineContext(agent_name="a", publishes=(ReviewLabel,))
     with pytest.raises(ConfigurationError, match="must be a list of field names"):
         await calibrate(_Unreachable(), ctx, _artifacts(), [2], model="m", fields=fields, ignore=ignore)  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("litellm_clients_closed")
+def test_a_local_model_costs_nothing_in_the_run_as_in_the_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--estimate` priced `--model local` at $0, the run itself showed "-" (cost unknown: litellm has no price
+    for the served name) and `cost_usd: null` in the JSON. The fake server stands in for llama.cpp's."""
+    from flock_llm.cli.main import main
+    from flock_llm.testing import FakeOpenAIServer
+
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"id": f"r{k}", "rating": 3, "text": f"ok {k}"}) + "\n" for k in range(4)))
+    with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
+
+        @contextlib.contextmanager
+        def fake_local(name: str) -> Iterator[SimpleNamespace]:
+            settings = {"api_base": fake.api_base, "api_key": "sk-local-model", "structured_output": "json_object",
+                        "max_concurrent_requests": 1}  # fmt: skip
+            yield SimpleNamespace(model="openai/SmolLM2-135M-Instruct.Q4_1", settings=settings, exited=lambda: None,
+                                  last_log_lines=lambda: "(empty log)")  # fmt: skip
+
+        monkeypatch.setattr("flock_llm.testing.local_server.local_model", fake_local)
+        args = ["calibrate", str(path), "--model", "local", "--sizes", "2", "--sample", "4", "--json"]
+        assert main([*args, "--estimate"]) == 0
+        assert json.loads(capsys.readouterr().out)["cost_usd"] == 0
+        assert main(args) == 0
+        rows = json.loads(capsys.readouterr().out)["sizes"]
+        assert fake.requests > 0 and [row["failed"] for row in rows] == [0, 0]
+    assert [(row["cost_usd"], row["cost_per_item_usd"]) for row in rows] == [(0.0, 0.0), (0.0, 0.0)]
