@@ -33,6 +33,7 @@ from .checks import output_problem
 from .output import write_atomically
 from .review_types import NOT_COMPARED, Review, ReviewLabel
 from .reviews import AGENT, describe, read_reviews
+from .rows import is_pipe
 
 __all__ = ["add_parser", "run"]
 
@@ -95,7 +96,8 @@ class _Plan:
 
 def run(args: argparse.Namespace) -> int:
     """Run `flock-llm calibrate`; returns the exit status (0 done; 1 every batched call failed, nothing was
-    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run).
+    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run, or the result
+    could not be printed: stdout closed).
 
     With `--model local[:NAME]` the model is served on this machine for the calibration (started after the
     arguments are checked, stopped at the end; `--estimate` starts none); if the server exits meanwhile, the calls
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigurationError, OSError) as exc:  # (also: a local model's weights or server that are missing)
         sys.stderr.write(f"flock-llm calibrate: {exc}\n")
         return 2
-    _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))
+    printed = _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))  # (`| head`: the
+    # page, if asked for, is still written: the calibration was paid for)
     batched = [row for row in result.rows if row.size > 1]
     if batched and all(row.failed == row.items for row in batched):
         sys.stderr.write("flock-llm calibrate: every batched call failed, nothing was compared (see the warnings "
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # checked before the run; the disk filled up or the directory went away since
             sys.stderr.write(f"flock-llm calibrate: --report {str(args.report)!r} could not be written: {exc}\n")
             return 3
-    return 0
+    return 0 if printed else 3
 
 
 def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
@@ -136,6 +139,11 @@ def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
     if args.gold and field not in ReviewLabel.model_fields:
         raise ConfigurationError(
             f"--gold {args.gold!r}: the output has no field {field!r}; its fields: {sorted(ReviewLabel.model_fields)}"
+        )
+    if args.gold and args.file.exists() and is_pipe(args.file):  # the gold column is read in a second pass
+        raise ConfigurationError(
+            f"--gold reads {str(args.file)!r} twice (the reviews, then the gold column), which a named pipe cannot do; "
+            "save the input to a file first"
         )
     if args.report is not None and (problem := output_problem(args.report, args.file)):
         raise ConfigurationError(problem.replace("--output", "--report"))
@@ -168,7 +176,11 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
         engine = watched(LLMEngine(per_item=True, timeout=timeout, **settings), exited)
         measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field,
                           fields=plan.compared, ignore=plan.ignored)  # fmt: skip
-        return asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+        result = asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+    if settings:  # a model served on this machine costs nothing (as --estimate prices it), not "unknown"
+        for row in result.rows:
+            row.cost_usd = 0.0
+    return result
 
 
 def _names(flag: str, text: str | None) -> list[str] | None:
@@ -253,18 +265,27 @@ def _estimate(plan: _Plan, model_arg: str | None, env: dict[str, str], as_json: 
     cost = 0.0 if free else None if prices is None else prices.cost(prompt=prompt, completion=answer)
     figures = {"model": plan.shown, "sample": len(artifacts), "sizes": plan.sizes, "calls": calls,
                "prompt_tokens": prompt, "completion_tokens": answer, "cost_usd": cost}  # fmt: skip
-    if as_json:
-        _say(json.dumps(figures, indent=2))
-    else:
-        shown = "unknown (no price for the model)" if cost is None else f"${cost:.4f}"
-        sizes = ",".join(map(str, plan.sizes))
-        _say(f"calibrating {len(artifacts)} reviews at sizes {sizes} with {plan.shown} would send {calls} calls, "
-             f"{prompt:,} prompt tokens, ~{answer:,} answer tokens; cost {shown}")  # fmt: skip
-    return 0
+    shown = "unknown (no price for the model)" if cost is None else f"${cost:.4f}"
+    text = json.dumps(figures, indent=2) if as_json else (
+        f"calibrating {len(artifacts)} reviews at sizes {','.join(map(str, plan.sizes))} with {plan.shown} would "
+        f"send {calls} calls, {prompt:,} prompt tokens, ~{answer:,} answer tokens; cost {shown}"
+    )  # fmt: skip
+    return 0 if _say(text) else 3
 
 
-def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
+def _say(text: str) -> bool:
+    """Print `text`; False when stdout was closed (a pipe whose reader ended, e.g. `| head`)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if sys.__stdout__ is not None and sys.stdout is sys.__stdout__:  # the rest of its buffer goes nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)  # (not a second error at exit)
+            os.dup2(devnull, sys.__stdout__.fileno())
+            os.close(devnull)
+        sys.stderr.write("flock-llm calibrate: cannot print the result: the output was closed (broken pipe)\n")
+        return False
+    return True
 
 
 def _fields(ctx: EngineContext) -> dict[str, Any]:

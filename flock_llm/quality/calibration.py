@@ -144,7 +144,7 @@ async def calibrate(
     """Measure `sizes` on `artifacts` (one item each) with `engine` (per-item output). `gold` maps an artifact id
     to its true value of `gold_field`; `fields`/`ignore` choose the fields compared (as `Audit`'s: default every
     field; a model that rewords free text at each call agrees on its labels only with e.g. `fields=["label"]`)."""
-    _check(ctx, tolerance, sizes, fields, ignore)
+    _check(_output_type(engine, ctx), tolerance, sizes, fields, ignore, gold_field if gold else None)
     from ..engines import EvalInputs
 
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -179,18 +179,36 @@ async def calibrate(
     return Calibration(model, len(artifacts), tolerance, rows, best, why)
 
 
+def _output_type(engine: Engine, ctx: EngineContext) -> type[BaseModel] | None:
+    """The type the answers will have, as the engine resolves it (its own `output_type`, else the first type the
+    agent publishes), or None when it cannot be told before asking."""
+    own = getattr(engine, "output_type", None)
+    return own if isinstance(own, type) else ctx.publishes[0] if ctx.publishes else None
+
+
 def _check(
-    ctx: EngineContext, tolerance: float, sizes: Sequence[int], fields: Sequence[str] | None, ignore: Sequence[str]
+    output: type[BaseModel] | None,
+    tolerance: float,
+    sizes: Sequence[int],
+    fields: Sequence[str] | None,
+    ignore: Sequence[str],
+    gold_field: str | None,
 ) -> None:
     """`calibrate`'s arguments, checked before anything is asked (a comparison's fields would otherwise raise only
-    once every call was paid for)."""
+    once every call was paid for, and a gold field the answers lack would score every answer wrong)."""
     if not 0 < tolerance < 1:
         raise ConfigurationError(f"`tolerance` must be between 0 and 1, got {tolerance!r}")
     bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
     if bad or not sizes:
         raise ConfigurationError(f"`sizes` must be whole numbers >= 1, got {list(sizes)!r}; e.g. [1, 5, 10, 25]")
-    if ctx.publishes:
-        compared_fields(ctx.publishes[0], fields, ignore)
+    if output is None:
+        return
+    compared_fields(output, fields, ignore)
+    if gold_field is not None and gold_field not in output.model_fields:
+        raise ConfigurationError(
+            f"`gold_field` {gold_field!r}: {output.__name__} has no such field (every answer would count as wrong); "
+            f"its fields: {sorted(output.model_fields)}"
+        )
 
 
 def _measure(

@@ -206,6 +206,9 @@ def compared_fields(
         ConfigurationError: `fields` or `ignore` names a field the type lacks (a typo would leave the field
             compared), or no field is left (an empty comparison would count as full agreement).
     """
+    for flag, names in (("fields", fields), ("ignore", ignore)):
+        if isinstance(names, str) or (names is None and flag == "ignore"):  # (a str is a sequence of letters)
+            raise ConfigurationError(f"`{flag}` must be a list of field names, got {names!r}; e.g. {flag}=['label']")
     kinds = field_kinds(model)
     if fields is not None:
         unknown = [f for f in fields if f not in kinds]
