@@ -96,8 +96,8 @@ class _Plan:
 
 def run(args: argparse.Namespace) -> int:
     """Run `flock-llm calibrate`; returns the exit status (0 done; 1 every batched call failed, nothing was
-    compared; 2 usage error: nothing sent; 3 the --report page could not be written after the run, or the result
-    could not be printed: stdout closed).
+    compared, or the local model server exited during the calibration; 2 usage error: nothing sent; 3 the
+    --report page could not be written after the run, or the result could not be printed: stdout closed).
 
     With `--model local[:NAME]` the model is served on this machine for the calibration (started after the
     arguments are checked, stopped at the end; `--estimate` starts none); if the server exits meanwhile, the calls
@@ -107,13 +107,17 @@ def run(args: argparse.Namespace) -> int:
         plan = _plan(args, env)
         if args.estimate:
             return _estimate(plan, args.model, env, args.json)
-        result = _calibrate(plan, args, env)
+        result, died = _calibrate(plan, args, env)
     except (ConfigurationError, OSError) as exc:  # (also: a local model's weights or server that are missing)
         sys.stderr.write(f"flock-llm calibrate: {exc}\n")
         return 2
     printed = _say(json.dumps(result.as_dict(), indent=2) if args.json else table(result))  # (`| head`: the
     # page, if asked for, is still written: the calibration was paid for)
     batched = [row for row in result.rows if row.size > 1]
+    if died is not None:  # the sizes asked after it failed: their rows, and the recommendation, measure nothing
+        sys.stderr.write(f"flock-llm calibrate: {died} during the calibration; the items asked after it failed, so "
+                         "the recommendation is not a measurement: run the calibration again\n")  # fmt: skip
+        return 1
     if batched and all(row.failed == row.items for row in batched):
         sys.stderr.write("flock-llm calibrate: every batched call failed, nothing was compared (see the warnings "
                          "above for the provider's errors)\n")  # fmt: skip
@@ -166,8 +170,9 @@ def _plan(args: argparse.Namespace, env: dict[str, str]) -> _Plan:
     return _Plan(sizes, field, compared, ignored, timeout, artifacts, gold, served, f"local:{local}")
 
 
-def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Calibration:
-    """Ask the sample at every size (serving a local model for it, when `--model local[:NAME]`)."""
+def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> tuple[Calibration, str | None]:
+    """Ask the sample at every size (serving a local model for it, when `--model local[:NAME]`); with how the
+    local server exited if it did during the calibration (else None)."""
     from ..engines.llm import LLMEngine
     from .local import LOCAL_REQUEST_TIMEOUT_S, serve_local, watched
 
@@ -177,10 +182,11 @@ def _calibrate(plan: _Plan, args: argparse.Namespace, env: dict[str, str]) -> Ca
         measure = partial(calibrate, model=plan.shown, tolerance=args.tolerance, gold=plan.gold, gold_field=plan.field,
                           fields=plan.compared, ignore=plan.ignored)  # fmt: skip
         result = asyncio.run(measure(engine, _context(served or plan.model, env), plan.artifacts, plan.sizes))
+        died = None if exited is None else exited()
     if settings:  # a model served on this machine costs nothing (as --estimate prices it), not "unknown"
         for row in result.rows:
             row.cost_usd = 0.0
-    return result
+    return result, died
 
 
 def _names(flag: str, text: str | None) -> list[str] | None:

@@ -170,11 +170,19 @@ def test_calibrate_serves_a_local_model_for_the_calibration_and_stops_it(
     code = main(args)
     captured = capsys.readouterr()
     assert code == 1, captured.err
-    assert "every batched call failed" in captured.err
+    assert "the local model server exited (killed by signal 9, SIGKILL) during the calibration" in captured.err
     assert "the local model server exited (killed by signal 9, SIGKILL)" in caplog.text  # said once, at once
     rows = {row["size"]: row for row in json.loads(captured.out)["sizes"]}
     assert rows[4]["failed"] == rows[20]["failed"] == 40 and rows[4]["calls"] == rows[20]["calls"] == 0
     assert server.requests == 52 + 40 and events[-2:] == ["start smollm2", "stop"]
+
+    # dies after the size-4 pass: size 20 measured nothing, so there is no recommendation to trust (was exit 0)
+    exit_after[0] = server.requests + 40 + 10
+    code = main(args)
+    captured = capsys.readouterr()
+    rows = {row["size"]: row for row in json.loads(captured.out)["sizes"]}
+    assert code == 1 and "the recommendation is not a measurement" in captured.err
+    assert rows[4]["failed"] == 0 and rows[20]["failed"] == 40 and server.requests == 52 + 40 + 50
 
 
 @pytest.mark.usefixtures("litellm_clients_closed")
