@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from deferred_support import QUICK_JOBS, quick_batch_server
+from deferred_support import QUICK_JOBS, queue_settled, quick_batch_server
 
 from flock_llm.engines import JobJournal
 from flock_llm.engines._calls.models import load_litellm
@@ -67,7 +67,7 @@ async def test_a_journaled_file_the_provider_forgot_is_pruned_after_its_requests
     jobs = DeferredQueue(replace(QUICK_JOBS, job_size=1), load_litellm(), settings)
     answer = await asyncio.wait_for(jobs.ask(journal, "req-1", body(1)), timeout=60)
     assert answer.body is not None and server.batches.jobs_created == 1
-    await asyncio.sleep(0.05)  # the poller marks its job finished after it answered
+    await queue_settled(jobs)  # the poller marks its job finished after it answered
     assert await journal.prune(time.time() + 1) == 2  # the new job and the dead one
     assert await journal.job_of("req-1") is None
 
