@@ -4,6 +4,7 @@ the `max_tokens` each asked for; and engines of every path (tier, rung, DSPy) po
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -44,6 +45,9 @@ class Provider(FakeOpenAIServer):
     """Answer with this many tokens of padding (cut off at the request's max_tokens)."""
     flex_busy_s: float = 0.0
     """The flex tier is "resource unavailable" for this long from the first chat request on."""
+    flex_refusals: int = 0
+    """The flex tier is "resource unavailable" for this many requests (the first ones), however slowly they come
+    (for one request at a time: the fake decides as it counts a request and refuses it a moment later)."""
     chat_requests: int = 0
     job_requests: int = 0
     """A batch job's own requests (file upload, batch create, retrieve, download, cancel)."""
@@ -96,6 +100,11 @@ class Provider(FakeOpenAIServer):
     def end(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def tally(self, **counts: int) -> None:
+        super().tally(**counts)
+        if counts.get("flex_requests") and self.flex_refusals:  # (the fake checks the window right after this)
+            self.flex_unavailable_until = math.inf if self.flex_requests <= self.flex_refusals else 0.0
 
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         with self._lock:
