@@ -63,19 +63,32 @@ class Provider(FakeOpenAIServer):
         fake = self
 
         class Measured(_Handler):
+            counted = False  # this request is in `in_flight`
+
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
                 chat = self.path.split("?")[0].rstrip("/").endswith("/chat/completions")
                 fake.begin(chat, {k.lower(): v for k, v in self.headers.items()})
+                self.counted = True
                 try:
                     super().do_POST()
                 finally:
-                    fake.end()
+                    self.answered()
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
                 fake.begin(False, {k.lower(): v for k, v in self.headers.items()})
+                self.counted = True
                 try:
                     super().do_GET()
                 finally:
+                    self.answered()
+
+            def end_headers(self) -> None:
+                self.answered()  # before the answer goes out: its client may send its next request once it has it
+                super().end_headers()
+
+            def answered(self) -> None:
+                if self.counted:
+                    self.counted = False
                     fake.end()
 
         Measured.fake = self
