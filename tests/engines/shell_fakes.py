@@ -3,12 +3,13 @@ the `max_tokens` each asked for; and engines of every path (tier, rung, DSPy) po
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,3 +174,13 @@ def context(**kwargs: Any) -> EngineContext:
 
 def answered_lines(usage: dict[str, Any]) -> int:
     return int(usage["deferred_requests"]) - int(usage["deferred_failed_lines"])
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait for `condition`, polling every 10 ms (counted in polls: a first call that loads the tokenizer blocks
+    the loop for a while on a loaded machine)."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from shell_fakes import MODEL, Provider, answered_lines, batch, context, engine_for, provider
+from shell_fakes import MODEL, Provider, answered_lines, batch, context, engine_for, provider, until
 
 from flock_llm.engines import EvalResult, ModelEngine, RetryPolicy
 from flock_llm.engines._calls.breaker import BreakerPolicy
@@ -29,14 +29,6 @@ Reply = tuple[int, Any, dict[str, str]]
 async def run(engine: LadderEngine, batches: int = 2, size: int = 2) -> list[EvalResult]:
     inputs = [batch(size, first=n * size) for n in range(batches)]
     return list(await asyncio.gather(*(engine.evaluate_batch(context(), i) for i in inputs)))
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out waiting")
 
 
 def refuse_job_requests(fake: Provider, which: Callable[[str, str], bool], times: int, headers: dict[str, str]) -> None:
