@@ -238,13 +238,15 @@ async def test_one_ctrl_c_after_the_input_was_read_cancels_a_hung_request_within
         stop = asyncio.Event()
         written: list[dict[str, object]] = []
 
+        stopped: list[float] = []
+
         async def ctrl_c_once_the_request_hangs() -> None:
             while not received:
                 await asyncio.sleep(0.01)
+            stopped.append(time.perf_counter())
             stop.set()  # what the CLI's first Ctrl-C does
 
         interrupt = asyncio.create_task(ctrl_c_once_the_request_hangs())
-        started = time.perf_counter()
         summary = await asyncio.wait_for(
             run_reviews(
                 [Review(review_id=f"r{i}", rating=4, text="fine") for i in range(3)],
@@ -256,9 +258,9 @@ async def test_one_ctrl_c_after_the_input_was_read_cancels_a_hung_request_within
                 request_timeout=3.0,
                 grace_s=0.3,
             ),
-            timeout=6,
+            timeout=30,
         )
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - stopped[0]  # from the Ctrl-C: the run's start-up is no part of the grace
         interrupt.cancel()
     assert elapsed < 2.5, elapsed  # the grace, not the request timeout (3 s) and its retries
     assert len(received) == 1  # cancelled, not retried
