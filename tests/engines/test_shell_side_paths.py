@@ -73,9 +73,10 @@ async def test_a_429_on_a_job_request_is_retried_by_the_engines_policy_paced_and
         engine = engine_for("batch", fake, breaker=QUICK_BREAKER, prices={"input": 1.0, "output": 2.0}, budget_usd=1.0)
         load_litellm()  # (its import is not the run's time)
         started = time.monotonic()
-        results = await asyncio.wait_for(run(engine), timeout=4.0)  # before: 10 s (5 s, twice)
+        results = await asyncio.wait_for(run(engine), timeout=8.0)  # before: 10 s (5 s, twice)
         took = time.monotonic() - started
-    assert took < 4.0 and not [f for r in results for f in r.failures]
+    # ~1 s; 2.8 s measured on a busy machine when the test is the first of its process to use the Batch API
+    assert took < 8.0 and not [f for r in results for f in r.failures]
     assert engine.limiter.started == fake.job_requests + fake.chat_requests  # every request took a limiter slot
     assert max(fake.batches.line_bills.values()) == 1 and max(fake.batches.line_submissions.values()) == 1
     assert fake.batches.jobs_created == engine.deferred_queue().jobs_done
@@ -86,7 +87,7 @@ async def test_a_hung_poll_holds_the_engines_only_request_slot_no_longer_than_it
     """Before: a poll's HTTP timeout was the job's deadline (24 h by default): with max_concurrent_requests=1, a
     provider that stopped answering polls held the engine's one slot, and every standard call waited behind it."""
     with provider("standard") as fake:
-        fake.batches.hang_retrievals = 5.0  # every poll hangs without a byte
+        fake.batches.hang_retrievals = 10.0  # every poll hangs without a byte
         engine = engine_for("batch", fake, timeout=0.3, max_concurrent_requests=1, breaker=QUICK_BREAKER)
         shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
         queue.requests = shell.request
@@ -94,12 +95,12 @@ async def test_a_hung_poll_holds_the_engines_only_request_slot_no_longer_than_it
         await until(lambda: fake.batches.retrievals)  # the job was created and its first poll hangs
         started = time.monotonic()
         ask = shell.call(Ask("batch", 1, 10, 5), engine.probe_for(MODEL), Settled.of_completion)
-        reply = await asyncio.wait_for(ask, timeout=4.0)
+        reply = await asyncio.wait_for(ask, timeout=8.0)
         took = time.monotonic() - started
         for task in (line, *queue._tasks):
             task.cancel()
         await asyncio.gather(line, *queue._tasks, return_exceptions=True)
-    assert reply is not None and took < 4.0
+    assert reply is not None and took < 8.0  # ~0.5 s (the poll's 0.3 s timeout), not the 10 s it hangs
 
 
 # -- a breaker probe under way while the runs that wait for it end -------------------------------------------------
