@@ -206,7 +206,10 @@ async def test_the_sqlite_job_journal_waits_for_a_held_lock_without_stalling_the
 
     running = asyncio.create_task(ticker())
     writing = asyncio.create_task(journal.begin("job-1", ["req-a"]))
-    await asyncio.sleep(0.3)
+    for _ in range(3000):  # ten turns of the loop (not a fixed 0.3 s, in which a busy machine may turn it fewer times)
+        if ticks >= 10 or writing.done():
+            break
+        await asyncio.sleep(0.01)
     assert not writing.done() and ticks >= 10  # waiting for the lock; the event loop goes on
     holder.execute("COMMIT")
     await asyncio.wait_for(writing, timeout=5)
