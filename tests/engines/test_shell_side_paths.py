@@ -225,7 +225,7 @@ async def test_a_job_whose_runs_were_cancelled_is_not_polled_for_nobody_and_a_la
     the breaker: probes for nobody) and downloaded its lines for nobody. Now it stops; the journal keeps the job, and
     a later run asking the same request polls the same job again (nothing lost, nothing paid twice)."""
     with provider("batch") as fake:
-        fake.batches.completion_delay_s = 0.6
+        fake.batches.completion_delay_s = 3_600.0  # until the test ends it (a 0.6 s delay raced the poller's stop)
         engine = engine_for("batch", fake)
         shell, queue = engine.shell(context(), MODEL), engine.deferred_queue()
         queue.requests = shell.request
@@ -234,9 +234,10 @@ async def test_a_job_whose_runs_were_cancelled_is_not_polled_for_nobody_and_a_la
         await until(lambda: fake.batches.retrievals)  # created and polled
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
-        await until(lambda: not queue._tasks, timeout=0.3)  # the poller stopped (the job is still running)
+        await until(lambda: not queue._tasks)  # the poller stopped (the job is still running)
         polls = sum(fake.batches.retrievals.values())
-        await asyncio.sleep(0.6)  # the job completed meanwhile
+        fake.batches.completion_delay_s = 0.0  # the job is done at its next poll
+        await asyncio.sleep(0.3)  # (when a poller still polls)
         assert sum(fake.batches.retrievals.values()) == polls and (await journal.job_of("req")) is not None
         line = await asyncio.wait_for(queue.ask(journal, "req", body), timeout=10)
     assert line.body is not None
