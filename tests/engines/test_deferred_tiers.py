@@ -106,12 +106,16 @@ def test_a_process_killed_after_submitting_polls_the_same_job_after_a_restart(tm
         first = subprocess.Popen(
             [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
         )
-        deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
-        while server.batches.jobs_created < 1 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert server.batches.jobs_created == 1, "the job was never submitted"
-        first.send_signal(signal.SIGKILL)  # between submission and retrieval
-        first.wait(timeout=30)
+        try:
+            deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
+            while server.batches.jobs_created < 1 and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.05)
+            # (the second job, of the 41st request, may be created before the kill too: it closes as soon as the
+            # worker is idle, and under load both creations finished within one poll of this loop)
+            assert server.batches.jobs_created >= 1, "the job was never submitted"
+        finally:
+            first.send_signal(signal.SIGKILL)  # between submission and retrieval (and on failure: none left running)
+            first.wait(timeout=30)
         server.batches.completion_delay_s = 0.0  # the jobs are done when they are next polled
         second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
                                 timeout=120)  # fmt: skip
@@ -139,12 +143,14 @@ def test_a_process_killed_between_upload_and_job_creation_bills_each_line_once_a
         first = subprocess.Popen(
             [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
         )
-        deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
-        while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
-        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation
-        first.wait(timeout=30)
+        try:
+            deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
+            while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.05)
+            assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
+        finally:
+            first.send_signal(signal.SIGKILL)  # between the upload and the job's creation (and on failure)
+            first.wait(timeout=30)
         server.batches.release_creation()  # the held creation fails: the provider never created that job
         assert server.batches.jobs_created == 0
         second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
