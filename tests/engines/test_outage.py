@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import httpx
@@ -29,10 +29,13 @@ async def records(flock: Flock) -> list[FailureRecord]:
     return await flock.store.get_by_type(FailureRecord)
 
 
-def closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on, held for the test (bound, not listening: connections are refused): a port
+    given back at once could be taken meanwhile by another test's server or an outgoing connection's local end."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed once the block ends: nothing listens there
+        yield int(s.getsockname()[1])
 
 
 def unavailable() -> Exception:
@@ -275,8 +278,8 @@ async def test_one_ctrl_c_after_the_input_was_read_cancels_a_hung_request_within
 # -- 26.18: error texts say what happened ------------------------------------------------------------------------
 
 
-async def test_a_refused_connection_reads_connection_refused_not_http_500() -> None:
-    port = closed_port()
+async def test_a_refused_connection_reads_connection_refused_not_http_500(closed_port: int) -> None:
+    port = closed_port
     engine = LLMEngine(
         MODEL, api_key=KEY, api_base=f"http://127.0.0.1:{port}/v1", retry=FAST_RETRY,
         breaker=BreakerPolicy(max_outage=0.5, probe_interval=0.1),
@@ -302,8 +305,10 @@ async def test_a_client_side_timeout_reads_no_answer_within_not_http_408() -> No
 # -- 23.4: a provider that was never reachable is reported at the first failure ----------------------------------
 
 
-async def test_an_endpoint_that_never_answered_and_refuses_connections_fails_at_once_saying_what_to_set() -> None:
-    port = closed_port()
+async def test_an_endpoint_that_never_answered_and_refuses_connections_fails_at_once_saying_what_to_set(
+    closed_port: int,
+) -> None:
+    port = closed_port
     engine = LLMEngine(
         "openai/local-model", api_key=KEY, api_base=f"http://127.0.0.1:{port}/v1",
         breaker=BreakerPolicy(max_outage=60),
