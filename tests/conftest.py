@@ -105,7 +105,7 @@ def _port_outside_the_ephemeral_range() -> int:
     except (OSError, ValueError, IndexError):
         first = 32768
     for _ in range(100 if first > 20_000 else 0):
-        port = random.randrange(10_000, first)
+        port = random.SystemRandom().randrange(10_000, first)  # (not the global generator a test may have seeded)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
