@@ -93,15 +93,35 @@ def redis_single_url() -> Iterator[str]:
     yield from _redis_namespace(REDIS_URL, cluster=False)
 
 
+def _port_outside_the_ephemeral_range() -> int:
+    """A free loopback port below the range the kernel hands out to `bind(0)` and to outgoing connections: the server
+    that binds it after this returns, or binds it again after a kill, finds it free (a port from that range could
+    be taken meanwhile by any connection's local end on a busy machine)."""
+    import random
+    import socket
+
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32768
+    for _ in range(100 if first > 20_000 else 0):
+        port = random.SystemRandom().randrange(10_000, first)  # (not the global generator a test may have seeded)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
+    with socket.socket() as s:  # (an unusual port range: any free port)
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class PrivateRedis:
     """A redis-server of a test's own (AOF on, fsync always), to stop, kill and restart."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _port_outside_the_ephemeral_range()
         self.directory = directory
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None

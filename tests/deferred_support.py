@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ from domain import CustomerReview
 
 from flock_llm import Flock
 from flock_llm.engines._calls.retry import RetryPolicy
+from flock_llm.engines._tiers.jobs import DeferredQueue
 from flock_llm.engines.llm import DeferredPolicy, LLMEngine
 from flock_llm.subscription import BatchSpec
 from flock_llm.testing import FakeOpenAIServer
@@ -59,3 +61,12 @@ async def run(flock: Flock, n: int) -> tuple[dict[str, object], list[object]]:
     await flock.shutdown()
     assert await references(flock, "sentiment") == {a.id: 1 for a in published}
     return flock.metrics().usage["sentiment"], published
+
+
+async def queue_settled(jobs: DeferredQueue, timeout: float = 30.0) -> None:
+    """Wait until `jobs` has no job under way: a job's poller goes on after it answered its lines (it reads the rest
+    of the output and the error file, then marks the job finished in the journal and prunes it), so a fixed sleep
+    after an answer races it on a busy machine."""
+    async with asyncio.timeout(timeout):
+        while jobs._tasks:
+            await asyncio.wait(set(jobs._tasks))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -32,6 +33,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
         cwd=ROOT,
     )
+
+
+def stderr_until(process: subprocess.Popen[str], text: str, timeout: float = 60) -> str:
+    """What `process` wrote to its stderr up to `text` (read from the pipe itself, unbuffered: communicate() reads
+    on from there)."""
+    assert process.stderr is not None
+    fd, seen, deadline = process.stderr.fileno(), b"", time.monotonic() + timeout
+    while text.encode() not in seen and select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:  # the process ended
+            break
+        seen += chunk
+    return seen.decode()
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:
@@ -165,11 +179,14 @@ def test_a_second_interrupt_cancels_what_hangs_and_still_writes_every_finished_b
         while server.requests < 5 and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.05)  # 3 batches answered, the next ones hang
         process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        # the second once the run took the first in (a fixed 0.5 s: two SIGINTs still pending together are one)
+        said = stderr_until(process, "interrupted: finishing")
+        assert "interrupted: finishing" in said, said
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
         took = time.monotonic() - started
+        stderr = said + stderr
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "cancelling" in stderr
     assert took < 20, took  # not the 120 s the provider hangs

@@ -80,8 +80,9 @@ class Browser:
             raise RuntimeError(f"{expression!r} raised {reply['exceptionDetails']}")
         return reply["result"].get("value")
 
-    def wait_for(self, expression: str, *, timeout: float = 15.0) -> Any:
-        """Poll `expression` until it is truthy; return its value."""
+    def wait_for(self, expression: str, *, timeout: float = 60.0) -> Any:
+        """Poll `expression` until it is truthy (at most `timeout` s: only a bound, a page that works returns at once;
+        a busy machine slows Chromium's start and the site search's index); return its value."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.evaluate(expression)

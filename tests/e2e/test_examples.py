@@ -114,15 +114,15 @@ def test_distributed_workers_share_batches_and_settle_each_payment_once() -> Non
 
 
 def test_distributed_workers_say_in_one_line_what_they_need_without_redis() -> None:
-    with socket.socket() as s:
+    with socket.socket() as s:  # held, not listening: refused, and no other process takes the port meanwhile
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens there once the block ends
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "distributed_workers.py"), "--redis", f"redis://127.0.0.1:{port}/0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+        port = s.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "distributed_workers.py"), "--redis", f"redis://127.0.0.1:{port}/0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert f"no Redis at redis://127.0.0.1:{port}/0" in line and "--embedded" in line

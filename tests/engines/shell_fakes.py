@@ -3,11 +3,13 @@ the `max_tokens` each asked for; and engines of every path (tier, rung, DSPy) po
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,9 @@ class Provider(FakeOpenAIServer):
     """Answer with this many tokens of padding (cut off at the request's max_tokens)."""
     flex_busy_s: float = 0.0
     """The flex tier is "resource unavailable" for this long from the first chat request on."""
+    flex_refusals: int = 0
+    """The flex tier is "resource unavailable" for this many requests (the first ones), however slowly they come
+    (for one request at a time: the fake decides as it counts a request and refuses it a moment later)."""
     chat_requests: int = 0
     job_requests: int = 0
     """A batch job's own requests (file upload, batch create, retrieve, download, cancel)."""
@@ -59,19 +64,32 @@ class Provider(FakeOpenAIServer):
         fake = self
 
         class Measured(_Handler):
+            counted = False  # this request is in `in_flight`
+
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
                 chat = self.path.split("?")[0].rstrip("/").endswith("/chat/completions")
                 fake.begin(chat, {k.lower(): v for k, v in self.headers.items()})
+                self.counted = True
                 try:
                     super().do_POST()
                 finally:
-                    fake.end()
+                    self.answered()
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
                 fake.begin(False, {k.lower(): v for k, v in self.headers.items()})
+                self.counted = True
                 try:
                     super().do_GET()
                 finally:
+                    self.answered()
+
+            def end_headers(self) -> None:
+                self.answered()  # before the answer goes out: its client may send its next request once it has it
+                super().end_headers()
+
+            def answered(self) -> None:
+                if self.counted:
+                    self.counted = False
                     fake.end()
 
         Measured.fake = self
@@ -96,6 +114,11 @@ class Provider(FakeOpenAIServer):
     def end(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def tally(self, **counts: int) -> None:
+        super().tally(**counts)
+        if counts.get("flex_requests") and self.flex_refusals:  # (the fake checks the window right after this)
+            self.flex_unavailable_until = math.inf if self.flex_requests <= self.flex_refusals else 0.0
 
     def answer(self, request: dict[str, Any]) -> tuple[str, int]:
         with self._lock:
@@ -151,3 +174,13 @@ def context(**kwargs: Any) -> EngineContext:
 
 def answered_lines(usage: dict[str, Any]) -> int:
     return int(usage["deferred_requests"]) - int(usage["deferred_failed_lines"])
+
+
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait for `condition`, polling every 10 ms (counted in polls: a first call that loads the tokenizer blocks
+    the loop for a while on a loaded machine)."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from deferred_support import QUICK_JOBS, quick_batch_server
+from deferred_support import QUICK_JOBS, queue_settled, quick_batch_server
 
 from flock_llm.engines import JobJournal
 from flock_llm.engines._calls.models import load_litellm
@@ -67,7 +67,7 @@ async def test_a_journaled_file_the_provider_forgot_is_pruned_after_its_requests
     jobs = DeferredQueue(replace(QUICK_JOBS, job_size=1), load_litellm(), settings)
     answer = await asyncio.wait_for(jobs.ask(journal, "req-1", body(1)), timeout=60)
     assert answer.body is not None and server.batches.jobs_created == 1
-    await asyncio.sleep(0.05)  # the poller marks its job finished after it answered
+    await queue_settled(jobs)  # the poller marks its job finished after it answered
     assert await journal.prune(time.time() + 1) == 2  # the new job and the dead one
     assert await journal.job_of("req-1") is None
 
@@ -193,12 +193,14 @@ def test_a_process_killed_between_upload_and_job_creation_with_a_redis_journal_b
         fake.batches.completion_delay_s = 0.3
         fake.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
         first = subprocess.Popen([*worker, fake.api_base, "publish", "100", "10"], stdout=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + 60
-        while fake.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
-            time.sleep(0.05)
-        assert fake.batches.files_uploaded >= 1 and fake.batches.creations_held >= 1
-        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation
-        first.wait(timeout=30)
+        try:
+            deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine (15 s seen)
+            while fake.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.05)
+            assert fake.batches.files_uploaded >= 1 and fake.batches.creations_held >= 1
+        finally:
+            first.send_signal(signal.SIGKILL)  # between the upload and the job's creation (and on failure)
+            first.wait(timeout=30)
         fake.batches.release_creation()  # the held creation fails: the provider never created that job
         second = subprocess.run(
             [*worker, fake.api_base, "recover"], capture_output=True, text=True, env=env, timeout=120

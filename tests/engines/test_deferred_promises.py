@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import references
-from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
+from deferred_support import QUICK_JOBS, labeller, queue_settled, quick_batch_server, reviews, run
 from domain import ReviewSentiment
 
 from flock_llm.engines import JobJournal
@@ -202,10 +202,11 @@ async def test_the_queue_prunes_jobs_finished_longer_than_keep_finished_ago(serv
     jobs = queue(server, job_size=1, keep_finished=0.05)
     journal = MemoryJournal()
     assert (await jobs.ask(journal, custom_id_of(body(1)), body(1))).body is not None
+    await queue_settled(jobs)  # the poller marks the job finished (and prunes) after it answered
     assert await journal.job_of(custom_id_of(body(1))) is not None  # finished, kept for keep_finished
     await asyncio.sleep(0.1)
     assert (await jobs.ask(journal, custom_id_of(body(2)), body(2))).body is not None
-    await asyncio.sleep(0.05)  # the poller prunes after it answered
+    await queue_settled(jobs)
     assert await journal.job_of(custom_id_of(body(1))) is None
     assert await journal.job_of(custom_id_of(body(2))) is not None
 

@@ -273,14 +273,14 @@ def test_dspy_gets_no_shared_cache_directory() -> None:
 
 
 async def test_a_refused_connection_names_the_host_and_port() -> None:
-    with socket.socket() as s:
+    with socket.socket() as s:  # held, not listening: refused, and no other process takes the port meanwhile
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
-    engine = LLMEngine(
-        "openai/gpt-4.1-mini", api_key=KEY, api_base=f"http://127.0.0.1:{port}/v1", retry=FAST_RETRY,
-        breaker=QUICK_OUTAGE, timeout=2,
-    )  # fmt: skip
-    flock, _ = await run_batch(engine, reviews(2))
+        port = s.getsockname()[1]
+        engine = LLMEngine(
+            "openai/gpt-4.1-mini", api_key=KEY, api_base=f"http://127.0.0.1:{port}/v1", retry=FAST_RETRY,
+            breaker=QUICK_OUTAGE, timeout=2,
+        )  # fmt: skip
+        flock, _ = await run_batch(engine, reviews(2))
     (record,) = await records(flock)
     assert f"127.0.0.1:{port}" in record.error and record.stage == "provider_unavailable"
 

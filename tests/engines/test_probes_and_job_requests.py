@@ -6,10 +6,9 @@ provider that fails while a job is polled opens it like any call) and carry the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
-from shell_fakes import batch, context, engine_for, provider
+from shell_fakes import batch, context, engine_for, provider, until
 
 from flock_llm.engines import BreakerPolicy, EvalResult
 from flock_llm.engines.llm import LLMEngine
@@ -21,16 +20,6 @@ QUICK_BREAKER = BreakerPolicy(probe_interval=0.05, max_probe_interval=0.05, max_
 async def run(engine: LLMEngine, batches: int, size: int = 2) -> list[EvalResult]:
     inputs = [batch(size, first=n * size) for n in range(batches)]
     return list(await asyncio.gather(*(engine.evaluate_batch(context(), i) for i in inputs)))
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    """Wait for `condition`, polling every 10 ms (counted in polls: a first call that loads the tokenizer blocks
-    the loop for a while on a loaded machine)."""
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out waiting")
 
 
 async def test_probes_are_budgeted_paced_and_recorded_calls() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from domain import CustomerReview, ReviewSentiment
-from shell_fakes import Provider, batch, context
+from shell_fakes import Provider, batch, context, until
 
 from flock_llm.engines import (
     Ask,
@@ -129,7 +129,8 @@ async def test_a_public_engine_is_held_by_its_local_tokens_minute() -> None:
             server, tokens_per_minute=250
         )  # 150 held per call, ~60 after its answer: 2 fit, the third waits
         running = asyncio.create_task(run(engine, context(), batches=3))
-        await asyncio.sleep(0.5)
+        await until(lambda: len(engine.calls) == 2)  # two calls answered (a fixed 0.5 s raced them on a busy machine)
+        await asyncio.sleep(0.2)  # time for a third call that did not wait
         assert server.chat_requests == 2 and not running.done()
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -146,7 +147,7 @@ async def test_a_public_engine_waits_behind_its_breaker_and_its_probes_are_calls
             if engine.guard.opened or running.done():
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # some probes go while the calls wait
+        await until(lambda: any(c.kind == "probe" for c in engine.calls))  # a probe failed while the calls wait
         assert engine.guard.opened == 1 and not running.done()  # the calls wait, the breaker probes
         failed_so_far = server.chat_requests
         server.fail_status = None
