@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 
 from conftest import references
@@ -70,3 +73,21 @@ async def queue_settled(jobs: DeferredQueue, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while jobs._tasks:
             await asyncio.wait(set(jobs._tasks))
+
+
+def killed_between_upload_and_creation(server: FakeOpenAIServer, command: list[str], env: Mapping[str, str]) -> None:
+    """Run the worker `command` until it has uploaded a job's file and asked for the job, then SIGKILL it before
+    the provider creates the job (also when the wait fails), and let the held creation fail: the provider never
+    created that job."""
+    server.batches.completion_delay_s = 0.3
+    server.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=dict(env))  # noqa: S603 - the test's worker
+    try:
+        deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine (15 s seen)
+        while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
+    finally:
+        first.send_signal(signal.SIGKILL)  # between the upload and the job's creation (and on failure)
+        first.wait(timeout=30)
+    server.batches.release_creation()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from deferred_support import QUICK_JOBS, queue_settled, quick_batch_server
+from deferred_support import QUICK_JOBS, killed_between_upload_and_creation, queue_settled, quick_batch_server
 
 from flock_llm.engines import JobJournal
 from flock_llm.engines._calls.models import load_litellm
@@ -181,7 +181,6 @@ def test_a_process_killed_between_upload_and_job_creation_with_a_redis_journal_b
     """The SQLite test of this path (test_deferred_tiers), with the Redis store's journal: after the kill the
     restarted worker reclaims the dead one's items, resumes the journaled file and bills each line once."""
     import os
-    import signal
     import subprocess
     import sys
     from pathlib import Path
@@ -190,18 +189,7 @@ def test_a_process_killed_between_upload_and_job_creation_with_a_redis_journal_b
     env = {**os.environ, "PYTHONPATH": str(tests), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     worker = [sys.executable, str(tests / "deferred_worker.py"), redis_single_url]
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as fake:
-        fake.batches.completion_delay_s = 0.3
-        fake.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
-        first = subprocess.Popen([*worker, fake.api_base, "publish", "100", "10"], stdout=subprocess.DEVNULL, env=env)
-        try:
-            deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine (15 s seen)
-            while fake.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
-                time.sleep(0.05)
-            assert fake.batches.files_uploaded >= 1 and fake.batches.creations_held >= 1
-        finally:
-            first.send_signal(signal.SIGKILL)  # between the upload and the job's creation (and on failure)
-            first.wait(timeout=30)
-        fake.batches.release_creation()  # the held creation fails: the provider never created that job
+        killed_between_upload_and_creation(fake, [*worker, fake.api_base, "publish", "100", "10"], env)
         second = subprocess.run(
             [*worker, fake.api_base, "recover"], capture_output=True, text=True, env=env, timeout=120
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import references
-from deferred_support import QUICK_JOBS, labeller, quick_batch_server, reviews, run
+from deferred_support import QUICK_JOBS, killed_between_upload_and_creation, labeller, quick_batch_server, reviews, run
 from domain import CustomerReview, ReviewSentiment
 
 from flock_llm import ConfigurationError, FailureRecord, Flock
@@ -138,20 +138,7 @@ def test_a_process_killed_between_upload_and_job_creation_bills_each_line_once_a
     env = {**os.environ, "PYTHONPATH": str(TESTS), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     worker = [sys.executable, str(TESTS / "deferred_worker.py"), str(db)]
     with FakeOpenAIServer(latency_s=0.0, per_item_latency_s=0.0) as server:
-        server.batches.completion_delay_s = 0.3
-        server.batches.hold_creation = True  # the upload succeeds; the job's creation waits for the kill
-        first = subprocess.Popen(
-            [*worker, server.api_base, "publish", "1000", "10"], stdout=subprocess.DEVNULL, env=env
-        )
-        try:
-            deadline = time.monotonic() + 120  # a worker that starts slowly on a busy machine
-            while server.batches.creations_held < 1 and time.monotonic() < deadline and first.poll() is None:
-                time.sleep(0.05)
-            assert server.batches.files_uploaded >= 1 and server.batches.creations_held >= 1
-        finally:
-            first.send_signal(signal.SIGKILL)  # between the upload and the job's creation (and on failure)
-            first.wait(timeout=30)
-        server.batches.release_creation()  # the held creation fails: the provider never created that job
+        killed_between_upload_and_creation(server, [*worker, server.api_base, "publish", "1000", "10"], env)
         assert server.batches.jobs_created == 0
         second = subprocess.run([*worker, server.api_base, "recover"], capture_output=True, text=True, env=env,
                                 timeout=120)  # fmt: skip
